@@ -1,0 +1,19 @@
+"""The data plane's HTTP routes (OpenAI-compatible)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Route
+
+from relay.api.chat import chat_completions, embeddings
+from relay.api.models import healthz, list_models
+
+__all__ = ["data_plane_routes"]
+
+
+def data_plane_routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]

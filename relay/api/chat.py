@@ -1,0 +1,274 @@
+"""Chat completions and embeddings: the request flow, composed in one place.
+
+request → auth → body → model → quote → admission (limits, wallet hold)
+        → route → upstream → answer or stream → settle → usage record
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.http import (
+    decode_or_400,
+    error_response,
+    json_response,
+    read_body,
+    relay_state,
+)
+from relay.api.sse import EventStreamResponse
+from relay.auth import ANONYMOUS
+from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
+from relay.estimate import CostQuote, quote_chat, quote_embedding
+from relay.exchange import Exchange
+from relay.pricing import token_cost_micros
+from relay.routing import Model, OpenedRoute, Route
+from relay.state import RelayState
+from relay.streaming import CHARS_PER_TOKEN, StreamTap, splice_metadata
+from relay.ticket import Ticket
+from relay.upstream import UpstreamFailure, UpstreamTimedOut
+from relay.wire import (
+    ChatRequest,
+    EmbeddingRequest,
+    Usage,
+    decode_chat_request,
+    decode_embedding_request,
+    decode_upstream_answer,
+)
+
+__all__ = ["chat_completions", "embeddings"]
+
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
+
+
+async def chat_completions(request: Request) -> Response | EventStreamResponse:
+    state = relay_state(request)
+    exchange = Exchange(state.new_request_id(), "chat", ANONYMOUS)
+    ticket: Ticket | None = None
+    try:
+        exchange.principal = state.auth.authenticate(request.headers)
+        body = await read_body(request, state.config.server.max_body_bytes)
+        chat: ChatRequest = decode_or_400(decode_chat_request, body)
+        model = _model_for(state, exchange, chat.model, "chat")
+        quote = quote_chat(
+            model.price,
+            body,
+            requested_max_tokens=chat.requested_max_output,
+            multiplier=state.gate.multiplier(exchange.principal),
+        )
+        if _is_dry_run(request):
+            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+        ticket = state.gate.admit(exchange, quote)
+        exchange.stream = bool(chat.stream)
+
+        def body_for(route: Route) -> bytes:
+            return route.provider.chat_body(body, chat, route.upstream_model)
+
+        opened = await state.router.open_route(
+            model, "/chat/completions", body_for, stream=exchange.stream
+        )
+    except RelayError as exc:
+        return _refuse(state, exchange, ticket, exc)
+    except BaseException:
+        _release(ticket)
+        raise
+    exchange.route = opened.route
+    if exchange.stream:
+        stream = _relay_stream(state, exchange, ticket, opened, quote)
+        return EventStreamResponse(stream, {"x-relay-request-id": exchange.request_id})
+    return await _relay_answer(state, exchange, ticket, opened, quote)
+
+
+async def embeddings(request: Request) -> Response:
+    state = relay_state(request)
+    exchange = Exchange(state.new_request_id(), "embeddings", ANONYMOUS)
+    ticket: Ticket | None = None
+    try:
+        exchange.principal = state.auth.authenticate(request.headers)
+        body = await read_body(request, state.config.server.max_body_bytes)
+        embedding: EmbeddingRequest = decode_or_400(decode_embedding_request, body)
+        model = _model_for(state, exchange, embedding.model, "embedding")
+        multiplier = state.gate.multiplier(exchange.principal)
+        quote = quote_embedding(model.price, body, multiplier=multiplier)
+        if _is_dry_run(request):
+            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+        ticket = state.gate.admit(exchange, quote)
+
+        def body_for(route: Route) -> bytes:
+            return route.provider.embedding_body(body, embedding.model, route.upstream_model)
+
+        opened = await state.router.open_route(model, "/embeddings", body_for, stream=False)
+    except RelayError as exc:
+        return _refuse(state, exchange, ticket, exc)
+    except BaseException:
+        _release(ticket)
+        raise
+    exchange.route = opened.route
+    return await _relay_answer(state, exchange, ticket, opened, quote)
+
+
+def _model_for(state: RelayState, exchange: Exchange, name: str, kind: str) -> Model:
+    model = state.router.model(name)
+    exchange.model = model
+    if model.config.kind != kind:
+        raise InvalidRequest(
+            f"The model {name!r} is a {model.config.kind} model, not a {kind} model",
+            param="model",
+        )
+    state.gate.check_model(exchange.principal, model, exchange.endpoint)
+    return model
+
+
+def _is_dry_run(request: Request) -> bool:
+    return request.query_params.get("dryRun", "").lower() in ("true", "1")
+
+
+def _release(ticket: Ticket | None) -> None:
+    if ticket is not None:
+        ticket.release()
+
+
+def _refuse(
+    state: RelayState, exchange: Exchange, ticket: Ticket | None, exc: RelayError
+) -> Response:
+    """An error before any upstream answer: nothing billed, one usage row if admitted."""
+    _release(ticket)
+    exchange.status = exc.status
+    exchange.error_code = exc.code
+    if ticket is not None:
+        state.usage.record(exchange.usage_record())
+    return error_response(exc, exchange.headers())
+
+
+def _settle(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    quote: CostQuote,
+    usage: Usage | None,
+    delivered_tokens: int,
+) -> None:
+    """Price what was used and charge it; relay's own estimate when the upstream was silent."""
+    if usage is not None:
+        exchange.prompt_tokens = usage.prompt_tokens or 0
+        exchange.completion_tokens = usage.completion_tokens or 0
+        exchange.cached_tokens = usage.cached_tokens
+    else:
+        exchange.prompt_tokens = quote.prompt_tokens
+        exchange.completion_tokens = delivered_tokens
+        exchange.usage_estimated = True
+    assert exchange.model is not None
+    cost = token_cost_micros(
+        exchange.model.price,
+        prompt_tokens=exchange.prompt_tokens,
+        completion_tokens=exchange.completion_tokens,
+        cached_tokens=min(exchange.cached_tokens, exchange.prompt_tokens),
+        multiplier=state.gate.multiplier(exchange.principal),
+    )
+    exchange.cost_micros = ticket.settle(
+        cost,
+        exchange.prompt_tokens + exchange.completion_tokens,
+        request_id=exchange.request_id,
+        estimated=exchange.usage_estimated,
+    )
+    state.usage.record(exchange.usage_record())
+
+
+async def _relay_answer(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    opened: OpenedRoute,
+    quote: CostQuote,
+) -> Response:
+    try:
+        raw = await opened.response.read()
+        exchange.mark_first_byte()
+    except UpstreamFailure as exc:
+        await opened.close()
+        error: RelayError = (
+            UpstreamTimeout("upstream timed out sending its answer")
+            if isinstance(exc, UpstreamTimedOut)
+            else UpstreamError("upstream broke off its answer")
+        )
+        return _refuse(state, exchange, ticket, error)
+    except BaseException:
+        await opened.close()
+        ticket.release()
+        raise
+    await opened.close()
+    try:
+        answer = decode_upstream_answer(raw)
+        exchange.upstream_id = answer.id
+        usage = answer.usage
+    except ValueError:  # msgspec's DecodeError: relay bills its estimate and passes it on
+        usage = None
+    _settle(state, exchange, ticket, quote, usage, _tokens_in(raw, quote))
+    try:
+        content = splice_metadata(raw, exchange.metadata())
+    except ValueError:
+        content = raw
+    return json_response(content, headers=exchange.headers())
+
+
+def _tokens_in(raw: bytes, quote: CostQuote) -> int:
+    """Estimated output tokens of an answer that reported no usage (clamped to the quote)."""
+    estimate = math.ceil(len(raw) / CHARS_PER_TOKEN)
+    return min(estimate, quote.max_output_tokens) if quote.max_output_tokens else 0
+
+
+async def _relay_stream(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    opened: OpenedRoute,
+    quote: CostQuote,
+) -> AsyncIterator[bytes]:
+    """Pass the upstream's events through; settle in a ``finally`` whatever happens."""
+    tap = StreamTap()
+    failure: RelayError | None = None
+    ended = False
+    try:
+        exchange.mark_first_byte()
+        forward = tap.feed(opened.first_chunk or b"")
+        if forward:
+            yield forward
+        async for chunk in opened.rest_of_stream():
+            forward = tap.feed(chunk)
+            if forward:
+                yield forward
+            if tap.done:
+                break
+        ended = True
+    except UpstreamFailure as exc:
+        ended = True
+        failure = (
+            UpstreamTimeout("upstream stream went idle")
+            if isinstance(exc, UpstreamTimedOut)
+            else UpstreamError("upstream stream broke off")
+        )
+    finally:
+        await opened.close()
+        if not ended:  # cancelled or closed early: the client went away
+            exchange.status = CLIENT_CLOSED
+            exchange.error_code = "client_disconnected"
+            _settle_stream(state, exchange, ticket, quote, tap)
+    if failure is not None:
+        exchange.error_code = failure.code
+        exchange.status = failure.status
+    _settle_stream(state, exchange, ticket, quote, tap)
+    if failure is not None:
+        yield b"data: " + failure.body() + b"\n\n"
+    yield tap.closing_events(exchange.metadata(), exchange.usage_view())
+
+
+def _settle_stream(
+    state: RelayState, exchange: Exchange, ticket: Ticket, quote: CostQuote, tap: StreamTap
+) -> None:
+    if ticket.finished:
+        return
+    exchange.upstream_id = tap.upstream_id
+    _settle(state, exchange, ticket, quote, tap.usage, tap.delivered_tokens_estimate())

@@ -1,0 +1,64 @@
+"""A streaming ASGI response that notices a client leaving even while it waits.
+
+Starlette's ``StreamingResponse`` only learns of a disconnect on some servers when its
+next write fails; a stream waiting on a slow upstream would then keep the upstream
+busy. This response watches ``http.disconnect`` alongside the body and cancels the
+body's generator at once, so its ``finally`` closes the upstream and settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["EventStreamResponse"]
+
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class EventStreamResponse:
+    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str]):
+        self._body = body
+        self._headers = _HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watcher, pump):
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        try:
+            async for chunk in self._body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self._close_body()
+
+    async def _close_body(self) -> None:
+        close = getattr(self._body, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

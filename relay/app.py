@@ -1,0 +1,115 @@
+"""Build the ASGI app: routes, error handlers and the lifespan that owns resources.
+
+``create_app`` does no I/O; the lifespan opens the database and upstream clients
+and closes them (draining queued writes) on shutdown. The app is plain ASGI, so any
+server can run it; ``relay serve`` uses hypercorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api import data_plane_routes
+from relay.api.http import error_response, unexpected_error_response
+from relay.auth import Authenticator
+from relay.config import Config
+from relay.db import Database
+from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.gate import Gate
+from relay.providers import ClientFactory, Provider, build_provider, default_client_factory
+from relay.routing import Model, Router
+from relay.state import RelayState
+from relay.usage import UsageLog
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("relay.app")
+
+
+def _build_router(config: Config, providers: dict[str, Provider]) -> Router:
+    return Router({model.name: Model(model, providers) for model in config.models})
+
+
+async def _open_state(config: Config, client_factory: ClientFactory) -> RelayState:
+    admin_token = os.environ.get(config.server.admin_token_env) or None
+    if admin_token is None:
+        log.warning(
+            "admin API disabled: %s is not set (the data plane refuses every request "
+            "until client keys exist)",
+            config.server.admin_token_env,
+        )
+    db = await Database.open(
+        config.database_path, flush_interval_s=config.server.flush_interval_ms / 1000
+    )
+    providers = {p.name: build_provider(p, client_factory) for p in config.providers}
+    for provider in providers.values():
+        if not provider.enabled:
+            log.warning("%s; its models answer 503 until it is set", provider.why_disabled())
+    return RelayState(
+        config=config,
+        db=db,
+        providers=providers,
+        router=_build_router(config, providers),
+        auth=Authenticator(admin_token),
+        usage=UsageLog(db),
+        gate=Gate(),
+        started_at=int(time.time()),
+    )
+
+
+async def _close_state(state: RelayState) -> None:
+    for provider in state.providers.values():
+        await provider.aclose()
+    await state.db.close()
+
+
+def _handle_relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    return error_response(exc)
+
+
+def _handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route for {request.method} {request.url.path}"))
+    if exc.status_code == 405:
+        error = InvalidRequest(f"Method {request.method} is not allowed here")
+        error.status = 405
+        return error_response(error)
+    return error_response(InvalidRequest(str(exc.detail)))
+
+
+def _handle_unexpected(request: Request, exc: Exception) -> Response:
+    return unexpected_error_response(exc)
+
+
+def create_app(config: Config, *, client_factory: ClientFactory | None = None) -> Starlette:
+    factory = client_factory or default_client_factory
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        state = await _open_state(config, factory)
+        try:
+            yield {"relay": state}
+        finally:
+            await _close_state(state)
+
+    return Starlette(
+        routes=data_plane_routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            RelayError: _handle_relay_error,
+            HTTPException: _handle_http_exception,
+            Exception: _handle_unexpected,
+        },
+    )

@@ -1,0 +1,247 @@
+"""Numbered schema migrations for relay's SQLite file, applied at start-up.
+
+``MIGRATIONS`` is an ordered list of ``Migration(number, name, sql)``. ``apply_migrations``
+runs every migration the database has not seen yet, each inside its own ``BEGIN IMMEDIATE``
+transaction together with its row in ``schema_migrations``, so a crash mid-way leaves either
+the whole migration or none of it. Applying twice is a no-op. A database that records a
+migration number newer than this code knows is refused with ``MigrationError``: running old
+code against a newer schema could silently corrupt money data.
+
+Conventions of the schema: times are integer unix milliseconds (``*_ms``), money is integer
+micro-USD (``*_micros``), multipliers are decimal strings. Never edit a released migration;
+append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "MigrationError",
+    "applied_migrations",
+    "apply_migrations",
+    "split_statements",
+]
+
+
+class Migration(NamedTuple):
+    number: int
+    name: str
+    sql: str
+
+
+class MigrationError(RuntimeError):
+    """The database's schema cannot be brought to what this code expects."""
+
+
+_CORE_SCHEMA = """
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    mode TEXT NOT NULL CHECK (mode IN ('prepaid', 'postpaid')),
+    credit_limit_micros INTEGER NOT NULL DEFAULT 0 CHECK (credit_limit_micros >= 0),
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    price_multiplier TEXT NOT NULL DEFAULT '1',
+    rpm INTEGER NOT NULL DEFAULT 0,
+    tpm INTEGER NOT NULL DEFAULT 0,
+    concurrency INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    label TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    last4 TEXT NOT NULL,
+    models TEXT NOT NULL DEFAULT '[]',
+    endpoints TEXT NOT NULL DEFAULT '[]',
+    spend_cap_micros INTEGER NOT NULL DEFAULT 0,
+    rpm INTEGER NOT NULL DEFAULT 0,
+    tpm INTEGER NOT NULL DEFAULT 0,
+    concurrency INTEGER NOT NULL DEFAULT 100,
+    price_multiplier TEXT NOT NULL DEFAULT '1',
+    expires_at_ms INTEGER,
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked', 'suspended')),
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    last_used_at_ms INTEGER
+);
+CREATE INDEX api_keys_account_id ON api_keys (account_id);
+
+CREATE TABLE ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    kind TEXT NOT NULL CHECK (kind IN ('credit', 'charge', 'adjustment', 'refund')),
+    amount_micros INTEGER NOT NULL,
+    reference TEXT NOT NULL,
+    key_id TEXT,
+    request_id TEXT,
+    note TEXT,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX ledger_account_id ON ledger (account_id, id);
+CREATE INDEX ledger_key_id ON ledger (key_id);
+-- A retried top-up or refund with the same reference must not credit twice.
+CREATE UNIQUE INDEX ledger_credit_reference ON ledger (account_id, reference)
+    WHERE kind IN ('credit', 'refund');
+-- One charge per request, whatever retries or restarts happen.
+CREATE UNIQUE INDEX ledger_charge_reference ON ledger (reference) WHERE kind = 'charge';
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'ledger is append-only');
+END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'ledger is append-only');
+END;
+
+CREATE TABLE usage (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    ts_ms INTEGER NOT NULL,
+    account_id TEXT,
+    key_id TEXT,
+    endpoint TEXT NOT NULL,
+    model TEXT,
+    provider TEXT,
+    upstream_model TEXT,
+    upstream_request_id TEXT,
+    status INTEGER NOT NULL,
+    error_code TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    units INTEGER NOT NULL DEFAULT 0,
+    cost_micros INTEGER NOT NULL DEFAULT 0,
+    usage_estimated INTEGER NOT NULL DEFAULT 0,
+    latency_ms INTEGER,
+    ttfb_ms INTEGER
+);
+CREATE INDEX usage_ts ON usage (ts_ms);
+CREATE INDEX usage_account_ts ON usage (account_id, ts_ms);
+CREATE INDEX usage_key_ts ON usage (key_id, ts_ms);
+CREATE INDEX usage_model_ts ON usage (model, ts_ms);
+
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    detail TEXT NOT NULL DEFAULT '{}',
+    prev_hash TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_ts ON audit (ts_ms);
+
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "core schema", _CORE_SCHEMA),)
+
+_CREATE_TRACKING_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    number INTEGER PRIMARY KEY,
+    name TEXT,
+    applied_at_ms INTEGER
+)
+"""
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into single statements (trigger bodies stay whole).
+
+    ``executescript`` would commit any open transaction first, so migrations run their
+    statements one by one inside a transaction we control instead.
+    """
+    statements: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if _has_code(current):
+                statements.append(current.strip())
+            current = ""
+    if _has_code(current.removesuffix(";")):
+        raise MigrationError(f"incomplete SQL statement in migration: {current.strip()[:60]!r}")
+    return statements
+
+
+def _has_code(sql: str) -> bool:
+    code_lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return bool("".join(code_lines).strip(" \t\n;"))
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Numbers of the migrations recorded in ``conn``'s database, ascending."""
+    rows = conn.execute("SELECT number FROM schema_migrations ORDER BY number").fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def apply_migrations(
+    conn: sqlite3.Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    now_ms: int | None = None,
+) -> list[int]:
+    """Apply the migrations ``conn`` has not seen yet; return the numbers applied.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no open
+    transaction. Raises ``MigrationError`` if the database is newer than ``migrations``.
+    """
+    _check_numbering(migrations)
+    conn.execute(_CREATE_TRACKING_TABLE)
+    known = max((m.number for m in migrations), default=0)
+    done = set(applied_migrations(conn))
+    newest = max(done, default=0)
+    if newest > known:
+        raise MigrationError(
+            f"database schema is at migration {newest}, but this relay only knows up to "
+            f"{known}: upgrade relay or restore a matching database"
+        )
+    applied: list[int] = []
+    for migration in migrations:
+        if migration.number not in done:
+            _apply_one(conn, migration, now_ms)
+            applied.append(migration.number)
+    return applied
+
+
+def _check_numbering(migrations: Sequence[Migration]) -> None:
+    numbers = [m.number for m in migrations]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise MigrationError(f"migrations must be numbered 1, 2, 3, ... in order; got {numbers}")
+
+
+def _apply_one(conn: sqlite3.Connection, migration: Migration, now_ms: int | None) -> None:
+    applied_at_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in split_statements(migration.sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_migrations (number, name, applied_at_ms) VALUES (?, ?, ?)",
+            (migration.number, migration.name, applied_at_ms),
+        )
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        # Leave the database exactly as it was before this migration started.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise MigrationError(
+                f"migration {migration.number} ({migration.name}) failed: {exc}"
+            ) from exc
+        raise

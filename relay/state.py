@@ -1,0 +1,35 @@
+"""The app's long-lived state, built in the lifespan and reached through request state."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from dataclasses import dataclass, field
+
+from relay.auth import Authenticator
+from relay.config import Config
+from relay.db import Database
+from relay.gate import Gate
+from relay.providers import Provider
+from relay.routing import Router
+from relay.usage import UsageLog
+
+__all__ = ["RelayState"]
+
+
+@dataclass
+class RelayState:
+    config: Config
+    db: Database
+    providers: dict[str, Provider]
+    router: Router
+    auth: Authenticator
+    usage: UsageLog
+    gate: Gate
+    started_at: int = 0
+    # Request ids: a per-boot random prefix and a counter, unique across restarts.
+    _boot: str = field(default_factory=lambda: secrets.token_hex(6))
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def new_request_id(self) -> str:
+        return f"req_{self._boot}{next(self._counter):08x}"

@@ -1,0 +1,243 @@
+"""The seam between relay and the network: send one request upstream, stream its answer.
+
+Providers talk to upstreams only through ``UpstreamClient``. Production uses
+``AiohttpUpstream`` (aiohttp's pooled connector: httpx's native pool collapses under
+concurrency, encode/httpx#3215, and the httpx API over aiohttp measured at less than
+half of plain aiohttp, see README "Performance"). Tests inject ``HttpxUpstream`` over
+``httpx.MockTransport``, or run ``AiohttpUpstream`` against a local fake server.
+
+Failures are reported as three exceptions the router understands:
+
+    UpstreamFailure
+    ├── UpstreamConnectFailed   nothing was sent, or the connection broke before headers
+    ├── UpstreamTimedOut        no headers within first_byte, or a stream went idle too long
+    └── UpstreamStreamBroken    the connection ended in the middle of a body
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+import httpx
+
+__all__ = [
+    "AiohttpUpstream",
+    "HttpxUpstream",
+    "Timeouts",
+    "UpstreamClient",
+    "UpstreamConnectFailed",
+    "UpstreamFailure",
+    "UpstreamResponse",
+    "UpstreamStreamBroken",
+    "UpstreamTimedOut",
+]
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not be reached or broke off; never carries key or content."""
+
+
+class UpstreamConnectFailed(UpstreamFailure):
+    pass
+
+
+class UpstreamTimedOut(UpstreamFailure):
+    pass
+
+
+class UpstreamStreamBroken(UpstreamFailure):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float
+    first_byte_s: float
+    idle_s: float
+    total_s: float
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes:
+        """The whole body (non-stream answers, error bodies)."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; each wait is bounded by the idle timeout."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drop the connection (cancels the upstream request if still running)."""
+        ...
+
+
+class UpstreamClient(Protocol):
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_response", "_idle_s", "status", "headers")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_s: float):
+        self._response = response
+        self._idle_s = idle_s
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._idle_s):
+                return await self._response.read()
+        except TimeoutError:
+            self._response.close()
+            raise UpstreamTimedOut("upstream went silent while sending its body") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamStreamBroken(f"upstream body broke off: {type(exc).__name__}") from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self._response.close()
+                raise UpstreamTimedOut("upstream stream went idle") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamStreamBroken(
+                    f"upstream stream broke off: {type(exc).__name__}"
+                ) from None
+            if not chunk:  # readany() gives b"" only at a clean end of the body
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._response.close()
+
+
+class AiohttpUpstream:
+    """One pooled aiohttp session per provider (its own connection limit and timeouts)."""
+
+    def __init__(self, *, max_connections: int = 512, connect_timeout_s: float = 10.0):
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(timeouts.first_byte_s):
+                response = await self._session.request(
+                    method, url, headers=dict(headers), data=body, allow_redirects=False
+                )
+        except TimeoutError:
+            raise UpstreamTimedOut("no response headers within the first-byte timeout") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise UpstreamConnectFailed(f"cannot reach upstream: {type(exc).__name__}") from None
+        return _AiohttpResponse(response, timeouts.idle_s)
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class _HttpxResponse:
+    __slots__ = ("_response", "_idle_s", "status", "headers")
+
+    def __init__(self, response: httpx.Response, idle_s: float):
+        self._response = response
+        self._idle_s = idle_s
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._idle_s):
+                return await self._response.aread()
+        except TimeoutError:
+            await self._response.aclose()
+            raise UpstreamTimedOut("upstream went silent while sending its body") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamStreamBroken(f"upstream body broke off: {type(exc).__name__}") from None
+        finally:
+            await self._response.aclose()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        iterator = self._response.aiter_raw()
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await anext(iterator, b"")
+            except TimeoutError:
+                await self._response.aclose()
+                raise UpstreamTimedOut("upstream stream went idle") from None
+            except httpx.HTTPError as exc:
+                raise UpstreamStreamBroken(
+                    f"upstream stream broke off: {type(exc).__name__}"
+                ) from None
+            if not chunk:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class HttpxUpstream:
+    """The httpx API over any transport: ``httpx.MockTransport`` in tests."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self._client = client
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        request = self._client.build_request(method, url, headers=dict(headers), content=body)
+        try:
+            async with asyncio.timeout(timeouts.first_byte_s):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise UpstreamTimedOut("no response headers within the first-byte timeout") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimedOut("no response headers within the first-byte timeout") from None
+        except httpx.TransportError as exc:
+            raise UpstreamConnectFailed(f"cannot reach upstream: {type(exc).__name__}") from None
+        return _HttpxResponse(response, timeouts.idle_s)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
