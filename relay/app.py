@@ -7,6 +7,8 @@ server can run it; ``relay serve`` uses hypercorn.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -19,6 +21,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.accounts import AccountStore
+from relay.admin import admin_routes
 from relay.api import data_plane_routes
 from relay.api.http import error_response, unexpected_error_response
 from relay.auth import Authenticator
@@ -26,31 +30,44 @@ from relay.config import Config
 from relay.db import Database
 from relay.errors import InvalidRequest, NotFound, RelayError
 from relay.gate import Gate
+from relay.keys import SecretHasher, VerifiedKeyCache
+from relay.ledger import insert_entry, load_wallet
+from relay.limits import RateLimiter
 from relay.providers import ClientFactory, Provider, build_provider, default_client_factory
 from relay.routing import Model, Router
+from relay.server_secret import ServerSecret, secret_path_for
 from relay.state import RelayState
 from relay.usage import UsageLog
+from relay.wallet import Wallet
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
+HOUSEKEEPING_INTERVAL_S = 60.0
 
 
 def _build_router(config: Config, providers: dict[str, Provider]) -> Router:
     return Router({model.name: Model(model, providers) for model in config.models})
 
 
-async def _open_state(config: Config, client_factory: ClientFactory) -> RelayState:
+async def _open_state(
+    config: Config, client_factory: ClientFactory, hasher: SecretHasher | None
+) -> RelayState:
     admin_token = os.environ.get(config.server.admin_token_env) or None
     if admin_token is None:
-        log.warning(
-            "admin API disabled: %s is not set (the data plane refuses every request "
-            "until client keys exist)",
-            config.server.admin_token_env,
-        )
+        log.warning("admin API disabled: %s is not set", config.server.admin_token_env)
     db = await Database.open(
         config.database_path, flush_interval_s=config.server.flush_interval_ms / 1000
     )
+    try:
+        secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
+        wallet = Wallet(lambda entry: db.enqueue(lambda conn: insert_entry(conn, entry)))
+        await load_wallet(db, wallet)
+        store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
+        await store.load()
+    except BaseException:
+        await db.close()
+        raise
     providers = {p.name: build_provider(p, client_factory) for p in config.providers}
     for provider in providers.values():
         if not provider.enabled:
@@ -60,16 +77,27 @@ async def _open_state(config: Config, client_factory: ClientFactory) -> RelaySta
         db=db,
         providers=providers,
         router=_build_router(config, providers),
-        auth=Authenticator(admin_token),
+        auth=Authenticator(admin_token, store, VerifiedKeyCache(secret.subkey("key-cache"))),
+        store=store,
+        wallet=wallet,
+        gate=Gate(wallet, RateLimiter()),
         usage=UsageLog(db),
-        gate=Gate(),
         started_at=int(time.time()),
     )
+
+
+async def _housekeeping(state: RelayState) -> None:
+    """Drop idle rate-limit state and persist keys' last use, once a minute."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        state.gate.limiter.sweep()
+        await state.store.flush_last_used()
 
 
 async def _close_state(state: RelayState) -> None:
     for provider in state.providers.values():
         await provider.aclose()
+    await state.store.flush_last_used()
     await state.db.close()
 
 
@@ -93,19 +121,29 @@ def _handle_unexpected(request: Request, exc: Exception) -> Response:
     return unexpected_error_response(exc)
 
 
-def create_app(config: Config, *, client_factory: ClientFactory | None = None) -> Starlette:
+def create_app(
+    config: Config,
+    *,
+    client_factory: ClientFactory | None = None,
+    hasher: SecretHasher | None = None,
+) -> Starlette:
+    """The relay ASGI app; ``client_factory`` and ``hasher`` are seams for tests."""
     factory = client_factory or default_client_factory
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        state = await _open_state(config, factory)
+        state = await _open_state(config, factory, hasher)
+        housekeeping = asyncio.create_task(_housekeeping(state))
         try:
             yield {"relay": state}
         finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
             await _close_state(state)
 
     return Starlette(
-        routes=data_plane_routes(),
+        routes=data_plane_routes() + admin_routes(),
         lifespan=lifespan,
         exception_handlers={
             RelayError: _handle_relay_error,

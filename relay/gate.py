@@ -1,8 +1,9 @@
 """The admission gate: scopes, rate limits and wallet holds for a principal.
 
-``Gate`` is the single place the data plane asks "may this principal do this, and
-what does it hold?". The operator's admin token is admitted without limits or
-billing (it has no wallet); client keys bring their account's limits and wallet.
+``Gate`` is the one place the data plane asks "may this principal do this, and what
+does it hold?". Checks run in an order that never consumes budget for a request that
+is then refused: scopes, then rate limits (which consume nothing when they refuse),
+then the wallet hold (whose refusal gives the rate budget back).
 """
 
 from __future__ import annotations
@@ -11,34 +12,101 @@ from decimal import Decimal
 from typing import Any
 
 from relay.auth import Principal
+from relay.errors import Forbidden, QuotaError
 from relay.estimate import CostQuote
 from relay.exchange import Exchange
-from relay.pricing import ONE
+from relay.limits import RateLimiter
+from relay.pricing import ONE, parse_multiplier
 from relay.routing import Model
 from relay.ticket import Ticket
+from relay.wallet import Wallet
 
 __all__ = ["Gate"]
 
 
 class Gate:
+    def __init__(self, wallet: Wallet, limiter: RateLimiter):
+        self.wallet = wallet
+        self.limiter = limiter
+        self._multipliers: dict[str, Decimal] = {"1": ONE}
+
+    def _multiplier_of(self, text: str) -> Decimal:
+        value = self._multipliers.get(text)
+        if value is None:
+            value = self._multipliers[text] = parse_multiplier(text)
+        return value
+
     def multiplier(self, principal: Principal) -> Decimal:
-        return ONE
+        """Account × key price multiplier (discount or markup); 1 for the operator."""
+        if principal.key is None or principal.account is None:
+            return ONE
+        account = self._multiplier_of(principal.account.price_multiplier)
+        key = self._multiplier_of(principal.key.price_multiplier)
+        return account * key
 
     def check_model(self, principal: Principal, model: Model, endpoint: str) -> None:
-        return None
+        key = principal.key
+        if key is None:
+            return
+        if key.models and model.name not in key.models:
+            raise Forbidden(
+                f"This API key may not use the model {model.name!r}", code="model_not_allowed"
+            )
+        if key.endpoints and endpoint not in key.endpoints:
+            raise Forbidden(
+                f"This API key may not use the {endpoint} endpoint", code="endpoint_not_allowed"
+            )
 
     def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
-        return Ticket()
+        """Take the rate-limit slot and the wallet hold, or refuse with 429/402."""
+        key, account = exchange.principal.key, exchange.principal.account
+        if key is None or account is None:
+            return Ticket()
+        admission = self.limiter.admit(
+            key.id,
+            rpm=key.rpm,
+            tpm=key.tpm,
+            concurrency=key.concurrency,
+            estimated_tokens=quote.prompt_tokens,
+            account_id=account.id,
+            account_rpm=account.rpm,
+            account_tpm=account.tpm,
+            account_concurrency=account.concurrency,
+        )
+        try:
+            hold = self.wallet.hold(
+                account.id,
+                key.id,
+                estimate_micros=quote.estimate_micros,
+                worst_case_micros=quote.worst_case_micros,
+            )
+        except QuotaError:
+            admission.release(0)
+            raise
+        return Ticket(admission, hold, self.wallet)
 
     def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:
+        """The hold this request would place now, without placing it (design §5)."""
         assert exchange.model is not None
+        key, account = exchange.principal.key, exchange.principal.account
+        hold_micros = 0
+        available: int | None = None
+        if key is not None and account is not None:
+            plan = self.wallet.plan_hold(
+                account.id,
+                key.id,
+                estimate_micros=quote.estimate_micros,
+                worst_case_micros=quote.worst_case_micros,
+            )
+            hold_micros = plan.hold_micros
+            available = self.wallet.snapshot(account.id).available_micros
         return {
             "dry_run": True,
             "estimate": {
                 "model": exchange.model.name,
-                "hold_micros": 0,
+                "hold_micros": hold_micros,
                 "estimated_cost_micros": quote.estimate_micros,
                 "worst_case_cost_micros": quote.worst_case_micros,
-                "available_micros": None,
+                "available_micros": available,
             },
         }

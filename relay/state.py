@@ -6,6 +6,7 @@ import itertools
 import secrets
 from dataclasses import dataclass, field
 
+from relay.accounts import AccountStore
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.db import Database
@@ -13,6 +14,7 @@ from relay.gate import Gate
 from relay.providers import Provider
 from relay.routing import Router
 from relay.usage import UsageLog
+from relay.wallet import Wallet
 
 __all__ = ["RelayState"]
 
@@ -24,8 +26,10 @@ class RelayState:
     providers: dict[str, Provider]
     router: Router
     auth: Authenticator
-    usage: UsageLog
+    store: AccountStore
+    wallet: Wallet
     gate: Gate
+    usage: UsageLog
     started_at: int = 0
     # Request ids: a per-boot random prefix and a counter, unique across restarts.
     _boot: str = field(default_factory=lambda: secrets.token_hex(6))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
+from relay.api.account import show_balance, show_calling_key
 from relay.api.chat import chat_completions, embeddings
 from relay.api.models import healthz, list_models
 
@@ -15,5 +16,7 @@ def data_plane_routes() -> list[BaseRoute]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/balance", show_balance, methods=["GET"]),
+        Route("/v1/key", show_calling_key, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]

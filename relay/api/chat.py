@@ -49,7 +49,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     exchange = Exchange(state.new_request_id(), "chat", ANONYMOUS)
     ticket: Ticket | None = None
     try:
-        exchange.principal = state.auth.authenticate(request.headers)
+        exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
         chat: ChatRequest = decode_or_400(decode_chat_request, body)
         model = _model_for(state, exchange, chat.model, "chat")
@@ -87,7 +87,7 @@ async def embeddings(request: Request) -> Response:
     exchange = Exchange(state.new_request_id(), "embeddings", ANONYMOUS)
     ticket: Ticket | None = None
     try:
-        exchange.principal = state.auth.authenticate(request.headers)
+        exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
         embedding: EmbeddingRequest = decode_or_400(decode_embedding_request, body)
         model = _model_for(state, exchange, embedding.model, "embedding")

@@ -35,7 +35,7 @@ def _model_view(model: Model, created: int) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     state = relay_state(request)
     try:
-        state.auth.authenticate(request.headers)
+        await state.auth.authenticate(request.headers)
     except RelayError as exc:
         return error_response(exc)
     data = [_model_view(model, state.started_at) for model in state.router.models.values()]
@@ -46,7 +46,7 @@ async def healthz(request: Request) -> Response:
     """Liveness for anyone; upstream key health only for the operator."""
     state = relay_state(request)
     try:
-        principal = state.auth.authenticate(request.headers)
+        principal = await state.auth.authenticate(request.headers)
     except RelayError:
         principal = None
     if principal is None or principal.kind != "admin":

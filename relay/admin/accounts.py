@@ -1,0 +1,182 @@
+"""Admin handlers for accounts and their wallets."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.accounts import Account
+from relay.admin.common import (
+    ADMIN_ACTOR,
+    account_view,
+    admin_route,
+    created,
+    decode_body,
+    parse_usd,
+    wallet_view,
+)
+from relay.api.http import json_response
+from relay.errors import InvalidRequest
+from relay.ledger import ledger_view
+from relay.pricing import parse_multiplier
+from relay.state import RelayState
+from relay.wallet import DuplicateReference
+
+__all__ = [
+    "create_account",
+    "credit_account",
+    "list_accounts",
+    "show_account",
+    "show_ledger",
+    "show_wallet",
+    "update_account",
+]
+
+Count = Annotated[int, Meta(ge=0)]
+Name = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\s].*$")]
+
+
+class NewAccount(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    mode: Literal["prepaid", "postpaid"] = "prepaid"
+    credit_limit_usd: str = "0"
+    rpm: Count = 0
+    tpm: Count = 0
+    concurrency: Count = 0
+    price_multiplier: str = "1"
+
+
+class AccountChanges(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name | UnsetType = UNSET
+    mode: Literal["prepaid", "postpaid"] | UnsetType = UNSET
+    credit_limit_usd: str | UnsetType = UNSET
+    status: Literal["active", "suspended"] | UnsetType = UNSET
+    rpm: Count | UnsetType = UNSET
+    tpm: Count | UnsetType = UNSET
+    concurrency: Count | UnsetType = UNSET
+    price_multiplier: str | UnsetType = UNSET
+
+
+class Credit(msgspec.Struct, forbid_unknown_fields=True):
+    amount_usd: str
+    reference: Annotated[str, Meta(min_length=1, max_length=200)]
+    note: str | None = None
+
+
+def _check_multiplier(text: str) -> str:
+    try:
+        parse_multiplier(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="price_multiplier") from None
+    return text
+
+
+def _check_limit(mode: str, credit_limit_micros: int) -> None:
+    if mode == "prepaid" and credit_limit_micros:
+        raise InvalidRequest("a prepaid account has no credit limit: use mode postpaid")
+
+
+@admin_route
+async def create_account(request: Request, state: RelayState) -> Response:
+    spec = await decode_body(request, NewAccount)
+    limit = parse_usd(spec.credit_limit_usd, "credit_limit_usd")
+    _check_limit(spec.mode, limit)
+    account = Account(
+        id="",
+        name=spec.name,
+        mode=spec.mode,
+        credit_limit_micros=limit,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        concurrency=spec.concurrency,
+        price_multiplier=_check_multiplier(spec.price_multiplier),
+    )
+    account = await state.store.create_account(account, actor=ADMIN_ACTOR)
+    return created(account_view(state, account))
+
+
+@admin_route
+async def list_accounts(request: Request, state: RelayState) -> Response:
+    accounts = sorted(state.store.accounts.values(), key=lambda a: a.created_at_ms)
+    return json_response({"data": [account_view(state, a) for a in accounts]})
+
+
+@admin_route
+async def show_account(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    return json_response(account_view(state, account))
+
+
+@admin_route
+async def update_account(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    changes = await decode_body(request, AccountChanges)
+    fields = {
+        name: value
+        for name, value in msgspec.structs.asdict(changes).items()
+        if value is not UNSET and name != "credit_limit_usd"
+    }
+    if isinstance(changes.credit_limit_usd, str):
+        fields["credit_limit_micros"] = parse_usd(changes.credit_limit_usd, "credit_limit_usd")
+    if isinstance(changes.price_multiplier, str):
+        _check_multiplier(changes.price_multiplier)
+    if fields.get("mode") == "prepaid" and "credit_limit_micros" not in fields:
+        fields["credit_limit_micros"] = 0
+    updated = msgspec.structs.replace(account, **fields)
+    _check_limit(updated.mode, updated.credit_limit_micros)
+    updated = await state.store.update_account(updated, actor=ADMIN_ACTOR)
+    state.gate.limiter.forget_account(updated.id)
+    return json_response(account_view(state, updated))
+
+
+@admin_route
+async def credit_account(request: Request, state: RelayState) -> Response:
+    """A top-up, idempotent on its reference; committed before the answer."""
+    account = state.store.account(request.path_params["account"])
+    credit = await decode_body(request, Credit)
+    amount = parse_usd(credit.amount_usd, "amount_usd")
+    if amount <= 0:
+        raise InvalidRequest("amount_usd must be positive", param="amount_usd")
+    try:
+        entry = state.wallet.credit(
+            account.id, amount, reference=credit.reference, note=credit.note
+        )
+    except DuplicateReference:
+        return json_response({"credited": False, "wallet": wallet_view(state, account.id)})
+    detail = {"amount_micros": amount, "reference": credit.reference}
+    # The audit write commits the batch that holds the ledger row queued just before it.
+    await state.store.record_action(
+        actor=ADMIN_ACTOR, action="wallet.credit", target=account.id, detail=detail
+    )
+    return created(
+        {
+            "credited": True,
+            "entry": msgspec.structs.asdict(entry),
+            "wallet": wallet_view(state, account.id),
+        }
+    )
+
+
+@admin_route
+async def show_wallet(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    return json_response(wallet_view(state, account.id))
+
+
+@admin_route
+async def show_ledger(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    try:
+        limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
+        before = int(request.query_params.get("before_id", str(2**62)))
+    except ValueError:
+        raise InvalidRequest("limit and before_id must be integers") from None
+    rows = await state.db.fetchall(
+        "SELECT * FROM ledger WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (account.id, before, limit),
+    )
+    return json_response({"data": [ledger_view(row) for row in rows]})

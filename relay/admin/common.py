@@ -1,0 +1,160 @@
+"""What every admin handler shares: the operator check, body decoding, JSON views."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.accounts import Account, ApiKey
+from relay.api.http import decode_or_400, error_response, json_response, read_body, relay_state
+from relay.errors import AuthError, Forbidden, InvalidRequest, RelayError
+from relay.pricing import micros_to_usd, usd_to_micros
+from relay.state import RelayState
+
+__all__ = [
+    "ADMIN_ACTOR",
+    "account_view",
+    "admin_route",
+    "decode_body",
+    "iso",
+    "key_view",
+    "parse_expiry",
+    "parse_usd",
+    "wallet_view",
+]
+
+T = TypeVar("T")
+ADMIN_ACTOR = "admin-token"
+Handler = Callable[[Request, RelayState], Awaitable[Response]]
+_MAX_ADMIN_BODY = 64 * 1024
+
+
+def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler with the admin-token check and the error shape."""
+
+    async def endpoint(request: Request) -> Response:
+        state = relay_state(request)
+        try:
+            _require_admin(request, state)
+            return await handler(request, state)
+        except RelayError as exc:
+            return error_response(exc)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def _require_admin(request: Request, state: RelayState) -> None:
+    if not state.auth.admin_enabled:
+        env = state.config.server.admin_token_env
+        raise Forbidden(f"The admin API is disabled: set {env} and restart", code="admin_disabled")
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("Missing admin token: send 'Authorization: Bearer <admin token>'")
+    if not state.auth.is_admin_token(token.strip()):
+        raise AuthError("Invalid admin token")
+
+
+async def decode_body(request: Request, type_: type[T]) -> T:
+    body = await read_body(request, _MAX_ADMIN_BODY)
+    decoder = msgspec.json.Decoder(type_)
+    return decode_or_400(decoder.decode, body)
+
+
+def parse_usd(value: str, field: str) -> int:
+    try:
+        micros = usd_to_micros(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{field}: {exc}", param=field) from None
+    if micros < 0:
+        raise InvalidRequest(f"{field} must not be negative", param=field)
+    return micros
+
+
+def parse_expiry(value: str | None) -> int | None:
+    """``YYYY-MM-DD`` (the end of that day, UTC) or an ISO timestamp → unix ms."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            moment = dt.datetime.combine(day, dt.time.max, tzinfo=dt.UTC)
+        else:
+            moment = dt.datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise InvalidRequest("expires must be YYYY-MM-DD or an ISO timestamp") from None
+    return int(moment.timestamp() * 1000)
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def wallet_view(state: RelayState, account_id: str) -> dict[str, Any]:
+    view = state.wallet.snapshot(account_id)
+    return {
+        "account_id": account_id,
+        "balance_micros": view.balance_micros,
+        "held_micros": view.held_micros,
+        "available_micros": view.available_micros,
+        "credit_limit_micros": view.credit_limit_micros,
+        "mode": view.mode,
+        "balance_usd": micros_to_usd(view.balance_micros),
+        "available_usd": micros_to_usd(view.available_micros),
+    }
+
+
+def account_view(state: RelayState, account: Account) -> dict[str, Any]:
+    wallet = state.wallet.snapshot(account.id)
+    return {
+        "id": account.id,
+        "name": account.name,
+        "mode": account.mode,
+        "status": account.status,
+        "credit_limit_micros": account.credit_limit_micros,
+        "rpm": account.rpm,
+        "tpm": account.tpm,
+        "concurrency": account.concurrency,
+        "price_multiplier": account.price_multiplier,
+        "created_at": iso(account.created_at_ms),
+        "balance_micros": wallet.balance_micros,
+        "held_micros": wallet.held_micros,
+        "available_micros": wallet.available_micros,
+    }
+
+
+def key_view(state: RelayState, key: ApiKey, last_used_ms: int | None = None) -> dict[str, Any]:
+    spend = state.wallet.key_snapshot(key.id)
+    return {
+        "id": key.id,
+        "account_id": key.account_id,
+        "name": key.label,
+        "masked": key.masked,
+        "models": list(key.models),
+        "endpoints": list(key.endpoints),
+        "spend_cap_micros": key.spend_cap_micros,
+        "spent_micros": spend.spent_micros,
+        "remaining_micros": spend.remaining_micros,
+        "rpm": key.rpm,
+        "tpm": key.tpm,
+        "concurrency": key.concurrency,
+        "expires_at": iso(key.expires_at_ms),
+        "status": key.status,
+        "created_at": iso(key.created_at_ms),
+        "last_used_at": iso(last_used_ms),
+    }
+
+
+def created(body: dict[str, Any]) -> Response:
+    return json_response(body, status=201)

@@ -1,0 +1,115 @@
+"""The audit trail: every admin action as an insert-only, hash-chained row.
+
+Each row's ``hash`` is HMAC-SHA256 (key kept outside the database, see
+``relay.secrets``) over its own fields and the previous row's hash, so editing,
+inserting or deleting a row in the middle breaks the chain at that row.
+``verify_chain`` walks it and reports the first broken link. Rows are written by the
+single writer, inside the same transaction as the change they describe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sqlite3
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = ["ChainReport", "append_audit", "row_hash", "verify_chain"]
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def row_hash(
+    key: bytes,
+    *,
+    row_id: int,
+    ts_ms: int,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: str,
+    prev_hash: str,
+) -> str:
+    message = _encode([row_id, ts_ms, actor, action, target, detail, prev_hash])
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def append_audit(
+    conn: sqlite3.Connection,
+    key: bytes,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+) -> None:
+    """Insert one chained row; call inside the writer's transaction for the change."""
+    last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    row_id = (last[0] + 1) if last else 1
+    prev_hash = last[1] if last else ""
+    ts_ms = int(time.time() * 1000)
+    detail_text = _encode(detail).decode()
+    digest = row_hash(
+        key,
+        row_id=row_id,
+        ts_ms=ts_ms,
+        actor=actor,
+        action=action,
+        target=target,
+        detail=detail_text,
+        prev_hash=prev_hash,
+    )
+    conn.execute(
+        "INSERT INTO audit (id, ts_ms, actor, action, target, detail, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (row_id, ts_ms, actor, action, target, detail_text, prev_hash, digest),
+    )
+
+
+class ChainReport(msgspec.Struct):
+    ok: bool
+    rows: int
+    first_id: int | None = None
+    last_id: int | None = None
+    broken_at: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(rows: list[sqlite3.Row] | list[tuple[Any, ...]], key: bytes) -> ChainReport:
+    """Check rows (id, ts_ms, actor, action, target, detail, prev_hash, hash) in id order.
+
+    The first row is trusted to start the chain (older rows may have been archived);
+    every later row must link to its predecessor and carry its own correct hash.
+    """
+    prev: str | None = None
+    prev_id: int | None = None
+    for row in rows:
+        row_id, ts_ms, actor, action, target, detail, prev_hash, digest = tuple(row)
+        if prev is not None and (prev_hash != prev or row_id != (prev_id or 0) + 1):
+            return _broken(rows, row_id, "does not link to the row before it")
+        expected = row_hash(
+            key,
+            row_id=row_id,
+            ts_ms=ts_ms,
+            actor=actor,
+            action=action,
+            target=target,
+            detail=detail,
+            prev_hash=prev_hash,
+        )
+        if not hmac.compare_digest(expected, digest):
+            return _broken(rows, row_id, "its contents do not match its hash")
+        prev, prev_id = digest, row_id
+    return ChainReport(
+        ok=True,
+        rows=len(rows),
+        first_id=tuple(rows[0])[0] if rows else None,
+        last_id=prev_id,
+    )
+
+
+def _broken(rows: list[Any], row_id: int, reason: str) -> ChainReport:
+    return ChainReport(ok=False, rows=len(rows), broken_at=row_id, reason=reason)
