@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,7 +38,7 @@ from relay.routing import Model, Router
 from relay.server_secret import ServerSecret, secret_path_for
 from relay.state import RelayState
 from relay.usage import UsageLog
-from relay.wallet import Wallet
+from relay.wallet import LedgerEntry, Wallet
 
 __all__ = ["create_app"]
 
@@ -48,6 +48,16 @@ HOUSEKEEPING_INTERVAL_S = 60.0
 
 def _build_router(config: Config, providers: dict[str, Provider]) -> Router:
     return Router({model.name: Model(model, providers) for model in config.models})
+
+
+def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
+    """Credits and adjustments are queued at once; a charge is written with its usage row."""
+
+    def sink(entry: LedgerEntry) -> None:
+        if entry.kind != "charge":
+            db.enqueue(lambda conn: insert_entry(conn, entry))
+
+    return sink
 
 
 async def _open_state(
@@ -61,7 +71,7 @@ async def _open_state(
     )
     try:
         secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
-        wallet = Wallet(lambda entry: db.enqueue(lambda conn: insert_entry(conn, entry)))
+        wallet = Wallet(_ledger_sink(db))
         await load_wallet(db, wallet)
         store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
         await store.load()
@@ -80,7 +90,7 @@ async def _open_state(
         auth=Authenticator(admin_token, store, VerifiedKeyCache(secret.subkey("key-cache"))),
         store=store,
         wallet=wallet,
-        gate=Gate(wallet, RateLimiter()),
+        gate=Gate(wallet, RateLimiter(), backlog=lambda: db.pending_writes),
         usage=UsageLog(db),
         started_at=int(time.time()),
     )

@@ -60,6 +60,10 @@ class RelayError(Exception):
             self.code = code
         self.param = param
 
+    def with_retry_after(self, seconds: float) -> RelayError:
+        self.retry_after_s = seconds
+        return self
+
     def headers(self) -> dict[str, str]:
         if self.retry_after_s is None:
             return {}

@@ -8,11 +8,12 @@ then the wallet hold (whose refusal gives the rate budget back).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from relay.auth import Principal
-from relay.errors import Forbidden, QuotaError
+from relay.errors import Forbidden, NoUpstreamAvailable, QuotaError
 from relay.estimate import CostQuote
 from relay.exchange import Exchange
 from relay.limits import RateLimiter
@@ -23,11 +24,23 @@ from relay.wallet import Wallet
 
 __all__ = ["Gate"]
 
+# Well below the writer's queue bound (10,000), so in-flight settlements always fit.
+MAX_WRITE_BACKLOG = 5_000
+
 
 class Gate:
-    def __init__(self, wallet: Wallet, limiter: RateLimiter):
+    def __init__(
+        self,
+        wallet: Wallet,
+        limiter: RateLimiter,
+        *,
+        backlog: Callable[[], int] = lambda: 0,
+        max_backlog: int = MAX_WRITE_BACKLOG,
+    ):
         self.wallet = wallet
         self.limiter = limiter
+        self._backlog = backlog
+        self._max_backlog = max_backlog
         self._multipliers: dict[str, Decimal] = {"1": ONE}
 
     def _multiplier_of(self, text: str) -> Decimal:
@@ -59,6 +72,12 @@ class Gate:
 
     def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
         """Take the rate-limit slot and the wallet hold, or refuse with 429/402."""
+        if self._backlog() > self._max_backlog:
+            # Back-pressure: stop admitting while the writer catches up, so the usage and
+            # charge rows of requests already in flight always have room (never dropped).
+            raise NoUpstreamAvailable(
+                "relay is saving usage records; retry shortly", code="server_busy"
+            ).with_retry_after(1.0)
         key, account = exchange.principal.key, exchange.principal.account
         if key is None or account is None:
             return Ticket()

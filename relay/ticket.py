@@ -9,13 +9,21 @@ can run in a ``finally`` during cancellation, and only the first call counts.
 from __future__ import annotations
 
 from relay.limits import Admission
-from relay.wallet import Hold, Wallet
+from relay.wallet import Hold, LedgerEntry, Wallet
 
 __all__ = ["Ticket"]
 
 
 class Ticket:
-    __slots__ = ("_admission", "_hold", "_wallet", "_finished", "charged_micros", "overrun")
+    __slots__ = (
+        "_admission",
+        "_hold",
+        "_wallet",
+        "_finished",
+        "charged_micros",
+        "overrun",
+        "charge",
+    )
 
     def __init__(
         self,
@@ -29,6 +37,8 @@ class Ticket:
         self._finished = False
         self.charged_micros = 0
         self.overrun = False
+        # The charge row, persisted together with the request's usage row.
+        self.charge: LedgerEntry | None = None
 
     @property
     def finished(self) -> bool:
@@ -52,7 +62,7 @@ class Ticket:
         self._finished = True
         try:
             if self._hold is not None and self._wallet is not None:
-                self._wallet.settle(
+                self.charge = self._wallet.settle(
                     self._hold,
                     cost_micros,
                     reference=request_id,

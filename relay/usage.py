@@ -6,11 +6,14 @@ and provider, tokens, cost, status and timings.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import msgspec
 
-from relay.db import Database
+from relay.db import Database, WriteQueueFull
+from relay.ledger import insert_entry
+from relay.wallet import LedgerEntry
 
 __all__ = ["UsageLog", "UsageRecord"]
 
@@ -47,10 +50,32 @@ def insert_usage(conn: sqlite3.Connection, record: UsageRecord) -> None:
     conn.execute(_INSERT, msgspec.structs.astuple(record))
 
 
+def _write_usage(conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEntry | None) -> None:
+    if charge is not None:
+        insert_entry(conn, charge)
+    insert_usage(conn, record)
+
+
 class UsageLog:
+    """Queues usage rows (with their charge, in one transaction) for the single writer."""
+
     def __init__(self, db: Database):
         self._db = db
+        self._overflow: set[asyncio.Task[None]] = set()
 
-    def record(self, record: UsageRecord) -> None:
-        """Queue the row; the writer commits it within one flush interval."""
-        self._db.enqueue(lambda conn: insert_usage(conn, record))
+    def record(self, record: UsageRecord, charge: LedgerEntry | None = None) -> None:
+        """Queue the row and its charge; committed together within one flush interval.
+
+        Never drops: the gate stops admitting well before the queue is full, and if it
+        is full anyway the write waits for room in a task of its own.
+        """
+
+        def write(conn: sqlite3.Connection) -> None:
+            _write_usage(conn, record, charge)
+
+        try:
+            self._db.enqueue(write)
+        except WriteQueueFull:
+            task = asyncio.get_running_loop().create_task(self._db.enqueue_wait(write))
+            self._overflow.add(task)
+            task.add_done_callback(self._overflow.discard)

@@ -18,6 +18,7 @@ def admin_routes() -> list[BaseRoute]:
         Route("/admin/accounts/{account}/credits", accounts.credit_account, methods=["POST"]),
         Route("/admin/accounts/{account}/wallet", accounts.show_wallet, methods=["GET"]),
         Route("/admin/accounts/{account}/ledger", accounts.show_ledger, methods=["GET"]),
+        Route("/admin/accounts/{account}/statement", accounts.show_statement, methods=["GET"]),
         Route("/admin/accounts/{account}/keys", keys.create_key, methods=["POST"]),
         Route("/admin/keys", keys.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", keys.show_key, methods=["GET"]),

@@ -21,6 +21,7 @@ from relay.admin.common import (
 )
 from relay.api.http import json_response
 from relay.errors import InvalidRequest
+from relay.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.ledger import ledger_view
 from relay.pricing import parse_multiplier
 from relay.state import RelayState
@@ -32,6 +33,7 @@ __all__ = [
     "list_accounts",
     "show_account",
     "show_ledger",
+    "show_statement",
     "show_wallet",
     "update_account",
 ]
@@ -180,3 +182,31 @@ async def show_ledger(request: Request, state: RelayState) -> Response:
         (account.id, before, limit),
     )
     return json_response({"data": [ledger_view(row) for row in rows]})
+
+
+@admin_route
+async def show_statement(request: Request, state: RelayState) -> Response:
+    """``?month=YYYY-MM&format=json|csv|html``: the account's monthly statement."""
+    account = state.store.account(request.path_params["account"])
+    month = request.query_params.get("month", "")
+    try:
+        month_bounds(month)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="month") from None
+    statement = await build_statement(
+        state.db,
+        account_id=account.id,
+        account_name=account.name,
+        mode=account.mode,
+        credit_limit_micros=account.credit_limit_micros,
+        month=month,
+    )
+    kind = request.query_params.get("format", "json")
+    if kind == "csv":
+        return Response(render_csv(statement), media_type="text/csv")
+    if kind == "html":
+        return Response(render_html(statement), media_type="text/html")
+    return json_response(
+        msgspec.structs.asdict(statement)
+        | {"lines": [msgspec.structs.asdict(line) for line in statement.lines]}
+    )

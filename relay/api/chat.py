@@ -174,7 +174,7 @@ def _settle(
         request_id=exchange.request_id,
         estimated=exchange.usage_estimated,
     )
-    state.usage.record(exchange.usage_record())
+    state.usage.record(exchange.usage_record(), ticket.charge)
 
 
 async def _relay_answer(
