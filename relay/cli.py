@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     _add_config_option(check)
     check.set_defaults(handler=_check_config)
+
+    # Management commands: clients of the running server's admin API.
+    from relay.cli_admin import add_admin_commands
+    from relay.cli_billing import add_billing_commands
+
+    add_admin_commands(commands, _add_config_option)
+    add_billing_commands(commands, _add_config_option)
     return parser
 
 
