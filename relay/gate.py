@@ -2,8 +2,8 @@
 
 ``Gate`` is the one place the data plane asks "may this principal do this, and what
 does it hold?". Checks run in an order that never consumes budget for a request that
-is then refused: scopes, then rate limits (which consume nothing when they refuse),
-then the wallet hold (whose refusal gives the rate budget back).
+is then refused: scopes, then the wallet (checked without placing anything), then
+rate limits (which consume nothing when they refuse), then the hold itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from relay.auth import Principal
-from relay.errors import Forbidden, NoUpstreamAvailable, QuotaError
+from relay.errors import Forbidden, NoUpstreamAvailable
 from relay.estimate import CostQuote
 from relay.exchange import Exchange
 from relay.limits import RateLimiter
@@ -81,6 +81,14 @@ class Gate:
         key, account = exchange.principal.key, exchange.principal.account
         if key is None or account is None:
             return Ticket()
+        # The wallet is asked first (without placing anything): a 402 must not spend rate
+        # budget, and a 429 from the limiter consumes nothing by construction.
+        self.wallet.plan_hold(
+            account.id,
+            key.id,
+            estimate_micros=quote.estimate_micros,
+            worst_case_micros=quote.worst_case_micros,
+        )
         admission = self.limiter.admit(
             key.id,
             rpm=key.rpm,
@@ -92,16 +100,13 @@ class Gate:
             account_tpm=account.tpm,
             account_concurrency=account.concurrency,
         )
-        try:
-            hold = self.wallet.hold(
-                account.id,
-                key.id,
-                estimate_micros=quote.estimate_micros,
-                worst_case_micros=quote.worst_case_micros,
-            )
-        except QuotaError:
-            admission.release(0)
-            raise
+        # Nothing was awaited since the plan, so the same hold fits now.
+        hold = self.wallet.hold(
+            account.id,
+            key.id,
+            estimate_micros=quote.estimate_micros,
+            worst_case_micros=quote.worst_case_micros,
+        )
         return Ticket(admission, hold, self.wallet)
 
     def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:
