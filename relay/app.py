@@ -34,6 +34,7 @@ from relay.keys import SecretHasher, VerifiedKeyCache
 from relay.ledger import insert_entry, load_wallet
 from relay.limits import RateLimiter
 from relay.providers import ClientFactory, Provider, build_provider, default_client_factory
+from relay.retention import RetentionJob, archive_dir_for
 from relay.routing import Model, Router
 from relay.server_secret import ServerSecret, secret_path_for
 from relay.state import RelayState
@@ -144,12 +145,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         state = await _open_state(config, factory, hasher)
         housekeeping = asyncio.create_task(_housekeeping(state))
+        retention = RetentionJob(state.db, archive_dir_for(config.database_path))
+        retention.start()
         try:
             yield {"relay": state}
         finally:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
+            await retention.stop()  # before the database closes
             await _close_state(state)
 
     return Starlette(

@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Management commands: clients of the running server's admin API.
     from relay.cli_admin import add_admin_commands
     from relay.cli_billing import add_billing_commands
+    from relay.cli_usage import add_usage_commands
 
     add_admin_commands(commands, _add_config_option)
     add_billing_commands(commands, _add_config_option)
+    add_usage_commands(commands, _add_config_option)
     return parser
 
 

@@ -24,6 +24,9 @@ from relay.migrations import (
 )
 
 NOW_MS = 1_700_000_000_000
+# The code's own migrations, and the number a test's extra migration takes.
+KNOWN = [m.number for m in MIGRATIONS]
+NEXT = len(MIGRATIONS) + 1
 
 
 @pytest.fixture
@@ -91,7 +94,7 @@ async def test_migrations_applied_once_and_idempotent_across_reopen(tmp_path: Pa
     first = await Database.open(path)
     rows = await first.fetchall("SELECT number, name, applied_at_ms FROM schema_migrations")
     await first.close()
-    assert [(r["number"], r["name"]) for r in rows] == [(1, "core schema")]
+    assert [r["number"] for r in rows] == KNOWN
 
     second = await Database.open(path)
     try:
@@ -109,28 +112,28 @@ async def test_migrations_applied_once_and_idempotent_across_reopen(tmp_path: Pa
 def test_apply_migrations_returns_only_new_numbers(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "plain.db", isolation_level=None)
     try:
-        assert apply_migrations(conn, now_ms=NOW_MS) == [1]
+        assert apply_migrations(conn, now_ms=NOW_MS) == KNOWN
         assert apply_migrations(conn, now_ms=NOW_MS) == []
-        extended = [*MIGRATIONS, Migration(2, "extra", "CREATE TABLE extra (x INTEGER);")]
-        assert apply_migrations(conn, extended, now_ms=NOW_MS) == [2]
+        extended = [*MIGRATIONS, Migration(NEXT, "extra", "CREATE TABLE extra (x INTEGER);")]
+        assert apply_migrations(conn, extended, now_ms=NOW_MS) == [NEXT]
         applied = conn.execute("SELECT number, applied_at_ms FROM schema_migrations").fetchall()
-        assert applied == [(1, NOW_MS), (2, NOW_MS)]
+        assert applied == [(n, NOW_MS) for n in [*KNOWN, NEXT]]
     finally:
         conn.close()
 
 
 async def test_database_newer_than_code_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    future = [*MIGRATIONS, Migration(2, "from the future", "CREATE TABLE later (x INTEGER);")]
+    future = [*MIGRATIONS, Migration(NEXT, "from the future", "CREATE TABLE later (x INTEGER);")]
     await (await Database.open(path, migrations=future)).close()
-    with pytest.raises(MigrationError, match="migration 2"):
+    with pytest.raises(MigrationError, match=f"migration {NEXT}"):
         await Database.open(path)
 
 
 async def test_failed_migration_rolls_back_completely(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
-    broken = [*MIGRATIONS, Migration(2, "broken", "CREATE TABLE half (x INTEGER); NOT SQL;")]
-    with pytest.raises(MigrationError, match=r"migration 2 \(broken\) failed"):
+    broken = [*MIGRATIONS, Migration(NEXT, "broken", "CREATE TABLE half (x INTEGER); NOT SQL;")]
+    with pytest.raises(MigrationError, match=rf"migration {NEXT} \(broken\) failed"):
         await Database.open(path, migrations=broken)
     conn = sqlite3.connect(path)
     try:
@@ -139,14 +142,14 @@ async def test_failed_migration_rolls_back_completely(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert "half" not in tables
-    assert numbers == [1]
+    assert numbers == KNOWN
 
 
 def test_misnumbered_migrations_are_rejected(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "plain.db", isolation_level=None)
     try:
         with pytest.raises(MigrationError, match="numbered"):
-            apply_migrations(conn, [Migration(2, "skips one", "SELECT 1;")])
+            apply_migrations(conn, [Migration(NEXT + 1, "skips one", "SELECT 1;")])
     finally:
         conn.close()
 
