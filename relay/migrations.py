@@ -149,7 +149,61 @@ CREATE TABLE meta (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "core schema", _CORE_SCHEMA),)
+_ARCHIVES_SCHEMA = """
+-- One row per archive file beside the database (relay.retention). An archive holds the
+-- rows of one table matching account_id IS account_id AND from_ms <= ts_ms < until_ms
+-- AND id <= max_id; purged becomes 1 once those rows are deleted from the hot table,
+-- so a crash between writing the file and deleting the rows is finished, not redone.
+CREATE TABLE archives (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('usage', 'audit')),
+    account_id TEXT,
+    month TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    from_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    max_id INTEGER NOT NULL,
+    purged INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX archives_kind_account_month ON archives (kind, account_id, month);
+"""
+
+_VIDEO_JOBS_SCHEMA = """
+-- Async video generation jobs (relay.video_jobs). No prompt is stored. A job's id is its
+-- usage row's request_id and its charge's reference, so it is settled at most once.
+CREATE TABLE video_jobs (
+    id TEXT PRIMARY KEY,
+    account_id TEXT,
+    key_id TEXT,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    upstream_id TEXT NOT NULL,
+    seconds TEXT NOT NULL,
+    size TEXT,
+    estimate_micros INTEGER NOT NULL,
+    usd_per_second TEXT NOT NULL,
+    price_multiplier TEXT NOT NULL DEFAULT '1',
+    created_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'in_progress', 'completed', 'failed')),
+    progress INTEGER NOT NULL DEFAULT 0,
+    cost_micros INTEGER,
+    error_code TEXT,
+    updated_at_ms INTEGER NOT NULL,
+    completed_at_ms INTEGER
+);
+CREATE INDEX video_jobs_status ON video_jobs (status);
+CREATE INDEX video_jobs_account ON video_jobs (account_id, created_at_ms);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "core schema", _CORE_SCHEMA),
+    Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
+    Migration(3, "video jobs", _VIDEO_JOBS_SCHEMA),
+)
 
 _CREATE_TRACKING_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
