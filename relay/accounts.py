@@ -136,6 +136,10 @@ class AccountStore:
         # Keys used since the last flush of last_used_at_ms (batched: no write per request).
         self.used_keys: dict[str, int] = {}
 
+    @property
+    def audit_key(self) -> bytes:
+        return self._audit_key
+
     async def load(self) -> None:
         for row in await self._db.fetchall(f"SELECT {', '.join(_ACCOUNT_COLUMNS)} FROM accounts"):
             self._put_account(Account(*tuple(row)))

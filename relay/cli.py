@@ -67,6 +67,8 @@ def _configure_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aiosqlite logs every statement with its parameters at DEBUG: never let it.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,12 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Management commands: clients of the running server's admin API.
     from relay.cli_admin import add_admin_commands
+    from relay.cli_audit import add_audit_commands
     from relay.cli_billing import add_billing_commands
     from relay.cli_usage import add_usage_commands
 
     add_admin_commands(commands, _add_config_option)
     add_billing_commands(commands, _add_config_option)
     add_usage_commands(commands, _add_config_option)
+    add_audit_commands(commands, _add_config_option)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Route
 
 from relay.admin import accounts, keys
+from relay.admin.audit import audit_routes
 from relay.admin.usage import usage_routes
 
 __all__ = ["admin_routes"]
@@ -26,4 +27,5 @@ def admin_routes() -> list[BaseRoute]:
         Route("/admin/keys/{key_id}", keys.update_key, methods=["PATCH"]),
         Route("/admin/keys/{key_id}/revoke", keys.revoke_key, methods=["POST"]),
         *usage_routes(),
+        *audit_routes(),
     ]
