@@ -51,6 +51,11 @@ class KeyPool:
     def configured(self) -> bool:
         return bool(self.keys)
 
+    @property
+    def has_usable_key(self) -> bool:
+        """Some key is still in rotation (it may be cooling down)."""
+        return any(key.disabled_reason is None for key in self.keys)
+
     def acquire(self, exclude: frozenset[int] | set[int] = frozenset()) -> UpstreamKey | None:
         """The healthy key with the fewest requests in flight, or None if none is usable."""
         now = self._clock()

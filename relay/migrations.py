@@ -199,10 +199,127 @@ CREATE INDEX video_jobs_status ON video_jobs (status);
 CREATE INDEX video_jobs_account ON video_jobs (account_id, created_at_ms);
 """
 
+_CONSOLE_SCHEMA = """
+-- The web console (relay.console): users, memberships, sessions, invites, tickets.
+CREATE TABLE console_users (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    operator INTEGER NOT NULL DEFAULT 0 CHECK (operator IN (0, 1)),
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+    -- Bumped by a password change: sessions made under an older version are dead.
+    session_version INTEGER NOT NULL DEFAULT 1,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE console_memberships (
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    user_id TEXT NOT NULL REFERENCES console_users (id),
+    role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (account_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX console_memberships_user ON console_memberships (user_id);
+
+-- id_hash is the SHA-256 of the random session id the signed cookie carries.
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES console_users (id),
+    session_version INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX console_sessions_user ON console_sessions (user_id);
+
+CREATE TABLE console_invites (
+    id_hash TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    created_by TEXT NOT NULL REFERENCES console_users (id),
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms INTEGER,
+    used_by TEXT REFERENCES console_users (id)
+) WITHOUT ROWID;
+CREATE INDEX console_invites_account ON console_invites (account_id, created_at_ms);
+
+-- Who made a key in the console: members may manage only their own keys.
+CREATE TABLE console_key_creators (
+    key_id TEXT PRIMARY KEY REFERENCES api_keys (id),
+    user_id TEXT NOT NULL REFERENCES console_users (id)
+) WITHOUT ROWID;
+CREATE INDEX console_key_creators_user ON console_key_creators (user_id);
+
+CREATE TABLE console_tickets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    opened_by TEXT NOT NULL REFERENCES console_users (id),
+    subject TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'answered', 'closed')),
+    request_id TEXT,
+    payment_reference TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX console_tickets_account ON console_tickets (account_id, id);
+CREATE INDEX console_tickets_status ON console_tickets (status, id);
+
+CREATE TABLE console_ticket_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket_id INTEGER NOT NULL REFERENCES console_tickets (id),
+    author_id TEXT NOT NULL REFERENCES console_users (id),
+    from_operator INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX console_ticket_messages_ticket ON console_ticket_messages (ticket_id, id);
+
+-- Request logs page newest first by id (keyset), per account, key, model, or errors only.
+CREATE INDEX usage_account_id ON usage (account_id, id);
+CREATE INDEX usage_key_id ON usage (key_id, id);
+CREATE INDEX usage_account_model_id ON usage (account_id, model, id);
+CREATE INDEX usage_account_errors ON usage (account_id, id) WHERE status >= 400;
+
+-- Spend per account, UTC day (unix ms / 86400000) and model, kept by a trigger so the
+-- overview's 30-day charts read a few hundred rows, not every usage row. Deleting usage
+-- rows (archiving) leaves the totals alone.
+CREATE TABLE usage_daily (
+    account_id TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    PRIMARY KEY (account_id, day, model)
+) WITHOUT ROWID;
+INSERT INTO usage_daily
+SELECT COALESCE(account_id, ''), ts_ms / 86400000, COALESCE(model, ''), COUNT(*),
+       SUM(status >= 400), SUM(cost_micros), SUM(prompt_tokens), SUM(completion_tokens)
+FROM usage GROUP BY 1, 2, 3;
+CREATE TRIGGER usage_daily_rollup AFTER INSERT ON usage
+BEGIN
+    INSERT INTO usage_daily (account_id, day, model, requests, errors, cost_micros,
+                             prompt_tokens, completion_tokens)
+    VALUES (COALESCE(new.account_id, ''), new.ts_ms / 86400000, COALESCE(new.model, ''), 1,
+            new.status >= 400, new.cost_micros, new.prompt_tokens, new.completion_tokens)
+    ON CONFLICT (account_id, day, model) DO UPDATE SET
+        requests = requests + 1,
+        errors = errors + excluded.errors,
+        cost_micros = cost_micros + excluded.cost_micros,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens;
+END;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
     Migration(3, "video jobs", _VIDEO_JOBS_SCHEMA),
+    Migration(4, "console users, sessions, tickets; usage rollup", _CONSOLE_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from relay.config import ModelConfig
@@ -68,6 +68,11 @@ class Model:
 class UpstreamRejected(RelayError):
     """The upstream refused the request itself (a 4xx): passed back to the client as is."""
 
+    # Without these the usage row and the fallback body (an upstream that sent no body)
+    # would say 500's "server_error"/"internal_error" for what is the request's fault.
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
     def __init__(self, status: int, body: bytes, content_type: str):
         super().__init__(f"upstream rejected the request with HTTP {status}")
         self.status = status
@@ -115,6 +120,15 @@ class OpenedRoute:
 BodyForRoute = Callable[[Route], bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where one route's attempts go: the upstream URL, the client's path, extra headers."""
+
+    url: str
+    path: str
+    headers: dict[str, str]
+
+
 class Router:
     def __init__(
         self,
@@ -136,48 +150,78 @@ class Router:
         return model
 
     async def open_route(
-        self, model: Model, path: str, body_for: BodyForRoute, *, stream: bool
+        self,
+        model: Model,
+        path: str,
+        body_for: BodyForRoute,
+        *,
+        stream: bool,
+        client_headers: Mapping[str, str] | None = None,
     ) -> OpenedRoute:
+        """``path`` names the client's dialect; each provider maps it to its own endpoint
+        and forwards what it needs of ``client_headers`` (e.g. ``anthropic-version``)."""
         failure: RelayError | None = None
         for route in model.routes:
             if not route.provider.enabled:
                 failure = failure or NoUpstreamAvailable(route.provider.why_disabled())
                 continue
-            opened, failure = await self._try_route(route, path, body_for(route), stream, failure)
+            target = _Target(
+                route.provider.url(path),
+                path,
+                route.provider.forwarded_headers(client_headers or {}),
+            )
+            opened, failure = await self._try_route(route, target, body_for(route), stream, failure)
             if opened is not None:
                 return opened
         raise failure or NoUpstreamAvailable(f"no upstream is available for {model.name!r}")
 
     async def _try_route(
-        self, route: Route, path: str, body: bytes, stream: bool, failure: RelayError | None
+        self, route: Route, target: _Target, body: bytes, stream: bool, failure: RelayError | None
     ) -> tuple[OpenedRoute | None, RelayError | None]:
         provider = route.provider
         tried: set[int] = set()
-        url = provider.url(path)
         for attempt in range(1, provider.config.max_attempts + 1):
             key = provider.pool.acquire(tried) or provider.pool.acquire()
             if key is None:
                 return None, _pool_exhausted(provider)
             tried.add(key.index)
+            # The key is held until an OpenedRoute owns it; any other way out (a failure,
+            # an upstream 4xx, or the client leaving while we wait) must release it.
             try:
-                response = await provider.client.send(
-                    "POST",
-                    url,
-                    headers=provider.headers(key),
-                    body=body,
-                    timeouts=provider.timeouts,
+                opened, failure, retry_now = await self._attempt(
+                    route, target, body, key, attempt, stream
                 )
-            except UpstreamFailure as exc:
+            except BaseException:
                 provider.pool.release(key)
-                failure = _failure_from(exc, provider.name)
-                await self._backoff(attempt, provider.config.max_attempts)
-                continue
-            opened, failure, retry_now = await self._judge(response, route, key, attempt, stream)
+                raise
             if opened is not None:
                 return opened, None
+            provider.pool.release(key)
             if not retry_now:
                 await self._backoff(attempt, provider.config.max_attempts)
         return None, failure
+
+    async def _attempt(
+        self,
+        route: Route,
+        target: _Target,
+        body: bytes,
+        key: UpstreamKey,
+        attempt: int,
+        stream: bool,
+    ) -> tuple[OpenedRoute | None, RelayError | None, bool]:
+        """One try on one key: the opened route, or why not and whether to retry at once."""
+        provider = route.provider
+        headers = {**provider.headers(key), **target.headers}
+        try:
+            response = await provider.client.send(
+                "POST", target.url, headers=headers, body=body, timeouts=provider.timeouts
+            )
+        except UpstreamFailure as exc:
+            return None, _failure_from(exc, provider.name), False
+        # From here on the response reads in the client's dialect, whatever the upstream's.
+        response = provider.adapt_response(target.path, response)
+        return await self._judge(response, route, key, attempt, stream)
 
     async def _judge(
         self, response: UpstreamResponse, route: Route, key: UpstreamKey, attempt: int, stream: bool
@@ -185,23 +229,24 @@ class Router:
         """Accept a 2xx, or say why not and whether to retry without waiting."""
         provider = route.provider
         status = response.status
-        if status < 400:
+        if 200 <= status < 300:
             if not stream:
                 return OpenedRoute(response, route, key, attempt, None, None), None, False
             return await self._await_first_chunk(response, route, key, attempt)
         body = await _read_quietly(response)
-        provider.pool.release(key)
         if status == 429:
             provider.pool.cool_down(key, response.headers.get("retry-after"))
             return None, _pool_exhausted(provider), True
         if status in (401, 403):
             provider.pool.disable(key, status)
             return None, NoUpstreamAvailable(f"provider {provider.name!r} rejected its key"), True
-        if status >= 500 or status in _RETRYABLE_4XX:
+        # A 3xx too: relay does not follow redirects (a moved base_url is a config error),
+        # and passing one on as an answer would bill a redirect page as a completion.
+        if status >= 500 or status < 400 or status in _RETRYABLE_4XX:
             message = f"provider {provider.name!r} answered HTTP {status}"
             return None, UpstreamError(message), False
         content_type = response.headers.get("content-type", "application/json")
-        raise UpstreamRejected(status, body, content_type)
+        raise UpstreamRejected(status, _redact_keys(body, provider), content_type)
 
     async def _await_first_chunk(
         self, response: UpstreamResponse, route: Route, key: UpstreamKey, attempt: int
@@ -210,9 +255,11 @@ class Router:
         try:
             first = await anext(chunks, b"")
         except UpstreamFailure as exc:
-            route.provider.pool.release(key)
             await response.aclose()
             return None, _failure_from(exc, route.provider.name), False
+        except BaseException:
+            await response.aclose()
+            raise
         return OpenedRoute(response, route, key, attempt, first, chunks), None, False
 
     async def _backoff(self, attempt: int, max_attempts: int) -> None:
@@ -230,8 +277,19 @@ def _failure_from(exc: UpstreamFailure, provider: str) -> RelayError:
     return UpstreamError(f"provider {provider!r} failed")
 
 
+def _redact_keys(body: bytes, provider: Provider) -> bytes:
+    """An upstream's error may quote the key it was sent: never pass a pool key on."""
+    for key in provider.pool.keys:
+        secret = key.secret.encode()
+        if secret and secret in body:
+            body = body.replace(secret, b"[redacted]")
+    return body
+
+
 def _pool_exhausted(provider: Provider) -> NoUpstreamAvailable:
     wait = provider.pool.seconds_until_ready()
+    if wait is None:  # no key cools down: every one was rejected (401/403)
+        return NoUpstreamAvailable(provider.why_disabled())
     error = NoUpstreamAvailable(f"every key of provider {provider.name!r} is rate-limited")
     if wait is not None:
         error.retry_after_s = wait

@@ -27,7 +27,9 @@ CHARS_PER_TOKEN = 4
 class _Delta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
-    tool_calls: msgspec.Raw | None = None
+    # Plain Raw: msgspec decodes ``Raw | None`` as "null only" and would reject a chunk with
+    # tool calls, leaving them out of the delivered estimate. Empty when absent.
+    tool_calls: msgspec.Raw = msgspec.Raw()
 
 
 class _Choice(msgspec.Struct):
@@ -160,6 +162,6 @@ def _delta_chars(choices: list[_Choice]) -> int:
         if delta is None:
             continue
         total += len(delta.content or "") + len(delta.reasoning_content or "")
-        if delta.tool_calls is not None:
+        if bytes(delta.tool_calls) not in (b"", b"null"):
             total += len(delta.tool_calls)
     return total

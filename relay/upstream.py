@@ -162,7 +162,10 @@ class AiohttpUpstream:
                 )
         except TimeoutError:
             raise UpstreamTimedOut("no response headers within the first-byte timeout") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
+            # All of ClientError: a malformed answer (ClientResponseError) is as much the
+            # upstream's failure as a refused connection, and must be retried elsewhere
+            # rather than escape as relay's own 500.
             raise UpstreamConnectFailed(f"cannot reach upstream: {type(exc).__name__}") from None
         return _AiohttpResponse(response, timeouts.idle_s)
 

@@ -48,6 +48,8 @@ class EmbeddingRequest(msgspec.Struct):
 
 class PromptTokensDetails(msgspec.Struct):
     cached_tokens: int | None = 0
+    # Not OpenAI's: Anthropic's cache writes, as relay's Anthropic adapter reports them.
+    cache_write_tokens: int | None = 0
 
 
 class Usage(msgspec.Struct):
@@ -60,6 +62,11 @@ class Usage(msgspec.Struct):
     def cached_tokens(self) -> int:
         details = self.prompt_tokens_details
         return (details.cached_tokens or 0) if details is not None else 0
+
+    @property
+    def cache_write_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cache_write_tokens or 0) if details is not None else 0
 
 
 class UpstreamAnswer(msgspec.Struct):

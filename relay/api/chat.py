@@ -156,6 +156,7 @@ def _settle(
         exchange.prompt_tokens = usage.prompt_tokens or 0
         exchange.completion_tokens = usage.completion_tokens or 0
         exchange.cached_tokens = usage.cached_tokens
+        exchange.cache_write_tokens = usage.cache_write_tokens
     else:
         exchange.prompt_tokens = quote.prompt_tokens
         exchange.completion_tokens = delivered_tokens
@@ -166,6 +167,7 @@ def _settle(
         prompt_tokens=exchange.prompt_tokens,
         completion_tokens=exchange.completion_tokens,
         cached_tokens=min(exchange.cached_tokens, exchange.prompt_tokens),
+        cache_write_tokens=exchange.cache_write_tokens,
         multiplier=state.gate.multiplier(exchange.principal),
     )
     exchange.cost_micros = ticket.settle(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from relay.errors import InvalidRequest, RelayError, RequestTooLarge, error_body
@@ -28,6 +30,9 @@ __all__ = [
 log = logging.getLogger("relay.api")
 T = TypeVar("T")
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
+# How much of a refused over-size body relay still reads so the client sees its 413.
+DRAIN_MAX_BYTES = 1024 * 1024
+DRAIN_MAX_S = 1.0
 
 
 def relay_state(request: Request) -> RelayState:
@@ -38,16 +43,37 @@ def relay_state(request: Request) -> RelayState:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
     declared = request.headers.get("content-length")
+    stream = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        if int(declared) <= limit + DRAIN_MAX_BYTES:
+            await _drain(stream)
         raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
+    async for part in stream:
         size += len(part)
         if size > limit:
+            await _drain(stream)
             raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
         parts.append(part)
     return b"".join(parts)
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop a little more of a refused body, within bounds.
+
+    Closing a connection with unread request bytes makes the kernel send a reset, which
+    discards the 413 from the client's receive buffer before it can read it (the
+    client sees "connection reset" instead). A slightly over-size body is therefore
+    read to its end, like nginx's lingering close; a huge one is cut off.
+    """
+    drained = 0
+    with contextlib.suppress(TimeoutError, ClientDisconnect):
+        async with asyncio.timeout(DRAIN_MAX_S):
+            async for part in stream:
+                drained += len(part)
+                if drained > DRAIN_MAX_BYTES:
+                    return
 
 
 def decode_or_400(decode: Callable[[bytes], T], body: bytes) -> T:

@@ -3,7 +3,9 @@
 Starlette's ``StreamingResponse`` only learns of a disconnect on some servers when its
 next write fails; a stream waiting on a slow upstream would then keep the upstream
 busy. This response watches ``http.disconnect`` alongside the body and cancels the
-body's generator at once, so its ``finally`` closes the upstream and settles.
+body's generator at once, so its ``finally`` closes the upstream and settles. The body is
+started before the response head is sent, so that ``finally`` is always armed: a generator
+cancelled before its first step never runs it.
 """
 
 from __future__ import annotations
@@ -43,10 +45,16 @@ class EventStreamResponse:
                 await watcher
 
     async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         try:
-            async for chunk in self._body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Start the body before anything can be awaited: cancelling a task before its
+            # generator ever ran would skip the generator's ``finally`` (its cleanup and
+            # settlement) altogether, since ``aclose`` on an unstarted generator is a no-op.
+            first = await anext(self._body, None)
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            if first is not None:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                async for chunk in self._body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self._close_body()

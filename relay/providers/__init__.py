@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from relay.config import ProviderConfig, resolve_secret
 from relay.keypool import KeyPool
+from relay.providers.anthropic import AnthropicProvider
 from relay.providers.base import Provider
 from relay.providers.mock import MockUpstream
 from relay.providers.openai import OpenAIProvider
@@ -40,4 +41,6 @@ def build_provider(config: ProviderConfig, client_factory: ClientFactory) -> Pro
     pool = KeyPool(config.name, secrets)
     if config.kind in ("openai", "mock"):
         return OpenAIProvider(config, pool, client_factory(config), missing_env=missing)
+    if config.kind == "anthropic":
+        return AnthropicProvider(config, pool, client_factory(config), missing_env=missing)
     raise NotImplementedError(f"provider kind {config.kind!r} is not available yet")

@@ -3,7 +3,7 @@
 It answers deterministically (the same request gives the same answer), streams in
 ``mock_stream_chunks`` pieces, honours ``stream_options.include_usage`` and reports
 usage, so the embedded default config exercises relay's real code paths offline.
-Its reply never repeats the prompt.
+Its reply never repeats the prompt. Images and video jobs: ``relay.providers.mock_media``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from relay.config import ProviderConfig
+from relay.providers.mock_media import (
+    DEFAULT_VIDEO_RENDER_S,
+    image_answer,
+    video_content,
+    video_created,
+    video_status,
+)
 from relay.upstream import Timeouts, UpstreamResponse
 from relay.wire import encode
 
@@ -81,9 +88,17 @@ def _completion_id(body: bytes) -> str:
 class MockUpstream:
     """Implements ``UpstreamClient`` without a network."""
 
-    def __init__(self, config: ProviderConfig):
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        video_render_s: float = DEFAULT_VIDEO_RENDER_S,
+        clock: Callable[[], float] = time.time,
+    ):
         self._latency_s = config.mock_latency_ms / 1000
         self._chunks = config.mock_stream_chunks
+        self._video_render_s = video_render_s
+        self._clock = clock
 
     async def send(
         self,
@@ -97,13 +112,31 @@ class MockUpstream:
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
         body = body or b"{}"
+        if "/videos" in url:
+            return self._videos(method, url.split("/videos", 1)[1], body)
         request = msgspec.json.decode(body, type=_MockRequest)
         if url.endswith("/chat/completions"):
             return self._chat(body, request)
         if url.endswith("/embeddings"):
             return self._embeddings(body, request)
-        error = {"error": {"message": "not found", "type": "invalid_request_error"}}
-        return _MockResponse(404, encode(error))
+        if url.endswith("/images/generations"):
+            return _MockResponse(200, image_answer(body))
+        return _not_found()
+
+    def _videos(self, method: str, path: str, body: bytes) -> _MockResponse:
+        """``POST /videos``, ``GET /videos/{id}``, ``GET /videos/{id}/content``."""
+        now_ms = int(self._clock() * 1000)
+        if method == "POST" and path in ("", "/"):
+            return _MockResponse(200, video_created(body, self._video_render_s, now_ms))
+        video_id, _, rest = path.strip("/").partition("/")
+        status = video_status(video_id, now_ms)
+        if method != "GET" or status is None or rest not in ("", "content"):
+            return _not_found()
+        if not rest:
+            return _MockResponse(200, status)
+        if b'"completed"' not in status:
+            return _MockResponse(409, encode({"error": {"message": "video is not ready"}}))
+        return _MockResponse(200, pieces=video_content(video_id), content_type="video/mp4")
 
     def _chat(self, body: bytes, request: _MockRequest) -> _MockResponse:
         words = _reply_words(request.max_completion_tokens or request.max_tokens)
@@ -169,6 +202,11 @@ class MockUpstream:
 
 
 _SSE = "text/event-stream"
+
+
+def _not_found() -> _MockResponse:
+    error = {"error": {"message": "not found", "type": "invalid_request_error"}}
+    return _MockResponse(404, encode(error))
 
 
 def _event(payload: dict[str, Any]) -> bytes:

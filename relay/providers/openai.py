@@ -7,8 +7,12 @@ from typing import Any
 import msgspec
 
 from relay.keypool import UpstreamKey
-from relay.providers.base import Provider
+from relay.providers.anthropic_translate import messages_request_to_chat
+from relay.providers.base import CHAT_PATH, MESSAGES_PATH, Provider, with_model
+from relay.providers.translated import CHAT_TO_MESSAGES, TranslatedResponse
+from relay.upstream import UpstreamResponse
 from relay.wire import ChatRequest, encode
+from relay.wire_anthropic import MessagesRequest
 
 __all__ = ["OpenAIProvider"]
 
@@ -17,7 +21,9 @@ _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 class OpenAIProvider(Provider):
     def url(self, path: str) -> str:
-        return self.config.base_url.rstrip("/") + path
+        # An Anthropic-dialect request is answered by this upstream's chat completions.
+        upstream_path = CHAT_PATH if path == MESSAGES_PATH else path
+        return self.config.base_url.rstrip("/") + upstream_path
 
     def headers(self, key: UpstreamKey) -> dict[str, str]:
         return {"authorization": f"Bearer {key.secret}", "content-type": "application/json"}
@@ -33,7 +39,9 @@ class OpenAIProvider(Provider):
         )
         if upstream_model == request.model and not wants_usage_injected:
             return body
-        if upstream_model == request.model and request.stream_options is None:
+        # Splice only when the body has no stream_options key at all: an explicit
+        # ``"stream_options": null`` would otherwise follow ours and win (last key wins).
+        if upstream_model == request.model and b'"stream_options"' not in body:
             start = body.index(b"{") + 1
             return body[:start] + _INCLUDE_USAGE + body[start:]
         payload: dict[str, Any] = msgspec.json.decode(body)
@@ -44,8 +52,13 @@ class OpenAIProvider(Provider):
         return encode(payload)
 
     def embedding_body(self, body: bytes, public_model: str, upstream_model: str) -> bytes:
-        if upstream_model == public_model:
-            return body
-        payload: dict[str, Any] = msgspec.json.decode(body)
-        payload["model"] = upstream_model
-        return encode(payload)
+        return with_model(body, public_model, upstream_model)
+
+    def messages_body(self, body: bytes, request: MessagesRequest, upstream_model: str) -> bytes:
+        """An Anthropic Messages request, translated to chat completions (usage asked for)."""
+        return encode(messages_request_to_chat(msgspec.json.decode(body), upstream_model))
+
+    def adapt_response(self, path: str, response: UpstreamResponse) -> UpstreamResponse:
+        if path == MESSAGES_PATH:
+            return TranslatedResponse(response, CHAT_TO_MESSAGES)
+        return response

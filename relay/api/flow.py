@@ -1,0 +1,133 @@
+"""Steps of the request flow shared by the Messages, images and video handlers.
+
+The same steps as ``relay.api.chat`` (model check, dry run, refusal, settlement), public
+so that each endpoint module composes its own flow from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.http import error_response
+from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
+from relay.estimate import CostQuote
+from relay.exchange import Exchange
+from relay.pricing import token_cost_micros
+from relay.routing import Model
+from relay.state import RelayState
+from relay.ticket import Ticket
+from relay.upstream import UpstreamFailure, UpstreamTimedOut
+
+__all__ = [
+    "CLIENT_CLOSED",
+    "ErrorRenderer",
+    "TokenCounts",
+    "is_dry_run",
+    "model_for",
+    "refuse",
+    "release",
+    "settle_cost",
+    "settle_tokens",
+    "upstream_broke_off",
+]
+
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
+
+ErrorRenderer = Callable[[RelayError, Mapping[str, str]], Response]
+
+
+class TokenCounts(NamedTuple):
+    """Measured tokens in relay's convention: ``prompt`` includes cached and cache writes."""
+
+    prompt: int
+    completion: int
+    cached: int = 0
+    cache_write: int = 0
+
+
+def model_for(state: RelayState, exchange: Exchange, name: str, kind: str) -> Model:
+    model = state.router.model(name)
+    exchange.model = model
+    if model.config.kind != kind:
+        raise InvalidRequest(
+            f"The model {name!r} is a {model.config.kind} model, not a {kind} model",
+            param="model",
+        )
+    state.gate.check_model(exchange.principal, model, exchange.endpoint)
+    return model
+
+
+def is_dry_run(request: Request) -> bool:
+    return request.query_params.get("dryRun", "").lower() in ("true", "1")
+
+
+def release(ticket: Ticket | None) -> None:
+    if ticket is not None:
+        ticket.release()
+
+
+def refuse(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket | None,
+    exc: RelayError,
+    render: ErrorRenderer = error_response,
+) -> Response:
+    """An error before any upstream answer: nothing billed, one usage row if admitted."""
+    release(ticket)
+    exchange.status = exc.status
+    exchange.error_code = exc.code
+    if ticket is not None:
+        state.usage.record(exchange.usage_record())
+    return render(exc, exchange.headers())
+
+
+def upstream_broke_off(exc: UpstreamFailure, what: str) -> RelayError:
+    if isinstance(exc, UpstreamTimedOut):
+        return UpstreamTimeout(f"upstream timed out sending its {what}")
+    return UpstreamError(f"upstream broke off its {what}")
+
+
+def settle_tokens(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    quote: CostQuote,
+    counts: TokenCounts | None,
+    delivered_tokens: int,
+) -> None:
+    """Price the tokens used and charge them; relay's own estimate when the upstream was silent."""
+    if counts is None:
+        counts = TokenCounts(quote.prompt_tokens, delivered_tokens)
+        exchange.usage_estimated = True
+    exchange.prompt_tokens = counts.prompt
+    exchange.completion_tokens = counts.completion
+    exchange.cached_tokens = counts.cached
+    exchange.cache_write_tokens = counts.cache_write
+    assert exchange.model is not None
+    cost = token_cost_micros(
+        exchange.model.price,
+        prompt_tokens=counts.prompt,
+        completion_tokens=counts.completion,
+        cached_tokens=counts.cached,
+        cache_write_tokens=counts.cache_write,
+        multiplier=state.gate.multiplier(exchange.principal),
+    )
+    settle_cost(state, exchange, ticket, cost, counts.prompt + counts.completion)
+
+
+def settle_cost(
+    state: RelayState, exchange: Exchange, ticket: Ticket, cost_micros: int, measured_tokens: int
+) -> None:
+    """Charge ``cost_micros`` and queue the usage row together with its charge."""
+    exchange.cost_micros = ticket.settle(
+        cost_micros,
+        measured_tokens,
+        request_id=exchange.request_id,
+        estimated=exchange.usage_estimated,
+    )
+    state.usage.record(exchange.usage_record(), ticket.charge)

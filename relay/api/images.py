@@ -1,0 +1,136 @@
+"""``POST /v1/images/generations``: OpenAI-shaped image generation, priced per image.
+
+The price depends only on ``n``, ``size`` and ``quality`` (``relay.estimate.quote_images``),
+so the hold is the exact cost of ``n`` images and settlement charges the images the
+upstream returned (normally all ``n``, so exactly the quote). An unpriced size is a 400
+before anything is held; a failed call releases the hold.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.flow import (
+    is_dry_run,
+    model_for,
+    refuse,
+    release,
+    settle_cost,
+    upstream_broke_off,
+)
+from relay.api.http import decode_or_400, json_response, read_body, relay_state
+from relay.auth import ANONYMOUS
+from relay.errors import InvalidRequest, RelayError
+from relay.estimate import quote_images
+from relay.exchange import Exchange
+from relay.pricing import image_cost_micros
+from relay.providers.base import IMAGES_PATH
+from relay.routing import OpenedRoute, Route
+from relay.state import RelayState
+from relay.streaming import splice_metadata
+from relay.ticket import Ticket
+from relay.upstream import UpstreamFailure
+
+__all__ = ["ImageRequest", "generate_images"]
+
+
+class ImageRequest(msgspec.Struct):
+    model: str
+    prompt: str
+    n: Annotated[int, Meta(ge=1, le=10)] = 1
+    size: str = "1024x1024"
+    quality: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+
+
+class _ImagesAnswer(msgspec.Struct):
+    data: list[msgspec.Raw] | None = None
+
+
+_decode_request = msgspec.json.Decoder(ImageRequest).decode
+_decode_answer = msgspec.json.Decoder(_ImagesAnswer).decode
+
+
+async def generate_images(request: Request) -> Response:
+    state = relay_state(request)
+    exchange = Exchange(state.new_request_id(), "images", ANONYMOUS)
+    ticket: Ticket | None = None
+    try:
+        exchange.principal = await state.auth.authenticate(request.headers)
+        body = await read_body(request, state.config.server.max_body_bytes)
+        images: ImageRequest = decode_or_400(_decode_request, body)
+        model = model_for(state, exchange, images.model, "image")
+        multiplier = state.gate.multiplier(exchange.principal)
+        try:
+            quote = quote_images(
+                model.price,
+                n=images.n,
+                size=images.size,
+                quality=images.quality,
+                multiplier=multiplier,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="size") from None
+        if is_dry_run(request):
+            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+        ticket = state.gate.admit(exchange, quote)
+
+        def body_for(route: Route) -> bytes:
+            return route.provider.image_body(body, images.model, route.upstream_model)
+
+        opened = await state.router.open_route(model, IMAGES_PATH, body_for, stream=False)
+    except RelayError as exc:
+        return refuse(state, exchange, ticket, exc)
+    except BaseException:
+        release(ticket)
+        raise
+    exchange.route = opened.route
+    return await _relay_images(state, exchange, ticket, opened, images)
+
+
+async def _relay_images(
+    state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute, images: ImageRequest
+) -> Response:
+    try:
+        raw = await opened.response.read()
+        exchange.mark_first_byte()
+    except UpstreamFailure as exc:
+        await opened.close()
+        return refuse(state, exchange, ticket, upstream_broke_off(exc, "images"))
+    except BaseException:
+        await opened.close()
+        ticket.release()
+        raise
+    await opened.close()
+    delivered = _images_in(raw, images.n)
+    assert exchange.model is not None
+    cost = image_cost_micros(
+        exchange.model.price,
+        n=delivered,
+        size=images.size,
+        quality=images.quality,
+        multiplier=state.gate.multiplier(exchange.principal),
+    )
+    exchange.units = delivered
+    settle_cost(state, exchange, ticket, cost, 0)
+    try:
+        content = splice_metadata(raw, exchange.metadata())
+    except ValueError:
+        content = raw
+    return json_response(content, headers=exchange.headers())
+
+
+def _images_in(raw: bytes, requested: int) -> int:
+    """Images the upstream returned (never more than asked); all of them if unreadable."""
+    try:
+        answer = _decode_answer(raw)
+    except msgspec.DecodeError:
+        return requested
+    if answer.data is None:
+        return requested
+    return min(len(answer.data), requested)

@@ -1,0 +1,199 @@
+"""``POST /v1/messages``: Anthropic's Messages API, for Claude clients and the anthropic SDK.
+
+request → auth (bearer or x-api-key) → body → model → quote → admission (limits, hold)
+        → route (natively to Anthropic, translated to OpenAI-compatible upstreams)
+        → answer or stream → settle (cache reads and writes priced) → usage record
+
+Answers are in Anthropic's shape whatever the upstream (providers translate); relay adds
+``metadata`` to the message, and to the stream's final ``message_stop`` event. Errors keep
+relay's OpenAI shape with Anthropic's ``"type": "error"`` added, so both kinds of client
+read them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.flow import (
+    CLIENT_CLOSED,
+    TokenCounts,
+    is_dry_run,
+    model_for,
+    refuse,
+    release,
+    settle_tokens,
+    upstream_broke_off,
+)
+from relay.api.http import decode_or_400, error_response, json_response, read_body, relay_state
+from relay.api.sse import EventStreamResponse
+from relay.auth import ANONYMOUS
+from relay.errors import RelayError
+from relay.estimate import CostQuote, quote_chat
+from relay.exchange import Exchange
+from relay.providers.anthropic_stream import sse_event
+from relay.providers.base import MESSAGES_PATH
+from relay.routing import OpenedRoute, Route, UpstreamRejected
+from relay.state import RelayState
+from relay.streaming import CHARS_PER_TOKEN, splice_metadata
+from relay.streaming_anthropic import MessagesStreamTap
+from relay.ticket import Ticket
+from relay.upstream import UpstreamFailure
+from relay.wire_anthropic import (
+    MessagesRequest,
+    MessagesUsage,
+    decode_messages_answer,
+    decode_messages_request,
+)
+
+__all__ = ["anthropic_error_response", "messages"]
+
+
+def anthropic_error_response(exc: RelayError, headers: Mapping[str, str]) -> Response:
+    """relay's error body with Anthropic's top-level ``"type": "error"`` added."""
+    if isinstance(exc, UpstreamRejected) and exc.upstream_body:
+        return error_response(exc, headers)  # the upstream's own error, in Anthropic's shape
+    return Response(
+        b'{"type":"error",' + exc.body()[1:],
+        status_code=exc.status,
+        headers={**exc.headers(), **headers},
+        media_type="application/json",
+    )
+
+
+async def messages(request: Request) -> Response | EventStreamResponse:
+    state = relay_state(request)
+    exchange = Exchange(state.new_request_id(), "messages", ANONYMOUS)
+    ticket: Ticket | None = None
+    try:
+        exchange.principal = await state.auth.authenticate(request.headers, allow_x_api_key=True)
+        body = await read_body(request, state.config.server.max_body_bytes)
+        parsed: MessagesRequest = decode_or_400(decode_messages_request, body)
+        model = model_for(state, exchange, parsed.model, "chat")
+        quote = quote_chat(
+            model.price,
+            body,
+            requested_max_tokens=parsed.max_tokens,
+            multiplier=state.gate.multiplier(exchange.principal),
+        )
+        if is_dry_run(request):
+            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+        ticket = state.gate.admit(exchange, quote)
+        exchange.stream = bool(parsed.stream)
+
+        def body_for(route: Route) -> bytes:
+            return route.provider.messages_body(body, parsed, route.upstream_model)
+
+        opened = await state.router.open_route(
+            model, MESSAGES_PATH, body_for, stream=exchange.stream, client_headers=request.headers
+        )
+    except RelayError as exc:
+        return refuse(state, exchange, ticket, exc, anthropic_error_response)
+    except BaseException:
+        release(ticket)
+        raise
+    exchange.route = opened.route
+    if exchange.stream:
+        stream = _relay_stream(state, exchange, ticket, opened, quote)
+        return EventStreamResponse(stream, {"x-relay-request-id": exchange.request_id})
+    return await _relay_answer(state, exchange, ticket, opened, quote)
+
+
+def _counts(usage: MessagesUsage | None) -> TokenCounts | None:
+    if usage is None:
+        return None
+    return TokenCounts(
+        prompt=usage.prompt_tokens,
+        completion=usage.output_tokens or 0,
+        cached=usage.cache_read,
+        cache_write=usage.cache_write,
+    )
+
+
+async def _relay_answer(
+    state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute, quote: CostQuote
+) -> Response:
+    try:
+        raw = await opened.response.read()
+        exchange.mark_first_byte()
+    except UpstreamFailure as exc:
+        await opened.close()
+        error = upstream_broke_off(exc, "answer")
+        return refuse(state, exchange, ticket, error, anthropic_error_response)
+    except BaseException:
+        await opened.close()
+        ticket.release()
+        raise
+    await opened.close()
+    usage: MessagesUsage | None = None
+    try:
+        answer = decode_messages_answer(raw)
+        exchange.upstream_id = answer.id
+        usage = answer.usage
+    except ValueError:  # msgspec's DecodeError: relay bills its estimate and passes it on
+        pass
+    delivered = min(math.ceil(len(raw) / CHARS_PER_TOKEN), quote.max_output_tokens)
+    settle_tokens(state, exchange, ticket, quote, _counts(usage), delivered)
+    try:
+        content = splice_metadata(raw, exchange.metadata())
+    except ValueError:
+        content = raw
+    return json_response(content, headers=exchange.headers())
+
+
+async def _relay_stream(
+    state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute, quote: CostQuote
+) -> AsyncIterator[bytes]:
+    """Pass the upstream's events through; settle in a ``finally`` whatever happens."""
+    tap = MessagesStreamTap()
+    failure: RelayError | None = None
+    ended = False
+    try:
+        exchange.mark_first_byte()
+        forward = tap.feed(opened.first_chunk or b"")
+        if forward:
+            yield forward
+        async for chunk in opened.rest_of_stream():
+            forward = tap.feed(chunk)
+            if forward:
+                yield forward
+            if tap.done:
+                break
+        ended = True
+    except UpstreamFailure as exc:
+        ended = True
+        failure = upstream_broke_off(exc, "stream")
+    finally:
+        await opened.close()
+        if not ended:  # cancelled or closed early: the client went away
+            exchange.status = CLIENT_CLOSED
+            exchange.error_code = "client_disconnected"
+            _settle_stream(state, exchange, ticket, quote, tap)
+    if failure is not None:
+        exchange.error_code = failure.code
+        exchange.status = failure.status
+    _settle_stream(state, exchange, ticket, quote, tap)
+    if failure is not None:
+        error = {"type": failure.type, "message": failure.message}
+        payload = {"type": "error", "error": error, "metadata": exchange.metadata()}
+        yield sse_event("error", payload)
+        return
+    yield tap.closing_event(exchange.metadata())
+
+
+def _settle_stream(
+    state: RelayState, exchange: Exchange, ticket: Ticket, quote: CostQuote, tap: MessagesStreamTap
+) -> None:
+    if ticket.finished:
+        return
+    exchange.upstream_id = tap.upstream_id
+    counts = _counts(tap.usage)
+    if counts is not None and not tap.done:
+        # Cut short: message_start told the input, but the output total never came.
+        delivered = max(counts.completion, tap.delivered_tokens_estimate())
+        counts = counts._replace(completion=delivered)
+        exchange.usage_estimated = True
+    settle_tokens(state, exchange, ticket, quote, counts, tap.delivered_tokens_estimate())

@@ -1,0 +1,150 @@
+"""Tests for relay.streaming: SSE pass-through, usage capture and the closing events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import sse_event, sse_events
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.streaming import StreamTap, splice_metadata
+
+BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "up-1"}
+USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+METADATA = {"request_id": "req_1", "cost_micros": 4, "provider": "p", "executed_model": "up-1"}
+
+
+def _chunk(content: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {**BASE, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], **extra}
+
+
+CONTENT_EVENTS = [sse_event(_chunk("Hel")), sse_event(_chunk("lo, ")), sse_event(_chunk("wörld"))]
+USAGE_EVENT = sse_event({**BASE, "choices": [], "usage": USAGE})
+# A stream as OpenAI sends it with stream_options.include_usage, plus a keep-alive comment.
+RECORDED = b"".join(
+    [CONTENT_EVENTS[0], b": keep-alive\n\n", *CONTENT_EVENTS[1:], USAGE_EVENT, b"data: [DONE]\n\n"]
+)
+FORWARDED = b"".join([CONTENT_EVENTS[0], b": keep-alive\n\n", *CONTENT_EVENTS[1:]])
+
+
+def _feed_in_pieces(tap: StreamTap, data: bytes, cuts: list[int]) -> bytes:
+    bounds = [0, *sorted(cuts), len(data)]
+    return b"".join(tap.feed(data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def test_whole_stream_forwards_content_and_keeps_back_usage_and_done() -> None:
+    tap = StreamTap()
+    assert tap.feed(RECORDED) == FORWARDED
+    assert tap.done
+    assert tap.upstream_id == "chatcmpl-1" and tap.model == "up-1" and tap.created == 7
+    assert tap.usage is not None
+    assert (tap.usage.prompt_tokens, tap.usage.completion_tokens) == (12, 3)
+    assert tap.events == 4
+    assert tap.delivered_chars == len("Hello, wörld")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(RECORDED)), max_size=30))
+def test_any_split_of_a_recorded_stream_forwards_the_same_events(cuts: list[int]) -> None:
+    tap = StreamTap()
+    assert _feed_in_pieces(tap, RECORDED, cuts) == FORWARDED
+    assert tap.done
+    assert tap.usage is not None and tap.usage.total_tokens == 15
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(RECORDED) * 2), max_size=30))
+def test_any_split_of_a_crlf_stream_forwards_the_same_events(cuts: list[int]) -> None:
+    crlf = RECORDED.replace(b"\n", b"\r\n")
+    tap = StreamTap()
+    forwarded = _feed_in_pieces(tap, crlf, [cut % (len(crlf) + 1) for cut in cuts])
+    assert forwarded == FORWARDED.replace(b"\n", b"\r\n")
+    assert tap.done and tap.usage is not None
+
+
+def test_an_incomplete_event_waits_for_its_end() -> None:
+    tap = StreamTap()
+    event = CONTENT_EVENTS[0]
+    assert tap.feed(event[:-1]) == b""
+    assert tap.feed(event[-1:]) == event
+
+
+def test_closing_events_re_emit_the_usage_chunk_last_with_metadata_then_done() -> None:
+    tap = StreamTap()
+    tap.feed(RECORDED)
+    closing = tap.closing_events(METADATA, {"prompt_tokens": 0})
+    assert closing.endswith(b"data: [DONE]\n\n")
+    events = sse_events(FORWARDED + closing)
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["usage"] == USAGE  # the upstream's own usage, not relay's argument
+    assert last["metadata"] == METADATA
+    assert last["choices"] == [] and last["id"] == "chatcmpl-1"
+
+
+def test_a_stream_without_usage_gets_a_synthesized_final_event() -> None:
+    tap = StreamTap()
+    tap.feed(b"".join(CONTENT_EVENTS))  # the upstream broke off: no usage, no [DONE]
+    assert tap.usage is None and not tap.done
+    assert tap.delivered_tokens_estimate() == 3  # 12 characters at 4 per token
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    events = sse_events(tap.closing_events(METADATA, usage))
+    assert events[-1] == "[DONE]"
+    final = json.loads(events[0])
+    assert final["object"] == "chat.completion.chunk"
+    assert final["id"] == "chatcmpl-1" and final["model"] == "up-1" and final["created"] == 7
+    assert final["usage"] == usage and final["metadata"] == METADATA
+    assert final["choices"] == []
+
+
+def test_a_stream_with_no_events_synthesizes_from_metadata() -> None:
+    tap = StreamTap()
+    final = json.loads(sse_events(tap.closing_events(METADATA, {}))[0])
+    assert final["id"] == "req_1" and final["model"] == "up-1"
+    assert tap.delivered_tokens_estimate() == 0
+
+
+def test_usage_on_a_content_chunk_is_forwarded_and_still_captured() -> None:
+    tap = StreamTap()
+    event = sse_event(_chunk("x", usage=USAGE))
+    assert tap.feed(event) == event
+    assert tap.usage is not None and tap.usage.total_tokens == 15
+    final = json.loads(sse_events(tap.closing_events(METADATA, USAGE))[0])
+    assert final["usage"] == USAGE
+
+
+def test_foreign_events_pass_through_untouched() -> None:
+    tap = StreamTap()
+    odd = b"event: ping\ndata: not json\n\n" + b"retry: 100\n\n"
+    assert tap.feed(odd) == odd
+    assert tap.events == 0
+
+
+def test_reasoning_and_tool_call_deltas_count_as_delivered() -> None:
+    tool_calls = [{"index": 0, "function": {"arguments": "{}"}}]
+    chunk = {
+        **BASE,
+        "choices": [{"delta": {"reasoning_content": "abcd", "tool_calls": tool_calls}}],
+    }
+    tap = StreamTap()
+    tap.feed(sse_event(chunk))
+    assert tap.delivered_chars == 4 + len(json.dumps(tool_calls))  # the raw JSON as sent
+
+
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        (b'{"a":1}', b'{"a":1,"metadata":{"k":"v"}}'),
+        (b"{}", b'{"metadata":{"k":"v"}}'),
+        (b'{ "a": 1 }\n', b'{ "a": 1,"metadata":{"k":"v"}}'),
+    ],
+)
+def test_splice_metadata_appends_without_re_encoding(original: bytes, expected: bytes) -> None:
+    assert splice_metadata(original, {"k": "v"}) == expected
+
+
+def test_splice_metadata_refuses_what_is_not_an_object() -> None:
+    with pytest.raises(ValueError):
+        splice_metadata(b"[1, 2]", {})
