@@ -93,17 +93,19 @@ class UpstreamClient(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_response", "_idle_s", "status", "headers")
+    __slots__ = ("_response", "_idle_s", "_body_s", "status", "headers")
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_s: float):
+    def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts):
         self._response = response
-        self._idle_s = idle_s
+        self._idle_s = timeouts.idle_s
+        # A whole answer read at once is bounded by the provider's timeout_s.
+        self._body_s = timeouts.total_s
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._idle_s):
+            async with asyncio.timeout(self._body_s):
                 return await self._response.read()
         except TimeoutError:
             self._response.close()
@@ -167,24 +169,26 @@ class AiohttpUpstream:
             # upstream's failure as a refused connection, and must be retried elsewhere
             # rather than escape as relay's own 500.
             raise UpstreamConnectFailed(f"cannot reach upstream: {type(exc).__name__}") from None
-        return _AiohttpResponse(response, timeouts.idle_s)
+        return _AiohttpResponse(response, timeouts)
 
     async def aclose(self) -> None:
         await self._session.close()
 
 
 class _HttpxResponse:
-    __slots__ = ("_response", "_idle_s", "status", "headers")
+    __slots__ = ("_response", "_idle_s", "_body_s", "status", "headers")
 
-    def __init__(self, response: httpx.Response, idle_s: float):
+    def __init__(self, response: httpx.Response, timeouts: Timeouts):
         self._response = response
-        self._idle_s = idle_s
+        self._idle_s = timeouts.idle_s
+        # A whole answer read at once is bounded by the provider's timeout_s.
+        self._body_s = timeouts.total_s
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._idle_s):
+            async with asyncio.timeout(self._body_s):
                 return await self._response.aread()
         except TimeoutError:
             await self._response.aclose()
@@ -240,7 +244,7 @@ class HttpxUpstream:
             raise UpstreamTimedOut("no response headers within the first-byte timeout") from None
         except httpx.TransportError as exc:
             raise UpstreamConnectFailed(f"cannot reach upstream: {type(exc).__name__}") from None
-        return _HttpxResponse(response, timeouts.idle_s)
+        return _HttpxResponse(response, timeouts)
 
     async def aclose(self) -> None:
         await self._client.aclose()
