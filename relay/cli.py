@@ -72,7 +72,9 @@ def _configure_logging(config: Config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="relay", description="relay: a self-hosted, single-process LLM API gateway"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway")
