@@ -39,6 +39,7 @@ from relay.routing import Model, Router
 from relay.server_secret import ServerSecret, secret_path_for
 from relay.state import RelayState
 from relay.usage import UsageLog
+from relay.video_jobs import VideoPoller
 from relay.wallet import LedgerEntry, Wallet
 
 __all__ = ["create_app"]
@@ -94,6 +95,7 @@ async def _open_state(
         gate=Gate(wallet, RateLimiter(), backlog=lambda: db.pending_writes),
         usage=UsageLog(db),
         started_at=int(time.time()),
+        videos=VideoPoller(db, wallet, providers),
     )
 
 
@@ -144,6 +146,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         state = await _open_state(config, factory, hasher)
+        assert state.videos is not None
+        await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
         housekeeping = asyncio.create_task(_housekeeping(state))
         retention = RetentionJob(state.db, archive_dir_for(config.database_path))
         retention.start()
@@ -154,6 +158,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
             await retention.stop()  # before the database closes
+            await state.videos.stop()
             await _close_state(state)
 
     return Starlette(

@@ -14,6 +14,7 @@ from relay.gate import Gate
 from relay.providers import Provider
 from relay.routing import Router
 from relay.usage import UsageLog
+from relay.video_jobs import VideoPoller
 from relay.wallet import Wallet
 
 __all__ = ["RelayState"]
@@ -31,6 +32,7 @@ class RelayState:
     gate: Gate
     usage: UsageLog
     started_at: int = 0
+    videos: VideoPoller | None = None
     # Request ids: a per-boot random prefix and a counter, unique across restarts.
     _boot: str = field(default_factory=lambda: secrets.token_hex(6))
     _counter: itertools.count[int] = field(default_factory=itertools.count)

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -274,7 +274,10 @@ class VideoPoller:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception as exc:  # a bug in one round must not stop polling every job
+                log.error("video poll round failed: %s", type(exc).__name__)
 
     async def poll_once(self) -> None:
         """Ask the upstream about every running job, one after the other."""
@@ -349,14 +352,14 @@ class VideoPoller:
     async def _complete(self, job: VideoJob, reported: Decimal | None) -> None:
         seconds = reported if reported is not None else Decimal(job.seconds)
         cost = job.cost_of(seconds)
+        job.status, job.progress, job.cost_micros = "completed", 100, cost
+        job.updated_at_ms = job.completed_at_ms = _now_ms()
+        units = int(seconds.to_integral_value(ROUND_CEILING))
+        record = self._usage_record(job, status=200, units=units)
+        # Settled last, with nothing that can fail between it and the write of its row.
         charge: LedgerEntry | None = None
         if job.hold is not None:
             charge = self._wallet.settle(job.hold, cost, reference=job.id, request_id=job.id)
-        job.status, job.progress, job.cost_micros = "completed", 100, cost
-        job.updated_at_ms = job.completed_at_ms = _now_ms()
-        record = self._usage_record(
-            job, status=200, units=int(seconds.to_integral_value("CEILING"))
-        )
         await self._finish(job, record, charge)
 
     async def _fail(self, job: VideoJob, code: str) -> None:

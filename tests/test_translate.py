@@ -1,4 +1,4 @@
-"""Tests for relay.providers.anthropic_translate and anthropic_stream: OpenAI ↔ Anthropic.
+"""Tests for relay.providers.anthropic_translate, _answers and _stream: OpenAI ↔ Anthropic.
 
 The upstream answers are hand-written fixtures (tests/fixtures/) that mirror the public
 shapes of both APIs; streams are fed in awkward cuts to prove events may span chunks.
@@ -12,17 +12,19 @@ from typing import Any
 
 import pytest
 
-from relay.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream, SseBuffer
-from relay.providers.anthropic_translate import (
-    DEFAULT_MAX_TOKENS,
+from relay.providers.anthropic_answers import (
     anthropic_error,
     anthropic_usage,
     chat_answer_to_message,
-    chat_request_to_messages,
     message_to_chat_answer,
-    messages_request_to_chat,
     openai_error,
     openai_usage,
+)
+from relay.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream, SseBuffer
+from relay.providers.anthropic_translate import (
+    DEFAULT_MAX_TOKENS,
+    chat_request_to_messages,
+    messages_request_to_chat,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from relay.providers.anthropic_translate import (
+from relay.providers.anthropic_answers import (
     anthropic_usage,
     finish_reason_of,
     openai_usage,

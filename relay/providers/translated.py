@@ -14,13 +14,13 @@ from typing import Any, Protocol
 
 import msgspec
 
-from relay.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream
-from relay.providers.anthropic_translate import (
+from relay.providers.anthropic_answers import (
     anthropic_error,
     chat_answer_to_message,
     message_to_chat_answer,
     openai_error,
 )
+from relay.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream
 from relay.upstream import UpstreamResponse
 from relay.wire import encode
 

@@ -1,0 +1,380 @@
+"""System tests of ``POST /v1/messages`` and of chat routed to an Anthropic upstream.
+
+The official ``anthropic`` and ``openai`` SDKs talk to a real relay on 127.0.0.1; the
+Anthropic upstream is an ``httpx.MockTransport`` answering the hand-written fixtures in
+tests/fixtures/ (public API shapes). Checked: what reaches the upstream (auth, headers,
+translated bodies), what the SDKs read back, and what is charged (cache reads and writes
+priced at their own prices).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from conftest import make_config
+from support_accounts import Relay, run_relay
+
+from relay.config import ProviderConfig
+from relay.providers import ClientFactory, default_client_factory
+from relay.upstream import HttpxUpstream, UpstreamClient
+
+FIXTURES = Path(__file__).parent / "fixtures"
+POOL_KEY = "sk-ant-pool-key"
+CLAUDE = f"""
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "http://anthropic.test/v1"
+api_keys = ["{POOL_KEY}"]
+max_attempts = 1
+
+[[models]]
+name = "claude-x"
+routes = ["claude:claude-sonnet-4-5"]
+input_usd_per_mtok = "3"
+output_usd_per_mtok = "15"
+cached_input_usd_per_mtok = "0.30"
+cache_write_usd_per_mtok = "3.75"
+max_output_tokens = 8192
+"""
+Reply = Callable[[dict[str, Any]], httpx.Response]
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+async def _pieces(data: bytes, size: int = 97) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def streamed(status: int, data: bytes, content_type: str) -> httpx.Response:
+    """A response whose body arrives in pieces, as from a real socket."""
+    return httpx.Response(status, content=_pieces(data), headers={"content-type": content_type})
+
+
+def anthropic_reply(body: dict[str, Any]) -> httpx.Response:
+    """The default fake: the text answer, or its stream when asked to stream."""
+    if body.get("stream"):
+        return streamed(200, fixture("anthropic_stream.sse"), "text/event-stream")
+    return streamed(200, fixture("anthropic_message.json"), "application/json")
+
+
+@dataclass
+class FakeAnthropic:
+    """The Anthropic API as an ``httpx.MockTransport``; records every request it gets."""
+
+    reply: Reply = anthropic_reply
+    seen: list[httpx.Request] = field(default_factory=list)
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        self.seen.append(request)
+        return self.reply(json.loads(request.content))
+
+    def factory(self) -> ClientFactory:
+        def build(config: ProviderConfig) -> UpstreamClient:
+            if config.kind == "mock":
+                return default_client_factory(config)
+            return HttpxUpstream(httpx.AsyncClient(transport=httpx.MockTransport(self._handle)))
+
+        return build
+
+    @property
+    def last_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.seen[-1].content)
+        return body
+
+
+@dataclass
+class Setup:
+    relay: Relay
+    upstream: FakeAnthropic
+    account_id: str
+    secret: str
+
+    def anthropic(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=self.relay.base_url, api_key=self.secret, max_retries=0
+        )
+
+    def openai(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.relay.base_url + "/v1",
+            api_key=self.secret,
+            max_retries=0,
+            http_client=httpx.AsyncClient(),
+        )
+
+    async def only_charge(self) -> int:
+        (charge,) = await self.relay.charges(self.account_id)
+        return -int(charge["amount_micros"])
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, admin_token: str) -> AsyncIterator[Setup]:
+    upstream = FakeAnthropic()
+    config = make_config(tmp_path, extra=CLAUDE)
+    async with run_relay(config, client_factory=upstream.factory()) as relay:
+        account, key = await relay.funded_key("claude-user")
+        yield Setup(relay, upstream, account["id"], key["secret"])
+
+
+# Costs in micro-USD at the prices of claude-x (USD per million tokens = micro-USD per token).
+TEXT_ANSWER_COST = 12 * 3 + 2000 * 0.30 + 1000 * 3.75 + 9 * 15  # anthropic_message.json
+STREAM_COST = 25 * 3 + 400 * 0.30 + 100 * 3.75 + 15 * 15  # anthropic_stream.sse
+TOOL_ANSWER_COST = 380 * 3 + 64 * 15  # anthropic_tool_use.json
+
+
+# ----------------------------------------------------------------- /v1/messages, native
+
+
+async def test_anthropic_sdk_message_passes_through_natively(setup: Setup) -> None:
+    async with setup.anthropic() as client:
+        reply = await client.messages.create(
+            model="claude-x",
+            max_tokens=256,
+            system="Be nice.",
+            messages=[{"role": "user", "content": "Hello"}],
+            extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+        )
+    assert reply.id == "msg_01FixtureTextAnswer"
+    assert reply.content[0].type == "text" and reply.content[0].text.startswith("Hello!")
+    assert reply.usage.cache_read_input_tokens == 2000
+    sent = setup.upstream.seen[-1]
+    assert str(sent.url) == "http://anthropic.test/v1/messages"
+    assert sent.headers["x-api-key"] == POOL_KEY
+    assert "authorization" not in sent.headers
+    # The SDK's own API version is forwarded (relay's default only when none is sent).
+    assert sent.headers["anthropic-version"] == client.default_headers["anthropic-version"]
+    assert sent.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+    body = setup.upstream.last_body
+    assert body["model"] == "claude-sonnet-4-5"
+    assert body["system"] == "Be nice." and body["max_tokens"] == 256
+    metadata = (reply.model_extra or {})["metadata"]
+    assert metadata["provider"] == "claude" and metadata["executed_model"] == "claude-sonnet-4-5"
+    assert metadata["cost_micros"] == TEXT_ANSWER_COST
+    assert await setup.only_charge() == TEXT_ANSWER_COST
+    usage = await setup.relay.usage(metadata["request_id"])
+    assert usage["endpoint"] == "messages"
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (3012, 9)
+    assert (usage["cached_tokens"], usage["cache_write_tokens"]) == (2000, 1000)
+    assert usage["upstream_request_id"] == "msg_01FixtureTextAnswer"
+
+
+async def test_anthropic_sdk_stream_passes_through_and_is_settled(setup: Setup) -> None:
+    async with (
+        setup.anthropic() as client,
+        client.messages.stream(
+            model="claude-x", max_tokens=256, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream,
+    ):
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "Hello there, friend!"
+    assert final.usage.output_tokens == 15 and final.usage.cache_creation_input_tokens == 100
+    assert setup.upstream.last_body["stream"] is True
+    assert await setup.only_charge() == STREAM_COST
+
+
+async def test_raw_stream_ends_with_message_stop_carrying_metadata(setup: Setup) -> None:
+    body = {
+        "model": "claude-x",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    headers = {"x-api-key": setup.secret, "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(base_url=setup.relay.base_url) as client:
+        response = await client.post("/v1/messages", json=body, headers=headers)
+    assert response.status_code == 200
+    events = [event for event in response.text.split("\n\n") if event.strip()]
+    assert events[-1].startswith("event: message_stop\n")
+    last = json.loads(events[-1].split("data: ", 1)[1])
+    assert last["metadata"]["cost_micros"] == STREAM_COST
+    assert last["usage"]["cache_read_input_tokens"] == 400
+    assert sum(event.startswith("event: message_stop") for event in events) == 1
+
+
+async def test_messages_refusals_carry_anthropic_error_type(setup: Setup) -> None:
+    async with httpx.AsyncClient(base_url=setup.relay.base_url) as client:
+        missing = await client.post("/v1/messages", json={"model": "claude-x"})
+        bad_key = await client.post(
+            "/v1/messages", json={"model": "claude-x"}, headers={"x-api-key": "rk_nope"}
+        )
+        # x-api-key is the Messages API's convention only.
+        chat = await client.post(
+            "/v1/chat/completions",
+            json={"model": "claude-x", "messages": [{"role": "user", "content": "x"}]},
+            headers={"x-api-key": setup.secret},
+        )
+    for response in (missing, bad_key):
+        assert response.status_code == 401
+        assert response.json()["type"] == "error"
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    assert chat.status_code == 401
+    async with setup.anthropic() as client:
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.create(
+                model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
+    assert setup.upstream.seen == []
+
+
+async def test_upstream_rejection_reaches_the_anthropic_sdk(setup: Setup) -> None:
+    def reject(body: dict[str, Any]) -> httpx.Response:
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
+        return httpx.Response(400, json=error)
+
+    setup.upstream.reply = reject
+    async with setup.anthropic() as client:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await client.messages.create(
+                model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "bad"},
+    }
+    assert await setup.relay.charges(setup.account_id) == []
+    assert setup.relay.state.wallet.snapshot(setup.account_id).held_micros == 0
+
+
+async def test_messages_dry_run_prices_without_calling_upstream(setup: Setup) -> None:
+    body = {"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}]}
+    async with httpx.AsyncClient(base_url=setup.relay.base_url) as client:
+        response = await client.post(
+            "/v1/messages?dryRun=true", json=body, headers={"x-api-key": setup.secret}
+        )
+    assert response.status_code == 200
+    estimate = response.json()["estimate"]
+    assert estimate["model"] == "claude-x" and estimate["hold_micros"] > 0
+    assert setup.upstream.seen == []
+
+
+# ----------------------------------------------------------------- /v1/messages, translated
+
+
+async def test_anthropic_sdk_message_on_an_openai_upstream(setup: Setup) -> None:
+    async with setup.anthropic() as client:
+        reply = await client.messages.create(
+            model="mock-gpt", max_tokens=5, messages=[{"role": "user", "content": "Hello"}]
+        )
+    assert reply.type == "message" and reply.role == "assistant"
+    assert reply.content[0].type == "text"
+    assert reply.content[0].text == "Hello from relay's mock model."
+    assert reply.stop_reason == "end_turn"
+    assert reply.usage.output_tokens == 5 and reply.usage.input_tokens > 0
+    metadata = (reply.model_extra or {})["metadata"]
+    assert metadata["provider"] == "mock" and metadata["cost_micros"] > 0
+    assert await setup.only_charge() == metadata["cost_micros"]
+
+
+async def test_anthropic_sdk_stream_on_an_openai_upstream(setup: Setup) -> None:
+    async with (
+        setup.anthropic() as client,
+        client.messages.stream(
+            model="mock-gpt", max_tokens=1024, messages=[{"role": "user", "content": "Hello"}]
+        ) as stream,
+    ):
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text.startswith("Hello from relay's mock model.")
+    assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+    assert final.stop_reason == "end_turn"
+    charge = await setup.only_charge()
+    (row,) = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
+    assert row["cost_micros"] == charge and row["usage_estimated"] == 0
+    assert row["completion_tokens"] == final.usage.output_tokens
+
+
+# ----------------------------------------------------------------- OpenAI chat → Anthropic
+
+
+async def test_openai_sdk_chat_with_tools_on_an_anthropic_upstream(setup: Setup) -> None:
+    setup.upstream.reply = lambda body: streamed(
+        200, fixture("anthropic_tool_use.json"), "application/json"
+    )
+    async with setup.openai() as client:
+        reply = await client.chat.completions.create(
+            model="claude-x",
+            messages=[
+                {"role": "system", "content": "Use tools."},
+                {"role": "user", "content": "Weather in SF?"},
+            ],
+            tools=[
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "parameters": {"type": "object", "properties": {}},
+                    },
+                }
+            ],
+        )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["location"] == "San Francisco, CA"
+    sent = setup.upstream.seen[-1]
+    assert str(sent.url) == "http://anthropic.test/v1/messages"
+    assert sent.headers["x-api-key"] == POOL_KEY
+    body = setup.upstream.last_body
+    assert body["system"] == "Use tools." and body["model"] == "claude-sonnet-4-5"
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in SF?"}]}
+    ]
+    assert body["tools"][0]["input_schema"] == {"type": "object", "properties": {}}
+    assert reply.usage is not None and reply.usage.prompt_tokens == 380
+    assert await setup.only_charge() == TOOL_ANSWER_COST
+
+
+async def test_openai_sdk_stream_on_an_anthropic_upstream(setup: Setup) -> None:
+    async with setup.openai() as client:
+        stream = await client.chat.completions.create(
+            model="claude-x",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "Hello there, friend!"
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
+    assert finishes[-1] == "stop"
+    last = chunks[-1]
+    assert last.usage is not None and last.usage.prompt_tokens == 525
+    assert (last.model_extra or {})["metadata"]["cost_micros"] == STREAM_COST
+    # Cache writes are billed at their own price on the translated path too.
+    assert await setup.only_charge() == STREAM_COST
+    assert setup.upstream.last_body["stream"] is True
+
+
+async def test_chat_upstream_error_is_translated_to_openai_shape(setup: Setup) -> None:
+    def overloaded(body: dict[str, Any]) -> httpx.Response:
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": "too long"}}
+        return httpx.Response(400, json=error)
+
+    setup.upstream.reply = overloaded
+    async with setup.openai() as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model="claude-x", messages=[{"role": "user", "content": "x"}]
+            )
+    assert caught.value.body == {
+        "message": "too long",
+        "type": "invalid_request_error",
+        "code": "invalid_request_error",
+        "param": None,
+    }
