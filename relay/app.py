@@ -63,7 +63,10 @@ def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
 
 
 async def _open_state(
-    config: Config, client_factory: ClientFactory, hasher: SecretHasher | None
+    config: Config,
+    client_factory: ClientFactory,
+    hasher: SecretHasher | None,
+    stopping: Callable[[], bool],
 ) -> RelayState:
     admin_token = os.environ.get(config.server.admin_token_env) or None
     if admin_token is None:
@@ -96,6 +99,7 @@ async def _open_state(
         usage=UsageLog(db),
         started_at=int(time.time()),
         videos=VideoPoller(db, wallet, providers),
+        stopping=stopping,
     )
 
 
@@ -139,13 +143,18 @@ def create_app(
     *,
     client_factory: ClientFactory | None = None,
     hasher: SecretHasher | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Starlette:
-    """The relay ASGI app; ``client_factory`` and ``hasher`` are seams for tests."""
+    """The relay ASGI app; ``client_factory`` and ``hasher`` are seams for tests.
+
+    ``stopping`` tells whether the server is shutting down (streams it cuts are then
+    recorded as ``server_shutdown``, not as the client's leaving).
+    """
     factory = client_factory or default_client_factory
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        state = await _open_state(config, factory, hasher)
+        state = await _open_state(config, factory, hasher, stopping)
         assert state.videos is not None
         await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
         housekeeping = asyncio.create_task(_housekeeping(state))

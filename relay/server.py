@@ -59,7 +59,7 @@ async def _serve(config: Config) -> None:
     loop.set_exception_handler(_ignore_cancelled_connections)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    app = create_app(config)
+    app = create_app(config, stopping=stop.is_set)
     log.info("relay listening on %s", config.server.listen)
     try:
         await serve(app, _hypercorn_config(config), shutdown_trigger=stop.wait)  # type: ignore[arg-type]

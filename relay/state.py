@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.accounts import AccountStore
@@ -33,6 +34,8 @@ class RelayState:
     usage: UsageLog
     started_at: int = 0
     videos: VideoPoller | None = None
+    # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
+    stopping: Callable[[], bool] = lambda: False
     # Request ids: a per-boot random prefix and a counter, unique across restarts.
     _boot: str = field(default_factory=lambda: secrets.token_hex(6))
     _counter: itertools.count[int] = field(default_factory=itertools.count)

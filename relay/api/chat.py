@@ -12,24 +12,32 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.api.flow import (
+    TokenCounts,
+    is_dry_run,
+    mark_abandoned,
+    model_for,
+    refuse,
+    release,
+    settle_tokens,
+    upstream_broke_off,
+)
 from relay.api.http import (
     decode_or_400,
-    error_response,
     json_response,
     read_body,
     relay_state,
 )
 from relay.api.sse import EventStreamResponse
 from relay.auth import ANONYMOUS
-from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
+from relay.errors import RelayError
 from relay.estimate import CostQuote, quote_chat, quote_embedding
 from relay.exchange import Exchange
-from relay.pricing import token_cost_micros
-from relay.routing import Model, OpenedRoute, Route
+from relay.routing import OpenedRoute, Route
 from relay.state import RelayState
 from relay.streaming import CHARS_PER_TOKEN, StreamTap, splice_metadata
 from relay.ticket import Ticket
-from relay.upstream import UpstreamFailure, UpstreamTimedOut
+from relay.upstream import UpstreamFailure
 from relay.wire import (
     ChatRequest,
     EmbeddingRequest,
@@ -41,8 +49,6 @@ from relay.wire import (
 
 __all__ = ["chat_completions", "embeddings"]
 
-CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
-
 
 async def chat_completions(request: Request) -> Response | EventStreamResponse:
     state = relay_state(request)
@@ -52,14 +58,14 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
         chat: ChatRequest = decode_or_400(decode_chat_request, body)
-        model = _model_for(state, exchange, chat.model, "chat")
+        model = model_for(state, exchange, chat.model, "chat")
         quote = quote_chat(
             model.price,
             body,
             requested_max_tokens=chat.requested_max_output,
             multiplier=state.gate.multiplier(exchange.principal),
         )
-        if _is_dry_run(request):
+        if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
         ticket = state.gate.admit(exchange, quote)
         exchange.stream = bool(chat.stream)
@@ -71,9 +77,9 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
             model, "/chat/completions", body_for, stream=exchange.stream
         )
     except RelayError as exc:
-        return _refuse(state, exchange, ticket, exc)
+        return refuse(state, exchange, ticket, exc)
     except BaseException:
-        _release(ticket)
+        release(ticket)
         raise
     exchange.route = opened.route
     if exchange.stream:
@@ -90,10 +96,10 @@ async def embeddings(request: Request) -> Response:
         exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
         embedding: EmbeddingRequest = decode_or_400(decode_embedding_request, body)
-        model = _model_for(state, exchange, embedding.model, "embedding")
+        model = model_for(state, exchange, embedding.model, "embedding")
         multiplier = state.gate.multiplier(exchange.principal)
         quote = quote_embedding(model.price, body, multiplier=multiplier)
-        if _is_dry_run(request):
+        if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
         ticket = state.gate.admit(exchange, quote)
 
@@ -102,45 +108,12 @@ async def embeddings(request: Request) -> Response:
 
         opened = await state.router.open_route(model, "/embeddings", body_for, stream=False)
     except RelayError as exc:
-        return _refuse(state, exchange, ticket, exc)
+        return refuse(state, exchange, ticket, exc)
     except BaseException:
-        _release(ticket)
+        release(ticket)
         raise
     exchange.route = opened.route
     return await _relay_answer(state, exchange, ticket, opened, quote)
-
-
-def _model_for(state: RelayState, exchange: Exchange, name: str, kind: str) -> Model:
-    model = state.router.model(name)
-    exchange.model = model
-    if model.config.kind != kind:
-        raise InvalidRequest(
-            f"The model {name!r} is a {model.config.kind} model, not a {kind} model",
-            param="model",
-        )
-    state.gate.check_model(exchange.principal, model, exchange.endpoint)
-    return model
-
-
-def _is_dry_run(request: Request) -> bool:
-    return request.query_params.get("dryRun", "").lower() in ("true", "1")
-
-
-def _release(ticket: Ticket | None) -> None:
-    if ticket is not None:
-        ticket.release()
-
-
-def _refuse(
-    state: RelayState, exchange: Exchange, ticket: Ticket | None, exc: RelayError
-) -> Response:
-    """An error before any upstream answer: nothing billed, one usage row if admitted."""
-    _release(ticket)
-    exchange.status = exc.status
-    exchange.error_code = exc.code
-    if ticket is not None:
-        state.usage.record(exchange.usage_record())
-    return error_response(exc, exchange.headers())
 
 
 def _settle(
@@ -151,32 +124,15 @@ def _settle(
     usage: Usage | None,
     delivered_tokens: int,
 ) -> None:
-    """Price what was used and charge it; relay's own estimate when the upstream was silent."""
+    counts = None
     if usage is not None:
-        exchange.prompt_tokens = usage.prompt_tokens or 0
-        exchange.completion_tokens = usage.completion_tokens or 0
-        exchange.cached_tokens = usage.cached_tokens
-        exchange.cache_write_tokens = usage.cache_write_tokens
-    else:
-        exchange.prompt_tokens = quote.prompt_tokens
-        exchange.completion_tokens = delivered_tokens
-        exchange.usage_estimated = True
-    assert exchange.model is not None
-    cost = token_cost_micros(
-        exchange.model.price,
-        prompt_tokens=exchange.prompt_tokens,
-        completion_tokens=exchange.completion_tokens,
-        cached_tokens=min(exchange.cached_tokens, exchange.prompt_tokens),
-        cache_write_tokens=exchange.cache_write_tokens,
-        multiplier=state.gate.multiplier(exchange.principal),
-    )
-    exchange.cost_micros = ticket.settle(
-        cost,
-        exchange.prompt_tokens + exchange.completion_tokens,
-        request_id=exchange.request_id,
-        estimated=exchange.usage_estimated,
-    )
-    state.usage.record(exchange.usage_record(), ticket.charge)
+        counts = TokenCounts(
+            prompt=usage.prompt_tokens or 0,
+            completion=usage.completion_tokens or 0,
+            cached=usage.cached_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
+    settle_tokens(state, exchange, ticket, quote, counts, delivered_tokens)
 
 
 async def _relay_answer(
@@ -191,12 +147,7 @@ async def _relay_answer(
         exchange.mark_first_byte()
     except UpstreamFailure as exc:
         await opened.close()
-        error: RelayError = (
-            UpstreamTimeout("upstream timed out sending its answer")
-            if isinstance(exc, UpstreamTimedOut)
-            else UpstreamError("upstream broke off its answer")
-        )
-        return _refuse(state, exchange, ticket, error)
+        return refuse(state, exchange, ticket, upstream_broke_off(exc, "answer"))
     except BaseException:
         await opened.close()
         ticket.release()
@@ -247,16 +198,11 @@ async def _relay_stream(
         ended = True
     except UpstreamFailure as exc:
         ended = True
-        failure = (
-            UpstreamTimeout("upstream stream went idle")
-            if isinstance(exc, UpstreamTimedOut)
-            else UpstreamError("upstream stream broke off")
-        )
+        failure = upstream_broke_off(exc, "stream")
     finally:
         await opened.close()
         if not ended:  # cancelled or closed early: the client went away
-            exchange.status = CLIENT_CLOSED
-            exchange.error_code = "client_disconnected"
+            mark_abandoned(state, exchange)
             _settle_stream(state, exchange, ticket, quote, tap)
     if failure is not None:
         exchange.error_code = failure.code

@@ -27,6 +27,7 @@ __all__ = [
     "ErrorRenderer",
     "TokenCounts",
     "is_dry_run",
+    "mark_abandoned",
     "model_for",
     "refuse",
     "release",
@@ -63,6 +64,14 @@ def model_for(state: RelayState, exchange: Exchange, name: str, kind: str) -> Mo
 
 def is_dry_run(request: Request) -> bool:
     return request.query_params.get("dryRun", "").lower() in ("true", "1")
+
+
+def mark_abandoned(state: RelayState, exchange: Exchange) -> None:
+    """A stream cut short by relay's side: the client left, or shutdown's grace ran out."""
+    if state.stopping():
+        exchange.status, exchange.error_code = 503, "server_shutdown"
+    else:
+        exchange.status, exchange.error_code = CLIENT_CLOSED, "client_disconnected"
 
 
 def release(ticket: Ticket | None) -> None:

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api.flow import (
-    CLIENT_CLOSED,
     TokenCounts,
     is_dry_run,
+    mark_abandoned,
     model_for,
     refuse,
     release,
@@ -169,8 +169,7 @@ async def _relay_stream(
     finally:
         await opened.close()
         if not ended:  # cancelled or closed early: the client went away
-            exchange.status = CLIENT_CLOSED
-            exchange.error_code = "client_disconnected"
+            mark_abandoned(state, exchange)
             _settle_stream(state, exchange, ticket, quote, tap)
     if failure is not None:
         exchange.error_code = failure.code
