@@ -13,6 +13,7 @@ import msgspec
 
 from relay.db import Database, WriteQueueFull
 from relay.ledger import insert_entry
+from relay.usage_rollup import add_to_daily_rollup
 from relay.wallet import LedgerEntry
 
 __all__ = ["UsageLog", "UsageRecord"]
@@ -47,7 +48,18 @@ _INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for
 
 
 def insert_usage(conn: sqlite3.Connection, record: UsageRecord) -> None:
+    """The usage row and its day's rollup (console charts), in the writer's transaction."""
     conn.execute(_INSERT, msgspec.structs.astuple(record))
+    add_to_daily_rollup(
+        conn,
+        account_id=record.account_id,
+        ts_ms=record.ts_ms,
+        model=record.model,
+        status=record.status,
+        cost_micros=record.cost_micros,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+    )
 
 
 def _write_usage(conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEntry | None) -> None:

@@ -1,0 +1,11 @@
+"""The web console at ``/console``: a team's balance, keys, logs, billing and tickets.
+
+Server-rendered (Jinja2 templates, SVG charts, a little optional JavaScript); no build
+step and nothing from a CDN. ``console_routes()`` is what the app mounts.
+"""
+
+from __future__ import annotations
+
+from relay.console.routes import console_routes
+
+__all__ = ["console_routes"]

@@ -1,0 +1,1 @@
+"""Console authentication and authorisation: sessions, CSRF, sign-in throttling, roles."""

@@ -1,0 +1,115 @@
+"""Request logs: filter by key, model, status and dates; page back by id; export as CSV.
+
+Rows are metadata only (design §4): no prompt or response content exists to show.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+
+from starlette.responses import Response, StreamingResponse
+
+from relay.console.auth.roles import Permission
+from relay.console.templating import format_time
+from relay.console.usage_queries import LogFilter, log_page, log_rows
+from relay.console.web import ConsoleError, Ctx, page
+from relay.pricing import micros_to_usd
+
+__all__ = ["export_logs", "logs_page"]
+
+PAGE_ROWS = 50
+_CSV_COLUMNS = (
+    "time_utc", "request_id", "key_id", "endpoint", "model", "provider", "status",
+    "error_code", "stream", "prompt_tokens", "completion_tokens", "cached_tokens",
+    "cost_usd", "usage_estimated", "latency_ms", "ttfb_ms",
+)  # fmt: skip
+
+
+def _filter(ctx: Ctx) -> LogFilter:
+    assert ctx.account is not None
+    flt = LogFilter.from_query(ctx.request.query_params)
+    key = ctx.state.store.keys.get(flt.key_id) if flt.key_id else None
+    if flt.key_id and (key is None or key.account_id != ctx.account.id):
+        raise ConsoleError(404, "There is no such key in this account.")
+    return flt
+
+
+def _before_id(ctx: Ctx) -> int | None:
+    text = ctx.request.query_params.get("before", "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ConsoleError(400, "before must be a row id")
+    return int(text)
+
+
+@page("account", Permission.VIEW)
+async def logs_page(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    flt = _filter(ctx)
+    rows, next_before = await log_page(
+        ctx.state.db, ctx.account.id, flt, before_id=_before_id(ctx), limit=PAGE_ROWS
+    )
+    keys = sorted(ctx.state.store.keys_of(ctx.account.id), key=lambda k: k.label.lower())
+    query = flt.query()
+    return ctx.render(
+        "logs.html",
+        rows=rows,
+        flt=flt,
+        keys=keys,
+        key_labels={key.id: key.label for key in keys},
+        models=sorted(ctx.state.router.models),
+        next_url=ctx.account_url("logs", **query, before=str(next_before)) if next_before else "",
+        first_url=ctx.account_url("logs", **query) if _before_id(ctx) else "",
+        csv_url=ctx.account_url("logs.csv", **query),
+    )
+
+
+def _csv_line(values: list[object]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
+
+
+@page("account", Permission.VIEW)
+async def export_logs(ctx: Ctx) -> Response:
+    """Every row of the filter as CSV, streamed in batches (never all in memory)."""
+    assert ctx.account is not None
+    flt = _filter(ctx)
+    db, account_id = ctx.state.db, ctx.account.id
+
+    async def lines() -> AsyncIterator[str]:
+        yield _csv_line(list(_CSV_COLUMNS))
+        async for batch in log_rows(db, account_id, flt):
+            yield "".join(
+                _csv_line(
+                    [
+                        format_time(row["ts_ms"]),
+                        row["request_id"],
+                        row["key_id"],
+                        row["endpoint"],
+                        row["model"],
+                        row["provider"],
+                        row["status"],
+                        row["error_code"],
+                        int(row["stream"]),
+                        row["prompt_tokens"],
+                        row["completion_tokens"],
+                        row["cached_tokens"],
+                        micros_to_usd(row["cost_micros"]),
+                        int(row["usage_estimated"]),
+                        row["latency_ms"],
+                        row["ttfb_ms"],
+                    ]
+                )  # fmt: skip
+                for row in batch
+            )
+
+    filename = f"relay-logs-{account_id}.csv"
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )

@@ -1,0 +1,92 @@
+"""Members of an account: the owner invites people (a one-time link), sets roles, removes.
+
+An account always keeps at least one owner, so nobody can lock the team out of billing
+and membership by mistake.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from relay.console.auth.roles import ROLE_CHOICES, Permission, Role
+from relay.console.users import Membership
+from relay.console.web import ConsoleError, Ctx, page
+
+__all__ = ["change_role", "invite_member", "members_page", "remove_member"]
+
+
+def _role(text: str) -> Role:
+    if text not in ROLE_CHOICES:
+        raise ConsoleError(400, f"role must be one of {', '.join(ROLE_CHOICES)}")
+    return Role(text)
+
+
+async def _members(ctx: Ctx) -> list[Membership]:
+    assert ctx.account is not None
+    return await ctx.services.users.members(ctx.account.id)
+
+
+async def _member(ctx: Ctx) -> tuple[Membership, list[Membership]]:
+    members = await _members(ctx)
+    user_id = ctx.request.path_params["user_id"]
+    for member in members:
+        if member.user_id == user_id:
+            return member, members
+    raise ConsoleError(404, "That person is not a member of this account.")
+
+
+def _keeps_an_owner(members: list[Membership], changed: str, new_role: Role | None) -> bool:
+    owners = {m.user_id for m in members if m.role is Role.OWNER}
+    if new_role is Role.OWNER:
+        owners.add(changed)
+    else:
+        owners.discard(changed)
+    return bool(owners)
+
+
+async def _render(ctx: Ctx, *, status: int = 200, invite_url: str = "") -> Response:
+    assert ctx.account is not None
+    return ctx.render(
+        "members.html",
+        status=status,
+        members=await _members(ctx),
+        invites=await ctx.services.invites.pending(ctx.account.id),
+        roles=ROLE_CHOICES,
+        invite_url=invite_url,
+    )
+
+
+@page("account", Permission.MANAGE_MEMBERS)
+async def members_page(ctx: Ctx) -> Response:
+    return await _render(ctx)
+
+
+@page("account", Permission.MANAGE_MEMBERS)
+async def invite_member(ctx: Ctx) -> Response:
+    assert ctx.account is not None and ctx.user is not None
+    role = _role(ctx.form.get("role", ""))
+    token = await ctx.services.invites.create(ctx.account.id, role, by=ctx.user)
+    url = str(ctx.request.base_url).rstrip("/") + f"/console/invite/{token}"
+    # Shown once on this page, never redirected through a URL or stored in clear.
+    return await _render(ctx, status=201, invite_url=url)
+
+
+@page("account", Permission.MANAGE_MEMBERS)
+async def change_role(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    member, members = await _member(ctx)
+    role = _role(ctx.form.get("role", ""))
+    if not _keeps_an_owner(members, member.user_id, role):
+        raise ConsoleError(400, "The account must keep at least one owner.")
+    await ctx.services.users.set_membership(ctx.account.id, member.user_id, role, actor=ctx.actor)
+    return ctx.redirect(ctx.account_url("members"), notice="role-changed")
+
+
+@page("account", Permission.MANAGE_MEMBERS)
+async def remove_member(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    member, members = await _member(ctx)
+    if not _keeps_an_owner(members, member.user_id, None):
+        raise ConsoleError(400, "The account must keep at least one owner.")
+    await ctx.services.users.remove_membership(ctx.account.id, member.user_id, actor=ctx.actor)
+    return ctx.redirect(ctx.account_url("members"), notice="member-removed")

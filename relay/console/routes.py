@@ -1,0 +1,74 @@
+"""The console's URL map: ``console_routes()`` for the app to mount at ``/console``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from relay.console.pages import billing, keys, logs, members, operator, overview, session, tickets
+from relay.console.web import Console, ConsoleError, Ctx, Page, page
+
+__all__ = ["console_routes"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_ACCOUNT = "/a/{account}"
+
+
+@page("public")
+async def _not_found(ctx: Ctx) -> Response:
+    raise ConsoleError(404, "There is no such page.")
+
+
+async def _to_console(request: Request) -> Response:
+    return RedirectResponse("/console/", status_code=308)
+
+
+def console_routes() -> list[BaseRoute]:
+    """The web console: pages under ``/console/``, its static files, and a bare redirect."""
+    console = Console()
+
+    def route(path: str, spec: Page, method: str = "GET") -> Route:
+        methods = ["GET", "HEAD"] if method == "GET" else [method]
+        return Route(path, console.endpoint(spec), methods=methods)
+
+    pages = [
+        route("/", session.home),
+        route("/login", session.login_form),
+        route("/login", session.login, "POST"),
+        route("/logout", session.logout, "POST"),
+        route("/password", session.password_form),
+        route("/password", session.change_password, "POST"),
+        route("/invite/{token}", session.invite_form),
+        route("/invite/{token}", session.accept_invite, "POST"),
+        route(_ACCOUNT, overview.overview),
+        route(_ACCOUNT + "/keys", keys.keys_page),
+        route(_ACCOUNT + "/keys", keys.create_key, "POST"),
+        route(_ACCOUNT + "/keys/{key_id}", keys.key_page),
+        route(_ACCOUNT + "/keys/{key_id}", keys.edit_key, "POST"),
+        route(_ACCOUNT + "/keys/{key_id}/revoke", keys.revoke_key, "POST"),
+        route(_ACCOUNT + "/logs", logs.logs_page),
+        route(_ACCOUNT + "/logs.csv", logs.export_logs),
+        route(_ACCOUNT + "/billing", billing.billing_page),
+        route(_ACCOUNT + "/billing/statement", billing.statement),
+        route(_ACCOUNT + "/tickets", tickets.tickets_page),
+        route(_ACCOUNT + "/tickets", tickets.open_ticket, "POST"),
+        route(_ACCOUNT + "/tickets/{ticket_id}", tickets.ticket_page),
+        route(_ACCOUNT + "/tickets/{ticket_id}/reply", tickets.reply_ticket, "POST"),
+        route(_ACCOUNT + "/tickets/{ticket_id}/close", tickets.close_ticket, "POST"),
+        route(_ACCOUNT + "/members", members.members_page),
+        route(_ACCOUNT + "/members/invite", members.invite_member, "POST"),
+        route(_ACCOUNT + "/members/{user_id}/role", members.change_role, "POST"),
+        route(_ACCOUNT + "/members/{user_id}/remove", members.remove_member, "POST"),
+        route("/operator/accounts", operator.operator_accounts),
+        route("/operator/accounts/{account}/credit", operator.credit_account, "POST"),
+        route("/operator/accounts/{account}/status", operator.set_account_status, "POST"),
+        route("/operator/tickets", tickets.operator_tickets),
+        route("/operator/audit", operator.audit_page),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="console-static"),
+        Route("/{path:path}", console.endpoint(_not_found), methods=["GET", "HEAD", "POST"]),
+    ]
+    return [Route("/console", _to_console), Mount("/console", routes=pages)]

@@ -1,0 +1,275 @@
+"""The console's request plumbing: who is asking, may they, and how pages answer.
+
+``Console`` holds what lives as long as the app (templates, the sign-in throttle, the
+stores built on the lifespan's database). ``page(...)`` declares a handler's access
+level; ``Console.endpoint`` wraps it so that, before the handler runs, the session cookie
+is checked, every unsafe request passes the CSRF and Origin checks, and the account in
+the URL is resolved to the caller's role in it (a non-member gets 404, so account ids
+cannot be probed). Handlers get a ``Ctx`` and return a response.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from relay.accounts import Account
+from relay.api.http import read_body, relay_state
+from relay.console.auth.csrf import CSRF_FIELD, csrf_token, origin_allowed, valid_csrf_token
+from relay.console.auth.roles import Permission, Role, allows
+from relay.console.auth.sessions import PRE_SESSION_COOKIE, SESSION_COOKIE, Session
+from relay.console.auth.signing import sign, unsign
+from relay.console.auth.throttle import LoginThrottle
+from relay.console.services import Services, open_services
+from relay.console.templating import build_templates
+from relay.console.users import User
+from relay.errors import NotFound, RelayError
+from relay.state import RelayState
+
+__all__ = ["NOTICES", "Console", "ConsoleError", "Ctx", "Page", "page", "set_cookie"]
+
+Access = Literal["public", "user", "account", "operator"]
+Handler = Callable[["Ctx"], Awaitable[Response]]
+_MAX_FORM_BYTES = 64 * 1024
+_SAFE_METHODS = ("GET", "HEAD")
+_SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+NOTICES = {
+    "signed-out": "You are signed out.",
+    "key-updated": "The key was updated.",
+    "key-revoked": "The key was revoked. Requests with it are refused from now on.",
+    "password-changed": "Password changed. Other sessions were signed out.",
+    "ticket-opened": "Ticket opened. We will answer here.",
+    "reply-sent": "Reply sent.",
+    "ticket-closed": "Ticket closed.",
+    "role-changed": "Role changed.",
+    "member-removed": "Member removed.",
+    "credited": "Credit added.",
+    "already-credited": "That reference was already credited; nothing changed.",
+    "status-changed": "Account status changed.",
+    "joined": "You joined the account.",
+}
+
+
+class ConsoleError(Exception):
+    """Ends a request with an error page; the message is shown to the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Page:
+    handler: Handler
+    access: Access
+    permission: Permission | None
+
+
+def page(access: Access, permission: Permission | None = None) -> Callable[[Handler], Page]:
+    def declare(handler: Handler) -> Page:
+        return Page(handler, access, permission)
+
+    return declare
+
+
+@dataclass
+class Ctx:
+    request: Request
+    console: Console
+    services: Services
+    form: dict[str, str] = field(default_factory=dict)
+    form_pairs: list[tuple[str, str]] = field(default_factory=list)
+    session: Session | None = None
+    user: User | None = None
+    account: Account | None = None
+    role: Role | None = None
+    accounts: list[tuple[Account, Role]] = field(default_factory=list)
+    pre_session: str | None = None
+    new_pre_session: bool = False
+
+    @property
+    def state(self) -> RelayState:
+        return self.services.state
+
+    @property
+    def actor(self) -> str:
+        assert self.user is not None
+        return self.user.email
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.services.keys.csrf, self._csrf_binding() or "")
+
+    def _csrf_binding(self) -> str | None:
+        if self.session is not None:
+            return "s:" + self.session.id
+        if self.pre_session is None:
+            self.pre_session = secrets.token_urlsafe(24)
+            self.new_pre_session = True
+        return "p:" + self.pre_session
+
+    def form_values(self, name: str) -> list[str]:
+        """Every value sent for a repeated field (checkboxes)."""
+        return [value for key, value in self.form_pairs if key == name]
+
+    def can(self, permission: Permission) -> bool:
+        return allows(self.role, permission)
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            raise ConsoleError(403, "Your role in this account does not allow that.")
+
+    def account_url(self, suffix: str = "", **query: str) -> str:
+        assert self.account is not None
+        url = f"/console/a/{self.account.id}/{suffix}".rstrip("/")
+        return url + ("?" + urlencode(query) if query else "")
+
+    def render(self, template: str, *, status: int = 200, **values: Any) -> Response:
+        notice = NOTICES.get(self.request.query_params.get("notice", ""), "")
+        body = self.console.templates.get_template(template).render(
+            ctx=self, notice=notice, **values
+        )
+        return HTMLResponse(body, status_code=status)
+
+    def redirect(self, url: str, notice: str = "") -> Response:
+        if notice:
+            url += ("&" if "?" in url else "?") + urlencode({"notice": notice})
+        return RedirectResponse(url, status_code=303)
+
+
+class Console:
+    """One per app: built by ``console_routes()``; stores open on first request."""
+
+    def __init__(self) -> None:
+        self.templates = build_templates()
+        self.throttle = LoginThrottle()
+        self._services: Services | None = None
+
+    def services(self, state: RelayState) -> Services:
+        if self._services is None or self._services.state is not state:
+            self._services = open_services(state)
+        return self._services
+
+    def endpoint(self, spec: Page) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            ctx = Ctx(request, self, self.services(relay_state(request)))
+            try:
+                response = await self._run(ctx, spec)
+            except ConsoleError as exc:
+                response = ctx.render("error.html", status=exc.status, message=exc.message)
+            except RelayError as exc:
+                response = ctx.render("error.html", status=exc.status, message=exc.message)
+            return self._finish(ctx, response)
+
+        endpoint.__name__ = spec.handler.__name__
+        return endpoint
+
+    async def _run(self, ctx: Ctx, spec: Page) -> Response:
+        await self._load_session(ctx)
+        if ctx.request.method not in _SAFE_METHODS:
+            await self._check_form(ctx)
+        if spec.access != "public" and ctx.user is None:
+            if ctx.request.method in _SAFE_METHODS:
+                target = urlencode({"next": ctx.request.url.path})
+                return RedirectResponse(f"/console/login?{target}", status_code=303)
+            raise ConsoleError(401, "Please sign in again.")
+        if ctx.user is not None and spec.access != "public":
+            await self._load_accounts(ctx)
+        if spec.access == "operator" and not (ctx.user and ctx.user.operator):
+            raise ConsoleError(404, "There is no such page.")
+        if spec.access == "account":
+            self._resolve_account(ctx)
+        if spec.permission is not None:
+            ctx.require(spec.permission)
+        return await spec.handler(ctx)
+
+    async def _load_session(self, ctx: Ctx) -> None:
+        keys = ctx.services.keys
+        ctx.pre_session = unsign(keys.session, ctx.request.cookies.get(PRE_SESSION_COOKIE))
+        session_id = unsign(keys.session, ctx.request.cookies.get(SESSION_COOKIE))
+        if session_id is None:
+            return
+        found = await ctx.services.sessions.load(session_id)
+        if found is not None:
+            ctx.session, ctx.user = found
+
+    async def _check_form(self, ctx: Ctx) -> None:
+        request = ctx.request
+        if not origin_allowed(request.headers, request.headers.get("host", "")):
+            raise ConsoleError(403, "This form was sent from another site and was refused.")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        body = await read_body(request, _MAX_FORM_BYTES)
+        if content_type == "application/x-www-form-urlencoded":
+            ctx.form_pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+            ctx.form = dict(ctx.form_pairs)
+        binding = None
+        if ctx.session is not None:
+            binding = "s:" + ctx.session.id
+        elif ctx.pre_session is not None:
+            binding = "p:" + ctx.pre_session
+        if not valid_csrf_token(ctx.services.keys.csrf, binding, ctx.form.get(CSRF_FIELD)):
+            raise ConsoleError(
+                403, "The form had expired or did not come from this console. Please try again."
+            )
+
+    async def _load_accounts(self, ctx: Ctx) -> None:
+        assert ctx.user is not None
+        store = ctx.state.store
+        for membership in await ctx.services.users.memberships(ctx.user.id):
+            account = store.accounts.get(membership.account_id)
+            if account is not None:
+                ctx.accounts.append((account, membership.role))
+
+    def _resolve_account(self, ctx: Ctx) -> None:
+        assert ctx.user is not None
+        account_id = ctx.request.path_params.get("account", "")
+        roles = {account.id: role for account, role in ctx.accounts}
+        try:
+            account = ctx.state.store.account(account_id)
+        except NotFound:
+            account = None
+        # Operators act as owners everywhere; anyone else needs a membership.
+        role = Role.OWNER if ctx.user.operator else roles.get(account_id)
+        if account is None or role is None or account.id != account_id:
+            raise ConsoleError(404, "There is no such account, or you are not a member of it.")
+        ctx.account, ctx.role = account, role
+
+    def _finish(self, ctx: Ctx, response: Response) -> Response:
+        for name, value in _SECURITY_HEADERS.items():
+            if name not in response.headers:  # a page may set a stricter or special one
+                response.headers[name] = value
+        if ctx.new_pre_session and ctx.pre_session is not None:
+            set_cookie(
+                ctx, response, PRE_SESSION_COOKIE, sign(ctx.services.keys.session, ctx.pre_session)
+            )
+        return response
+
+
+def set_cookie(
+    ctx: Ctx, response: Response, name: str, value: str, max_age: int | None = None
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/console",
+        httponly=True,
+        samesite="lax",
+        secure=ctx.request.url.scheme == "https",
+    )

@@ -1,0 +1,55 @@
+"""The daily spend rollup kept by ``relay.usage.insert_usage`` and backfilled by migration 4."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from relay.migrations import MIGRATIONS, apply_migrations
+from relay.usage import UsageRecord, insert_usage
+from relay.usage_rollup import DAY_MS
+
+ROWS: list[dict[str, Any]] = [
+    {"account_id": "a", "ts_ms": 5, "model": "m1", "status": 200, "cost_micros": 10,
+     "prompt_tokens": 3, "completion_tokens": 4},
+    {"account_id": "a", "ts_ms": DAY_MS - 1, "model": "m1", "status": 502, "cost_micros": 0,
+     "prompt_tokens": 1, "completion_tokens": 0},
+    {"account_id": "a", "ts_ms": DAY_MS, "model": "m1", "status": 200, "cost_micros": 7,
+     "prompt_tokens": 2, "completion_tokens": 2},
+    {"account_id": None, "ts_ms": 9, "model": None, "status": 401, "cost_micros": 0,
+     "prompt_tokens": 0, "completion_tokens": 0},
+]  # fmt: skip
+
+
+def _database() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    apply_migrations(conn)
+    return conn
+
+
+def _rollup(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT * FROM usage_daily ORDER BY account_id, day, model").fetchall()
+
+
+def test_usage_rows_written_by_relay_are_rolled_up_per_day() -> None:
+    conn = _database()
+    for n, row in enumerate(ROWS):
+        record = UsageRecord(request_id=f"r{n}", endpoint="chat", **row)
+        insert_usage(conn, record)
+    assert _rollup(conn) == [
+        ("", 0, "", 1, 1, 0, 0, 0),
+        ("a", 0, "m1", 2, 1, 10, 4, 4),
+        ("a", 1, "m1", 1, 0, 7, 2, 2),
+    ]
+    assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (len(ROWS),)
+
+
+def test_migration_backfills_existing_usage() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    apply_migrations(conn, MIGRATIONS[:3])
+    conn.execute(
+        "INSERT INTO usage (request_id, endpoint, ts_ms, account_id, model, status, cost_micros) "
+        "VALUES ('r', 'chat', 1, 'a', 'm', 200, 5), ('s', 'chat', 2, 'a', 'm', 429, 0)"
+    )
+    apply_migrations(conn)
+    assert _rollup(conn) == [("a", 0, "m", 2, 1, 5, 0, 0)]
