@@ -23,10 +23,12 @@ from starlette.responses import Response
 
 from relay.accounts import AccountStore
 from relay.admin import admin_routes
+from relay.admin.payments import open_payments, payment_routes
 from relay.api import data_plane_routes
 from relay.api.http import error_response, unexpected_error_response
 from relay.auth import Authenticator
 from relay.config import Config
+from relay.console import console_routes
 from relay.db import Database
 from relay.errors import InvalidRequest, NotFound, RelayError
 from relay.gate import Gate
@@ -111,6 +113,12 @@ async def _housekeeping(state: RelayState) -> None:
         await state.store.flush_last_used()
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _close_state(state: RelayState) -> None:
     for provider in state.providers.values():
         await provider.aclose()
@@ -155,23 +163,25 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         state = await _open_state(config, factory, hasher, stopping)
-        assert state.videos is not None
-        await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
-        housekeeping = asyncio.create_task(_housekeeping(state))
-        retention = RetentionJob(state.db, archive_dir_for(config.database_path))
-        retention.start()
-        try:
-            yield {"relay": state}
-        finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
-            await retention.stop()  # before the database closes
-            await state.videos.stop()
-            await _close_state(state)
+        # Unwound in reverse: background jobs stop before the database drains and closes.
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(_close_state, state)
+            assert state.videos is not None
+            await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
+            stack.push_async_callback(state.videos.stop)
+            retention = RetentionJob(state.db, archive_dir_for(config.database_path))
+            retention.start()
+            stack.push_async_callback(retention.stop)
+            payments = await open_payments(state)
+            payments.start()
+            stack.push_async_callback(payments.aclose)
+            state.auto_topup = payments.auto_topup
+            housekeeping = asyncio.create_task(_housekeeping(state))
+            stack.push_async_callback(_cancel, housekeeping)
+            yield {"relay": state, "payments": payments}
 
     return Starlette(
-        routes=data_plane_routes() + admin_routes(),
+        routes=data_plane_routes() + admin_routes() + payment_routes() + console_routes(),
         lifespan=lifespan,
         exception_handlers={
             RelayError: _handle_relay_error,

@@ -89,12 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.cli_admin import add_admin_commands
     from relay.cli_audit import add_audit_commands
     from relay.cli_billing import add_billing_commands
+    from relay.cli_payments import add_payment_commands
     from relay.cli_usage import add_usage_commands
+    from relay.cli_users import add_user_commands
 
     add_admin_commands(commands, _add_config_option)
     add_billing_commands(commands, _add_config_option)
     add_usage_commands(commands, _add_config_option)
     add_audit_commands(commands, _add_config_option)
+    add_user_commands(commands, _add_config_option)
+    add_payment_commands(commands, _add_config_option)
     return parser
 
 

@@ -423,6 +423,24 @@ def add_admin_commands(commands: SubParsers, add_config_option: AddConfigOption)
     leaf(account, "activate", "serve the account's requests again", activate, "account")
     update = leaf(account, "update", "change an account's settings", _account_update, "account")
     _add_account_options(update, update=True)
+    from relay import cli_payments  # imported here: it builds on this module's helpers
+
+    export = leaf(
+        account,
+        "export",
+        "download the account's data (zip)",
+        cli_payments.export_command,
+        "account",
+    )
+    export.add_argument("--out", metavar="FILE")
+    delete = leaf(
+        account,
+        "delete",
+        "suspend now, erase personal data in 30 days",
+        cli_payments.erase_command,
+        "account",
+    )
+    delete.add_argument("--yes", action="store_true", help="confirm")
 
     key = group("key", "manage API keys")
     create = leaf(key, "create", "create a key; prints its secret once", _key_create, "account")

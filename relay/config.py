@@ -23,6 +23,7 @@ from relay.errors import ConfigError
 __all__ = [
     "Config",
     "ModelConfig",
+    "PaymentsConfig",
     "ProviderConfig",
     "ServerConfig",
     "load_config",
@@ -150,10 +151,48 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             _check_usd(price, f"image_prices.{size}")
 
 
+# Two-decimal currencies only: a minor unit is exactly 10,000 micro-units of the wallet.
+PaymentCurrency = Literal["usd", "eur", "gbp"]
+
+
+class PaymentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[payments]``: card top-ups through Stripe, or ``manual`` (bank transfers only)."""
+
+    provider: Literal["stripe", "manual"] = "stripe"
+    # Names of environment variables: the secrets themselves never live in the file.
+    secret_key_env: str = "STRIPE_SECRET_KEY"
+    webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    api_base: str = "https://api.stripe.com"
+    currency: PaymentCurrency = "usd"
+    min_topup_usd: str = "5"
+    max_topup_usd: str = "1000"
+    # Where Stripe Checkout sends the buyer back; a checkout request may override them.
+    success_url: str | None = None
+    cancel_url: str | None = None
+    timeout_s: PositiveFloat = 30.0
+    seller_name: str = ""
+    seller_address: str = ""
+    seller_tax_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.api_base.startswith(("http://", "https://")):
+            raise ValueError("api_base must start with http:// or https://")
+        _check_usd(self.min_topup_usd, "min_topup_usd")
+        _check_usd(self.max_topup_usd, "max_topup_usd")
+        if Decimal(self.min_topup_usd) > Decimal(self.max_topup_usd):
+            raise ValueError("min_topup_usd must not exceed max_topup_usd")
+        for key in ("success_url", "cancel_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{key} must start with http:// or https://")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderConfig] = []
     models: list[ModelConfig] = []
+    # Absent: payments are off (manual credits through the admin API still work).
+    payments: PaymentsConfig | None = None
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
 

@@ -281,10 +281,13 @@ CREATE INDEX usage_account_id ON usage (account_id, id);
 CREATE INDEX usage_key_id ON usage (key_id, id);
 CREATE INDEX usage_account_model_id ON usage (account_id, model, id);
 CREATE INDEX usage_account_errors ON usage (account_id, id) WHERE status >= 400;
+CREATE INDEX usage_key_errors ON usage (key_id, id) WHERE status >= 400;
+CREATE INDEX usage_account_model_errors ON usage (account_id, model, id) WHERE status >= 400;
 
 -- Spend per account, UTC day (unix ms / 86400000) and model, kept by a trigger so the
 -- overview's 30-day charts read a few hundred rows, not every usage row. Deleting usage
--- rows (archiving) leaves the totals alone.
+-- rows (archiving) leaves the totals alone. relay.usage_rollup explains why the writer
+-- calling add_to_daily_rollup would be cheaper than this trigger.
 CREATE TABLE usage_daily (
     account_id TEXT NOT NULL,
     day INTEGER NOT NULL,
@@ -300,19 +303,103 @@ INSERT INTO usage_daily
 SELECT COALESCE(account_id, ''), ts_ms / 86400000, COALESCE(model, ''), COUNT(*),
        SUM(status >= 400), SUM(cost_micros), SUM(prompt_tokens), SUM(completion_tokens)
 FROM usage GROUP BY 1, 2, 3;
-CREATE TRIGGER usage_daily_rollup AFTER INSERT ON usage
-BEGIN
-    INSERT INTO usage_daily (account_id, day, model, requests, errors, cost_micros,
-                             prompt_tokens, completion_tokens)
-    VALUES (COALESCE(new.account_id, ''), new.ts_ms / 86400000, COALESCE(new.model, ''), 1,
-            new.status >= 400, new.cost_micros, new.prompt_tokens, new.completion_tokens)
-    ON CONFLICT (account_id, day, model) DO UPDATE SET
-        requests = requests + 1,
-        errors = errors + excluded.errors,
-        cost_micros = cost_micros + excluded.cost_micros,
-        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens;
-END;
+"""
+
+_PAYMENTS_SCHEMA = """
+-- Payments (relay.payments): one row per top-up attempt, card or manual. A credited
+-- payment's ledger reference is its provider_payment_id (a Stripe Checkout Session or
+-- PaymentIntent id, or the manual reference), so the ledger's unique index guards it too.
+CREATE TABLE payments (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    provider TEXT NOT NULL CHECK (provider IN ('stripe', 'manual')),
+    provider_payment_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('topup', 'auto_topup', 'manual')),
+    amount_micros INTEGER NOT NULL CHECK (amount_micros >= 0),
+    currency TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL CHECK (amount_minor >= 0),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'paid', 'failed')),
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    receipt_number TEXT UNIQUE,
+    failure_reason TEXT
+);
+CREATE UNIQUE INDEX payments_provider_payment
+    ON payments (provider, provider_payment_id, account_id);
+CREATE INDEX payments_account ON payments (account_id, created_at_ms);
+CREATE INDEX payments_pending_kind ON payments (kind, status, account_id);
+
+-- Webhook events already handled: a replayed delivery is answered without effect.
+CREATE TABLE payment_events (
+    event_id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    type TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Numbered receipts R-YYYY-NNNNNN, one per credited payment, numbered in the credit's
+-- transaction. Seller details are copied at issue time; buyer_name is erased on deletion.
+CREATE TABLE receipts (
+    number TEXT PRIMARY KEY,
+    year INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    payment_id TEXT NOT NULL UNIQUE REFERENCES payments (id),
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    buyer_name TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    payment_reference TEXT NOT NULL,
+    amount_micros INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    seller_name TEXT NOT NULL,
+    seller_address TEXT NOT NULL,
+    seller_tax_id TEXT,
+    issued_at_ms INTEGER NOT NULL,
+    UNIQUE (year, seq)
+);
+CREATE INDEX receipts_account ON receipts (account_id, issued_at_ms);
+
+-- The provider's customer and saved card per account (what auto top-up charges).
+CREATE TABLE payment_customers (
+    account_id TEXT PRIMARY KEY REFERENCES accounts (id),
+    provider TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    payment_method_id TEXT,
+    updated_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE auto_topups (
+    account_id TEXT PRIMARY KEY REFERENCES accounts (id),
+    enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    trigger_micros INTEGER NOT NULL CHECK (trigger_micros >= 0),
+    amount_micros INTEGER NOT NULL CHECK (amount_micros > 0),
+    monthly_cap_micros INTEGER NOT NULL CHECK (monthly_cap_micros >= 0),
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Banners for the console (e.g. a failed auto top-up) until someone dismisses them.
+CREATE TABLE notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    dismissed_at_ms INTEGER
+);
+CREATE INDEX notices_account ON notices (account_id, id);
+
+-- Account deletion: suspended at request time, personal data erased after erase_after_ms.
+CREATE TABLE deletion_requests (
+    account_id TEXT PRIMARY KEY REFERENCES accounts (id),
+    requested_at_ms INTEGER NOT NULL,
+    requested_by TEXT NOT NULL,
+    erase_after_ms INTEGER NOT NULL,
+    erased_at_ms INTEGER,
+    pseudonym TEXT
+) WITHOUT ROWID;
+CREATE INDEX deletion_requests_due ON deletion_requests (erased_at_ms, erase_after_ms);
 """
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -320,6 +407,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
     Migration(3, "video jobs", _VIDEO_JOBS_SCHEMA),
     Migration(4, "console users, sessions, tickets; usage rollup", _CONSOLE_SCHEMA),
+    Migration(5, "payments, receipts, auto top-up, notices, deletion requests", _PAYMENTS_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """

@@ -12,6 +12,7 @@ from relay.auth import Authenticator
 from relay.config import Config
 from relay.db import Database
 from relay.gate import Gate
+from relay.payments.auto_topup import AutoTopUp
 from relay.providers import Provider
 from relay.routing import Router
 from relay.usage import UsageLog
@@ -34,6 +35,7 @@ class RelayState:
     usage: UsageLog
     started_at: int = 0
     videos: VideoPoller | None = None
+    auto_topup: AutoTopUp | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
     stopping: Callable[[], bool] = lambda: False
     # Request ids: a per-boot random prefix and a counter, unique across restarts.

@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute, Route
 from relay.admin import accounts, keys
 from relay.admin.audit import audit_routes
 from relay.admin.usage import usage_routes
+from relay.admin.users import user_routes
 
 __all__ = ["admin_routes"]
 
@@ -28,4 +29,5 @@ def admin_routes() -> list[BaseRoute]:
         Route("/admin/keys/{key_id}/revoke", keys.revoke_key, methods=["POST"]),
         *usage_routes(),
         *audit_routes(),
+        *user_routes(),
     ]

@@ -23,6 +23,8 @@ from relay.api.http import json_response
 from relay.errors import InvalidRequest
 from relay.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.ledger import ledger_view
+from relay.payments.receipts import SellerDetails
+from relay.payments.service import manual_credit_write
 from relay.pricing import parse_multiplier
 from relay.state import RelayState
 from relay.wallet import DuplicateReference
@@ -150,13 +152,20 @@ async def credit_account(request: Request, state: RelayState) -> Response:
     except DuplicateReference:
         return json_response({"credited": False, "wallet": wallet_view(state, account.id)})
     detail = {"amount_micros": amount, "reference": credit.reference}
-    # The audit write commits the batch that holds the ledger row queued just before it.
-    await state.store.record_action(
-        actor=ADMIN_ACTOR, action="wallet.credit", target=account.id, detail=detail
+    # The payment row, its receipt and the audit row join the batch holding the ledger row.
+    write = manual_credit_write(
+        entry,
+        buyer_name=account.name,
+        seller=SellerDetails.from_config(state.config.payments),
+        audit_key=state.store.audit_key,
+        actor=ADMIN_ACTOR,
+        detail=detail,
     )
+    receipt = await state.db.write(write)
     return created(
         {
             "credited": True,
+            "receipt_number": receipt.number,
             "entry": msgspec.structs.asdict(entry),
             "wallet": wallet_view(state, account.id),
         }

@@ -140,3 +140,6 @@ def settle_cost(
         estimated=exchange.usage_estimated,
     )
     state.usage.record(exchange.usage_record(), ticket.charge)
+    account_id = exchange.principal.account_id
+    if state.auto_topup is not None and account_id is not None and ticket.charged_micros:
+        state.auto_topup.check(account_id)  # schedules a refill when low; never waits

@@ -1,0 +1,299 @@
+"""Payments over HTTP: the Stripe webhook, and the admin API for payments and data rights.
+
+``POST /webhooks/stripe`` is authenticated by its signature, not the admin token. Every
+other route here is under ``/admin`` with the bearer admin token. The long-lived pieces
+(``PaymentsRuntime``: service, webhook, auto top-up, erasure job) are opened in the
+lifespan with ``open_payments`` and reach handlers as ``request.state.payments``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
+from relay.api.http import error_response, json_response, read_body
+from relay.data_rights import ErasureJob, build_export, deletion_request, request_deletion
+from relay.errors import InvalidRequest, NotFound
+from relay.payments.auto_settings import AutoTopUpSettings, load_all_settings
+from relay.payments.auto_topup import AutoTopUp
+from relay.payments.receipts import (
+    get_receipt,
+    list_receipts,
+    receipt_view,
+    render_receipt_html,
+)
+from relay.payments.service import PaymentsService, PaymentsUnavailable
+from relay.payments.store import dismiss_notice, list_notices, list_payments, payment_view
+from relay.payments.stripe_client import StripeClient
+from relay.payments.webhook import SignatureError, StripeWebhook
+from relay.state import RelayState
+
+__all__ = ["PaymentsRuntime", "open_payments", "payment_routes", "payments_runtime"]
+
+log = logging.getLogger("relay.payments")
+_MAX_WEBHOOK_BODY = 1024 * 1024
+Url = Annotated[str, Meta(pattern=r"^https?://", max_length=2000)]
+
+
+@dataclass
+class PaymentsRuntime:
+    service: PaymentsService
+    auto_topup: AutoTopUp
+    erasure: ErasureJob
+    webhook: StripeWebhook | None = None
+
+    def start(self) -> None:
+        self.erasure.start()
+
+    async def aclose(self) -> None:
+        await self.erasure.stop()
+        await self.auto_topup.aclose()
+        if self.service.stripe is not None:
+            await self.service.stripe.aclose()
+
+
+async def open_payments(
+    state: RelayState, *, stripe_transport: httpx.AsyncBaseTransport | None = None
+) -> PaymentsRuntime:
+    """Build the payments runtime from the config; secrets come from the environment."""
+    config = state.config.payments
+    stripe: StripeClient | None = None
+    webhook_secret: str | None = None
+    if config is not None and config.provider == "stripe":
+        secret_key = os.environ.get(config.secret_key_env) or None
+        webhook_secret = os.environ.get(config.webhook_secret_env) or None
+        if secret_key is None:
+            log.warning("card top-ups disabled: %s is not set", config.secret_key_env)
+        else:
+            stripe = StripeClient(
+                secret_key,
+                api_base=config.api_base,
+                timeout_s=config.timeout_s,
+                transport=stripe_transport,
+            )
+        if webhook_secret is None:
+            log.warning("Stripe webhooks refused: %s is not set", config.webhook_secret_env)
+    service = PaymentsService(
+        db=state.db,
+        wallet=state.wallet,
+        accounts=state.store,
+        config=config,
+        stripe=stripe,
+        auto_topups=await load_all_settings(state.db),
+    )
+    return PaymentsRuntime(
+        service=service,
+        auto_topup=AutoTopUp(service),
+        erasure=ErasureJob(state.db, state.store),
+        webhook=StripeWebhook(service, webhook_secret) if webhook_secret else None,
+    )
+
+
+def payments_runtime(request: Request) -> PaymentsRuntime:
+    runtime = getattr(request.state, "payments", None)
+    if not isinstance(runtime, PaymentsRuntime):
+        raise PaymentsUnavailable("Payments are not enabled on this server")
+    return runtime
+
+
+# -- webhook (signature-authenticated) ------------------------------------------------------
+
+
+async def stripe_webhook(request: Request) -> Response:
+    try:
+        webhook = payments_runtime(request).webhook
+        if webhook is None:
+            raise PaymentsUnavailable("Stripe webhooks are not configured")
+        payload = await read_body(request, _MAX_WEBHOOK_BODY)
+        signature = request.headers.get("stripe-signature", "")
+        try:
+            outcome = await webhook.handle(payload, signature)
+        except SignatureError as exc:
+            raise InvalidRequest(f"Invalid Stripe signature: {exc}") from None
+        except msgspec.DecodeError:
+            raise InvalidRequest("The event is not a Stripe event object") from None
+    except (InvalidRequest, PaymentsUnavailable) as exc:
+        return error_response(exc)
+    return json_response({"received": True, **msgspec.structs.asdict(outcome)})
+
+
+# -- payments and receipts ------------------------------------------------------------------
+
+
+class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount_usd: str
+    success_url: Url | None = None
+    cancel_url: Url | None = None
+
+
+@admin_route
+async def start_checkout(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    body = await decode_body(request, CheckoutRequest)
+    amount = parse_usd(body.amount_usd, "amount_usd")
+    payment, url = await payments_runtime(request).service.start_checkout(
+        account.id,
+        amount,
+        success_url=body.success_url,
+        cancel_url=body.cancel_url,
+        actor=ADMIN_ACTOR,
+    )
+    return created({"url": url, "payment": payment_view(payment)})
+
+
+@admin_route
+async def show_payments(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    payments = await list_payments(state.db, account.id)
+    return json_response({"data": [payment_view(p) for p in payments]})
+
+
+@admin_route
+async def show_receipts(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    receipts = await list_receipts(state.db, account.id)
+    return json_response({"data": [receipt_view(r) for r in receipts]})
+
+
+@admin_route
+async def show_receipt(request: Request, state: RelayState) -> Response:
+    """``?format=json`` (default) or ``html``; ``&download=1`` asks to save the page."""
+    number = request.path_params["number"]
+    receipt = await get_receipt(state.db, number)
+    if receipt is None:
+        raise NotFound(f"No receipt {number!r}", code="receipt_not_found")
+    if request.query_params.get("format") != "html":
+        return json_response(receipt_view(receipt))
+    headers = {}
+    if request.query_params.get("download"):
+        headers["content-disposition"] = f'attachment; filename="{receipt.number}.html"'
+    return Response(render_receipt_html(receipt), media_type="text/html", headers=headers)
+
+
+# -- auto top-up and notices ----------------------------------------------------------------
+
+
+class AutoTopUpRequest(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+    trigger_usd: str
+    amount_usd: str
+    monthly_cap_usd: str
+
+
+def _settings_view(settings: AutoTopUpSettings | None) -> dict[str, object]:
+    if settings is None:
+        return {"enabled": False}
+    return msgspec.structs.asdict(settings)
+
+
+@admin_route
+async def show_auto_topup(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    settings = payments_runtime(request).service.auto_topups.get(account.id)
+    return json_response(_settings_view(settings))
+
+
+@admin_route
+async def update_auto_topup(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    body = await decode_body(request, AutoTopUpRequest)
+    service = payments_runtime(request).service
+    amount = parse_usd(body.amount_usd, "amount_usd")
+    cap = parse_usd(body.monthly_cap_usd, "monthly_cap_usd")
+    if body.enabled:
+        service.check_amount(amount)  # also refuses when card payments are not configured
+    if amount <= 0 or cap < amount:
+        raise InvalidRequest("amount_usd must be positive and monthly_cap_usd at least that much")
+    settings = AutoTopUpSettings(
+        account_id=account.id,
+        enabled=body.enabled,
+        trigger_micros=parse_usd(body.trigger_usd, "trigger_usd"),
+        amount_micros=amount,
+        monthly_cap_micros=cap,
+    )
+    await service.set_auto_topup(settings, actor=ADMIN_ACTOR)
+    return json_response(_settings_view(service.auto_topups[account.id]))
+
+
+@admin_route
+async def show_notices(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    every = request.query_params.get("all") == "1"
+    notices = await list_notices(state.db, account.id, include_dismissed=every)
+    return json_response({"data": [msgspec.structs.asdict(n) for n in notices]})
+
+
+@admin_route
+async def dismiss(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    notice_id = request.path_params["notice_id"]
+    at_ms = payments_runtime(request).service.clock()
+    done = await state.db.write(lambda conn: dismiss_notice(conn, account.id, notice_id, at_ms))
+    return json_response({"dismissed": done})
+
+
+# -- data rights ----------------------------------------------------------------------------
+
+
+@admin_route
+async def export_account(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    archive = await build_export(state.db, state.store, account.id)
+    await state.store.record_action(
+        actor=ADMIN_ACTOR, action="account.export", target=account.id, detail={}
+    )
+    name = f"relay-export-{account.id}.zip"
+    headers = {"content-disposition": f'attachment; filename="{name}"'}
+    return Response(archive, media_type="application/zip", headers=headers)
+
+
+@admin_route
+async def delete_account(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+
+    def forget(key_id: str) -> None:
+        state.auth.forget_key(key_id)
+        state.gate.limiter.forget(key_id)
+
+    deletion = await request_deletion(
+        state.db, state.store, account.id, actor=ADMIN_ACTOR, on_key_revoked=forget
+    )
+    state.gate.limiter.forget_account(account.id)
+    return json_response(msgspec.structs.asdict(deletion), status=202)
+
+
+@admin_route
+async def show_deletion(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    deletion = await deletion_request(state.db, account.id)
+    if deletion is None:
+        raise NotFound("No deletion was requested for this account", code="no_deletion_request")
+    return json_response(msgspec.structs.asdict(deletion))
+
+
+def payment_routes() -> list[BaseRoute]:
+    account = "/admin/accounts/{account}"
+    return [
+        Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+        Route(f"{account}/checkout", start_checkout, methods=["POST"]),
+        Route(f"{account}/payments", show_payments, methods=["GET"]),
+        Route(f"{account}/receipts", show_receipts, methods=["GET"]),
+        Route("/admin/receipts/{number}", show_receipt, methods=["GET"]),
+        Route(f"{account}/auto-topup", show_auto_topup, methods=["GET"]),
+        Route(f"{account}/auto-topup", update_auto_topup, methods=["PUT"]),
+        Route(f"{account}/notices", show_notices, methods=["GET"]),
+        Route(f"{account}/notices/{{notice_id:int}}/dismiss", dismiss, methods=["POST"]),
+        Route(f"{account}/export", export_account, methods=["GET"]),
+        Route(f"{account}/deletion", delete_account, methods=["POST"]),
+        Route(f"{account}/deletion", show_deletion, methods=["GET"]),
+    ]
