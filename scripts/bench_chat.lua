@@ -2,7 +2,8 @@
 -- non-2xx statuses and (for streams) bodies missing the final "data: [DONE]", and prints
 -- one machine-readable BENCH_RESULT line that scripts/bench parses.
 -- Environment: BENCH_BODY_FILE (request JSON), BENCH_AUTH (bearer token),
--- BENCH_PATH (default /v1/chat/completions), BENCH_STREAM=1 to check for [DONE].
+-- BENCH_PATH (default /v1/chat/completions), BENCH_STREAM=1 to check for [DONE],
+-- BENCH_EXPECT (optional): a string every 2xx body must contain (relay's "metadata":).
 
 local threads = {}
 
@@ -25,6 +26,7 @@ function init(args)
   headers["Content-Type"] = "application/json"
   headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_AUTH") or "")
   check_done = os.getenv("BENCH_STREAM") == "1"
+  expect = os.getenv("BENCH_EXPECT") or ""
   request_bytes = wrk.format("POST", os.getenv("BENCH_PATH") or "/v1/chat/completions",
     headers, body)
 end
@@ -37,6 +39,8 @@ function response(status, headers, body)
   if status < 200 or status > 299 then
     non2xx = non2xx + 1
   elseif check_done and not string.find(body, "data: [DONE]", 1, true) then
+    bad_body = bad_body + 1
+  elseif expect ~= "" and not string.find(body, expect, 1, true) then
     bad_body = bad_body + 1
   end
 end
