@@ -84,18 +84,24 @@ class StreamTap:
     def feed(self, chunk: bytes) -> bytes:
         """Complete events from ``chunk`` (plus what was pending) that go out now."""
         data = self._pending + chunk if self._pending else chunk
-        out: list[bytes] = []
+        # Most upstreams end events with LF only; the CRLF search runs only when needed.
+        boundary = _next_boundary if b"\r" in data else _next_lf_boundary
+        kept: list[bytes] = []
+        dropped = False
         start = 0
         while True:
-            end, sep_len = _next_boundary(data, start)
+            end, sep_len = boundary(data, start)
             if end < 0:
                 break
             event = data[start : end + sep_len]
             start = end + sep_len
             if self._keep(event):
-                out.append(event)
+                kept.append(event)
+            else:
+                dropped = True
         self._pending = data[start:]
-        return b"".join(out)
+        # Usually every event goes out: forward the bytes as they came, without copying.
+        return b"".join(kept) if dropped else data[:start]
 
     def _keep(self, event: bytes) -> bool:
         payload = _data_of(event)
@@ -139,6 +145,10 @@ class StreamTap:
         return b"data: " + encode(final) + b"\n\n" + _DONE
 
 
+def _next_lf_boundary(data: bytes, start: int) -> tuple[int, int]:
+    return data.find(b"\n\n", start), 2
+
+
 def _next_boundary(data: bytes, start: int) -> tuple[int, int]:
     lf = data.find(b"\n\n", start)
     crlf = data.find(b"\r\n\r\n", start)
@@ -149,6 +159,9 @@ def _next_boundary(data: bytes, start: int) -> tuple[int, int]:
 
 def _data_of(event: bytes) -> bytes | None:
     """The data of a single-line ``data:`` event (the form LLM APIs send)."""
+    if event.startswith(b"data:"):  # the usual event: one data line, no other fields
+        end = event.find(b"\n")
+        return event[5:end].strip()
     for line in event.splitlines():
         if line.startswith(b"data:"):
             return line[5:].strip()
