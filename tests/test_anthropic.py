@@ -378,3 +378,17 @@ async def test_chat_upstream_error_is_translated_to_openai_shape(setup: Setup) -
         "code": "invalid_request_error",
         "param": None,
     }
+
+
+async def test_count_tokens_answers_offline_and_bills_nothing(setup: Setup) -> None:
+    async with setup.anthropic() as client:
+        counted = await client.messages.count_tokens(
+            model="claude-x", messages=[{"role": "user", "content": "Hello there, Claude"}]
+        )
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.count_tokens(
+                model="no-such-model", messages=[{"role": "user", "content": "Hi"}]
+            )
+    assert counted.input_tokens > 0
+    assert setup.upstream.seen == []
+    assert await setup.relay.charges(setup.account_id) == []

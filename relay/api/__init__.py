@@ -7,7 +7,7 @@ from starlette.routing import BaseRoute, Route
 from relay.api.account import show_balance, show_calling_key
 from relay.api.chat import chat_completions, embeddings
 from relay.api.images import generate_images
-from relay.api.messages import messages
+from relay.api.messages import count_tokens, messages
 from relay.api.models import healthz, list_models
 from relay.api.videos import create_video, show_video, video_content
 
@@ -19,6 +19,7 @@ def data_plane_routes() -> list[BaseRoute]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/images/generations", generate_images, methods=["POST"]),
         Route("/v1/videos", create_video, methods=["POST"]),
         Route("/v1/videos/{video_id}", show_video, methods=["GET"]),

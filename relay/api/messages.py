@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
+from typing import Annotated
 
+import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,7 +35,7 @@ from relay.api.http import decode_or_400, error_response, json_response, read_bo
 from relay.api.sse import EventStreamResponse
 from relay.auth import ANONYMOUS
 from relay.errors import RelayError
-from relay.estimate import CostQuote, quote_chat
+from relay.estimate import CostQuote, estimate_prompt_tokens, quote_chat
 from relay.exchange import Exchange
 from relay.providers.anthropic_stream import sse_event
 from relay.providers.base import MESSAGES_PATH
@@ -49,7 +52,15 @@ from relay.wire_anthropic import (
     decode_messages_request,
 )
 
-__all__ = ["anthropic_error_response", "messages"]
+__all__ = ["anthropic_error_response", "count_tokens", "messages"]
+
+
+class CountTokensRequest(msgspec.Struct):
+    model: str
+    messages: Annotated[list[msgspec.Raw], Meta(min_length=1)]
+
+
+decode_count_tokens_request = msgspec.json.Decoder(CountTokensRequest).decode
 
 
 def anthropic_error_response(exc: RelayError, headers: Mapping[str, str]) -> Response:
@@ -196,3 +207,21 @@ def _settle_stream(
         counts = counts._replace(completion=delivered)
         exchange.usage_estimated = True
     settle_tokens(state, exchange, ticket, quote, counts, tap.delivered_tokens_estimate())
+
+
+async def count_tokens(request: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: relay's offline estimate (no upstream call).
+
+    Claude clients ask this before sending long prompts. relay answers with the same
+    prompt estimate its holds use, which errs on the high side; nothing is billed.
+    """
+    state = relay_state(request)
+    exchange = Exchange(state.new_request_id(), "messages", ANONYMOUS)
+    try:
+        exchange.principal = await state.auth.authenticate(request.headers, allow_x_api_key=True)
+        body = await read_body(request, state.config.server.max_body_bytes)
+        parsed: CountTokensRequest = decode_or_400(decode_count_tokens_request, body)
+        model_for(state, exchange, parsed.model, "chat")
+    except RelayError as exc:
+        return anthropic_error_response(exc, exchange.headers())
+    return json_response({"input_tokens": estimate_prompt_tokens(body)})
