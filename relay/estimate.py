@@ -65,6 +65,10 @@ EXPECTED_OUTPUT_TOKENS = 512
 _MIN_MEDIA_FIELD_BYTES = 256
 _ASCII = bytes(range(128))
 _JSON_SPACE = b" \t\r\n"
+_DATA_URL_MARK = b";base64,"
+_DATA_KEY = b'"data"'
+_URL_KEY = b'"url"'
+_NONE = (0, 0)
 
 
 class CostQuote(msgspec.Struct, frozen=True):
@@ -93,24 +97,25 @@ def _string_value_after(body: bytes, key_end: int) -> tuple[int, int] | None:
     return None if end < 0 else (i + 1, end)
 
 
-def _data_url_payloads(body: bytes) -> tuple[int, int]:
-    """(count, bytes) of base64 ``data:`` URL payloads: they are media, not text."""
+def _data_url_payloads(body: bytes, start: int) -> tuple[int, int]:
+    """(count, bytes) of base64 ``data:`` URL payloads from the first one at ``start``."""
     count = size = 0
-    start = body.find(b";base64,")
     while start >= 0:
         end = body.find(b'"', start)
         if end < 0:
             end = len(body)
         count += 1
         size += end - start
-        start = body.find(b";base64,", end)
+        start = body.find(_DATA_URL_MARK, end)
     return count, size
 
 
-def _keyed_media(body: bytes, key: bytes, *, min_bytes: int, prefix: bytes) -> tuple[int, int]:
-    """(count, bytes) of ``key`` string values starting with ``prefix`` and long enough."""
+def _keyed_media(
+    body: bytes, key: bytes, start: int, min_bytes: int, prefix: bytes
+) -> tuple[int, int]:
+    """(count, bytes) of ``key`` string values, from the first ``key`` at ``start``, that
+    start with ``prefix`` and are at least ``min_bytes`` long."""
     count = size = 0
-    start = body.find(key)
     while start >= 0:
         span = _string_value_after(body, start + len(key))
         next_from = start + len(key)
@@ -119,7 +124,7 @@ def _keyed_media(body: bytes, key: bytes, *, min_bytes: int, prefix: bytes) -> t
             next_from = value_end
             if value_end - value_start >= min_bytes and body.startswith(prefix, value_start):
                 # A data URL under "url" was already counted by _data_url_payloads.
-                if body.find(b";base64,", value_start, value_end) < 0:
+                if body.find(_DATA_URL_MARK, value_start, value_end) < 0:
                     count += 1
                     size += value_end - value_start
         start = body.find(key, next_from)
@@ -128,11 +133,16 @@ def _keyed_media(body: bytes, key: bytes, *, min_bytes: int, prefix: bytes) -> t
 
 def estimate_prompt_tokens(body: bytes) -> int:
     """Prompt tokens of a JSON request body, on the high side (rule in the module docstring)."""
-    data_urls, data_url_bytes = _data_url_payloads(body)
-    fields, field_bytes = _keyed_media(
-        body, b'"data"', min_bytes=_MIN_MEDIA_FIELD_BYTES, prefix=b""
+    # Most bodies carry no media: one find per marker, and the scanners only run on a hit
+    # (they resume from it, so no byte is searched twice).
+    first = body.find(_DATA_URL_MARK)
+    data_urls, data_url_bytes = _NONE if first < 0 else _data_url_payloads(body, first)
+    first = body.find(_DATA_KEY)
+    fields, field_bytes = (
+        _NONE if first < 0 else _keyed_media(body, _DATA_KEY, first, _MIN_MEDIA_FIELD_BYTES, b"")
     )
-    remote, _ = _keyed_media(body, b'"url"', min_bytes=1, prefix=b"http")
+    first = body.find(_URL_KEY)
+    remote = 0 if first < 0 else _keyed_media(body, _URL_KEY, first, 1, b"http")[0]
     non_ascii = 0 if body.isascii() else len(body.translate(None, _ASCII))
     # Media payloads are base64, so all of their bytes are ASCII.
     ascii_text = max(0, len(body) - non_ascii - data_url_bytes - field_bytes)
@@ -175,11 +185,10 @@ def quote_chat(
     """
     prompt = estimate_prompt_tokens(body)
     worst_output = worst_case_output_tokens(requested_max_tokens, price.max_output_tokens)
+    # expected_output_tokens(...), without clamping twice.
+    expected_output = min(EXPECTED_OUTPUT_TOKENS, worst_output)
     estimate = token_cost_micros(
-        price,
-        prompt_tokens=prompt,
-        completion_tokens=expected_output_tokens(requested_max_tokens, price.max_output_tokens),
-        multiplier=multiplier,
+        price, prompt_tokens=prompt, completion_tokens=expected_output, multiplier=multiplier
     )
     worst = worst_case_token_cost_micros(
         price, prompt_tokens=prompt, completion_tokens=worst_output, multiplier=multiplier

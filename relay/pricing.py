@@ -2,10 +2,15 @@
 
 Prices come from the config as decimal strings and are parsed once, exactly, into a
 ``ModelPrice``. A USD price per million tokens is numerically a micro-USD price per token,
-so a token cost is ``Σ tokens_i × price_i`` micro-USD. Every cost is computed as an exact
-rational (``fractions.Fraction``; never float), multiplied by the account/key price
-multiplier, and only then rounded UP once to a whole micro-USD: a request is never billed
-less than its exact cost and never a full micro-USD more.
+so a token cost is ``Σ tokens_i × price_i`` micro-USD. Every cost is computed exactly (never
+float), multiplied by the account/key price multiplier, and only then rounded UP once to a
+whole micro-USD: a request is never billed less than its exact cost and never a full
+micro-USD more.
+
+The arithmetic is integer-only: when a ``ModelPrice`` is built, its token prices are scaled
+once to integers over one common denominator (``TokenRates``), and a multiplier or a
+per-image/per-second price becomes an integer ratio (``Decimal.as_integer_ratio``, exact).
+A cost is then one integer ceiling division, ``-(-numerator // denominator)``.
 
 Token convention (OpenAI's): ``prompt_tokens`` counts every input token, *including* the
 cached (cache-read) and cache-write tokens. So::
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
-from fractions import Fraction
+from functools import cached_property
 
 import msgspec
 
@@ -49,7 +54,27 @@ ONE = Decimal(1)
 _MAX_USD_DIGITS = 12
 
 
-class ModelPrice(msgspec.Struct, frozen=True):
+class _TokenRates(msgspec.Struct, frozen=True):
+    """Token prices as integers: micro-USD per token × ``denominator``, for integer-only costs."""
+
+    input: int
+    cached_input: int
+    cache_write: int
+    output: int
+    highest_input: int
+    denominator: int
+
+
+def _scale_to_common_denominator(*prices: Decimal) -> tuple[list[int], int]:
+    """Exact integer numerators of ``prices`` over their least common denominator."""
+    ratios = [price.as_integer_ratio() for price in prices]
+    denominator = math.lcm(*(ratio_denominator for _, ratio_denominator in ratios))
+    numerators = [numerator * (denominator // part) for numerator, part in ratios]
+    return numerators, denominator
+
+
+# dict=True only to hold the cached ``_token_rates``; fields, equality and encoding are as before.
+class ModelPrice(msgspec.Struct, frozen=True, dict=True):
     """One model's prices, exact. Token prices are USD per million tokens (= micro-USD/token)."""
 
     model: str
@@ -63,6 +88,10 @@ class ModelPrice(msgspec.Struct, frozen=True):
     usd_per_video_second: Decimal | None = None
     max_output_tokens: int = 4096
     context_window: int = 128_000
+
+    def __post_init__(self) -> None:
+        # Scaled once here, not per request; a non-finite price fails now, not on first use.
+        _ = self._token_rates
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> ModelPrice:
@@ -89,6 +118,23 @@ class ModelPrice(msgspec.Struct, frozen=True):
             self.input_usd_per_mtok, self.cached_input_usd_per_mtok, self.cache_write_usd_per_mtok
         )
 
+    @cached_property
+    def _token_rates(self) -> _TokenRates:
+        (plain, cached, cache_write, output), denominator = _scale_to_common_denominator(
+            self.input_usd_per_mtok,
+            self.cached_input_usd_per_mtok,
+            self.cache_write_usd_per_mtok,
+            self.output_usd_per_mtok,
+        )
+        return _TokenRates(
+            input=plain,
+            cached_input=cached,
+            cache_write=cache_write,
+            output=output,
+            highest_input=max(plain, cached, cache_write),
+            denominator=denominator,
+        )
+
 
 def _optional_decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
@@ -110,10 +156,21 @@ def parse_multiplier(text: str) -> Decimal:
     return value
 
 
-def _round_up(exact_micros: Fraction, multiplier: Decimal) -> int:
+_UNIT_RATIO = (1, 1)
+
+
+def _multiplier_ratio(multiplier: Decimal) -> tuple[int, int]:
+    if multiplier is ONE:
+        return _UNIT_RATIO
     if not multiplier.is_finite() or multiplier < 0:
         raise ValueError("multiplier must be a finite, non-negative Decimal")
-    return math.ceil(exact_micros * Fraction(multiplier))
+    return multiplier.as_integer_ratio()
+
+
+def _round_up(numerator: int, denominator: int, multiplier: Decimal) -> int:
+    """``numerator / denominator`` micro-USD × ``multiplier``, rounded up once, exactly."""
+    times, per = _multiplier_ratio(multiplier)
+    return -(-(numerator * times) // (denominator * per))
 
 
 def _check_count(name: str, value: int) -> None:
@@ -121,6 +178,14 @@ def _check_count(name: str, value: int) -> None:
         raise TypeError(f"{name} must be an int")
     if value < 0:
         raise ValueError(f"{name} must not be negative")
+
+
+def _are_plain_counts(*values: int) -> bool:
+    """The common case, checked in one go: exact ``int``s (not bool/subclasses), not negative."""
+    for value in values:
+        if type(value) is not int or value < 0:
+            return False
+    return True
 
 
 def token_cost_micros(
@@ -137,22 +202,20 @@ def token_cost_micros(
     Cached and cache-write tokens beyond ``prompt_tokens`` (an inconsistent upstream report)
     are still billed at their own prices; the uncached remainder is then zero, never negative.
     """
-    counts = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "cached_tokens": cached_tokens,
-        "cache_write_tokens": cache_write_tokens,
-    }
-    for name, value in counts.items():
-        _check_count(name, value)
+    if not _are_plain_counts(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens):
+        _check_count("prompt_tokens", prompt_tokens)
+        _check_count("completion_tokens", completion_tokens)
+        _check_count("cached_tokens", cached_tokens)
+        _check_count("cache_write_tokens", cache_write_tokens)
+    rates = price._token_rates
     uncached = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
-    exact = (
-        uncached * Fraction(price.input_usd_per_mtok)
-        + cached_tokens * Fraction(price.cached_input_usd_per_mtok)
-        + cache_write_tokens * Fraction(price.cache_write_usd_per_mtok)
-        + completion_tokens * Fraction(price.output_usd_per_mtok)
+    numerator = (
+        uncached * rates.input
+        + cached_tokens * rates.cached_input
+        + cache_write_tokens * rates.cache_write
+        + completion_tokens * rates.output
     )
-    return _round_up(exact, multiplier)
+    return _round_up(numerator, rates.denominator, multiplier)
 
 
 def worst_case_token_cost_micros(
@@ -167,12 +230,12 @@ def worst_case_token_cost_micros(
     Whatever mix of plain, cached and cache-write tokens the upstream reports, the measured
     ``token_cost_micros`` of the same counts is never above this.
     """
-    _check_count("prompt_tokens", prompt_tokens)
-    _check_count("completion_tokens", completion_tokens)
-    exact = prompt_tokens * Fraction(price.highest_input_usd_per_mtok) + completion_tokens * (
-        Fraction(price.output_usd_per_mtok)
-    )
-    return _round_up(exact, multiplier)
+    if not _are_plain_counts(prompt_tokens, completion_tokens):
+        _check_count("prompt_tokens", prompt_tokens)
+        _check_count("completion_tokens", completion_tokens)
+    rates = price._token_rates
+    numerator = prompt_tokens * rates.highest_input + completion_tokens * rates.output
+    return _round_up(numerator, rates.denominator, multiplier)
 
 
 def image_unit_price(price: ModelPrice, size: str, quality: str | None = None) -> Decimal:
@@ -199,8 +262,8 @@ def image_cost_micros(
 ) -> int:
     """Cost of ``n`` images of a size/quality; ValueError (→ 400) for an unpriced size."""
     _check_count("n", n)
-    unit = image_unit_price(price, size, quality)
-    return _round_up(n * Fraction(unit) * MICROS_PER_USD, multiplier)
+    unit, per = image_unit_price(price, size, quality).as_integer_ratio()
+    return _round_up(n * unit * MICROS_PER_USD, per, multiplier)
 
 
 def video_cost_micros(
@@ -213,8 +276,9 @@ def video_cost_micros(
         raise ValueError("seconds must be a finite, non-negative number")
     if price.usd_per_video_second is None:
         raise ValueError(f"model {price.model!r} has no usd_per_video_second price")
-    exact = Fraction(seconds) * Fraction(price.usd_per_video_second) * MICROS_PER_USD
-    return _round_up(exact, multiplier)
+    duration, duration_per = seconds.as_integer_ratio()
+    unit, unit_per = price.usd_per_video_second.as_integer_ratio()
+    return _round_up(duration * unit * MICROS_PER_USD, duration_per * unit_per, multiplier)
 
 
 def usd_to_micros(text: str) -> int:
@@ -231,10 +295,11 @@ def usd_to_micros(text: str) -> int:
         raise ValueError(f"{text!r} is not a finite USD amount")
     if amount and amount.adjusted() >= _MAX_USD_DIGITS:
         raise ValueError(f"{text!r} is too large for a USD amount")
-    micros = Fraction(amount) * MICROS_PER_USD
-    if micros.denominator != 1:
+    numerator, denominator = amount.as_integer_ratio()
+    micros, remainder = divmod(numerator * MICROS_PER_USD, denominator)
+    if remainder:
         raise ValueError(f"{text!r} is more precise than one micro-USD (6 decimal places)")
-    return int(micros)
+    return micros
 
 
 def micros_to_usd(micros: int) -> str:

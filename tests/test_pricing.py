@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from fractions import Fraction
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -222,3 +224,161 @@ def test_token_cost_is_the_exact_value_rounded_up_and_monotone(
         price, prompt_tokens=prompt + more, completion_tokens=completion, multiplier=multiplier
     )
     assert bigger >= cost
+
+
+# The integer path must equal the plain exact formula it replaced; that formula lives only
+# here, as the reference: Fractions of the Decimal prices, times the multiplier, ceiled once.
+def reference_token_cost(
+    price: ModelPrice, prompt: int, completion: int, cached: int, cache_write: int, mult: Decimal
+) -> int:
+    uncached = max(0, prompt - cached - cache_write)
+    exact = (
+        uncached * Fraction(price.input_usd_per_mtok)
+        + cached * Fraction(price.cached_input_usd_per_mtok)
+        + cache_write * Fraction(price.cache_write_usd_per_mtok)
+        + completion * Fraction(price.output_usd_per_mtok)
+    )
+    return math.ceil(exact * Fraction(mult))
+
+
+def reference_worst_case(price: ModelPrice, prompt: int, completion: int, mult: Decimal) -> int:
+    exact = prompt * Fraction(price.highest_input_usd_per_mtok) + completion * Fraction(
+        price.output_usd_per_mtok
+    )
+    return math.ceil(exact * Fraction(mult))
+
+
+def decimal_of(coefficient: int, exponent: int) -> Decimal:
+    return Decimal(f"{coefficient}E{exponent}")
+
+
+# Any number of decimal places (up to 15) and positive exponents ("2E+1"), so the common
+# denominator and the multiplier's ratio are exercised well beyond config-like prices.
+any_price = st.builds(
+    decimal_of, st.integers(min_value=0, max_value=10**12), st.integers(min_value=-15, max_value=3)
+)
+any_multiplier = st.one_of(
+    st.builds(
+        decimal_of,
+        st.integers(min_value=0, max_value=10**6),
+        st.integers(min_value=-8, max_value=2),
+    ),
+    # What relay.gate passes: an account multiplier times a key multiplier.
+    st.builds(
+        lambda a, b: a * b,
+        st.sampled_from([Decimal(x) for x in ("1", "0.8", "1.25", "0.333", "3")]),
+        st.sampled_from([Decimal(x) for x in ("1", "0.5", "1.1", "0.07", "2.000")]),
+    ),
+)
+any_count = st.integers(min_value=0, max_value=10**9)
+
+
+def model_price(
+    input_: Decimal, output: Decimal, cached: Decimal, cache_write: Decimal
+) -> ModelPrice:
+    return ModelPrice(
+        model="m",
+        input_usd_per_mtok=input_,
+        output_usd_per_mtok=output,
+        cached_input_usd_per_mtok=cached,
+        cache_write_usd_per_mtok=cache_write,
+    )
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    any_price,
+    any_price,
+    any_price,
+    any_price,
+    any_count,
+    any_count,
+    any_count,
+    any_count,
+    any_multiplier,
+)
+def test_integer_token_costs_equal_the_fraction_reference(
+    input_: Decimal,
+    output: Decimal,
+    cached: Decimal,
+    cache_write: Decimal,
+    prompt: int,
+    completion: int,
+    cached_tokens: int,
+    cache_write_tokens: int,
+    multiplier: Decimal,
+) -> None:
+    price = model_price(input_, output, cached, cache_write)
+    cost = token_cost_micros(
+        price,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=cached_tokens,
+        cache_write_tokens=cache_write_tokens,
+        multiplier=multiplier,
+    )
+    assert cost == reference_token_cost(
+        price, prompt, completion, cached_tokens, cache_write_tokens, multiplier
+    )
+    worst = worst_case_token_cost_micros(
+        price, prompt_tokens=prompt, completion_tokens=completion, multiplier=multiplier
+    )
+    assert worst == reference_worst_case(price, prompt, completion, multiplier)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_price, st.integers(min_value=0, max_value=10**4), any_multiplier)
+def test_image_and_video_costs_equal_the_fraction_reference(
+    unit: Decimal, n: int, multiplier: Decimal
+) -> None:
+    price = ModelPrice(
+        model="m",
+        input_usd_per_mtok=Decimal(0),
+        output_usd_per_mtok=Decimal(0),
+        cached_input_usd_per_mtok=Decimal(0),
+        cache_write_usd_per_mtok=Decimal(0),
+        usd_per_image=unit,
+        usd_per_video_second=unit,
+    )
+    expected = math.ceil(n * Fraction(unit) * 1_000_000 * Fraction(multiplier))
+    assert image_cost_micros(price, n=n, size="any", multiplier=multiplier) == expected
+    assert video_cost_micros(price, seconds=n, multiplier=multiplier) == expected
+    seconds = Decimal(n) / 8
+    expected = math.ceil(Fraction(seconds) * Fraction(unit) * 1_000_000 * Fraction(multiplier))
+    assert video_cost_micros(price, seconds=seconds, multiplier=multiplier) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.builds(decimal_of, st.integers(-(10**15), 10**15), st.integers(-9, 3)))
+def test_usd_to_micros_equals_the_fraction_reference(amount: Decimal) -> None:
+    micros = Fraction(amount) * 1_000_000
+    if micros.denominator == 1 and (not amount or amount.adjusted() < 12):
+        assert usd_to_micros(str(amount)) == micros
+    else:
+        with pytest.raises(ValueError):
+            usd_to_micros(str(amount))
+
+
+def test_cached_integer_rates_leave_fields_equality_and_encoding_unchanged() -> None:
+    price = price_of(input_usd_per_mtok="0.15", output_usd_per_mtok="0.60")
+    token_cost_micros(price, prompt_tokens=1)
+    assert price == price_of(input_usd_per_mtok="0.15", output_usd_per_mtok="0.60")
+    assert msgspec.json.decode(msgspec.json.encode(price)) == {
+        "model": "m",
+        "input_usd_per_mtok": "0.15",
+        "output_usd_per_mtok": "0.60",
+        "cached_input_usd_per_mtok": "0.15",
+        "cache_write_usd_per_mtok": "0.15",
+        "usd_per_image": None,
+        "image_prices": {},
+        "usd_per_video_second": None,
+        "max_output_tokens": 4096,
+        "context_window": 128_000,
+    }
+    cheaper = msgspec.structs.replace(price, input_usd_per_mtok=Decimal("0.05"))
+    assert token_cost_micros(cheaper, prompt_tokens=100) == 5
+
+
+def test_a_non_finite_token_price_is_refused_when_the_price_is_built() -> None:
+    with pytest.raises(ValueError):
+        model_price(Decimal("NaN"), Decimal(0), Decimal(0), Decimal(0))
