@@ -9,7 +9,18 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from relay.console.pages import billing, keys, logs, members, operator, overview, session, tickets
+from relay.console.pages import (
+    account_data,
+    billing,
+    keys,
+    logs,
+    members,
+    operator,
+    overview,
+    payments,
+    session,
+    tickets,
+)
 from relay.console.web import Console, ConsoleError, Ctx, Page, page
 
 __all__ = ["console_routes"]
@@ -54,6 +65,14 @@ def console_routes() -> list[BaseRoute]:
         route(_ACCOUNT + "/logs.csv", logs.export_logs),
         route(_ACCOUNT + "/billing", billing.billing_page),
         route(_ACCOUNT + "/billing/statement", billing.statement),
+        route(_ACCOUNT + "/billing/topup", payments.start_topup, "POST"),
+        route(_ACCOUNT + "/billing/auto-topup", payments.save_auto_topup, "POST"),
+        route(_ACCOUNT + "/notices/{notice_id:int}/dismiss", payments.dismiss, "POST"),
+        route(_ACCOUNT + "/export", account_data.export_data, "POST"),
+        route(_ACCOUNT + "/delete", account_data.delete_form),
+        route(_ACCOUNT + "/delete", account_data.delete_account, "POST"),
+        route("/billing", payments.billing_return),
+        route("/receipts/{number}", payments.receipt),
         route(_ACCOUNT + "/tickets", tickets.tickets_page),
         route(_ACCOUNT + "/tickets", tickets.open_ticket, "POST"),
         route(_ACCOUNT + "/tickets/{ticket_id}", tickets.ticket_page),

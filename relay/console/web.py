@@ -30,19 +30,39 @@ from relay.console.services import Services, open_services
 from relay.console.templating import build_templates
 from relay.console.users import User
 from relay.errors import NotFound, RelayError
+from relay.payments.store import Notice, list_notices
 from relay.state import RelayState
 
-__all__ = ["NOTICES", "Console", "ConsoleError", "Ctx", "Page", "page", "set_cookie"]
+__all__ = [
+    "CHECKOUT_ORIGIN",
+    "NOTICES",
+    "Console",
+    "ConsoleError",
+    "Ctx",
+    "Page",
+    "content_security_policy",
+    "page",
+    "set_cookie",
+]
 
 Access = Literal["public", "user", "account", "operator"]
 Handler = Callable[["Ctx"], Awaitable[Response]]
 _MAX_FORM_BYTES = 64 * 1024
 _SAFE_METHODS = ("GET", "HEAD")
-_SECURITY_HEADERS = {
-    "content-security-policy": (
+# Stripe Checkout's pages: the Top up form's answer redirects there, and browsers hold a
+# form's redirects to the page's form-action.
+CHECKOUT_ORIGIN = "https://checkout.stripe.com"
+
+
+def content_security_policy(form_action: str = "'self'") -> str:
+    return (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
-    ),
+        f"frame-ancestors 'none'; form-action {form_action}; base-uri 'none'; object-src 'none'"
+    )
+
+
+_SECURITY_HEADERS = {
+    "content-security-policy": content_security_policy(),
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "same-origin",
@@ -62,6 +82,11 @@ NOTICES = {
     "already-credited": "That reference was already credited; nothing changed.",
     "status-changed": "Account status changed.",
     "joined": "You joined the account.",
+    "topup-paid": "Thank you. The credit appears here as soon as Stripe confirms the payment.",
+    "topup-cancelled": "Top-up cancelled: nothing was charged.",
+    "auto-topup-saved": "Auto top-up settings saved.",
+    "notice-dismissed": "Notice dismissed.",
+    "deletion-requested": "Deletion requested: the account is suspended and its keys revoked.",
 }
 
 
@@ -102,6 +127,7 @@ class Ctx:
     accounts: list[tuple[Account, Role]] = field(default_factory=list)
     pre_session: str | None = None
     new_pre_session: bool = False
+    banners: list[Notice] = field(default_factory=list)  # the account's undismissed notices
 
     @property
     def state(self) -> RelayState:
@@ -195,6 +221,7 @@ class Console:
             raise ConsoleError(404, "There is no such page.")
         if spec.access == "account":
             self._resolve_account(ctx)
+            await self._load_banners(ctx)
         if spec.permission is not None:
             ctx.require(spec.permission)
         return await spec.handler(ctx)
@@ -249,6 +276,11 @@ class Console:
         if account is None or role is None or account.id != account_id:
             raise ConsoleError(404, "There is no such account, or you are not a member of it.")
         ctx.account, ctx.role = account, role
+
+    async def _load_banners(self, ctx: Ctx) -> None:
+        # Notices are about paying (e.g. a failed auto top-up): for those who can act on them.
+        if ctx.account is not None and ctx.can(Permission.PAY):
+            ctx.banners = await list_notices(ctx.state.db, ctx.account.id)
 
     def _finish(self, ctx: Ctx, response: Response) -> Response:
         for name, value in _SECURITY_HEADERS.items():

@@ -31,6 +31,8 @@ class Permission(enum.Enum):
     WRITE_TICKETS = "write_tickets"  # open tickets and reply
     VIEW_BILLING = "view_billing"  # ledger, top-ups, statements
     MANAGE_MEMBERS = "manage_members"  # invite, change roles, remove members
+    PAY = "pay"  # card top-ups, auto top-up settings, dismissing billing notices
+    MANAGE_ACCOUNT = "manage_account"  # export the account's data, delete the account
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {

@@ -1,4 +1,5 @@
-"""Billing: the ledger (newest first, paged by id), top-ups, and monthly statements."""
+"""Billing: wallet, top-ups with their receipts, the Top up and auto top-up forms, monthly
+statements, the ledger (newest first, paged by id), and the account's data rights."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import datetime as dt
 from starlette.responses import Response
 
 from relay.console.auth.roles import Permission
+from relay.console.payments import (
+    AutoTopUpForm,
+    card_topups_ready,
+    payments_service,
+    topup_limits,
+)
 from relay.console.topups import list_top_ups
-from relay.console.web import ConsoleError, Ctx, page
+from relay.console.web import CHECKOUT_ORIGIN, ConsoleError, Ctx, content_security_policy, page
+from relay.data_rights import deletion_request
 from relay.invoices import build_statement, month_bounds, render_csv, render_html
+from relay.payments.store import customer_of
 
-__all__ = ["billing_page", "statement"]
+__all__ = ["billing_page", "render_billing", "statement"]
 
 LEDGER_ROWS = 50
 _STATEMENT_MONTHS = 24
@@ -39,6 +48,19 @@ def _before(ctx: Ctx) -> int:
 
 @page("account", Permission.VIEW_BILLING)
 async def billing_page(ctx: Ctx) -> Response:
+    return await render_billing(ctx)
+
+
+async def render_billing(
+    ctx: Ctx,
+    *,
+    status: int = 200,
+    topup_error: str = "",
+    topup_amount: str = "",
+    auto_error: str = "",
+    auto_form: AutoTopUpForm | None = None,
+) -> Response:
+    """The Billing page; a form that failed passes its error and what was typed."""
     assert ctx.account is not None
     account = ctx.account
     before = _before(ctx)
@@ -52,14 +74,31 @@ async def billing_page(ctx: Ctx) -> Response:
     if len(rows) > LEDGER_ROWS:
         rows = rows[:LEDGER_ROWS]
         next_url = ctx.account_url("billing", before=str(rows[-1]["id"]))
-    return ctx.render(
+    service = payments_service(ctx)
+    card_topups = card_topups_ready(service)
+    now = dt.datetime.now(dt.UTC)
+    response = ctx.render(
         "billing.html",
+        status=status,
         wallet=ctx.state.wallet.snapshot(account.id),
         ledger=rows,
         next_url=next_url,
-        top_ups=await list_top_ups(ctx.state.db, account.id),
-        months=_months(account.created_at_ms, dt.datetime.now(dt.UTC)),
+        top_ups=await list_top_ups(ctx.state.db, account.id, now_ms=int(now.timestamp() * 1000)),
+        months=_months(account.created_at_ms, now),
+        card_topups=card_topups,
+        limits=topup_limits(service),
+        topup_error=topup_error,
+        topup_amount=topup_amount,
+        auto=auto_form
+        or AutoTopUpForm.of(service.auto_topups.get(account.id) if service else None),
+        auto_error=auto_error,
+        saved_card=await customer_of(ctx.state.db, account.id) is not None,
+        deletion=await deletion_request(ctx.state.db, account.id),
     )
+    if card_topups:
+        policy = content_security_policy(f"'self' {CHECKOUT_ORIGIN}")
+        response.headers["content-security-policy"] = policy
+    return response
 
 
 @page("account", Permission.VIEW_BILLING)

@@ -1,5 +1,6 @@
-"""Operator pages: every account (credit with a reference, suspend, activate) and the
-audit trail with its hash-chain status. The admin API's powers, in the browser."""
+"""Operator pages: every account (credit with a reference and a receipt, suspend,
+activate) and the audit trail with its hash-chain status. The admin API's powers, in the
+browser."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from starlette.responses import Response
 from relay.admin.audit import verify_stored_chain
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import NotFound
+from relay.payments.receipts import SellerDetails
+from relay.payments.service import manual_credit_write
 from relay.pricing import usd_to_micros
 from relay.wallet import DuplicateReference
 
@@ -46,15 +49,22 @@ async def credit_account(ctx: Ctx) -> Response:
     if amount <= 0 or not reference or len(reference) > 200:
         raise ConsoleError(400, "Give a positive amount and a reference (up to 200 characters).")
     note = ctx.form.get("note", "").strip() or None
+    state = ctx.state
     try:
-        ctx.state.wallet.credit(account_id, amount, reference=reference, note=note)
+        entry = state.wallet.credit(account_id, amount, reference=reference, note=note)
     except DuplicateReference:
         return ctx.redirect("/console/operator/accounts", notice="already-credited")
-    detail = {"amount_micros": amount, "reference": reference}
-    # The audit write commits the batch holding the ledger row queued just before it.
-    await ctx.state.store.record_action(
-        actor=ctx.actor, action="wallet.credit", target=account_id, detail=detail
+    # The payment row, its receipt and the audit row join the batch holding the ledger row
+    # queued just before (no await in between), as the admin API's credit does.
+    write = manual_credit_write(
+        entry,
+        buyer_name=state.store.account(account_id).name,
+        seller=SellerDetails.from_config(state.config.payments),
+        audit_key=state.store.audit_key,
+        actor=ctx.actor,
+        detail={"amount_micros": amount, "reference": reference},
     )
+    await state.db.write(write)
     return ctx.redirect("/console/operator/accounts", notice="credited")
 
 
