@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -152,8 +153,10 @@ def create_app(
     client_factory: ClientFactory | None = None,
     hasher: SecretHasher | None = None,
     stopping: Callable[[], bool] = lambda: False,
+    stripe_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    """The relay ASGI app; ``client_factory`` and ``hasher`` are seams for tests.
+    """The relay ASGI app; ``client_factory``, ``hasher`` and ``stripe_transport`` are
+    seams for tests (upstreams, argon2 cost, a fake Stripe).
 
     ``stopping`` tells whether the server is shutting down (streams it cuts are then
     recorded as ``server_shutdown``, not as the client's leaving).
@@ -172,7 +175,7 @@ def create_app(
             retention = RetentionJob(state.db, archive_dir_for(config.database_path))
             retention.start()
             stack.push_async_callback(retention.stop)
-            payments = await open_payments(state)
+            payments = await open_payments(state, stripe_transport=stripe_transport)
             payments.start()
             stack.push_async_callback(payments.aclose)
             state.auto_topup = payments.auto_topup

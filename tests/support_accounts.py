@@ -275,10 +275,14 @@ async def run_relay(
     client_factory: ClientFactory | None = None,
     hasher: CountingHasher | None = None,
     token: str = ADMIN_TOKEN,
+    stripe_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Relay]:
     """Serve relay on 127.0.0.1 until the block exits (then drain and close the app)."""
     hasher = hasher or CountingHasher()
-    capture = _AppProbe(create_app(config, client_factory=client_factory, hasher=hasher))
+    app = create_app(
+        config, client_factory=client_factory, hasher=hasher, stripe_transport=stripe_transport
+    )
+    capture = _AppProbe(app)
     fd, port = _loopback_socket_fd()
     hc = HypercornConfig()
     hc.bind = [f"fd://{fd}"]

@@ -16,15 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import support_accounts
 from conftest import make_config
-from starlette.applications import Starlette
 from support_accounts import Relay, run_relay
 
-from relay.admin.users import user_routes
-from relay.app import create_app
 from relay.config import Config
-from relay.console import console_routes
 
 __all__ = ["PASSWORD", "Browser", "console_relay", "csrf_of", "serve_console"]
 
@@ -32,20 +27,8 @@ PASSWORD = "correct horse battery"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def create_console_app(config: Config, **kwargs: Any) -> Starlette:
-    """``create_app`` plus the console routes, unless the app mounts them already."""
-    app = create_app(config, **kwargs)
-    paths = {getattr(route, "path", None) for route in app.router.routes}
-    if "/console" not in paths:
-        app.router.routes.extend(console_routes())
-    if "/admin/users" not in paths:
-        app.router.routes.extend(user_routes())
-    return app
-
-
 @contextlib.asynccontextmanager
 async def serve_console(monkeypatch: pytest.MonkeyPatch, config: Config) -> AsyncIterator[Relay]:
-    monkeypatch.setattr(support_accounts, "create_app", create_console_app)
     async with run_relay(config) as relay:
         yield relay
 

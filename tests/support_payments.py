@@ -23,11 +23,9 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 from conftest import config_text
-from starlette.applications import Starlette
 from support_accounts import Relay, run_relay
 
-import relay.app
-from relay.admin.payments import PaymentsRuntime, open_payments, payment_routes
+from relay.admin.payments import PaymentsRuntime
 from relay.config import Config, parse_config
 from relay.payments.webhook import sign_payload
 
@@ -165,26 +163,6 @@ def checkout_completed(
     }
 
 
-def _with_payments(app: Starlette, stripe: FakeStripe) -> Starlette:
-    """What the lead adds to relay/app.py: the routes, and the runtime in the lifespan."""
-    app.router.routes.extend(payment_routes())
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with inner(app) as state:
-            assert state is not None
-            runtime = await open_payments(state["relay"], stripe_transport=stripe.transport())
-            runtime.start()
-            try:
-                yield {**state, "payments": runtime}
-            finally:
-                await runtime.aclose()
-
-    app.router.lifespan_context = lifespan
-    return app
-
-
 @dataclass
 class PaymentsRelay:
     relay: Relay
@@ -212,12 +190,5 @@ async def run_payments_relay(
     monkeypatch.setenv("STRIPE_SECRET_KEY", SECRET_KEY)
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
     fake = stripe or FakeStripe()
-    original = relay.app.create_app
-
-    def create_app(*args: Any, **kwargs: Any) -> Starlette:
-        return _with_payments(original(*args, **kwargs), fake)
-
-    # support_accounts.run_relay builds the app through its own import of create_app.
-    monkeypatch.setattr("support_accounts.create_app", create_app)
-    async with run_relay(config) as served:
+    async with run_relay(config, stripe_transport=fake.transport()) as served:
         yield PaymentsRelay(served, fake)

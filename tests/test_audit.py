@@ -6,7 +6,6 @@ way an intruder would, with a separate sqlite3 connection to the live database f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -21,29 +20,10 @@ from conftest import RelayServer, config_text, make_config, serve_relay
 
 import relay.app
 import relay.cli
-from relay.admin.audit import audit_routes, verify_stored_chain
-from relay.cli_audit import add_audit_commands
+from relay.admin.audit import verify_stored_chain
 from relay.server_secret import ServerSecret, secret_path_for
 
 ACTIONS = 6  # account.create, wallet.credit, account.update, account.suspend, ...activate, update
-
-
-@pytest.fixture(autouse=True)
-def audit_api_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve /admin/audit and offer ``relay audit`` even before the lead wires them in."""
-    base_routes = relay.app.admin_routes
-    if not any(getattr(r, "path", "") == "/admin/audit" for r in base_routes()):
-        monkeypatch.setattr(relay.app, "admin_routes", lambda: base_routes() + audit_routes())
-    base_parser = relay.cli.build_parser
-
-    def parser_with_audit() -> argparse.ArgumentParser:
-        parser = base_parser()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "audit" not in commands.choices:
-            add_audit_commands(commands, relay.cli._add_config_option)
-        return parser
-
-    monkeypatch.setattr(relay.cli, "build_parser", parser_with_audit)
 
 
 @dataclass

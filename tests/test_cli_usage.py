@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import gzip
@@ -12,44 +11,18 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import conftest
 import pytest
 from conftest import config_text, make_config, serve_relay
-from starlette.applications import Starlette
 
 from relay import cli
-from relay.admin.usage import usage_routes
-from relay.cli_usage import Progress, add_usage_commands
-from relay.config import Config
+from relay.cli_usage import Progress
 from relay.retention import archive_dir_for, run_retention
 from relay.usage import UsageRecord, insert_usage
 from relay.usage_queries import DAY_MS
 
 MAY_1 = int(dt.datetime(2024, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
-
-
-@pytest.fixture
-def with_usage_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve and parse the usage routes and commands until the lead wires them in."""
-    original_app, original_parser = conftest.create_app, cli.build_parser
-
-    def create_app(config: Config, **kwargs: Any) -> Starlette:
-        app = original_app(config, **kwargs)
-        if "/admin/usage/summary" not in {getattr(r, "path", "") for r in app.router.routes}:
-            app.router.routes.extend(usage_routes())
-        return app
-
-    def build_parser() -> argparse.ArgumentParser:
-        parser = original_parser()
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction) and "usage" not in action.choices:
-                add_usage_commands(action, cli._add_config_option)
-        return parser
-
-    monkeypatch.setattr(conftest, "create_app", create_app)
-    monkeypatch.setattr(cli, "build_parser", build_parser)
 
 
 class Relay:
@@ -64,9 +37,7 @@ class Relay:
 
 
 @pytest.fixture
-async def relay(
-    tmp_path: Path, admin_token: str, with_usage_commands: None
-) -> AsyncIterator[Relay]:
+async def relay(tmp_path: Path, admin_token: str) -> AsyncIterator[Relay]:
     config_path = tmp_path / "relay.toml"
     config_path.write_text(config_text(tmp_path / "relay.db"))
     async with serve_relay(make_config(tmp_path)) as server:
