@@ -59,6 +59,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     tls_cert: str | None = None
     tls_key: str | None = None
+    # uvicorn (the relay[uvicorn] extra) parses HTTP/1.1 faster; hypercorn adds HTTP/2.
+    http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")

@@ -1,43 +1,121 @@
-"""Serve the app with hypercorn on uvloop, with graceful SIGTERM/SIGINT handling.
+"""Serve the app with hypercorn or uvicorn on uvloop, with graceful SIGTERM/SIGINT handling.
 
-On a signal relay stops accepting, gives in-flight requests and streams
-``shutdown_grace_s`` to finish (then cancels them, which settles them), and the
-lifespan drains the database writer before the process exits.
+``[server] http_server`` picks the HTTP server: hypercorn (the default; HTTP/1.1 and
+HTTP/2) or uvicorn with httptools (a faster HTTP/1.1 parser, no HTTP/2; the optional
+``relay[uvicorn]`` extra). The app is plain ASGI and knows neither.
+
+relay binds the listening socket itself before the app starts, so a busy port is a
+one-line start-up error under either server. On a signal relay stops accepting, gives
+in-flight requests and streams ``shutdown_grace_s`` to finish (then cancels them, which
+settles them), and the lifespan drains the database writer before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import importlib
 import logging
 import signal
-from typing import Any
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import LifespanFailureError
 
 from relay.app import create_app
-from relay.config import Config
+from relay.config import Config, ServerConfig
 from relay.errors import ConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
 
 __all__ = ["run_server"]
 
 log = logging.getLogger("relay.server")
 
+_BACKLOG = 2048
+_KEEP_ALIVE_S = 75
+# After the grace period uvicorn cancels the requests still running; they get this long
+# to settle and queue their usage rows before the lifespan drains the database.
+_SETTLE_AFTER_CANCEL_S = 5.0
+_LIFESPAN_FAILURES = ("lifespan.startup.failed", "lifespan.shutdown.failed")
+_UVICORN_MODULES = ("uvicorn", "httptools")
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
+
+def run_server(config: Config) -> None:
+    if config.server.http_server == "uvicorn":
+        _require_uvicorn()
+    try:
+        import uvloop
+    except ImportError:  # uvloop is not built for every platform; asyncio's loop works too
+        asyncio.run(_serve(config))
+        return
+    uvloop.run(_serve(config))
+
+
+def _require_uvicorn() -> None:
+    for module in _UVICORN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(
+                f"server.http_server = \"uvicorn\" needs {module}: pip install 'relay[uvicorn]'"
+            ) from None
+
+
+async def _serve(config: Config) -> None:
+    tls = _tls_files(config)
+    listener = _bind(config.server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_ignore_cancelled_connections)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    app = create_app(config, stopping=stop.is_set)
+    log.info("relay listening on %s (%s)", config.server.listen, config.server.http_server)
+    if config.server.http_server == "uvicorn":
+        await _serve_uvicorn(app, config.server, tls, listener, stop)
+    else:
+        await _serve_hypercorn(app, config.server, tls, listener, stop)
+    log.info("relay stopped")
+
+
+def _tls_files(config: Config) -> tuple[str, str] | None:
+    """The certificate and key paths, checked now: a bad file is one line, not a traceback."""
     server = config.server
-    hc = HypercornConfig()
-    hc.bind = [server.listen]
-    hc.graceful_timeout = server.shutdown_grace_s
-    hc.accesslog = None  # a per-request log line costs throughput; usage rows record requests
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 75
-    hc.backlog = 2048
-    if server.tls_cert and server.tls_key:
-        hc.certfile = str(config.base_dir_path / server.tls_cert)
-        hc.keyfile = str(config.base_dir_path / server.tls_key)
-    return hc
+    if server.tls_cert is None or server.tls_key is None:
+        return None
+    cert = str(config.base_dir_path / server.tls_cert)
+    key = str(config.base_dir_path / server.tls_key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"could not start: server.tls_cert/tls_key: {exc}") from None
+    return cert, key
+
+
+def _bind(server: ServerConfig) -> socket.socket:
+    """The listening socket, bound before the app starts so a busy port fails at once."""
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Restart at once: the last run's connections in TIME_WAIT must not hold the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((server.host, server.port))
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"could not start: cannot listen on {server.listen}: {reason}") from None
+    sock.setblocking(False)
+    return sock
 
 
 def _ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -53,35 +131,163 @@ def _ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict
     loop.default_exception_handler(context)
 
 
-async def _serve(config: Config) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_ignore_cancelled_connections)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    app = create_app(config, stopping=stop.is_set)
-    log.info("relay listening on %s", config.server.listen)
+def _last_line(traceback_text: str) -> str:
+    """The exception line that ends a traceback's text: the CLI shows one line (design §7)."""
+    lines = [line.strip() for line in traceback_text.splitlines() if line.strip()]
+    return lines[-1] if lines else "the application failed"
+
+
+# ---------------------------------------------------------------- hypercorn
+
+
+async def _serve_hypercorn(
+    app: ASGIApp,
+    server: ServerConfig,
+    tls: tuple[str, str] | None,
+    listener: socket.socket,
+    stop: asyncio.Event,
+) -> None:
+    # hypercorn takes the bound socket over by its file descriptor, and closes it.
+    config = _hypercorn_config(server, tls, f"fd://{listener.detach()}")
     try:
-        await serve(app, _hypercorn_config(config), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     except LifespanFailureError as exc:
         # A start-up failure (say, a database path that cannot be created) is a one-line
         # CLI error like a config error, not a traceback (design §7).
         raise ConfigError(_lifespan_failure(exc)) from None
-    log.info("relay stopped")
+
+
+def _hypercorn_config(
+    server: ServerConfig, tls: tuple[str, str] | None, bind: str
+) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [bind]
+    hc.graceful_timeout = server.shutdown_grace_s
+    hc.accesslog = None  # a per-request log line costs throughput; usage rows record requests
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = _KEEP_ALIVE_S
+    hc.backlog = _BACKLOG
+    if tls is not None:
+        hc.certfile, hc.keyfile = tls
+    return hc
 
 
 def _lifespan_failure(exc: LifespanFailureError) -> str:
     """One line from the traceback text hypercorn wraps a lifespan failure in."""
     text = str(exc)
     stage = "start" if text.startswith("Lifespan failure in startup") else "stop cleanly"
-    lines = [line.strip() for line in text.rstrip("'").splitlines() if line.strip()]
-    return f"could not {stage}: {lines[-1] if len(lines) > 1 else 'the application failed'}"
+    # A header line, then the app's traceback in quotes.
+    _, _, traceback_text = text.rstrip("'").partition("\n")
+    return f"could not {stage}: {_last_line(traceback_text)}"
 
 
-def run_server(config: Config) -> None:
+# ---------------------------------------------------------------- uvicorn
+
+
+async def _serve_uvicorn(
+    app: ASGIApp,
+    server: ServerConfig,
+    tls: tuple[str, str] | None,
+    listener: socket.socket,
+    stop: asyncio.Event,
+) -> None:
+    uv_server = _uvicorn_server(_uvicorn_config(app, server, tls), stop)
+    errors = logging.getLogger("uvicorn.error")
+    errors.addFilter(_is_not_a_cancelled_request)
     try:
-        import uvloop
-    except ImportError:  # uvloop is not built for every platform; asyncio's loop works too
-        asyncio.run(_serve(config))
-        return
-    uvloop.run(_serve(config))
+        with listener:
+            await uv_server.serve(sockets=[listener])
+    except SystemExit:
+        # uvicorn exits when the app's lifespan startup fails; relay says why in one line.
+        raise ConfigError(f"could not start: {_uvicorn_lifespan_failure(uv_server)}") from None
+    finally:
+        errors.removeFilter(_is_not_a_cancelled_request)
+    if uv_server.lifespan.shutdown_failed:
+        raise ConfigError(f"could not stop cleanly: {_uvicorn_lifespan_failure(uv_server)}")
+
+
+def _uvicorn_config(
+    app: ASGIApp, server: ServerConfig, tls: tuple[str, str] | None
+) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=server.host,  # for uvicorn's own messages: it serves relay's bound socket
+        port=server.port,
+        loop="uvloop",  # what run_server runs; serve() itself uses the running loop
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        interface="asgi3",
+        access_log=False,  # a per-request log line costs throughput; usage rows record requests
+        log_config=None,  # keep relay's logging set-up
+        log_level=server.log_level,
+        proxy_headers=False,  # as under hypercorn: the peer address is the socket's
+        backlog=_BACKLOG,
+        timeout_keep_alive=_KEEP_ALIVE_S,
+        # Annotated int, but it is handed to asyncio.wait_for, which takes float seconds.
+        timeout_graceful_shutdown=server.shutdown_grace_s,  # type: ignore[arg-type]
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+    )
+
+
+def _uvicorn_server(uv_config: uvicorn.Config, stop: asyncio.Event) -> uvicorn.Server:
+    """uvicorn's Server fitted to relay's shutdown (defined here: uvicorn is optional)."""
+    import uvicorn
+    from uvicorn.lifespan.on import LifespanOn
+
+    class RelayLifespan(LifespanOn):
+        def __init__(self, config: uvicorn.Config, requests: set[asyncio.Task[None]]) -> None:
+            super().__init__(config)
+            self.requests = requests
+            self.failure = ""
+
+        async def send(self, message: Any) -> None:
+            if message["type"] in _LIFESPAN_FAILURES:
+                # Starlette sends the whole traceback for uvicorn to log; relay shows one line.
+                self.failure = _last_line(message.get("message") or "")
+                message = {"type": message["type"], "message": ""}
+            await super().send(message)
+
+        async def shutdown(self) -> None:
+            # uvicorn goes on to the lifespan shutdown as soon as it has cancelled what
+            # outlived the grace period; those requests settle first (design §3).
+            if self.requests:
+                await asyncio.wait(set(self.requests), timeout=_SETTLE_AFTER_CANCEL_S)
+            await super().shutdown()
+
+    class RelayUvicornServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # relay's loop handlers set ``stop`` instead, one path for both servers:
+            # uvicorn's own would force the exit on a second Ctrl+C, skipping the
+            # lifespan shutdown and so the database drain.
+            yield
+
+        async def on_tick(self, counter: int) -> bool:
+            if stop.is_set():
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    uv_config.load()
+    uv_server = RelayUvicornServer(uv_config)
+    uv_config.lifespan_class = functools.partial(
+        RelayLifespan, requests=uv_server.server_state.tasks
+    )
+    return uv_server
+
+
+def _uvicorn_lifespan_failure(uv_server: uvicorn.Server) -> str:
+    failure: str = getattr(uv_server.lifespan, "failure", "") or "the application failed"
+    return failure
+
+
+def _is_not_a_cancelled_request(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's traceback for a request cancelled at the end of the grace period.
+
+    That cancellation is how a graceful shutdown ends a stream that outlived it (relay
+    settles and records it); it is not an application error.
+    """
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
