@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections import deque
@@ -92,8 +93,20 @@ def _open_writer_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _run_batch(conn: sqlite3.Connection, fns: list[WriteFn]) -> list[_Outcome]:
-    """Run every write in one transaction, each isolated by a savepoint (writer thread)."""
+def _run_batch(
+    conn: sqlite3.Connection, fns: list[WriteFn], *, replayable: bool = False
+) -> list[_Outcome]:
+    """Run every write in one transaction, each isolated by a savepoint (writer thread).
+
+    A savepoint per item costs about as much as the item itself (~25 µs measured), so a
+    ``replayable`` batch (only fire-and-forget writes, plain SQL by contract) first runs
+    without them; if any item fails, the transaction is rolled back and the batch is run
+    again item by item with savepoints, so the failure stays the item's own.
+    """
+    if replayable:
+        outcomes = _try_without_savepoints(conn, fns)
+        if outcomes is not None:
+            return outcomes
     conn.execute("BEGIN IMMEDIATE")
     try:
         outcomes = [_run_in_savepoint(conn, fn) for fn in fns]
@@ -103,6 +116,26 @@ def _run_batch(conn: sqlite3.Connection, fns: list[WriteFn]) -> list[_Outcome]:
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _try_without_savepoints(conn: sqlite3.Connection, fns: list[WriteFn]) -> list[_Outcome] | None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        values = [fn(conn) for fn in fns]
+    except Exception:  # an item failed: undo the whole try; the caller replays with savepoints
+        conn.execute("ROLLBACK")
+        return None
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return [_Outcome(value=value) for value in values]
 
 
 def _run_in_savepoint(conn: sqlite3.Connection, fn: WriteFn) -> _Outcome:
@@ -405,11 +438,12 @@ class Database:
 
     async def _commit_batch(self, batch: list[_QueuedWrite]) -> None:
         fns = [item.fn for item in batch]
+        # Durable writes (admin actions, top-ups) may do more than SQL: never replay them.
+        replayable = all(item.future is None for item in batch)
+        run = functools.partial(_run_batch, self._writer_conn, fns, replayable=replayable)
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(
-                self._executor, _run_batch, self._writer_conn, fns
-            )
+            outcomes = await loop.run_in_executor(self._executor, run)
         except Exception as exc:  # the whole transaction rolled back: every item must learn it
             self._fail_batch(batch, exc)
             return
