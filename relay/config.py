@@ -90,7 +90,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     first_byte_timeout_s: PositiveFloat | None = None
     # Longest silence allowed between two chunks of a stream.
     idle_timeout_s: PositiveFloat = 60.0
-    max_connections: PositiveInt = 512
+    max_connections: PositiveInt = 1024
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
     # mock kind only: simulated latency before the answer, and stream chunk count.
     mock_latency_ms: Annotated[int, Meta(ge=0)] = 0

@@ -4,6 +4,9 @@
 -- Environment: BENCH_BODY_FILE (request JSON), BENCH_AUTH (bearer token),
 -- BENCH_PATH (default /v1/chat/completions), BENCH_STREAM=1 to check for [DONE],
 -- BENCH_EXPECT (optional): a string every 2xx body must contain (relay's "metadata":).
+-- BENCH_STAGGER_MS and BENCH_STAGGER_FIRST (optional): each thread's first BENCH_STAGGER_FIRST
+-- requests (its connections' first ones) wait a random 0..BENCH_STAGGER_MS ms, so held
+-- connections send evenly over time rather than in one wave; the wait is not in the latency.
 
 local threads = {}
 
@@ -16,11 +19,14 @@ end
 
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("thread_index", #threads)
 end
 
 function init(args)
   non2xx = 0
   bad_body = 0
+  -- Each thread its own sequence, or every thread would stagger its connections alike.
+  math.randomseed(os.time() + 7919 * (thread_index or 0))
   local body = read_file(os.getenv("BENCH_BODY_FILE"))
   local headers = {}
   headers["Content-Type"] = "application/json"
@@ -33,6 +39,21 @@ end
 
 function request()
   return request_bytes
+end
+
+-- Defined only when asked for: with a delay() wrk puts every request through a timer.
+local stagger_ms = tonumber(os.getenv("BENCH_STAGGER_MS") or "0")
+if stagger_ms > 0 then
+  local stagger_first = tonumber(os.getenv("BENCH_STAGGER_FIRST") or "0")
+  local delayed = 0
+  function delay()
+    -- wrk asks before every request; a connection's first asks come before any answer.
+    delayed = delayed + 1
+    if delayed <= stagger_first then
+      return math.random(0, stagger_ms)
+    end
+    return 0
+  end
 end
 
 function response(status, headers, body)

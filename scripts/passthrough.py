@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=18801)
     parser.add_argument("--upstream", default="http://127.0.0.1:18800/v1", help="base URL")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp")
+    parser.add_argument(
+        "--server",
+        choices=("hypercorn", "uvicorn"),
+        default="hypercorn",
+        help='the ASGI server (uvicorn: the ceiling for relay\'s http_server = "uvicorn")',
+    )
     return parser
 
 
@@ -203,8 +209,28 @@ async def _serve(host: str, port: int, upstream: str, client: str) -> None:
     await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
+def _serve_uvicorn(host: str, port: int, upstream: str, client: str) -> None:
+    import uvicorn
+
+    app = build_app(upstream, client)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        ws="none",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.server == "uvicorn":
+        _serve_uvicorn(args.host, args.port, args.upstream, args.client)
+        return 0
     import uvloop
 
     uvloop.run(_serve(args.host, args.port, args.upstream, args.client))
