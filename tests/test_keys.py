@@ -256,3 +256,15 @@ def test_mask_key_shows_id_and_last4_only() -> None:
     masked = mask_key(new.key_id, new.last4)
     assert masked == f"rk_{new.key_id}_\u2026{new.last4}"
     assert new.secret[16:-4] not in masked
+
+
+def test_cache_digest_is_hmac_sha256_of_the_key() -> None:
+    secret = b"s" * 32
+    cache = VerifiedKeyCache(secret)
+    new = generate_key()
+    expected = hmac.digest(secret, new.secret.encode(), "sha256")
+    assert cache._digest(new.secret) == expected
+    long_secret = b"L" * 100  # longer than SHA-256's block: hashed first, as HMAC does
+    assert VerifiedKeyCache(long_secret)._digest(new.secret) == hmac.digest(
+        long_secret, new.secret.encode(), "sha256"
+    )

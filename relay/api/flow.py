@@ -63,6 +63,8 @@ def model_for(state: RelayState, exchange: Exchange, name: str, kind: str) -> Mo
 
 
 def is_dry_run(request: Request) -> bool:
+    if not request.scope.get("query_string"):  # the usual request: no query to parse
+        return False
     return request.query_params.get("dryRun", "").lower() in ("true", "1")
 
 

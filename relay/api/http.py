@@ -36,7 +36,8 @@ DRAIN_MAX_S = 1.0
 
 
 def relay_state(request: Request) -> RelayState:
-    state: RelayState = request.state.relay
+    # Straight from the scope: ``request.state`` builds a State object per request.
+    state: RelayState = request.scope["state"]["relay"]
     return state
 
 
