@@ -160,6 +160,7 @@ _KEY_OPTIONS = {
     "tpm": "tpm",
     "concurrency": "concurrency",
     "expires": "expires",
+    "price_multiplier": "price_multiplier",
 }
 
 
@@ -378,6 +379,9 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         "--endpoints", type=_name_list, metavar="KINDS", help="chat,embeddings,...; '' = all"
     )
     parser.add_argument("--spend-cap", type=_usd_amount, metavar="USD", help="0 = unlimited")
+    parser.add_argument(
+        "--price-multiplier", type=_multiplier, metavar="X", help="discount or markup, e.g. 0.8"
+    )
     _add_limit_options(parser)
     expiry = parser.add_mutually_exclusive_group()
     expiry.add_argument("--expires", type=_expiry, metavar="YYYY-MM-DD")

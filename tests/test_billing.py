@@ -188,6 +188,27 @@ async def test_a_non_stream_answer_is_charged_once_and_reports_its_cost(
     assert await relay.ledger_sum(account["id"]) == 1_000_000 - NON_STREAM_COST
 
 
+async def test_account_and_key_price_multipliers_apply_to_the_charge(relay: Relay) -> None:
+    account, key = await relay.funded_key("discounted", amount_usd="1", price_multiplier="0.5")
+    updated = await relay.client.patch(
+        f"/admin/accounts/{account['id']}", json={"price_multiplier": "0.8"}
+    )
+    assert updated.status_code == 200, updated.text
+    response = await relay.client.post(
+        "/v1/chat/completions", json=pricey(), headers=auth(key["secret"])
+    )
+    assert response.status_code == 200, response.text
+    # 0.5 x 0.8 of the list cost, rounded up once to a whole micro-USD.
+    expected = -(-NON_STREAM_COST * 4 // 10)
+    assert response.json()["metadata"]["cost_micros"] == expected
+    charges = await charges_for(relay, response.headers["x-relay-request-id"])
+    assert [row["amount_micros"] for row in charges] == [-expected]
+    bad = await relay.client.post(
+        f"/admin/accounts/{account['id']}/keys", json={"name": "x", "price_multiplier": "-1"}
+    )
+    assert bad.status_code == 400
+
+
 async def test_a_stream_is_charged_once_and_its_last_event_carries_the_cost(
     relay: Relay,
 ) -> None:

@@ -149,6 +149,7 @@ def key_view(state: RelayState, key: ApiKey, last_used_ms: int | None = None) ->
         "rpm": key.rpm,
         "tpm": key.tpm,
         "concurrency": key.concurrency,
+        "price_multiplier": key.price_multiplier,
         "expires_at": iso(key.expires_at_ms),
         "status": key.status,
         "created_at": iso(key.created_at_ms),

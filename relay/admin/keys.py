@@ -21,6 +21,7 @@ from relay.admin.common import (
 )
 from relay.api.http import json_response
 from relay.errors import InvalidRequest
+from relay.pricing import parse_multiplier
 from relay.state import RelayState
 
 __all__ = ["create_key", "list_keys", "revoke_key", "show_key", "update_key"]
@@ -38,6 +39,7 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     tpm: Count = 0
     concurrency: Annotated[int, Meta(ge=1)] = 100
     expires: str | None = None
+    price_multiplier: str = "1"
 
 
 class KeyChanges(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,6 +52,7 @@ class KeyChanges(msgspec.Struct, forbid_unknown_fields=True):
     concurrency: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
     expires: str | None | UnsetType = UNSET
     status: Literal["active", "suspended"] | UnsetType = UNSET
+    price_multiplier: str | UnsetType = UNSET
 
 
 def _check_scopes(state: RelayState, models: list[str], endpoints: list[str]) -> None:
@@ -63,6 +66,14 @@ def _check_scopes(state: RelayState, models: list[str], endpoints: list[str]) ->
             f"(known: {', '.join(ENDPOINT_KINDS)})",
             param="endpoints",
         )
+
+
+def _check_multiplier(text: str) -> str:
+    try:
+        parse_multiplier(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="price_multiplier") from None
+    return text
 
 
 @admin_route
@@ -82,6 +93,7 @@ async def create_key(request: Request, state: RelayState) -> Response:
         tpm=spec.tpm,
         concurrency=spec.concurrency,
         expires_at_ms=parse_expiry(spec.expires),
+        price_multiplier=_check_multiplier(spec.price_multiplier),
     )
     key, secret = await state.store.create_key(key, actor=ADMIN_ACTOR)
     return created({**key_view(state, key), "secret": secret})
@@ -122,6 +134,8 @@ async def update_key(request: Request, state: RelayState) -> Response:
         value = getattr(changes, name)
         if value is not UNSET:
             fields[name] = value
+    if isinstance(changes.price_multiplier, str):
+        fields["price_multiplier"] = _check_multiplier(changes.price_multiplier)
     if changes.expires is not UNSET:
         fields["expires_at_ms"] = parse_expiry(changes.expires)
     updated = await state.store.update_key(
