@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
 from typing import Any, TypeAlias
 from urllib.parse import quote
 
 import httpx
 
+from relay import cli_types
 from relay.cli_format import (
     ACCOUNT,
     ACCOUNT_LIST,
@@ -28,7 +28,7 @@ from relay.cli_format import (
     view,
 )
 from relay.config import ServerConfig, load_config
-from relay.pricing import micros_to_usd, parse_multiplier, usd_to_micros
+from relay.pricing import micros_to_usd, usd_to_micros
 
 __all__ = ["TIMEOUT_S", "add_admin_commands", "admin_url"]
 
@@ -307,57 +307,15 @@ def _wallet_ledger(args: argparse.Namespace) -> Any:
 # --- argument parsing --------------------------------------------------------------------
 
 
-def _usd_amount(text: str) -> str:
-    try:
-        usd_to_micros(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.strip()
-
-
-def _multiplier(text: str) -> str:
-    try:
-        parse_multiplier(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.strip()
-
-
-def _count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return int(text)
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _name_list(text: str) -> list[str]:
-    """ "a, b" → ["a", "b"]; "" → [] (which the API reads as "all")."""
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _expiry(text: str) -> str:
-    for parse in (date.fromisoformat, datetime.fromisoformat):
-        try:
-            parse(text)
-        except ValueError:
-            continue
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or ISO timestamp")
-
-
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rpm", type=_count, metavar="N", help="requests per minute (0 = unlimited)"
+        "--rpm", type=cli_types.count, metavar="N", help="requests per minute (0 = unlimited)"
     )
-    parser.add_argument("--tpm", type=_count, metavar="N", help="tokens per minute (0 = unlimited)")
     parser.add_argument(
-        "--concurrency", type=_count, metavar="N", help="requests in flight at once"
+        "--tpm", type=cli_types.count, metavar="N", help="tokens per minute (0 = unlimited)"
+    )
+    parser.add_argument(
+        "--concurrency", type=cli_types.count, metavar="N", help="requests in flight at once"
     )
 
 
@@ -365,8 +323,10 @@ def _add_account_options(parser: argparse.ArgumentParser, *, update: bool) -> No
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--postpaid", dest="mode", action="store_const", const="postpaid")
     mode.add_argument("--prepaid", dest="mode", action="store_const", const="prepaid")
-    parser.add_argument("--credit-limit", type=_usd_amount, metavar="USD", help="postpaid only")
-    parser.add_argument("--price-multiplier", type=_multiplier, metavar="X")
+    parser.add_argument(
+        "--credit-limit", type=cli_types.usd_amount, metavar="USD", help="postpaid only"
+    )
+    parser.add_argument("--price-multiplier", type=cli_types.multiplier, metavar="X")
     _add_limit_options(parser)
     if update:
         parser.add_argument("--name", dest="new_name", metavar="NAME", help="rename the account")
@@ -374,17 +334,25 @@ def _add_account_options(parser: argparse.ArgumentParser, *, update: bool) -> No
 
 def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     parser.add_argument("--name", dest="label", required=not update, metavar="LABEL")
-    parser.add_argument("--models", type=_name_list, metavar="A,B", help="'' = all models")
+    parser.add_argument("--models", type=cli_types.name_list, metavar="A,B", help="'' = all models")
     parser.add_argument(
-        "--endpoints", type=_name_list, metavar="KINDS", help="chat,embeddings,...; '' = all"
+        "--endpoints",
+        type=cli_types.name_list,
+        metavar="KINDS",
+        help="chat,embeddings,...; '' = all",
     )
-    parser.add_argument("--spend-cap", type=_usd_amount, metavar="USD", help="0 = unlimited")
     parser.add_argument(
-        "--price-multiplier", type=_multiplier, metavar="X", help="discount or markup, e.g. 0.8"
+        "--spend-cap", type=cli_types.usd_amount, metavar="USD", help="0 = unlimited"
+    )
+    parser.add_argument(
+        "--price-multiplier",
+        type=cli_types.multiplier,
+        metavar="X",
+        help="discount or markup, e.g. 0.8",
     )
     _add_limit_options(parser)
     expiry = parser.add_mutually_exclusive_group()
-    expiry.add_argument("--expires", type=_expiry, metavar="YYYY-MM-DD")
+    expiry.add_argument("--expires", type=cli_types.expiry, metavar="YYYY-MM-DD")
     if update:
         expiry.add_argument("--never-expires", action="store_true")
 
@@ -416,7 +384,7 @@ def add_admin_commands(commands: SubParsers, add_config_option: AddConfigOption)
     create.add_argument("name", metavar="NAME")
     _add_account_options(create, update=False)
     create.add_argument(
-        "--credit", type=_usd_amount, metavar="USD", help="also credit this much at once"
+        "--credit", type=cli_types.usd_amount, metavar="USD", help="also credit this much at once"
     )
     create.add_argument("--key", metavar="LABEL", help="also create a key with this label")
     leaf(account, "list", "list accounts", _account_list, None)
@@ -460,10 +428,12 @@ def add_admin_commands(commands: SubParsers, add_config_option: AddConfigOption)
     credit = leaf(
         wallet, "credit", "add credit (idempotent on --reference)", _wallet_credit, "account"
     )
-    credit.add_argument("amount", type=_usd_amount, metavar="USD")
+    credit.add_argument("amount", type=cli_types.usd_amount, metavar="USD")
     credit.add_argument("--reference", required=True, metavar="REF", help="e.g. an invoice id")
     credit.add_argument("--note", metavar="TEXT")
     leaf(wallet, "show", "show an account's balance", _wallet_show, "account")
     ledger = leaf(wallet, "ledger", "an account's ledger, newest first", _wallet_ledger, "account")
-    ledger.add_argument("--limit", type=_positive, default=100, metavar="N")
-    ledger.add_argument("--before-id", type=_positive, metavar="ID", help="older than this entry")
+    ledger.add_argument("--limit", type=cli_types.positive, default=100, metavar="N")
+    ledger.add_argument(
+        "--before-id", type=cli_types.positive, metavar="ID", help="older than this entry"
+    )

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from relay import cli_types
 from relay.cli_admin import (
     AddConfigOption,
     Handler,
@@ -75,12 +76,6 @@ def _audit_list(args: argparse.Namespace) -> Any:
     )
 
 
-def _positive(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return int(text)
-
-
 def add_audit_commands(commands: SubParsers, add_config_option: AddConfigOption) -> None:
     """Add ``audit verify`` and ``audit list`` to ``relay``'s parser."""
     audit = commands.add_parser("audit", help="check and read the audit trail")
@@ -97,8 +92,10 @@ def add_audit_commands(commands: SubParsers, add_config_option: AddConfigOption)
 
     leaf("verify", "check the audit hash chain; exit 1 at the first broken row", _audit_verify)
     listing = leaf("list", "audit rows, newest first", _audit_list)
-    listing.add_argument("--limit", type=_positive, default=50, metavar="N")
-    listing.add_argument("--before-id", type=_positive, metavar="ID", help="older than this row")
+    listing.add_argument("--limit", type=cli_types.positive, default=50, metavar="N")
+    listing.add_argument(
+        "--before-id", type=cli_types.positive, metavar="ID", help="older than this row"
+    )
     # dest differs from "action": that name already holds the chosen subcommand.
     listing.add_argument("--action", dest="filter_action", metavar="ACTION", help="e.g. key.create")
     listing.add_argument("--target", metavar="ID", help="an account or key id")
