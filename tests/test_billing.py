@@ -325,6 +325,10 @@ async def test_a_request_the_balance_cannot_cover_is_402(relay: Relay, fake: Fak
     assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
     assert "balance" in error["message"]
     assert fake.seen == []
+    # The refusal is in the account's logs, with no charge.
+    logged = await relay.usage(refused.headers["x-relay-request-id"])
+    assert (logged["status"], logged["error_code"]) == (402, "insufficient_quota")
+    assert logged["account_id"] == account["id"] and logged["cost_micros"] == 0
     statuses = []
     for _ in range(10):  # small requests fit until the balance runs out
         response = await relay.client.post(

@@ -88,11 +88,15 @@ def refuse(
     exc: RelayError,
     render: ErrorRenderer = error_response,
 ) -> Response:
-    """An error before any upstream answer: nothing billed, one usage row if admitted."""
+    """An error before any upstream answer: nothing billed.
+
+    It leaves a usage row once the caller is a known key (a 402, 403 or 429 belongs in that
+    account's logs); a request that never authenticated has no account to log it under.
+    """
     release(ticket)
     exchange.status = exc.status
     exchange.error_code = exc.code
-    if ticket is not None:
+    if ticket is not None or exchange.principal.key is not None:
         state.usage.record(exchange.usage_record())
     return render(exc, exchange.headers())
 
