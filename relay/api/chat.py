@@ -15,8 +15,8 @@ from starlette.responses import Response
 from relay.api.flow import (
     TokenCounts,
     is_dry_run,
-    mark_abandoned,
     model_for,
+    pass_stream,
     refuse,
     release,
     settle_tokens,
@@ -173,44 +173,23 @@ def _tokens_in(raw: bytes, quote: CostQuote) -> int:
     return min(estimate, quote.max_output_tokens) if quote.max_output_tokens else 0
 
 
-async def _relay_stream(
+def _relay_stream(
     state: RelayState,
     exchange: Exchange,
     ticket: Ticket,
     opened: OpenedRoute,
     quote: CostQuote,
 ) -> AsyncIterator[bytes]:
-    """Pass the upstream's events through; settle in a ``finally`` whatever happens."""
     tap = StreamTap()
-    failure: RelayError | None = None
-    ended = False
-    try:
-        exchange.mark_first_byte()
-        forward = tap.feed(opened.first_chunk or b"")
-        if forward:
-            yield forward
-        async for chunk in opened.rest_of_stream():
-            forward = tap.feed(chunk)
-            if forward:
-                yield forward
-            if tap.done:
-                break
-        ended = True
-    except UpstreamFailure as exc:
-        ended = True
-        failure = upstream_broke_off(exc, "stream")
-    finally:
-        await opened.close()
-        if not ended:  # cancelled or closed early: the client went away
-            mark_abandoned(state, exchange)
-            _settle_stream(state, exchange, ticket, quote, tap)
-    if failure is not None:
-        exchange.error_code = failure.code
-        exchange.status = failure.status
-    _settle_stream(state, exchange, ticket, quote, tap)
-    if failure is not None:
-        yield b"data: " + failure.body() + b"\n\n"
-    yield tap.closing_events(exchange.metadata(), exchange.usage_view())
+
+    def settle() -> None:
+        _settle_stream(state, exchange, ticket, quote, tap)
+
+    def ending(failure: RelayError | None) -> bytes:
+        error = b"data: " + failure.body() + b"\n\n" if failure is not None else b""
+        return error + tap.closing_events(exchange.metadata(), exchange.usage_view())
+
+    return pass_stream(state, exchange, opened, tap, settle, ending)
 
 
 def _settle_stream(

@@ -6,8 +6,8 @@ so that each endpoint module composes its own flow from them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import NamedTuple, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,7 +17,7 @@ from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTime
 from relay.estimate import CostQuote
 from relay.exchange import Exchange
 from relay.pricing import token_cost_micros
-from relay.routing import Model
+from relay.routing import Model, OpenedRoute
 from relay.state import RelayState
 from relay.ticket import Ticket
 from relay.upstream import UpstreamFailure, UpstreamTimedOut
@@ -28,6 +28,7 @@ __all__ = [
     "TokenCounts",
     "is_dry_run",
     "mark_abandoned",
+    "pass_stream",
     "model_for",
     "refuse",
     "release",
@@ -99,6 +100,57 @@ def refuse(
     if ticket is not None or exchange.principal.key is not None:
         state.usage.record(exchange.usage_record())
     return render(exc, exchange.headers())
+
+
+class StreamTapLike(Protocol):
+    """What ``pass_stream`` needs of a dialect's tap (``relay.streaming`` and friends)."""
+
+    done: bool
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+
+async def pass_stream(
+    state: RelayState,
+    exchange: Exchange,
+    opened: OpenedRoute,
+    tap: StreamTapLike,
+    settle: Callable[[], None],
+    ending: Callable[[RelayError | None], bytes],
+) -> AsyncIterator[bytes]:
+    """Pass the upstream's events through as they arrive; settle exactly once, whatever ends it.
+
+    ``settle`` must be idempotent (the ticket makes it so): it runs in the ``finally`` when the
+    client leaves or shutdown cuts the stream, and otherwise just before ``ending(failure)``,
+    the dialect's last events (relay's metadata, and the error if the upstream broke off).
+    """
+    failure: RelayError | None = None
+    ended = False
+    try:
+        exchange.mark_first_byte()
+        forward = tap.feed(opened.first_chunk or b"")
+        if forward:
+            yield forward
+        async for chunk in opened.rest_of_stream():
+            forward = tap.feed(chunk)
+            if forward:
+                yield forward
+            if tap.done:
+                break
+        ended = True
+    except UpstreamFailure as exc:
+        ended = True
+        failure = upstream_broke_off(exc, "stream")
+    finally:
+        await opened.close()
+        if not ended:  # cancelled or closed early: the client went away (or shutdown)
+            mark_abandoned(state, exchange)
+            settle()
+    if failure is not None:
+        exchange.error_code = failure.code
+        exchange.status = failure.status
+    settle()
+    yield ending(failure)
 
 
 def upstream_broke_off(exc: UpstreamFailure, what: str) -> RelayError:

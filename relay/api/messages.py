@@ -24,8 +24,8 @@ from starlette.responses import Response
 from relay.api.flow import (
     TokenCounts,
     is_dry_run,
-    mark_abandoned,
     model_for,
+    pass_stream,
     refuse,
     release,
     settle_tokens,
@@ -155,43 +155,23 @@ async def _relay_answer(
     return json_response(content, headers=exchange.headers())
 
 
-async def _relay_stream(
+def _relay_stream(
     state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute, quote: CostQuote
 ) -> AsyncIterator[bytes]:
-    """Pass the upstream's events through; settle in a ``finally`` whatever happens."""
     tap = MessagesStreamTap()
-    failure: RelayError | None = None
-    ended = False
-    try:
-        exchange.mark_first_byte()
-        forward = tap.feed(opened.first_chunk or b"")
-        if forward:
-            yield forward
-        async for chunk in opened.rest_of_stream():
-            forward = tap.feed(chunk)
-            if forward:
-                yield forward
-            if tap.done:
-                break
-        ended = True
-    except UpstreamFailure as exc:
-        ended = True
-        failure = upstream_broke_off(exc, "stream")
-    finally:
-        await opened.close()
-        if not ended:  # cancelled or closed early: the client went away
-            mark_abandoned(state, exchange)
-            _settle_stream(state, exchange, ticket, quote, tap)
-    if failure is not None:
-        exchange.error_code = failure.code
-        exchange.status = failure.status
-    _settle_stream(state, exchange, ticket, quote, tap)
-    if failure is not None:
+
+    def settle() -> None:
+        _settle_stream(state, exchange, ticket, quote, tap)
+
+    def ending(failure: RelayError | None) -> bytes:
+        if failure is None:
+            return tap.closing_event(exchange.metadata())
         error = {"type": failure.type, "message": failure.message}
-        payload = {"type": "error", "error": error, "metadata": exchange.metadata()}
-        yield sse_event("error", payload)
-        return
-    yield tap.closing_event(exchange.metadata())
+        return sse_event(
+            "error", {"type": "error", "error": error, "metadata": exchange.metadata()}
+        )
+
+    return pass_stream(state, exchange, opened, tap, settle, ending)
 
 
 def _settle_stream(
