@@ -14,13 +14,14 @@ from starlette.responses import Response
 
 from relay.api.flow import (
     TokenCounts,
+    answer_with_metadata,
     is_dry_run,
     model_for,
     pass_stream,
+    read_answer,
     refuse,
     release,
     settle_tokens,
-    upstream_broke_off,
 )
 from relay.api.http import (
     decode_or_400,
@@ -35,9 +36,8 @@ from relay.estimate import CostQuote, quote_chat, quote_embedding
 from relay.exchange import Exchange
 from relay.routing import OpenedRoute, Route
 from relay.state import RelayState
-from relay.streaming import CHARS_PER_TOKEN, StreamTap, splice_metadata
+from relay.streaming import CHARS_PER_TOKEN, StreamTap
 from relay.ticket import Ticket
-from relay.upstream import UpstreamFailure
 from relay.wire import (
     ChatRequest,
     EmbeddingRequest,
@@ -142,17 +142,9 @@ async def _relay_answer(
     opened: OpenedRoute,
     quote: CostQuote,
 ) -> Response:
-    try:
-        raw = await opened.response.read()
-        exchange.mark_first_byte()
-    except UpstreamFailure as exc:
-        await opened.close()
-        return refuse(state, exchange, ticket, upstream_broke_off(exc, "answer"))
-    except BaseException:
-        await opened.close()
-        ticket.release()
-        raise
-    await opened.close()
+    raw = await read_answer(state, exchange, ticket, opened, "answer")
+    if isinstance(raw, Response):
+        return raw
     try:
         answer = decode_upstream_answer(raw)
         exchange.upstream_id = answer.id
@@ -160,11 +152,7 @@ async def _relay_answer(
     except ValueError:  # msgspec's DecodeError: relay bills its estimate and passes it on
         usage = None
     _settle(state, exchange, ticket, quote, usage, _tokens_in(raw, quote))
-    try:
-        content = splice_metadata(raw, exchange.metadata())
-    except ValueError:
-        content = raw
-    return json_response(content, headers=exchange.headers())
+    return answer_with_metadata(raw, exchange)
 
 
 def _tokens_in(raw: bytes, quote: CostQuote) -> int:

@@ -12,13 +12,14 @@ from typing import NamedTuple, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api.http import error_response
+from relay.api.http import error_response, json_response
 from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
 from relay.estimate import CostQuote
 from relay.exchange import Exchange
 from relay.pricing import token_cost_micros
 from relay.routing import Model, OpenedRoute
 from relay.state import RelayState
+from relay.streaming import splice_metadata
 from relay.ticket import Ticket
 from relay.upstream import UpstreamFailure, UpstreamTimedOut
 
@@ -27,7 +28,9 @@ __all__ = [
     "ErrorRenderer",
     "TokenCounts",
     "is_dry_run",
+    "answer_with_metadata",
     "mark_abandoned",
+    "read_answer",
     "pass_stream",
     "model_for",
     "refuse",
@@ -151,6 +154,37 @@ async def pass_stream(
         exchange.status = failure.status
     settle()
     yield ending(failure)
+
+
+async def read_answer(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    opened: OpenedRoute,
+    what: str = "answer",
+    render: ErrorRenderer = error_response,
+) -> bytes | Response:
+    """The upstream's whole answer, or (when it broke off) the refusal to send instead."""
+    try:
+        raw = await opened.response.read()
+        exchange.mark_first_byte()
+    except UpstreamFailure as exc:
+        return refuse(state, exchange, ticket, upstream_broke_off(exc, what), render)
+    except BaseException:
+        ticket.release()
+        raise
+    finally:
+        await opened.close()
+    return raw
+
+
+def answer_with_metadata(raw: bytes, exchange: Exchange) -> Response:
+    """The upstream's JSON answer with relay's ``metadata`` added (as is if not an object)."""
+    try:
+        content = splice_metadata(raw, exchange.metadata())
+    except ValueError:
+        content = raw
+    return json_response(content, headers=exchange.headers())
 
 
 def upstream_broke_off(exc: UpstreamFailure, what: str) -> RelayError:

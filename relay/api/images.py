@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api.flow import (
+    answer_with_metadata,
     is_dry_run,
     model_for,
+    read_answer,
     refuse,
     release,
     settle_cost,
-    upstream_broke_off,
 )
 from relay.api.http import decode_or_400, json_response, read_body, relay_state
 from relay.auth import ANONYMOUS
@@ -32,9 +33,7 @@ from relay.pricing import image_cost_micros
 from relay.providers.base import IMAGES_PATH
 from relay.routing import OpenedRoute, Route
 from relay.state import RelayState
-from relay.streaming import splice_metadata
 from relay.ticket import Ticket
-from relay.upstream import UpstreamFailure
 
 __all__ = ["ImageRequest", "generate_images"]
 
@@ -96,17 +95,9 @@ async def generate_images(request: Request) -> Response:
 async def _relay_images(
     state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute, images: ImageRequest
 ) -> Response:
-    try:
-        raw = await opened.response.read()
-        exchange.mark_first_byte()
-    except UpstreamFailure as exc:
-        await opened.close()
-        return refuse(state, exchange, ticket, upstream_broke_off(exc, "images"))
-    except BaseException:
-        await opened.close()
-        ticket.release()
-        raise
-    await opened.close()
+    raw = await read_answer(state, exchange, ticket, opened, "images")
+    if isinstance(raw, Response):
+        return raw
     delivered = _images_in(raw, images.n)
     assert exchange.model is not None
     cost = image_cost_micros(
@@ -118,11 +109,7 @@ async def _relay_images(
     )
     exchange.units = delivered
     settle_cost(state, exchange, ticket, cost, 0)
-    try:
-        content = splice_metadata(raw, exchange.metadata())
-    except ValueError:
-        content = raw
-    return json_response(content, headers=exchange.headers())
+    return answer_with_metadata(raw, exchange)
 
 
 def _images_in(raw: bytes, requested: int) -> int:

@@ -23,13 +23,14 @@ from starlette.responses import Response
 
 from relay.api.flow import (
     TokenCounts,
+    answer_with_metadata,
     is_dry_run,
     model_for,
     pass_stream,
+    read_answer,
     refuse,
     release,
     settle_tokens,
-    upstream_broke_off,
 )
 from relay.api.http import decode_or_400, error_response, json_response, read_body, relay_state
 from relay.api.sse import EventStreamResponse
@@ -41,10 +42,9 @@ from relay.providers.anthropic_stream import sse_event
 from relay.providers.base import MESSAGES_PATH
 from relay.routing import OpenedRoute, Route, UpstreamRejected
 from relay.state import RelayState
-from relay.streaming import CHARS_PER_TOKEN, splice_metadata
+from relay.streaming import CHARS_PER_TOKEN
 from relay.streaming_anthropic import MessagesStreamTap
 from relay.ticket import Ticket
-from relay.upstream import UpstreamFailure
 from relay.wire_anthropic import (
     MessagesRequest,
     MessagesUsage,
@@ -127,18 +127,9 @@ def _counts(usage: MessagesUsage | None) -> TokenCounts | None:
 async def _relay_answer(
     state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute, quote: CostQuote
 ) -> Response:
-    try:
-        raw = await opened.response.read()
-        exchange.mark_first_byte()
-    except UpstreamFailure as exc:
-        await opened.close()
-        error = upstream_broke_off(exc, "answer")
-        return refuse(state, exchange, ticket, error, anthropic_error_response)
-    except BaseException:
-        await opened.close()
-        ticket.release()
-        raise
-    await opened.close()
+    raw = await read_answer(state, exchange, ticket, opened, "answer", anthropic_error_response)
+    if isinstance(raw, Response):
+        return raw
     usage: MessagesUsage | None = None
     try:
         answer = decode_messages_answer(raw)
@@ -148,11 +139,7 @@ async def _relay_answer(
         pass
     delivered = min(math.ceil(len(raw) / CHARS_PER_TOKEN), quote.max_output_tokens)
     settle_tokens(state, exchange, ticket, quote, _counts(usage), delivered)
-    try:
-        content = splice_metadata(raw, exchange.metadata())
-    except ValueError:
-        content = raw
-    return json_response(content, headers=exchange.headers())
+    return answer_with_metadata(raw, exchange)
 
 
 def _relay_stream(
