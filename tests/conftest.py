@@ -320,7 +320,7 @@ class RelayServer:
         return [dict(row) for row in rows]
 
 
-def _loopback_socket_fd() -> tuple[int, int]:
+def loopback_socket_fd() -> tuple[int, int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -328,8 +328,8 @@ def _loopback_socket_fd() -> tuple[int, int]:
     return sock.detach(), port  # hypercorn takes the descriptor over (bind "fd://N")
 
 
-async def _wait_until_ready(client: httpx.AsyncClient, task: asyncio.Task[None]) -> None:
-    for _ in range(200):
+async def wait_until_ready(client: httpx.AsyncClient, task: asyncio.Task[None]) -> None:
+    for _ in range(300):
         if task.done():
             task.result()  # a start-up failure surfaces here
         with contextlib.suppress(httpx.TransportError):
@@ -348,7 +348,7 @@ async def serve_relay(
 ) -> AsyncIterator[RelayServer]:
     """Run relay under hypercorn on an ephemeral 127.0.0.1 port until the block exits."""
     capture = _LifespanStateCapture(create_app(config, client_factory=client_factory))
-    fd, port = _loopback_socket_fd()
+    fd, port = loopback_socket_fd()
     hc = HypercornConfig()
     hc.bind = [f"fd://{fd}"]
     hc.graceful_timeout = 1.0
@@ -360,7 +360,7 @@ async def serve_relay(
         base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=10.0
     )
     try:
-        await _wait_until_ready(client, task)
+        await wait_until_ready(client, task)
         yield RelayServer(base_url, client, capture)
     finally:
         await client.aclose()

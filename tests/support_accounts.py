@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 import zlib
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from conftest import ADMIN_TOKEN
+from conftest import ADMIN_TOKEN, loopback_socket_fd, wait_until_ready
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -249,25 +248,6 @@ class Relay:
         return await self.rows("SELECT * FROM audit ORDER BY id")
 
 
-def _loopback_socket_fd() -> tuple[int, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    return sock.detach(), port  # hypercorn takes the descriptor over (bind "fd://N")
-
-
-async def _wait_until_ready(client: httpx.AsyncClient, task: asyncio.Task[None]) -> None:
-    for _ in range(300):
-        if task.done():
-            task.result()  # a start-up failure surfaces here
-        with contextlib.suppress(httpx.TransportError):
-            if (await client.get("/healthz")).status_code == 200:
-                return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("relay did not become ready")
-
-
 @contextlib.asynccontextmanager
 async def run_relay(
     config: Config,
@@ -283,7 +263,7 @@ async def run_relay(
         config, client_factory=client_factory, hasher=hasher, stripe_transport=stripe_transport
     )
     capture = _AppProbe(app)
-    fd, port = _loopback_socket_fd()
+    fd, port = loopback_socket_fd()
     hc = HypercornConfig()
     hc.bind = [f"fd://{fd}"]
     hc.graceful_timeout = 1.0
@@ -296,7 +276,7 @@ async def run_relay(
         base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=10.0
     )
     try:
-        await _wait_until_ready(client, task)
+        await wait_until_ready(client, task)
         yield Relay(base_url, client, hasher, capture)
     finally:
         await client.aclose()
