@@ -22,7 +22,7 @@ Why the writer is not an aiosqlite connection: aiosqlite's public API makes one 
 per statement (a batch of 10,000 items with their savepoints would be 30,000 hops), and the
 only way to run a whole function in its thread is the private ``Connection._execute``. So the
 writer is a plain ``sqlite3`` connection created and used only inside a dedicated
-single-thread executor: one thread, one connection, and one hop per batch (``_run_batch``
+single-thread executor: one thread, one connection, and one hop per batch (``run_batch``
 runs the whole transaction). Readers stay on aiosqlite.
 
 Write functions receive the raw ``sqlite3.Connection`` (``row_factory=sqlite3.Row``) inside
@@ -47,21 +47,20 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from relay.db_batch import (
+    CONNECTION_PRAGMAS,
+    Outcome,
+    WriteFn,
+    open_writer_connection,
+    run_batch,
+)
 from relay.migrations import MIGRATIONS, Migration, apply_migrations
 
 __all__ = ["Database", "DatabaseClosed", "WriteQueueFull"]
 
 T = TypeVar("T")
-WriteFn = Callable[[sqlite3.Connection], Any]
 
 logger = logging.getLogger("relay.db")
-
-_CONNECTION_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=5000",
-    "PRAGMA foreign_keys=ON",
-)
 
 
 class WriteQueueFull(RuntimeError):
@@ -78,83 +77,11 @@ class _QueuedWrite:
     future: asyncio.Future[Any] | None  # None for fire-and-forget writes
 
 
-@dataclass(slots=True)
-class _Outcome:
-    value: Any = None
-    error: Exception | None = None
-
-
-def _open_writer_connection(path: Path) -> sqlite3.Connection:
-    # Autocommit mode: the writer issues BEGIN IMMEDIATE / COMMIT itself.
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for pragma in _CONNECTION_PRAGMAS:
-        conn.execute(pragma)
-    return conn
-
-
-def _run_batch(
-    conn: sqlite3.Connection, fns: list[WriteFn], *, replayable: bool = False
-) -> list[_Outcome]:
-    """Run every write in one transaction, each isolated by a savepoint (writer thread).
-
-    A savepoint per item costs about as much as the item itself (~25 µs measured), so a
-    ``replayable`` batch (only fire-and-forget writes, plain SQL by contract) first runs
-    without them; if any item fails, the transaction is rolled back and the batch is run
-    again item by item with savepoints, so the failure stays the item's own.
-    """
-    if replayable:
-        outcomes = _try_without_savepoints(conn, fns)
-        if outcomes is not None:
-            return outcomes
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        outcomes = [_run_in_savepoint(conn, fn) for fn in fns]
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return outcomes
-
-
-def _try_without_savepoints(conn: sqlite3.Connection, fns: list[WriteFn]) -> list[_Outcome] | None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        values = [fn(conn) for fn in fns]
-    except Exception:  # an item failed: undo the whole try; the caller replays with savepoints
-        conn.execute("ROLLBACK")
-        return None
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return [_Outcome(value=value) for value in values]
-
-
-def _run_in_savepoint(conn: sqlite3.Connection, fn: WriteFn) -> _Outcome:
-    conn.execute("SAVEPOINT relay_write")
-    try:
-        value = fn(conn)
-    except Exception as exc:  # the item's own failure: undo only this item, report it to its owner
-        conn.execute("ROLLBACK TO relay_write")
-        conn.execute("RELEASE relay_write")
-        return _Outcome(error=exc)
-    conn.execute("RELEASE relay_write")
-    return _Outcome(value=value)
-
-
 async def _open_reader(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         conn.row_factory = sqlite3.Row
-        for pragma in (*_CONNECTION_PRAGMAS, "PRAGMA query_only=ON"):
+        for pragma in (*CONNECTION_PRAGMAS, "PRAGMA query_only=ON"):
             async with conn.execute(pragma):
                 pass
     except BaseException:
@@ -221,7 +148,7 @@ class Database:
         writer: sqlite3.Connection | None = None
         readers: list[aiosqlite.Connection] = []
         try:
-            writer = await loop.run_in_executor(executor, _open_writer_connection, path)
+            writer = await loop.run_in_executor(executor, open_writer_connection, path)
             await loop.run_in_executor(executor, apply_migrations, writer, migrations)
             # Readers open read-only, so only after the writer has created the file and schema.
             for _ in range(read_connections):
@@ -440,7 +367,7 @@ class Database:
         fns = [item.fn for item in batch]
         # Durable writes (admin actions, top-ups) may do more than SQL: never replay them.
         replayable = all(item.future is None for item in batch)
-        run = functools.partial(_run_batch, self._writer_conn, fns, replayable=replayable)
+        run = functools.partial(run_batch, self._writer_conn, fns, replayable=replayable)
         loop = asyncio.get_running_loop()
         try:
             outcomes = await loop.run_in_executor(self._executor, run)
@@ -472,7 +399,7 @@ class Database:
             )
 
 
-def _settle(item: _QueuedWrite, outcome: _Outcome) -> None:
+def _settle(item: _QueuedWrite, outcome: Outcome) -> None:
     if item.future is not None:
         if item.future.done():  # the caller was cancelled; the write itself still happened
             return
