@@ -23,8 +23,8 @@ from relay.api.http import json_response
 from relay.errors import InvalidRequest
 from relay.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.ledger import ledger_view
+from relay.payments.crediting import manual_credit_write
 from relay.payments.receipts import SellerDetails
-from relay.payments.service import manual_credit_write
 from relay.pricing import parse_multiplier
 from relay.state import RelayState
 from relay.wallet import DuplicateReference

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +24,13 @@ from relay.db import Database
 from relay.errors import InvalidRequest, NotFound, RelayError
 from relay.payments import auto_settings
 from relay.payments.auto_settings import AutoTopUpSettings
-from relay.payments.receipts import Receipt, SellerDetails, issue_receipt
+from relay.payments.crediting import EventRecord, finalize_credit, wall_ms
+from relay.payments.receipts import SellerDetails
 from relay.payments.store import (
     PaidPayment,
     Payment,
     add_notice,
     customer_of,
-    finalize_paid,
     insert_pending,
     mark_failed,
     micros_to_minor,
@@ -41,15 +40,12 @@ from relay.payments.store import (
 )
 from relay.payments.stripe_client import StripeClient, StripeError
 from relay.pricing import micros_to_usd, usd_to_micros
-from relay.wallet import DuplicateReference, LedgerEntry, Wallet
+from relay.wallet import DuplicateReference, Wallet
 
 __all__ = [
     "CreditResult",
-    "EventRecord",
     "PaymentsService",
     "PaymentsUnavailable",
-    "finalize_credit",
-    "manual_credit_write",
 ]
 
 log = logging.getLogger("relay.payments")
@@ -62,93 +58,11 @@ class PaymentsUnavailable(RelayError):
     code = "payments_unavailable"
 
 
-class EventRecord(msgspec.Struct, frozen=True):
-    """A provider event being handled, remembered with the effect it had."""
-
-    event_id: str
-    provider: str
-    type: str
-
-
 class CreditResult(msgspec.Struct, frozen=True):
     credited: bool
     provider_payment_id: str
     amount_micros: int
     receipt_number: str | None = None
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def finalize_credit(
-    conn: sqlite3.Connection,
-    paid: PaidPayment,
-    *,
-    at_ms: int,
-    buyer_name: str,
-    seller: SellerDetails,
-    audit_key: bytes,
-    actor: str,
-    action: str = "payment.credit",
-    detail: dict[str, Any] | None = None,
-    event: EventRecord | None = None,
-) -> Receipt:
-    """Payment row paid, receipt numbered, event remembered, audit row: one transaction."""
-    payment = finalize_paid(conn, paid, at_ms)
-    receipt = issue_receipt(conn, payment, buyer_name=buyer_name, seller=seller, at_ms=at_ms)
-    if event is not None:
-        record_event(conn, event.event_id, event.provider, event.type, "credited", at_ms)
-    if paid.kind == "auto_topup":
-        auto_settings.reset_failures(conn, paid.account_id)
-    audit_detail = detail or {
-        "amount_micros": paid.amount_micros,
-        "reference": paid.provider_payment_id,
-        "provider": paid.provider,
-        "kind": paid.kind,
-        "receipt_number": receipt.number,
-        "event_id": event.event_id if event else None,
-    }
-    append_audit(
-        conn, audit_key, actor=actor, action=action, target=paid.account_id, detail=audit_detail
-    )
-    return receipt
-
-
-def manual_credit_write(
-    entry: LedgerEntry,
-    *,
-    buyer_name: str,
-    seller: SellerDetails,
-    audit_key: bytes,
-    actor: str,
-    detail: dict[str, Any],
-) -> Callable[[sqlite3.Connection], Receipt]:
-    """The write for a manual top-up (``relay wallet credit``) whose ledger row is queued."""
-    paid = PaidPayment(
-        account_id=entry.account_id,
-        provider="manual",
-        provider_payment_id=entry.reference,
-        kind="manual",
-        currency="usd",
-        amount_minor=entry.amount_micros // 10_000,
-        amount_micros=entry.amount_micros,
-    )
-
-    def write(conn: sqlite3.Connection) -> Receipt:
-        return finalize_credit(
-            conn,
-            paid,
-            at_ms=entry.created_at_ms or _wall_ms(),
-            buyer_name=buyer_name,
-            seller=seller,
-            audit_key=audit_key,
-            actor=actor,
-            action="wallet.credit",
-            detail=detail,
-        )
-
-    return write
 
 
 class PaymentsService:
@@ -163,7 +77,7 @@ class PaymentsService:
         config: PaymentsConfig | None,
         stripe: StripeClient | None,
         auto_topups: dict[str, AutoTopUpSettings] | None = None,
-        clock: Clock = _wall_ms,
+        clock: Clock = wall_ms,
     ) -> None:
         self.db = db
         self.wallet = wallet

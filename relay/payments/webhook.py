@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from relay.errors import NotFound
-from relay.payments.service import EventRecord, PaymentsService
+from relay.payments.crediting import EventRecord
+from relay.payments.service import PaymentsService
 from relay.payments.store import PaidPayment, event_seen
 
 __all__ = ["SignatureError", "StripeWebhook", "WebhookOutcome", "sign_payload", "verify_signature"]

@@ -10,8 +10,8 @@ from starlette.responses import Response
 from relay.admin.audit import verify_stored_chain
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import NotFound
+from relay.payments.crediting import manual_credit_write
 from relay.payments.receipts import SellerDetails
-from relay.payments.service import manual_credit_write
 from relay.pricing import usd_to_micros
 from relay.wallet import DuplicateReference
 
