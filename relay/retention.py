@@ -27,23 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gzip
-import hashlib
 import logging
-import os
 import re
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import msgspec
 
+from relay.archive_files import publish, write_jsonl_gz
 from relay.db import Database
 from relay.invoices import month_bounds
-from relay.usage_queries import DAY_MS, RowRange, count_rows, iter_pages
+from relay.usage_queries import DAY_MS, RowRange, count_rows
 
 __all__ = [
     "ARCHIVE_SUFFIX",
@@ -212,11 +210,11 @@ async def _write_archive(
     name = await _free_name(db, rows)
     path = archive_dir / name
     tmp = archive_dir / (name + ".tmp")
-    count = await _stream_to_file(db, rows, tmp)
+    count = await write_jsonl_gz(db, rows, tmp)
     if count == 0:
         await asyncio.to_thread(tmp.unlink, missing_ok=True)
         return None
-    digest, size = await asyncio.to_thread(_publish, tmp, path)
+    digest, size = await asyncio.to_thread(publish, tmp, path)
     record = ArchiveRecord(
         name=name,
         kind=rows.table,
@@ -232,40 +230,6 @@ async def _write_archive(
     )
     await db.write(lambda conn: _insert_record(conn, record))
     return record
-
-
-async def _stream_to_file(db: Database, rows: RowRange, tmp: Path) -> int:
-    """Write the rows as gzip JSON Lines to ``tmp`` (fsynced); return how many."""
-    count = 0
-    raw: IO[bytes] = await asyncio.to_thread(tmp.open, "wb")
-    try:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
-            async for page in iter_pages(db, rows):
-                data = b"".join(_encode(dict(row)) + b"\n" for row in page)
-                await asyncio.to_thread(packed.write, data)
-                count += len(page)
-        await asyncio.to_thread(_sync, raw)
-    finally:
-        raw.close()
-    return count
-
-
-def _sync(raw: IO[bytes]) -> None:
-    raw.flush()
-    os.fsync(raw.fileno())
-
-
-def _publish(tmp: Path, path: Path) -> tuple[str, int]:
-    """Rename the finished file into place durably; return its SHA-256 and size."""
-    with tmp.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself must survive a crash
-    finally:
-        os.close(folder)
-    return digest, path.stat().st_size
 
 
 def _insert_record(conn: sqlite3.Connection, record: ArchiveRecord) -> None:
