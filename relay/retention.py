@@ -59,7 +59,6 @@ Kind = Literal["usage", "audit"]
 ARCHIVE_SUFFIX = ".jsonl.gz"
 _ARCHIVE_NAME = re.compile(r"^(usage|audit)-[A-Za-z0-9_-]+\.jsonl\.gz$")
 _KINDS: tuple[Kind, ...] = ("usage", "audit")
-_encode = msgspec.json.Encoder().encode
 
 
 def archive_dir_for(database: Path) -> Path:
