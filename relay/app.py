@@ -22,28 +22,28 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.accounts import AccountStore
 from relay.admin import admin_routes
 from relay.admin.payments import open_payments, payment_routes
+from relay.admission.gate import Gate
+from relay.admission.limits import RateLimiter
 from relay.api import data_plane_routes
-from relay.api.http import error_response, unexpected_error_response
-from relay.auth import Authenticator
 from relay.config import Config
 from relay.console import console_routes
-from relay.db import Database
 from relay.errors import InvalidRequest, NotFound, RelayError
-from relay.gate import Gate
-from relay.keys import SecretHasher, VerifiedKeyCache
-from relay.ledger import insert_entry, load_wallet
-from relay.limits import RateLimiter
-from relay.providers import ClientFactory, Provider, build_provider, default_client_factory
-from relay.retention import RetentionJob, archive_dir_for
-from relay.routing import Model, Router
-from relay.server_secret import ServerSecret, secret_path_for
+from relay.http.responses import error_response, unexpected_error_response
+from relay.identity.accounts import AccountStore
+from relay.identity.auth import Authenticator
+from relay.identity.keys import SecretHasher, VerifiedKeyCache
+from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.jobs.video import VideoPoller
+from relay.money.ledger import insert_entry, load_wallet
+from relay.money.wallet import LedgerEntry, Wallet
 from relay.state import RelayState
-from relay.usage import UsageLog
-from relay.video_jobs import VideoPoller
-from relay.wallet import LedgerEntry, Wallet
+from relay.storage.db import Database
+from relay.upstream.providers import ClientFactory, Provider, build_provider, default_client_factory
+from relay.upstream.routing import Model, Router
+from relay.usage.log import UsageLog
+from relay.usage.retention import RetentionJob, archive_dir_for
 
 __all__ = ["create_app"]
 

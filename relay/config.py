@@ -1,7 +1,7 @@
 """relay's configuration: one TOML file decoded into frozen msgspec Structs.
 
 Unknown keys, bad values and dangling references are errors that name the key
-(``ConfigError``). Prices stay decimal strings here; ``relay.pricing`` turns them
+(``ConfigError``). Prices stay decimal strings here; ``relay.money.pricing`` turns them
 into exact amounts. Secrets are ``env:NAME`` references resolved by
 ``resolve_secret`` so that a config file never has to hold a key.
 """

@@ -7,17 +7,17 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from relay.accounts import AccountStore
-from relay.auth import Authenticator
+from relay.admission.gate import Gate
 from relay.config import Config
-from relay.db import Database
-from relay.gate import Gate
+from relay.identity.accounts import AccountStore
+from relay.identity.auth import Authenticator
+from relay.jobs.video import VideoPoller
+from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
-from relay.providers import Provider
-from relay.routing import Router
-from relay.usage import UsageLog
-from relay.video_jobs import VideoPoller
-from relay.wallet import Wallet
+from relay.storage.db import Database
+from relay.upstream.providers import Provider
+from relay.upstream.routing import Router
+from relay.usage.log import UsageLog
 
 __all__ = ["RelayState"]
 

@@ -32,9 +32,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.app import create_app
 from relay.config import Config, ProviderConfig, parse_config
-from relay.providers import ClientFactory, default_client_factory
 from relay.state import RelayState
-from relay.upstream import HttpxUpstream, Timeouts, UpstreamClient, UpstreamResponse
+from relay.upstream.client import HttpxUpstream, Timeouts, UpstreamClient, UpstreamResponse
+from relay.upstream.providers import ClientFactory, default_client_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"

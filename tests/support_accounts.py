@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.app import create_app
 from relay.config import Config
-from relay.keys import KeyHasher
-from relay.providers import ClientFactory
+from relay.identity.keys import KeyHasher
 from relay.state import RelayState
+from relay.upstream.providers import ClientFactory
 
 __all__ = [
     "CountingHasher",

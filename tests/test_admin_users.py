@@ -12,8 +12,8 @@ import pytest
 from conftest import config_text
 from support_console import PASSWORD, Browser, console_relay
 
-from relay.cli import CommandError
-from relay.cli_users import add_user_commands
+from relay.cli.entry import CommandError
+from relay.cli.users import add_user_commands
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from conftest import make_config
 from support_accounts import Relay, run_relay
 
 from relay.config import ProviderConfig
-from relay.providers import ClientFactory, default_client_factory
-from relay.upstream import HttpxUpstream, UpstreamClient
+from relay.upstream.client import HttpxUpstream, UpstreamClient
+from relay.upstream.providers import ClientFactory, default_client_factory
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POOL_KEY = "sk-ant-pool-key"

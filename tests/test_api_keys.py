@@ -14,7 +14,7 @@ import pytest
 from conftest import ADMIN_TOKEN, make_config
 from support_accounts import Relay, auth, burst, chat_body, forge_key, run_relay
 
-from relay.keys import generate_key
+from relay.identity.keys import generate_key
 
 # A slow in-process provider for the concurrency burst, and a dear model whose worst case
 # (no max_tokens) exceeds a small balance while a capped request still fits.

@@ -21,7 +21,7 @@ from conftest import RelayServer, config_text, make_config, serve_relay
 import relay.app
 import relay.cli
 from relay.admin.audit import verify_stored_chain
-from relay.server_secret import ServerSecret, secret_path_for
+from relay.identity.server_secret import ServerSecret, secret_path_for
 
 ACTIONS = 6  # account.create, wallet.credit, account.update, account.suspend, ...activate, update
 
@@ -195,7 +195,7 @@ def cli(trail: Trail, capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
     async def run(*argv: str) -> tuple[int, str, str]:
         args = ["audit", *argv, "-c", str(trail.config_file), "--url", trail.server.base_url]
         # In a thread: the CLI's blocking HTTP call must not stall the loop serving it.
-        code = await asyncio.to_thread(relay.cli.main, args)
+        code = await asyncio.to_thread(relay.cli.entry.main, args)
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -233,6 +233,6 @@ async def test_cli_without_a_running_server_fails_in_one_line(
     trail: Trail, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["audit", "verify", "-c", str(trail.config_file), "--url", "http://127.0.0.1:9"]
-    code = await asyncio.to_thread(relay.cli.main, args)
+    code = await asyncio.to_thread(relay.cli.entry.main, args)
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach relay" in err and len(err.strip().splitlines()) == 1

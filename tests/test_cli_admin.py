@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from relay import cli_admin, cli_format
-from relay.cli import main
+from relay.cli import admin as cli_admin
+from relay.cli import format as cli_format
+from relay.cli.entry import main
 from relay.config import ServerConfig
 
 TOKEN = "admin-secret-token"

@@ -16,11 +16,11 @@ import conftest
 import pytest
 from conftest import config_text, make_config, serve_relay
 
-from relay import cli
-from relay.cli_usage import Progress
-from relay.retention import archive_dir_for, run_retention
-from relay.usage import UsageRecord, insert_usage
-from relay.usage_queries import DAY_MS
+from relay.cli import entry as cli
+from relay.cli.usage import Progress
+from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.queries import DAY_MS
+from relay.usage.retention import archive_dir_for, run_retention
 
 MAY_1 = int(dt.datetime(2024, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
 

@@ -16,7 +16,7 @@ from support_accounts import Relay
 from support_console import PASSWORD, Browser, console_relay, create_user
 
 from relay.console.templating import format_usd
-from relay.usage import UsageRecord, insert_usage
+from relay.usage.log import UsageRecord, insert_usage
 
 DAY_MS = 86_400_000
 

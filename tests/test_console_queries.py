@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.console.charts import daily_spend_chart, model_spend_chart, nice_ceiling
-from relay.console.templating import format_usd
-from relay.console.usage_queries import (
+from relay.console.log_queries import (
     DAY_MS,
     LogFilter,
     daily_spend,
@@ -18,10 +17,11 @@ from relay.console.usage_queries import (
     log_query,
     spend_by_model,
 )
-from relay.db import Database
+from relay.console.templating import format_usd
 from relay.errors import InvalidRequest
-from relay.migrations import apply_migrations
-from relay.usage import UsageRecord, insert_usage
+from relay.storage.db import Database
+from relay.storage.migrations import apply_migrations
+from relay.usage.log import UsageRecord, insert_usage
 
 FILTERS = [
     LogFilter(),

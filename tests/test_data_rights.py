@@ -17,9 +17,10 @@ import pytest
 from support_accounts import auth, chat_body
 from support_payments import PaymentsRelay, checkout_completed, payments_config, run_payments_relay
 
-from relay import cli, cli_admin
-from relay.cli_payments import add_payment_commands
-from relay.data_rights import DAY_MS, ErasureJob, pseudonym_for
+from relay.cli import admin as cli_admin
+from relay.cli import entry as cli
+from relay.cli.data_rights import add_payment_commands
+from relay.identity.data_rights import DAY_MS, ErasureJob, pseudonym_for
 
 PASSWORD_HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$console-user-password-hash"
 

@@ -1,4 +1,4 @@
-"""Tests for relay.db (the single-writer store) and relay.migrations."""
+"""Tests for relay.storage.db (the single-writer store) and relay.storage.migrations."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.db import Database, DatabaseClosed, WriteQueueFull
-from relay.migrations import (
+from relay.storage.db import Database, DatabaseClosed, WriteQueueFull
+from relay.storage.migrations import (
     MIGRATIONS,
     Migration,
     MigrationError,
@@ -286,7 +286,7 @@ async def test_fire_and_forget_failure_is_logged_without_parameters(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     await db.write(put_meta("dup"))
-    caplog.set_level(logging.ERROR, logger="relay.db")
+    caplog.set_level(logging.ERROR, logger="relay.storage.db")
     # The batch first runs without savepoints, fails, rolls back and is replayed with them:
     # the items before and after the failing one still commit, each exactly once.
     db.enqueue(put_meta("before"))
@@ -294,7 +294,7 @@ async def test_fire_and_forget_failure_is_logged_without_parameters(
     db.enqueue(put_meta("fine"))
     await db.flush()
     assert await count(db, "meta") == 3
-    messages = [r.getMessage() for r in caplog.records if r.name == "relay.db"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "relay.storage.db"]
     assert len(messages) == 1
     assert "IntegrityError" in messages[0] and "UNIQUE" in messages[0]
     assert "secret-parameter-value" not in caplog.text

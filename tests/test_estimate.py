@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from relay.config import ModelConfig
-from relay.estimate import (
+from relay.money.estimate import (
     EXPECTED_OUTPUT_TOKENS,
     MEDIA_TOKENS,
     TOKENS_PER_MESSAGE,
@@ -22,7 +22,7 @@ from relay.estimate import (
     quote_video,
     worst_case_output_tokens,
 )
-from relay.pricing import ModelPrice, token_cost_micros
+from relay.money.pricing import ModelPrice, token_cost_micros
 
 
 def chat_body(*contents: object, compact: bool = True) -> bytes:

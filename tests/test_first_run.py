@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from relay.pricing import micros_to_usd
+from relay.money.pricing import micros_to_usd
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = Path(sys.executable).with_name("relay")

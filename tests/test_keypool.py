@@ -1,4 +1,4 @@
-"""Tests for relay.keypool: least-busy pick, 429 cooldowns, 401/403 removal, key privacy."""
+"""Tests for upstream.keypool: least-busy pick, 429 cooldowns, 401/403 removal, key privacy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from relay.keypool import DEFAULT_COOLDOWN_S, MAX_COOLDOWN_S, KeyPool
+from relay.upstream.keypool import DEFAULT_COOLDOWN_S, MAX_COOLDOWN_S, KeyPool
 
 SECRETS = ("sk-secret-aaaa", "sk-secret-bbbb", "sk-secret-cccc")
 
@@ -123,7 +123,7 @@ def test_seconds_until_ready_ignores_disabled_keys(pool: KeyPool) -> None:
 def test_a_rejected_key_leaves_rotation_and_the_log_names_it_by_position(
     pool: KeyPool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="relay.keypool")
+    caplog.set_level(logging.WARNING, logger="relay.upstream.keypool")
     pool.disable(pool.keys[1], 401)
     pool.disable(pool.keys[1], 401)  # logged once
     pool.cool_down(pool.keys[0], "3")

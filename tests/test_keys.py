@@ -7,9 +7,9 @@ import string
 
 import pytest
 
-from relay import keys
 from relay.errors import AuthError
-from relay.keys import (
+from relay.identity import keys
+from relay.identity.keys import (
     KEY_LENGTH,
     KEY_PATTERN,
     CacheLookup,

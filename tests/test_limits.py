@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from relay.errors import RateLimited
-from relay.limits import (
+from relay.admission.limits import (
     CONCURRENCY_RETRY_AFTER_S,
     Admission,
     ConcurrencyGate,
     RateLimiter,
     TokenBucket,
 )
+from relay.errors import RateLimited
 
 
 class FakeClock:

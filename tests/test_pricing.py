@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import ModelConfig
-from relay.pricing import (
+from relay.money.pricing import (
     ModelPrice,
     image_cost_micros,
     micros_to_usd,
@@ -263,7 +263,7 @@ any_multiplier = st.one_of(
         st.integers(min_value=0, max_value=10**6),
         st.integers(min_value=-8, max_value=2),
     ),
-    # What relay.gate passes: an account multiplier times a key multiplier.
+    # What relay.admission.gate passes: an account multiplier times a key multiplier.
     st.builds(
         lambda a, b: a * b,
         st.sampled_from([Decimal(x) for x in ("1", "0.8", "1.25", "0.333", "3")]),

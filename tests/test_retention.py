@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from relay import retention
-from relay.db import Database
-from relay.retention import (
+from relay.storage.db import Database
+from relay.usage import retention
+from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.queries import DAY_MS
+from relay.usage.retention import (
     RetentionJob,
     RetentionPolicy,
     archive_dir_for,
     run_retention,
 )
-from relay.usage import UsageRecord, insert_usage
-from relay.usage_queries import DAY_MS
 
 NOW_MS = int(dt.datetime(2024, 6, 15, 12, tzinfo=dt.UTC).timestamp() * 1000)
 CUTOFF_MS = NOW_MS - 90 * DAY_MS

@@ -1,4 +1,4 @@
-"""Tests for relay.routing: the attempt loop over keys, backoff, fallback and stream commitment."""
+"""Tests for upstream.routing: attempt loop over keys, backoff, fallback and stream commitment."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from conftest import (
 
 from relay.config import parse_config
 from relay.errors import NotFound, NoUpstreamAvailable, UpstreamError, UpstreamTimeout
-from relay.providers import Provider, build_provider
-from relay.routing import Model, OpenedRoute, Route, Router, UpstreamRejected
-from relay.upstream import UpstreamStreamBroken
+from relay.upstream.client import UpstreamStreamBroken
+from relay.upstream.providers import Provider, build_provider
+from relay.upstream.routing import Model, OpenedRoute, Route, Router, UpstreamRejected
 
 CONFIG = """
 [[providers]]

@@ -1,4 +1,4 @@
-"""Tests for relay.api.sse: the streaming response that stops its body when the client leaves."""
+"""Tests for relay.http.sse: the streaming response that stops its body when the client leaves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.api.sse import EventStreamResponse
+from relay.http.sse import EventStreamResponse
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Tests for relay.streaming: SSE pass-through, usage capture and the closing events."""
+"""Tests for upstream.stream_openai: SSE pass-through, usage capture and the closing events."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import sse_event, sse_events
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.streaming import StreamTap, splice_metadata
+from relay.upstream.stream_openai import StreamTap, splice_metadata
 
 BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "up-1"}
 USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}

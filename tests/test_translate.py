@@ -1,4 +1,4 @@
-"""Tests for relay.providers.anthropic_translate, _answers and _stream: OpenAI ↔ Anthropic.
+"""Tests for relay.upstream.providers.anthropic_translate, _answers and _stream: OpenAI ↔ Anthropic.
 
 The upstream answers are hand-written fixtures (tests/fixtures/) that mirror the public
 shapes of both APIs; streams are fed in awkward cuts to prove events may span chunks.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from relay.providers.anthropic_answers import (
+from relay.upstream.providers.anthropic_answers import (
     anthropic_error,
     anthropic_usage,
     chat_answer_to_message,
@@ -20,8 +20,12 @@ from relay.providers.anthropic_answers import (
     openai_error,
     openai_usage,
 )
-from relay.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream, SseBuffer
-from relay.providers.anthropic_translate import (
+from relay.upstream.providers.anthropic_stream import (
+    ChatToMessagesStream,
+    MessagesToChatStream,
+    SseBuffer,
+)
+from relay.upstream.providers.anthropic_translate import (
     DEFAULT_MAX_TOKENS,
     chat_request_to_messages,
     messages_request_to_chat,
@@ -297,7 +301,7 @@ def test_anthropic_answer_becomes_chat_completion_with_cache_usage() -> None:
     choice = answer["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "Hello! How can I help you today?"}
     assert choice["finish_reason"] == "stop"
-    # prompt = input + cache reads + cache writes (relay.pricing's convention).
+    # prompt = input + cache reads + cache writes (relay.money.pricing's convention).
     assert answer["usage"] == {
         "prompt_tokens": 3012,
         "completion_tokens": 9,

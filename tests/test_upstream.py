@@ -1,4 +1,4 @@
-"""Tests for relay.upstream: both clients map network trouble to the three failures."""
+"""Tests for relay.upstream.client: both clients map network trouble to the three failures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import mock_upstream
 
-from relay.upstream import (
+from relay.upstream.client import (
     AiohttpUpstream,
     HttpxUpstream,
     Timeouts,

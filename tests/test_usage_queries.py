@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from relay.db import Database
-from relay.usage import UsageRecord, insert_usage
-from relay.usage_queries import (
+from relay.storage.db import Database
+from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.queries import (
     DAY_MS,
     EXPORT_COLUMNS,
     RowRange,

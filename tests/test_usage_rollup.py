@@ -1,13 +1,13 @@
-"""The daily spend rollup kept by ``relay.usage.insert_usage`` and backfilled by migration 4."""
+"""The daily spend rollup kept by ``relay.usage.log.insert_usage`` and backfilled by migration 4."""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any
 
-from relay.migrations import MIGRATIONS, apply_migrations
-from relay.usage import UsageRecord, insert_usage
-from relay.usage_rollup import DAY_MS
+from relay.storage.migrations import MIGRATIONS, apply_migrations
+from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.rollup import DAY_MS
 
 ROWS: list[dict[str, Any]] = [
     {"account_id": "a", "ts_ms": 5, "model": "m1", "status": 200, "cost_micros": 10,

@@ -1,4 +1,4 @@
-"""System tests of ``/v1/videos`` jobs and ``relay.video_jobs.VideoPoller``.
+"""System tests of ``/v1/videos`` jobs and ``relay.jobs.video.VideoPoller``.
 
 Jobs run on the ``mock`` provider (progress simulated from the clock, so they survive a
 restart) or on a scripted OpenAI-compatible fake (``FakeUpstream``). Checked: the hold a
@@ -24,13 +24,13 @@ from support_accounts import Relay, auth, run_relay
 
 from relay.api.videos import video_poller
 from relay.config import Config, ProviderConfig
-from relay.db import Database
 from relay.errors import NoUpstreamAvailable
-from relay.providers import ClientFactory
-from relay.providers.mock import MockUpstream
-from relay.upstream import UpstreamClient
-from relay.video_jobs import VideoPoller
-from relay.wallet import Wallet
+from relay.jobs.video import VideoPoller
+from relay.money.wallet import Wallet
+from relay.storage.db import Database
+from relay.upstream.client import UpstreamClient
+from relay.upstream.providers import ClientFactory
+from relay.upstream.providers.mock import MockUpstream
 
 POLL_INTERVAL_S = 0.05
 PRICE_PER_SECOND_MICROS = 100_000

@@ -14,7 +14,7 @@ from hypothesis.stateful import (
 )
 
 from relay.errors import QuotaError
-from relay.wallet import (
+from relay.money.wallet import (
     DuplicateReference,
     Hold,
     HoldClosed,

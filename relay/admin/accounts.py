@@ -9,7 +9,6 @@ from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.accounts import Account
 from relay.admin.common import (
     ADMIN_ACTOR,
     account_view,
@@ -19,15 +18,16 @@ from relay.admin.common import (
     parse_usd,
     wallet_view,
 )
-from relay.api.http import json_response
 from relay.errors import InvalidRequest
-from relay.invoices import build_statement, month_bounds, render_csv, render_html
-from relay.ledger import ledger_view
+from relay.http.responses import json_response
+from relay.identity.accounts import Account
+from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
+from relay.money.ledger import ledger_view
+from relay.money.pricing import parse_multiplier
+from relay.money.wallet import DuplicateReference
 from relay.payments.crediting import manual_credit_write
 from relay.payments.receipts import SellerDetails
-from relay.pricing import parse_multiplier
 from relay.state import RelayState
-from relay.wallet import DuplicateReference
 
 __all__ = [
     "create_account",

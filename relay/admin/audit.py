@@ -17,11 +17,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import admin_route, iso
-from relay.api.http import json_response
-from relay.audit import verify_chain
-from relay.db import Database
 from relay.errors import InvalidRequest
+from relay.http.responses import json_response
+from relay.identity.audit import verify_chain
 from relay.state import RelayState
+from relay.storage.db import Database
 
 __all__ = ["audit_routes", "verify_stored_chain"]
 

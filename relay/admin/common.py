@@ -10,10 +10,16 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.accounts import Account, ApiKey
-from relay.api.http import decode_or_400, error_response, json_response, read_body, relay_state
 from relay.errors import AuthError, Forbidden, InvalidRequest, RelayError
-from relay.pricing import micros_to_usd, usd_to_micros
+from relay.http.responses import (
+    decode_or_400,
+    error_response,
+    json_response,
+    read_body,
+    relay_state,
+)
+from relay.identity.accounts import Account, ApiKey
+from relay.money.pricing import micros_to_usd, usd_to_micros
 from relay.state import RelayState
 
 __all__ = [

@@ -9,7 +9,6 @@ from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.accounts import ENDPOINT_KINDS, ApiKey
 from relay.admin.common import (
     ADMIN_ACTOR,
     admin_route,
@@ -19,9 +18,10 @@ from relay.admin.common import (
     parse_expiry,
     parse_usd,
 )
-from relay.api.http import json_response
 from relay.errors import InvalidRequest
-from relay.pricing import parse_multiplier
+from relay.http.responses import json_response
+from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
+from relay.money.pricing import parse_multiplier
 from relay.state import RelayState
 
 __all__ = ["create_key", "list_keys", "revoke_key", "show_key", "update_key"]

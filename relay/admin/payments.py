@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
-from relay.api.http import error_response, json_response, read_body
-from relay.data_rights import ErasureJob, build_export, deletion_request, request_deletion
 from relay.errors import InvalidRequest, NotFound
+from relay.http.responses import error_response, json_response, read_body
+from relay.identity.data_rights import ErasureJob, build_export, deletion_request, request_deletion
 from relay.payments.auto_settings import AutoTopUpSettings, load_all_settings
 from relay.payments.auto_topup import AutoTopUp
 from relay.payments.receipts import (

@@ -2,7 +2,7 @@
 
 ``GET /admin/usage/summary``    sums, error rate and latency percentiles per group
 ``GET /admin/usage/export``     one month of usage rows, streamed as CSV or JSON Lines
-``GET /admin/archives``         the archive files (relay.retention) with their checksums
+``GET /admin/archives``         the archive files (relay.usage.retention) with their checksums
 ``GET /admin/archives/{name}``  one archive file, streamed, checksum in ``x-relay-sha256``
 """
 
@@ -17,13 +17,12 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import admin_route, iso
-from relay.api.http import json_response
 from relay.errors import InvalidRequest, NotFound
-from relay.invoices import month_bounds
-from relay.pricing import micros_to_usd
-from relay.retention import archive_dir_for
+from relay.http.responses import json_response
+from relay.money.invoices import month_bounds
+from relay.money.pricing import micros_to_usd
 from relay.state import RelayState
-from relay.usage_queries import (
+from relay.usage.queries import (
     GROUPINGS,
     ExportFormat,
     Grouping,
@@ -34,6 +33,7 @@ from relay.usage_queries import (
     export_usage,
     usage_summary,
 )
+from relay.usage.retention import archive_dir_for
 
 __all__ = [
     "download_archive",

@@ -7,10 +7,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api.http import error_response, json_response, relay_state
-from relay.auth import Principal
 from relay.errors import InvalidRequest, RelayError
-from relay.pricing import micros_to_usd
+from relay.http.responses import error_response, json_response, relay_state
+from relay.identity.auth import Principal
+from relay.money.pricing import micros_to_usd
 from relay.state import RelayState
 
 __all__ = ["show_balance", "show_calling_key"]

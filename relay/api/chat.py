@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.admission.exchange import Exchange
+from relay.admission.ticket import Ticket
 from relay.api.flow import (
     TokenCounts,
     answer_with_metadata,
@@ -23,22 +25,20 @@ from relay.api.flow import (
     release,
     settle_tokens,
 )
-from relay.api.http import (
+from relay.errors import RelayError
+from relay.http.responses import (
     decode_or_400,
     json_response,
     read_body,
     relay_state,
 )
-from relay.api.sse import EventStreamResponse
-from relay.auth import ANONYMOUS
-from relay.errors import RelayError
-from relay.estimate import CostQuote, quote_chat, quote_embedding
-from relay.exchange import Exchange
-from relay.routing import OpenedRoute, Route
+from relay.http.sse import EventStreamResponse
+from relay.identity.auth import ANONYMOUS
+from relay.money.estimate import CostQuote, quote_chat, quote_embedding
 from relay.state import RelayState
-from relay.streaming import CHARS_PER_TOKEN, StreamTap
-from relay.ticket import Ticket
-from relay.wire import (
+from relay.upstream.routing import OpenedRoute, Route
+from relay.upstream.stream_openai import CHARS_PER_TOKEN, StreamTap
+from relay.upstream.wire_openai import (
     ChatRequest,
     EmbeddingRequest,
     Usage,

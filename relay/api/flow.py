@@ -12,16 +12,16 @@ from typing import NamedTuple, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api.http import error_response, json_response
+from relay.admission.exchange import Exchange
+from relay.admission.ticket import Ticket
 from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
-from relay.estimate import CostQuote
-from relay.exchange import Exchange
-from relay.pricing import token_cost_micros
-from relay.routing import Model, OpenedRoute
+from relay.http.responses import error_response, json_response
+from relay.money.estimate import CostQuote
+from relay.money.pricing import token_cost_micros
 from relay.state import RelayState
-from relay.streaming import splice_metadata
-from relay.ticket import Ticket
-from relay.upstream import UpstreamFailure, UpstreamTimedOut
+from relay.upstream.client import UpstreamFailure, UpstreamTimedOut
+from relay.upstream.routing import Model, OpenedRoute
+from relay.upstream.stream_openai import splice_metadata
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -106,7 +106,7 @@ def refuse(
 
 
 class StreamTapLike(Protocol):
-    """What ``pass_stream`` needs of a dialect's tap (``relay.streaming`` and friends)."""
+    """What ``pass_stream`` needs of a dialect's tap (``upstream.stream_openai`` and friends)."""
 
     done: bool
 

@@ -1,6 +1,6 @@
 """``POST /v1/images/generations``: OpenAI-shaped image generation, priced per image.
 
-The price depends only on ``n``, ``size`` and ``quality`` (``relay.estimate.quote_images``),
+The price depends only on ``n``, ``size`` and ``quality`` (``relay.money.estimate.quote_images``),
 so the hold is the exact cost of ``n`` images and settlement charges the images the
 upstream returned (normally all ``n``, so exactly the quote). An unpriced size is a 400
 before anything is held; a failed call releases the hold.
@@ -15,6 +15,8 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.admission.exchange import Exchange
+from relay.admission.ticket import Ticket
 from relay.api.flow import (
     answer_with_metadata,
     is_dry_run,
@@ -24,16 +26,14 @@ from relay.api.flow import (
     release,
     settle_cost,
 )
-from relay.api.http import decode_or_400, json_response, read_body, relay_state
-from relay.auth import ANONYMOUS
 from relay.errors import InvalidRequest, RelayError
-from relay.estimate import quote_images
-from relay.exchange import Exchange
-from relay.pricing import image_cost_micros
-from relay.providers.base import IMAGES_PATH
-from relay.routing import OpenedRoute, Route
+from relay.http.responses import decode_or_400, json_response, read_body, relay_state
+from relay.identity.auth import ANONYMOUS
+from relay.money.estimate import quote_images
+from relay.money.pricing import image_cost_micros
 from relay.state import RelayState
-from relay.ticket import Ticket
+from relay.upstream.providers.base import IMAGES_PATH
+from relay.upstream.routing import OpenedRoute, Route
 
 __all__ = ["ImageRequest", "generate_images"]
 

@@ -21,6 +21,8 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.admission.exchange import Exchange
+from relay.admission.ticket import Ticket
 from relay.api.flow import (
     TokenCounts,
     answer_with_metadata,
@@ -32,20 +34,24 @@ from relay.api.flow import (
     release,
     settle_tokens,
 )
-from relay.api.http import decode_or_400, error_response, json_response, read_body, relay_state
-from relay.api.sse import EventStreamResponse
-from relay.auth import ANONYMOUS
 from relay.errors import RelayError
-from relay.estimate import CostQuote, estimate_prompt_tokens, quote_chat
-from relay.exchange import Exchange
-from relay.providers.anthropic_stream import sse_event
-from relay.providers.base import MESSAGES_PATH
-from relay.routing import OpenedRoute, Route, UpstreamRejected
+from relay.http.responses import (
+    decode_or_400,
+    error_response,
+    json_response,
+    read_body,
+    relay_state,
+)
+from relay.http.sse import EventStreamResponse
+from relay.identity.auth import ANONYMOUS
+from relay.money.estimate import CostQuote, estimate_prompt_tokens, quote_chat
 from relay.state import RelayState
-from relay.streaming import CHARS_PER_TOKEN
-from relay.streaming_anthropic import MessagesStreamTap
-from relay.ticket import Ticket
-from relay.wire_anthropic import (
+from relay.upstream.providers.anthropic_stream import sse_event
+from relay.upstream.providers.base import MESSAGES_PATH
+from relay.upstream.routing import OpenedRoute, Route, UpstreamRejected
+from relay.upstream.stream_anthropic import MessagesStreamTap
+from relay.upstream.stream_openai import CHARS_PER_TOKEN
+from relay.upstream.wire_anthropic import (
     MessagesRequest,
     MessagesUsage,
     decode_messages_answer,

@@ -7,10 +7,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api.http import error_response, json_response, relay_state
 from relay.errors import RelayError
-from relay.pricing import pricing_view
-from relay.routing import Model
+from relay.http.responses import error_response, json_response, relay_state
+from relay.money.pricing import pricing_view
+from relay.upstream.routing import Model
 
 __all__ = ["healthz", "list_models"]
 

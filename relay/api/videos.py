@@ -1,9 +1,9 @@
 """``/v1/videos``: asynchronous video generation jobs (OpenAI's video API shape).
 
-``POST /v1/videos`` prices the job exactly (per second, ``relay.estimate.quote_video``),
+``POST /v1/videos`` prices the job exactly (per second, ``relay.money.estimate.quote_video``),
 admits it like any request, creates it upstream and answers at once with the job
 (``status`` queued, ``metadata.cost_estimate_micros``). The job then holds its quote in
-the wallet until ``relay.video_jobs.VideoPoller`` sees it finish upstream and settles
+the wallet until ``relay.jobs.video.VideoPoller`` sees it finish upstream and settles
 it once. ``GET /v1/videos/{id}`` shows a job to its own account only (anyone else gets
 404); once completed it carries ``metadata.cost_micros`` and ``content_url``, and
 ``GET /v1/videos/{id}/content`` streams the video through from the upstream.
@@ -21,20 +21,26 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from relay.admission.exchange import Exchange
+from relay.admission.ticket import Ticket
 from relay.api.flow import is_dry_run, model_for, refuse, release, upstream_broke_off
-from relay.api.http import decode_or_400, error_response, json_response, read_body, relay_state
-from relay.auth import ANONYMOUS, Principal
 from relay.errors import InvalidRequest, NotFound, NoUpstreamAvailable, RelayError, UpstreamError
-from relay.estimate import quote_video
-from relay.exchange import Exchange
-from relay.pricing import micros_to_usd
-from relay.providers import Provider
-from relay.providers.base import VIDEOS_PATH
-from relay.routing import OpenedRoute, Route
+from relay.http.responses import (
+    decode_or_400,
+    error_response,
+    json_response,
+    read_body,
+    relay_state,
+)
+from relay.identity.auth import ANONYMOUS, Principal
+from relay.jobs.video import UNFINISHED, VideoJob, VideoPoller, decode_upstream_video
+from relay.money.estimate import quote_video
+from relay.money.pricing import micros_to_usd
 from relay.state import RelayState
-from relay.ticket import Ticket
-from relay.upstream import UpstreamFailure, UpstreamResponse
-from relay.video_jobs import UNFINISHED, VideoJob, VideoPoller, decode_upstream_video
+from relay.upstream.client import UpstreamFailure, UpstreamResponse
+from relay.upstream.providers import Provider
+from relay.upstream.providers.base import VIDEOS_PATH
+from relay.upstream.routing import OpenedRoute, Route
 
 __all__ = ["VideoRequest", "create_video", "show_video", "video_content", "video_poller"]
 

@@ -15,11 +15,11 @@ import time
 
 import msgspec
 
-from relay.audit import append_audit
 from relay.console.auth.roles import Role
 from relay.console.auth.signing import sign, unsign
 from relay.console.users import User, insert_membership
-from relay.db import Database
+from relay.identity.audit import append_audit
+from relay.storage.db import Database
 
 __all__ = ["INVITE_LIFETIME_MS", "Invite", "InviteStore"]
 

@@ -13,9 +13,9 @@ import msgspec
 from relay.admin.payments import payments_runtime
 from relay.console.web import Ctx
 from relay.errors import InvalidRequest
+from relay.money.pricing import micros_to_usd, usd_to_micros
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.service import PaymentsService, PaymentsUnavailable
-from relay.pricing import micros_to_usd, usd_to_micros
 
 __all__ = [
     "AutoTopUpForm",

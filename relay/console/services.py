@@ -13,7 +13,7 @@ from relay.console.auth.sessions import SessionStore
 from relay.console.invites import InviteStore
 from relay.console.tickets import TicketStore
 from relay.console.users import UserStore
-from relay.server_secret import ServerSecret, secret_path_for
+from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.state import RelayState
 
 __all__ = ["ConsoleKeys", "Services", "open_services"]

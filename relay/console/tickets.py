@@ -14,8 +14,8 @@ from typing import Literal
 import msgspec
 
 from relay.console.users import User
-from relay.db import Database
 from relay.errors import InvalidRequest
+from relay.storage.db import Database
 
 __all__ = ["TICKET_STATUSES", "Ticket", "TicketMessage", "TicketStore"]
 

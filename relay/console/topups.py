@@ -13,8 +13,8 @@ import sqlite3
 
 import msgspec
 
-from relay.db import Database
 from relay.payments.store import Payment, list_payments
+from relay.storage.db import Database
 
 __all__ = ["PENDING_EXPIRES_MS", "TopUp", "list_top_ups"]
 

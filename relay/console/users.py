@@ -17,12 +17,12 @@ from typing import Any
 
 import msgspec
 
-from relay.accounts import Conflict
-from relay.audit import append_audit
 from relay.console.auth.roles import Role
-from relay.db import Database
 from relay.errors import InvalidRequest
-from relay.keys import SecretHasher
+from relay.identity.accounts import Conflict
+from relay.identity.audit import append_audit
+from relay.identity.keys import SecretHasher
+from relay.storage.db import Database
 
 __all__ = [
     "PASSWORD_MIN_LENGTH",

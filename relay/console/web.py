@@ -19,8 +19,6 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from relay.accounts import Account
-from relay.api.http import read_body, relay_state
 from relay.console.auth.csrf import CSRF_FIELD, csrf_token, origin_allowed, valid_csrf_token
 from relay.console.auth.roles import Permission, Role, allows
 from relay.console.auth.sessions import PRE_SESSION_COOKIE, SESSION_COOKIE, Session
@@ -30,6 +28,8 @@ from relay.console.services import Services, open_services
 from relay.console.templating import build_templates
 from relay.console.users import User
 from relay.errors import NotFound, RelayError
+from relay.http.responses import read_body, relay_state
+from relay.identity.accounts import Account
 from relay.payments.store import Notice, list_notices
 from relay.state import RelayState
 

@@ -12,7 +12,7 @@ import sqlite3
 
 import msgspec
 
-from relay.db import Database
+from relay.storage.db import Database
 
 __all__ = [
     "MAX_CONSECUTIVE_FAILURES",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from relay.money.pricing import micros_to_usd
 from relay.payments import auto_settings
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.service import PaymentsService
@@ -28,7 +29,6 @@ from relay.payments.store import (
     new_payment_id,
 )
 from relay.payments.stripe_client import PaymentIntent, StripeClient, StripeError
-from relay.pricing import micros_to_usd
 
 __all__ = ["AutoTopUp"]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import msgspec
 
-from relay.audit import append_audit
+from relay.identity.audit import append_audit
+from relay.money.wallet import LedgerEntry
 from relay.payments import auto_settings
 from relay.payments.receipts import Receipt, SellerDetails, issue_receipt
 from relay.payments.store import PaidPayment, finalize_paid, record_event
-from relay.wallet import LedgerEntry
 
 __all__ = ["EventRecord", "finalize_credit", "manual_credit_write", "wall_ms"]
 

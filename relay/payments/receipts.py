@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 
 from relay.config import PaymentsConfig
-from relay.db import Database
 from relay.payments.store import Payment, set_receipt_number
+from relay.storage.db import Database
 
 __all__ = [
     "Receipt",

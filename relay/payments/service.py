@@ -17,11 +17,12 @@ from typing import Any
 
 import msgspec
 
-from relay.accounts import AccountStore
-from relay.audit import append_audit
 from relay.config import PaymentsConfig
-from relay.db import Database
 from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.identity.accounts import AccountStore
+from relay.identity.audit import append_audit
+from relay.money.pricing import micros_to_usd, usd_to_micros
+from relay.money.wallet import DuplicateReference, Wallet
 from relay.payments import auto_settings
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.crediting import EventRecord, finalize_credit, wall_ms
@@ -39,8 +40,7 @@ from relay.payments.store import (
     save_customer,
 )
 from relay.payments.stripe_client import StripeClient, StripeError
-from relay.pricing import micros_to_usd, usd_to_micros
-from relay.wallet import DuplicateReference, Wallet
+from relay.storage.db import Database
 
 __all__ = [
     "CreditResult",

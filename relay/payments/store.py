@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from relay.db import Database
+from relay.storage.db import Database
 
 __all__ = [
     "MINOR_UNIT_MICROS",

@@ -17,7 +17,7 @@ import time
 import msgspec
 
 from relay.console.users import User, user_from_row
-from relay.db import Database
+from relay.storage.db import Database
 
 __all__ = [
     "PRE_SESSION_COOKIE",

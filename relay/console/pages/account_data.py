@@ -1,6 +1,6 @@
 """The owner's data rights: download everything relay holds on the account, or delete it.
 
-Deleting suspends the account and revokes its keys at once (``relay.data_rights``); its
+Deleting suspends the account and revokes its keys at once (``relay.identity.data_rights``); its
 personal data is erased 30 days later. The owner confirms by typing the account's name,
 checked on the server. Afterwards the owner is signed out and shown the erasure date; an
 operator (who may act on any account) stays signed in and goes back to its Billing page.
@@ -13,7 +13,12 @@ from starlette.responses import Response
 from relay.console.auth.roles import Permission
 from relay.console.auth.sessions import SESSION_COOKIE
 from relay.console.web import Ctx, page
-from relay.data_rights import ERASE_AFTER_MS, build_export, deletion_request, request_deletion
+from relay.identity.data_rights import (
+    ERASE_AFTER_MS,
+    build_export,
+    deletion_request,
+    request_deletion,
+)
 from relay.payments.store import now_ms
 
 __all__ = ["delete_account", "delete_form", "export_data"]

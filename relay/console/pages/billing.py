@@ -16,8 +16,8 @@ from relay.console.payments import (
 )
 from relay.console.topups import list_top_ups
 from relay.console.web import CHECKOUT_ORIGIN, ConsoleError, Ctx, content_security_policy, page
-from relay.data_rights import deletion_request
-from relay.invoices import build_statement, month_bounds, render_csv, render_html
+from relay.identity.data_rights import deletion_request
+from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.payments.store import customer_of
 
 __all__ = ["billing_page", "render_billing", "statement"]

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response, StreamingResponse
 
 from relay.console.auth.roles import Permission
+from relay.console.log_queries import LogFilter, log_page, log_rows
 from relay.console.templating import format_time
-from relay.console.usage_queries import LogFilter, log_page, log_rows
 from relay.console.web import ConsoleError, Ctx, page
-from relay.pricing import micros_to_usd
+from relay.money.pricing import micros_to_usd
 
 __all__ = ["export_logs", "logs_page"]
 

@@ -10,10 +10,10 @@ from starlette.responses import Response
 from relay.admin.audit import verify_stored_chain
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import NotFound
+from relay.money.pricing import usd_to_micros
+from relay.money.wallet import DuplicateReference
 from relay.payments.crediting import manual_credit_write
 from relay.payments.receipts import SellerDetails
-from relay.pricing import usd_to_micros
-from relay.wallet import DuplicateReference
 
 __all__ = ["audit_page", "credit_account", "operator_accounts", "set_account_status"]
 

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from relay.console.auth.roles import Permission
 from relay.console.charts import daily_spend_chart, model_spend_chart
-from relay.console.usage_queries import daily_spend, recent_errors, spend_by_model
+from relay.console.log_queries import daily_spend, recent_errors, spend_by_model
 from relay.console.web import Ctx, page
 
 __all__ = ["overview"]

@@ -1,0 +1,114 @@
+"""One request's bookkeeping, from admission to its usage record."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from relay.identity.auth import Principal
+from relay.money.pricing import micros_to_usd
+from relay.upstream.routing import Model, Route
+from relay.usage.log import UsageRecord
+
+__all__ = ["Exchange"]
+
+
+class Exchange:
+    """What relay learns about a request as it flows through; metadata only."""
+
+    __slots__ = (
+        "request_id",
+        "endpoint",
+        "principal",
+        "model",
+        "route",
+        "stream",
+        "started",
+        "ts_ms",
+        "ttfb_ms",
+        "status",
+        "error_code",
+        "upstream_id",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "units",
+        "cost_micros",
+        "usage_estimated",
+    )
+
+    def __init__(self, request_id: str, endpoint: str, principal: Principal):
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.principal = principal
+        self.model: Model | None = None
+        self.route: Route | None = None
+        self.stream = False
+        self.started = time.perf_counter()
+        self.ts_ms = int(time.time() * 1000)
+        self.ttfb_ms: int | None = None
+        self.status = 200
+        self.error_code: str | None = None
+        self.upstream_id: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.cache_write_tokens = 0
+        self.units = 0
+        self.cost_micros = 0
+        self.usage_estimated = False
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def mark_first_byte(self) -> None:
+        if self.ttfb_ms is None:
+            self.ttfb_ms = self.elapsed_ms()
+
+    def metadata(self) -> dict[str, Any]:
+        route = self.route
+        return {
+            "request_id": self.request_id,
+            "cost_micros": self.cost_micros,
+            "cost_usd": micros_to_usd(self.cost_micros),
+            "provider": route.provider.name if route else None,
+            "executed_model": route.upstream_model if route else None,
+            "upstream_id": self.upstream_id,
+        }
+
+    def usage_view(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"x-relay-request-id": self.request_id, "x-relay-cost-micros": str(self.cost_micros)}
+
+    def usage_record(self) -> UsageRecord:
+        route = self.route
+        return UsageRecord(
+            request_id=self.request_id,
+            ts_ms=self.ts_ms,
+            endpoint=self.endpoint,
+            status=self.status,
+            account_id=self.principal.account_id,
+            key_id=self.principal.key_id,
+            model=self.model.name if self.model else None,
+            provider=route.provider.name if route else None,
+            upstream_model=route.upstream_model if route else None,
+            upstream_request_id=self.upstream_id,
+            error_code=self.error_code,
+            stream=self.stream,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            units=self.units,
+            cost_micros=self.cost_micros,
+            usage_estimated=self.usage_estimated,
+            latency_ms=self.elapsed_ms(),
+            ttfb_ms=self.ttfb_ms,
+        )

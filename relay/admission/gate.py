@@ -1,0 +1,136 @@
+"""The admission gate: scopes, rate limits and wallet holds for a principal.
+
+``Gate`` is the one place the data plane asks "may this principal do this, and what
+does it hold?". Checks run in an order that never consumes budget for a request that
+is then refused: scopes, then the wallet (checked without placing anything), then
+rate limits (which consume nothing when they refuse), then the hold itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from relay.admission.exchange import Exchange
+from relay.admission.limits import RateLimiter
+from relay.admission.ticket import Ticket
+from relay.errors import Forbidden, NoUpstreamAvailable
+from relay.identity.auth import Principal
+from relay.money.estimate import CostQuote
+from relay.money.pricing import ONE, parse_multiplier
+from relay.money.wallet import Wallet
+from relay.upstream.routing import Model
+
+__all__ = ["Gate"]
+
+# Well below the writer's queue bound (10,000), so in-flight settlements always fit.
+MAX_WRITE_BACKLOG = 5_000
+
+
+class Gate:
+    def __init__(
+        self,
+        wallet: Wallet,
+        limiter: RateLimiter,
+        *,
+        backlog: Callable[[], int] = lambda: 0,
+        max_backlog: int = MAX_WRITE_BACKLOG,
+    ):
+        self.wallet = wallet
+        self.limiter = limiter
+        self._backlog = backlog
+        self._max_backlog = max_backlog
+        self._multipliers: dict[str, Decimal] = {"1": ONE}
+
+    def _multiplier_of(self, text: str) -> Decimal:
+        value = self._multipliers.get(text)
+        if value is None:
+            value = self._multipliers[text] = parse_multiplier(text)
+        return value
+
+    def multiplier(self, principal: Principal) -> Decimal:
+        """Account × key price multiplier (discount or markup); 1 for the operator."""
+        if principal.key is None or principal.account is None:
+            return ONE
+        account = self._multiplier_of(principal.account.price_multiplier)
+        key = self._multiplier_of(principal.key.price_multiplier)
+        return account * key
+
+    def check_model(self, principal: Principal, model: Model, endpoint: str) -> None:
+        key = principal.key
+        if key is None:
+            return
+        if key.models and model.name not in key.models:
+            raise Forbidden(
+                f"This API key may not use the model {model.name!r}", code="model_not_allowed"
+            )
+        if key.endpoints and endpoint not in key.endpoints:
+            raise Forbidden(
+                f"This API key may not use the {endpoint} endpoint", code="endpoint_not_allowed"
+            )
+
+    def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
+        """Take the rate-limit slot and the wallet hold, or refuse with 429/402."""
+        if self._backlog() > self._max_backlog:
+            # Back-pressure: stop admitting while the writer catches up, so the usage and
+            # charge rows of requests already in flight always have room (never dropped).
+            raise NoUpstreamAvailable(
+                "relay is saving usage records; retry shortly", code="server_busy"
+            ).with_retry_after(1.0)
+        key, account = exchange.principal.key, exchange.principal.account
+        if key is None or account is None:
+            return Ticket()
+        # The wallet is asked first (without placing anything): a 402 must not spend rate
+        # budget, and a 429 from the limiter consumes nothing by construction.
+        self.wallet.plan_hold(
+            account.id,
+            key.id,
+            estimate_micros=quote.estimate_micros,
+            worst_case_micros=quote.worst_case_micros,
+        )
+        admission = self.limiter.admit(
+            key.id,
+            rpm=key.rpm,
+            tpm=key.tpm,
+            concurrency=key.concurrency,
+            estimated_tokens=quote.prompt_tokens,
+            account_id=account.id,
+            account_rpm=account.rpm,
+            account_tpm=account.tpm,
+            account_concurrency=account.concurrency,
+        )
+        # Nothing was awaited since the plan, so the same hold fits now.
+        hold = self.wallet.hold(
+            account.id,
+            key.id,
+            estimate_micros=quote.estimate_micros,
+            worst_case_micros=quote.worst_case_micros,
+        )
+        return Ticket(admission, hold, self.wallet)
+
+    def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:
+        """The hold this request would place now, without placing it (design §5)."""
+        assert exchange.model is not None
+        key, account = exchange.principal.key, exchange.principal.account
+        hold_micros = 0
+        available: int | None = None
+        if key is not None and account is not None:
+            plan = self.wallet.plan_hold(
+                account.id,
+                key.id,
+                estimate_micros=quote.estimate_micros,
+                worst_case_micros=quote.worst_case_micros,
+            )
+            hold_micros = plan.hold_micros
+            available = self.wallet.snapshot(account.id).available_micros
+        return {
+            "dry_run": True,
+            "estimate": {
+                "model": exchange.model.name,
+                "hold_micros": hold_micros,
+                "estimated_cost_micros": quote.estimate_micros,
+                "worst_case_cost_micros": quote.worst_case_micros,
+                "available_micros": available,
+            },
+        }

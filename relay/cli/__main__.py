@@ -1,0 +1,9 @@
+"""``python -m relay.cli.entry``: the same entry point as the ``relay`` script."""
+
+from __future__ import annotations
+
+import sys
+
+from relay.cli.entry import main
+
+sys.exit(main())

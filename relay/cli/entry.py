@@ -1,0 +1,130 @@
+"""The ``relay`` command line.
+
+``serve`` and ``check-config`` work on the config file directly. Management commands
+are clients of the running server's admin API (see ``relay.cli.admin``), so the
+server's in-memory state is never stale. A failing command prints one line on stderr
+and exits non-zero; ``--json`` gives machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from relay.config import Config, load_config
+from relay.errors import ConfigError
+
+__all__ = ["CommandError", "main"]
+
+
+class CommandError(Exception):
+    """A command failed; the message is printed as is."""
+
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", default="relay.toml", help="config file (default: relay.toml)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _check_config(args: argparse.Namespace) -> Any:
+    config = load_config(args.config)
+    summary = {
+        "ok": True,
+        "config": args.config,
+        "database": str(config.database_path),
+        "providers": [p.name for p in config.providers],
+        "models": [m.name for m in config.models],
+    }
+    if args.json:
+        return summary
+    return (
+        f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models; "
+        f"database {config.database_path})"
+    )
+
+
+def _serve(args: argparse.Namespace) -> Any:
+    config = load_config(args.config)
+    _configure_logging(config)
+    from relay.server import run_server  # imported late: check-config needs no server stack
+
+    run_server(config)
+    return None
+
+
+def _configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosqlite logs every statement with its parameters at DEBUG: never let it.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="relay: a self-hosted, single-process LLM API gateway"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    _add_config_option(serve)
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    _add_config_option(check)
+    check.set_defaults(handler=_check_config)
+
+    # Management commands: clients of the running server's admin API.
+    from relay.cli.admin import add_admin_commands
+    from relay.cli.audit import add_audit_commands
+    from relay.cli.billing import add_billing_commands
+    from relay.cli.data_rights import add_payment_commands
+    from relay.cli.usage import add_usage_commands
+    from relay.cli.users import add_user_commands
+
+    add_admin_commands(commands, _add_config_option)
+    add_billing_commands(commands, _add_config_option)
+    add_usage_commands(commands, _add_config_option)
+    add_audit_commands(commands, _add_config_option)
+    add_user_commands(commands, _add_config_option)
+    add_payment_commands(commands, _add_config_option)
+    return parser
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if result is None:
+        return
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        result = handler(args)
+    except (ConfigError, CommandError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    _print(result, getattr(args, "json", False))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

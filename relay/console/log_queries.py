@@ -1,0 +1,226 @@
+"""The console's reads of usage: request logs with filters, and spend rolled up per day.
+
+Every query names its index (``INDEXED BY``), so a page costs a few B-tree seeks and at
+most one page of rows even with a million usage rows:
+
+* logs: keyset pagination on ``id`` (newest first) over ``usage_account_id``,
+  ``usage_key_id`` or ``usage_account_model_id``, or their partial twins holding only
+  failed requests when the filter asks for errors;
+* a time range becomes an ``id`` range first (two seeks on ``usage_ts``): rows are written
+  when a request ends, at most ``_MAX_REQUEST_SPAN_MS`` after their ``ts_ms``, so ids and
+  times agree up to that span; the exact ``ts_ms`` test then runs on that range only;
+* charts read ``usage_daily``, which a trigger keeps summed per account, day and model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+
+import msgspec
+
+from relay.errors import InvalidRequest
+from relay.storage.db import Database
+
+__all__ = [
+    "DAY_MS",
+    "LogFilter",
+    "daily_spend",
+    "log_page",
+    "log_query",
+    "log_rows",
+    "recent_errors",
+    "spend_by_model",
+]
+
+DAY_MS = 86_400_000
+_MAX_REQUEST_SPAN_MS = DAY_MS
+_LOG_COLUMNS = (
+    "id, request_id, ts_ms, key_id, endpoint, model, provider, status, error_code, stream, "
+    "prompt_tokens, completion_tokens, cached_tokens, cost_micros, usage_estimated, "
+    "latency_ms, ttfb_ms"
+)
+_NO_ID = 2**62
+
+
+class LogFilter(msgspec.Struct, frozen=True):
+    key_id: str = ""
+    model: str = ""
+    status: str = ""  # "", "ok", "error" or a three-digit HTTP status
+    since: str = ""  # YYYY-MM-DD, UTC, inclusive
+    until: str = ""  # YYYY-MM-DD, UTC, inclusive
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> LogFilter:
+        found = cls(
+            key_id=params.get("key", "").strip(),
+            model=params.get("model", "").strip(),
+            status=params.get("status", "").strip(),
+            since=params.get("since", "").strip(),
+            until=params.get("until", "").strip(),
+        )
+        found.time_range()  # refuses bad dates now, not half-way through a CSV
+        if found.status not in ("", "ok", "error") and not (
+            found.status.isdigit() and len(found.status) == 3
+        ):
+            raise InvalidRequest("status must be ok, error or an HTTP status", param="status")
+        return found
+
+    def time_range(self) -> tuple[int | None, int | None]:
+        """[since, until + 1 day) in unix ms; None where open."""
+        return _day_start(self.since, "since"), _day_start(self.until, "until", plus_days=1)
+
+    def query(self) -> dict[str, str]:
+        """The non-empty filters, for links (next page, CSV export)."""
+        names = {"key": self.key_id, "model": self.model, "status": self.status}
+        names |= {"since": self.since, "until": self.until}
+        return {name: value for name, value in names.items() if value}
+
+
+def _day_start(text: str, name: str, *, plus_days: int = 0) -> int | None:
+    if not text:
+        return None
+    try:
+        day = dt.date.fromisoformat(text) + dt.timedelta(days=plus_days)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a date (YYYY-MM-DD)", param=name) from None
+    return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp() * 1000)
+
+
+async def _id_bounds(db: Database, flt: LogFilter) -> tuple[int, int]:
+    """An id range (exclusive) that holds every row of the filter's time range."""
+    since, until = flt.time_range()
+    low, high = -1, _NO_ID
+    if since is not None:
+        row = await db.fetchone(
+            "SELECT id FROM usage INDEXED BY usage_ts WHERE ts_ms < ? ORDER BY ts_ms DESC LIMIT 1",
+            (since - _MAX_REQUEST_SPAN_MS,),
+        )
+        low = row[0] if row is not None else -1
+    if until is not None:
+        row = await db.fetchone(
+            "SELECT id FROM usage INDEXED BY usage_ts WHERE ts_ms >= ? ORDER BY ts_ms LIMIT 1",
+            (until + _MAX_REQUEST_SPAN_MS,),
+        )
+        high = row[0] if row is not None else _NO_ID
+    return low, high
+
+
+def _where(account_id: str, flt: LogFilter) -> tuple[str, list[object], str]:
+    """SQL conditions, their parameters, and the index that serves them."""
+    conditions = ["account_id = ?"]
+    params: list[object] = [account_id]
+    errors_only = flt.status == "error" or (flt.status.isdigit() and int(flt.status) >= 400)
+    if flt.status == "ok":
+        conditions.append("status < 400")
+    elif errors_only:
+        # Written out even for one error status: it lets the partial error indexes serve.
+        conditions.append("status >= 400")
+    if flt.status.isdigit():
+        conditions.append("status = ?")
+        params.append(int(flt.status))
+    if flt.model:
+        conditions.append("model = ?")
+        params.append(flt.model)
+    if flt.key_id:
+        conditions.append("key_id = ?")
+        params.append(flt.key_id)
+    since, until = flt.time_range()
+    if since is not None:
+        conditions.append("ts_ms >= ?")
+        params.append(since)
+    if until is not None:
+        conditions.append("ts_ms < ?")
+        params.append(until)
+    return " AND ".join(conditions), params, _index_for(flt, errors_only)
+
+
+def _index_for(flt: LogFilter, errors_only: bool) -> str:
+    # Errors are rare, so error filters read the partial indexes that hold only them.
+    if flt.key_id:
+        return "usage_key_errors" if errors_only else "usage_key_id"
+    if flt.model:
+        return "usage_account_model_errors" if errors_only else "usage_account_model_id"
+    return "usage_account_errors" if errors_only else "usage_account_id"
+
+
+def log_query(
+    account_id: str, flt: LogFilter, *, below_id: int, above_id: int, limit: int
+) -> tuple[str, tuple[object, ...]]:
+    """The SQL (and parameters) of one page of logs, newest first, ids in (above, below)."""
+    where, params, index = _where(account_id, flt)
+    sql = (
+        f"SELECT {_LOG_COLUMNS} FROM usage INDEXED BY {index} "
+        f"WHERE {where} AND id < ? AND id > ? ORDER BY id DESC LIMIT ?"
+    )
+    return sql, (*params, below_id, above_id, limit)
+
+
+async def log_page(
+    db: Database,
+    account_id: str,
+    flt: LogFilter,
+    *,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> tuple[list[sqlite3.Row], int | None]:
+    """Up to ``limit`` rows newest first, and the ``before_id`` of the next page (or None)."""
+    low, high = await _id_bounds(db, flt)
+    upper = min(high, before_id if before_id is not None else _NO_ID)
+    sql, params = log_query(account_id, flt, below_id=upper, above_id=low, limit=limit + 1)
+    rows = await db.fetchall(sql, params)
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1]["id"]
+    return rows, None
+
+
+async def log_rows(
+    db: Database, account_id: str, flt: LogFilter, *, batch: int = 1000
+) -> AsyncIterator[list[sqlite3.Row]]:
+    """Every row of the filter, newest first, in batches (for CSV export)."""
+    before: int | None = None
+    while True:
+        rows, before = await log_page(db, account_id, flt, before_id=before, limit=batch)
+        if rows:
+            yield rows
+        if before is None:
+            return
+
+
+def _first_day(now_ms: int, days: int) -> int:
+    return now_ms // DAY_MS - days + 1
+
+
+async def daily_spend(
+    db: Database, account_id: str, *, now_ms: int, days: int = 30
+) -> list[tuple[int, int, int]]:
+    """``(day number, cost_micros, requests)`` for each of the last ``days`` days (UTC)."""
+    first = _first_day(now_ms, days)
+    rows = await db.fetchall(
+        "SELECT day, SUM(cost_micros), SUM(requests) FROM usage_daily "
+        "WHERE account_id = ? AND day >= ? GROUP BY day",
+        (account_id, first),
+    )
+    found = {row[0]: (row[1], row[2]) for row in rows}
+    return [(day, *found.get(day, (0, 0))) for day in range(first, first + days)]
+
+
+async def spend_by_model(
+    db: Database, account_id: str, *, now_ms: int, days: int = 30
+) -> list[tuple[str, int, int]]:
+    """``(model, cost_micros, requests)`` over the last ``days`` days, costliest first."""
+    rows = await db.fetchall(
+        "SELECT model, SUM(cost_micros) AS cost, SUM(requests) FROM usage_daily "
+        "WHERE account_id = ? AND day >= ? GROUP BY model ORDER BY cost DESC, model LIMIT 12",
+        (account_id, _first_day(now_ms, days)),
+    )
+    return [(row[0] or "(none)", row[1], row[2]) for row in rows]
+
+
+async def recent_errors(db: Database, account_id: str, *, limit: int = 5) -> list[sqlite3.Row]:
+    return await db.fetchall(
+        f"SELECT {_LOG_COLUMNS} FROM usage INDEXED BY usage_account_errors "
+        "WHERE account_id = ? AND status >= 400 ORDER BY id DESC LIMIT ?",
+        (account_id, limit),
+    )

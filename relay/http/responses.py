@@ -1,0 +1,123 @@
+"""HTTP plumbing shared by the data-plane handlers: bodies, JSON answers, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from relay.errors import InvalidRequest, RelayError, RequestTooLarge, error_body
+from relay.state import RelayState
+from relay.upstream.routing import UpstreamRejected
+from relay.upstream.wire_openai import encode
+
+__all__ = [
+    "decode_or_400",
+    "error_response",
+    "json_response",
+    "read_body",
+    "relay_state",
+    "unexpected_error_response",
+]
+
+log = logging.getLogger("relay.api")
+T = TypeVar("T")
+_AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
+# How much of a refused over-size body relay still reads so the client sees its 413.
+DRAIN_MAX_BYTES = 1024 * 1024
+DRAIN_MAX_S = 1.0
+
+
+def relay_state(request: Request) -> RelayState:
+    # Straight from the scope: ``request.state`` builds a State object per request.
+    state: RelayState = request.scope["state"]["relay"]
+    return state
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length")
+    stream = request.stream()
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        if int(declared) <= limit + DRAIN_MAX_BYTES:
+            await _drain(stream)
+        raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for part in stream:
+        size += len(part)
+        if size > limit:
+            await _drain(stream)
+            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop a little more of a refused body, within bounds.
+
+    Closing a connection with unread request bytes makes the kernel send a reset, which
+    discards the 413 from the client's receive buffer before it can read it (the
+    client sees "connection reset" instead). A slightly over-size body is therefore
+    read to its end, like nginx's lingering close; a huge one is cut off.
+    """
+    drained = 0
+    with contextlib.suppress(TimeoutError, ClientDisconnect):
+        async with asyncio.timeout(DRAIN_MAX_S):
+            async for part in stream:
+                drained += len(part)
+                if drained > DRAIN_MAX_BYTES:
+                    return
+
+
+def decode_or_400(decode: Callable[[bytes], T], body: bytes) -> T:
+    """Decode with a prepared msgspec decoder; any problem is a 400 naming the field."""
+    if not body:
+        raise InvalidRequest("Request body is empty; expected a JSON object")
+    try:
+        result: T = decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid request: {_field_message(str(exc))}") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("Request body is not valid JSON") from None
+    return result
+
+
+def _field_message(message: str) -> str:
+    # msgspec says "Object missing required field `model`" or "... - at `$.n`".
+    return _AT_PATH.sub(r" (at `\1`)", message)
+
+
+def json_response(
+    body: bytes | dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    content = body if isinstance(body, bytes) else encode(body)
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: RelayError, headers: Mapping[str, str] | None = None) -> Response:
+    merged = {**exc.headers(), **(headers or {})}
+    if isinstance(exc, UpstreamRejected):
+        return Response(
+            exc.upstream_body or exc.body(),
+            status_code=exc.status,
+            headers=merged,
+            media_type=exc.content_type if exc.upstream_body else "application/json",
+        )
+    return Response(
+        exc.body(), status_code=exc.status, headers=merged, media_type="application/json"
+    )
+
+
+def unexpected_error_response(exc: BaseException) -> Response:
+    # The type only: an exception's text or traceback could carry request content.
+    log.error("internal error: %s", type(exc).__name__)
+    body = error_body("Internal server error", "server_error", "internal_error")
+    return Response(body, status_code=500, media_type="application/json")

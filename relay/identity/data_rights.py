@@ -1,0 +1,385 @@
+"""Data rights: an account's data as a zip, and account deletion with erasure 30 days later.
+
+Export: one zip with JSON and CSV of the profile, members (when the console's tables
+exist), keys' metadata, usage, ledger, payments, receipts and tickets. Key hashes, key
+secrets, password hashes and the admin token are never read, so they cannot leak: every
+query names its columns.
+
+Deletion: at once the account is suspended and its keys revoked (each change with its
+audit row); ``ErasureJob`` erases personal data once the request is 30 days old. Erasure
+replaces the account's name with a pseudonym ``deleted-<hash>``, erases its members' names
+and e-mails (those who belong to no other account), key labels, ticket subjects and
+bodies, the buyer name on receipts, and the saved card link. Ledger, usage and payment
+rows stay (money records are kept; they carry only the random account id), so the balance
+is still the sum of the ledger rows. Audit rows are hash-chained and are not rewritten:
+older ones may still hold the former name until audit retention archives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import sqlite3
+import time
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from relay.errors import NotFound
+from relay.identity.accounts import AccountStore
+from relay.identity.audit import append_audit
+from relay.storage.db import Database
+
+__all__ = [
+    "ERASE_AFTER_MS",
+    "DeletionRequest",
+    "ErasureJob",
+    "build_export",
+    "deletion_request",
+    "erase_account",
+    "pseudonym_for",
+    "request_deletion",
+]
+
+log = logging.getLogger(__name__)
+DAY_MS = 86_400_000
+ERASE_AFTER_MS = 30 * DAY_MS
+ERASED = "[erased]"
+Clock = Callable[[], int]
+
+# Each export part: (file stem, table that must exist, SQL with one ? for the account id).
+_EXPORT_QUERIES: tuple[tuple[str, str, str], ...] = (
+    (
+        "keys",
+        "api_keys",
+        "SELECT id, label, last4, models, endpoints, spend_cap_micros, rpm, tpm, concurrency, "
+        "price_multiplier, expires_at_ms, status, created_at_ms, updated_at_ms, last_used_at_ms "
+        "FROM api_keys WHERE account_id = ? ORDER BY created_at_ms",
+    ),
+    (
+        "usage",
+        "usage",
+        "SELECT request_id, ts_ms, key_id, endpoint, model, provider, upstream_model, "
+        "upstream_request_id, status, error_code, stream, prompt_tokens, completion_tokens, "
+        "cached_tokens, cache_write_tokens, units, cost_micros, usage_estimated, latency_ms, "
+        "ttfb_ms FROM usage WHERE account_id = ? ORDER BY id",
+    ),
+    (
+        "ledger",
+        "ledger",
+        "SELECT id, kind, amount_micros, reference, key_id, request_id, note, created_at_ms "
+        "FROM ledger WHERE account_id = ? ORDER BY id",
+    ),
+    (
+        "payments",
+        "payments",
+        "SELECT id, provider, provider_payment_id, kind, amount_micros, currency, amount_minor, "
+        "status, created_at_ms, updated_at_ms, receipt_number, failure_reason "
+        "FROM payments WHERE account_id = ? ORDER BY created_at_ms",
+    ),
+    (
+        "receipts",
+        "receipts",
+        "SELECT number, payment_id, buyer_name, provider, payment_reference, amount_micros, "
+        "currency, amount_minor, seller_name, seller_address, seller_tax_id, issued_at_ms "
+        "FROM receipts WHERE account_id = ? ORDER BY year, seq",
+    ),
+    (
+        "members",
+        "console_memberships",
+        "SELECT u.id AS user_id, u.email, u.display_name, m.role, m.created_at_ms "
+        "FROM console_memberships m JOIN console_users u ON u.id = m.user_id "
+        "WHERE m.account_id = ? ORDER BY m.created_at_ms",
+    ),
+    (
+        "tickets",
+        "console_tickets",
+        "SELECT id, opened_by, subject, status, request_id, payment_reference, created_at_ms, "
+        "updated_at_ms FROM console_tickets WHERE account_id = ? ORDER BY id",
+    ),
+    (
+        "ticket_messages",
+        "console_ticket_messages",
+        "SELECT m.id, m.ticket_id, m.author_id, m.from_operator, m.body, m.created_at_ms "
+        "FROM console_ticket_messages m JOIN console_tickets t ON t.id = m.ticket_id "
+        "WHERE t.account_id = ? ORDER BY m.id",
+    ),
+)
+
+
+class DeletionRequest(msgspec.Struct, frozen=True):
+    account_id: str
+    requested_at_ms: int
+    requested_by: str
+    erase_after_ms: int
+    erased_at_ms: int | None = None
+    pseudonym: str | None = None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def pseudonym_for(account_id: str) -> str:
+    return "deleted-" + hashlib.sha256(account_id.encode()).hexdigest()[:12]
+
+
+async def _tables(db: Database) -> set[str]:
+    rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {str(row[0]) for row in rows}
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+async def build_export(
+    db: Database, store: AccountStore, account_id: str, *, now_ms: int | None = None
+) -> bytes:
+    """The account's data as a zip (``<part>.json`` and ``<part>.csv`` per part)."""
+    account = store.account(account_id)
+    tables = await _tables(db)
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for stem, table, sql in _EXPORT_QUERIES:
+        if table in tables:
+            parts[stem] = [dict(row) for row in await db.fetchall(sql, (account.id,))]
+    profile = msgspec.structs.asdict(account)
+    request = await deletion_request(db, account.id)
+    profile["deletion_request"] = msgspec.structs.asdict(request) if request else None
+    profile["exported_at_ms"] = now_ms if now_ms is not None else _now_ms()
+    return await asyncio.to_thread(_zip, profile, parts)
+
+
+def _zip(profile: dict[str, Any], parts: dict[str, list[dict[str, Any]]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("profile.json", msgspec.json.format(msgspec.json.encode(profile)))
+        for stem, rows in parts.items():
+            archive.writestr(f"{stem}.json", msgspec.json.format(msgspec.json.encode(rows)))
+            archive.writestr(f"{stem}.csv", _csv(rows))
+        archive.writestr("README.txt", _README)
+    return buffer.getvalue()
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+_README = """relay account export
+Amounts are integers in micro-units (*_micros: 1,000,000 = 1 USD); times are unix ms (UTC).
+Keys are listed by metadata only: relay never stores a key's secret, only a hash.
+"""
+
+
+# -- deletion request ----------------------------------------------------------------------
+
+
+async def deletion_request(db: Database, account_id: str) -> DeletionRequest | None:
+    row = await db.fetchone(
+        "SELECT account_id, requested_at_ms, requested_by, erase_after_ms, erased_at_ms, "
+        "pseudonym FROM deletion_requests WHERE account_id = ?",
+        (account_id,),
+    )
+    return None if row is None else DeletionRequest(*tuple(row))
+
+
+async def request_deletion(
+    db: Database,
+    store: AccountStore,
+    account_id: str,
+    *,
+    actor: str,
+    now_ms: int | None = None,
+    on_key_revoked: Callable[[str], None] = lambda key_id: None,
+) -> DeletionRequest:
+    """Suspend the account and revoke its keys now; schedule erasure in 30 days.
+
+    Idempotent: a second request returns the first (its date does not move).
+    """
+    account = store.account(account_id)
+    existing = await deletion_request(db, account.id)
+    if existing is not None:
+        return existing
+    now = now_ms if now_ms is not None else _now_ms()
+    if account.status != "suspended":
+        suspended = msgspec.structs.replace(account, status="suspended")
+        await store.update_account(suspended, actor=actor)
+    for key in store.keys_of(account.id):
+        if key.status != "revoked":
+            revoked = msgspec.structs.replace(key, status="revoked")
+            await store.update_key(revoked, actor=actor, action="key.revoke")
+            on_key_revoked(key.id)
+    request = DeletionRequest(account.id, now, actor, now + ERASE_AFTER_MS)
+    audit_key = store.audit_key
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO deletion_requests (account_id, requested_at_ms, requested_by, "
+            "erase_after_ms) VALUES (?, ?, ?, ?)",
+            (request.account_id, now, actor, request.erase_after_ms),
+        )
+        conn.execute("UPDATE auto_topups SET enabled = 0 WHERE account_id = ?", (account.id,))
+        append_audit(
+            conn,
+            audit_key,
+            actor=actor,
+            action="account.deletion_requested",
+            target=account.id,
+            detail={"erase_after_ms": request.erase_after_ms},
+        )
+
+    await db.write(write)
+    return request
+
+
+# -- erasure -------------------------------------------------------------------------------
+
+
+def _erase_rows(
+    conn: sqlite3.Connection, account_id: str, pseudonym: str, tables: set[str], at_ms: int
+) -> dict[str, int]:
+    """Overwrite the account's personal data in place (inside the writer's transaction)."""
+    counts: dict[str, int] = {}
+    conn.execute(
+        "UPDATE accounts SET name = ?, updated_at_ms = ? WHERE id = ?",
+        (pseudonym, at_ms, account_id),
+    )
+    counts["key_labels"] = conn.execute(
+        "UPDATE api_keys SET label = ? WHERE account_id = ?", (ERASED, account_id)
+    ).rowcount
+    conn.execute("UPDATE receipts SET buyer_name = ? WHERE account_id = ?", (pseudonym, account_id))
+    conn.execute("DELETE FROM payment_customers WHERE account_id = ?", (account_id,))
+    if "console_memberships" in tables:
+        counts.update(_erase_console(conn, account_id, at_ms))
+    return counts
+
+
+def _erase_console(conn: sqlite3.Connection, account_id: str, at_ms: int) -> dict[str, int]:
+    # Users of this account only: anyone also in another account keeps their login.
+    only_here = [
+        str(row[0])
+        for row in conn.execute(
+            "SELECT user_id FROM console_memberships WHERE account_id = ? AND user_id NOT IN "
+            "(SELECT user_id FROM console_memberships WHERE account_id != ?)",
+            (account_id, account_id),
+        )
+    ]
+    for user_id in only_here:
+        tag = hashlib.sha256(user_id.encode()).hexdigest()[:12]
+        conn.execute(
+            "UPDATE console_users SET email = ?, display_name = ?, password_hash = '!', "
+            "status = 'disabled', session_version = session_version + 1, updated_at_ms = ? "
+            "WHERE id = ?",
+            (f"deleted-{tag}@invalid", "deleted user", at_ms, user_id),
+        )
+        conn.execute("DELETE FROM console_sessions WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM console_invites WHERE account_id = ?", (account_id,))
+    tickets = conn.execute(
+        "UPDATE console_tickets SET subject = ? WHERE account_id = ?", (ERASED, account_id)
+    ).rowcount
+    messages = conn.execute(
+        "UPDATE console_ticket_messages SET body = ? WHERE ticket_id IN "
+        "(SELECT id FROM console_tickets WHERE account_id = ?)",
+        (ERASED, account_id),
+    ).rowcount
+    return {"users": len(only_here), "tickets": tickets, "ticket_messages": messages}
+
+
+async def erase_account(
+    db: Database, store: AccountStore, account_id: str, *, now_ms: int, actor: str = "erasure"
+) -> str:
+    """Erase one account's personal data now; returns its pseudonym."""
+    account = store.account(account_id)
+    pseudonym = pseudonym_for(account.id)
+    tables = await _tables(db)
+    audit_key = store.audit_key
+
+    def write(conn: sqlite3.Connection) -> None:
+        counts = _erase_rows(conn, account.id, pseudonym, tables, now_ms)
+        conn.execute(
+            "UPDATE deletion_requests SET erased_at_ms = ?, pseudonym = ? WHERE account_id = ?",
+            (now_ms, pseudonym, account.id),
+        )
+        detail = {"pseudonym": pseudonym, **counts}
+        append_audit(
+            conn, audit_key, actor=actor, action="account.erase", target=account.id, detail=detail
+        )
+
+    await db.write(write)
+    _forget_personal_data(store, account.id, pseudonym)
+    return pseudonym
+
+
+def _forget_personal_data(store: AccountStore, account_id: str, pseudonym: str) -> None:
+    """Bring the in-memory records in line with the erased rows."""
+    renamed = msgspec.structs.replace(store.accounts[account_id], name=pseudonym)
+    # _put_account also drops the old name from the by-name index (no public way yet).
+    store._put_account(renamed)
+    for key in store.keys_of(account_id):
+        store.keys[key.id] = msgspec.structs.replace(key, label=ERASED)
+
+
+class ErasureJob:
+    """Erases accounts whose deletion request is due; ``start()`` runs it once a day."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: AccountStore,
+        *,
+        clock_ms: Clock = _now_ms,
+        interval_s: float = 86_400.0,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.clock_ms = clock_ms
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="relay-erasure")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run_once(self) -> list[str]:
+        """Erase every due account; the ids erased."""
+        now = self.clock_ms()
+        rows = await self.db.fetchall(
+            "SELECT account_id FROM deletion_requests "
+            "WHERE erased_at_ms IS NULL AND erase_after_ms <= ?",
+            (now,),
+        )
+        erased: list[str] = []
+        for row in rows:
+            account_id = str(row[0])
+            try:
+                await erase_account(self.db, self.store, account_id, now_ms=now)
+            except NotFound:
+                log.warning("deletion request for unknown account %s skipped", account_id)
+                continue
+            erased.append(account_id)
+        return erased
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except sqlite3.Error as exc:  # a locked or full disk: try again tomorrow
+                log.error("erasure run failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,88 @@
+"""The ledger in SQLite: appending rows, and rebuilding the wallet from them at start-up.
+
+The ledger is append-only (triggers refuse UPDATE and DELETE); a balance is the sum of
+an account's rows and a key's spend the sum of its charges, so the in-memory wallet
+is always rebuilt from here, never from a cached figure.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from relay.money.wallet import LedgerEntry, Wallet
+from relay.storage.db import Database
+
+__all__ = ["insert_entry", "ledger_view", "load_wallet"]
+
+_INSERT = (
+    "INSERT INTO ledger (account_id, kind, amount_micros, reference, key_id, request_id, "
+    "note, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def insert_entry(conn: sqlite3.Connection, entry: LedgerEntry) -> None:
+    conn.execute(
+        _INSERT,
+        (
+            entry.account_id,
+            entry.kind,
+            entry.amount_micros,
+            entry.reference,
+            entry.key_id,
+            entry.request_id,
+            entry.note,
+            entry.created_at_ms,
+        ),
+    )
+
+
+async def load_wallet(db: Database, wallet: Wallet) -> None:
+    """Load every account and key into ``wallet`` with balances summed from the ledger."""
+    balances = {
+        row["account_id"]: row["balance"]
+        for row in await db.fetchall(
+            "SELECT account_id, SUM(amount_micros) AS balance FROM ledger GROUP BY account_id"
+        )
+    }
+    references: dict[str, list[str]] = {}
+    for row in await db.fetchall(
+        "SELECT account_id, reference FROM ledger WHERE kind IN ('credit', 'refund')"
+    ):
+        references.setdefault(row["account_id"], []).append(row["reference"])
+    for row in await db.fetchall("SELECT id, mode, credit_limit_micros FROM accounts"):
+        wallet.load_account(
+            row["id"],
+            mode=row["mode"],
+            credit_limit_micros=row["credit_limit_micros"],
+            balance_micros=balances.get(row["id"], 0),
+            references=references.get(row["id"], ()),
+        )
+    spent = {
+        row["key_id"]: -row["charged"]
+        for row in await db.fetchall(
+            "SELECT key_id, SUM(amount_micros) AS charged FROM ledger "
+            "WHERE kind = 'charge' AND key_id IS NOT NULL GROUP BY key_id"
+        )
+    }
+    for row in await db.fetchall("SELECT id, account_id, spend_cap_micros FROM api_keys"):
+        wallet.load_key(
+            row["id"],
+            row["account_id"],
+            spend_cap_micros=row["spend_cap_micros"],
+            spent_micros=spent.get(row["id"], 0),
+        )
+
+
+def ledger_view(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "account_id": row["account_id"],
+        "kind": row["kind"],
+        "amount_micros": row["amount_micros"],
+        "reference": row["reference"],
+        "key_id": row["key_id"],
+        "request_id": row["request_id"],
+        "note": row["note"],
+        "created_at_ms": row["created_at_ms"],
+    }

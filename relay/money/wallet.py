@@ -1,0 +1,512 @@
+"""The in-memory wallet: balances, key spend, and holds placed before and settled after a call.
+
+The process is the only writer of the database, so balances live here and the database
+follows: every ledger row the wallet creates is handed to ``on_ledger_entry`` (the app
+enqueues it to the storage writer). At start-up the caller loads each account with the sum
+of its ledger rows and each key with the sum of its charges; open holds die with the process.
+
+Money contract (design §3): ``available = balance + credit_limit − open holds``; a request
+is admitted only if its hold fits in ``available``; no account ends below ``−credit_limit``
+(and no key above its spend cap) under any interleaving, unless an upstream reported more
+than the request's own worst case, which is recorded as an *overrun*.
+
+Every method is synchronous (no ``await``), so each one is atomic on the event loop and
+``settle``/``release`` can run in a ``finally`` during cancellation. Not thread-safe.
+
+Reference idempotency: the database enforces one credit/refund per ``(account, reference)``
+and one charge per reference. The wallet also refuses a repeated credit/refund reference
+(``DuplicateReference``) from a per-account set seeded at load, because a top-up must not
+touch the in-memory balance before the database would reject it. Charges need no set: a
+hold settles at most once by construction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+
+from relay.errors import QuotaError
+from relay.money.pricing import micros_to_usd
+from relay.money.records import (
+    AccountMode,
+    BalanceView,
+    DuplicateReference,
+    Hold,
+    HoldClosed,
+    HoldPlan,
+    KeySpendView,
+    LedgerEntry,
+    LedgerKind,
+)
+
+__all__ = [
+    "AccountMode",
+    "BalanceView",
+    "DuplicateReference",
+    "Hold",
+    "HoldClosed",
+    "HoldPlan",
+    "KeySpendView",
+    "LedgerEntry",
+    "LedgerKind",
+    "Wallet",
+]
+
+
+class _RecentSpend:
+    """Spend in the current and the previous time window (integers, two buckets)."""
+
+    __slots__ = ("_current", "_previous", "_window")
+
+    def __init__(self) -> None:
+        self._window = 0
+        self._current = 0
+        self._previous = 0
+
+    def _roll(self, window: int) -> None:
+        if window != self._window:
+            self._previous = self._current if window == self._window + 1 else 0
+            self._current = 0
+            self._window = window
+
+    def add(self, amount_micros: int, window: int) -> None:
+        self._roll(window)
+        self._current += amount_micros
+
+    def total(self, window: int) -> int:
+        self._roll(window)
+        return self._current + self._previous
+
+
+class _Exposure:
+    """What is in flight against an account or a key: Σ held and Σ worst case."""
+
+    __slots__ = ("held", "recent", "worst")
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.worst = 0
+        self.recent = _RecentSpend()
+
+
+class _Account(_Exposure):
+    __slots__ = ("balance", "credit_limit", "mode", "references")
+
+    def __init__(self, mode: AccountMode, credit_limit: int, balance: int) -> None:
+        super().__init__()
+        self.mode: AccountMode = mode
+        self.credit_limit = credit_limit
+        self.balance = balance
+        self.references: set[str] = set()
+
+    def headroom(self) -> int:
+        """What is left if every in-flight request costs its worst case."""
+        return self.balance + self.credit_limit - self.worst
+
+
+class _Key(_Exposure):
+    __slots__ = ("account_id", "spend_cap", "spent")
+
+    def __init__(self, account_id: str, spend_cap: int, spent: int) -> None:
+        super().__init__()
+        self.account_id = account_id
+        self.spend_cap = spend_cap
+        self.spent = spent
+
+    def headroom(self) -> int | None:
+        return None if self.spend_cap == 0 else self.spend_cap - self.spent - self.worst
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int of micro-USD")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
+
+
+def _check_limit(mode: AccountMode, credit_limit_micros: int) -> None:
+    _check_micros("credit_limit_micros", credit_limit_micros)
+    if mode == "prepaid" and credit_limit_micros != 0:
+        raise ValueError("a prepaid account has no credit limit (credit_limit_micros must be 0)")
+    if mode not in ("prepaid", "postpaid"):
+        raise ValueError(f"mode must be 'prepaid' or 'postpaid', not {mode!r}")
+
+
+class Wallet:
+    """Balances, key spend and holds of every loaded account, in memory.
+
+    ``on_ledger_entry`` receives each new ledger row; it must not block (enqueue it). A
+    row that the sink refuses (it raises) is not applied, so the in-memory balance is always
+    the sum of the rows handed out.
+
+    ``fast_path_margin_micros`` and ``spend_window_s`` tune when a hold is the cheap
+    estimate rather than the worst case (see ``plan_hold``); they never affect admission.
+    """
+
+    def __init__(
+        self,
+        on_ledger_entry: Callable[[LedgerEntry], None],
+        *,
+        fast_path_margin_micros: int = 1_000_000,
+        spend_window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        _check_micros("fast_path_margin_micros", fast_path_margin_micros)
+        if spend_window_s <= 0:
+            raise ValueError("spend_window_s must be positive")
+        self._sink = on_ledger_entry
+        self._margin = fast_path_margin_micros
+        self._spend_window_s = spend_window_s
+        self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
+        self._accounts: dict[str, _Account] = {}
+        self._keys: dict[str, _Key] = {}
+        self._open: dict[int, Hold] = {}
+        self._hold_ids = itertools.count(1)
+
+    # -- loading and limits -------------------------------------------------------------
+
+    def load_account(
+        self,
+        account_id: str,
+        *,
+        mode: AccountMode,
+        credit_limit_micros: int,
+        balance_micros: int,
+        references: Iterable[str] = (),
+    ) -> None:
+        """Add an account: ``balance_micros`` = sum of its ledger rows, ``references`` = the
+        references of its credit/refund rows (so a replayed top-up is refused)."""
+        if account_id in self._accounts:
+            raise ValueError(f"account {account_id!r} is already loaded")
+        _check_limit(mode, credit_limit_micros)
+        if isinstance(balance_micros, bool) or not isinstance(balance_micros, int):
+            raise TypeError("balance_micros must be an int of micro-USD")
+        account = _Account(mode, credit_limit_micros, balance_micros)
+        account.references.update(references)
+        self._accounts[account_id] = account
+
+    def load_key(
+        self, key_id: str, account_id: str, *, spend_cap_micros: int, spent_micros: int
+    ) -> None:
+        """Add a key: ``spent_micros`` = sum of its charges, ``spend_cap_micros`` 0 = no cap."""
+        if key_id in self._keys:
+            raise ValueError(f"key {key_id!r} is already loaded")
+        self._account(account_id)
+        _check_micros("spend_cap_micros", spend_cap_micros)
+        _check_micros("spent_micros", spent_micros)
+        self._keys[key_id] = _Key(account_id, spend_cap_micros, spent_micros)
+
+    def has_account(self, account_id: str) -> bool:
+        return account_id in self._accounts
+
+    def has_key(self, key_id: str) -> bool:
+        return key_id in self._keys
+
+    def set_credit_limit(
+        self, account_id: str, credit_limit_micros: int, *, mode: AccountMode | None = None
+    ) -> None:
+        """Change an account's limit (and mode). Binds every admission from now on.
+
+        Requests already in flight were admitted under the old limit and are not cancelled:
+        lowering a limit can let them finish below the new ``−credit_limit`` (never below
+        the old one).
+        """
+        account = self._account(account_id)
+        new_mode = account.mode if mode is None else mode
+        _check_limit(new_mode, credit_limit_micros)
+        account.mode = new_mode
+        account.credit_limit = credit_limit_micros
+
+    def set_spend_cap(self, key_id: str, spend_cap_micros: int) -> None:
+        """Change a key's cap (0 = none); in-flight requests finish as for ``set_credit_limit``."""
+        key = self._key(key_id)
+        _check_micros("spend_cap_micros", spend_cap_micros)
+        key.spend_cap = spend_cap_micros
+
+    # -- ledger rows other than charges ---------------------------------------------------
+
+    def credit(
+        self, account_id: str, amount_micros: int, *, reference: str, note: str | None = None
+    ) -> LedgerEntry:
+        """A top-up. ``DuplicateReference`` if this account already used ``reference``."""
+        _check_micros("amount_micros", amount_micros, positive=True)
+        return self._append(account_id, "credit", amount_micros, reference, note)
+
+    def refund(
+        self, account_id: str, amount_micros: int, *, reference: str, note: str | None = None
+    ) -> LedgerEntry:
+        """Money given back (e.g. a disputed charge). References are unique like credits."""
+        _check_micros("amount_micros", amount_micros, positive=True)
+        return self._append(account_id, "refund", amount_micros, reference, note)
+
+    def adjust(
+        self, account_id: str, amount_micros: int, *, reference: str, note: str | None = None
+    ) -> LedgerEntry:
+        """An admin correction, either sign. It is not a request, so it may cross the limit."""
+        if isinstance(amount_micros, bool) or not isinstance(amount_micros, int):
+            raise TypeError("amount_micros must be an int of micro-USD")
+        if amount_micros == 0:
+            raise ValueError("an adjustment must not be zero")
+        return self._append(account_id, "adjustment", amount_micros, reference, note)
+
+    def _append(
+        self,
+        account_id: str,
+        kind: LedgerKind,
+        amount_micros: int,
+        reference: str,
+        note: str | None,
+    ) -> LedgerEntry:
+        account = self._account(account_id)
+        if not reference:
+            raise ValueError("a ledger row needs a reference")
+        unique = kind in ("credit", "refund")
+        if unique and reference in account.references:
+            raise DuplicateReference(f"reference {reference!r} was already used on this account")
+        entry = LedgerEntry(
+            account_id=account_id,
+            kind=kind,
+            amount_micros=amount_micros,
+            reference=reference,
+            note=note,
+            created_at_ms=self._wall_clock_ms(),
+        )
+        self._sink(entry)
+        account.balance += amount_micros
+        if unique:
+            account.references.add(reference)
+        return entry
+
+    # -- holds ----------------------------------------------------------------------------
+
+    def plan_hold(
+        self,
+        account_id: str,
+        key_id: str | None,
+        *,
+        estimate_micros: int,
+        worst_case_micros: int,
+    ) -> HoldPlan:
+        """Decide a request's hold, or raise ``QuotaError`` naming "balance" or "key spend cap".
+
+        Admission. Let B be the balance, L the credit limit, W_i the worst case of each
+        request in flight and R = B + L − Σ W_i the *headroom*. A request with worst case W
+        is admitted iff W ≤ R (and, for a capped key, W ≤ cap − spent − Σ W_i of the key).
+
+        Proof sketch of the invariant R ≥ 0 (hence B ≥ −L + Σ W_i ≥ −L), by induction over
+        any interleaving of operations, each atomic on the event loop:
+          - admit:   R' = R − W ≥ 0 because W ≤ R was checked;
+          - settle:  R' = R + W_i − actual ≥ R whenever actual ≤ W_i (else: an overrun);
+          - release: actual = 0, so R grows;
+          - credit/refund: B grows; restart: in-flight holds vanish, Σ W_i = 0, R grows.
+        The same argument with R_k = cap − spent − Σ W_i keeps a key within its cap. The
+        rule is also necessary: admitting with W > R lets the in-flight requests, each
+        costing its worst case, overdraw. So it admits every request that is safe.
+
+        What is held. The hold only sets the reported ``available``; admission does not
+        depend on it. Far from the edge the hold is the cheap estimate E: when
+        R − W ≥ T, with threshold T = max(fast_path_margin, spend of the last one to two
+        ``spend_window_s``). In terms of ``available`` = B + L − Σ H_i, that is
+        available ≥ T + W + Σ (W_i − H_i): the threshold rises with recent spend and with
+        the under-held part of everything in flight. Either hold fits in ``available``,
+        as the contract demands: available ≥ R ≥ W + T ≥ E on the fast path, and
+        available ≥ R ≥ W on the strict path (H_i ≤ W_i for every hold).
+        """
+        _check_micros("estimate_micros", estimate_micros)
+        _check_micros("worst_case_micros", worst_case_micros)
+        if estimate_micros > worst_case_micros:
+            raise ValueError("estimate_micros must not exceed worst_case_micros")
+        account = self._account(account_id)
+        key = self._key_of(account_id, key_id)
+        if worst_case_micros > account.headroom():
+            raise QuotaError(self._balance_message(account, worst_case_micros))
+        key_headroom = None if key is None else key.headroom()
+        if key is not None and key_headroom is not None and worst_case_micros > key_headroom:
+            raise QuotaError(self._cap_message(key, key_headroom, worst_case_micros))
+        window = self._window()
+        fast = account.headroom() - worst_case_micros >= self._threshold(account, window)
+        if key is not None and key_headroom is not None:
+            fast = fast and key_headroom - worst_case_micros >= self._threshold(key, window)
+        return HoldPlan(
+            hold_micros=estimate_micros if fast else worst_case_micros,
+            estimate_micros=estimate_micros,
+            worst_case_micros=worst_case_micros,
+            strict=not fast,
+        )
+
+    def hold(
+        self,
+        account_id: str,
+        key_id: str | None,
+        *,
+        estimate_micros: int,
+        worst_case_micros: int,
+    ) -> Hold:
+        """Place a hold (rules in ``plan_hold``); ``QuotaError`` (402) when it does not fit."""
+        plan = self.plan_hold(
+            account_id,
+            key_id,
+            estimate_micros=estimate_micros,
+            worst_case_micros=worst_case_micros,
+        )
+        hold = Hold(next(self._hold_ids), account_id, key_id, plan)
+        for exposure in self._exposures(hold):
+            exposure.held += hold.held_micros
+            exposure.worst += hold.worst_case_micros
+        self._open[hold.hold_id] = hold
+        return hold
+
+    def settle(
+        self,
+        hold: Hold,
+        actual_cost_micros: int,
+        *,
+        reference: str,
+        request_id: str | None = None,
+        estimated: bool = False,
+    ) -> LedgerEntry | None:
+        """Close a hold and charge the measured cost (no row when it is 0).
+
+        Exactly once: a second ``settle`` raises ``HoldClosed`` and charges nothing. A cost
+        above the hold is charged in full; above the worst case it is also flagged as an
+        overrun (``hold.overrun`` and the row's note). The hold is released before the row
+        is handed to the sink, so even a failing sink never leaks it.
+        """
+        _check_micros("actual_cost_micros", actual_cost_micros)
+        if actual_cost_micros and not reference:
+            raise ValueError("a charge needs a reference")
+        if not self._is_open(hold):
+            raise HoldClosed(f"hold {hold.hold_id} is already settled or released")
+        self._close(hold)
+        if actual_cost_micros == 0:
+            return None
+        hold.overrun = actual_cost_micros > hold.worst_case_micros
+        entry = LedgerEntry(
+            account_id=hold.account_id,
+            kind="charge",
+            amount_micros=-actual_cost_micros,
+            reference=reference,
+            key_id=hold.key_id,
+            request_id=request_id,
+            note=self._charge_note(hold, estimated),
+            created_at_ms=self._wall_clock_ms(),
+        )
+        self._sink(entry)
+        hold.charged_micros = actual_cost_micros
+        window = self._window()
+        account = self._accounts[hold.account_id]
+        account.balance -= actual_cost_micros
+        account.recent.add(actual_cost_micros, window)
+        if hold.key_id is not None:
+            key = self._keys[hold.key_id]
+            key.spent += actual_cost_micros
+            key.recent.add(actual_cost_micros, window)
+        return entry
+
+    def release(self, hold: Hold) -> None:
+        """Close a hold without charging (failed call). A no-op once closed: use in ``finally``."""
+        if self._is_open(hold):
+            self._close(hold)
+
+    def _is_open(self, hold: Hold) -> bool:
+        return not hold.closed and self._open.get(hold.hold_id) is hold
+
+    def _close(self, hold: Hold) -> None:
+        hold.closed = True
+        del self._open[hold.hold_id]
+        for exposure in self._exposures(hold):
+            exposure.held -= hold.held_micros
+            exposure.worst -= hold.worst_case_micros
+
+    # -- views ----------------------------------------------------------------------------
+
+    def snapshot(self, account_id: str) -> BalanceView:
+        account = self._account(account_id)
+        return BalanceView(
+            balance_micros=account.balance,
+            held_micros=account.held,
+            available_micros=account.balance + account.credit_limit - account.held,
+            credit_limit_micros=account.credit_limit,
+            mode=account.mode,
+        )
+
+    def key_snapshot(self, key_id: str) -> KeySpendView:
+        key = self._key(key_id)
+        capped = key.spend_cap != 0
+        return KeySpendView(
+            key_id=key_id,
+            account_id=key.account_id,
+            spent_micros=key.spent,
+            held_micros=key.held,
+            spend_cap_micros=key.spend_cap,
+            remaining_micros=key.spend_cap - key.spent - key.held if capped else None,
+        )
+
+    def open_hold_count(self, account_id: str | None = None) -> int:
+        if account_id is None:
+            return len(self._open)
+        return sum(1 for hold in self._open.values() if hold.account_id == account_id)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _account(self, account_id: str) -> _Account:
+        try:
+            return self._accounts[account_id]
+        except KeyError:
+            raise KeyError(f"account {account_id!r} is not loaded in the wallet") from None
+
+    def _key(self, key_id: str) -> _Key:
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise KeyError(f"key {key_id!r} is not loaded in the wallet") from None
+
+    def _key_of(self, account_id: str, key_id: str | None) -> _Key | None:
+        if key_id is None:
+            return None
+        key = self._key(key_id)
+        if key.account_id != account_id:
+            raise ValueError(f"key {key_id!r} does not belong to account {account_id!r}")
+        return key
+
+    def _exposures(self, hold: Hold) -> list[_Exposure]:
+        exposures: list[_Exposure] = [self._accounts[hold.account_id]]
+        if hold.key_id is not None:
+            exposures.append(self._keys[hold.key_id])
+        return exposures
+
+    def _window(self) -> int:
+        return int(self._clock() // self._spend_window_s)
+
+    def _threshold(self, exposure: _Exposure, window: int) -> int:
+        return max(self._margin, exposure.recent.total(window))
+
+    @staticmethod
+    def _charge_note(hold: Hold, estimated: bool) -> str | None:
+        parts = ["estimated"] if estimated else []
+        if hold.overrun:
+            parts.append(f"overrun: worst case was {hold.worst_case_micros} micros")
+        return "; ".join(parts) or None
+
+    @staticmethod
+    def _balance_message(account: _Account, worst_case_micros: int) -> str:
+        return (
+            f"insufficient balance: this request may cost up to "
+            f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, account.headroom()))}"
+            " is available after requests in flight; add credit or lower max_tokens"
+        )
+
+    @staticmethod
+    def _cap_message(key: _Key, key_headroom: int, worst_case_micros: int) -> str:
+        return (
+            f"key spend cap reached: this request may cost up to "
+            f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, key_headroom))}"
+            f" of the key's ${micros_to_usd(key.spend_cap)} cap is left after requests in flight"
+        )

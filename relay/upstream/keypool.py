@@ -1,0 +1,124 @@
+"""A provider's pool of upstream keys: pick the least-busy healthy key.
+
+A key answered with 429 cools down (for the upstream's ``retry-after`` when given);
+a key answered with 401/403 leaves the rotation for good, and the log names it by its
+position in the pool, never by its value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+__all__ = ["KeyPool", "UpstreamKey"]
+
+log = logging.getLogger(__name__)
+
+# Bounds on an upstream's retry-after: a missing or silly value must neither hammer
+# the upstream nor park a key for hours.
+DEFAULT_COOLDOWN_S = 1.0
+MAX_COOLDOWN_S = 300.0
+
+
+class UpstreamKey:
+    __slots__ = ("index", "secret", "in_flight", "cooldown_until", "disabled_reason")
+
+    def __init__(self, index: int, secret: str):
+        self.index = index
+        self.secret = secret
+        self.in_flight = 0
+        self.cooldown_until = 0.0
+        self.disabled_reason: str | None = None
+
+    def __repr__(self) -> str:  # never show the secret, even in a debugger or traceback
+        return f"UpstreamKey(#{self.index})"
+
+
+class KeyPool:
+    def __init__(
+        self,
+        provider: str,
+        secrets: Iterable[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.provider = provider
+        self.keys = [UpstreamKey(i, secret) for i, secret in enumerate(secrets, start=1)]
+        self._clock = clock
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.keys)
+
+    @property
+    def has_usable_key(self) -> bool:
+        """Some key is still in rotation (it may be cooling down)."""
+        return any(key.disabled_reason is None for key in self.keys)
+
+    def acquire(self, exclude: frozenset[int] | set[int] = frozenset()) -> UpstreamKey | None:
+        """The healthy key with the fewest requests in flight, or None if none is usable."""
+        now = self._clock()
+        best: UpstreamKey | None = None
+        for key in self.keys:
+            if key.disabled_reason is not None or key.cooldown_until > now:
+                continue
+            if key.index in exclude:
+                continue
+            if best is None or key.in_flight < best.in_flight:
+                best = key
+        if best is not None:
+            best.in_flight += 1
+        return best
+
+    def release(self, key: UpstreamKey) -> None:
+        key.in_flight -= 1
+
+    def cool_down(self, key: UpstreamKey, retry_after: str | None) -> float:
+        seconds = _parse_retry_after(retry_after)
+        key.cooldown_until = max(key.cooldown_until, self._clock() + seconds)
+        log.warning(
+            "provider %s key #%d rate-limited upstream; cooling down %.1fs",
+            self.provider,
+            key.index,
+            seconds,
+        )
+        return seconds
+
+    def disable(self, key: UpstreamKey, status: int) -> None:
+        if key.disabled_reason is None:
+            key.disabled_reason = f"upstream answered {status}"
+            log.error(
+                "provider %s key #%d rejected by upstream (HTTP %d); taken out of rotation",
+                self.provider,
+                key.index,
+                status,
+            )
+
+    def seconds_until_ready(self) -> float | None:
+        """How long until a cooling key is usable again (None: no key will be)."""
+        now = self._clock()
+        waits = [k.cooldown_until - now for k in self.keys if k.disabled_reason is None]
+        return max(0.0, min(waits)) if waits else None
+
+    def health(self) -> list[dict[str, object]]:
+        now = self._clock()
+        return [
+            {
+                "key": f"#{k.index}",
+                "in_flight": k.in_flight,
+                "cooling_down_s": round(max(0.0, k.cooldown_until - now), 3),
+                "disabled": k.disabled_reason,
+            }
+            for k in self.keys
+        ]
+
+
+def _parse_retry_after(value: str | None) -> float:
+    if not value:
+        return DEFAULT_COOLDOWN_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        return DEFAULT_COOLDOWN_S  # an HTTP date is rare from LLM APIs; a default is safe
+    return min(MAX_COOLDOWN_S, max(0.0, seconds)) or DEFAULT_COOLDOWN_S

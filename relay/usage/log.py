@@ -1,0 +1,93 @@
+"""Usage records: one metadata-only row per request, group-committed by the writer.
+
+A record never holds prompt or response content (design §4): only who, which model
+and provider, tokens, cost, status and timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import msgspec
+
+from relay.money.ledger import insert_entry
+from relay.money.wallet import LedgerEntry
+from relay.storage.db import Database, WriteQueueFull
+from relay.usage.rollup import add_to_daily_rollup
+
+__all__ = ["UsageLog", "UsageRecord"]
+
+
+class UsageRecord(msgspec.Struct):
+    request_id: str
+    ts_ms: int
+    endpoint: str
+    status: int
+    account_id: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    upstream_request_id: str | None = None
+    error_code: str | None = None
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    units: int = 0
+    cost_micros: int = 0
+    usage_estimated: bool = False
+    latency_ms: int | None = None
+    ttfb_ms: int | None = None
+
+
+_COLUMNS = tuple(UsageRecord.__struct_fields__)
+_INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
+def insert_usage(conn: sqlite3.Connection, record: UsageRecord) -> None:
+    """The usage row and its day's rollup (console charts), in the writer's transaction."""
+    conn.execute(_INSERT, msgspec.structs.astuple(record))
+    add_to_daily_rollup(
+        conn,
+        account_id=record.account_id,
+        ts_ms=record.ts_ms,
+        model=record.model,
+        status=record.status,
+        cost_micros=record.cost_micros,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+    )
+
+
+def _write_usage(conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEntry | None) -> None:
+    if charge is not None:
+        insert_entry(conn, charge)
+    insert_usage(conn, record)
+
+
+class UsageLog:
+    """Queues usage rows (with their charge, in one transaction) for the single writer."""
+
+    def __init__(self, db: Database):
+        self._db = db
+        self._overflow: set[asyncio.Task[None]] = set()
+
+    def record(self, record: UsageRecord, charge: LedgerEntry | None = None) -> None:
+        """Queue the row and its charge; committed together within one flush interval.
+
+        Never drops: the gate stops admitting well before the queue is full, and if it
+        is full anyway the write waits for room in a task of its own.
+        """
+
+        def write(conn: sqlite3.Connection) -> None:
+            _write_usage(conn, record, charge)
+
+        try:
+            self._db.enqueue(write)
+        except WriteQueueFull:
+            task = asyncio.get_running_loop().create_task(self._db.enqueue_wait(write))
+            self._overflow.add(task)
+            task.add_done_callback(self._overflow.discard)
