@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.admin import admin_routes
-from relay.admin.payments import open_payments, payment_routes
+from relay.admin.payments import payment_routes
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.api import data_plane_routes
@@ -38,6 +38,7 @@ from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.video import VideoPoller
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
+from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.upstream.providers import ClientFactory, Provider, build_provider, default_client_factory
