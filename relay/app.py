@@ -7,7 +7,6 @@ server can run it; ``relay serve`` uses hypercorn.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -35,6 +34,7 @@ from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.jobs.periodic import PeriodicTask
 from relay.jobs.video import VideoPoller
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
@@ -108,17 +108,9 @@ async def _open_state(
 
 
 async def _housekeeping(state: RelayState) -> None:
-    """Drop idle rate-limit state and persist keys' last use, once a minute."""
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-        state.gate.limiter.sweep()
-        await state.store.flush_last_used()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Drop idle rate-limit state and persist keys' last use (once a minute)."""
+    state.gate.limiter.sweep()
+    await state.store.flush_last_used()
 
 
 async def _close_state(state: RelayState) -> None:
@@ -180,8 +172,14 @@ def create_app(
             payments.start()
             stack.push_async_callback(payments.aclose)
             state.auto_topup = payments.auto_topup
-            housekeeping = asyncio.create_task(_housekeeping(state))
-            stack.push_async_callback(_cancel, housekeeping)
+            housekeeping = PeriodicTask(
+                "relay-housekeeping",
+                lambda: _housekeeping(state),
+                interval_s=HOUSEKEEPING_INTERVAL_S,
+                log=log,
+            )
+            housekeeping.start()
+            stack.push_async_callback(housekeeping.stop)
             yield {"relay": state, "payments": payments}
 
     return Starlette(
