@@ -2,7 +2,7 @@
 
 ``create_app`` does no I/O; the lifespan opens the database and upstream clients
 and closes them (draining queued writes) on shutdown. The app is plain ASGI, so any
-server can run it; ``relay serve`` uses hypercorn.
+server can run it; ``relay serve`` runs it under hypercorn or uvicorn (``relay.server``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Durability (design §3): `relay serve` as a real process, stopped politely and killed.
+"""Durability: `relay serve` as a real process, stopped politely and killed.
+
+What relay promises is in docs/architecture.md §4.
 
 The server runs as a subprocess on an ephemeral 127.0.0.1 port against the fast mock
 upstream (``scripts/mock_upstream.py``, served in this test's event loop), with funded

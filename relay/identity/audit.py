@@ -1,7 +1,7 @@
 """The audit trail: every admin action as an insert-only, hash-chained row.
 
 Each row's ``hash`` is HMAC-SHA256 (key kept outside the database, see
-``relay.secrets``) over its own fields and the previous row's hash, so editing,
+``relay.identity.server_secret``) over its own fields and the previous row's hash, so editing,
 inserting or deleting a row in the middle breaks the chain at that row.
 ``verify_chain`` walks it and reports the first broken link. Rows are written by the
 single writer, inside the same transaction as the change they describe.

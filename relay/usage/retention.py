@@ -1,9 +1,9 @@
 """Retention: move usage and audit rows older than 90 days into monthly archive files.
 
 Archives are gzip-compressed JSON Lines (one object per row, every column), one file per
-table, account and month, in a folder beside the database (``relay.db.archives/``), each
-recorded in the ``archives`` table with its row count and SHA-256. The ledger is never
-touched: it is kept forever (design §3).
+table, account and month, in a folder beside the database (``<database>.archives/``, e.g.
+``relay.db.archives/``), each recorded in the ``archives`` table with its row count and
+SHA-256. The ledger is never touched: it is kept forever (docs/architecture.md §3.2).
 
 Each archive goes through steps that a crash can interrupt anywhere without losing or
 duplicating a row:

@@ -1,6 +1,6 @@
 """Request logs: filter by key, model, status and dates; page back by id; export as CSV.
 
-Rows are metadata only (design §4): no prompt or response content exists to show.
+Rows are metadata only (docs/architecture.md §5): no prompt or response content exists to show.
 """
 
 from __future__ import annotations
