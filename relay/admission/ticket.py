@@ -5,7 +5,7 @@ rate-limit slot and its wallet hold, taken before the upstream call. ``Ticket.se
 (measured cost) or ``Ticket.release`` (nothing billable happened) ends it; both are
 synchronous, so a stream's generator can call them from its ``finally`` during
 cancellation, and only the first call counts. Which path calls which is in
-docs/architecture.md §2.
+docs/architecture.md §2.2.
 """
 
 from __future__ import annotations
