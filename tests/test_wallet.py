@@ -521,4 +521,4 @@ class WalletMachine(RuleBasedStateMachine):
 
 
 WalletMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
-TestWalletMachine = WalletMachine.TestCase
+TestWalletMachine = pytest.mark.slow(WalletMachine.TestCase)
