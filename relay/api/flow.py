@@ -14,7 +14,13 @@ from starlette.responses import Response
 
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
-from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
+from relay.errors import (
+    InvalidRequest,
+    RelayError,
+    StorageUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from relay.http.responses import error_response, json_response
 from relay.money.estimate import CostQuote
 from relay.money.pricing import token_cost_micros
@@ -100,9 +106,24 @@ def refuse(
     release(ticket)
     exchange.status = exc.status
     exchange.error_code = exc.code
-    if ticket is not None or exchange.principal.key is not None:
+    if isinstance(exc, StorageUnavailable):
+        # Back-pressure: counted, written later as one row per key (relay.usage.refusals).
+        _count_refusal(state, exchange, exc)
+    elif ticket is not None or exchange.principal.key is not None:
         state.usage.record(exchange.usage_record())
     return render(exc, exchange.headers())
+
+
+def _count_refusal(state: RelayState, exchange: Exchange, exc: RelayError) -> None:
+    principal = exchange.principal
+    state.refusals.count(
+        account_id=principal.account_id,
+        key_id=principal.key_id,
+        endpoint=exchange.endpoint,
+        model=exchange.model.name if exchange.model is not None else None,
+        status=exc.status,
+        code=exc.code,
+    )
 
 
 class StreamTapLike(Protocol):

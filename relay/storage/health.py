@@ -1,0 +1,50 @@
+"""Is the storage keeping up? The one answer the admission step, ``/healthz`` and the
+admin API ask before taking on work that must be recorded (fail closed, design §8).
+
+Storage is *unavailable* while the oldest write not yet committed has waited longer
+than ``stall_s`` (the writer keeps retrying: a lock held past ``busy_timeout``, a full
+disk, a read-only file system), or while more writes are queued than ``max_backlog``.
+Both clear by themselves the moment the writer commits its backlog, so relay recovers
+without an operator. Nothing is cached: each question reads the writer's state (O(1)).
+"""
+
+from __future__ import annotations
+
+from relay.errors import StorageUnavailable
+from relay.storage.db import Database
+
+__all__ = ["DEFAULT_MAX_BACKLOG", "StorageHealth"]
+
+# Well below the writer's queue bound (10,000), so in-flight settlements always fit.
+DEFAULT_MAX_BACKLOG = 5_000
+_RETRY_AFTER_S = 1.0
+
+
+class StorageHealth:
+    def __init__(
+        self, db: Database, *, stall_s: float = 2.0, max_backlog: int = DEFAULT_MAX_BACKLOG
+    ) -> None:
+        self._db = db
+        self._stall_s = stall_s
+        self._max_backlog = max_backlog
+
+    def problem(self) -> str | None:
+        """Why the storage cannot take more work now, or None when it can."""
+        backlog = self._db.pending_writes
+        if backlog > self._max_backlog:
+            return f"{backlog} writes waiting for the database (limit {self._max_backlog})"
+        stalled = self._db.stalled_for()
+        if stalled > self._stall_s:
+            fault = self._db.last_fault
+            why = f": {fault}" if fault else ""
+            return f"the database could not commit for {stalled:.1f} s{why}"
+        return None
+
+    def check(self) -> None:
+        """Raise ``StorageUnavailable`` (503, retry-after) while there is a problem."""
+        problem = self.problem()
+        if problem is not None:
+            raise StorageUnavailable(
+                f"relay cannot record requests right now ({problem}); retry shortly",
+                retry_after_s=_RETRY_AFTER_S,
+            )
