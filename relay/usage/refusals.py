@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sqlite3
 import secrets
+import sqlite3
 import time
 from typing import NamedTuple
 
