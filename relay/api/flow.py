@@ -31,6 +31,7 @@ from relay.upstream.stream_openai import splice_metadata
 
 __all__ = [
     "CLIENT_CLOSED",
+    "abandon",
     "ErrorRenderer",
     "TokenCounts",
     "is_dry_run",
@@ -89,6 +90,15 @@ def mark_abandoned(state: RelayState, exchange: Exchange) -> None:
 def release(ticket: Ticket | None) -> None:
     if ticket is not None:
         ticket.release()
+
+
+def abandon(state: RelayState, exchange: Exchange, ticket: Ticket | None) -> None:
+    """The request was cancelled before its answer: nothing billed. When shutdown's grace
+    ran out it still leaves its usage row (503 ``server_shutdown``), like a cut stream."""
+    release(ticket)
+    if state.stopping() and (ticket is not None or exchange.principal.key is not None):
+        exchange.status, exchange.error_code = 503, "server_shutdown"
+        state.usage.record(exchange.usage_record())
 
 
 def refuse(
@@ -192,7 +202,7 @@ async def read_answer(
     except UpstreamFailure as exc:
         return refuse(state, exchange, ticket, upstream_broke_off(exc, what), render)
     except BaseException:
-        ticket.release()
+        abandon(state, exchange, ticket)
         raise
     finally:
         await opened.close()

@@ -60,10 +60,18 @@ _FAULT_CODES = {
 class StorageFault(Exception):
     """The batch's transaction could not commit and was rolled back whole: retry it."""
 
-    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self, reason: str, cause: BaseException | None = None, *, name: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cause = cause
+        self.name = name  # the primary result code, e.g. "SQLITE_FULL"
+
+    @property
+    def waits_it_out(self) -> bool:
+        """Another connection holds the lock: it ends by itself, unlike a full or broken disk."""
+        return self.name in ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 def _fault_name(exc: BaseException) -> str | None:
@@ -80,8 +88,8 @@ def is_storage_fault(exc: BaseException) -> bool:
 
 
 def _fault(exc: BaseException) -> StorageFault:
-    name = _fault_name(exc) or type(exc).__name__
-    return StorageFault(f"{name}: {exc}", exc)
+    name = _fault_name(exc)
+    return StorageFault(f"{name or type(exc).__name__}: {exc}", exc, name=name)
 
 
 @dataclass(slots=True)

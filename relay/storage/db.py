@@ -126,6 +126,9 @@ class Database:
         self.commits = 0  # committed write transactions (batches), for tests and metrics
         self.faults = 0  # failed commit attempts (each retried), for tests and metrics
         self.last_fault: str | None = None  # why the last attempt failed; None once committed
+        # The last attempt failed for a reason that does not pass by itself (disk full,
+        # read-only, I/O error), as opposed to a lock another connection holds for a while.
+        self.hard_fault = False
         self.lost_on_close = 0  # writes given up when closing on a broken storage
         self._durable_wait_s = durable_wait_s
         self._close_retry_s = close_retry_s
@@ -473,6 +476,7 @@ class Database:
                     )
                 self.commits += 1
                 self.last_fault = None
+                self.hard_fault = False
                 for item, outcome in zip(batch, outcomes, strict=True):
                     _settle(item, outcome)
                 return settled + len(batch)
@@ -484,6 +488,7 @@ class Database:
         self.faults += 1
         reason = exc.reason if isinstance(exc, StorageFault) else f"{type(exc).__name__}: {exc}"
         self.last_fault = reason
+        self.hard_fault = not (isinstance(exc, StorageFault) and exc.waits_it_out)
         if attempt == 1 or attempt % 10 == 0:  # a stall must not flood the log
             logger.error(
                 "could not commit %d queued writes (attempt %d), retrying: %s",

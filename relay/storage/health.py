@@ -3,7 +3,9 @@ admin API ask before taking on work that must be recorded (fail closed, design Â
 
 Storage is *unavailable* while the oldest write not yet committed has waited longer
 than ``stall_s`` (the writer keeps retrying: a lock held past ``busy_timeout``, a full
-disk, a read-only file system), or while more writes are queued than ``max_backlog``.
+disk, a read-only file system), at once when the last commit failed for a reason that
+does not pass by itself (disk full, read-only, I/O error: every request admitted then
+adds to what may never be written), or while more writes are queued than ``max_backlog``.
 Both clear by themselves the moment the writer commits its backlog, so relay recovers
 without an operator. Nothing is cached: each question reads the writer's state (O(1)).
 """
@@ -34,7 +36,7 @@ class StorageHealth:
         if backlog > self._max_backlog:
             return f"{backlog} writes waiting for the database (limit {self._max_backlog})"
         stalled = self._db.stalled_for()
-        if stalled > self._stall_s:
+        if stalled > self._stall_s or (self._db.hard_fault and stalled > 0):
             fault = self._db.last_fault
             why = f": {fault}" if fault else ""
             return f"the database could not commit for {stalled:.1f} s{why}"
