@@ -339,17 +339,16 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def fill(path: Path) -> Path:
-    """Take every free byte of the file system holding ``path``."""
+    """Take every free byte of the file system holding ``path`` (unbuffered writes)."""
     filler = path / "filler"
-    with filler.open("wb") as out:
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 512)
-                out.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
     return filler
 
 
