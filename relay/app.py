@@ -132,7 +132,11 @@ async def _close_state(state: RelayState) -> None:
         for provider in state.providers.values():
             await provider.aclose()
         state.refusals.flush()
-        await state.store.flush_last_used()
+        problem = state.storage.problem()
+        if problem is None:
+            await state.store.flush_last_used()
+        else:  # keys' last-use times are not worth a stalled shutdown
+            log.error("shutdown: keys' last use not saved: storage: %s", problem)
     except Exception as exc:  # named reason: the database must still be drained and closed
         log.error("shutdown: %s: %s", type(exc).__name__, exc)
         await _close_database(state)

@@ -458,7 +458,8 @@ class Database:
                 except Exception as exc:  # the whole transaction rolled back: retry it
                     attempt += 1
                     self._note_fault(exc, attempt, len(batch))
-                    settled += self._fail_expired_durable(batch, exc)
+                    # Closing: nobody should wait out durable_wait_s for a broken disk.
+                    settled += self._fail_expired_durable(batch, exc, every=self._closing)
                     if self._closing:
                         give_up_at = give_up_at or loop.time() + self._close_retry_s
                         if loop.time() >= give_up_at:
@@ -497,13 +498,16 @@ class Database:
                 reason,
             )
 
-    def _fail_expired_durable(self, batch: list[_QueuedWrite], exc: Exception) -> int:
+    def _fail_expired_durable(
+        self, batch: list[_QueuedWrite], exc: Exception, *, every: bool = False
+    ) -> int:
         """Fail (and drop from ``batch``) the durable writes that waited their limit."""
         now = asyncio.get_running_loop().time()
         keep: list[_QueuedWrite] = []
         failed = 0
         for item in batch:
-            if item.future is not None and now - item.queued_at >= self._durable_wait_s:
+            waited = now - item.queued_at
+            if item.future is not None and (every or waited >= self._durable_wait_s):
                 failed += 1
                 if not item.future.done():
                     error = StorageUnavailable(
