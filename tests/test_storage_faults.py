@@ -77,6 +77,7 @@ class FaultSite(Site):
 
     data_dir: Path | None = None
     extra_models: str = ""
+    upstream: Any = None  # the mock upstream server (its ``stats``)
 
     @property
     def database(self) -> Path:
@@ -104,6 +105,7 @@ async def fault_site(
         f"http://127.0.0.1:{upstream.port}/v1",
         data_dir=data_dir,
         extra_models=extra_models,
+        upstream=upstream,
     )
     try:
         yield site
@@ -516,7 +518,10 @@ async def test_sigterm_cuts_requests_past_the_grace_with_answers_and_rows(
 
             calls = [asyncio.create_task(call("slow-gpt", False)) for _ in range(5)]
             calls += [asyncio.create_task(call("fake-gpt", True)) for _ in range(5)]
-            await asyncio.sleep(1.0)
+            deadline = time.monotonic() + 10
+            while (slow.stats.in_flight, site.upstream.stats.in_flight) != (5, 5):
+                assert time.monotonic() < deadline, "the requests reached the upstreams"
+                await asyncio.sleep(0.02)
             code, took = await sigterm(relay)
             answers = await asyncio.gather(*calls)
         assert code == 0 and GRACE_S <= took < GRACE_S + 5, (code, took)
