@@ -129,6 +129,7 @@ class Database:
         # The last attempt failed for a reason that does not pass by itself (disk full,
         # read-only, I/O error), as opposed to a lock another connection holds for a while.
         self.hard_fault = False
+        self._last_fault_at = 0.0
         self.lost_on_close = 0  # writes given up when closing on a broken storage
         self._durable_wait_s = durable_wait_s
         self._close_retry_s = close_retry_s
@@ -224,6 +225,12 @@ class Database:
         if oldest is None:
             return 0.0
         return max(0.0, asyncio.get_running_loop().time() - oldest)
+
+    def since_fault(self) -> float:
+        """Seconds since the last failed commit attempt (large when none failed)."""
+        if self.last_fault is None:
+            return float("inf")
+        return asyncio.get_running_loop().time() - self._last_fault_at
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -489,6 +496,7 @@ class Database:
         self.faults += 1
         reason = exc.reason if isinstance(exc, StorageFault) else f"{type(exc).__name__}: {exc}"
         self.last_fault = reason
+        self._last_fault_at = asyncio.get_running_loop().time()
         self.hard_fault = not (isinstance(exc, StorageFault) and exc.waits_it_out)
         if attempt == 1 or attempt % 10 == 0:  # a stall must not flood the log
             logger.error(

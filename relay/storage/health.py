@@ -36,7 +36,10 @@ class StorageHealth:
         if backlog > self._max_backlog:
             return f"{backlog} writes waiting for the database (limit {self._max_backlog})"
         stalled = self._db.stalled_for()
-        if stalled > self._stall_s or (self._db.hard_fault and stalled > 0):
+        # A disk that failed stays suspect for stall_s even when nothing is left to write
+        # (durable writes given up): the next admitted request would only find it again.
+        broken = self._db.hard_fault and (stalled > 0 or self._db.since_fault() < self._stall_s)
+        if stalled > self._stall_s or broken:
             fault = self._db.last_fault
             why = f": {fault}" if fault else ""
             return f"the database could not commit for {stalled:.1f} s{why}"
