@@ -255,6 +255,9 @@ class Database:
         """Run ``fn(conn)`` in the writer and return its result once committed.
 
         If ``fn`` raises, its savepoint is rolled back and the exception is raised here.
+        If the storage cannot commit for ``durable_wait_s`` (or while closing), raises
+        ``StorageUnavailable`` and nothing of ``fn`` was committed. ``fn`` may run more than
+        once (a storage fault rolls the batch back and retries it): keep it to SQL.
         Cancelling the caller does not withdraw a write already queued.
         """
         await self._wait_for_space()
