@@ -17,9 +17,11 @@ by one writer connection (the idea of Datasette's ``database.py``):
   and commits every queued write, then closes all connections.
 * A batch the storage cannot commit (``SQLITE_BUSY`` past ``busy_timeout``, ``SQLITE_FULL``,
   ``SQLITE_IOERR``, a read-only file: ``StorageFault``) is retried whole, with backoff,
-  until it commits; later writes join it. A durable write whose caller has waited
-  ``durable_wait_s`` is failed instead (``StorageUnavailable``: nothing of it committed, so
-  the caller changes no memory). ``stalled_for()`` and ``last_fault`` tell the health check
+  until it commits; later writes join it. Durable writes too: some carry a charge already
+  applied in memory (a video job's settlement), so by default they wait for the commit.
+  With ``durable_wait_s`` set, one whose caller has waited that long is failed instead
+  (``StorageUnavailable``: nothing of it committed, so the caller changes no memory); so
+  is every durable write still uncommitted when closing gives up. ``stalled_for()`` and ``last_fault`` tell the health check
   (``relay.storage.health``) how long nothing could commit. While closing, retries stop
   after ``close_retry_s``: the writes still uncommitted are counted, logged and reported
   by ``close()`` raising ``StorageFault``.
@@ -119,7 +121,7 @@ class Database:
         *,
         flush_interval_s: float,
         max_queue: int,
-        durable_wait_s: float = 5.0,
+        durable_wait_s: float | None = None,
         close_retry_s: float = 2.0,
     ) -> None:
         self.path = path
@@ -167,7 +169,7 @@ class Database:
         max_queue: int = 10_000,
         migrations: Sequence[Migration] = MIGRATIONS,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
-        durable_wait_s: float = 5.0,
+        durable_wait_s: float | None = None,
         close_retry_s: float = 2.0,
     ) -> Database:
         """Create or open the database file, apply migrations, start the writer."""
@@ -255,8 +257,8 @@ class Database:
         """Run ``fn(conn)`` in the writer and return its result once committed.
 
         If ``fn`` raises, its savepoint is rolled back and the exception is raised here.
-        If the storage cannot commit for ``durable_wait_s`` (or while closing), raises
-        ``StorageUnavailable`` and nothing of ``fn`` was committed. ``fn`` may run more than
+        If the storage cannot commit for ``durable_wait_s`` (when set) or while closing,
+        raises ``StorageUnavailable`` and nothing of ``fn`` was committed. ``fn`` may run more than
         once (a storage fault rolls the batch back and retries it): keep it to SQL.
         Cancelling the caller does not withdraw a write already queued.
         """
@@ -518,7 +520,8 @@ class Database:
         failed = 0
         for item in batch:
             waited = now - item.queued_at
-            if item.future is not None and (every or waited >= self._durable_wait_s):
+            limit = self._durable_wait_s
+            if item.future is not None and (every or (limit is not None and waited >= limit)):
                 failed += 1
                 if not item.future.done():
                     error = StorageUnavailable(
