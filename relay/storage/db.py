@@ -21,8 +21,9 @@ by one writer connection (the idea of Datasette's ``database.py``):
   applied in memory (a video job's settlement), so by default they wait for the commit.
   With ``durable_wait_s`` set, one whose caller has waited that long is failed instead
   (``StorageUnavailable``: nothing of it committed, so the caller changes no memory); so
-  is every durable write still uncommitted when closing gives up. ``stalled_for()`` and ``last_fault`` tell the health check
-  (``relay.storage.health``) how long nothing could commit. While closing, retries stop
+  is every durable write still uncommitted when closing gives up. ``stalled_for()``,
+  ``last_fault`` and ``hard_fault`` tell the health check (``relay.storage.health``) how
+  long nothing could commit, and why. While closing, retries stop
   after ``close_retry_s``: the writes still uncommitted are counted, logged and reported
   by ``close()`` raising ``StorageFault``.
 * Batches holding a durable write commit with ``synchronous=FULL``.
