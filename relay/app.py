@@ -2,12 +2,11 @@
 
 ``create_app`` does no I/O; the lifespan opens the database and upstream clients
 and closes them (draining queued writes) on shutdown. The app is plain ASGI, so any
-server can run it; ``relay serve`` uses hypercorn.
+server can run it; ``relay serve`` runs it under hypercorn or uvicorn (``relay.server``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.admin import admin_routes
-from relay.admin.payments import open_payments, payment_routes
+from relay.admin.payments import payment_routes
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.api import data_plane_routes
@@ -35,9 +34,11 @@ from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.jobs.periodic import PeriodicTask
 from relay.jobs.video import VideoPoller
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
+from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
@@ -112,17 +113,14 @@ async def _open_state(
 
 
 async def _housekeeping(state: RelayState) -> None:
-    """Drop idle rate-limit state and persist keys' last use, once a minute."""
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-        state.gate.limiter.sweep()
-        await state.store.flush_last_used()
+    """Drop idle rate-limit state and persist keys' last use (once a minute)."""
+    state.gate.limiter.sweep()
+    await state.store.flush_last_used()
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def _flush_refusals(state: RelayState) -> None:
+    """Back-pressure refusals counted since the last round: one usage row per key."""
+    state.refusals.flush()
 
 
 async def _close_state(state: RelayState) -> None:
@@ -204,10 +202,22 @@ def create_app(
             payments.start()
             stack.push_async_callback(payments.aclose)
             state.auto_topup = payments.auto_topup
-            housekeeping = asyncio.create_task(_housekeeping(state))
-            stack.push_async_callback(_cancel, housekeeping)
-            refusals = asyncio.create_task(state.refusals.run())
-            stack.push_async_callback(_cancel, refusals)
+            housekeeping = PeriodicTask(
+                "relay-housekeeping",
+                lambda: _housekeeping(state),
+                interval_s=HOUSEKEEPING_INTERVAL_S,
+                log=log,
+            )
+            housekeeping.start()
+            stack.push_async_callback(housekeeping.stop)
+            refusals = PeriodicTask(
+                "relay-refusals",
+                lambda: _flush_refusals(state),
+                interval_s=state.refusals.interval_s,
+                log=log,
+            )
+            refusals.start()
+            stack.push_async_callback(refusals.stop)
             yield {"relay": state, "payments": payments}
 
     return Starlette(

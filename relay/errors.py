@@ -11,6 +11,7 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── NotFound                  404 (model_not_found, not_found)
     ├── RequestTooLarge           413 request_too_large
     ├── RateLimited               429 rate_limit_exceeded (carries retry_after_s)
+    ├── UpstreamRejected          the upstream's own 4xx, passed on as it came
     ├── UpstreamError             502 upstream_error
     ├── NoUpstreamAvailable       503 no_upstream_available
     ├── StorageUnavailable        503 storage_unavailable (carries retry_after_s)
@@ -39,6 +40,7 @@ __all__ = [
     "RequestTooLarge",
     "StorageUnavailable",
     "UpstreamError",
+    "UpstreamRejected",
     "UpstreamTimeout",
     "error_body",
 ]
@@ -168,3 +170,18 @@ _encode = msgspec.json.Encoder().encode
 
 def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
     return _encode(_ErrorEnvelope(_ErrorDetail(message, type_, code, param)))
+
+
+class UpstreamRejected(RelayError):
+    """The upstream refused the request itself (a 4xx): passed back to the client as is."""
+
+    # Without these the usage row and the fallback body (an upstream that sent no body)
+    # would say 500's "server_error"/"internal_error" for what is the request's fault.
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, status: int, body: bytes, content_type: str):
+        super().__init__(f"upstream rejected the request with HTTP {status}")
+        self.status = status
+        self.upstream_body = body
+        self.content_type = content_type

@@ -150,7 +150,10 @@ def _ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict
 
 
 def _last_line(traceback_text: str) -> str:
-    """The exception line that ends a traceback's text: the CLI shows one line (design §7)."""
+    """The exception line that ends a traceback's text: the CLI shows one line.
+
+    A failing command is one line on stderr (docs/architecture.md §7).
+    """
     lines = [line.strip() for line in traceback_text.splitlines() if line.strip()]
     return lines[-1] if lines else "the application failed"
 
@@ -171,7 +174,7 @@ async def _serve_hypercorn(
         await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     except LifespanFailureError as exc:
         # A start-up failure (say, a database path that cannot be created) is a one-line
-        # CLI error like a config error, not a traceback (design §7).
+        # CLI error like a config error, not a traceback (docs/architecture.md §7).
         raise ConfigError(_lifespan_failure(exc)) from None
 
 
@@ -271,7 +274,7 @@ def _uvicorn_server(uv_config: uvicorn.Config, stop: asyncio.Event) -> uvicorn.S
 
         async def shutdown(self) -> None:
             # uvicorn goes on to the lifespan shutdown as soon as it has cancelled what
-            # outlived the grace period; those requests settle first (design §3).
+            # outlived the grace period; those requests settle first (docs/architecture.md §4.2).
             if self.requests:
                 await asyncio.wait(set(self.requests), timeout=_SETTLE_AFTER_CANCEL_S)
             await super().shutdown()

@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from relay.admission.gate import Gate
 from relay.config import Config
 from relay.identity.accounts import AccountStore
@@ -21,7 +23,7 @@ from relay.upstream.routing import Router
 from relay.usage.log import UsageLog
 from relay.usage.refusals import RefusalCounter
 
-__all__ = ["RelayState"]
+__all__ = ["RelayState", "relay_state"]
 
 
 @dataclass
@@ -48,3 +50,9 @@ class RelayState:
 
     def new_request_id(self) -> str:
         return f"req_{self._boot}{next(self._counter):08x}"
+
+
+def relay_state(request: Request) -> RelayState:
+    # Straight from the scope: ``request.state`` builds a State object per request.
+    state: RelayState = request.scope["state"]["relay"]
+    return state

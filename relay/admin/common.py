@@ -11,16 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import AuthError, Forbidden, InvalidRequest, RelayError
-from relay.http.responses import (
-    decode_or_400,
-    error_response,
-    json_response,
-    read_body,
-    relay_state,
-)
+from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import micros_to_usd, usd_to_micros
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 
 __all__ = [
     "ADMIN_ACTOR",

@@ -1,9 +1,11 @@
 """The admission gate: scopes, rate limits and wallet holds for a principal.
 
 ``Gate`` is the one place the data plane asks "may this principal do this, and what
-does it hold?". Checks run in an order that never consumes budget for a request that
-is then refused: scopes, then the wallet (checked without placing anything), then
-rate limits (which consume nothing when they refuse), then the hold itself.
+does it hold?"; ``Gate.admit`` is what relay calls *admission*, and its answer is a
+``Ticket``. Checks run in an order that never consumes budget for a request that is then
+refused: scopes, then the wallet's headroom rule (``Wallet.plan_hold``, which places
+nothing), then the rate-limit slot (``RateLimiter.take_slot``, which consumes nothing
+when it refuses), then the hold itself.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Gate:
             estimate_micros=quote.estimate_micros,
             worst_case_micros=quote.worst_case_micros,
         )
-        admission = self.limiter.admit(
+        slot = self.limiter.take_slot(
             key.id,
             rpm=key.rpm,
             tpm=key.tpm,
@@ -100,10 +102,10 @@ class Gate:
             estimate_micros=quote.estimate_micros,
             worst_case_micros=quote.worst_case_micros,
         )
-        return Ticket(admission, hold, self.wallet)
+        return Ticket(slot, hold, self.wallet)
 
     def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:
-        """The hold this request would place now, without placing it (design §5)."""
+        """The hold this request would place now, without placing it (docs/architecture.md §6.5)."""
         assert exchange.model is not None
         key, account = exchange.principal.key, exchange.principal.account
         hold_micros = 0

@@ -26,16 +26,11 @@ from relay.api.flow import (
     settle_tokens,
 )
 from relay.errors import RelayError
-from relay.http.responses import (
-    decode_or_400,
-    json_response,
-    read_body,
-    relay_state,
-)
+from relay.http.responses import decode_or_400, json_response, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import CostQuote, quote_chat, quote_embedding
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 from relay.upstream.routing import OpenedRoute, Route
 from relay.upstream.stream_openai import CHARS_PER_TOKEN, StreamTap
 from relay.upstream.wire_openai import (

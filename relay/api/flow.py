@@ -1,7 +1,9 @@
-"""Steps of the request flow shared by the Messages, images and video handlers.
+"""Steps of the request flow shared by every data-plane handler (chat, Messages, images,
+videos): model check, dry run, refusal, reading an answer, passing a stream, settlement.
 
-The same steps as ``relay.api.chat`` (model check, dry run, refusal, settlement), public
-so that each endpoint module composes its own flow from them.
+Public so that each endpoint module composes its own flow from them; ``relay.api.chat`` is
+the reference composition. How the paths end a request exactly once:
+docs/architecture.md §2.2.
 """
 
 from __future__ import annotations

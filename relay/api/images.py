@@ -27,11 +27,11 @@ from relay.api.flow import (
     settle_cost,
 )
 from relay.errors import InvalidRequest, RelayError
-from relay.http.responses import decode_or_400, json_response, read_body, relay_state
+from relay.http.responses import decode_or_400, json_response, read_body
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import quote_images
 from relay.money.pricing import image_cost_micros
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 from relay.upstream.providers.base import IMAGES_PATH
 from relay.upstream.routing import OpenedRoute, Route
 

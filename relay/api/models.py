@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import RelayError
-from relay.http.responses import error_response, json_response, relay_state
+from relay.http.responses import error_response, json_response
 from relay.money.pricing import pricing_view
+from relay.state import relay_state
 from relay.upstream.routing import Model
 
 __all__ = ["healthz", "list_models"]

@@ -9,9 +9,14 @@ by one writer connection (the idea of Datasette's ``database.py``):
 * ``await write(fn)`` / ``await execute_write(sql, params)`` queue a durable write (top-ups,
   account and key changes, admin actions) and return once its transaction is COMMITTED. A
   durable write does not wait out the flush interval: it asks the writer to commit now.
-* Each item runs inside its own ``SAVEPOINT``: a failing item (say a UNIQUE violation) rolls
-  back only itself. Its awaiting caller gets the exception; a fire-and-forget failure is
-  logged on ``relay.storage.db`` with exception type and message only, never the parameters.
+* A failing item (say a UNIQUE violation) rolls back only itself: in a batch holding a
+  durable write every item runs in its own ``SAVEPOINT``; a batch of only fire-and-forget
+  writes runs without them and, if one fails, is rolled back and replayed with them
+  (``relay.storage.batch``). An awaiting caller gets the exception; a fire-and-forget
+  failure is logged on ``relay.storage.db`` with exception type and message only, never
+  the parameters. A batch whose transaction fails as a whole (say, a full disk) fails
+  every awaiting caller and logs how many fire-and-forget writes were lost; it is not
+  retried yet (docs/architecture.md §11).
 * Nothing is ever dropped silently. A full queue makes ``enqueue`` raise ``WriteQueueFull``
   and makes ``enqueue_wait``/``write`` wait for space. ``close()`` stops accepting, drains
   and commits every queued write, then closes all connections.

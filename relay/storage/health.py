@@ -1,5 +1,6 @@
 """Is the storage keeping up? The one answer the admission step, ``/healthz`` and the
-admin API ask before taking on work that must be recorded (fail closed, design §8).
+admin API ask before taking on work that must be recorded (fail closed,
+docs/architecture.md §4.1).
 
 Storage is *unavailable* while the oldest write not yet committed has waited longer
 than ``stall_s`` (the writer keeps retrying: a lock held past ``busy_timeout``, a full

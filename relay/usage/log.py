@@ -1,6 +1,6 @@
 """Usage records: one metadata-only row per request, group-committed by the writer.
 
-A record never holds prompt or response content (design §4): only who, which model
+A record never holds prompt or response content (docs/architecture.md §5): only who, which model
 and provider, tokens, cost, status and timings.
 """
 

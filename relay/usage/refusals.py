@@ -6,12 +6,12 @@ that caused it, so a client that ignores ``retry-after`` would keep relay refusi
 after the stall ended. Instead each refusal bumps a counter per (account, key, endpoint,
 model, code), and every ``interval_s`` each counter becomes ONE usage row whose ``units``
 is the number of refusals it stands for. Memory is bounded by the number of distinct
-keys; a flush the queue cannot take keeps its counts for the next interval.
+keys; a flush the queue cannot take keeps its counts for the next interval. The app runs
+``flush`` every ``interval_s`` (a ``PeriodicTask``) and once more at shutdown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import secrets
@@ -44,7 +44,7 @@ def _insert(record: UsageRecord, conn: sqlite3.Connection) -> None:
 class RefusalCounter:
     def __init__(self, db: Database, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         self._db = db
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._counts: dict[_Who, int] = {}
         self._prefix = f"refused_{secrets.token_hex(4)}_"
         self._rows = 0
@@ -91,9 +91,3 @@ class RefusalCounter:
         if queued:
             log.warning("recorded %d aggregated refusal rows (storage back-pressure)", queued)
         return queued
-
-    async def run(self) -> None:
-        """Flush every interval until cancelled (a lifespan task)."""
-        while True:
-            await asyncio.sleep(self._interval_s)
-            self.flush()

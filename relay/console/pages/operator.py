@@ -7,9 +7,9 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
-from relay.admin.audit import verify_stored_chain
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import NotFound
+from relay.identity.audit import verify_stored_chain
 from relay.money.pricing import usd_to_micros
 from relay.money.wallet import DuplicateReference
 from relay.payments.crediting import commit_credit, manual_credit_write
