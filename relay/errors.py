@@ -14,6 +14,7 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── UpstreamRejected          the upstream's own 4xx, passed on as it came
     ├── UpstreamError             502 upstream_error
     ├── NoUpstreamAvailable       503 no_upstream_available
+    ├── StorageUnavailable        503 storage_unavailable (carries retry_after_s)
     └── UpstreamTimeout           504 upstream_timeout
 
 ``ConfigError`` is separate: it is raised at start-up (or by ``check-config``) and
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimited",
     "RelayError",
     "RequestTooLarge",
+    "StorageUnavailable",
     "UpstreamError",
     "UpstreamRejected",
     "UpstreamTimeout",
@@ -132,6 +134,18 @@ class NoUpstreamAvailable(RelayError):
     status = 503
     type = "api_error"
     code = "no_upstream_available"
+
+
+class StorageUnavailable(RelayError):
+    """The database cannot commit right now: relay refuses what it could not record."""
+
+    status = 503
+    type = "api_error"
+    code = "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamTimeout(RelayError):

@@ -17,9 +17,11 @@ from relay.jobs.video import VideoPoller
 from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
+from relay.storage.health import StorageHealth
 from relay.upstream.providers import Provider
 from relay.upstream.routing import Router
 from relay.usage.log import UsageLog
+from relay.usage.refusals import RefusalCounter
 
 __all__ = ["RelayState", "relay_state"]
 
@@ -35,6 +37,8 @@ class RelayState:
     wallet: Wallet
     gate: Gate
     usage: UsageLog
+    storage: StorageHealth
+    refusals: RefusalCounter
     started_at: int = 0
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None

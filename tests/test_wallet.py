@@ -187,6 +187,41 @@ def test_recent_spend_raises_the_threshold() -> None:
     assert not wallet.hold("acc", None, estimate_micros=1, worst_case_micros=10).strict
 
 
+def test_prepared_credit_moves_the_balance_only_when_applied() -> None:
+    wallet, sink = funded(1_000)
+    entry = wallet.prepare("acc", "credit", 500, reference="inv-1", note="bank")
+    assert (entry.kind, entry.amount_micros, entry.reference) == ("credit", 500, "inv-1")
+    assert wallet.snapshot("acc").balance_micros == 1_000 and len(sink) == 1  # seed only
+    with pytest.raises(DuplicateReference):  # a concurrent repeat while this one commits
+        wallet.prepare("acc", "credit", 500, reference="inv-1")
+    wallet.apply(entry)
+    assert wallet.snapshot("acc").balance_micros == 1_500 and len(sink) == 1
+    with pytest.raises(DuplicateReference):
+        wallet.credit("acc", 500, reference="inv-1")
+
+
+def test_abandoned_credit_changes_nothing_and_frees_its_reference() -> None:
+    wallet, _ = funded(1_000)
+    entry = wallet.prepare("acc", "refund", 700, reference="r-1")
+    wallet.abandon(entry)
+    assert wallet.snapshot("acc").balance_micros == 1_000
+    wallet.apply(wallet.prepare("acc", "refund", 700, reference="r-1"))
+    assert wallet.snapshot("acc").balance_micros == 1_700
+
+
+def test_prepare_checks_amounts_like_the_direct_methods() -> None:
+    wallet, _ = funded(1_000)
+    with pytest.raises(ValueError):
+        wallet.prepare("acc", "credit", 0, reference="zero")
+    with pytest.raises(ValueError):
+        wallet.prepare("acc", "adjustment", 0, reference="zero")
+    with pytest.raises(ValueError):
+        wallet.prepare("acc", "charge", 5, reference="c")
+    adjustment = wallet.prepare("acc", "adjustment", -300, reference="fix")
+    wallet.apply(adjustment)
+    assert wallet.snapshot("acc").balance_micros == 700
+
+
 def test_postpaid_accounts_may_go_down_to_minus_their_credit_limit() -> None:
     wallet, _ = make_wallet(margin=0)
     wallet.load_account("acc", mode="postpaid", credit_limit_micros=1_000, balance_micros=0)

@@ -32,6 +32,7 @@ T = TypeVar("T")
 ADMIN_ACTOR = "admin-token"
 Handler = Callable[[Request, RelayState], Awaitable[Response]]
 _MAX_ADMIN_BODY = 64 * 1024
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -41,6 +42,8 @@ def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         state = relay_state(request)
         try:
             _require_admin(request, state)
+            if request.method not in _READ_METHODS:
+                state.storage.check()  # fail closed: a change must be committed to count
             return await handler(request, state)
         except RelayError as exc:
             return error_response(exc)

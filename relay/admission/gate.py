@@ -17,7 +17,7 @@ from typing import Any
 from relay.admission.exchange import Exchange
 from relay.admission.limits import RateLimiter
 from relay.admission.ticket import Ticket
-from relay.errors import Forbidden, NoUpstreamAvailable
+from relay.errors import Forbidden
 from relay.identity.auth import Principal
 from relay.money.estimate import CostQuote
 from relay.money.pricing import ONE, parse_multiplier
@@ -26,9 +26,6 @@ from relay.upstream.routing import Model
 
 __all__ = ["Gate"]
 
-# Well below the writer's queue bound (10,000), so in-flight settlements always fit.
-MAX_WRITE_BACKLOG = 5_000
-
 
 class Gate:
     def __init__(
@@ -36,13 +33,12 @@ class Gate:
         wallet: Wallet,
         limiter: RateLimiter,
         *,
-        backlog: Callable[[], int] = lambda: 0,
-        max_backlog: int = MAX_WRITE_BACKLOG,
+        check_storage: Callable[[], None] = lambda: None,
     ):
         self.wallet = wallet
         self.limiter = limiter
-        self._backlog = backlog
-        self._max_backlog = max_backlog
+        # Raises StorageUnavailable while the database cannot record (relay.storage.health).
+        self._check_storage = check_storage
         self._multipliers: dict[str, Decimal] = {"1": ONE}
 
     def _multiplier_of(self, text: str) -> Decimal:
@@ -74,12 +70,9 @@ class Gate:
 
     def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
         """Take the rate-limit slot and the wallet hold, or refuse with 429/402."""
-        if self._backlog() > self._max_backlog:
-            # Back-pressure: stop admitting while the writer catches up, so the usage and
-            # charge rows of requests already in flight always have room (never dropped).
-            raise NoUpstreamAvailable(
-                "relay is saving usage records; retry shortly", code="server_busy"
-            ).with_retry_after(1.0)
+        # Fail closed: stop admitting while the writer cannot commit or catch up, so the
+        # usage and charge rows of requests already in flight always have room.
+        self._check_storage()
         key, account = exchange.principal.key, exchange.principal.account
         if key is None or account is None:
             return Ticket()

@@ -16,13 +16,13 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
     TokenCounts,
+    abandon,
     answer_with_metadata,
     is_dry_run,
     model_for,
     pass_stream,
     read_answer,
     refuse,
-    release,
     settle_tokens,
 )
 from relay.errors import RelayError
@@ -74,7 +74,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     if exchange.stream:
@@ -105,7 +105,7 @@ async def embeddings(request: Request) -> Response:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     return await _relay_answer(state, exchange, ticket, opened, quote)

@@ -18,12 +18,12 @@ from starlette.responses import Response
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
+    abandon,
     answer_with_metadata,
     is_dry_run,
     model_for,
     read_answer,
     refuse,
-    release,
     settle_cost,
 )
 from relay.errors import InvalidRequest, RelayError
@@ -86,7 +86,7 @@ async def generate_images(request: Request) -> Response:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     return await _relay_images(state, exchange, ticket, opened, images)

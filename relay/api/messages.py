@@ -25,13 +25,13 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
     TokenCounts,
+    abandon,
     answer_with_metadata,
     is_dry_run,
     model_for,
     pass_stream,
     read_answer,
     refuse,
-    release,
     settle_tokens,
 )
 from relay.errors import RelayError, UpstreamRejected
@@ -104,7 +104,7 @@ async def messages(request: Request) -> Response | EventStreamResponse:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc, anthropic_error_response)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     if exchange.stream:

@@ -267,13 +267,66 @@ class Wallet:
         reference: str,
         note: str | None,
     ) -> LedgerEntry:
+        entry = self._entry(account_id, kind, amount_micros, reference, note)
+        self._sink(entry)
+        self._apply(entry)
+        return entry
+
+    # -- credits committed first, applied after (money changes memory after the database) --
+
+    def prepare(
+        self,
+        account_id: str,
+        kind: LedgerKind,
+        amount_micros: int,
+        *,
+        reference: str,
+        note: str | None = None,
+    ) -> LedgerEntry:
+        """A credit, refund or adjustment row to commit, NOT yet applied (nor sent to the sink).
+
+        The caller commits the row (with its payment, receipt and audit rows) and then calls
+        ``apply``, or ``abandon`` if the commit failed. The reference is reserved at once,
+        so a concurrent repeat gets ``DuplicateReference`` while this one is in flight.
+        """
+        if kind == "charge":
+            raise ValueError("charges are settled from holds")
+        if kind == "adjustment":
+            if isinstance(amount_micros, bool) or not isinstance(amount_micros, int):
+                raise TypeError("amount_micros must be an int of micro-USD")
+            if amount_micros == 0:
+                raise ValueError("an adjustment must not be zero")
+        else:
+            _check_micros("amount_micros", amount_micros, positive=True)
+        entry = self._entry(account_id, kind, amount_micros, reference, note)
+        if kind in ("credit", "refund"):
+            self._accounts[account_id].references.add(reference)
+        return entry
+
+    def apply(self, entry: LedgerEntry) -> None:
+        """The database committed ``entry`` (from ``prepare``): now the balance moves."""
+        self._apply(entry)
+
+    def abandon(self, entry: LedgerEntry) -> None:
+        """The commit of ``entry`` failed: nothing changed; its reference is free again."""
+        account = self._accounts.get(entry.account_id)
+        if account is not None and entry.kind in ("credit", "refund"):
+            account.references.discard(entry.reference)
+
+    def _entry(
+        self,
+        account_id: str,
+        kind: LedgerKind,
+        amount_micros: int,
+        reference: str,
+        note: str | None,
+    ) -> LedgerEntry:
         account = self._account(account_id)
         if not reference:
             raise ValueError("a ledger row needs a reference")
-        unique = kind in ("credit", "refund")
-        if unique and reference in account.references:
+        if kind in ("credit", "refund") and reference in account.references:
             raise DuplicateReference(f"reference {reference!r} was already used on this account")
-        entry = LedgerEntry(
+        return LedgerEntry(
             account_id=account_id,
             kind=kind,
             amount_micros=amount_micros,
@@ -281,11 +334,12 @@ class Wallet:
             note=note,
             created_at_ms=self._wall_clock_ms(),
         )
-        self._sink(entry)
-        account.balance += amount_micros
-        if unique:
-            account.references.add(reference)
-        return entry
+
+    def _apply(self, entry: LedgerEntry) -> None:
+        account = self._accounts[entry.account_id]
+        account.balance += entry.amount_micros
+        if entry.kind in ("credit", "refund"):
+            account.references.add(entry.reference)
 
     # -- holds ----------------------------------------------------------------------------
 
