@@ -100,8 +100,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     first_byte_timeout_s: PositiveFloat | None = None
     # Longest silence allowed between two chunks of a stream.
     idle_timeout_s: PositiveFloat = 60.0
-    # Longest a whole stream may last, however steadily it trickles (issue 13).
-    stream_timeout_s: PositiveFloat = 1800.0
+    # Longest a whole stream may last, however steadily it trickles.
+    stream_timeout_s: PositiveFloat = 900.0
     max_connections: PositiveInt = 1024
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
     # mock kind only: simulated latency before the answer, and stream chunk count.

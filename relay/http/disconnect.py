@@ -3,22 +3,24 @@
 A non-stream request (or a stream before its first chunk) spends most of its life
 awaiting the upstream; a client that hangs up meanwhile would otherwise go unnoticed
 until relay writes the answer, and be billed for it. ``CancelOnDisconnect`` runs the
-handler as a task and, once the request body has been read, listens for
-``http.disconnect``: if the client leaves before the handler returned its response,
-the task is cancelled. The cancellation unwinds through the upstream call (its
-connection is dropped, so the upstream stops) and through the handler's ticket, which
-releases the hold and the concurrency slot and records the request (499).
+handler and, once the request body has been read, listens for ``http.disconnect``: if
+the client leaves before the handler returned its response, the request's task is
+cancelled (as ``asyncio.timeout`` does it, then ``uncancel``-ed). The cancellation
+unwinds through the upstream call (its connection is dropped, so the upstream stops)
+and through the handler's ticket, which releases the hold and the concurrency slot and
+records the request (499).
 
-There is one reader of the server's ``receive`` at a time: the handler while it reads
-its body, then the watcher. After the body, the handler (and its response, e.g. an
-``EventStreamResponse`` watching for the client leaving) sees the same disconnect
-through ``receive``.
+The handler runs inline in the server's task, so a request that never waits (a 402, a
+429) costs no extra scheduling; the listener is a task started only when the body has
+been read. There is one reader of the server's ``receive`` at a time: the handler while
+it reads its body, then the listener; after the body, the handler (and its response,
+e.g. an ``EventStreamResponse`` watching for the client leaving) sees the same
+disconnect through ``receive``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -31,52 +33,44 @@ Endpoint = Callable[[Request], Awaitable[ASGIApp]]
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
-class _Channel:
+class _Listener:
     """The server's ``receive``, read by the handler until the body ends, then watched."""
 
-    __slots__ = ("_receive", "_body_done", "_left", "_watcher")
+    __slots__ = ("_receive", "_task", "_left", "_watcher", "handling", "cancelled_it")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self._receive = receive
-        self._body_done = asyncio.Event()
+        self._task = task
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watcher: asyncio.Task[None] | None = None
+        # True while the handler runs: only then does a disconnect cancel the request.
+        self.handling = True
+        self.cancelled_it = False
 
     async def receive(self) -> Message:
-        if self._body_done.is_set():
+        if self._watcher is not None or self._left.done():
             await asyncio.shield(self._left)
             return _DISCONNECT
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            self._mark_left()
-            self._body_done.set()
+            self._left.set_result(None)
         elif not message.get("more_body", False):
-            self._body_done.set()
+            self._watcher = asyncio.ensure_future(self._watch())
         return message
 
-    async def client_left(self) -> None:
-        """Returns once the client disconnected after sending its whole body."""
-        await self._body_done.wait()
-        if self._watcher is None and not self._left.done():
-            self._watcher = asyncio.ensure_future(self._watch())
-        await asyncio.shield(self._left)
-
     async def _watch(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self._mark_left()
-                return
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._left.set_result(None)
+        if self.handling:
+            self.cancelled_it = True
+            self._task.cancel()
 
-    def _mark_left(self) -> None:
-        if not self._left.done():
-            self._left.set_result(None)
-
-    async def close(self) -> None:
-        if self._watcher is not None and not self._watcher.done():
+    def close(self) -> None:
+        # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
+        # ends so is not an error anyone must retrieve.
+        if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
         if not self._left.done():
             self._left.cancel()
 
@@ -88,25 +82,19 @@ class CancelOnDisconnect:
         self._endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        channel = _Channel(receive)
-        handler = asyncio.ensure_future(self._endpoint(Request(scope, channel.receive)))
-        watcher = asyncio.ensure_future(channel.client_left())
+        task = asyncio.current_task()
+        assert task is not None
+        listener = _Listener(receive, task)
         try:
             try:
-                await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
+                response = await self._endpoint(Request(scope, listener.receive))
             finally:
-                watcher.cancel()
-                if not handler.done():
-                    # The client left (or relay is shutting down): the handler's own
-                    # ``except BaseException`` releases and records the request.
-                    handler.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await handler
-            if handler.cancelled():
-                return  # nobody is listening for an answer
-            response = handler.result()
-            await response(scope, channel.receive, send)
+                listener.handling = False
+            await response(scope, listener.receive, send)
+        except asyncio.CancelledError:
+            # Ours (the client left): the handler has released and recorded the request,
+            # and nobody is listening for an answer. Anyone else's: keep cancelling.
+            if not listener.cancelled_it or task.uncancel() > 0:
+                raise
         finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await channel.close()
+            listener.close()
