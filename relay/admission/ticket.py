@@ -32,6 +32,7 @@ class Ticket:
         "_hold",
         "_wallet",
         "_finished",
+        "_settled",
         "_handed_over",
         "charged_micros",
         "overrun",
@@ -48,6 +49,7 @@ class Ticket:
         self._hold = hold
         self._wallet = wallet
         self._finished = False
+        self._settled = False
         self._handed_over = False
         self.charged_micros = 0
         self.overrun = False
@@ -88,6 +90,11 @@ class Ticket:
         return self._finished
 
     @property
+    def settled(self) -> bool:
+        """Ended by ``settle`` (its usage row went with the charge), not by ``release``."""
+        return self._settled
+
+    @property
     def held_micros(self) -> int:
         return self._hold.held_micros if self._hold is not None else 0
 
@@ -122,7 +129,7 @@ class Ticket:
             )
             self.overrun = self._hold.overrun
             charged = self._hold.charged_micros
-        self._finished = True
+        self._finished = self._settled = True
         self.charged_micros = charged
         if self._admission is not None:
             self._admission.release(measured_tokens)

@@ -94,8 +94,8 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
             return await _relay_answer(state, exchange, ticket, opened, quote)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
 
 
@@ -123,8 +123,8 @@ async def embeddings(request: Request) -> Response:
             return await _relay_answer(state, exchange, ticket, opened, quote)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
 
 

@@ -6,6 +6,7 @@ so that each endpoint module composes its own flow from them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
@@ -95,18 +96,25 @@ def release(ticket: Ticket | None) -> None:
         ticket.release()
 
 
-def abandon(state: RelayState, exchange: Exchange, ticket: Ticket | None) -> None:
-    """The request was cut while relay waited (client left, shutdown): nothing is billed.
+def abandon(
+    state: RelayState, exchange: Exchange, ticket: Ticket | None, exc: BaseException | None
+) -> None:
+    """The request ended by an exception after admission, before it settled: nothing billed.
 
-    Runs on the ``BaseException`` way out of a handler (a cancelled task). An admitted
-    request that had not settled releases its hold and slot and leaves a usage row saying
-    why (499 ``client_disconnected``, or 503 ``server_shutdown``) with a cost of 0:
-    nothing reached the client. Idempotent: a finished ticket was already recorded.
+    Runs on the ``BaseException`` way out of a handler. A cancelled task is the client
+    leaving while relay waited (or shutdown's grace running out): the row says 499
+    ``client_disconnected`` (or 503 ``server_shutdown``). Anything else is relay's own
+    failure (500 ``internal_error``). The hold and the slot are released (the ticket's
+    block has usually done so already) and the row records a cost of 0: nothing reached
+    the client. A settled request already has its row.
     """
-    if ticket is None or ticket.finished:
+    if ticket is None or ticket.settled:
         return
     ticket.release()
-    mark_abandoned(state, exchange)
+    if exc is None or isinstance(exc, asyncio.CancelledError):
+        mark_abandoned(state, exchange)
+    else:
+        exchange.status, exchange.error_code = 500, "internal_error"
     state.usage.record(exchange.usage_record())
 
 
@@ -117,7 +125,8 @@ def close_unstarted_stream(
 
     async def close() -> None:
         await opened.close()
-        abandon(state, exchange, ticket)
+        if not ticket.finished:  # the body never ran: nothing else ended the ticket
+            abandon(state, exchange, ticket, None)
 
     return close
 
@@ -211,9 +220,6 @@ async def read_answer(
         exchange.mark_first_byte()
     except UpstreamFailure as exc:
         return refuse(state, exchange, ticket, upstream_broke_off(exc, what), render)
-    except BaseException:
-        abandon(state, exchange, ticket)
-        raise
     finally:
         await opened.close()
     return raw

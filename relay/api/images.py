@@ -89,8 +89,8 @@ async def generate_images(request: Request) -> Response:
             return await _relay_images(state, exchange, ticket, opened, images)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
 
 

@@ -128,8 +128,8 @@ async def messages(request: Request) -> Response | EventStreamResponse:
             return await _relay_answer(state, exchange, ticket, opened, quote)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc, anthropic_error_response)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
 
 

@@ -122,8 +122,8 @@ async def create_video(request: Request) -> Response:
             await _hand_over(poller, job, ticket)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
     return json_response(job_view(job, request, exchange.request_id), headers=exchange.headers())
 
