@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import FakeUpstream, SeenRequest, chat_answer, json_reply, make_config, sse_event
-from support_accounts import Relay, auth, run_relay, wait_until
+from support_accounts import Relay, auth, forge_key, run_relay, wait_until
 from support_payments import checkout_completed, payments_config, run_payments_relay
 
 from relay.payments.webhook import SignatureError, check_signature_header
@@ -211,3 +211,28 @@ async def test_a_webhook_without_a_signature_is_refused_before_its_body_is_read(
         response = await p.deliver(event)
         assert response.status_code == 400, response.text
         assert p.relay.state.wallet.snapshot(account["id"]).balance_micros == 0
+
+
+async def test_wrong_secrets_for_a_key_id_are_rate_limited_before_argon2(
+    tmp_path: Path, admin_token: str
+) -> None:
+    upstream = SlowUpstream()
+    async with await serve(
+        tmp_path, upstream, server_extra="max_key_failures_per_minute = 3"
+    ) as relay:
+        _, key = await relay.funded_key("acme")
+        calls = relay.hasher.verify_calls
+        statuses = []
+        for attempt in range(6):
+            wrong = forge_key(key["id"], f"{attempt}" * 43)
+            statuses.append((await relay.client.get("/v1/key", headers=auth(wrong))).status_code)
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        assert relay.hasher.verify_calls == calls + 3  # argon2 ran only for the first three
+        # Once verified, a key is checked by digest: wrong secrets cost no argon2 at all.
+        other = await relay.create_key(key["account_id"], "other")
+        assert (await relay.client.get("/v1/key", headers=auth(other["secret"]))).status_code == 200
+        calls = relay.hasher.verify_calls
+        wrong = forge_key(other["id"], "z" * 43)
+        for _ in range(5):
+            assert (await relay.client.get("/v1/key", headers=auth(wrong))).status_code == 401
+        assert relay.hasher.verify_calls == calls
