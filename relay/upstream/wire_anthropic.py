@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from relay.upstream.wire_openai import ReportedTokens, RequestTokens
+from relay.upstream.wire_openai import ReportedTokens, RequestTokens, Turn
 
 __all__ = [
     "MessagesAnswer",
@@ -24,7 +24,7 @@ __all__ = [
 
 class MessagesRequest(msgspec.Struct):
     model: str
-    messages: Annotated[list[msgspec.Raw], Meta(min_length=1)]
+    messages: Annotated[list[Turn], Meta(min_length=1)]
     max_tokens: RequestTokens
     stream: bool | None = False
 

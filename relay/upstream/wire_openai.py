@@ -38,9 +38,19 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
 
+class Turn(msgspec.Struct):
+    """One message: an object with a role (the rest passes through untouched).
+
+    Checked here so that a message that is not an object (``null``, a number) is the
+    client's 400, not a crash in a translation that expects one.
+    """
+
+    role: str
+
+
 class ChatRequest(msgspec.Struct):
     model: str
-    messages: Annotated[list[msgspec.Raw], Meta(min_length=1)]
+    messages: Annotated[list[Turn], Meta(min_length=1)]
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: RequestTokens | None = None
