@@ -23,6 +23,7 @@ from conftest import FakeUpstream, SeenRequest, chat_answer, json_reply, make_co
 from support_accounts import Relay, auth, forge_key, run_relay, wait_until
 from support_payments import checkout_completed, payments_config, run_payments_relay
 
+from relay.http.sse import EventStreamResponse
 from relay.payments.webhook import SignatureError, check_signature_header
 
 FAKE_URL = "http://fake-upstream.invalid/v1"
@@ -236,3 +237,41 @@ async def test_wrong_secrets_for_a_key_id_are_rate_limited_before_argon2(
         for _ in range(5):
             assert (await relay.client.get("/v1/key", headers=auth(wrong))).status_code == 401
         assert relay.hasher.verify_calls == calls
+
+
+async def test_a_stream_response_calls_on_close_however_it_ends() -> None:
+    # The stream's settlement lives in its body's ``finally``; ``on_close`` is the owner's
+    # last resort (a body that never ran), so it must run on every way out: a normal end,
+    # a client gone (the send fails) and a cancelled response.
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: x\n\n"
+        yield b"data: y\n\n"
+
+    async def forever() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def sends(message: Any) -> None:
+        return None
+
+    async def fails(message: Any) -> None:
+        raise ConnectionResetError("client gone")
+
+    closed: list[bool] = []
+
+    async def on_close() -> None:
+        closed.append(True)
+
+    await EventStreamResponse(body(), {}, on_close=on_close)({"type": "http"}, forever, sends)
+    assert closed == [True]
+    with pytest.raises(ConnectionResetError):
+        await EventStreamResponse(body(), {}, on_close=on_close)({"type": "http"}, forever, fails)
+    assert closed == [True, True]
+    closed.clear()
+    response = EventStreamResponse(body(), {}, on_close=on_close)
+    task = asyncio.create_task(response({"type": "http"}, forever, sends))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [True]
