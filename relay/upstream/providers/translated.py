@@ -84,8 +84,8 @@ class TranslatedResponse:
         self.status = inner.status
         self.headers: Mapping[str, str] = inner.headers
 
-    async def read(self) -> bytes:
-        raw = await self._inner.read()
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        raw = await self._inner.read(max_bytes)
         if self.status >= 400:
             return self._translation.error(raw)
         return self._translation.answer(raw)
