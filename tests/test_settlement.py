@@ -334,7 +334,8 @@ async def test_fractional_video_seconds_cannot_overdraw_a_small_account(setup: S
 
 
 async def test_deeply_nested_json_is_400_on_data_plane_and_admin(setup: Setup) -> None:
-    deep = b'{"model": "fake-gpt", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    nested = b"[" * 100_000 + b"]" * 100_000
+    deep = b'{"model": "fake-gpt", "messages": [{"role": "user", "content": ' + nested + b"}]}"
     headers = {**auth(setup.secret), "content-type": "application/json"}
     response = await setup.relay.client.post("/v1/chat/completions", content=deep, headers=headers)
     assert response.status_code == 400 and "nested too deeply" in response.text

@@ -45,7 +45,7 @@ class Turn(msgspec.Struct):
     client's 400, not a crash in a translation that expects one.
     """
 
-    role: str
+    role: str = ""
 
 
 class ChatRequest(msgspec.Struct):
