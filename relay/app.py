@@ -36,6 +36,9 @@ from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.video import VideoPoller
+from relay.metrics.collector import StateCollector
+from relay.metrics.instruments import RequestMetrics
+from relay.metrics.route import metrics_routes
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.state import RelayState
@@ -86,11 +89,13 @@ async def _open_state(
     except BaseException:
         await db.close()
         raise
+    metrics = RequestMetrics()
+    db.commit_observer = metrics.observe_commit
     providers = {p.name: build_provider(p, client_factory) for p in config.providers}
     for provider in providers.values():
         if not provider.enabled:
             log.warning("%s; its models answer 503 until it is set", provider.why_disabled())
-    return RelayState(
+    state = RelayState(
         config=config,
         db=db,
         providers=providers,
@@ -99,11 +104,14 @@ async def _open_state(
         store=store,
         wallet=wallet,
         gate=Gate(wallet, RateLimiter(), backlog=lambda: db.pending_writes),
-        usage=UsageLog(db),
+        usage=UsageLog(db, metrics.observe),
         started_at=int(time.time()),
+        metrics=metrics,
         videos=VideoPoller(db, wallet, providers),
         stopping=stopping,
     )
+    metrics.registry.register(StateCollector(state))
+    return state
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -184,7 +192,11 @@ def create_app(
             yield {"relay": state, "payments": payments}
 
     return Starlette(
-        routes=data_plane_routes() + admin_routes() + payment_routes() + console_routes(),
+        routes=data_plane_routes()
+        + metrics_routes()
+        + admin_routes()
+        + payment_routes()
+        + console_routes(),
         lifespan=lifespan,
         exception_handlers={
             RelayError: _handle_relay_error,

@@ -22,6 +22,7 @@ from relay.errors import ConfigError
 
 __all__ = [
     "Config",
+    "MetricsConfig",
     "ModelConfig",
     "PaymentsConfig",
     "ProviderConfig",
@@ -153,6 +154,25 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             _check_usd(price, f"image_prices.{size}")
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[metrics]``: ``GET /metrics`` (Prometheus text) on the main listener.
+
+    It answers the admin token, or the token in ``token_env`` when that variable is set
+    (so a scraper never holds the operator's token). ``listen`` opens a second port that
+    serves only ``/metrics`` without a token: bind it to loopback or a private interface.
+    """
+
+    enabled: bool = True
+    token_env: str = "RELAY_METRICS_TOKEN"
+    listen: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:9464"')
+
+
 # Two-decimal currencies only: a minor unit is exactly 10,000 micro-units of the wallet.
 PaymentCurrency = Literal["usd", "eur", "gbp"]
 
@@ -195,6 +215,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: list[ModelConfig] = []
     # Absent: payments are off (manual credits through the admin API still work).
     payments: PaymentsConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
 

@@ -30,6 +30,7 @@ from hypercorn.utils import LifespanFailureError
 from relay.app import create_app
 from relay.config import Config, ServerConfig
 from relay.errors import ConfigError
+from relay.metrics.listener import MetricsOnlyApp, StateTap
 
 if TYPE_CHECKING:
     import uvicorn
@@ -77,13 +78,35 @@ async def _serve(config: Config) -> None:
     loop.set_exception_handler(_ignore_cancelled_connections)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    app = create_app(config, stopping=stop.is_set)
+    tap = StateTap(create_app(config, stopping=stop.is_set))
+    app: ASGIApp = tap
+    metrics_task = _serve_open_metrics(config, tap, stop)
     log.info("relay listening on %s (%s)", config.server.listen, config.server.http_server)
-    if config.server.http_server == "uvicorn":
-        await _serve_uvicorn(app, config.server, tls, listener, stop)
-    else:
-        await _serve_hypercorn(app, config.server, tls, listener, stop)
+    try:
+        if config.server.http_server == "uvicorn":
+            await _serve_uvicorn(app, config.server, tls, listener, stop)
+        else:
+            await _serve_hypercorn(app, config.server, tls, listener, stop)
+    finally:
+        stop.set()
+        if metrics_task is not None:
+            await metrics_task
     log.info("relay stopped")
+
+
+def _serve_open_metrics(
+    config: Config, tap: StateTap, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """``[metrics] listen``: a second hypercorn on its own port serving only ``/metrics``."""
+    listen = config.metrics.listen
+    if listen is None or not config.metrics.enabled:
+        return None
+    host, _, port = listen.rpartition(":")
+    sock = _bind(ServerConfig(listen=listen), what="metrics.listen: ")
+    hc = _hypercorn_config(config.server, None, f"fd://{sock.detach()}")
+    log.info("metrics listening on %s:%s (no token: keep it private)", host, port)
+    app = MetricsOnlyApp(tap)
+    return asyncio.create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
 
 
 def _tls_files(config: Config) -> tuple[str, str] | None:
@@ -100,7 +123,7 @@ def _tls_files(config: Config) -> tuple[str, str] | None:
     return cert, key
 
 
-def _bind(server: ServerConfig) -> socket.socket:
+def _bind(server: ServerConfig, what: str = "") -> socket.socket:
     """The listening socket, bound before the app starts so a busy port fails at once."""
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -113,7 +136,9 @@ def _bind(server: ServerConfig) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"could not start: cannot listen on {server.listen}: {reason}") from None
+        raise ConfigError(
+            f"could not start: {what}cannot listen on {server.listen}: {reason}"
+        ) from None
     sock.setblocking(False)
     return sock
 

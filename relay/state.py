@@ -12,6 +12,7 @@ from relay.config import Config
 from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.jobs.video import VideoPoller
+from relay.metrics.instruments import RequestMetrics
 from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
@@ -34,6 +35,8 @@ class RelayState:
     gate: Gate
     usage: UsageLog
     started_at: int = 0
+    # This app's Prometheus instruments (a registry of its own: tests run many apps).
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.

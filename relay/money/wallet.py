@@ -449,6 +449,14 @@ class Wallet:
             remaining_micros=key.spend_cap - key.spent - key.held if capped else None,
         )
 
+    def totals(self) -> tuple[int, int, int]:
+        """(Σ balances, Σ held, number of accounts) over every loaded account, for metrics."""
+        balance = held = 0
+        for account in self._accounts.values():
+            balance += account.balance
+            held += account.held
+        return balance, held, len(self._accounts)
+
     def open_hold_count(self, account_id: str | None = None) -> int:
         if account_id is None:
             return len(self._open)

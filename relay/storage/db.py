@@ -105,6 +105,8 @@ class Database:
     ) -> None:
         self.path = path
         self.commits = 0  # committed write transactions (batches), for tests and metrics
+        # Told each committed batch's duration in seconds (the metrics histogram); must not block.
+        self.commit_observer: Callable[[float], None] | None = None
         self._writer_conn = writer_conn
         self._executor = executor
         self._reader_conns = readers
@@ -369,12 +371,15 @@ class Database:
         replayable = all(item.future is None for item in batch)
         run = functools.partial(run_batch, self._writer_conn, fns, replayable=replayable)
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             outcomes = await loop.run_in_executor(self._executor, run)
         except Exception as exc:  # the whole transaction rolled back: every item must learn it
             self._fail_batch(batch, exc)
             return
         self.commits += 1
+        if self.commit_observer is not None:
+            self.commit_observer(loop.time() - started)
         for item, outcome in zip(batch, outcomes, strict=True):
             _settle(item, outcome)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 
 import msgspec
 
@@ -71,9 +72,11 @@ def _write_usage(conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEn
 class UsageLog:
     """Queues usage rows (with their charge, in one transaction) for the single writer."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, observer: Callable[[UsageRecord], None] | None = None):
         self._db = db
         self._overflow: set[asyncio.Task[None]] = set()
+        # Sees every record as it is queued (the request metrics); must be cheap, never raise.
+        self._observer = observer
 
     def record(self, record: UsageRecord, charge: LedgerEntry | None = None) -> None:
         """Queue the row and its charge; committed together within one flush interval.
@@ -81,6 +84,9 @@ class UsageLog:
         Never drops: the gate stops admitting well before the queue is full, and if it
         is full anyway the write waits for room in a task of its own.
         """
+
+        if self._observer is not None:
+            self._observer(record)
 
         def write(conn: sqlite3.Connection) -> None:
             _write_usage(conn, record, charge)
