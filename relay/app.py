@@ -39,6 +39,7 @@ from relay.jobs.video import VideoPoller
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
+from relay.money.budget import BudgetCalendar
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.state import RelayState
@@ -73,6 +74,7 @@ async def _open_state(
     client_factory: ClientFactory,
     hasher: SecretHasher | None,
     stopping: Callable[[], bool],
+    wall_clock_ms: Callable[[], int],
 ) -> RelayState:
     admin_token = os.environ.get(config.server.admin_token_env) or None
     if admin_token is None:
@@ -82,7 +84,13 @@ async def _open_state(
     )
     try:
         secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
-        wallet = Wallet(_ledger_sink(db))
+        budgets = config.budgets
+        calendar = BudgetCalendar(
+            day_start_hour=budgets.day_start_hour,
+            week_start=budgets.week_start_index,
+            month_start_day=budgets.month_start_day,
+        )
+        wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         await load_wallet(db, wallet)
         store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
         await store.load()
@@ -162,18 +170,22 @@ def create_app(
     hasher: SecretHasher | None = None,
     stopping: Callable[[], bool] = lambda: False,
     stripe_transport: httpx.AsyncBaseTransport | None = None,
+    wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
 ) -> Starlette:
     """The relay ASGI app; ``client_factory``, ``hasher`` and ``stripe_transport`` are
     seams for tests (upstreams, argon2 cost, a fake Stripe).
 
     ``stopping`` tells whether the server is shutting down (streams it cuts are then
     recorded as ``server_shutdown``, not as the client's leaving).
+
+    ``wall_clock_ms`` is the wallet's clock (ledger times, budget periods): tests inject one
+    to cross a period boundary.
     """
     factory = client_factory or default_client_factory
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        state = await _open_state(config, factory, hasher, stopping)
+        state = await _open_state(config, factory, hasher, stopping, wall_clock_ms)
         # Unwound in reverse: background jobs stop before the database drains and closes.
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_close_state, state)

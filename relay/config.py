@@ -21,6 +21,7 @@ from msgspec import Meta
 from relay.errors import ConfigError
 
 __all__ = [
+    "BudgetsConfig",
     "Config",
     "MetricsConfig",
     "ModelConfig",
@@ -154,6 +155,31 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             _check_usd(price, f"image_prices.{size}")
 
 
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS: tuple[Weekday, ...] = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+)
+
+
+class BudgetsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[budgets]``: where budget periods begin (UTC) for keys and accounts with a period."""
+
+    day_start_hour: Annotated[int, Meta(ge=0, le=23)] = 0
+    week_start: Weekday = "monday"
+    # 1..28 so that every month has the day.
+    month_start_day: Annotated[int, Meta(ge=1, le=28)] = 1
+
+    @property
+    def week_start_index(self) -> int:
+        return WEEKDAYS.index(self.week_start)
+
+
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[metrics]``: ``GET /metrics`` (Prometheus text) on the main listener.
 
@@ -216,6 +242,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Absent: payments are off (manual credits through the admin API still work).
     payments: PaymentsConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
 

@@ -166,7 +166,43 @@ _KEY_OPTIONS = {
 
 def _options(args: argparse.Namespace, names: Mapping[str, str]) -> dict[str, Any]:
     # Options left out stay out of the body, so a PATCH never resets them.
-    return _present({field: getattr(args, dest, None) for dest, field in names.items()})
+    return {
+        **_present({field: getattr(args, dest, None) for dest, field in names.items()}),
+        **_budget_fields(args),
+    }
+
+
+def _budget_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``--budget-period day|week|month|lifetime`` (lifetime = JSON null: no period) and the
+    account's ``--budget USD``; absent options stay out of the body."""
+    fields: dict[str, Any] = {}
+    period = getattr(args, "budget_period", None)
+    if period is not None:
+        fields["budget_period"] = None if period == "lifetime" else period
+    budget = getattr(args, "budget", None)
+    if budget is not None:
+        fields["budget_usd"] = budget
+    return fields
+
+
+def _add_budget_options(parser: argparse.ArgumentParser, *, account: bool) -> None:
+    """Budgets that reset on calendar boundaries (UTC; anchors in [budgets])."""
+    if account:
+        parser.add_argument(
+            "--budget",
+            type=cli_types.usd_amount,
+            metavar="USD",
+            help="account-wide spend budget beside the balance (0 = none)",
+        )
+    parser.add_argument(
+        "--budget-period",
+        choices=("day", "week", "month", "lifetime"),
+        help=(
+            "reset the "
+            + ("budget" if account else "spend cap")
+            + " each calendar day/week/month (UTC); lifetime = never"
+        ),
+    )
 
 
 def _account_path(args: argparse.Namespace) -> str:
@@ -328,6 +364,7 @@ def _add_account_options(parser: argparse.ArgumentParser, *, update: bool) -> No
     )
     parser.add_argument("--price-multiplier", type=cli_types.multiplier, metavar="X")
     _add_limit_options(parser)
+    _add_budget_options(parser, account=True)
     if update:
         parser.add_argument("--name", dest="new_name", metavar="NAME", help="rename the account")
 
@@ -351,6 +388,7 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         help="discount or markup, e.g. 0.8",
     )
     _add_limit_options(parser)
+    _add_budget_options(parser, account=False)
     expiry = parser.add_mutually_exclusive_group()
     expiry.add_argument("--expires", type=cli_types.expiry, metavar="YYYY-MM-DD")
     if update:

@@ -402,12 +402,25 @@ CREATE TABLE deletion_requests (
 CREATE INDEX deletion_requests_due ON deletion_requests (erased_at_ms, erase_after_ms);
 """
 
+# Budgets that reset on calendar boundaries (relay.money.budget): with a budget_period a
+# key's spend_cap_micros applies per period; an account may have a budget of its own.
+_BUDGETS_SCHEMA = """
+ALTER TABLE api_keys ADD COLUMN budget_period TEXT
+    CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
+ALTER TABLE accounts ADD COLUMN budget_micros INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN budget_period TEXT
+    CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
+CREATE INDEX ledger_charges_account_time ON ledger (account_id, created_at_ms)
+    WHERE kind = 'charge';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
     Migration(3, "video jobs", _VIDEO_JOBS_SCHEMA),
     Migration(4, "console users, sessions, tickets; usage rollup", _CONSOLE_SCHEMA),
     Migration(5, "payments, receipts, auto top-up, notices, deletion requests", _PAYMENTS_SCHEMA),
+    Migration(6, "budget periods on keys, budgets on accounts", _BUDGETS_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """
