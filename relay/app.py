@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from starlette.responses import Response
 
 from relay.admin import admin_routes
 from relay.admin.payments import open_payments, payment_routes
+from relay.admin.reload import ConfigReloader, build_router, calendar_of
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.api import data_plane_routes
@@ -39,13 +41,11 @@ from relay.jobs.video import VideoPoller
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
-from relay.money.budget import BudgetCalendar
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.state import RelayState
 from relay.storage.db import Database
-from relay.upstream.providers import ClientFactory, Provider, build_provider, default_client_factory
-from relay.upstream.routing import Model, Router
+from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
 from relay.usage.retention import RetentionJob, archive_dir_for
 
@@ -53,10 +53,6 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
-
-
-def _build_router(config: Config, providers: dict[str, Provider]) -> Router:
-    return Router({model.name: Model(model, providers) for model in config.models})
 
 
 def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
@@ -84,12 +80,7 @@ async def _open_state(
     )
     try:
         secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
-        budgets = config.budgets
-        calendar = BudgetCalendar(
-            day_start_hour=budgets.day_start_hour,
-            week_start=budgets.week_start_index,
-            month_start_day=budgets.month_start_day,
-        )
+        calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         await load_wallet(db, wallet)
         store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
@@ -107,7 +98,7 @@ async def _open_state(
         config=config,
         db=db,
         providers=providers,
-        router=_build_router(config, providers),
+        router=build_router(config, providers),
         auth=Authenticator(admin_token, store, VerifiedKeyCache(secret.subkey("key-cache"))),
         store=store,
         wallet=wallet,
@@ -201,7 +192,10 @@ def create_app(
             state.auto_topup = payments.auto_topup
             housekeeping = asyncio.create_task(_housekeeping(state))
             stack.push_async_callback(_cancel, housekeeping)
-            yield {"relay": state, "payments": payments}
+            source = Path(config.source) if config.source else None
+            reloader = ConfigReloader(state, source, factory)
+            stack.push_async_callback(reloader.aclose)
+            yield {"relay": state, "payments": payments, "reloader": reloader}
 
     return Starlette(
         routes=data_plane_routes()

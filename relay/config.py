@@ -245,6 +245,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budgets: BudgetsConfig = BudgetsConfig()
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
+    # The file itself (empty when parsed from text): what a reload re-reads.
+    source: str = ""
 
     @property
     def base_dir_path(self) -> Path:
@@ -300,8 +302,9 @@ def parse_config(text: str, base_dir: str = ".") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
-    if "base_dir" in raw:
-        raise ConfigError("base_dir: unknown key")
+    for internal in ("base_dir", "source"):
+        if internal in raw:
+            raise ConfigError(f"{internal}: unknown key")
     raw["base_dir"] = base_dir
     try:
         config = msgspec.convert(raw, Config)
@@ -317,7 +320,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(file)!r}: {exc.strerror}") from None
-    return parse_config(text, base_dir=str(file.resolve().parent))
+    config = parse_config(text, base_dir=str(file.resolve().parent))
+    return msgspec.structs.replace(config, source=str(file.resolve()))
 
 
 def resolve_secret(spec: str) -> str | None:

@@ -80,6 +80,14 @@ async def _serve(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     tap = StateTap(create_app(config, stopping=stop.is_set))
     app: ASGIApp = tap
+    reloads: set[asyncio.Task[None]] = set()  # held so that a running reload is not collected
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload_on_signal(tap))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     metrics_task = _serve_open_metrics(config, tap, stop)
     log.info("relay listening on %s (%s)", config.server.listen, config.server.http_server)
     try:
@@ -92,6 +100,18 @@ async def _serve(config: Config) -> None:
         if metrics_task is not None:
             await metrics_task
     log.info("relay stopped")
+
+
+async def _reload_on_signal(tap: StateTap) -> None:
+    """SIGHUP: re-read the config file; a refused file is logged and the old config stays."""
+    reloader = (tap.state or {}).get("reloader")
+    if reloader is None:
+        log.warning("SIGHUP ignored: relay is not serving yet")
+        return
+    try:
+        await reloader.reload()
+    except ConfigError:
+        return  # the reloader logged the key at fault; the running config stays
 
 
 def _serve_open_metrics(

@@ -30,7 +30,7 @@ from relay.cli.format import (
 from relay.config import ServerConfig, load_config
 from relay.money.pricing import micros_to_usd, usd_to_micros
 
-__all__ = ["TIMEOUT_S", "add_admin_commands", "admin_url"]
+__all__ = ["TIMEOUT_S", "add_admin_commands", "admin_request", "admin_url"]
 
 TIMEOUT_S = 10.0
 
@@ -99,6 +99,17 @@ def _request(
         except httpx.HTTPError as exc:
             raise _command_error(f"request to relay at {url} failed: {exc}") from None
     return _answer(response)
+
+
+def admin_request(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    body: Mapping[str, Any] | None = None,
+) -> Any:
+    """One admin API call for commands in other modules (same errors as the ones here)."""
+    return _request(args, method, path, body=body)
 
 
 def _answer(response: httpx.Response) -> Any:

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.cli.audit import add_audit_commands
     from relay.cli.billing import add_billing_commands
     from relay.cli.data_rights import add_payment_commands
+    from relay.cli.operations import add_operation_commands
     from relay.cli.usage import add_usage_commands
     from relay.cli.users import add_user_commands
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(commands, _add_config_option)
     add_user_commands(commands, _add_config_option)
     add_payment_commands(commands, _add_config_option)
+    add_operation_commands(commands, _add_config_option)
     return parser
 
 
