@@ -28,6 +28,8 @@ from relay.admin.payments import open_payments, payment_routes
 from relay.admin.reload import ConfigReloader, build_router, calendar_of
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
+from relay.alerts.outbox import AlertOutbox
+from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.config import Config
 from relay.console import console_routes
@@ -192,10 +194,22 @@ def create_app(
             state.auto_topup = payments.auto_topup
             housekeeping = asyncio.create_task(_housekeeping(state))
             stack.push_async_callback(_cancel, housekeeping)
+            alerts = AlertOutbox(state.db, lambda: state.config)
+            await alerts.start()
+            stack.push_async_callback(alerts.aclose)
+            state.alerts = alerts
+            watcher = AlertWatcher(state, alerts)
+            await watcher.start()
+            stack.push_async_callback(watcher.aclose)
             source = Path(config.source) if config.source else None
             reloader = ConfigReloader(state, source, factory)
             stack.push_async_callback(reloader.aclose)
-            yield {"relay": state, "payments": payments, "reloader": reloader}
+            yield {
+                "relay": state,
+                "payments": payments,
+                "reloader": reloader,
+                "alert_watcher": watcher,
+            }
 
     return Starlette(
         routes=data_plane_routes()

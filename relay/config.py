@@ -21,7 +21,11 @@ from msgspec import Meta
 from relay.errors import ConfigError
 
 __all__ = [
+    "ALERT_EVENTS",
+    "AlertConfig",
+    "AlertEvent",
     "BudgetsConfig",
+    "EmailConfig",
     "Config",
     "MetricsConfig",
     "ModelConfig",
@@ -180,6 +184,74 @@ class BudgetsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return WEEKDAYS.index(self.week_start)
 
 
+class EmailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[email]``: the SMTP server relay sends alerts and people's mail through."""
+
+    host: str
+    from_: str = msgspec.field(name="from")
+    port: Annotated[int, Meta(ge=1, le=65535)] = 587
+    # STARTTLS after connecting (port 587); false only for a local relay such as 127.0.0.1:25.
+    starttls: bool = True
+    user: str | None = None
+    # The name of the environment variable holding the SMTP password, never the password.
+    password_env: str | None = None
+    timeout_s: PositiveFloat = 30.0
+
+    def __post_init__(self) -> None:
+        if "@" not in self.from_:
+            raise ValueError("from must be an email address")
+        if (self.user is None) != (self.password_env is None):
+            raise ValueError("user and password_env must be set together")
+
+
+AlertEvent = Literal[
+    "balance_low",
+    "budget_80",
+    "budget_100",
+    "upstream_key_disabled",
+    "provider_cooling",
+    "auto_topup_failed",
+    "storage_unavailable",
+    "storage_recovered",
+]
+ALERT_EVENTS: tuple[AlertEvent, ...] = (
+    "balance_low",
+    "budget_80",
+    "budget_100",
+    "upstream_key_disabled",
+    "provider_cooling",
+    "auto_topup_failed",
+    "storage_unavailable",
+    "storage_recovered",
+)
+
+
+class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``[[alerts]]`` sink: where alerts go, which ones, and how often at most."""
+
+    sink: Literal["webhook", "slack", "email"]
+    name: str = ""
+    # webhook and slack: where to POST. email: the recipients (needs [email]).
+    url: str | None = None
+    to: list[str] = []
+    # webhook: env var holding the HMAC-SHA256 key; the body's signature is sent in
+    # x-relay-signature: sha256=<hex>.
+    secret_env: str | None = None
+    events: list[AlertEvent] = msgspec.field(default_factory=lambda: list(ALERT_EVENTS))
+    # An account's available balance below this (USD) raises balance_low.
+    balance_below_usd: str = "5"
+    # The same alert (event and subject) is sent again at most once per re-arm interval.
+    rearm_s: Annotated[float, Meta(ge=0)] = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.sink in ("webhook", "slack"):
+            if self.url is None or not self.url.startswith(("http://", "https://")):
+                raise ValueError(f'a {self.sink} sink needs url = "https://..."')
+        elif not self.to or any("@" not in address for address in self.to):
+            raise ValueError('an email sink needs to = ["someone@example.com"]')
+        _check_usd(self.balance_below_usd, "balance_below_usd")
+
+
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[metrics]``: ``GET /metrics`` (Prometheus text) on the main listener.
 
@@ -243,6 +315,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     payments: PaymentsConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
     budgets: BudgetsConfig = BudgetsConfig()
+    email: EmailConfig | None = None
+    alerts: list[AlertConfig] = []
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
     # The file itself (empty when parsed from text): what a reload re-reads.
@@ -283,6 +357,9 @@ def _check_references(config: Config) -> None:
         if provider.name in names:
             raise ConfigError(f"providers[{i}].name: duplicate provider {provider.name!r}")
         names.add(provider.name)
+    for i, alert in enumerate(config.alerts):
+        if alert.sink == "email" and config.email is None:
+            raise ConfigError(f"alerts[{i}].sink: an email sink needs an [email] section")
     models: set[str] = set()
     for i, model in enumerate(config.models):
         if model.name in models:

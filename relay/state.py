@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.admission.gate import Gate
+from relay.alerts.outbox import AlertOutbox
 from relay.config import Config
 from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
@@ -39,6 +40,8 @@ class RelayState:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None
+    # Operator alerts; ``alerts.notify_storage(available, reason)`` is for the storage layer.
+    alerts: AlertOutbox | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
     stopping: Callable[[], bool] = lambda: False
     # Request ids: a per-boot random prefix and a counter, unique across restarts.

@@ -184,6 +184,11 @@ class Relay:
         return self._capture.served
 
     @property
+    def lifespan_state(self) -> dict[str, Any]:
+        """Everything the lifespan yielded (the reloader, the alert watcher, ...)."""
+        return self._capture.state
+
+    @property
     def state(self) -> RelayState:
         state: RelayState = self._capture.state["relay"]
         return state

@@ -15,10 +15,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-__all__ = ["BUDGET_PERIODS", "BudgetCalendar", "BudgetPeriod", "PeriodSpend", "iso_utc"]
+__all__ = [
+    "BUDGET_PERIODS",
+    "PERIOD_ADJECTIVES",
+    "BudgetCalendar",
+    "BudgetPeriod",
+    "PeriodSpend",
+    "iso_utc",
+]
 
 BudgetPeriod = Literal["day", "week", "month"]
 BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "week", "month")
+# "monthly budget", and "lifetime" for a cap without a period.
+PERIOD_ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly", None: "lifetime"}
 _DAY = dt.timedelta(days=1)
 
 

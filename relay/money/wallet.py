@@ -27,7 +27,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from relay.errors import QuotaError
-from relay.money.budget import BudgetCalendar, BudgetPeriod, PeriodSpend, iso_utc
+from relay.money.budget import (
+    PERIOD_ADJECTIVES,
+    BudgetCalendar,
+    BudgetPeriod,
+    PeriodSpend,
+    iso_utc,
+)
 from relay.money.pricing import micros_to_usd
 from relay.money.records import (
     AccountMode,
@@ -622,7 +628,7 @@ class Wallet:
     def _cap_message(who: str, capped: _Capped, headroom: int, worst_case_micros: int) -> str:
         """Names the budget (key or account, lifetime or which period) and when it resets."""
         window = capped.window
-        kind = "spend cap" if window is None else f"{_PERIOD_ADJECTIVE[window.period]} budget"
+        kind = "spend cap" if window is None else f"{PERIOD_ADJECTIVES[window.period]} budget"
         if who == "account" and window is None:
             kind = "budget"
         text = (
@@ -634,6 +640,3 @@ class Wallet:
         if window is not None:
             text += f"; it resets at {iso_utc(window.end_ms)}"
         return text
-
-
-_PERIOD_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}

@@ -414,6 +414,25 @@ CREATE INDEX ledger_charges_account_time ON ledger (account_id, created_at_ms)
     WHERE kind = 'charge';
 """
 
+# Operator alerts (relay.alerts.outbox): one row per alert and sink, kept with its outcome.
+_ALERTS_SCHEMA = """
+CREATE TABLE alert_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink_index INTEGER NOT NULL,
+    sink_name TEXT NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER,
+    failed_at_ms INTEGER,
+    last_error TEXT
+);
+CREATE INDEX alert_outbox_due ON alert_outbox (delivered_at_ms, failed_at_ms, next_attempt_at_ms);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
@@ -421,6 +440,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "console users, sessions, tickets; usage rollup", _CONSOLE_SCHEMA),
     Migration(5, "payments, receipts, auto top-up, notices, deletion requests", _PAYMENTS_SCHEMA),
     Migration(6, "budget periods on keys, budgets on accounts", _BUDGETS_SCHEMA),
+    Migration(7, "alert outbox", _ALERTS_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """
