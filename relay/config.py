@@ -31,9 +31,12 @@ __all__ = [
     "ModelConfig",
     "PaymentsConfig",
     "ProviderConfig",
+    "RouteConfig",
+    "RouteSpec",
     "ServerConfig",
     "load_config",
     "parse_config",
+    "parse_route",
     "resolve_secret",
 ]
 
@@ -119,9 +122,45 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.first_byte_timeout_s or self.timeout_s
 
 
+class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A route in table form: ``{ provider = "openai", model = "gpt-4o", weight = 3 }``."""
+
+    provider: str
+    model: str
+    weight: Annotated[int, Meta(ge=0, le=1000)] | None = None
+
+
+class RouteSpec(msgspec.Struct, frozen=True):
+    """A parsed route: ``weight`` None = plain fallback order (no weight was given)."""
+
+    provider: str
+    upstream_model: str
+    weight: int | None
+
+
+def parse_route(route: str | RouteConfig) -> RouteSpec:
+    """``provider:upstream-model`` with an optional ``@weight``, or the table form."""
+    if isinstance(route, RouteConfig):
+        if not route.provider or not route.model:
+            raise ValueError("a route table needs provider and model")
+        return RouteSpec(route.provider, route.model, route.weight)
+    provider, sep, upstream = route.partition(":")
+    weight: int | None = None
+    base, at, suffix = upstream.rpartition("@")
+    if at and suffix.isdigit():
+        upstream, weight = base, int(suffix)
+        if weight > 1000:
+            raise ValueError(f"route {route!r}: weight must be 0..1000")
+    if not sep or not provider or not upstream:
+        raise ValueError(f"route {route!r} must be provider:upstream-model[@weight]")
+    return RouteSpec(provider, upstream, weight)
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
-    routes: list[str]
+    # Fallback order; with weights ("openai:gpt-4o@3", "azure:gpt-4o@1", or tables with
+    # weight) the first try is drawn by weight, the others follow as fallbacks.
+    routes: list[str | RouteConfig]
     kind: ModelKind = "chat"
     input_usd_per_mtok: str = "0"
     output_usd_per_mtok: str = "0"
@@ -141,9 +180,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not self.routes:
             raise ValueError("routes must list at least one provider:upstream-model")
         for route in self.routes:
-            provider, sep, upstream = route.partition(":")
-            if not sep or not provider or not upstream:
-                raise ValueError(f"route {route!r} must be provider:upstream-model")
+            parse_route(route)
         for key in (
             "input_usd_per_mtok",
             "output_usd_per_mtok",
@@ -366,7 +403,7 @@ def _check_references(config: Config) -> None:
             raise ConfigError(f"models[{i}].name: duplicate model {model.name!r}")
         models.add(model.name)
         for j, route in enumerate(model.routes):
-            provider_name = route.partition(":")[0]
+            provider_name = parse_route(route).provider
             if provider_name not in names:
                 raise ConfigError(
                     f"models[{i}].routes[{j}]: unknown provider {provider_name!r} "

@@ -15,7 +15,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from relay.config import ModelConfig
+from relay.config import ModelConfig, parse_route
 from relay.errors import NotFound, NoUpstreamAvailable, RelayError, UpstreamError, UpstreamTimeout
 from relay.money.pricing import ModelPrice
 from relay.upstream.client import (
@@ -49,20 +49,45 @@ class Route:
 class Model:
     """A public model name, its config and its routes in fallback order."""
 
-    __slots__ = ("name", "config", "price", "routes")
+    __slots__ = ("name", "config", "price", "routes", "weights")
 
     def __init__(self, config: ModelConfig, providers: dict[str, Provider]):
         self.name = config.name
         self.config = config
         self.price = ModelPrice.from_config(config)
-        self.routes = [
-            Route(providers[provider], upstream)
-            for provider, _, upstream in (route.partition(":") for route in config.routes)
-        ]
+        specs = [parse_route(route) for route in config.routes]
+        self.routes = [Route(providers[spec.provider], spec.upstream_model) for spec in specs]
+        # None: plain fallback order. Else each route's weight (an unweighted one counts 1).
+        self.weights: list[int] | None = None
+        if any(spec.weight is not None for spec in specs):
+            self.weights = [1 if spec.weight is None else spec.weight for spec in specs]
 
     @property
     def available(self) -> bool:
         return any(route.provider.enabled for route in self.routes)
+
+    def route_order(self, draw: Callable[[], float]) -> list[Route]:
+        """The routes to try, in order: with weights, the first is drawn among the enabled
+        routes by weight (``draw()`` in [0, 1)); the rest follow in config order."""
+        weights = self.weights
+        if weights is None:
+            return self.routes
+        candidates = [
+            (route, weight)
+            for route, weight in zip(self.routes, weights, strict=True)
+            if weight > 0 and route.provider.enabled
+        ]
+        total = sum(weight for _, weight in candidates)
+        if total == 0:
+            return self.routes
+        point = draw() * total
+        first = candidates[-1][0]
+        for route, weight in candidates:
+            if point < weight:
+                first = route
+                break
+            point -= weight
+        return [first, *(route for route in self.routes if route is not first)]
 
 
 class UpstreamRejected(RelayError):
@@ -161,7 +186,7 @@ class Router:
         """``path`` names the client's dialect; each provider maps it to its own endpoint
         and forwards what it needs of ``client_headers`` (e.g. ``anthropic-version``)."""
         failure: RelayError | None = None
-        for route in model.routes:
+        for route in model.route_order(self._jitter):
             if not route.provider.enabled:
                 failure = failure or NoUpstreamAvailable(route.provider.why_disabled())
                 continue
