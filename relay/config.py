@@ -101,6 +101,9 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idle_timeout_s: PositiveFloat = 60.0
     max_connections: PositiveInt = 1024
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    # Each pool key's own upstream quota (0 = none): routing skips a key that would exceed it.
+    key_rpm: Annotated[int, Meta(ge=0)] = 0
+    key_tpm: Annotated[int, Meta(ge=0)] = 0
     # mock kind only: simulated latency before the answer, and stream chunk count.
     mock_latency_ms: Annotated[int, Meta(ge=0)] = 0
     mock_stream_chunks: PositiveInt = 8

@@ -34,6 +34,7 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
 # Statuses worth another try elsewhere; any other 4xx is the request's own fault.
 _RETRYABLE_4XX = frozenset({408, 409, 425})
+_CHARS_PER_TOKEN = 4  # a rough size → tokens estimate, only for per-key TPM quotas
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +206,12 @@ class Router:
     ) -> tuple[OpenedRoute | None, RelayError | None]:
         provider = route.provider
         tried: set[int] = set()
+        # For keys with a TPM quota: the prompt's size is all that is known before sending.
+        tokens = len(body) // _CHARS_PER_TOKEN
         for attempt in range(1, provider.config.max_attempts + 1):
-            key = provider.pool.acquire(tried) or provider.pool.acquire()
+            key = provider.pool.acquire(tried, tokens) or provider.pool.acquire(tokens=tokens)
             if key is None:
-                return None, _pool_exhausted(provider)
+                return None, _pool_exhausted(provider, tokens)
             tried.add(key.index)
             # The key is held until an OpenedRoute owns it; any other way out (a failure,
             # an upstream 4xx, or the client leaving while we wait) must release it.
@@ -311,8 +314,8 @@ def _redact_keys(body: bytes, provider: Provider) -> bytes:
     return body
 
 
-def _pool_exhausted(provider: Provider) -> NoUpstreamAvailable:
-    wait = provider.pool.seconds_until_ready()
+def _pool_exhausted(provider: Provider, tokens: int = 0) -> NoUpstreamAvailable:
+    wait = provider.pool.seconds_until_ready(tokens)
     if wait is None:  # no key cools down: every one was rejected (401/403)
         return NoUpstreamAvailable(provider.why_disabled())
     error = NoUpstreamAvailable(f"every key of provider {provider.name!r} is rate-limited")
