@@ -49,7 +49,7 @@ from relay.state import RelayState
 from relay.storage.db import Database
 from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
-from relay.usage.retention import RetentionJob, archive_dir_for
+from relay.usage.retention import RetentionJob, RetentionPolicy, archive_dir_for
 
 __all__ = ["create_app"]
 
@@ -185,7 +185,13 @@ def create_app(
             assert state.videos is not None
             await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
             stack.push_async_callback(state.videos.stop)
-            retention = RetentionJob(state.db, archive_dir_for(config.database_path))
+            keep = config.retention
+            policy = RetentionPolicy(
+                hot_days=keep.usage_days,
+                audit_hot_days=keep.audit_days,
+                archive_keep_days=keep.archive_keep_days,
+            )
+            retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
             retention.start()
             stack.push_async_callback(retention.stop)
             payments = await open_payments(state, stripe_transport=stripe_transport)

@@ -31,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "PaymentsConfig",
     "ProviderConfig",
+    "RetentionConfig",
     "RouteConfig",
     "RouteSpec",
     "ServerConfig",
@@ -292,6 +293,15 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_usd(self.balance_below_usd, "balance_below_usd")
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[retention]``: how long rows stay in the database before monthly archive files."""
+
+    usage_days: Annotated[int, Meta(ge=1)] = 90
+    # The privacy policy's 90 days by default.
+    audit_days: Annotated[int, Meta(ge=1)] = 90
+    archive_keep_days: Annotated[int, Meta(ge=1)] = 730
+
+
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[metrics]``: ``GET /metrics`` (Prometheus text) on the main listener.
 
@@ -355,6 +365,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     payments: PaymentsConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
     budgets: BudgetsConfig = BudgetsConfig()
+    retention: RetentionConfig = RetentionConfig()
     email: EmailConfig | None = None
     alerts: list[AlertConfig] = []
     # Where the file was read from; relative paths in it resolve against this folder.
