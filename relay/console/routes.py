@@ -18,6 +18,7 @@ from relay.console.pages import (
     operator,
     overview,
     payments,
+    recovery,
     session,
     tickets,
 )
@@ -53,6 +54,10 @@ def console_routes() -> list[BaseRoute]:
         route("/logout", session.logout, "POST"),
         route("/password", session.password_form),
         route("/password", session.change_password, "POST"),
+        route("/forgot", recovery.forgot_form),
+        route("/forgot", recovery.request_reset, "POST"),
+        route("/reset/{token}", recovery.reset_form),
+        route("/reset/{token}", recovery.reset_password, "POST"),
         route("/invite/{token}", session.invite_form),
         route("/invite/{token}", session.accept_invite, "POST"),
         route(_ACCOUNT, overview.overview),

@@ -433,6 +433,17 @@ CREATE TABLE alert_outbox (
 CREATE INDEX alert_outbox_due ON alert_outbox (delivered_at_ms, failed_at_ms, next_attempt_at_ms);
 """
 
+# Password reset links emailed to console users (relay.console.password_resets).
+_PASSWORD_RESETS_SCHEMA = """
+CREATE TABLE console_password_resets (
+    id_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES console_users (id),
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms INTEGER
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
@@ -441,6 +452,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "payments, receipts, auto top-up, notices, deletion requests", _PAYMENTS_SCHEMA),
     Migration(6, "budget periods on keys, budgets on accounts", _BUDGETS_SCHEMA),
     Migration(7, "alert outbox", _ALERTS_SCHEMA),
+    Migration(8, "console password reset links", _PASSWORD_RESETS_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """
