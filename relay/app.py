@@ -47,6 +47,7 @@ from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.state import RelayState
 from relay.storage.db import Database
+from relay.upstream.health import HealthChecker
 from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
 from relay.usage.retention import RetentionJob, RetentionPolicy, archive_dir_for
@@ -207,6 +208,9 @@ def create_app(
             watcher = AlertWatcher(state, alerts)
             await watcher.start()
             stack.push_async_callback(watcher.aclose)
+            health = HealthChecker(lambda: state.providers)
+            health.start()
+            stack.push_async_callback(health.aclose)
             source = Path(config.source) if config.source else None
             reloader = ConfigReloader(state, source, factory)
             stack.push_async_callback(reloader.aclose)

@@ -110,6 +110,9 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Each pool key's own upstream quota (0 = none): routing skips a key that would exceed it.
     key_rpm: Annotated[int, Meta(ge=0)] = 0
     key_tpm: Annotated[int, Meta(ge=0)] = 0
+    # Active health checks (None = off): each key GETs health_check_path this often.
+    health_check_interval_s: Annotated[float, Meta(ge=5)] | None = None
+    health_check_path: str = "/models"
     # mock kind only: simulated latency before the answer, and stream chunk count.
     mock_latency_ms: Annotated[int, Meta(ge=0)] = 0
     mock_stream_chunks: PositiveInt = 8
