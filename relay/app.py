@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +24,11 @@ from starlette.responses import Response
 
 from relay.admin import admin_routes
 from relay.admin.payments import payment_routes
+from relay.admin.reload import ConfigReloader, build_router, calendar_of
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
+from relay.alerts.outbox import AlertOutbox
+from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.config import Config
 from relay.console import console_routes
@@ -36,26 +40,25 @@ from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.periodic import PeriodicTask
 from relay.jobs.video import VideoPoller
+from relay.metrics.collector import StateCollector
+from relay.metrics.instruments import RequestMetrics
+from relay.metrics.route import metrics_routes
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
-from relay.upstream.providers import ClientFactory, Provider, build_provider, default_client_factory
-from relay.upstream.routing import Model, Router
+from relay.upstream.health import HealthChecker
+from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
 from relay.usage.refusals import RefusalCounter
-from relay.usage.retention import RetentionJob, archive_dir_for
+from relay.usage.retention import RetentionJob, RetentionPolicy, archive_dir_for
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
-
-
-def _build_router(config: Config, providers: dict[str, Provider]) -> Router:
-    return Router({model.name: Model(model, providers) for model in config.models})
 
 
 def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
@@ -73,6 +76,7 @@ async def _open_state(
     client_factory: ClientFactory,
     hasher: SecretHasher | None,
     stopping: Callable[[], bool],
+    wall_clock_ms: Callable[[], int],
 ) -> RelayState:
     admin_token = os.environ.get(config.server.admin_token_env) or None
     if admin_token is None:
@@ -82,23 +86,26 @@ async def _open_state(
     )
     try:
         secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
-        wallet = Wallet(_ledger_sink(db))
+        calendar = calendar_of(config)
+        wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         await load_wallet(db, wallet)
         store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
         await store.load()
     except BaseException:
         await db.close()
         raise
+    metrics = RequestMetrics()
+    db.commit_observer = metrics.observe_commit
     providers = {p.name: build_provider(p, client_factory) for p in config.providers}
     for provider in providers.values():
         if not provider.enabled:
             log.warning("%s; its models answer 503 until it is set", provider.why_disabled())
     storage = StorageHealth(db, stall_s=config.server.storage_stall_s)
-    return RelayState(
+    state = RelayState(
         config=config,
         db=db,
         providers=providers,
-        router=_build_router(config, providers),
+        router=build_router(config, providers),
         auth=Authenticator(
             admin_token,
             store,
@@ -108,13 +115,16 @@ async def _open_state(
         store=store,
         wallet=wallet,
         gate=Gate(wallet, RateLimiter(), check_storage=storage.check),
-        usage=UsageLog(db),
+        usage=UsageLog(db, metrics.observe),
         storage=storage,
         refusals=RefusalCounter(db),
         started_at=int(time.time()),
+        metrics=metrics,
         videos=VideoPoller(db, wallet, providers),
         stopping=stopping,
     )
+    metrics.registry.register(StateCollector(state))
+    return state
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -182,25 +192,35 @@ def create_app(
     hasher: SecretHasher | None = None,
     stopping: Callable[[], bool] = lambda: False,
     stripe_transport: httpx.AsyncBaseTransport | None = None,
+    wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
 ) -> Starlette:
     """The relay ASGI app; ``client_factory``, ``hasher`` and ``stripe_transport`` are
     seams for tests (upstreams, argon2 cost, a fake Stripe).
 
     ``stopping`` tells whether the server is shutting down (streams it cuts are then
     recorded as ``server_shutdown``, not as the client's leaving).
+
+    ``wall_clock_ms`` is the wallet's clock (ledger times, budget periods): tests inject one
+    to cross a period boundary.
     """
     factory = client_factory or default_client_factory
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        state = await _open_state(config, factory, hasher, stopping)
+        state = await _open_state(config, factory, hasher, stopping, wall_clock_ms)
         # Unwound in reverse: background jobs stop before the database drains and closes.
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_close_state, state)
             assert state.videos is not None
             await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
             stack.push_async_callback(state.videos.stop)
-            retention = RetentionJob(state.db, archive_dir_for(config.database_path))
+            keep = config.retention
+            policy = RetentionPolicy(
+                hot_days=keep.usage_days,
+                audit_hot_days=keep.audit_days,
+                archive_keep_days=keep.archive_keep_days,
+            )
+            retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
             retention.start()
             stack.push_async_callback(retention.stop)
             payments = await open_payments(state, stripe_transport=stripe_transport)
@@ -223,10 +243,32 @@ def create_app(
             )
             refusals.start()
             stack.push_async_callback(refusals.stop)
-            yield {"relay": state, "payments": payments}
+            alerts = AlertOutbox(state.db, lambda: state.config)
+            await alerts.start()
+            stack.push_async_callback(alerts.aclose)
+            state.alerts = alerts
+            watcher = AlertWatcher(state, alerts)
+            await watcher.start()
+            stack.push_async_callback(watcher.aclose)
+            health = HealthChecker(lambda: state.providers)
+            health.start()
+            stack.push_async_callback(health.aclose)
+            source = Path(config.source) if config.source else None
+            reloader = ConfigReloader(state, source, factory)
+            stack.push_async_callback(reloader.aclose)
+            yield {
+                "relay": state,
+                "payments": payments,
+                "reloader": reloader,
+                "alert_watcher": watcher,
+            }
 
     return Starlette(
-        routes=data_plane_routes() + admin_routes() + payment_routes() + console_routes(),
+        routes=data_plane_routes()
+        + metrics_routes()
+        + admin_routes()
+        + payment_routes()
+        + console_routes(),
         lifespan=lifespan,
         exception_handlers={
             RelayError: _handle_relay_error,

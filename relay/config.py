@@ -21,13 +21,23 @@ from msgspec import Meta
 from relay.errors import ConfigError
 
 __all__ = [
+    "ALERT_EVENTS",
+    "AlertConfig",
+    "AlertEvent",
+    "BudgetsConfig",
+    "EmailConfig",
     "Config",
+    "MetricsConfig",
     "ModelConfig",
     "PaymentsConfig",
     "ProviderConfig",
+    "RetentionConfig",
+    "RouteConfig",
+    "RouteSpec",
     "ServerConfig",
     "load_config",
     "parse_config",
+    "parse_route",
     "resolve_secret",
 ]
 
@@ -70,6 +80,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key: str | None = None
     # uvicorn (the relay[uvicorn] extra) parses HTTP/1.1 faster; hypercorn adds HTTP/2.
     http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
+    # How people reach relay (https://relay.example.com): the base of links sent by email.
+    # Never taken from a request's Host header, which a stranger controls.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -77,6 +90,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:8787"')
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
 
     @property
     def max_upstream_body_bytes(self) -> int:
@@ -107,6 +122,12 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_timeout_s: PositiveFloat = 900.0
     max_connections: PositiveInt = 1024
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    # Each pool key's own upstream quota (0 = none): routing skips a key that would exceed it.
+    key_rpm: Annotated[int, Meta(ge=0)] = 0
+    key_tpm: Annotated[int, Meta(ge=0)] = 0
+    # Active health checks (None = off): each key GETs health_check_path this often.
+    health_check_interval_s: Annotated[float, Meta(ge=5)] | None = None
+    health_check_path: str = "/models"
     # mock kind only: simulated latency before the answer, and stream chunk count.
     mock_latency_ms: Annotated[int, Meta(ge=0)] = 0
     mock_stream_chunks: PositiveInt = 8
@@ -128,9 +149,45 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.first_byte_timeout_s or self.timeout_s
 
 
+class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A route in table form: ``{ provider = "openai", model = "gpt-4o", weight = 3 }``."""
+
+    provider: str
+    model: str
+    weight: Annotated[int, Meta(ge=0, le=1000)] | None = None
+
+
+class RouteSpec(msgspec.Struct, frozen=True):
+    """A parsed route: ``weight`` None = plain fallback order (no weight was given)."""
+
+    provider: str
+    upstream_model: str
+    weight: int | None
+
+
+def parse_route(route: str | RouteConfig) -> RouteSpec:
+    """``provider:upstream-model`` with an optional ``@weight``, or the table form."""
+    if isinstance(route, RouteConfig):
+        if not route.provider or not route.model:
+            raise ValueError("a route table needs provider and model")
+        return RouteSpec(route.provider, route.model, route.weight)
+    provider, sep, upstream = route.partition(":")
+    weight: int | None = None
+    base, at, suffix = upstream.rpartition("@")
+    if at and suffix.isdigit():
+        upstream, weight = base, int(suffix)
+        if weight > 1000:
+            raise ValueError(f"route {route!r}: weight must be 0..1000")
+    if not sep or not provider or not upstream:
+        raise ValueError(f"route {route!r} must be provider:upstream-model[@weight]")
+    return RouteSpec(provider, upstream, weight)
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
-    routes: list[str]
+    # Fallback order; with weights ("openai:gpt-4o@3", "azure:gpt-4o@1", or tables with
+    # weight) the first try is drawn by weight, the others follow as fallbacks.
+    routes: list[str | RouteConfig]
     kind: ModelKind = "chat"
     input_usd_per_mtok: str = "0"
     output_usd_per_mtok: str = "0"
@@ -154,9 +211,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not self.routes:
             raise ValueError("routes must list at least one provider:upstream-model")
         for route in self.routes:
-            provider, sep, upstream = route.partition(":")
-            if not sep or not provider or not upstream:
-                raise ValueError(f"route {route!r} must be provider:upstream-model")
+            parse_route(route)
         for key in (
             "input_usd_per_mtok",
             "output_usd_per_mtok",
@@ -170,6 +225,127 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 _check_usd(value, key)
         for size, price in self.image_prices.items():
             _check_usd(price, f"image_prices.{size}")
+
+
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS: tuple[Weekday, ...] = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+)
+
+
+class BudgetsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[budgets]``: where budget periods begin (UTC) for keys and accounts with a period."""
+
+    day_start_hour: Annotated[int, Meta(ge=0, le=23)] = 0
+    week_start: Weekday = "monday"
+    # 1..28 so that every month has the day.
+    month_start_day: Annotated[int, Meta(ge=1, le=28)] = 1
+
+    @property
+    def week_start_index(self) -> int:
+        return WEEKDAYS.index(self.week_start)
+
+
+class EmailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[email]``: the SMTP server relay sends alerts and people's mail through."""
+
+    host: str
+    from_: str = msgspec.field(name="from")
+    port: Annotated[int, Meta(ge=1, le=65535)] = 587
+    # STARTTLS after connecting (port 587); false only for a local relay such as 127.0.0.1:25.
+    starttls: bool = True
+    user: str | None = None
+    # The name of the environment variable holding the SMTP password, never the password.
+    password_env: str | None = None
+    timeout_s: PositiveFloat = 30.0
+
+    def __post_init__(self) -> None:
+        if "@" not in self.from_:
+            raise ValueError("from must be an email address")
+        if (self.user is None) != (self.password_env is None):
+            raise ValueError("user and password_env must be set together")
+
+
+AlertEvent = Literal[
+    "balance_low",
+    "budget_80",
+    "budget_100",
+    "upstream_key_disabled",
+    "provider_cooling",
+    "auto_topup_failed",
+    "storage_unavailable",
+    "storage_recovered",
+]
+ALERT_EVENTS: tuple[AlertEvent, ...] = (
+    "balance_low",
+    "budget_80",
+    "budget_100",
+    "upstream_key_disabled",
+    "provider_cooling",
+    "auto_topup_failed",
+    "storage_unavailable",
+    "storage_recovered",
+)
+
+
+class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``[[alerts]]`` sink: where alerts go, which ones, and how often at most."""
+
+    sink: Literal["webhook", "slack", "email"]
+    name: str = ""
+    # webhook and slack: where to POST. email: the recipients (needs [email]).
+    url: str | None = None
+    to: list[str] = []
+    # webhook: env var holding the HMAC-SHA256 key; the body's signature is sent in
+    # x-relay-signature: sha256=<hex>.
+    secret_env: str | None = None
+    events: list[AlertEvent] = msgspec.field(default_factory=lambda: list(ALERT_EVENTS))
+    # An account's available balance below this (USD) raises balance_low.
+    balance_below_usd: str = "5"
+    # The same alert (event and subject) is sent again at most once per re-arm interval.
+    rearm_s: Annotated[float, Meta(ge=0)] = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.sink in ("webhook", "slack"):
+            if self.url is None or not self.url.startswith(("http://", "https://")):
+                raise ValueError(f'a {self.sink} sink needs url = "https://..."')
+        elif not self.to or any("@" not in address for address in self.to):
+            raise ValueError('an email sink needs to = ["someone@example.com"]')
+        _check_usd(self.balance_below_usd, "balance_below_usd")
+
+
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[retention]``: how long rows stay in the database before monthly archive files."""
+
+    usage_days: Annotated[int, Meta(ge=1)] = 90
+    # The privacy policy's 90 days by default.
+    audit_days: Annotated[int, Meta(ge=1)] = 90
+    archive_keep_days: Annotated[int, Meta(ge=1)] = 730
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[metrics]``: ``GET /metrics`` (Prometheus text) on the main listener.
+
+    It answers the admin token, or the token in ``token_env`` when that variable is set
+    (so a scraper never holds the operator's token). ``listen`` opens a second port that
+    serves only ``/metrics`` without a token: bind it to loopback or a private interface.
+    """
+
+    enabled: bool = True
+    token_env: str = "RELAY_METRICS_TOKEN"
+    listen: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:9464"')
 
 
 # Two-decimal currencies only: a minor unit is exactly 10,000 micro-units of the wallet.
@@ -214,8 +390,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: list[ModelConfig] = []
     # Absent: payments are off (manual credits through the admin API still work).
     payments: PaymentsConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    retention: RetentionConfig = RetentionConfig()
+    email: EmailConfig | None = None
+    alerts: list[AlertConfig] = []
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
+    # The file itself (empty when parsed from text): what a reload re-reads.
+    source: str = ""
 
     @property
     def base_dir_path(self) -> Path:
@@ -252,13 +435,16 @@ def _check_references(config: Config) -> None:
         if provider.name in names:
             raise ConfigError(f"providers[{i}].name: duplicate provider {provider.name!r}")
         names.add(provider.name)
+    for i, alert in enumerate(config.alerts):
+        if alert.sink == "email" and config.email is None:
+            raise ConfigError(f"alerts[{i}].sink: an email sink needs an [email] section")
     models: set[str] = set()
     for i, model in enumerate(config.models):
         if model.name in models:
             raise ConfigError(f"models[{i}].name: duplicate model {model.name!r}")
         models.add(model.name)
         for j, route in enumerate(model.routes):
-            provider_name = route.partition(":")[0]
+            provider_name = parse_route(route).provider
             if provider_name not in names:
                 raise ConfigError(
                     f"models[{i}].routes[{j}]: unknown provider {provider_name!r} "
@@ -271,8 +457,9 @@ def parse_config(text: str, base_dir: str = ".") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
-    if "base_dir" in raw:
-        raise ConfigError("base_dir: unknown key")
+    for internal in ("base_dir", "source"):
+        if internal in raw:
+            raise ConfigError(f"{internal}: unknown key")
     raw["base_dir"] = base_dir
     try:
         config = msgspec.convert(raw, Config)
@@ -288,7 +475,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(file)!r}: {exc.strerror}") from None
-    return parse_config(text, base_dir=str(file.resolve().parent))
+    config = parse_config(text, base_dir=str(file.resolve().parent))
+    return msgspec.structs.replace(config, source=str(file.resolve()))
 
 
 def resolve_secret(spec: str) -> str | None:

@@ -34,6 +34,7 @@ from relay.app import create_app
 from relay.config import Config, ServerConfig
 from relay.errors import ConfigError
 from relay.http.grace import GraceCut
+from relay.metrics.listener import MetricsOnlyApp, StateTap
 
 if TYPE_CHECKING:
     import uvicorn
@@ -84,8 +85,18 @@ async def _serve(config: Config) -> None:
     loop.set_exception_handler(_ignore_cancelled_connections)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    app = GraceCut(create_app(config, stopping=stop.is_set))
+    tap = StateTap(create_app(config, stopping=stop.is_set))
+    app = GraceCut(tap)
     cutter = asyncio.create_task(_cut_after_grace(app, stop, config.server.shutdown_grace_s))
+    reloads: set[asyncio.Task[None]] = set()  # held so that a running reload is not collected
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload_on_signal(tap))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    metrics_task = _serve_open_metrics(config, tap, stop)
     log.info("relay listening on %s (%s)", config.server.listen, config.server.http_server)
     try:
         if config.server.http_server == "uvicorn":
@@ -94,6 +105,9 @@ async def _serve(config: Config) -> None:
             await _serve_hypercorn(app, config.server, tls, listener, stop, read_timeout_s(config))
     finally:
         cutter.cancel()
+        stop.set()
+        if metrics_task is not None:
+            await metrics_task
     log.info("relay stopped")
 
 
@@ -122,6 +136,33 @@ def read_timeout_s(config: Config) -> int:
     return math.ceil(longest + config.server.body_read_timeout_s)
 
 
+async def _reload_on_signal(tap: StateTap) -> None:
+    """SIGHUP: re-read the config file; a refused file is logged and the old config stays."""
+    reloader = (tap.state or {}).get("reloader")
+    if reloader is None:
+        log.warning("SIGHUP ignored: relay is not serving yet")
+        return
+    try:
+        await reloader.reload()
+    except ConfigError:
+        return  # the reloader logged the key at fault; the running config stays
+
+
+def _serve_open_metrics(
+    config: Config, tap: StateTap, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """``[metrics] listen``: a second hypercorn on its own port serving only ``/metrics``."""
+    listen = config.metrics.listen
+    if listen is None or not config.metrics.enabled:
+        return None
+    host, _, port = listen.rpartition(":")
+    sock = _bind(ServerConfig(listen=listen), what="metrics.listen: ")
+    hc = _hypercorn_config(config.server, None, f"fd://{sock.detach()}")
+    log.info("metrics listening on %s:%s (no token: keep it private)", host, port)
+    app = MetricsOnlyApp(tap)
+    return asyncio.create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+
+
 def _tls_files(config: Config) -> tuple[str, str] | None:
     """The certificate and key paths, checked now: a bad file is one line, not a traceback."""
     server = config.server
@@ -136,7 +177,7 @@ def _tls_files(config: Config) -> tuple[str, str] | None:
     return cert, key
 
 
-def _bind(server: ServerConfig) -> socket.socket:
+def _bind(server: ServerConfig, what: str = "") -> socket.socket:
     """The listening socket, bound before the app starts so a busy port fails at once."""
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -149,7 +190,9 @@ def _bind(server: ServerConfig) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"could not start: cannot listen on {server.listen}: {reason}") from None
+        raise ConfigError(
+            f"could not start: {what}cannot listen on {server.listen}: {reason}"
+        ) from None
     sock.setblocking(False)
     return sock
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from relay.admission.gate import Gate
+from relay.alerts.outbox import AlertOutbox
 from relay.config import Config
 from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.jobs.video import VideoPoller
+from relay.metrics.instruments import RequestMetrics
 from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
@@ -40,8 +42,12 @@ class RelayState:
     storage: StorageHealth
     refusals: RefusalCounter
     started_at: int = 0
+    # This app's Prometheus instruments (a registry of its own: tests run many apps).
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None
+    # Operator alerts; ``alerts.notify_storage(available, reason)`` is for the storage layer.
+    alerts: AlertOutbox | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
     stopping: Callable[[], bool] = lambda: False
     # Request ids: a per-boot random prefix and a counter, unique across restarts.

@@ -184,6 +184,11 @@ class Relay:
         return self._capture.served
 
     @property
+    def lifespan_state(self) -> dict[str, Any]:
+        """Everything the lifespan yielded (the reloader, the alert watcher, ...)."""
+        return self._capture.state
+
+    @property
     def state(self) -> RelayState:
         state: RelayState = self._capture.state["relay"]
         return state
@@ -256,11 +261,17 @@ async def run_relay(
     hasher: CountingHasher | None = None,
     token: str = ADMIN_TOKEN,
     stripe_transport: httpx.AsyncBaseTransport | None = None,
+    wall_clock_ms: Callable[[], int] | None = None,
 ) -> AsyncIterator[Relay]:
     """Serve relay on 127.0.0.1 until the block exits (then drain and close the app)."""
     hasher = hasher or CountingHasher()
+    clock = {} if wall_clock_ms is None else {"wall_clock_ms": wall_clock_ms}
     app = create_app(
-        config, client_factory=client_factory, hasher=hasher, stripe_transport=stripe_transport
+        config,
+        client_factory=client_factory,
+        hasher=hasher,
+        stripe_transport=stripe_transport,
+        **clock,
     )
     capture = _AppProbe(app)
     fd, port = loopback_socket_fd()

@@ -28,6 +28,12 @@ ACCOUNT_FIELDS = {
     "balance_micros",
     "held_micros",
     "available_micros",
+    # Issue 16: the account's own budget, lifetime or per period.
+    "budget_micros",
+    "budget_period",
+    "budget_spent_micros",
+    "budget_remaining_micros",
+    "budget_resets_at",
 }
 KEY_FIELDS = {
     "id",
@@ -45,6 +51,10 @@ KEY_FIELDS = {
     "status",
     "created_at",
     "last_used_at",
+    # Issue 16: budgets that reset each day/week/month.
+    "budget_period",
+    "period_spent_micros",
+    "budget_resets_at",
 }
 
 

@@ -331,3 +331,25 @@ async def test_key_edit_changes_limits_with_an_audit_row(
         assert 'value="3.25"' in shown and 'value="2031-01-31"' in shown
         update = [r for r in await relay.audit() if r["action"] == "key.update"]
         assert [r["actor"] for r in update] == ["a@acme.test"]
+
+
+async def test_key_edit_sets_a_monthly_cap_and_the_page_shows_its_reset(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        acme = await relay.create_account("acme")
+        key = await relay.create_key(acme["id"], name="one")
+        await create_user(relay, "a@acme.test", account=acme["id"], role="admin")
+        page = f"/console/a/{acme['id']}/keys/{key['id']}"
+        async with Browser(relay) as admin:
+            await admin.login("a@acme.test")
+            form = {"name": "one", "spend_cap_usd": "5", "budget_period": "month"}
+            saved = await admin.submit(page, page, {**form, "concurrency": "100"})
+            assert saved.status_code == 303
+            bad = await admin.submit(page, page, {**form, "budget_period": "fortnight"})
+            assert bad.status_code == 400
+            shown = (await admin.get(page)).text
+        assert relay.state.store.key(key["id"]).budget_period == "month"
+        assert '<option value="month" selected>' in shown
+        assert "left of this month's cap" in shown.replace("&#39;", "'")
+        assert "spent this month; resets" in shown

@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "config": 0,
     "storage": 1,
+    "mail": 1,
     "upstream": 2,
     "money": 3,
     "identity": 3,
@@ -26,6 +27,8 @@ LAYERS: dict[str, int] = {
     "usage": 4,
     "jobs": 4,
     "payments": 5,
+    "alerts": 5,
+    "metrics": 5,
     "state": 6,
     "http": 7,
     "api": 8,
@@ -44,6 +47,10 @@ ALLOWED_UPWARD = {
     ("usage", "jobs"),
     # The lifespan-built payments runtime hangs off the app's state like every other part.
     ("payments", "state"),
+    ("alerts", "state"),
+    ("metrics", "state"),
+    # The /metrics route and its second listener live beside the metrics they render.
+    ("metrics", "http"),
 }
 
 

@@ -286,3 +286,18 @@ async def test_the_daily_job_runs_with_an_injected_clock(db: Database, archives:
         await job.stop()
     assert job.last_report is not None and job.last_report.usage_rows_archived > 0
     await job.stop()  # idempotent
+
+
+async def test_audit_retention_is_configurable_apart_from_usage(
+    db: Database, archives: Path
+) -> None:
+    """[retention] audit_days: audit rows older than it are archived, usage keeps its 90."""
+    policy = RetentionPolicy(hot_days=90, audit_hot_days=30)
+    await run_retention(db, archives, now_ms=NOW_MS, policy=policy)
+    oldest_audit = await db.fetchone("SELECT MIN(ts_ms) FROM audit")
+    assert oldest_audit is not None and oldest_audit[0] >= NOW_MS - 30 * DAY_MS - DAY_MS
+    oldest_usage = await db.fetchone("SELECT MIN(ts_ms) FROM usage")
+    assert oldest_usage is not None and oldest_usage[0] >= CUTOFF_MS - DAY_MS
+    assert oldest_usage[0] < NOW_MS - 30 * DAY_MS  # usage younger than 90 days stays hot
+    audit_archived = [r for r in await recorded(db) if r["kind"] == "audit"]
+    assert sum(r["rows"] for r in audit_archived) > 0

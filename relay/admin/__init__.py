@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute, Route
 
 from relay.admin import accounts, keys
 from relay.admin.audit import audit_routes
+from relay.admin.operations import operation_routes
 from relay.admin.usage import usage_routes
 from relay.admin.users import user_routes
 
@@ -27,6 +28,7 @@ def admin_routes() -> list[BaseRoute]:
         Route("/admin/keys/{key_id}", keys.show_key, methods=["GET"]),
         Route("/admin/keys/{key_id}", keys.update_key, methods=["PATCH"]),
         Route("/admin/keys/{key_id}/revoke", keys.revoke_key, methods=["POST"]),
+        *operation_routes(),
         *usage_routes(),
         *audit_routes(),
         *user_routes(),

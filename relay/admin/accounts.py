@@ -21,6 +21,7 @@ from relay.admin.common import (
 from relay.errors import InvalidRequest
 from relay.http.responses import json_response
 from relay.identity.accounts import Account
+from relay.money.budget import BudgetPeriod
 from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.money.ledger import ledger_view
 from relay.money.pricing import parse_multiplier
@@ -53,6 +54,9 @@ class NewAccount(msgspec.Struct, forbid_unknown_fields=True):
     tpm: Count = 0
     concurrency: Count = 0
     price_multiplier: str = "1"
+    # An account-wide spend budget beside the balance ("0" = none), lifetime or per period.
+    budget_usd: str = "0"
+    budget_period: BudgetPeriod | None = None
 
 
 class AccountChanges(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,6 +68,8 @@ class AccountChanges(msgspec.Struct, forbid_unknown_fields=True):
     tpm: Count | UnsetType = UNSET
     concurrency: Count | UnsetType = UNSET
     price_multiplier: str | UnsetType = UNSET
+    budget_usd: str | UnsetType = UNSET
+    budget_period: BudgetPeriod | None | UnsetType = UNSET
 
 
 class Credit(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,6 +105,8 @@ async def create_account(request: Request, state: RelayState) -> Response:
         tpm=spec.tpm,
         concurrency=spec.concurrency,
         price_multiplier=_check_multiplier(spec.price_multiplier),
+        budget_micros=parse_usd(spec.budget_usd, "budget_usd"),
+        budget_period=spec.budget_period,
     )
     account = await state.store.create_account(account, actor=ADMIN_ACTOR)
     return created(account_view(state, account))
@@ -123,8 +131,10 @@ async def update_account(request: Request, state: RelayState) -> Response:
     fields = {
         name: value
         for name, value in msgspec.structs.asdict(changes).items()
-        if value is not UNSET and name != "credit_limit_usd"
+        if value is not UNSET and name not in ("credit_limit_usd", "budget_usd")
     }
+    if isinstance(changes.budget_usd, str):
+        fields["budget_micros"] = parse_usd(changes.budget_usd, "budget_usd")
     if isinstance(changes.credit_limit_usd, str):
         fields["credit_limit_micros"] = parse_usd(changes.credit_limit_usd, "credit_limit_usd")
     if isinstance(changes.price_multiplier, str):

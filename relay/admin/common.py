@@ -20,6 +20,7 @@ __all__ = [
     "ADMIN_ACTOR",
     "account_view",
     "admin_route",
+    "budget_view",
     "decode_body",
     "iso",
     "key_view",
@@ -134,6 +135,19 @@ def account_view(state: RelayState, account: Account) -> dict[str, Any]:
         "balance_micros": wallet.balance_micros,
         "held_micros": wallet.held_micros,
         "available_micros": wallet.available_micros,
+        **budget_view(state, account),
+    }
+
+
+def budget_view(state: RelayState, account: Account) -> dict[str, Any]:
+    """The account's own spend budget (``budget_micros`` 0 = none)."""
+    budget = state.wallet.account_budget(account.id)
+    return {
+        "budget_micros": budget.budget_micros,
+        "budget_period": budget.budget_period,
+        "budget_spent_micros": budget.spent_micros,
+        "budget_remaining_micros": budget.remaining_micros,
+        "budget_resets_at": iso(budget.resets_at_ms),
     }
 
 
@@ -149,6 +163,9 @@ def key_view(state: RelayState, key: ApiKey, last_used_ms: int | None = None) ->
         "spend_cap_micros": key.spend_cap_micros,
         "spent_micros": spend.spent_micros,
         "remaining_micros": spend.remaining_micros,
+        "budget_period": spend.budget_period,
+        "period_spent_micros": spend.period_spent_micros,
+        "budget_resets_at": iso(spend.resets_at_ms),
         "rpm": key.rpm,
         "tpm": key.tpm,
         "concurrency": key.concurrency,

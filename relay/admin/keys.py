@@ -21,6 +21,7 @@ from relay.admin.common import (
 from relay.errors import InvalidRequest
 from relay.http.responses import json_response
 from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
+from relay.money.budget import BudgetPeriod
 from relay.money.pricing import parse_multiplier
 from relay.state import RelayState
 
@@ -41,6 +42,8 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     concurrency: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 100
     expires: str | None = None
     price_multiplier: str = "1"
+    # With a period, spend_cap_usd applies to each calendar day/week/month (UTC).
+    budget_period: BudgetPeriod | None = None
 
 
 class KeyChanges(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,6 +57,7 @@ class KeyChanges(msgspec.Struct, forbid_unknown_fields=True):
     expires: str | None | UnsetType = UNSET
     status: Literal["active", "suspended"] | UnsetType = UNSET
     price_multiplier: str | UnsetType = UNSET
+    budget_period: BudgetPeriod | None | UnsetType = UNSET
 
 
 def _check_scopes(state: RelayState, models: list[str], endpoints: list[str]) -> None:
@@ -95,6 +99,7 @@ async def create_key(request: Request, state: RelayState) -> Response:
         concurrency=spec.concurrency,
         expires_at_ms=parse_expiry(spec.expires),
         price_multiplier=_check_multiplier(spec.price_multiplier),
+        budget_period=spec.budget_period,
     )
     key, secret = await state.store.create_key(key, actor=ADMIN_ACTOR)
     return created({**key_view(state, key), "secret": secret})
@@ -131,7 +136,7 @@ async def update_key(request: Request, state: RelayState) -> Response:
         fields["models"], fields["endpoints"] = tuple(models), tuple(kinds)
     if isinstance(changes.spend_cap_usd, str):
         fields["spend_cap_micros"] = parse_usd(changes.spend_cap_usd, "spend_cap_usd")
-    for name in ("rpm", "tpm", "concurrency", "status"):
+    for name in ("rpm", "tpm", "concurrency", "status", "budget_period"):
         value = getattr(changes, name)
         if value is not UNSET:
             fields[name] = value

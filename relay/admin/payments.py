@@ -33,6 +33,7 @@ from relay.payments.service import PaymentsUnavailable
 from relay.payments.store import dismiss_notice, list_notices, list_payments, payment_view
 from relay.payments.webhook import SignatureError
 from relay.state import RelayState
+from relay.usage.retention import archive_dir_for
 
 __all__ = ["payment_routes"]
 
@@ -185,7 +186,12 @@ async def dismiss(request: Request, state: RelayState) -> Response:
 @admin_route
 async def export_account(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
-    archive = await build_export(state.db, state.store, account.id)
+    archive = await build_export(
+        state.db,
+        state.store,
+        account.id,
+        archive_dir=archive_dir_for(state.config.database_path),
+    )
     await state.store.record_action(
         actor=ADMIN_ACTOR, action="account.export", target=account.id, detail={}
     )

@@ -71,11 +71,15 @@ async def show_calling_key(request: Request) -> Response:
                 "tpm": key.tpm,
                 "concurrency": key.concurrency,
                 "spend_cap_micros": key.spend_cap_micros,
+                "budget_period": spend.budget_period,
                 "expires_at_ms": key.expires_at_ms,
             },
             "spent_micros": spend.spent_micros,
             "held_micros": spend.held_micros,
             "remaining_micros": spend.remaining_micros,
+            # What the cap is measured against: this period's spend (or lifetime without one).
+            "period_spent_micros": spend.period_spent_micros,
+            "resets_at_ms": spend.resets_at_ms,
             "balance": _balance(state, account.id),
         }
     )

@@ -159,6 +159,8 @@ def refuse(
         _count_refusal(state, exchange, exc)
     elif ticket is not None or exchange.principal.key is not None:
         state.usage.record(exchange.usage_record())
+    else:  # no account to log it under, but the metrics count every refusal (401s too)
+        state.metrics.observe(exchange.usage_record())
     return render(exc, exchange.headers())
 
 

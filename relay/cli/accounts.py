@@ -18,6 +18,7 @@ from relay.cli.commands import (
     Handler,
     SubParsers,
     account_path,
+    add_budget_options,
     add_group,
     add_leaf,
     add_limit_options,
@@ -115,6 +116,7 @@ def _add_account_options(parser: argparse.ArgumentParser, *, update: bool) -> No
     )
     parser.add_argument("--price-multiplier", type=cli_types.multiplier, metavar="X")
     add_limit_options(parser)
+    add_budget_options(parser, account=True)
     if update:
         parser.add_argument("--name", dest="new_name", metavar="NAME", help="rename the account")
 

@@ -23,7 +23,9 @@ __all__ = [
     "account_path",
     "add_group",
     "add_leaf",
+    "add_budget_options",
     "add_limit_options",
+    "budget_fields",
     "add_url_option",
     "key_path",
     "nothing_to_update",
@@ -104,7 +106,43 @@ def present(fields: Mapping[str, Any]) -> dict[str, Any]:
 def options(args: argparse.Namespace, names: Mapping[str, str]) -> dict[str, Any]:
     """CLI options (argparse dest → admin API field) as a request body."""
     # Options left out stay out of the body, so a PATCH never resets them.
-    return present({field: getattr(args, dest, None) for dest, field in names.items()})
+    return {
+        **present({field: getattr(args, dest, None) for dest, field in names.items()}),
+        **budget_fields(args),
+    }
+
+
+def budget_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``--budget-period day|week|month|lifetime`` (lifetime = JSON null: no period) and the
+    account's ``--budget USD``; absent options stay out of the body."""
+    fields: dict[str, Any] = {}
+    period = getattr(args, "budget_period", None)
+    if period is not None:
+        fields["budget_period"] = None if period == "lifetime" else period
+    budget = getattr(args, "budget", None)
+    if budget is not None:
+        fields["budget_usd"] = budget
+    return fields
+
+
+def add_budget_options(parser: argparse.ArgumentParser, *, account: bool) -> None:
+    """Budgets that reset on calendar boundaries (UTC; anchors in [budgets])."""
+    if account:
+        parser.add_argument(
+            "--budget",
+            type=cli_types.usd_amount,
+            metavar="USD",
+            help="account-wide spend budget beside the balance (0 = none)",
+        )
+    parser.add_argument(
+        "--budget-period",
+        choices=("day", "week", "month", "lifetime"),
+        help=(
+            "reset the "
+            + ("budget" if account else "spend cap")
+            + " each calendar day/week/month (UTC); lifetime = never"
+        ),
+    )
 
 
 def nothing_to_update(command: str) -> CommandError:

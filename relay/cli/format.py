@@ -51,6 +51,10 @@ def _cap(micros: Any) -> str:
     return micros_to_usd(micros) if isinstance(micros, int) and micros > 0 else "unlimited"
 
 
+def _period(value: Any) -> str:
+    return "lifetime" if value in (None, "") else str(value)
+
+
 def _text(value: Any) -> str:
     return "-" if value in (None, "") else str(value)
 
@@ -79,6 +83,10 @@ ACCOUNT: tuple[Column, ...] = (
     ("tpm", "tpm", _limit),
     ("concurrency", "concurrency", _limit),
     ("price multiplier", "price_multiplier", _text),
+    ("budget", "budget_micros", _cap),
+    ("budget period", "budget_period", _period),
+    ("budget spent", "budget_spent_micros", _usd),
+    ("budget resets", "budget_resets_at", _never),
     ("created", "created_at", _text),
 )
 ACCOUNT_LIST = ("id", "name", "mode", "status", "balance", "available", "credit limit")
@@ -93,6 +101,9 @@ KEY: tuple[Column, ...] = (
     ("endpoints", "endpoints", _names),
     ("spent", "spent_micros", _usd),
     ("spend cap", "spend_cap_micros", _cap),
+    ("cap period", "budget_period", _period),
+    ("period use", "period_spent_micros", _usd),
+    ("cap resets", "budget_resets_at", _never),
     ("rpm", "rpm", _limit),
     ("tpm", "tpm", _limit),
     ("concurrency", "concurrency", _limit),

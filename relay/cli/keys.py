@@ -15,6 +15,7 @@ from relay.cli.commands import (
     Handler,
     SubParsers,
     account_path,
+    add_budget_options,
     add_group,
     add_leaf,
     add_limit_options,
@@ -104,6 +105,7 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         help="discount or markup, e.g. 0.8",
     )
     add_limit_options(parser)
+    add_budget_options(parser, account=False)
     expiry = parser.add_mutually_exclusive_group()
     expiry.add_argument("--expires", type=cli_types.expiry, metavar="YYYY-MM-DD")
     if update:

@@ -11,6 +11,7 @@ from starlette.staticfiles import StaticFiles
 
 from relay.console.pages import (
     account_data,
+    archives,
     billing,
     keys,
     logs,
@@ -18,6 +19,7 @@ from relay.console.pages import (
     operator,
     overview,
     payments,
+    recovery,
     session,
     tickets,
 )
@@ -53,6 +55,10 @@ def console_routes() -> list[BaseRoute]:
         route("/logout", session.logout, "POST"),
         route("/password", session.password_form),
         route("/password", session.change_password, "POST"),
+        route("/forgot", recovery.forgot_form),
+        route("/forgot", recovery.request_reset, "POST"),
+        route("/reset/{token}", recovery.reset_form),
+        route("/reset/{token}", recovery.reset_password, "POST"),
         route("/invite/{token}", session.invite_form),
         route("/invite/{token}", session.accept_invite, "POST"),
         route(_ACCOUNT, overview.overview),
@@ -69,6 +75,8 @@ def console_routes() -> list[BaseRoute]:
         route(_ACCOUNT + "/billing/auto-topup", payments.save_auto_topup, "POST"),
         route(_ACCOUNT + "/notices/{notice_id:int}/dismiss", payments.dismiss, "POST"),
         route(_ACCOUNT + "/export", account_data.export_data, "POST"),
+        route(_ACCOUNT + "/archives", archives.archives_page),
+        route(_ACCOUNT + "/archives/{name}", archives.download_archive),
         route(_ACCOUNT + "/delete", account_data.delete_form),
         route(_ACCOUNT + "/delete", account_data.delete_account, "POST"),
         route("/billing", payments.billing_return),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from relay.console.auth.sessions import SessionStore
 from relay.console.invites import InviteStore
+from relay.console.password_resets import PasswordResets
 from relay.console.tickets import TicketStore
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.identity.users import UserStore
@@ -38,6 +39,7 @@ class Services:
     sessions: SessionStore
     invites: InviteStore
     tickets: TicketStore
+    resets: PasswordResets
 
 
 def open_services(state: RelayState) -> Services:
@@ -56,4 +58,5 @@ def open_services(state: RelayState) -> Services:
         sessions=SessionStore(state.db),
         invites=InviteStore(state.db, keys.invite, keys.audit),
         tickets=TicketStore(state.db),
+        resets=PasswordResets(state.db, secret.subkey("console-reset"), keys.audit),
     )

@@ -19,6 +19,8 @@ import msgspec
 from relay.errors import NotFound, RelayError
 from relay.identity.audit import append_audit
 from relay.identity.keys import KeyHasher, NewKey, SecretHasher, generate_key, mask_key
+from relay.money.budget import BudgetPeriod
+from relay.money.ledger import charged_since, load_account_budget
 from relay.money.wallet import Wallet
 from relay.storage.db import Database
 
@@ -47,6 +49,9 @@ class Account(msgspec.Struct, frozen=True):
     concurrency: int = 0
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    # An account-wide spend budget (0 = none): lifetime, or reset each budget_period.
+    budget_micros: int = 0
+    budget_period: BudgetPeriod | None = None
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -65,6 +70,8 @@ class ApiKey(msgspec.Struct, frozen=True):
     status: Literal["active", "revoked", "suspended"] = "active"
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    # None: spend_cap_micros is lifetime; else it applies to each calendar period (UTC).
+    budget_period: BudgetPeriod | None = None
 
     @property
     def masked(self) -> str:
@@ -190,6 +197,10 @@ class AccountStore:
             credit_limit_micros=account.credit_limit_micros,
             balance_micros=0,
         )
+        if account.budget_micros:
+            self._wallet.set_account_budget(
+                account.id, account.budget_micros, account.budget_period
+            )
         return account
 
     async def update_account(self, account: Account, *, actor: str) -> Account:
@@ -202,6 +213,14 @@ class AccountStore:
             action = "account.suspend" if account.status == "suspended" else "account.activate"
         await self._write_account(account, before, actor=actor, action=action)
         self._wallet.set_credit_limit(account.id, account.credit_limit_micros, mode=account.mode)
+        if (account.budget_micros, account.budget_period) != (
+            before.budget_micros,
+            before.budget_period,
+        ):
+            await self._db.flush()  # charges still queued count in the spend summed below
+            await load_account_budget(
+                self._db, self._wallet, account.id, account.budget_micros, account.budget_period
+            )
         return account
 
     async def create_key(self, key: ApiKey, *, actor: str) -> tuple[ApiKey, str]:
@@ -217,6 +236,8 @@ class AccountStore:
         self._wallet.load_key(
             key.id, key.account_id, spend_cap_micros=key.spend_cap_micros, spent_micros=0
         )
+        if key.budget_period is not None:
+            self._wallet.set_key_budget_period(key.id, key.budget_period)
         return key, new.secret
 
     async def update_key(self, key: ApiKey, *, actor: str, action: str = "key.update") -> ApiKey:
@@ -224,6 +245,13 @@ class AccountStore:
         key = msgspec.structs.replace(key, updated_at_ms=_now_ms())
         await self._write_key(key, before, actor=actor, action=action)
         self._wallet.set_spend_cap(key.id, key.spend_cap_micros)
+        if key.budget_period != before.budget_period:
+            spent = 0
+            if key.budget_period is not None:
+                await self._db.flush()  # charges still queued count in the period's spend
+                since = self._wallet.period_bounds(key.budget_period)[0]
+                spent = await charged_since(self._db, since, key_id=key.id)
+            self._wallet.set_key_budget_period(key.id, key.budget_period, spent)
         return key
 
     async def record_action(

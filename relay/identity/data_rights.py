@@ -26,6 +26,7 @@ import sqlite3
 import time
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -139,9 +140,16 @@ async def _tables(db: Database) -> set[str]:
 
 
 async def build_export(
-    db: Database, store: AccountStore, account_id: str, *, now_ms: int | None = None
+    db: Database,
+    store: AccountStore,
+    account_id: str,
+    *,
+    now_ms: int | None = None,
+    archive_dir: Path | None = None,
 ) -> bytes:
-    """The account's data as a zip (``<part>.json`` and ``<part>.csv`` per part)."""
+    """The account's data as a zip (``<part>.json`` and ``<part>.csv`` per part), with the
+    account's monthly usage archive files under ``archives/`` when ``archive_dir`` is given
+    (rows older than the retention period live only there)."""
     account = store.account(account_id)
     tables = await _tables(db)
     parts: dict[str, list[dict[str, Any]]] = {}
@@ -152,16 +160,28 @@ async def build_export(
     request = await deletion_request(db, account.id)
     profile["deletion_request"] = msgspec.structs.asdict(request) if request else None
     profile["exported_at_ms"] = now_ms if now_ms is not None else _now_ms()
-    return await asyncio.to_thread(_zip, profile, parts)
+    files: list[Path] = []
+    if archive_dir is not None and "archives" in tables:
+        rows = await db.fetchall(
+            "SELECT name FROM archives WHERE kind = 'usage' AND account_id = ? ORDER BY name",
+            (account.id,),
+        )
+        files = [archive_dir / str(row["name"]) for row in rows]
+    return await asyncio.to_thread(_zip, profile, parts, files)
 
 
-def _zip(profile: dict[str, Any], parts: dict[str, list[dict[str, Any]]]) -> bytes:
+def _zip(
+    profile: dict[str, Any], parts: dict[str, list[dict[str, Any]]], files: list[Path]
+) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("profile.json", msgspec.json.format(msgspec.json.encode(profile)))
         for stem, rows in parts.items():
             archive.writestr(f"{stem}.json", msgspec.json.format(msgspec.json.encode(rows)))
             archive.writestr(f"{stem}.csv", _csv(rows))
+        for path in files:
+            if path.is_file():  # already gzip: stored as is
+                archive.write(path, f"archives/{path.name}", compress_type=zipfile.ZIP_STORED)
         archive.writestr("README.txt", _README)
     return buffer.getvalue()
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from relay.money.budget import BUDGET_PERIODS, BudgetPeriod
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.storage.db import Database
 
-__all__ = ["insert_entry", "ledger_view", "load_wallet"]
+__all__ = ["charged_since", "insert_entry", "ledger_view", "load_account_budget", "load_wallet"]
 
 _INSERT = (
     "INSERT INTO ledger (account_id, kind, amount_micros, reference, key_id, request_id, "
@@ -65,13 +66,64 @@ async def load_wallet(db: Database, wallet: Wallet) -> None:
             "WHERE kind = 'charge' AND key_id IS NOT NULL GROUP BY key_id"
         )
     }
-    for row in await db.fetchall("SELECT id, account_id, spend_cap_micros FROM api_keys"):
+    for row in await db.fetchall(
+        "SELECT id, account_id, spend_cap_micros, budget_period FROM api_keys"
+    ):
         wallet.load_key(
             row["id"],
             row["account_id"],
             spend_cap_micros=row["spend_cap_micros"],
             spent_micros=spent.get(row["id"], 0),
         )
+        period = _period(row["budget_period"])
+        if period is not None:
+            since = wallet.period_bounds(period)[0]
+            in_period = await charged_since(db, since, key_id=row["id"])
+            wallet.set_key_budget_period(row["id"], period, in_period)
+    for row in await db.fetchall(
+        "SELECT id, budget_micros, budget_period FROM accounts WHERE budget_micros > 0"
+    ):
+        await load_account_budget(db, wallet, row["id"], row["budget_micros"], row["budget_period"])
+
+
+def _period(value: str | None) -> BudgetPeriod | None:
+    for period in BUDGET_PERIODS:
+        if value == period:
+            return period
+    return None
+
+
+async def load_account_budget(
+    db: Database, wallet: Wallet, account_id: str, budget_micros: int, period: str | None
+) -> None:
+    """Give the wallet an account's budget with its spend summed from the ledger."""
+    budget_period = _period(period)
+    lifetime = await charged_since(db, 0, account_id=account_id)
+    in_period = lifetime
+    if budget_period is not None:
+        since = wallet.period_bounds(budget_period)[0]
+        in_period = await charged_since(db, since, account_id=account_id)
+    wallet.set_account_budget(
+        account_id,
+        budget_micros,
+        budget_period,
+        spent_micros=lifetime,
+        period_spent_micros=in_period,
+    )
+
+
+async def charged_since(
+    db: Database, since_ms: int, *, key_id: str | None = None, account_id: str | None = None
+) -> int:
+    """Micro-USD charged to a key or an account from ``since_ms`` on (committed rows only:
+    flush the writer first when charges may still be queued)."""
+    column, value = ("key_id", key_id) if key_id is not None else ("account_id", account_id)
+    row = await db.fetchone(
+        f"SELECT -COALESCE(SUM(amount_micros), 0) FROM ledger "
+        f"WHERE kind = 'charge' AND {column} = ? AND created_at_ms >= ?",
+        (value, since_ms),
+    )
+    return int(row[0]) if row else 0
 
 
 def ledger_view(row: sqlite3.Row) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import msgspec
 __all__ = [
     "AccountMode",
     "BalanceView",
+    "BudgetView",
     "DuplicateReference",
     "Hold",
     "HoldClosed",
@@ -55,6 +56,21 @@ class KeySpendView(msgspec.Struct, frozen=True):
     # 0 means no cap; remaining_micros is then None.
     spend_cap_micros: int
     remaining_micros: int | None
+    # With a period the cap applies to period_spent_micros, reset at resets_at_ms (UTC);
+    # without one period_spent_micros is the lifetime spend and the cap is lifetime.
+    budget_period: str | None = None
+    period_spent_micros: int = 0
+    resets_at_ms: int | None = None
+
+
+class BudgetView(msgspec.Struct, frozen=True):
+    """An account's spend budget beside its balance (0 = none)."""
+
+    budget_micros: int
+    budget_period: str | None
+    spent_micros: int
+    remaining_micros: int | None
+    resets_at_ms: int | None
 
 
 class HoldPlan(msgspec.Struct, frozen=True):

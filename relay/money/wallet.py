@@ -31,10 +31,18 @@ import time
 from collections.abc import Callable, Iterable
 
 from relay.errors import QuotaError
+from relay.money.budget import (
+    PERIOD_ADJECTIVES,
+    BudgetCalendar,
+    BudgetPeriod,
+    PeriodSpend,
+    iso_utc,
+)
 from relay.money.pricing import micros_to_usd
 from relay.money.records import (
     AccountMode,
     BalanceView,
+    BudgetView,
     DuplicateReference,
     Hold,
     HoldClosed,
@@ -49,6 +57,7 @@ log = logging.getLogger("relay.wallet")
 __all__ = [
     "AccountMode",
     "BalanceView",
+    "BudgetView",
     "DuplicateReference",
     "Hold",
     "HoldClosed",
@@ -96,11 +105,34 @@ class _Exposure:
         self.recent = _RecentSpend()
 
 
-class _Account(_Exposure):
+class _Capped(_Exposure):
+    """A spend cap (0 = none) on lifetime spend, or on the current period's with a window."""
+
+    __slots__ = ("cap", "spent", "window")
+
+    def __init__(self, cap: int, spent: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.spent = spent  # lifetime charges
+        self.window: PeriodSpend | None = None
+
+    def cap_headroom(self) -> int | None:
+        if self.cap == 0:
+            return None
+        used = self.spent if self.window is None else self.window.spent
+        return self.cap - used - self.worst
+
+    def add_spend(self, amount_micros: int) -> None:
+        self.spent += amount_micros
+        if self.window is not None:
+            self.window.spent += amount_micros
+
+
+class _Account(_Capped):
     __slots__ = ("balance", "credit_limit", "mode", "references")
 
     def __init__(self, mode: AccountMode, credit_limit: int, balance: int) -> None:
-        super().__init__()
+        super().__init__(0, 0)
         self.mode: AccountMode = mode
         self.credit_limit = credit_limit
         self.balance = balance
@@ -111,17 +143,19 @@ class _Account(_Exposure):
         return self.balance + self.credit_limit - self.worst
 
 
-class _Key(_Exposure):
-    __slots__ = ("account_id", "spend_cap", "spent")
+class _Key(_Capped):
+    __slots__ = ("account_id",)
 
     def __init__(self, account_id: str, spend_cap: int, spent: int) -> None:
-        super().__init__()
+        super().__init__(spend_cap, spent)
         self.account_id = account_id
-        self.spend_cap = spend_cap
-        self.spent = spent
+
+    @property
+    def spend_cap(self) -> int:
+        return self.cap
 
     def headroom(self) -> int | None:
-        return None if self.spend_cap == 0 else self.spend_cap - self.spent - self.worst
+        return self.cap_headroom()
 
 
 def _wall_clock_ms() -> int:
@@ -163,6 +197,7 @@ class Wallet:
         spend_window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+        calendar: BudgetCalendar | None = None,
     ) -> None:
         _check_micros("fast_path_margin_micros", fast_path_margin_micros)
         if spend_window_s <= 0:
@@ -172,6 +207,7 @@ class Wallet:
         self._spend_window_s = spend_window_s
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
+        self.calendar = calendar or BudgetCalendar()
         self._accounts: dict[str, _Account] = {}
         self._keys: dict[str, _Key] = {}
         self._open: dict[int, Hold] = {}
@@ -235,7 +271,52 @@ class Wallet:
         """Change a key's cap (0 = none); in-flight requests finish as for ``set_credit_limit``."""
         key = self._key(key_id)
         _check_micros("spend_cap_micros", spend_cap_micros)
-        key.spend_cap = spend_cap_micros
+        key.cap = spend_cap_micros
+
+    def set_key_budget_period(
+        self, key_id: str, period: BudgetPeriod | None, period_spent_micros: int = 0
+    ) -> None:
+        """Make a key's cap reset each ``period`` (None: lifetime); ``period_spent_micros`` is
+        what the key spent since the current period began (the caller sums the ledger)."""
+        self._set_window(self._key(key_id), period, period_spent_micros)
+
+    def set_account_budget(
+        self,
+        account_id: str,
+        budget_micros: int,
+        period: BudgetPeriod | None,
+        *,
+        spent_micros: int = 0,
+        period_spent_micros: int = 0,
+    ) -> None:
+        """An account-wide spend cap (0 = none), lifetime or per period, beside its balance.
+
+        ``spent_micros`` is the account's lifetime charges, ``period_spent_micros`` those of
+        the current period."""
+        account = self._account(account_id)
+        _check_micros("budget_micros", budget_micros)
+        account.cap = budget_micros
+        account.spent = spent_micros
+        self._set_window(account, period, period_spent_micros)
+
+    def period_bounds(self, period: BudgetPeriod) -> tuple[int, int]:
+        """[start, end) in unix ms of the current ``period`` by this wallet's clock."""
+        return self.calendar.bounds(period, self._wall_clock_ms())
+
+    def _set_window(
+        self, capped: _Capped, period: BudgetPeriod | None, period_spent_micros: int
+    ) -> None:
+        _check_micros("period_spent_micros", period_spent_micros)
+        if period is None:
+            capped.window = None
+        else:
+            capped.window = PeriodSpend.starting(
+                self.calendar, period, self._wall_clock_ms(), period_spent_micros
+            )
+
+    def _roll(self, capped: _Capped) -> None:
+        if capped.window is not None:
+            capped.window.roll(self.calendar, self._wall_clock_ms())
 
     # -- ledger rows other than charges ---------------------------------------------------
 
@@ -389,9 +470,18 @@ class Wallet:
         key = self._key_of(account_id, key_id)
         if worst_case_micros > account.headroom():
             raise QuotaError(self._balance_message(account, worst_case_micros))
+        if account.cap:
+            self._roll(account)
+            budget_headroom = account.cap_headroom()
+            if budget_headroom is not None and worst_case_micros > budget_headroom:
+                raise QuotaError(
+                    self._cap_message("account", account, budget_headroom, worst_case_micros)
+                )
+        if key is not None and key.window is not None:
+            self._roll(key)
         key_headroom = None if key is None else key.headroom()
         if key is not None and key_headroom is not None and worst_case_micros > key_headroom:
-            raise QuotaError(self._cap_message(key, key_headroom, worst_case_micros))
+            raise QuotaError(self._cap_message("key", key, key_headroom, worst_case_micros))
         window = self._window()
         fast = account.headroom() - worst_case_micros >= self._threshold(account, window)
         if key is not None and key_headroom is not None:
@@ -477,9 +567,12 @@ class Wallet:
         account = self._accounts[hold.account_id]
         account.balance -= actual_cost_micros
         account.recent.add(actual_cost_micros, window)
+        self._roll(account)  # a charge counts in the period it settles in
+        account.add_spend(actual_cost_micros)
         if hold.key_id is not None:
             key = self._keys[hold.key_id]
-            key.spent += actual_cost_micros
+            self._roll(key)
+            key.add_spend(actual_cost_micros)
             key.recent.add(actual_cost_micros, window)
         return entry
 
@@ -512,6 +605,9 @@ class Wallet:
 
     def key_snapshot(self, key_id: str) -> KeySpendView:
         key = self._key(key_id)
+        self._roll(key)
+        window = key.window
+        used = key.spent if window is None else window.spent
         capped = key.spend_cap != 0
         return KeySpendView(
             key_id=key_id,
@@ -519,8 +615,33 @@ class Wallet:
             spent_micros=key.spent,
             held_micros=key.held,
             spend_cap_micros=key.spend_cap,
-            remaining_micros=key.spend_cap - key.spent - key.held if capped else None,
+            remaining_micros=key.spend_cap - used - key.held if capped else None,
+            budget_period=None if window is None else window.period,
+            period_spent_micros=used,
+            resets_at_ms=None if window is None else window.end_ms,
         )
+
+    def account_budget(self, account_id: str) -> BudgetView:
+        """The account's own spend budget (``budget_micros`` 0 = none)."""
+        account = self._account(account_id)
+        self._roll(account)
+        window = account.window
+        used = account.spent if window is None else window.spent
+        return BudgetView(
+            budget_micros=account.cap,
+            budget_period=None if window is None else window.period,
+            spent_micros=used,
+            remaining_micros=account.cap - used - account.held if account.cap else None,
+            resets_at_ms=None if window is None else window.end_ms,
+        )
+
+    def totals(self) -> tuple[int, int, int]:
+        """(Σ balances, Σ held, number of accounts) over every loaded account, for metrics."""
+        balance = held = 0
+        for account in self._accounts.values():
+            balance += account.balance
+            held += account.held
+        return balance, held, len(self._accounts)
 
     def open_hold_count(self, account_id: str | None = None) -> int:
         if account_id is None:
@@ -580,9 +701,18 @@ class Wallet:
         )
 
     @staticmethod
-    def _cap_message(key: _Key, key_headroom: int, worst_case_micros: int) -> str:
-        return (
-            f"key spend cap reached: this request may cost up to "
-            f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, key_headroom))}"
-            f" of the key's ${micros_to_usd(key.spend_cap)} cap is left after requests in flight"
+    def _cap_message(who: str, capped: _Capped, headroom: int, worst_case_micros: int) -> str:
+        """Names the budget (key or account, lifetime or which period) and when it resets."""
+        window = capped.window
+        kind = "spend cap" if window is None else f"{PERIOD_ADJECTIVES[window.period]} budget"
+        if who == "account" and window is None:
+            kind = "budget"
+        text = (
+            f"{who} {kind} reached: this request may cost up to "
+            f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, headroom))}"
+            f" of the {who}'s ${micros_to_usd(capped.cap)} {kind.split()[-1]} is left after"
+            " requests in flight"
         )
+        if window is not None:
+            text += f"; it resets at {iso_utc(window.end_ms)}"
+        return text

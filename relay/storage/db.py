@@ -142,6 +142,8 @@ class Database:
         self._durable_wait_s = durable_wait_s
         self._close_retry_s = close_retry_s
         self._in_flight: list[_QueuedWrite] = []  # the batch being committed (or retried)
+        # Told each committed batch's duration in seconds (the metrics histogram); must not block.
+        self.commit_observer: Callable[[float], None] | None = None
         self._writer_conn = writer_conn
         self._executor = executor
         self._reader_conns = readers
@@ -457,6 +459,7 @@ class Database:
         attempt = 0
         give_up_at: float | None = None
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             while batch:
                 durable = any(item.future is not None for item in batch)
@@ -494,6 +497,8 @@ class Database:
                         attempt,
                     )
                 self.commits += 1
+                if self.commit_observer is not None:
+                    self.commit_observer(loop.time() - started)
                 self.last_fault = None
                 self.hard_fault = False
                 for item, outcome in zip(batch, outcomes, strict=True):

@@ -403,12 +403,57 @@ CREATE TABLE deletion_requests (
 CREATE INDEX deletion_requests_due ON deletion_requests (erased_at_ms, erase_after_ms);
 """
 
+# Budgets that reset on calendar boundaries (relay.money.budget): with a budget_period a
+# key's spend_cap_micros applies per period; an account may have a budget of its own.
+_BUDGETS_SCHEMA = """
+ALTER TABLE api_keys ADD COLUMN budget_period TEXT
+    CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
+ALTER TABLE accounts ADD COLUMN budget_micros INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN budget_period TEXT
+    CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
+CREATE INDEX ledger_charges_account_time ON ledger (account_id, created_at_ms)
+    WHERE kind = 'charge';
+"""
+
+# Operator alerts (relay.alerts.outbox): one row per alert and sink, kept with its outcome.
+_ALERTS_SCHEMA = """
+CREATE TABLE alert_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink_index INTEGER NOT NULL,
+    sink_name TEXT NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER,
+    failed_at_ms INTEGER,
+    last_error TEXT
+);
+CREATE INDEX alert_outbox_due ON alert_outbox (delivered_at_ms, failed_at_ms, next_attempt_at_ms);
+"""
+
+# Password reset links emailed to console users (relay.console.password_resets).
+_PASSWORD_RESETS_SCHEMA = """
+CREATE TABLE console_password_resets (
+    id_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES console_users (id),
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms INTEGER
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
     Migration(3, "video jobs", _VIDEO_JOBS_SCHEMA),
     Migration(4, "console users, sessions, tickets; usage rollup", _CONSOLE_SCHEMA),
     Migration(5, "payments, receipts, auto top-up, notices, deletion requests", _PAYMENTS_SCHEMA),
+    Migration(6, "budget periods on keys, budgets on accounts", _BUDGETS_SCHEMA),
+    Migration(7, "alert outbox", _ALERTS_SCHEMA),
+    Migration(8, "console password reset links", _PASSWORD_RESETS_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """

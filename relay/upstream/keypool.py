@@ -3,6 +3,10 @@
 A key answered with 429 cools down (for the upstream's ``retry-after`` when given);
 a key answered with 401/403 leaves the rotation for good, and the log names it by its
 position in the pool, never by its value.
+
+A provider may declare each key's own upstream quota (``key_rpm``, ``key_tpm``): every key
+then has two token buckets, and ``acquire`` skips a key that would exceed either, so
+routing stays under the upstream's limits instead of learning them from 429s.
 """
 
 from __future__ import annotations
@@ -21,8 +25,35 @@ DEFAULT_COOLDOWN_S = 1.0
 MAX_COOLDOWN_S = 300.0
 
 
+class _Quota:
+    """A per-minute token bucket (full at start), for one key's upstream RPM or TPM."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.level = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.updated = now
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def can_take(self, amount: float, now: float) -> bool:
+        self._refill(now)
+        return self.level >= min(amount, self.capacity)  # a huge request waits for a full bucket
+
+    def take(self, amount: float) -> None:
+        self.level -= min(amount, self.capacity)
+
+    def wait_s(self, amount: float, now: float) -> float:
+        self._refill(now)
+        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+
+
 class UpstreamKey:
-    __slots__ = ("index", "secret", "in_flight", "cooldown_until", "disabled_reason")
+    __slots__ = ("index", "secret", "in_flight", "cooldown_until", "disabled_reason", "quotas")
 
     def __init__(self, index: int, secret: str):
         self.index = index
@@ -30,6 +61,21 @@ class UpstreamKey:
         self.in_flight = 0
         self.cooldown_until = 0.0
         self.disabled_reason: str | None = None
+        # (requests, tokens) buckets when the provider declares key_rpm / key_tpm.
+        self.quotas: tuple[_Quota | None, _Quota | None] = (None, None)
+
+    def within_quota(self, tokens: int, now: float) -> bool:
+        rpm, tpm = self.quotas
+        return (rpm is None or rpm.can_take(1, now)) and (tpm is None or tpm.can_take(tokens, now))
+
+    def quota_wait_s(self, tokens: int, now: float) -> float:
+        rpm, tpm = self.quotas
+        waits = [0.0]
+        if rpm is not None:
+            waits.append(rpm.wait_s(1, now))
+        if tpm is not None:
+            waits.append(tpm.wait_s(tokens, now))
+        return max(waits)
 
     def __repr__(self) -> str:  # never show the secret, even in a debugger or traceback
         return f"UpstreamKey(#{self.index})"
@@ -42,10 +88,18 @@ class KeyPool:
         secrets: Iterable[str],
         *,
         clock: Callable[[], float] = time.monotonic,
+        key_rpm: int = 0,
+        key_tpm: int = 0,
     ):
         self.provider = provider
         self.keys = [UpstreamKey(i, secret) for i, secret in enumerate(secrets, start=1)]
         self._clock = clock
+        now = clock()
+        for key in self.keys:
+            key.quotas = (
+                _Quota(key_rpm, now) if key_rpm else None,
+                _Quota(key_tpm, now) if key_tpm else None,
+            )
 
     @property
     def configured(self) -> bool:
@@ -56,19 +110,27 @@ class KeyPool:
         """Some key is still in rotation (it may be cooling down)."""
         return any(key.disabled_reason is None for key in self.keys)
 
-    def acquire(self, exclude: frozenset[int] | set[int] = frozenset()) -> UpstreamKey | None:
-        """The healthy key with the fewest requests in flight, or None if none is usable."""
+    def acquire(
+        self, exclude: frozenset[int] | set[int] = frozenset(), tokens: int = 0
+    ) -> UpstreamKey | None:
+        """The healthy key with the fewest requests in flight that has room in its quota
+        for one request of ``tokens`` (estimated), or None if none is usable now."""
         now = self._clock()
         best: UpstreamKey | None = None
         for key in self.keys:
             if key.disabled_reason is not None or key.cooldown_until > now:
                 continue
-            if key.index in exclude:
+            if key.index in exclude or not key.within_quota(tokens, now):
                 continue
             if best is None or key.in_flight < best.in_flight:
                 best = key
         if best is not None:
             best.in_flight += 1
+            rpm, tpm = best.quotas
+            if rpm is not None:
+                rpm.take(1)
+            if tpm is not None:
+                tpm.take(tokens)
         return best
 
     def release(self, key: UpstreamKey) -> None:
@@ -95,10 +157,14 @@ class KeyPool:
                 status,
             )
 
-    def seconds_until_ready(self) -> float | None:
-        """How long until a cooling key is usable again (None: no key will be)."""
+    def seconds_until_ready(self, tokens: int = 0) -> float | None:
+        """How long until a cooling (or over-quota) key is usable again (None: no key will be)."""
         now = self._clock()
-        waits = [k.cooldown_until - now for k in self.keys if k.disabled_reason is None]
+        waits = [
+            max(k.cooldown_until - now, k.quota_wait_s(tokens, now))
+            for k in self.keys
+            if k.disabled_reason is None
+        ]
         return max(0.0, min(waits)) if waits else None
 
     def health(self) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from relay.config import ModelConfig
+from relay.config import ModelConfig, parse_route
 from relay.errors import (
     NotFound,
     NoUpstreamAvailable,
@@ -41,6 +41,7 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
 # Statuses worth another try elsewhere; any other 4xx is the request's own fault.
 _RETRYABLE_4XX = frozenset({408, 409, 425})
+_CHARS_PER_TOKEN = 4  # a rough size → tokens estimate, only for per-key TPM quotas
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +57,45 @@ class Route:
 class Model:
     """A public model name, its config and its routes in fallback order."""
 
-    __slots__ = ("name", "config", "price", "routes")
+    __slots__ = ("name", "config", "price", "routes", "weights")
 
     def __init__(self, config: ModelConfig, providers: dict[str, Provider]):
         self.name = config.name
         self.config = config
         self.price = ModelPrice.from_config(config)
-        self.routes = [
-            Route(providers[provider], upstream)
-            for provider, _, upstream in (route.partition(":") for route in config.routes)
-        ]
+        specs = [parse_route(route) for route in config.routes]
+        self.routes = [Route(providers[spec.provider], spec.upstream_model) for spec in specs]
+        # None: plain fallback order. Else each route's weight (an unweighted one counts 1).
+        self.weights: list[int] | None = None
+        if any(spec.weight is not None for spec in specs):
+            self.weights = [1 if spec.weight is None else spec.weight for spec in specs]
 
     @property
     def available(self) -> bool:
         return any(route.provider.enabled for route in self.routes)
+
+    def route_order(self, draw: Callable[[], float]) -> list[Route]:
+        """The routes to try, in order: with weights, the first is drawn among the enabled
+        routes by weight (``draw()`` in [0, 1)); the rest follow in config order."""
+        weights = self.weights
+        if weights is None:
+            return self.routes
+        candidates = [
+            (route, weight)
+            for route, weight in zip(self.routes, weights, strict=True)
+            if weight > 0 and route.provider.enabled
+        ]
+        total = sum(weight for _, weight in candidates)
+        if total == 0:
+            return self.routes
+        point = draw() * total
+        first = candidates[-1][0]
+        for route, weight in candidates:
+            if point < weight:
+                first = route
+                break
+            point -= weight
+        return [first, *(route for route in self.routes if route is not first)]
 
 
 class OpenedRoute:
@@ -153,7 +179,7 @@ class Router:
         """``path`` names the client's dialect; each provider maps it to its own endpoint
         and forwards what it needs of ``client_headers`` (e.g. ``anthropic-version``)."""
         failure: RelayError | None = None
-        for route in model.routes:
+        for route in model.route_order(self._jitter):
             if not route.provider.enabled:
                 failure = failure or NoUpstreamAvailable(route.provider.why_disabled())
                 continue
@@ -172,10 +198,12 @@ class Router:
     ) -> tuple[OpenedRoute | None, RelayError | None]:
         provider = route.provider
         tried: set[int] = set()
+        # For keys with a TPM quota: the prompt's size is all that is known before sending.
+        tokens = len(body) // _CHARS_PER_TOKEN
         for attempt in range(1, provider.config.max_attempts + 1):
-            key = provider.pool.acquire(tried) or provider.pool.acquire()
+            key = provider.pool.acquire(tried, tokens) or provider.pool.acquire(tokens=tokens)
             if key is None:
-                return None, _pool_exhausted(provider)
+                return None, _pool_exhausted(provider, tokens)
             tried.add(key.index)
             # The key is held until an OpenedRoute owns it; any other way out (a failure,
             # an upstream 4xx, or the client leaving while we wait) must release it.
@@ -278,8 +306,8 @@ def _redact_keys(body: bytes, provider: Provider) -> bytes:
     return body
 
 
-def _pool_exhausted(provider: Provider) -> NoUpstreamAvailable:
-    wait = provider.pool.seconds_until_ready()
+def _pool_exhausted(provider: Provider, tokens: int = 0) -> NoUpstreamAvailable:
+    wait = provider.pool.seconds_until_ready(tokens)
     if wait is None:  # no key cools down: every one was rejected (401/403)
         return NoUpstreamAvailable(provider.why_disabled())
     error = NoUpstreamAvailable(f"every key of provider {provider.name!r} is rate-limited")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Callable
 
 import msgspec
 
@@ -74,10 +75,12 @@ def _write_usage(conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEn
 class UsageLog:
     """Queues usage rows (with their charge, in one transaction) for the single writer."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, observer: Callable[[UsageRecord], None] | None = None):
         self._db = db
         self._overflow: set[asyncio.Task[None]] = set()
         self.overflowed = 0  # rows that had to wait for room, for tests and metrics
+        # Sees every record as it is queued (the request metrics); must be cheap, never raise.
+        self._observer = observer
 
     @property
     def overflow_waiting(self) -> int:
@@ -91,6 +94,9 @@ class UsageLog:
         bounded by the requests in flight (the gate admits no new ones meanwhile: its
         backlog limit is half the queue) and is counted and logged.
         """
+
+        if self._observer is not None:
+            self._observer(record)
 
         def write(conn: sqlite3.Connection) -> None:
             _write_usage(conn, record, charge)

@@ -72,9 +72,15 @@ def _now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class RetentionPolicy:
-    hot_days: int = 90
+    hot_days: int = 90  # usage rows
     archive_keep_days: int = 730
     batch_rows: int = 5000
+    # Audit rows: the privacy policy's 90 days by default ([retention] audit_days).
+    audit_hot_days: int = 90
+
+    def cutoff_ms(self, kind: Kind, now_ms: int) -> int:
+        days = self.audit_hot_days if kind == "audit" else self.hot_days
+        return now_ms - days * DAY_MS
 
 
 class ArchiveRecord(msgspec.Struct):
@@ -126,9 +132,8 @@ async def run_retention(
     await _remove_orphans(db, archive_dir, report)
     for record in await _unpurged(db):
         await _finish_purge(db, archive_dir, record, policy, report)
-    cutoff_ms = now_ms - policy.hot_days * DAY_MS
     for kind in _KINDS:
-        for rows in await _ranges_to_archive(db, kind, cutoff_ms):
+        for rows in await _ranges_to_archive(db, kind, policy.cutoff_ms(kind, now_ms)):
             written = await _write_archive(db, archive_dir, rows, now_ms)
             if written is None:
                 continue

@@ -20,6 +20,7 @@ from relay.identity.data_rights import (
 )
 from relay.identity.roles import Permission
 from relay.payments.store import now_ms
+from relay.usage.retention import archive_dir_for
 
 __all__ = ["delete_account", "delete_form", "export_data"]
 
@@ -28,7 +29,12 @@ __all__ = ["delete_account", "delete_form", "export_data"]
 async def export_data(ctx: Ctx) -> Response:
     assert ctx.account is not None
     account_id = ctx.account.id
-    archive = await build_export(ctx.state.db, ctx.state.store, account_id)
+    archive = await build_export(
+        ctx.state.db,
+        ctx.state.store,
+        account_id,
+        archive_dir=archive_dir_for(ctx.state.config.database_path),
+    )
     await ctx.state.store.record_action(
         actor=ctx.actor, action="account.export", target=account_id, detail={}
     )

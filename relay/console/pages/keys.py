@@ -16,6 +16,7 @@ from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import InvalidRequest, RelayError
 from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
 from relay.identity.roles import Permission
+from relay.money.budget import BUDGET_PERIODS, BudgetPeriod
 from relay.money.pricing import micros_to_usd, usd_to_micros
 
 __all__ = ["create_key", "edit_key", "key_page", "keys_page", "revoke_key"]
@@ -109,7 +110,20 @@ def _key_from_form(ctx: Ctx, base: ApiKey) -> ApiKey:
         tpm=_count(ctx, "tpm", 0),
         concurrency=_count(ctx, "concurrency", 100, minimum=1),
         expires_at_ms=_expiry(ctx),
+        budget_period=_budget_period(ctx),
     )
+
+
+def _budget_period(ctx: Ctx) -> BudgetPeriod | None:
+    value = ctx.form.get("budget_period", "")
+    for period in BUDGET_PERIODS:
+        if value == period:
+            return period
+    if value:
+        raise InvalidRequest(
+            "the cap resets every day, week or month, or never", param="budget_period"
+        )
+    return None
 
 
 async def _render_list(

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from relay.console.web import ConsoleError, Ctx, page
 from relay.identity.roles import ROLE_CHOICES, Permission, Role
 from relay.identity.users import Membership
+from relay.mail.smtp import MailError, send_mail
 
 __all__ = ["change_role", "invite_member", "members_page", "remove_member"]
 
@@ -44,7 +45,9 @@ def _keeps_an_owner(members: list[Membership], changed: str, new_role: Role | No
     return bool(owners)
 
 
-async def _render(ctx: Ctx, *, status: int = 200, invite_url: str = "") -> Response:
+async def _render(
+    ctx: Ctx, *, status: int = 200, invite_url: str = "", mailed_to: str = ""
+) -> Response:
     assert ctx.account is not None
     return ctx.render(
         "members.html",
@@ -53,7 +56,28 @@ async def _render(ctx: Ctx, *, status: int = 200, invite_url: str = "") -> Respo
         invites=await ctx.services.invites.pending(ctx.account.id),
         roles=ROLE_CHOICES,
         invite_url=invite_url,
+        mailed_to=mailed_to,
+        can_mail=ctx.state.config.email is not None,
     )
+
+
+async def _mail_invite(ctx: Ctx, address: str, url: str) -> str:
+    """Send the invite link by email when [email] is set; the address it went to, or ''."""
+    email = ctx.state.config.email
+    if email is None or not address:
+        return ""
+    if "@" not in address or len(address) > 254 or "\n" in address:
+        raise ConsoleError(400, "That is not an email address.")
+    assert ctx.account is not None and ctx.user is not None
+    text = (
+        f"{ctx.user.email} invites you to the account {ctx.account.name} on relay.\n\n"
+        f"Accept here (the link works once, for 7 days):\n{url}\n"
+    )
+    try:
+        await send_mail(email, [address], f"Invitation to {ctx.account.name} on relay", text)
+    except MailError as exc:
+        raise ConsoleError(502, f"The invite was created but the mail failed: {exc}") from None
+    return address
 
 
 @page("account", Permission.MANAGE_MEMBERS)
@@ -66,9 +90,12 @@ async def invite_member(ctx: Ctx) -> Response:
     assert ctx.account is not None and ctx.user is not None
     role = _role(ctx.form.get("role", ""))
     token = await ctx.services.invites.create(ctx.account.id, role, by=ctx.user)
-    url = str(ctx.request.base_url).rstrip("/") + f"/console/invite/{token}"
+    public_url = ctx.state.config.server.public_url
+    base = public_url or str(ctx.request.base_url)
+    url = base.rstrip("/") + f"/console/invite/{token}"
+    mailed_to = await _mail_invite(ctx, ctx.form.get("email", "").strip(), url)
     # Shown once on this page, never redirected through a URL or stored in clear.
-    return await _render(ctx, status=201, invite_url=url)
+    return await _render(ctx, status=201, invite_url=url, mailed_to=mailed_to)
 
 
 @page("account", Permission.MANAGE_MEMBERS)

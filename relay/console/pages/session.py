@@ -19,6 +19,7 @@ __all__ = [
     "login_form",
     "logout",
     "password_form",
+    "start_session",
 ]
 
 
@@ -29,7 +30,7 @@ def _safe_next(target: str) -> str:
     return "/console/"
 
 
-async def _start_session(ctx: Ctx, user: User, target: str) -> Response:
+async def start_session(ctx: Ctx, user: User, target: str) -> Response:
     session = await ctx.services.sessions.create(user)
     response = RedirectResponse(_safe_next(target), status_code=303)
     value = sign(ctx.services.keys.session, session.id)
@@ -71,7 +72,7 @@ async def login(ctx: Ctx) -> Response:
         message = "That email and password do not match an active user."
         return ctx.render("login.html", status=401, error=message, email=email, next=target)
     throttle.succeeded(email)
-    return await _start_session(ctx, user, target)
+    return await start_session(ctx, user, target)
 
 
 @page("public")
@@ -105,7 +106,7 @@ async def change_password(ctx: Ctx) -> Response:
     except RelayError as exc:
         return ctx.render("password.html", status=400, error=exc.message)
     # Every session ended with the new version; this browser gets a fresh one.
-    return await _start_session(ctx, user, "/console/?notice=password-changed")
+    return await start_session(ctx, user, "/console/?notice=password-changed")
 
 
 @page("public")
@@ -149,5 +150,5 @@ async def accept_invite(ctx: Ctx) -> Response:
         raise ConsoleError(409, "This invite link was just used by someone else.")
     target = f"/console/a/{invite.account_id}?notice=joined"
     if ctx.user is None:
-        return await _start_session(ctx, user, target)
+        return await start_session(ctx, user, target)
     return ctx.redirect(target)

@@ -38,7 +38,7 @@ def build_provider(config: ProviderConfig, client_factory: ClientFactory) -> Pro
         resolved = [(spec, resolve_secret(spec)) for spec in config.api_keys]
         secrets = [secret for _, secret in resolved if secret]
         missing = [spec[4:] for spec, secret in resolved if not secret]
-    pool = KeyPool(config.name, secrets)
+    pool = KeyPool(config.name, secrets, key_rpm=config.key_rpm, key_tpm=config.key_tpm)
     if config.kind in ("openai", "mock"):
         return OpenAIProvider(config, pool, client_factory(config), missing_env=missing)
     if config.kind == "anthropic":

@@ -1,0 +1,241 @@
+"""The alert outbox: deduplicated, durable, delivered with retries, never in a request's way.
+
+``raise_alert`` is synchronous and cheap: it checks the re-arm interval in memory and
+queues one outbox row per matching sink through the storage writer (fire-and-forget).
+``run`` delivers due rows in the background and records each outcome; a failed delivery
+is retried with exponential backoff and given up after ``MAX_ATTEMPTS`` (the row stays,
+with its last error). After a restart the undelivered rows are delivered, and the re-arm
+clock resumes from the rows' times, so a restart does not repeat an alert.
+
+Storage alerts cannot wait for the storage they are about: ``storage_unavailable`` and
+``storage_recovered`` are delivered straight from memory (retried a few times), and are
+what the storage layer calls through ``notify_storage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import msgspec
+
+from relay.alerts.sinks import DeliveryError, deliver
+from relay.config import AlertConfig, AlertEvent, Config
+from relay.storage.db import Database, WriteQueueFull
+
+__all__ = ["MAX_ATTEMPTS", "AlertOutbox"]
+
+log = logging.getLogger("relay.alerts")
+MAX_ATTEMPTS = 10
+_BATCH = 20
+_BACKOFF_BASE_MS = 5_000
+_BACKOFF_MAX_MS = 3_600_000
+_DIRECT_ATTEMPTS = 3
+_ENCODER = msgspec.json.Encoder()
+
+
+def _iso(ms: int) -> str:
+    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AlertOutbox:
+    def __init__(
+        self,
+        db: Database,
+        config: Callable[[], Config],
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._config = config  # read at each use: a reload may change the sinks
+        self._http = http or httpx.AsyncClient(timeout=10.0)
+        self._clock_ms = clock_ms
+        self._poll_s = poll_s
+        self._last_sent: dict[tuple[int, str, str], int] = {}
+        self._wake = asyncio.Event()
+        # One delivery pass at a time: two passes would both send a row read before either
+        # recorded its outcome.
+        self._delivering = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._direct: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        rows = await self._db.fetchall(
+            "SELECT sink_index, event, subject, MAX(created_at_ms) AS at FROM alert_outbox "
+            "GROUP BY sink_index, event, subject"
+        )
+        for row in rows:
+            self._last_sent[(row["sink_index"], row["event"], row["subject"])] = row["at"]
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="relay-alerts")
+
+    async def aclose(self) -> None:
+        for task in [self._task, *self._direct]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._http.aclose()
+
+    # -- raising ----------------------------------------------------------------------
+
+    def _sinks_for(self, event: AlertEvent) -> list[tuple[int, AlertConfig]]:
+        return [(i, s) for i, s in enumerate(self._config().alerts) if event in s.events]
+
+    def _due(self, index: int, sink: AlertConfig, event: str, subject: str, now: int) -> bool:
+        last = self._last_sent.get((index, event, subject))
+        return last is None or now - last >= sink.rearm_s * 1000
+
+    def raise_alert(
+        self, event: AlertEvent, subject: str, message: str, detail: dict[str, Any] | None = None
+    ) -> int:
+        """Queue the alert for every sink that wants it and is re-armed; returns how many."""
+        now = self._clock_ms()
+        alert = {
+            "event": event,
+            "subject": subject,
+            "message": message,
+            "detail": detail or {},
+            "created_at": _iso(now),
+        }
+        payload = _ENCODER.encode(alert).decode()
+        queued = 0
+        for index, sink in self._sinks_for(event):
+            if not self._due(index, sink, event, subject, now):
+                continue
+            row = (index, sink.name or sink.sink, event, subject, payload, now, now)
+            try:
+                self._db.enqueue(_inserter(row))
+            except WriteQueueFull:
+                log.warning("alert %s for %s not queued: the write queue is full", event, subject)
+                continue
+            self._last_sent[(index, event, subject)] = now
+            queued += 1
+        if queued:
+            log.info("alert %s (%s): %s", event, subject, message)
+            self._wake.set()
+        return queued
+
+    def notify_storage(self, available: bool, reason: str = "") -> None:
+        """For the storage layer: storage went down (or came back). Delivered from memory."""
+        event: AlertEvent = "storage_recovered" if available else "storage_unavailable"
+        now = self._clock_ms()
+        message = "storage recovered" if available else f"storage unavailable: {reason}"
+        alert = {
+            "event": event,
+            "subject": "storage",
+            "message": message,
+            "detail": {"reason": reason} if reason else {},
+            "created_at": _iso(now),
+        }
+        for index, sink in self._sinks_for(event):
+            if not self._due(index, sink, event, "storage", now):
+                continue
+            self._last_sent[(index, event, "storage")] = now
+            task = asyncio.get_running_loop().create_task(self._deliver_direct(sink, alert))
+            self._direct.add(task)
+            task.add_done_callback(self._direct.discard)
+
+    async def _deliver_direct(self, sink: AlertConfig, alert: dict[str, Any]) -> None:
+        for attempt in range(_DIRECT_ATTEMPTS):
+            try:
+                await deliver(sink, alert, self._http, self._config().email)
+                return
+            except DeliveryError as exc:
+                log.warning("storage alert to %s failed: %s", sink.name or sink.sink, exc)
+                await asyncio.sleep(2**attempt)
+
+    # -- delivering -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.deliver_due()
+            except (sqlite3.Error, RuntimeError) as exc:  # storage trouble: try again later
+                log.warning("alert delivery paused: %s: %s", type(exc).__name__, exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
+
+    async def deliver_due(self) -> int:
+        """Deliver every due row once; returns how many were delivered."""
+        async with self._delivering:
+            return await self._deliver_due()
+
+    async def _deliver_due(self) -> int:
+        await self._db.flush()  # rows queued a moment ago are due too
+        now = self._clock_ms()
+        rows = await self._db.fetchall(
+            "SELECT id, sink_index, payload, attempts FROM alert_outbox "
+            "WHERE delivered_at_ms IS NULL AND failed_at_ms IS NULL AND next_attempt_at_ms <= ? "
+            "ORDER BY id LIMIT ?",
+            (now, _BATCH),
+        )
+        sinks = self._config().alerts
+        delivered = 0
+        for row in rows:
+            outcome = await self._attempt(sinks, row["sink_index"], row["payload"])
+            await self._record(row["id"], row["attempts"] + 1, outcome)
+            delivered += outcome is None
+        return delivered
+
+    async def _attempt(self, sinks: list[AlertConfig], index: int, payload: str) -> str | None:
+        if index >= len(sinks):
+            return "the sink is no longer configured"
+        try:
+            await deliver(
+                sinks[index], msgspec.json.decode(payload), self._http, self._config().email
+            )
+        except DeliveryError as exc:
+            return str(exc)[:500]
+        return None
+
+    async def _record(self, row_id: int, attempts: int, error: str | None) -> None:
+        now = self._clock_ms()
+        params: tuple[Any, ...]
+        if error is None:
+            sql, params = (
+                "UPDATE alert_outbox SET delivered_at_ms = ?, attempts = ? WHERE id = ?",
+                (now, attempts, row_id),
+            )
+        elif attempts >= MAX_ATTEMPTS:
+            log.error("alert %d given up after %d attempts: %s", row_id, attempts, error)
+            sql, params = (
+                "UPDATE alert_outbox SET failed_at_ms = ?, attempts = ?, last_error = ? "
+                "WHERE id = ?",
+                (now, attempts, error, row_id),
+            )
+        else:
+            backoff = min(_BACKOFF_MAX_MS, _BACKOFF_BASE_MS * 2 ** (attempts - 1))
+            sql, params = (
+                "UPDATE alert_outbox SET next_attempt_at_ms = ?, attempts = ?, last_error = ? "
+                "WHERE id = ?",
+                (now + backoff, attempts, error, row_id),
+            )
+        await self._db.execute_write(sql, params)
+
+
+def _inserter(row: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
+    return lambda conn: _insert(conn, row)
+
+
+def _insert(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    conn.execute(
+        "INSERT INTO alert_outbox (sink_index, sink_name, event, subject, payload, "
+        "created_at_ms, next_attempt_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        row,
+    )

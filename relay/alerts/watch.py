@@ -1,0 +1,153 @@
+"""Detecting alert conditions from relay's in-memory state, off the request path.
+
+A background loop looks every ``interval_s`` at what the hot path already keeps in
+memory (available balances, budget spend, upstream key health) and at the notices table
+(failed auto top-ups), and raises alerts through the outbox, which deduplicates them.
+A request never waits for any of it.
+
+Budget alerts carry the period's end in their subject, so a new period re-arms them; a
+key rejected by its upstream is named by provider and position, never by value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from relay.alerts.outbox import AlertOutbox
+from relay.jobs.periodic import PeriodicTask
+from relay.money.budget import PERIOD_ADJECTIVES
+from relay.money.pricing import micros_to_usd, usd_to_micros
+from relay.state import RelayState
+
+__all__ = ["AlertWatcher"]
+
+log = logging.getLogger("relay.alerts")
+_OPERATOR_PREFIX = "disabled by the operator"
+
+
+class AlertWatcher:
+    def __init__(self, state: RelayState, outbox: AlertOutbox, *, interval_s: float = 10.0):
+        self._state = state
+        self._outbox = outbox
+        self._last_notice_id = 0
+        self._storage_problem: str | None = None
+        self._periodic = PeriodicTask("relay-watch", self.check, interval_s=interval_s, log=log)
+
+    async def start(self) -> None:
+        row = await self._state.db.fetchone("SELECT COALESCE(MAX(id), 0) FROM notices")
+        self._last_notice_id = int(row[0]) if row else 0  # older failures were seen before
+        self._periodic.start()
+
+    async def aclose(self) -> None:
+        await self._periodic.stop()
+
+    async def check(self) -> None:
+        """One look at everything (the loop's step; tests call it directly)."""
+        self.check_storage()
+        self.check_balances()
+        self.check_budgets()
+        self.check_upstreams()
+        await self.check_auto_topups()
+
+    def check_storage(self) -> None:
+        """Storage going unavailable, and coming back: one alert per change."""
+        problem = self._state.storage.problem()
+        if (problem is None) != (self._storage_problem is None):
+            self._outbox.notify_storage(problem is None, problem or "")
+        self._storage_problem = problem
+
+    def check_balances(self) -> None:
+        thresholds = [
+            usd_to_micros(s.balance_below_usd)
+            for s in self._state.config.alerts
+            if "balance_low" in s.events
+        ]
+        if not thresholds:
+            return
+        threshold = max(thresholds)
+        wallet = self._state.wallet
+        for account in self._state.store.accounts.values():
+            if account.status != "active" or not wallet.has_account(account.id):
+                continue
+            available = wallet.snapshot(account.id).available_micros
+            if available < threshold:
+                self._outbox.raise_alert(
+                    "balance_low",
+                    f"account:{account.id}",
+                    f"account {account.name} has ${micros_to_usd(available)} available",
+                    {"account_id": account.id, "available_micros": available},
+                )
+
+    def check_budgets(self) -> None:
+        wallet = self._state.wallet
+        for key in self._state.store.keys.values():
+            if key.status != "active" or not key.spend_cap_micros or not wallet.has_key(key.id):
+                continue
+            spend = wallet.key_snapshot(key.id)
+            period = PERIOD_ADJECTIVES[spend.budget_period]
+            self._budget(
+                f"key:{key.id}:{spend.resets_at_ms or 0}",
+                f"key {key.label} ({key.id}) {period} cap",
+                spend.period_spent_micros,
+                spend.spend_cap_micros,
+            )
+        for account in self._state.store.accounts.values():
+            if not account.budget_micros or not wallet.has_account(account.id):
+                continue
+            budget = wallet.account_budget(account.id)
+            self._budget(
+                f"account:{account.id}:{budget.resets_at_ms or 0}",
+                f"account {account.name} {PERIOD_ADJECTIVES[budget.budget_period]} budget",
+                budget.spent_micros,
+                budget.budget_micros,
+            )
+
+    def _budget(self, subject: str, what: str, spent: int, cap: int) -> None:
+        detail = {"spent_micros": spent, "cap_micros": cap}
+        if spent >= cap:
+            self._outbox.raise_alert(
+                "budget_100", subject, f"{what} is spent (${micros_to_usd(spent)})", detail
+            )
+        elif spent * 5 >= cap * 4:  # 80%, in integers
+            message = f"{what} is 80% spent (${micros_to_usd(spent)} of ${micros_to_usd(cap)})"
+            self._outbox.raise_alert("budget_80", subject, message, detail)
+
+    def check_upstreams(self) -> None:
+        now = time.monotonic()
+        for name, provider in self._state.providers.items():
+            keys = provider.pool.keys
+            for key in keys:
+                reason = key.disabled_reason
+                if reason is not None and not reason.startswith(_OPERATOR_PREFIX):
+                    self._outbox.raise_alert(
+                        "upstream_key_disabled",
+                        f"{name}#{key.index}",
+                        f"provider {name} key #{key.index} left the rotation: {reason}",
+                        {"provider": name, "position": key.index},
+                    )
+            usable = [k for k in keys if k.disabled_reason is None]
+            if usable and all(k.cooldown_until > now for k in usable):
+                self._outbox.raise_alert(
+                    "provider_cooling",
+                    name,
+                    f"every key of provider {name} is cooling down (rate-limited upstream)",
+                    {"provider": name, "keys": len(usable)},
+                )
+
+    async def check_auto_topups(self) -> None:
+        if not any("auto_topup_failed" in s.events for s in self._state.config.alerts):
+            return
+        rows = await self._state.db.fetchall(
+            "SELECT id, account_id, message FROM notices "
+            "WHERE id > ? AND kind = 'auto_topup_failed' ORDER BY id",
+            (self._last_notice_id,),
+        )
+        for row in rows:
+            self._last_notice_id = row["id"]
+            self._outbox.raise_alert(
+                "auto_topup_failed",
+                f"notice:{row['id']}",
+                f"auto top-up failed for account {row['account_id']}: {row['message']}",
+                {"account_id": row["account_id"]},
+            )

@@ -1,0 +1,51 @@
+"""The owner's monthly usage archives: listed, and downloaded as the files relay wrote.
+
+Usage rows older than the retention period live in gzip JSON Lines files (one per account
+and month, ``relay.usage.retention``), kept two years. An owner downloads their own
+account's files here; the file name is looked up in the ``archives`` table for this
+account, never taken as a path from the request.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import FileResponse, Response
+
+from relay.console.web import ConsoleError, Ctx, page
+from relay.identity.roles import Permission
+from relay.usage.retention import archive_dir_for
+
+__all__ = ["archives_page", "download_archive"]
+
+
+@page("account", Permission.MANAGE_ACCOUNT)
+async def archives_page(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    rows = await ctx.state.db.fetchall(
+        "SELECT name, month, rows, bytes, sha256 FROM archives "
+        "WHERE kind = 'usage' AND account_id = ? ORDER BY month DESC, name",
+        (ctx.account.id,),
+    )
+    return ctx.render("archives.html", archives=[dict(row) for row in rows])
+
+
+@page("account", Permission.MANAGE_ACCOUNT)
+async def download_archive(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    name = ctx.request.path_params["name"]
+    row = await ctx.state.db.fetchone(
+        "SELECT name, sha256, rows FROM archives "
+        "WHERE kind = 'usage' AND account_id = ? AND name = ?",
+        (ctx.account.id, name),
+    )
+    path = archive_dir_for(ctx.state.config.database_path) / str(row["name"]) if row else None
+    if row is None or path is None or not path.is_file():
+        raise ConsoleError(404, "There is no such archive for this account.")
+    await ctx.state.store.record_action(
+        actor=ctx.actor, action="archive.download", target=ctx.account.id, detail={"name": name}
+    )
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=str(row["name"]),
+        headers={"x-relay-sha256": str(row["sha256"]), "x-relay-rows": str(row["rows"])},
+    )

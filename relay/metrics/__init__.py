@@ -1,0 +1,1 @@
+"""Prometheus metrics: per-request instruments, scrape-time gauges, and ``GET /metrics``."""

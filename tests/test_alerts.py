@@ -1,0 +1,276 @@
+"""Alerts: detected off the request path, queued in the durable outbox, delivered to a
+local webhook (HMAC-signed), a Slack-compatible webhook and a real local SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from conftest import make_config
+from support_accounts import Relay, run_relay
+from test_server import free_port
+
+from relay.alerts.outbox import MAX_ATTEMPTS, AlertOutbox
+from relay.alerts.watch import AlertWatcher
+from relay.config import parse_config
+from relay.storage.db import Database
+
+HOOK_SECRET = "hook-secret"
+
+
+@dataclass
+class Hook:
+    """A local webhook receiver on 127.0.0.1; answers ``statuses`` in turn, then 200."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.received.append((headers, await request.read()))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status, text="ok")
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.received]
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Hook]:
+    receiver = Hook()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    receiver.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp() -> Any:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller, inbox
+    finally:
+        controller.stop()
+
+
+async def settle(outbox: AlertOutbox, done: Any) -> None:
+    """Deliver what is due (the background loop may beat us to it) until ``done()``."""
+    for _ in range(200):
+        await outbox.deliver_due()
+        if done():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the alert was not delivered")
+
+
+def watcher_of(relay: Relay) -> AlertWatcher:
+    watcher: AlertWatcher = relay.lifespan_state["alert_watcher"]
+    return watcher
+
+
+def outbox_of(relay: Relay) -> AlertOutbox:
+    assert relay.state.alerts is not None
+    return relay.state.alerts
+
+
+async def test_low_balance_reaches_a_signed_webhook_once_per_rearm(
+    tmp_path: Path, admin_token: str, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_SECRET", HOOK_SECRET)
+    extra = f"""
+[[alerts]]
+sink = "webhook"
+name = "ops-hook"
+url = "{hook.url}"
+secret_env = "HOOK_SECRET"
+events = ["balance_low"]
+balance_below_usd = "5"
+"""
+    async with run_relay(make_config(tmp_path, extra=extra)) as relay:
+        account = await relay.create_account("acme")
+        await relay.credit(account["id"], "2", "seed")
+        rich = await relay.create_account("rich")
+        await relay.credit(rich["id"], "50", "seed-rich")
+        await watcher_of(relay).check()
+        await settle(outbox_of(relay), lambda: hook.received)
+        [(headers, body)] = hook.received
+        alert = json.loads(body)
+        assert alert["event"] == "balance_low" and alert["subject"] == f"account:{account['id']}"
+        assert "acme" in alert["message"] and alert["detail"]["available_micros"] == 2_000_000
+        expected = "sha256=" + hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["x-relay-signature"] == expected
+        # Still low a moment later: deduplicated until the re-arm interval has passed.
+        await watcher_of(relay).check()
+        await outbox_of(relay).deliver_due()
+        assert len(hook.received) == 1
+        [row] = await relay.rows("SELECT * FROM alert_outbox")
+        assert row["delivered_at_ms"] is not None and row["sink_name"] == "ops-hook"
+
+
+async def test_a_disabled_upstream_key_reaches_a_local_smtp_server(
+    tmp_path: Path, admin_token: str, smtp: Any
+) -> None:
+    controller, inbox = smtp
+    extra = f"""
+[email]
+host = "127.0.0.1"
+port = {controller.port}
+starttls = false
+from = "relay@relay.test"
+
+[[alerts]]
+sink = "email"
+to = ["ops@relay.test"]
+events = ["upstream_key_disabled", "provider_cooling"]
+"""
+    config = make_config(
+        tmp_path, upstream_url="http://127.0.0.1:9", upstream_keys=("sk-1", "sk-2"), extra=extra
+    )
+    async with run_relay(config) as relay:
+        pool = relay.state.providers["fake"].pool
+        pool.disable(pool.keys[1], 401)
+        await watcher_of(relay).check()
+        await settle(outbox_of(relay), lambda: inbox.messages)
+    [(recipients, message)] = inbox.messages
+    assert recipients == ["ops@relay.test"]
+    assert message["From"] == "relay@relay.test"
+    assert "provider fake key #2 left the rotation" in message["Subject"]
+    assert "sk-2" not in message.as_string()
+
+
+async def test_failed_deliveries_are_retried_with_backoff_then_given_up(
+    tmp_path: Path, hook: Hook
+) -> None:
+    config = parse_config(
+        f'[[alerts]]\nsink = "slack"\nurl = "{hook.url}"\nevents = ["provider_cooling"]\n'
+        "rearm_s = 0\n"
+    )
+    db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
+    now = [1_000_000]
+    outbox = AlertOutbox(db, lambda: config, clock_ms=lambda: now[0])
+    try:
+        hook.statuses = [500, 503]
+        assert outbox.raise_alert("provider_cooling", "openai", "every key is cooling") == 1
+        assert await outbox.deliver_due() == 0  # 500
+        assert await outbox.deliver_due() == 0  # not due yet: backing off
+        now[0] += 5_000
+        assert await outbox.deliver_due() == 0  # 503
+        now[0] += 10_000
+        assert await outbox.deliver_due() == 1
+        assert [body for body in hook.bodies()] == [{"text": "[relay] every key is cooling"}] * 3
+        row = await db.fetchone("SELECT attempts, delivered_at_ms, last_error FROM alert_outbox")
+        assert row is not None and row[0] == 3 and row[1] is not None
+        assert "503" in row[2]
+        # A sink that never answers well is given up after MAX_ATTEMPTS, the row kept.
+        hook.statuses = [500] * MAX_ATTEMPTS
+        outbox.raise_alert("provider_cooling", "anthropic", "every key is cooling")
+        for _ in range(MAX_ATTEMPTS):
+            now[0] += 3_600_000
+            await outbox.deliver_due()
+        row = await db.fetchone(
+            "SELECT attempts, failed_at_ms FROM alert_outbox WHERE subject = 'anthropic'"
+        )
+        assert row is not None and row[0] == MAX_ATTEMPTS and row[1] is not None
+    finally:
+        await outbox.aclose()
+        await db.close()
+
+
+async def test_undelivered_alerts_survive_a_restart_and_dedupe_resumes(
+    tmp_path: Path, hook: Hook
+) -> None:
+    config = parse_config(
+        f'[[alerts]]\nsink = "webhook"\nurl = "{hook.url}"\nevents = ["budget_80"]\n'
+    )
+    db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
+    outbox = AlertOutbox(db, lambda: config)
+    assert outbox.raise_alert("budget_80", "key:k1:0", "key k1 is 80% spent") == 1
+    await db.flush()
+    await outbox.aclose()  # stopped before delivering
+    await db.close()
+    db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
+    outbox = AlertOutbox(db, lambda: config, poll_s=0.05)
+    try:
+        await outbox.start()  # the background loop delivers what is due
+        for _ in range(100):
+            if hook.received:
+                break
+            await asyncio.sleep(0.05)
+        assert [b["event"] for b in hook.bodies()] == ["budget_80"]
+        assert outbox.raise_alert("budget_80", "key:k1:0", "again") == 0  # still deduplicated
+    finally:
+        await outbox.aclose()
+        await db.close()
+
+
+async def test_storage_alerts_skip_the_outbox(tmp_path: Path, hook: Hook) -> None:
+    config = parse_config(f'[[alerts]]\nsink = "webhook"\nurl = "{hook.url}"\n')
+    db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
+    outbox = AlertOutbox(db, lambda: config)
+    try:
+        outbox.notify_storage(False, "disk I/O error")
+        outbox.notify_storage(True)
+        for _ in range(100):
+            if len(hook.received) == 2:
+                break
+            await asyncio.sleep(0.02)
+        events = sorted(b["event"] for b in hook.bodies())
+        assert events == ["storage_recovered", "storage_unavailable"]
+        assert (await db.fetchone("SELECT COUNT(*) FROM alert_outbox"))[0] == 0  # type: ignore[index]
+    finally:
+        await outbox.aclose()
+        await db.close()
+
+
+async def test_budget_alerts_at_80_and_100_percent(
+    tmp_path: Path, admin_token: str, hook: Hook
+) -> None:
+    extra = (
+        f'[[alerts]]\nsink = "webhook"\nurl = "{hook.url}"\nevents = ["budget_80", "budget_100"]\n'
+    )
+    async with run_relay(make_config(tmp_path, extra=extra)) as relay:
+        account, key = await relay.funded_key("acme", spend_cap_usd="1", budget_period="month")
+        wallet = relay.state.wallet
+        hold = wallet.hold(
+            account["id"], key["id"], estimate_micros=850_000, worst_case_micros=850_000
+        )
+        wallet.settle(hold, 850_000, reference="r-80")
+        await watcher_of(relay).check()
+        hold = wallet.hold(
+            account["id"], key["id"], estimate_micros=150_000, worst_case_micros=150_000
+        )
+        wallet.settle(hold, 150_000, reference="r-100")
+        await watcher_of(relay).check()
+        await settle(outbox_of(relay), lambda: len(hook.received) == 2)
+    assert [b["event"] for b in hook.bodies()] == ["budget_80", "budget_100"]
+    assert "monthly cap is 80% spent" in hook.bodies()[0]["message"]
