@@ -113,7 +113,14 @@ async def build_statement(
 
 
 def render_csv(statement: Statement) -> str:
-    header = ["group", "name", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+    header: list[object] = [
+        "group",
+        "name",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+    ]
     rows: list[list[object]] = [header]
     rows.extend(
         [
