@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,8 +30,10 @@ from relay.api import data_plane_routes
 from relay.config import Config
 from relay.console import console_routes
 from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.http.admin_throttle import AdminTokenThrottle
 from relay.http.responses import error_response, unexpected_error_response
 from relay.identity.accounts import AccountStore
+from relay.identity.admin_token import admin_token_from_env
 from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
@@ -71,7 +73,7 @@ async def _open_state(
     hasher: SecretHasher | None,
     stopping: Callable[[], bool],
 ) -> RelayState:
-    admin_token = os.environ.get(config.server.admin_token_env) or None
+    admin_token = admin_token_from_env(config.server.admin_token_env)
     if admin_token is None:
         log.warning("admin API disabled: %s is not set", config.server.admin_token_env)
     db = await Database.open(
@@ -186,6 +188,7 @@ def create_app(
     return Starlette(
         routes=data_plane_routes() + admin_routes() + payment_routes() + console_routes(),
         lifespan=lifespan,
+        middleware=[Middleware(AdminTokenThrottle)],
         exception_handlers={
             RelayError: _handle_relay_error,
             HTTPException: _handle_http_exception,
