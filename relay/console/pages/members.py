@@ -65,8 +65,9 @@ async def members_page(ctx: Ctx) -> Response:
 async def invite_member(ctx: Ctx) -> Response:
     assert ctx.account is not None and ctx.user is not None
     role = _role(ctx.form.get("role", ""))
+    origin = ctx.public_origin()  # first: a link relay cannot address is never created
     token = await ctx.services.invites.create(ctx.account.id, role, by=ctx.user)
-    url = str(ctx.request.base_url).rstrip("/") + f"/console/invite/{token}"
+    url = origin + f"/console/invite/{token}"
     # Shown once on this page, never redirected through a URL or stored in clear.
     return await _render(ctx, status=201, invite_url=url)
 
