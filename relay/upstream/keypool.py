@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from relay.upstream.redact import KeyRedactor
+
 __all__ = ["KeyPool", "UpstreamKey"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class KeyPool:
     ):
         self.provider = provider
         self.keys = [UpstreamKey(i, secret) for i, secret in enumerate(secrets, start=1)]
+        # Searches upstream bodies and ids for these keys (relay never passes one on).
+        self.redactor = KeyRedactor([key.secret for key in self.keys])
         self._clock = clock
 
     @property
