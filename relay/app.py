@@ -31,6 +31,7 @@ from relay.config import Config
 from relay.console import console_routes
 from relay.errors import InvalidRequest, NotFound, RelayError
 from relay.http.admin_throttle import AdminTokenThrottle
+from relay.http.framing import RefuseAmbiguousFraming
 from relay.http.responses import error_response, unexpected_error_response
 from relay.identity.accounts import AccountStore
 from relay.identity.admin_token import admin_token_from_env
@@ -188,7 +189,7 @@ def create_app(
     return Starlette(
         routes=data_plane_routes() + admin_routes() + payment_routes() + console_routes(),
         lifespan=lifespan,
-        middleware=[Middleware(AdminTokenThrottle)],
+        middleware=[Middleware(RefuseAmbiguousFraming), Middleware(AdminTokenThrottle)],
         exception_handlers={
             RelayError: _handle_relay_error,
             HTTPException: _handle_http_exception,
