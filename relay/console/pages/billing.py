@@ -7,7 +7,6 @@ import datetime as dt
 
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.payments import (
     AutoTopUpForm,
     card_topups_ready,
@@ -17,6 +16,7 @@ from relay.console.payments import (
 from relay.console.topups import list_top_ups
 from relay.console.web import CHECKOUT_ORIGIN, ConsoleError, Ctx, content_security_policy, page
 from relay.identity.data_rights import deletion_request
+from relay.identity.roles import Permission
 from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.payments.store import customer_of
 

@@ -13,11 +13,11 @@ import datetime as dt
 import msgspec
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.key_limits import loosened_limits
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import InvalidRequest, RelayError
 from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
+from relay.identity.roles import Permission
 from relay.money.pricing import micros_to_usd, usd_to_micros
 
 __all__ = ["create_key", "edit_key", "key_page", "keys_page", "revoke_key"]

@@ -1,6 +1,6 @@
 """Request logs: filter by key, model, status and dates; page back by id; export as CSV.
 
-Rows are metadata only (design §4): no prompt or response content exists to show.
+Rows are metadata only (docs/architecture.md §5): no prompt or response content exists to show.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
 
-from relay.console.auth.roles import Permission
 from relay.console.log_queries import LogFilter, log_page, log_rows
 from relay.console.templating import format_time
 from relay.console.web import ConsoleError, Ctx, page
 from relay.csv_cells import csv_text
+from relay.identity.roles import Permission
 from relay.money.pricing import micros_to_usd
 
 __all__ = ["export_logs", "logs_page"]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
-from relay.admin.audit import verify_stored_chain
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import NotFound
+from relay.identity.audit import verify_stored_chain
 from relay.money.pricing import usd_to_micros
 from relay.money.wallet import DuplicateReference
-from relay.payments.crediting import manual_credit_write
+from relay.payments.crediting import commit_credit, manual_credit_write
 from relay.payments.receipts import SellerDetails
 
 __all__ = ["audit_page", "credit_account", "operator_accounts", "set_account_status"]
@@ -51,11 +51,11 @@ async def credit_account(ctx: Ctx) -> Response:
     note = ctx.form.get("note", "").strip() or None
     state = ctx.state
     try:
-        entry = state.wallet.credit(account_id, amount, reference=reference, note=note)
+        entry = state.wallet.prepare(account_id, "credit", amount, reference=reference, note=note)
     except DuplicateReference:
         return ctx.redirect("/console/operator/accounts", notice="already-credited")
-    # The payment row, its receipt and the audit row join the batch holding the ledger row
-    # queued just before (no await in between), as the admin API's credit does.
+    # Ledger row, payment row, receipt and audit row commit together; then the wallet
+    # moves, as the admin API's credit does.
     write = manual_credit_write(
         entry,
         buyer_name=state.store.account(account_id).name,
@@ -64,7 +64,7 @@ async def credit_account(ctx: Ctx) -> Response:
         actor=ctx.actor,
         detail={"amount_micros": amount, "reference": reference},
     )
-    await state.db.write(write)
+    await commit_credit(state.db, state.wallet, entry, write)
     return ctx.redirect("/console/operator/accounts", notice="credited")
 
 

@@ -6,10 +6,10 @@ import time
 
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.charts import daily_spend_chart, model_spend_chart
 from relay.console.log_queries import daily_spend, recent_errors, spend_by_model
 from relay.console.web import Ctx, page
+from relay.identity.roles import Permission
 
 __all__ = ["overview"]
 
