@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,8 +33,11 @@ from relay.api import data_plane_routes
 from relay.config import Config
 from relay.console import console_routes
 from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.http.admin_throttle import AdminTokenThrottle
+from relay.http.framing import RefuseAmbiguousFraming
 from relay.http.responses import error_response, unexpected_error_response
 from relay.identity.accounts import AccountStore
+from relay.identity.admin_token import admin_token_from_env
 from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
@@ -78,7 +81,7 @@ async def _open_state(
     stopping: Callable[[], bool],
     wall_clock_ms: Callable[[], int],
 ) -> RelayState:
-    admin_token = os.environ.get(config.server.admin_token_env) or None
+    admin_token = admin_token_from_env(config.server.admin_token_env)
     if admin_token is None:
         log.warning("admin API disabled: %s is not set", config.server.admin_token_env)
     db = await Database.open(
@@ -270,6 +273,7 @@ def create_app(
         + payment_routes()
         + console_routes(),
         lifespan=lifespan,
+        middleware=[Middleware(RefuseAmbiguousFraming), Middleware(AdminTokenThrottle)],
         exception_handlers={
             RelayError: _handle_relay_error,
             HTTPException: _handle_http_exception,

@@ -8,12 +8,14 @@ into exact amounts. Secrets are ``env:NAME`` references resolved by
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -59,6 +61,19 @@ def _check_usd(value: str, key: str) -> None:
         raise ValueError(f"{key} must be a non-negative decimal string")
 
 
+def _check_public_url(url: str) -> None:
+    """An origin (scheme, host, optional port) with no path: relay serves from the root."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError('public_url must be an http(s) URL such as "https://relay.example.com"')
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("public_url must name only the scheme, host and port, with no path")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("public_url has an invalid port") from None
+
+
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8787"
     database: str = "relay.db"
@@ -80,9 +95,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key: str | None = None
     # uvicorn (the relay[uvicorn] extra) parses HTTP/1.1 faster; hypercorn adds HTTP/2.
     http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
-    # How people reach relay (https://relay.example.com): the base of links sent by email.
-    # Never taken from a request's Host header, which a stranger controls.
+    # Where users reach relay (e.g. "https://relay.example.com" behind a TLS proxy): console
+    # links are built from it, and an https URL makes the session cookie Secure.
     public_url: str | None = None
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client for per-IP limits.
+    trusted_proxies: list[str] = []
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -90,8 +107,15 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:8787"')
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
-        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
-            raise ValueError("public_url must start with http:// or https://")
+        if self.public_url is not None:
+            _check_public_url(self.public_url)
+        for spec in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(spec, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {spec!r} is not an IP address or CIDR network"
+                ) from None
 
     @property
     def max_upstream_body_bytes(self) -> int:
@@ -104,6 +128,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def public_origin(self) -> str | None:
+        """``public_url`` without a trailing slash, or None when unset."""
+        return self.public_url.rstrip("/") if self.public_url else None
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

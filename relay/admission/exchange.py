@@ -66,6 +66,12 @@ class Exchange:
         if self.ttfb_ms is None:
             self.ttfb_ms = self.elapsed_ms()
 
+    def safe_upstream_id(self) -> str | None:
+        """The upstream's id if it is safe to show and store (never one holding a pool key)."""
+        if self.upstream_id is None or self.route is None:
+            return None
+        return self.route.provider.pool.redactor.safe_id(self.upstream_id)
+
     def metadata(self) -> dict[str, Any]:
         route = self.route
         return {
@@ -74,7 +80,7 @@ class Exchange:
             "cost_usd": micros_to_usd(self.cost_micros),
             "provider": route.provider.name if route else None,
             "executed_model": route.upstream_model if route else None,
-            "upstream_id": self.upstream_id,
+            "upstream_id": self.safe_upstream_id(),
         }
 
     def usage_view(self) -> dict[str, Any]:
@@ -99,7 +105,7 @@ class Exchange:
             model=self.model.name if self.model else None,
             provider=route.provider.name if route else None,
             upstream_model=route.upstream_model if route else None,
-            upstream_request_id=self.upstream_id,
+            upstream_request_id=self.safe_upstream_id(),
             error_code=self.error_code,
             stream=self.stream,
             prompt_tokens=self.prompt_tokens,

@@ -85,10 +85,23 @@ def model_for(state: RelayState, exchange: Exchange, name: str, kind: str) -> Mo
     return model
 
 
+# Parsed strictly: a typo such as ``dryRun=yes`` must not fall through to a billed call.
+_DRY_RUN_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
 def is_dry_run(request: Request) -> bool:
+    """``?dryRun=true|1|false|0`` (any case); any other value is a 400, never a real call."""
     if not request.scope.get("query_string"):  # the usual request: no query to parse
         return False
-    return request.query_params.get("dryRun", "").lower() in ("true", "1")
+    values = request.query_params.getlist("dryRun")
+    if not values:
+        return False
+    parsed = {_DRY_RUN_VALUES.get(value.lower()) for value in values}
+    if None in parsed or len(parsed) != 1:
+        raise InvalidRequest(
+            "dryRun must be one of true, false, 1 or 0 (given once)", param="dryRun"
+        )
+    return parsed.pop() is True
 
 
 def mark_abandoned(state: RelayState, exchange: Exchange) -> None:

@@ -160,8 +160,10 @@ async def _created_upstream_id(opened: OpenedRoute, max_bytes: int) -> str:
         upstream_id = decode_upstream_video(raw).id
     except msgspec.DecodeError:
         upstream_id = None
+    # The id goes into the URLs relay polls and into the usage row: only a safe one.
+    upstream_id = opened.route.provider.pool.redactor.safe_id(upstream_id)
     if not upstream_id:
-        raise UpstreamError("upstream answered without a video job id")
+        raise UpstreamError("upstream answered without a usable video job id")
     return upstream_id
 
 

@@ -30,6 +30,7 @@ from relay.cli.users import add_user_commands
 from relay.cli.wallet import add_wallet_commands
 from relay.config import Config, load_config
 from relay.errors import ConfigError
+from relay.identity.admin_token import admin_token_from_env
 
 __all__ = ["CommandError", "add_config_option", "build_parser", "main"]
 
@@ -61,6 +62,7 @@ def _check_config(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> Any:
     config = load_config(args.config)
+    admin_token_from_env(config.server.admin_token_env)  # a short token: refuse before binding
     _configure_logging(config)
     from relay.server import run_server  # imported late: check-config needs no server stack
 

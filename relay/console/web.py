@@ -54,6 +54,14 @@ _SAFE_METHODS = ("GET", "HEAD")
 CHECKOUT_ORIGIN = "https://checkout.stripe.com"
 
 
+def _fallback_hosts(listen_host: str) -> set[str]:
+    """Host names whose requests may name relay's address when public_url is unset."""
+    hosts = {"localhost", "127.0.0.1", "::1"}
+    if listen_host not in ("0.0.0.0", "::", ""):
+        hosts.add(listen_host)
+    return hosts
+
+
 def content_security_policy(form_action: str = "'self'") -> str:
     return (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -161,6 +169,24 @@ class Ctx:
         if not self.can(permission):
             raise ConsoleError(403, "Your role in this account does not allow that.")
 
+    def public_origin(self) -> str:
+        """Where links relay hands out (invites, payment returns) should point.
+
+        ``[server] public_url`` when set. Otherwise the request's own origin, but only when
+        its Host is the listen address or a loopback name: a Host header is the client's
+        to choose, and a link built from a forged one would send the invitee elsewhere.
+        """
+        server = self.state.config.server
+        if server.public_origin is not None:
+            return server.public_origin
+        url = self.request.url
+        if url.hostname is None or url.hostname not in _fallback_hosts(server.host):
+            raise ConsoleError(
+                400,
+                "relay cannot tell its public address: set [server] public_url in the config.",
+            )
+        return f"{url.scheme}://{url.netloc}"
+
     def account_url(self, suffix: str = "", **query: str) -> str:
         assert self.account is not None
         url = f"/console/a/{self.account.id}/{suffix}".rstrip("/")
@@ -238,7 +264,8 @@ class Console:
 
     async def _check_form(self, ctx: Ctx) -> None:
         request = ctx.request
-        if not origin_allowed(request.headers, request.headers.get("host", "")):
+        public = ctx.state.config.server.public_origin
+        if not origin_allowed(request.headers, request.headers.get("host", ""), public):
             raise ConsoleError(403, "This form was sent from another site and was refused.")
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         body = await read_body(request, _MAX_FORM_BYTES)
@@ -296,6 +323,8 @@ class Console:
 def set_cookie(
     ctx: Ctx, response: Response, name: str, value: str, max_age: int | None = None
 ) -> None:
+    # Behind a TLS-terminating proxy relay itself sees http: public_url says it is https.
+    public = ctx.state.config.server.public_origin or ""
     response.set_cookie(
         name,
         value,
@@ -303,5 +332,5 @@ def set_cookie(
         path="/console",
         httponly=True,
         samesite="lax",
-        secure=ctx.request.url.scheme == "https",
+        secure=ctx.request.url.scheme == "https" or public.startswith("https://"),
     )

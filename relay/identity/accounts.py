@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from relay.errors import NotFound, RelayError
+from relay.errors import InvalidRequest, NotFound, RelayError
 from relay.identity.audit import append_audit
 from relay.identity.keys import KeyHasher, NewKey, SecretHasher, generate_key, mask_key
 from relay.money.budget import BudgetPeriod
@@ -24,11 +24,19 @@ from relay.money.ledger import charged_since, load_account_budget
 from relay.money.wallet import Wallet
 from relay.storage.db import Database
 
-__all__ = ["Account", "AccountStore", "ApiKey", "Conflict", "ENDPOINT_KINDS"]
+__all__ = [
+    "ACCOUNT_ID_PREFIX",
+    "Account",
+    "AccountStore",
+    "ApiKey",
+    "Conflict",
+    "ENDPOINT_KINDS",
+]
 
 AccountMode = Literal["prepaid", "postpaid"]
 ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages")
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+ACCOUNT_ID_PREFIX = "acct_"
 
 
 class Conflict(RelayError):
@@ -90,7 +98,7 @@ def _now_ms() -> int:
 
 
 def _new_account_id() -> str:
-    return "acct_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    return ACCOUNT_ID_PREFIX + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
 def _key_row(key: ApiKey) -> tuple[Any, ...]:
@@ -183,9 +191,22 @@ class AccountStore:
 
     # -- changes (each durable, with its audit row, before the caller answers) -----------
 
+    def _check_new_name(self, name: str, account_id: str | None) -> None:
+        """A name must resolve to its own account only: ``account(id_or_name)`` tries ids
+        first, so a name equal to another account's id (or name) would act on that account.
+        Names shaped like ids are reserved so that no future id can shadow one either."""
+        if name in self.accounts and name != account_id:
+            raise Conflict(f"{name!r} is another account's id")
+        if name.startswith(ACCOUNT_ID_PREFIX):
+            raise InvalidRequest(
+                f"Account names must not start with {ACCOUNT_ID_PREFIX!r} (reserved for ids)",
+                param="name",
+            )
+        if self._names.get(name, account_id) != account_id:
+            raise Conflict(f"An account named {name!r} already exists")
+
     async def create_account(self, account: Account, *, actor: str) -> Account:
-        if account.name in self._names:
-            raise Conflict(f"An account named {account.name!r} already exists")
+        self._check_new_name(account.name, None)
         now = _now_ms()
         account = msgspec.structs.replace(
             account, id=_new_account_id(), created_at_ms=now, updated_at_ms=now
@@ -205,8 +226,8 @@ class AccountStore:
 
     async def update_account(self, account: Account, *, actor: str) -> Account:
         before = self.accounts[account.id]
-        if account.name != before.name and account.name in self._names:
-            raise Conflict(f"An account named {account.name!r} already exists")
+        if account.name != before.name:
+            self._check_new_name(account.name, account.id)
         account = msgspec.structs.replace(account, updated_at_ms=_now_ms())
         action = "account.update"
         if account.status != before.status:

@@ -18,7 +18,6 @@ older ones may still hold the former name until audit retention archives them.
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
 import io
 import logging
@@ -31,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from relay.csv_cells import csv_text
 from relay.errors import NotFound
 from relay.identity.accounts import AccountStore
 from relay.identity.audit import append_audit
@@ -187,12 +187,10 @@ def _zip(
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    return csv_text([columns, *([row.get(column, "") for column in columns] for row in rows)])
 
 
 _README = """relay account export

@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from relay.storage.files import make_private_dir, open_private, secure_existing
+
 __all__ = ["ServerSecret", "secret_path_for"]
 
 _SECRET_BYTES = 32
@@ -31,13 +33,14 @@ class ServerSecret:
     @classmethod
     def load_or_create(cls, path: Path) -> ServerSecret:
         """Read the secret file, creating it (mode 0600) on first start."""
+        secure_existing(path)
         try:
             return cls(bytes.fromhex(path.read_text().strip()))
         except FileNotFoundError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         value = secrets.token_bytes(_SECRET_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "w") as file:
             file.write(value.hex() + "\n")
         return cls(value)

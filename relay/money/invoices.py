@@ -7,14 +7,13 @@ Rendered as JSON, CSV or a print-ready HTML page (no PDF toolchain needed).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import html
-import io
 from typing import Any
 
 import msgspec
 
+from relay.csv_cells import csv_text
 from relay.money.pricing import micros_to_usd
 from relay.storage.db import Database
 
@@ -114,22 +113,28 @@ async def build_statement(
 
 
 def render_csv(statement: Statement) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["group", "name", "requests", "prompt_tokens", "completion_tokens", "cost_usd"])
-    for line in statement.lines:
-        writer.writerow(
-            [
-                line.group,
-                line.name,
-                line.requests,
-                line.prompt_tokens,
-                line.completion_tokens,
-                micros_to_usd(line.cost_micros),
-            ]
-        )
-    writer.writerow(["total", "charges", "", "", "", micros_to_usd(statement.charges_micros)])
-    return out.getvalue()
+    header: list[object] = [
+        "group",
+        "name",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+    ]
+    rows: list[list[object]] = [header]
+    rows.extend(
+        [
+            line.group,
+            line.name,
+            line.requests,
+            line.prompt_tokens,
+            line.completion_tokens,
+            micros_to_usd(line.cost_micros),
+        ]
+        for line in statement.lines
+    )
+    rows.append(["total", "charges", "", "", "", micros_to_usd(statement.charges_micros)])
+    return csv_text(rows)
 
 
 def _rows(statement: Statement, group: str) -> str:

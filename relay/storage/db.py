@@ -74,6 +74,7 @@ from relay.storage.batch import (
     open_writer_connection,
     run_batch,
 )
+from relay.storage.files import create_private_file, make_private_dir, secure_existing
 from relay.storage.migrations import MIGRATIONS, Migration, apply_migrations
 
 __all__ = ["Database", "DatabaseClosed", "StorageFault", "WriteQueueFull"]
@@ -184,7 +185,10 @@ class Database:
         if flush_interval_s < 0 or read_connections < 1 or max_queue < 1:
             raise ValueError("need flush_interval_s >= 0, read_connections >= 1, max_queue >= 1")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
+        # SQLite gives -wal and -shm the database file's mode: create it 0600 first.
+        create_private_file(path)
+        secure_existing(*(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")))
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db-writer")
         writer: sqlite3.Connection | None = None

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from relay.upstream.redact import KeyRedactor
+
 __all__ = ["KeyPool", "UpstreamKey"]
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class KeyPool:
     ):
         self.provider = provider
         self.keys = [UpstreamKey(i, secret) for i, secret in enumerate(secrets, start=1)]
+        # Searches upstream bodies and ids for these keys (relay never passes one on).
+        self.redactor = KeyRedactor([key.secret for key in self.keys])
         self._clock = clock
         now = clock()
         for key in self.keys:

@@ -34,6 +34,7 @@ from relay.upstream.client import (
 )
 from relay.upstream.keypool import UpstreamKey
 from relay.upstream.providers import Provider
+from relay.upstream.redact import RedactingResponse
 
 __all__ = ["Model", "OpenedRoute", "Route", "Router"]
 
@@ -250,6 +251,7 @@ class Router:
         provider = route.provider
         status = response.status
         if 200 <= status < 300:
+            response = RedactingResponse(response, provider.pool.redactor)
             if not stream:
                 return OpenedRoute(response, route, key, attempt, None, None), None, False
             return await self._await_first_chunk(response, route, key, attempt)
@@ -266,7 +268,7 @@ class Router:
             message = f"provider {provider.name!r} answered HTTP {status}"
             return None, UpstreamError(message), False
         content_type = response.headers.get("content-type", "application/json")
-        raise UpstreamRejected(status, _redact_keys(body, provider), content_type)
+        raise UpstreamRejected(status, provider.pool.redactor.redact(body), content_type)
 
     async def _await_first_chunk(
         self, response: UpstreamResponse, route: Route, key: UpstreamKey, attempt: int
@@ -295,15 +297,6 @@ def _failure_from(exc: UpstreamFailure, provider: str) -> RelayError:
     if isinstance(exc, UpstreamConnectFailed | UpstreamStreamBroken):
         return UpstreamError(f"provider {provider!r} could not be reached")
     return UpstreamError(f"provider {provider!r} failed")
-
-
-def _redact_keys(body: bytes, provider: Provider) -> bytes:
-    """An upstream's error may quote the key it was sent: never pass a pool key on."""
-    for key in provider.pool.keys:
-        secret = key.secret.encode()
-        if secret and secret in body:
-            body = body.replace(secret, b"[redacted]")
-    return body
 
 
 def _pool_exhausted(provider: Provider, tokens: int = 0) -> NoUpstreamAvailable:

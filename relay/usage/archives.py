@@ -16,6 +16,7 @@ from typing import IO
 import msgspec
 
 from relay.storage.db import Database
+from relay.storage.files import open_private
 from relay.usage.queries import RowRange, iter_pages
 
 __all__ = ["publish", "write_jsonl_gz"]
@@ -26,7 +27,8 @@ _encode = msgspec.json.Encoder().encode
 async def write_jsonl_gz(db: Database, rows: RowRange, tmp: Path) -> int:
     """Write the rows as gzip JSON Lines to ``tmp`` (fsynced); return how many."""
     count = 0
-    raw: IO[bytes] = await asyncio.to_thread(tmp.open, "wb")
+    fd = await asyncio.to_thread(open_private, tmp)
+    raw: IO[bytes] = os.fdopen(fd, "wb")
     try:
         with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
             async for page in iter_pages(db, rows):

@@ -11,9 +11,7 @@ Only the hot table (the last 90 days) is read here; older rows live in archive f
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -21,6 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from relay.csv_cells import csv_text
 from relay.storage.db import Database
 from relay.usage.log import UsageRecord
 
@@ -236,6 +235,4 @@ async def export_usage(db: Database, rows: RowRange, fmt: ExportFormat) -> Async
 
 
 def _csv_lines(rows: list[tuple[Any, ...]]) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue().encode()
+    return csv_text(rows, line_end="\n").encode()

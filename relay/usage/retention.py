@@ -40,6 +40,7 @@ import msgspec
 from relay.jobs.periodic import PeriodicTask
 from relay.money.invoices import month_bounds
 from relay.storage.db import Database
+from relay.storage.files import make_private_dir, secure_existing
 from relay.usage.archives import publish, write_jsonl_gz
 from relay.usage.queries import DAY_MS, RowRange, count_rows
 
@@ -128,7 +129,9 @@ async def run_retention(
     """One pass: recover, archive and purge old rows, expire old archives. Not reentrant."""
     policy = policy or RetentionPolicy()
     report = RetentionReport()
-    await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
+    # relay's own folder: 0700 even if an older relay made it open (its files then are too).
+    await asyncio.to_thread(make_private_dir, archive_dir)
+    await asyncio.to_thread(secure_existing, archive_dir)
     await _remove_orphans(db, archive_dir, report)
     for record in await _unpurged(db):
         await _finish_purge(db, archive_dir, record, policy, report)

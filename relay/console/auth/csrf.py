@@ -30,10 +30,13 @@ def valid_csrf_token(key: bytes, binding: str | None, presented: str | None) -> 
     return hmac.compare_digest(csrf_token(key, binding), presented)
 
 
-def origin_allowed(headers: Mapping[str, str], host: str) -> bool:
-    """A browser's ``Origin`` (when sent) must name this host; other clients send none."""
+def origin_allowed(headers: Mapping[str, str], host: str, public_origin: str | None = None) -> bool:
+    """A browser's ``Origin`` (when sent) must name this host, or relay's public URL (a
+    proxy may pass relay another Host); other clients send none."""
     origin = headers.get("origin")
     if origin is None:
+        return True
+    if public_origin is not None and origin == public_origin:
         return True
     scheme, _, rest = origin.partition("://")
     return scheme in ("http", "https") and rest == host

@@ -2,7 +2,8 @@
 
 Changes go through ``AccountStore`` like the admin API's, so each is committed with its
 audit row (actor: the user's email) and binds the very next request. Owners and admins
-manage every key of the account; members only the keys they created; viewers none.
+manage every key of the account; members only the keys they created, and may only
+tighten those keys' limits (``relay.console.key_limits``); viewers none.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as dt
 import msgspec
 from starlette.responses import Response
 
+from relay.console.key_limits import loosened_limits
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import InvalidRequest, RelayError
 from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
@@ -69,7 +71,7 @@ def _usd(ctx: Ctx, name: str) -> int:
     return micros
 
 
-def _expiry(ctx: Ctx) -> int | None:
+def _expiry(ctx: Ctx, current_ms: int | None) -> int | None:
     text = ctx.form.get("expires", "").strip()
     if not text:
         return None
@@ -77,6 +79,11 @@ def _expiry(ctx: Ctx) -> int | None:
         day = dt.date.fromisoformat(text)
     except ValueError:
         raise InvalidRequest("expires must be a date (YYYY-MM-DD)", param="expires") from None
+    if (
+        current_ms is not None
+        and dt.datetime.fromtimestamp(current_ms / 1000, dt.UTC).date() == day
+    ):
+        return current_ms  # the form shows only the day: an unchanged day keeps the exact time
     return int(dt.datetime.combine(day, dt.time.max, tzinfo=dt.UTC).timestamp() * 1000)
 
 
@@ -109,7 +116,7 @@ def _key_from_form(ctx: Ctx, base: ApiKey) -> ApiKey:
         rpm=_count(ctx, "rpm", 0),
         tpm=_count(ctx, "tpm", 0),
         concurrency=_count(ctx, "concurrency", 100, minimum=1),
-        expires_at_ms=_expiry(ctx),
+        expires_at_ms=_expiry(ctx, base.expires_at_ms),
         budget_period=_budget_period(ctx),
     )
 
@@ -196,6 +203,14 @@ async def edit_key(ctx: Ctx) -> Response:
         changed = _key_from_form(ctx, key)
     except RelayError as exc:
         raise ConsoleError(400, exc.message) from None
+    if not ctx.can(Permission.MANAGE_ALL_KEYS):
+        loosened = loosened_limits(key, changed)
+        if loosened:
+            raise ConsoleError(
+                403,
+                f"Members may only tighten a key's limits; ask an owner or admin to lift "
+                f"its {', '.join(loosened)}.",
+            )
     state = ctx.state
     updated = await state.store.update_key(changed, actor=ctx.actor)
     state.gate.limiter.forget(updated.id)

@@ -5,8 +5,6 @@ Rows are metadata only (docs/architecture.md §5): no prompt or response content
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
@@ -14,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from relay.console.log_queries import LogFilter, log_page, log_rows
 from relay.console.templating import format_time
 from relay.console.web import ConsoleError, Ctx, page
+from relay.csv_cells import csv_text
 from relay.identity.roles import Permission
 from relay.money.pricing import micros_to_usd
 
@@ -68,9 +67,7 @@ async def logs_page(ctx: Ctx) -> Response:
 
 
 def _csv_line(values: list[object]) -> str:
-    out = io.StringIO()
-    csv.writer(out).writerow(values)
-    return out.getvalue()
+    return csv_text([values])
 
 
 @page("account", Permission.VIEW)

@@ -89,10 +89,9 @@ async def members_page(ctx: Ctx) -> Response:
 async def invite_member(ctx: Ctx) -> Response:
     assert ctx.account is not None and ctx.user is not None
     role = _role(ctx.form.get("role", ""))
+    origin = ctx.public_origin()  # first: a link relay cannot address is never created
     token = await ctx.services.invites.create(ctx.account.id, role, by=ctx.user)
-    public_url = ctx.state.config.server.public_url
-    base = public_url or str(ctx.request.base_url)
-    url = base.rstrip("/") + f"/console/invite/{token}"
+    url = origin + f"/console/invite/{token}"
     mailed_to = await _mail_invite(ctx, ctx.form.get("email", "").strip(), url)
     # Shown once on this page, never redirected through a URL or stored in clear.
     return await _render(ctx, status=201, invite_url=url, mailed_to=mailed_to)

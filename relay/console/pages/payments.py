@@ -35,13 +35,13 @@ _RECEIPT_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors '
 
 
 def _public_origin(ctx: Ctx, service: PaymentsService) -> str:
-    """Where Stripe sends the buyer back: the configured return URL's site if there is one
-    (the operator's public address, e.g. behind a TLS proxy), else the one asked for."""
+    """Where Stripe sends the buyer back: the configured return URL's site if there is one,
+    else relay's public address (``[server] public_url``, or a checked Host)."""
     configured = service.config.success_url if service.config else None
     if configured:
         parts = urlsplit(configured)
         return f"{parts.scheme}://{parts.netloc}"
-    return f"{ctx.request.url.scheme}://{ctx.request.url.netloc}"
+    return ctx.public_origin()
 
 
 @page("account", Permission.PAY)

@@ -8,6 +8,7 @@ from relay.console.auth.sessions import SESSION_COOKIE, SESSION_LIFETIME_MS
 from relay.console.auth.signing import sign
 from relay.console.web import ConsoleError, Ctx, page, set_cookie
 from relay.errors import RelayError
+from relay.http.client_ip import client_ip
 from relay.identity.users import User
 
 __all__ = [
@@ -60,7 +61,7 @@ async def login_form(ctx: Ctx) -> Response:
 async def login(ctx: Ctx) -> Response:
     email = ctx.form.get("email", "").strip().lower()
     target = ctx.form.get("next", "")
-    ip = ctx.request.client.host if ctx.request.client else "unknown"
+    ip = client_ip(ctx.request.scope, ctx.state.config.server.trusted_proxies)
     throttle = ctx.console.throttle
     wait_s = throttle.retry_after(ip, email)
     if wait_s > 0:

@@ -1,0 +1,97 @@
+"""Never pass a pool key on: redact provider keys from upstream bodies, vet upstream ids.
+
+An upstream may quote the key it was sent (an error message, an id or a field built from
+the request). Relay replaces every occurrence before the client sees a body, in any JSON
+spelling: plain, or with some or all characters ``\\uXXXX``-escaped (which decodes to the
+same key in the client's JSON parser). A 2xx body is checked as well as an error body,
+and so is each chunk of a stream (a key split across two network chunks is not caught;
+the id of every chunk is also vetted once decoded, below).
+
+Upstream request ids go into usage rows, response metadata and (for video jobs) the
+upstream URL relay polls, so an id is kept only when it is short, made of a safe
+alphabet, and contains no pool key; otherwise it is dropped (``None``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from relay.upstream.client import UpstreamResponse
+
+__all__ = ["REDACTED", "KeyRedactor", "RedactingResponse"]
+
+REDACTED = b"[redacted]"
+MAX_UPSTREAM_ID_CHARS = 128
+# Starts with a letter or digit (never a CSV formula), no '/' (ids go into upstream URLs).
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]*")
+_ESCAPES = (b"\\u", b"\\/")
+
+
+def _hex_class(digit: str) -> str:
+    return f"[{digit.lower()}{digit.upper()}]" if digit.isalpha() else digit
+
+
+def _any_spelling(secret: str) -> str:
+    """A regex matching ``secret`` with any of its characters JSON-escaped."""
+    parts = []
+    for char in secret:
+        escaped = "".join(_hex_class(d) for d in f"{ord(char):04x}")
+        options = [re.escape(char), r"\\u" + escaped]
+        if char == "/":
+            options.append(r"\\/")
+        parts.append("(?:" + "|".join(options) + ")")
+    return "".join(parts)
+
+
+class KeyRedactor:
+    """One provider's pool keys, ready to be searched for in bodies and ids."""
+
+    __slots__ = ("_plain", "_pattern")
+
+    def __init__(self, secrets: Sequence[str]):
+        self._plain = tuple(secret.encode() for secret in secrets if secret)
+        spellings = [_any_spelling(secret) for secret in secrets if secret]
+        self._pattern = re.compile("|".join(spellings).encode()) if spellings else None
+
+    def redact(self, body: bytes) -> bytes:
+        """``body`` with every key, in any JSON spelling, replaced by ``[redacted]``."""
+        if self._pattern is None:
+            return body
+        # The usual body holds neither a key nor an escape: two quick scans, no regex.
+        if not any(escape in body for escape in _ESCAPES) and not any(
+            secret in body for secret in self._plain
+        ):
+            return body
+        return self._pattern.sub(REDACTED, body)
+
+    def safe_id(self, value: str | None) -> str | None:
+        """The upstream's id when it is safe to store, show and put in a URL; else None."""
+        if not value or len(value) > MAX_UPSTREAM_ID_CHARS or not _SAFE_ID.fullmatch(value):
+            return None
+        encoded = value.encode()
+        if any(secret in encoded for secret in self._plain):
+            return None
+        return value
+
+
+class RedactingResponse:
+    """A 2xx upstream response whose body and chunks come out redacted."""
+
+    __slots__ = ("_inner", "_redactor", "status", "headers")
+
+    def __init__(self, inner: UpstreamResponse, redactor: KeyRedactor):
+        self._inner = inner
+        self._redactor = redactor
+        self.status = inner.status
+        self.headers: Mapping[str, str] = inner.headers
+
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        return self._redactor.redact(await self._inner.read(max_bytes))
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner.chunks():
+            yield self._redactor.redact(chunk)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
