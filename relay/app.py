@@ -99,7 +99,12 @@ async def _open_state(
         db=db,
         providers=providers,
         router=_build_router(config, providers),
-        auth=Authenticator(admin_token, store, VerifiedKeyCache(secret.subkey("key-cache"))),
+        auth=Authenticator(
+            admin_token,
+            store,
+            VerifiedKeyCache(secret.subkey("key-cache")),
+            max_key_failures_per_minute=config.server.max_key_failures_per_minute,
+        ),
         store=store,
         wallet=wallet,
         gate=Gate(wallet, RateLimiter(), check_storage=storage.check),

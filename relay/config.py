@@ -54,6 +54,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     database: str = "relay.db"
     admin_token_env: str = "RELAY_ADMIN_TOKEN"
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # A client that sends its body slower than this (in total) gets 408, not a held worker.
+    body_read_timeout_s: PositiveFloat = 30.0
+    # Larger non-stream upstream answers are refused with 502 as they arrive (issue 13).
+    max_upstream_body_mb: PositiveInt = 10
+    # Wrong secrets for one known key id allowed per minute before 429 (argon2 is costly).
+    max_key_failures_per_minute: PositiveInt = 10
     flush_interval_ms: Annotated[int, Meta(ge=1, le=100)] = 50
     shutdown_grace_s: NonNegativeFloat = 10.0
     # Fail closed: while the database cannot commit for longer than this, billable requests
@@ -71,6 +77,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:8787"')
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
+
+    @property
+    def max_upstream_body_bytes(self) -> int:
+        return self.max_upstream_body_mb * 1024 * 1024
 
     @property
     def host(self) -> str:
@@ -93,6 +103,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     first_byte_timeout_s: PositiveFloat | None = None
     # Longest silence allowed between two chunks of a stream.
     idle_timeout_s: PositiveFloat = 60.0
+    # Longest a whole stream may last, however steadily it trickles.
+    stream_timeout_s: PositiveFloat = 900.0
     max_connections: PositiveInt = 1024
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
     # mock kind only: simulated latency before the answer, and stream chunk count.
@@ -128,6 +140,10 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Per-size/quality image prices, keyed "SIZE" or "SIZE/QUALITY" (e.g. "1024x1024/hd").
     image_prices: dict[str, str] = {}
     usd_per_video_second: str | None = None
+    # Video models: the clip lengths (whole seconds) a request may ask for.
+    video_seconds: Annotated[list[Annotated[int, Meta(ge=1, le=3600)]], Meta(min_length=1)] = (
+        msgspec.field(default_factory=lambda: [4, 8, 12])
+    )
     max_output_tokens: PositiveInt = 4096
     context_window: PositiveInt = 128_000
     owned_by: str | None = None

@@ -9,6 +9,7 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── QuotaError                402 insufficient_quota
     ├── Forbidden                 403 (account_suspended, model_not_allowed, endpoint_not_allowed)
     ├── NotFound                  404 (model_not_found, not_found)
+    ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     ├── RequestTooLarge           413 request_too_large
     ├── RateLimited               429 rate_limit_exceeded (carries retry_after_s)
     ├── UpstreamRejected          the upstream's own 4xx, passed on as it came
@@ -37,6 +38,7 @@ __all__ = [
     "QuotaError",
     "RateLimited",
     "RelayError",
+    "RequestTimeout",
     "RequestTooLarge",
     "StorageUnavailable",
     "UpstreamError",
@@ -106,6 +108,12 @@ class NotFound(RelayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class RequestTimeout(RelayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class RequestTooLarge(RelayError):

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -90,7 +91,7 @@ async def _serve(config: Config) -> None:
         if config.server.http_server == "uvicorn":
             await _serve_uvicorn(app, config.server, tls, listener, stop)
         else:
-            await _serve_hypercorn(app, config.server, tls, listener, stop)
+            await _serve_hypercorn(app, config.server, tls, listener, stop, read_timeout_s(config))
     finally:
         cutter.cancel()
     log.info("relay stopped")
@@ -102,6 +103,23 @@ async def _cut_after_grace(app: GraceCut, stop: asyncio.Event, grace_s: float) -
     cut = app.cut()
     if cut:
         log.warning("shutdown: grace period over, %d requests cut (answered 503)", cut)
+
+
+def read_timeout_s(config: Config) -> int:
+    """How long a connection may send nothing before hypercorn drops it.
+
+    hypercorn applies ``read_timeout`` to every read, including while relay streams an
+    answer to a client that (rightly) sends nothing: so it must outlast the longest
+    answer relay can give (a provider's ``stream_timeout_s``, or ``timeout_s`` for a whole
+    answer) plus the body deadline. It bounds what a client trickling its request
+    headers can hold; a trickled body is cut sooner by ``body_read_timeout_s`` (408).
+    """
+    longest = max(
+        [p.stream_timeout_s for p in config.providers]
+        + [p.first_byte_timeout + p.timeout_s for p in config.providers]
+        + [0.0]
+    )
+    return math.ceil(longest + config.server.body_read_timeout_s)
 
 
 def _tls_files(config: Config) -> tuple[str, str] | None:
@@ -167,9 +185,11 @@ async def _serve_hypercorn(
     tls: tuple[str, str] | None,
     listener: socket.socket,
     stop: asyncio.Event,
+    read_timeout: int,
 ) -> None:
     # hypercorn takes the bound socket over by its file descriptor, and closes it.
     config = _hypercorn_config(server, tls, f"fd://{listener.detach()}")
+    config.read_timeout = read_timeout
     try:
         await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     except LifespanFailureError as exc:
@@ -246,6 +266,8 @@ def _uvicorn_config(
         log_level=server.log_level,
         proxy_headers=False,  # as under hypercorn: the peer address is the socket's
         backlog=_BACKLOG,
+        # uvicorn has no read timeout: the body deadline (read_body, 408) bounds a
+        # trickled body; its request-head limits are its parser's own.
         timeout_keep_alive=_KEEP_ALIVE_S,
         # Annotated int, but it is handed to asyncio.wait_for, which takes float seconds.
         timeout_graceful_shutdown=server.shutdown_grace_s + _CUT_MARGIN_S,  # type: ignore[arg-type]

@@ -144,7 +144,9 @@ async def test_anthropic_sdk_message_passes_through_natively(setup: Setup) -> No
             model="claude-x",
             max_tokens=256,
             system="Be nice.",
-            messages=[{"role": "user", "content": "Hello"}],
+            # Long enough that the request's worst case covers the fixture's reported usage
+            # (3,012 input tokens): a charge is capped at the worst case (issue 14).
+            messages=[{"role": "user", "content": "Hello " + "words " * 200}],
             extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
         )
     assert reply.id == "msg_01FixtureTextAnswer"

@@ -176,7 +176,7 @@ async def _drive_every_path(traffic: Traffic, admin: httpx.AsyncClient) -> tuple
         (chat + "?dryRun=true", _chat("fake-gpt", "plain"), 200),
         ("/v1/embeddings", {"model": "fake-embedding", "input": _content("embed")}, 200),
         ("/v1/embeddings", {"model": "mock-embedding", "input": [_content("embed")]}, 200),
-        (chat, _chat("fake-gpt", "garbage"), 200),
+        (chat, _chat("fake-gpt", "garbage"), 502),  # malformed: never a billed 200 (issue 13)
         (chat, _chat("fake-gpt", "status400"), 400),
         (chat, _chat("fake-gpt", "status422"), 422),
         (chat, _chat("fake-gpt", "status500"), 502),

@@ -268,8 +268,8 @@ async def test_a_restart_mid_job_resumes_it_and_settles_once(served: Served) -> 
     async with served.run() as relay:
         account, key = await relay.funded_key("director", amount_usd="10")
         setup = Setup(relay, served.upstream, account["id"], key["secret"])
-        job = (await setup.create(seconds=6)).json()
-        estimate = 6 * PRICE_PER_SECOND_MICROS
+        job = (await setup.create(seconds=8)).json()
+        estimate = 8 * PRICE_PER_SECOND_MICROS
         assert setup.held() == estimate
     async with served.run() as relay:
         setup = Setup(relay, served.upstream, account["id"], key["secret"])

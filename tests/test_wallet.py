@@ -113,15 +113,15 @@ def test_a_failing_sink_applies_nothing() -> None:
         raise RuntimeError("writer is gone")
 
     wallet = Wallet(broken)
-    wallet.load_account("acc", mode="prepaid", credit_limit_micros=0, balance_micros=0)
+    wallet.load_account("acc", mode="prepaid", credit_limit_micros=0, balance_micros=100)
     with pytest.raises(RuntimeError):
         wallet.credit("acc", 10, reference="r")
-    assert wallet.snapshot("acc").balance_micros == 0
-    hold = wallet.hold("acc", None, estimate_micros=0, worst_case_micros=0)
+    assert wallet.snapshot("acc").balance_micros == 100
+    hold = wallet.hold("acc", None, estimate_micros=0, worst_case_micros=10)
     with pytest.raises(RuntimeError):
         wallet.settle(hold, 5, reference="req")
     assert wallet.open_hold_count() == 0
-    assert wallet.snapshot("acc").balance_micros == 0
+    assert wallet.snapshot("acc").balance_micros == 100
 
 
 def test_loading_validates_modes_limits_and_ownership() -> None:
@@ -290,14 +290,21 @@ def test_an_invalid_settle_leaves_the_hold_for_the_finally_release() -> None:
     assert wallet.open_hold_count() == 0
 
 
-def test_cost_above_the_worst_case_is_charged_and_flagged_as_overrun() -> None:
+def test_cost_above_the_worst_case_is_flagged_as_overrun_and_billed_at_the_worst_case(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 14: a charge never exceeds the request's worst case; the overrun is logged.
     wallet, _ = funded(1_000, margin=0)
     hold = wallet.hold("acc", None, estimate_micros=10, worst_case_micros=1_000)
-    entry = wallet.settle(hold, 1_500, reference="req", estimated=True)
-    assert entry is not None and entry.amount_micros == -1_500
-    assert hold.overrun
-    assert entry.note == "estimated; overrun: worst case was 1000 micros"
-    assert wallet.snapshot("acc").balance_micros == -500
+    with caplog.at_level("WARNING", logger="relay.wallet"):
+        entry = wallet.settle(hold, 1_500, reference="req", estimated=True)
+    assert entry is not None and entry.amount_micros == -1_000
+    assert hold.overrun and hold.charged_micros == 1_000
+    assert entry.note == (
+        "estimated; overrun: measured 1500 micros, billed the worst case 1000 micros"
+    )
+    assert "overrun on request req: measured 1500 micros" in caplog.text
+    assert wallet.snapshot("acc").balance_micros == 0
     with pytest.raises(QuotaError):
         wallet.hold("acc", None, estimate_micros=1, worst_case_micros=1)
 
@@ -504,10 +511,9 @@ class WalletMachine(RuleBasedStateMachine):
         self.wallet.settle(
             hold, cost, reference=self._next_reference(), estimated=outcome == "cancel"
         )
-        if cost > worst:
-            self.overrun_accounts.add(hold.account_id)
-            if hold.key_id is not None:
-                self.overrun_keys.add(hold.key_id)
+        # An overrun is billed at the worst case (issue 14), so it never overdraws:
+        # overrun_accounts/overrun_keys stay empty and the invariant below binds everyone.
+        assert hold.charged_micros == min(cost, worst)
         self.wallet.release(hold)  # the `finally`: a no-op now
         with pytest.raises(HoldClosed):
             self.wallet.settle(hold, cost, reference="again")

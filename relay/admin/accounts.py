@@ -40,7 +40,8 @@ __all__ = [
     "update_account",
 ]
 
-Count = Annotated[int, Meta(ge=0)]
+# Limits (rpm, tpm, concurrency) well inside SQLite's 64-bit integers.
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Name = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\s].*$")]
 
 
@@ -183,7 +184,8 @@ async def show_ledger(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
     try:
         limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
-        before = int(request.query_params.get("before_id", str(2**62)))
+        # Clamped: SQLite integers are 64-bit, and no row id is beyond 2**62.
+        before = max(0, min(int(request.query_params.get("before_id", str(2**62))), 2**62))
     except ValueError:
         raise InvalidRequest("limit and before_id must be integers") from None
     rows = await state.db.fetchall(

@@ -42,9 +42,11 @@ def _int_param(request: Request, name: str, default: int) -> int:
     if text is None or text == "":
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer", param=name) from None
+    # Clamped: SQLite integers are 64-bit, and no row id is beyond 2**62.
+    return max(-(2**62), min(value, 2**62))
 
 
 def _detail(text: str) -> Any:

@@ -26,7 +26,8 @@ from relay.state import RelayState
 
 __all__ = ["create_key", "list_keys", "revoke_key", "show_key", "update_key"]
 
-Count = Annotated[int, Meta(ge=0)]
+# Limits (rpm, tpm, concurrency) well inside SQLite's 64-bit integers.
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Label = Annotated[str, Meta(min_length=1, max_length=100)]
 
 
@@ -37,7 +38,7 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     spend_cap_usd: str = "0"
     rpm: Count = 0
     tpm: Count = 0
-    concurrency: Annotated[int, Meta(ge=1)] = 100
+    concurrency: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 100
     expires: str | None = None
     price_multiplier: str = "1"
 
@@ -49,7 +50,7 @@ class KeyChanges(msgspec.Struct, forbid_unknown_fields=True):
     spend_cap_usd: str | UnsetType = UNSET
     rpm: Count | UnsetType = UNSET
     tpm: Count | UnsetType = UNSET
-    concurrency: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    concurrency: Annotated[int, Meta(ge=1, le=2**31 - 1)] | UnsetType = UNSET
     expires: str | None | UnsetType = UNSET
     status: Literal["active", "suspended"] | UnsetType = UNSET
     price_multiplier: str | UnsetType = UNSET

@@ -49,9 +49,11 @@ async def stripe_webhook(request: Request) -> Response:
         webhook = payments_runtime(request).webhook
         if webhook is None:
             raise PaymentsUnavailable("Stripe webhooks are not configured")
-        payload = await read_body(request, _MAX_WEBHOOK_BODY)
         signature = request.headers.get("stripe-signature", "")
         try:
+            # The header first: without a plausible signature the body is never read.
+            webhook.check_header(signature)
+            payload = await read_body(request, _MAX_WEBHOOK_BODY)
             outcome = await webhook.handle(payload, signature)
         except SignatureError as exc:
             raise InvalidRequest(f"Invalid Stripe signature: {exc}") from None

@@ -75,6 +75,8 @@ async def show_summary(request: Request, state: RelayState) -> Response:
     today = dt.datetime.now(dt.UTC).date()
     try:
         start_ms, end_ms = day_range_ms(params.get("since"), params.get("until"), today=today)
+    except OverflowError:  # a date at the edge of the calendar (0001-01-01, 9999-12-31)
+        raise InvalidRequest("since/until: date out of range", param="since") from None
     except ValueError as exc:
         raise InvalidRequest(f"since/until: {exc} (dates are YYYY-MM-DD)", param="since") from None
     spec = SummaryFilter(

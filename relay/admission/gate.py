@@ -69,7 +69,11 @@ class Gate:
             )
 
     def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
-        """Take the rate-limit slot and the wallet hold, or refuse with 429/402."""
+        """Take the rate-limit slot and the wallet hold, or refuse with 429/402.
+
+        Use the ticket as ``async with ticket:`` around everything after admission: the
+        block's exit releases whatever was not settled (see ``relay.admission.ticket``).
+        """
         # Fail closed: stop admitting while the writer cannot commit or catch up, so the
         # usage and charge rows of requests already in flight always have room.
         self._check_storage()

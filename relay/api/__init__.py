@@ -10,17 +10,27 @@ from relay.api.images import generate_images
 from relay.api.messages import count_tokens, messages
 from relay.api.models import healthz, list_models
 from relay.api.videos import create_video, show_video, video_content
+from relay.http.disconnect import CancelOnDisconnect, Endpoint
 
 __all__ = ["data_plane_routes"]
 
 
+def _billable(path: str, endpoint: Endpoint) -> Route:
+    """A billable route whose handler is cancelled when its client leaves mid-wait (a 499).
+
+    Not ``POST /v1/videos``: cancelling it between the upstream's creation of a job and
+    relay storing it would leave an upstream job running that nobody pays for.
+    """
+    return Route(path, CancelOnDisconnect(endpoint), methods=["POST"], name=endpoint.__name__)
+
+
 def data_plane_routes() -> list[BaseRoute]:
     return [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/messages", messages, methods=["POST"]),
+        _billable("/v1/chat/completions", chat_completions),
+        _billable("/v1/embeddings", embeddings),
+        _billable("/v1/messages", messages),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-        Route("/v1/images/generations", generate_images, methods=["POST"]),
+        _billable("/v1/images/generations", generate_images),
         Route("/v1/videos", create_video, methods=["POST"]),
         Route("/v1/videos/{video_id}", show_video, methods=["GET"]),
         Route("/v1/videos/{video_id}/content", video_content, methods=["GET"]),

@@ -9,16 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
+    USAGE_INVALID,
     TokenCounts,
     abandon,
     answer_with_metadata,
+    bill_invalid_usage,
+    close_unstarted_stream,
     is_dry_run,
+    malformed_answer,
     model_for,
     pass_stream,
     read_answer,
@@ -40,6 +45,7 @@ from relay.upstream.wire_openai import (
     decode_chat_request,
     decode_embedding_request,
     decode_upstream_answer,
+    is_usage_out_of_range,
 )
 
 __all__ = ["chat_completions", "embeddings"]
@@ -62,25 +68,30 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         )
         if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
-        ticket = state.gate.admit(exchange, quote)
         exchange.stream = bool(chat.stream)
 
         def body_for(route: Route) -> bytes:
             return route.provider.chat_body(body, chat, route.upstream_model)
 
-        opened = await state.router.open_route(
-            model, "/chat/completions", body_for, stream=exchange.stream
-        )
+        ticket = state.gate.admit(exchange, quote)
+        async with ticket:  # settled below, or released on any way out
+            opened = await state.router.open_route(
+                model, "/chat/completions", body_for, stream=exchange.stream
+            )
+            exchange.route = opened.route
+            if exchange.stream:
+                stream = _relay_stream(state, exchange, ticket.hand_over(), opened, quote)
+                return EventStreamResponse(
+                    stream,
+                    {"x-relay-request-id": exchange.request_id},
+                    on_close=close_unstarted_stream(state, exchange, ticket, opened),
+                )
+            return await _relay_answer(state, exchange, ticket, opened, quote)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
-    exchange.route = opened.route
-    if exchange.stream:
-        stream = _relay_stream(state, exchange, ticket, opened, quote)
-        return EventStreamResponse(stream, {"x-relay-request-id": exchange.request_id})
-    return await _relay_answer(state, exchange, ticket, opened, quote)
 
 
 async def embeddings(request: Request) -> Response:
@@ -96,19 +107,20 @@ async def embeddings(request: Request) -> Response:
         quote = quote_embedding(model.price, body, multiplier=multiplier)
         if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
-        ticket = state.gate.admit(exchange, quote)
 
         def body_for(route: Route) -> bytes:
             return route.provider.embedding_body(body, embedding.model, route.upstream_model)
 
-        opened = await state.router.open_route(model, "/embeddings", body_for, stream=False)
+        ticket = state.gate.admit(exchange, quote)
+        async with ticket:  # settled below, or released on any way out
+            opened = await state.router.open_route(model, "/embeddings", body_for, stream=False)
+            exchange.route = opened.route
+            return await _relay_answer(state, exchange, ticket, opened, quote)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
-    exchange.route = opened.route
-    return await _relay_answer(state, exchange, ticket, opened, quote)
 
 
 def _settle(
@@ -142,11 +154,14 @@ async def _relay_answer(
         return raw
     try:
         answer = decode_upstream_answer(raw)
-        exchange.upstream_id = answer.id
-        usage = answer.usage
-    except ValueError:  # msgspec's DecodeError: relay bills its estimate and passes it on
-        usage = None
-    _settle(state, exchange, ticket, quote, usage, _tokens_in(raw, quote))
+    except msgspec.ValidationError as exc:
+        if is_usage_out_of_range(exc):
+            return bill_invalid_usage(state, exchange, ticket, quote, _tokens_in(raw, quote))
+        return malformed_answer(state, exchange, ticket)
+    except msgspec.DecodeError:  # not JSON at all: never passed on as a billed 200
+        return malformed_answer(state, exchange, ticket)
+    exchange.upstream_id = answer.id
+    _settle(state, exchange, ticket, quote, answer.usage, _tokens_in(raw, quote))
     return answer_with_metadata(raw, exchange)
 
 
@@ -181,4 +196,6 @@ def _settle_stream(
     if ticket.finished:
         return
     exchange.upstream_id = tap.upstream_id
+    if tap.usage_invalid:  # its usage never reaches the wallet: relay's estimate instead
+        exchange.status, exchange.error_code = 502, USAGE_INVALID
     _settle(state, exchange, ticket, quote, tap.usage, tap.delivered_tokens_estimate())

@@ -8,7 +8,9 @@ docs/architecture.md §2.2.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
 
 from starlette.requests import Request
@@ -27,18 +29,22 @@ from relay.http.responses import error_response, json_response
 from relay.money.estimate import CostQuote
 from relay.money.pricing import token_cost_micros
 from relay.state import RelayState
-from relay.upstream.client import UpstreamFailure, UpstreamTimedOut
+from relay.upstream.client import UpstreamFailure, UpstreamTimedOut, UpstreamTooLarge
 from relay.upstream.routing import Model, OpenedRoute
 from relay.upstream.stream_openai import splice_metadata
 
 __all__ = [
     "CLIENT_CLOSED",
-    "abandon",
+    "USAGE_INVALID",
     "ErrorRenderer",
     "TokenCounts",
+    "abandon",
+    "bill_invalid_usage",
+    "close_unstarted_stream",
     "is_dry_run",
     "answer_with_metadata",
     "mark_abandoned",
+    "malformed_answer",
     "read_answer",
     "pass_stream",
     "model_for",
@@ -49,7 +55,11 @@ __all__ = [
     "upstream_broke_off",
 ]
 
+log = logging.getLogger("relay.api")
+
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
+# The usage row's error_code when an upstream reported usage outside sane bounds.
+USAGE_INVALID = "upstream_usage_invalid"
 
 ErrorRenderer = Callable[[RelayError, Mapping[str, str]], Response]
 
@@ -94,13 +104,39 @@ def release(ticket: Ticket | None) -> None:
         ticket.release()
 
 
-def abandon(state: RelayState, exchange: Exchange, ticket: Ticket | None) -> None:
-    """The request was cancelled before its answer: nothing billed. When shutdown's grace
-    ran out it still leaves its usage row (503 ``server_shutdown``), like a cut stream."""
-    release(ticket)
-    if state.stopping() and (ticket is not None or exchange.principal.key is not None):
-        exchange.status, exchange.error_code = 503, "server_shutdown"
-        state.usage.record(exchange.usage_record())
+def abandon(
+    state: RelayState, exchange: Exchange, ticket: Ticket | None, exc: BaseException | None
+) -> None:
+    """The request ended by an exception after admission, before it settled: nothing billed.
+
+    Runs on the ``BaseException`` way out of a handler. A cancelled task is the client
+    leaving while relay waited (or shutdown's grace running out): the row says 499
+    ``client_disconnected`` (or 503 ``server_shutdown``). Anything else is relay's own
+    failure (500 ``internal_error``). The hold and the slot are released (the ticket's
+    block has usually done so already) and the row records a cost of 0: nothing reached
+    the client. A settled request already has its row.
+    """
+    if ticket is None or ticket.settled:
+        return
+    ticket.release()
+    if exc is None or isinstance(exc, asyncio.CancelledError):
+        mark_abandoned(state, exchange)
+    else:
+        exchange.status, exchange.error_code = 500, "internal_error"
+    state.usage.record(exchange.usage_record())
+
+
+def close_unstarted_stream(
+    state: RelayState, exchange: Exchange, ticket: Ticket, opened: OpenedRoute
+) -> Callable[[], Awaitable[None]]:
+    """The stream response's last resort, for a body that never ran (so never settled)."""
+
+    async def close() -> None:
+        await opened.close()
+        if not ticket.finished:  # the body never ran: nothing else ended the ticket
+            abandon(state, exchange, ticket, None)
+
+    return close
 
 
 def refuse(
@@ -197,18 +233,58 @@ async def read_answer(
     what: str = "answer",
     render: ErrorRenderer = error_response,
 ) -> bytes | Response:
-    """The upstream's whole answer, or (when it broke off) the refusal to send instead."""
+    """The upstream's whole answer, or (when it broke off) the refusal to send instead.
+
+    An answer over ``[server] max_upstream_body_mb`` is refused (502) as it arrives,
+    never buffered whole.
+    """
     try:
-        raw = await opened.response.read()
+        raw = await opened.response.read(state.config.server.max_upstream_body_bytes)
         exchange.mark_first_byte()
     except UpstreamFailure as exc:
         return refuse(state, exchange, ticket, upstream_broke_off(exc, what), render)
-    except BaseException:
-        abandon(state, exchange, ticket)
-        raise
     finally:
         await opened.close()
     return raw
+
+
+def malformed_answer(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    what: str = "answer",
+    render: ErrorRenderer = error_response,
+) -> Response:
+    """A 2xx whose body is not the JSON it must be: 502, nothing billed, never passed on."""
+    log.warning("request %s: upstream sent a malformed %s", exchange.request_id, what)
+    return refuse(
+        state, exchange, ticket, UpstreamError(f"upstream sent a malformed {what}"), render
+    )
+
+
+def bill_invalid_usage(
+    state: RelayState,
+    exchange: Exchange,
+    ticket: Ticket,
+    quote: CostQuote,
+    delivered_tokens: int,
+    render: ErrorRenderer = error_response,
+) -> Response:
+    """The upstream answered but reported usage out of bounds (negative, absurd): 502.
+
+    Its numbers never reach the wallet. The request is settled at relay's own estimate
+    (prompt estimate + the answer's size), which the wallet caps at the worst case, and
+    recorded as an anomaly (``upstream_usage_invalid``) for the operator.
+    """
+    log.warning(
+        "request %s: upstream %s reported usage out of bounds; billed relay's estimate",
+        exchange.request_id,
+        exchange.route.label if exchange.route else "?",
+    )
+    exchange.status, exchange.error_code = 502, USAGE_INVALID
+    settle_tokens(state, exchange, ticket, quote, None, delivered_tokens)
+    error = UpstreamError("upstream reported token usage out of range")
+    return render(error, exchange.headers())
 
 
 def answer_with_metadata(raw: bytes, exchange: Exchange) -> Response:
@@ -223,6 +299,8 @@ def answer_with_metadata(raw: bytes, exchange: Exchange) -> Response:
 def upstream_broke_off(exc: UpstreamFailure, what: str) -> RelayError:
     if isinstance(exc, UpstreamTimedOut):
         return UpstreamTimeout(f"upstream timed out sending its {what}")
+    if isinstance(exc, UpstreamTooLarge):
+        return UpstreamError(f"upstream {what} is larger than relay accepts")
     return UpstreamError(f"upstream broke off its {what}")
 
 

@@ -21,6 +21,7 @@ from relay.api.flow import (
     abandon,
     answer_with_metadata,
     is_dry_run,
+    malformed_answer,
     model_for,
     read_answer,
     refuse,
@@ -77,19 +78,20 @@ async def generate_images(request: Request) -> Response:
             raise InvalidRequest(str(exc), param="size") from None
         if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
-        ticket = state.gate.admit(exchange, quote)
 
         def body_for(route: Route) -> bytes:
             return route.provider.image_body(body, images.model, route.upstream_model)
 
-        opened = await state.router.open_route(model, IMAGES_PATH, body_for, stream=False)
+        ticket = state.gate.admit(exchange, quote)
+        async with ticket:  # settled below, or released on any way out
+            opened = await state.router.open_route(model, IMAGES_PATH, body_for, stream=False)
+            exchange.route = opened.route
+            return await _relay_images(state, exchange, ticket, opened, images)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
-    exchange.route = opened.route
-    return await _relay_images(state, exchange, ticket, opened, images)
 
 
 async def _relay_images(
@@ -99,6 +101,8 @@ async def _relay_images(
     if isinstance(raw, Response):
         return raw
     delivered = _images_in(raw, images.n)
+    if delivered is None:
+        return malformed_answer(state, exchange, ticket, "images")
     assert exchange.model is not None
     cost = image_cost_micros(
         exchange.model.price,
@@ -112,12 +116,12 @@ async def _relay_images(
     return answer_with_metadata(raw, exchange)
 
 
-def _images_in(raw: bytes, requested: int) -> int:
-    """Images the upstream returned (never more than asked); all of them if unreadable."""
+def _images_in(raw: bytes, requested: int) -> int | None:
+    """Images the upstream returned (never more than asked); None if not a JSON object."""
     try:
         answer = _decode_answer(raw)
     except msgspec.DecodeError:
-        return requested
+        return None
     if answer.data is None:
         return requested
     return min(len(answer.data), requested)

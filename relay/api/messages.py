@@ -24,10 +24,14 @@ from starlette.responses import Response
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
+    USAGE_INVALID,
     TokenCounts,
     abandon,
     answer_with_metadata,
+    bill_invalid_usage,
+    close_unstarted_stream,
     is_dry_run,
+    malformed_answer,
     model_for,
     pass_stream,
     read_answer,
@@ -51,6 +55,7 @@ from relay.upstream.wire_anthropic import (
     decode_messages_answer,
     decode_messages_request,
 )
+from relay.upstream.wire_openai import is_usage_out_of_range
 
 __all__ = ["anthropic_error_response", "count_tokens", "messages"]
 
@@ -92,25 +97,34 @@ async def messages(request: Request) -> Response | EventStreamResponse:
         )
         if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
-        ticket = state.gate.admit(exchange, quote)
         exchange.stream = bool(parsed.stream)
 
         def body_for(route: Route) -> bytes:
             return route.provider.messages_body(body, parsed, route.upstream_model)
 
-        opened = await state.router.open_route(
-            model, MESSAGES_PATH, body_for, stream=exchange.stream, client_headers=request.headers
-        )
+        ticket = state.gate.admit(exchange, quote)
+        async with ticket:  # settled below, or released on any way out
+            opened = await state.router.open_route(
+                model,
+                MESSAGES_PATH,
+                body_for,
+                stream=exchange.stream,
+                client_headers=request.headers,
+            )
+            exchange.route = opened.route
+            if exchange.stream:
+                stream = _relay_stream(state, exchange, ticket.hand_over(), opened, quote)
+                return EventStreamResponse(
+                    stream,
+                    {"x-relay-request-id": exchange.request_id},
+                    on_close=close_unstarted_stream(state, exchange, ticket, opened),
+                )
+            return await _relay_answer(state, exchange, ticket, opened, quote)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc, anthropic_error_response)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
-    exchange.route = opened.route
-    if exchange.stream:
-        stream = _relay_stream(state, exchange, ticket, opened, quote)
-        return EventStreamResponse(stream, {"x-relay-request-id": exchange.request_id})
-    return await _relay_answer(state, exchange, ticket, opened, quote)
 
 
 def _counts(usage: MessagesUsage | None) -> TokenCounts | None:
@@ -130,15 +144,19 @@ async def _relay_answer(
     raw = await read_answer(state, exchange, ticket, opened, "answer", anthropic_error_response)
     if isinstance(raw, Response):
         return raw
-    usage: MessagesUsage | None = None
+    delivered = min(math.ceil(len(raw) / CHARS_PER_TOKEN), quote.max_output_tokens)
     try:
         answer = decode_messages_answer(raw)
-        exchange.upstream_id = answer.id
-        usage = answer.usage
-    except ValueError:  # msgspec's DecodeError: relay bills its estimate and passes it on
-        pass
-    delivered = min(math.ceil(len(raw) / CHARS_PER_TOKEN), quote.max_output_tokens)
-    settle_tokens(state, exchange, ticket, quote, _counts(usage), delivered)
+    except msgspec.ValidationError as exc:
+        if is_usage_out_of_range(exc):
+            return bill_invalid_usage(
+                state, exchange, ticket, quote, delivered, anthropic_error_response
+            )
+        return malformed_answer(state, exchange, ticket, "answer", anthropic_error_response)
+    except msgspec.DecodeError:  # not JSON at all: never passed on as a billed 200
+        return malformed_answer(state, exchange, ticket, "answer", anthropic_error_response)
+    exchange.upstream_id = answer.id
+    settle_tokens(state, exchange, ticket, quote, _counts(answer.usage), delivered)
     return answer_with_metadata(raw, exchange)
 
 
@@ -167,6 +185,8 @@ def _settle_stream(
     if ticket.finished:
         return
     exchange.upstream_id = tap.upstream_id
+    if tap.usage_invalid:  # its usage never reaches the wallet: relay's estimate instead
+        exchange.status, exchange.error_code = 502, USAGE_INVALID
     counts = _counts(tap.usage)
     if counts is not None and not tap.done:
         # Cut short: message_start told the input, but the output total never came.

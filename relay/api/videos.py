@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -59,13 +59,17 @@ def video_poller(state: RelayState) -> VideoPoller:
     return poller
 
 
-def _seconds(value: int | str) -> Decimal:
-    try:
-        seconds = Decimal(str(value))
-    except InvalidOperation:
-        seconds = Decimal(0)
-    if isinstance(value, bool) or not seconds.is_finite() or seconds <= 0 or seconds > 3600:
-        raise InvalidRequest("seconds must be a positive number of seconds", param="seconds")
+def _seconds(value: int | str, allowed: list[int]) -> int:
+    """Whole seconds from the model's ``video_seconds`` (``4`` or ``"4"``), else 400.
+
+    Never a fraction: a hold of "0.0000001" seconds would cost nothing while the upstream
+    renders (and bills) a whole clip.
+    """
+    text = str(value)
+    seconds = int(text) if not isinstance(value, bool) and text.isdigit() and len(text) < 6 else 0
+    if seconds not in allowed:
+        choices = ", ".join(str(choice) for choice in allowed)
+        raise InvalidRequest(f"seconds must be one of {choices}", param="seconds")
     return seconds
 
 
@@ -79,7 +83,7 @@ async def create_video(request: Request) -> Response:
         body = await read_body(request, state.config.server.max_body_bytes)
         video: VideoRequest = decode_or_400(_decode_request, body)
         model = model_for(state, exchange, video.model, "video")
-        seconds = _seconds(video.seconds)
+        seconds = _seconds(video.seconds, model.config.video_seconds)
         multiplier = state.gate.multiplier(exchange.principal)
         try:
             quote = quote_video(model.price, seconds=seconds, multiplier=multiplier)
@@ -87,43 +91,67 @@ async def create_video(request: Request) -> Response:
             raise InvalidRequest(str(exc), param="model") from None
         if is_dry_run(request):
             return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
-        ticket = state.gate.admit(exchange, quote)
         payload: dict[str, Any] = msgspec.json.decode(body)
-        payload["seconds"] = str(video.seconds)
+        payload["seconds"] = str(seconds)
 
         def body_for(route: Route) -> bytes:
             return route.provider.video_body(payload, route.upstream_model)
 
-        opened = await state.router.open_route(model, VIDEOS_PATH, body_for, stream=False)
-        exchange.route = opened.route
-        upstream_id = await _created_upstream_id(opened)
+        ticket = state.gate.admit(exchange, quote)
+        async with ticket:  # handed to the job below, or released on any way out
+            opened = await state.router.open_route(model, VIDEOS_PATH, body_for, stream=False)
+            exchange.route = opened.route
+            upstream_id = await _created_upstream_id(
+                opened, state.config.server.max_upstream_body_bytes
+            )
+            job = _new_job(
+                exchange,
+                opened.route,
+                upstream_id,
+                seconds,
+                video.size,
+                quote.worst_case_micros,
+                multiplier,
+            )
+            await _hand_over(poller, job, ticket)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
-    except BaseException:
-        abandon(state, exchange, ticket)
+    except BaseException as exc:
+        abandon(state, exchange, ticket, exc)
         raise
-    job = VideoJob(
-        id="video_" + secrets.token_hex(12),
-        account_id=exchange.principal.account_id,
-        key_id=exchange.principal.key_id,
-        model=model.name,
-        provider=opened.route.provider.name,
-        upstream_model=opened.route.upstream_model,
-        upstream_id=upstream_id,
-        seconds=str(seconds),
-        size=video.size,
-        estimate_micros=quote.worst_case_micros,
-        usd_per_second=str(model.price.usd_per_video_second),
-        price_multiplier=str(multiplier),
-        created_at_ms=time.time_ns() // 1_000_000,
-    )
-    await _hand_over(poller, job, ticket)
     return json_response(job_view(job, request, exchange.request_id), headers=exchange.headers())
 
 
-async def _created_upstream_id(opened: OpenedRoute) -> str:
+def _new_job(
+    exchange: Exchange,
+    route: Route,
+    upstream_id: str,
+    seconds: int,
+    size: str | None,
+    estimate_micros: int,
+    multiplier: Decimal,
+) -> VideoJob:
+    assert exchange.model is not None
+    return VideoJob(
+        id="video_" + secrets.token_hex(12),
+        account_id=exchange.principal.account_id,
+        key_id=exchange.principal.key_id,
+        model=exchange.model.name,
+        provider=route.provider.name,
+        upstream_model=route.upstream_model,
+        upstream_id=upstream_id,
+        seconds=str(seconds),
+        size=size,
+        estimate_micros=estimate_micros,
+        usd_per_second=str(exchange.model.price.usd_per_video_second),
+        price_multiplier=str(multiplier),
+        created_at_ms=time.time_ns() // 1_000_000,
+    )
+
+
+async def _created_upstream_id(opened: OpenedRoute, max_bytes: int) -> str:
     try:
-        raw = await opened.response.read()
+        raw = await opened.response.read(max_bytes)
     except UpstreamFailure as exc:
         raise upstream_broke_off(exc, "video job") from None
     finally:
@@ -141,7 +169,8 @@ async def _hand_over(poller: VideoPoller, job: VideoJob, ticket: Ticket) -> None
     """Move the request's hold to the job, which outlives the request, and store the job.
 
     Release and re-hold run with no ``await`` between them, so no other request can take
-    the room in between: the job's hold always fits where the request's did.
+    the room in between: the job's hold always fits where the request's did. From here
+    on the job's hold is the poller's to settle; the request's ticket is finished.
     """
     ticket.release()
     job.hold = poller.place_hold(job)

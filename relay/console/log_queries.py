@@ -84,7 +84,7 @@ def _day_start(text: str, name: str, *, plus_days: int = 0) -> int | None:
         return None
     try:
         day = dt.date.fromisoformat(text) + dt.timedelta(days=plus_days)
-    except ValueError:
+    except (ValueError, OverflowError):  # 9999-12-31 + 1 day is past Python's dates
         raise InvalidRequest(f"{name} must be a date (YYYY-MM-DD)", param=name) from None
     return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp() * 1000)
 

@@ -13,7 +13,14 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from relay.errors import InvalidRequest, RelayError, RequestTooLarge, UpstreamRejected, error_body
+from relay.errors import (
+    InvalidRequest,
+    RelayError,
+    RequestTimeout,
+    RequestTooLarge,
+    UpstreamRejected,
+    error_body,
+)
 
 __all__ = [
     "decode_or_400",
@@ -30,10 +37,24 @@ _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
 # How much of a refused over-size body relay still reads so the client sees its 413.
 DRAIN_MAX_BYTES = 1024 * 1024
 DRAIN_MAX_S = 1.0
+# Without a relay state (a bare app in tests) a body still gets a deadline.
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+
+
+def _body_deadline_s(request: Request) -> float:
+    relay = request.scope.get("state", {}).get("relay")
+    if relay is None:
+        return DEFAULT_BODY_READ_TIMEOUT_S
+    deadline: float = relay.config.server.body_read_timeout_s
+    return deadline
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``.
+
+    The whole body must arrive within ``[server] body_read_timeout_s`` (408 otherwise):
+    a client trickling bytes must not hold memory and a worker indefinitely.
+    """
     declared = request.headers.get("content-length")
     stream = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -42,12 +63,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
-    async for part in stream:
-        size += len(part)
-        if size > limit:
-            await _drain(stream)
-            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        parts.append(part)
+    try:
+        async with asyncio.timeout(_body_deadline_s(request)):
+            async for part in stream:
+                size += len(part)
+                if size > limit:
+                    await _drain(stream)
+                    raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+                parts.append(part)
+    except TimeoutError:
+        raise RequestTimeout("The request body did not arrive in time") from None
     return b"".join(parts)
 
 
@@ -78,6 +103,10 @@ def decode_or_400(decode: Callable[[bytes], T], body: bytes) -> T:
         raise InvalidRequest(f"Invalid request: {_field_message(str(exc))}") from None
     except msgspec.DecodeError:
         raise InvalidRequest("Request body is not valid JSON") from None
+    except RecursionError:
+        # msgspec gives up at the interpreter's recursion limit (about 1,000 levels):
+        # that is relay's JSON depth limit, and a client's error, not relay's 500.
+        raise InvalidRequest("Request body is nested too deeply") from None
     return result
 
 

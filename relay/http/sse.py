@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.types import Receive, Scope, Send
 
@@ -26,9 +26,19 @@ _HEADERS = [
 
 
 class EventStreamResponse:
-    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str]):
+    """``on_close`` runs once the response is over, whatever ended it: the owner's last
+    chance to end what the body would have (e.g. a body cancelled before it ever ran)."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        *,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ):
         self._body = body
         self._headers = _HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -36,13 +46,17 @@ class EventStreamResponse:
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (watcher, pump):
-                if not task.done():
-                    task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            try:
+                for task in (watcher, pump):
+                    if not task.done():
+                        task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()
 
     async def _pump(self, send: Send) -> None:
         try:

@@ -8,6 +8,7 @@ only as argon2id hashes; records never carry or show them.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 import time
@@ -209,7 +210,8 @@ class AccountStore:
         key = msgspec.structs.replace(
             key, id=new.key_id, last4=new.last4, created_at_ms=now, updated_at_ms=now
         )
-        secret_hash = self.hasher.hash(new.secret)
+        # argon2 takes tens of milliseconds by design: off the event loop.
+        secret_hash = await asyncio.to_thread(self.hasher.hash, new.secret)
         await self._write_key(key, None, actor=actor, action="key.create", secret_hash=secret_hash)
         self.key_hashes[key.id] = secret_hash
         self._wallet.load_key(

@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from relay.errors import AuthError, Forbidden
+from relay.errors import AuthError, Forbidden, RateLimited
 from relay.identity.accounts import Account, AccountStore, ApiKey
 from relay.identity.keys import KEY_PREFIX, CacheLookup, ParsedKey, VerifiedKeyCache, parse_key
 
@@ -57,17 +57,59 @@ def bearer_token(headers: Mapping[str, str], *, allow_x_api_key: bool = False) -
     return None
 
 
+# Wrong secrets tolerated per known key id and minute before argon2 stops being run for it.
+MAX_KEY_FAILURES_PER_MINUTE = 10
+
+
+class _FailedSecrets:
+    """Wrong secrets per key id in the current minute: each costs an argon2 run (~20 ms).
+
+    Only ids of existing keys are counted (an unknown id is refused without argon2), so
+    the table is bounded by the number of keys; a minute's counts are dropped whole.
+    """
+
+    __slots__ = ("_counts", "_limit", "_minute", "_clock")
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._minute = -1
+        self._counts: dict[str, int] = {}
+
+    def _roll(self) -> float:
+        now = self._clock()
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._minute, self._counts = minute, {}
+        return now
+
+    def check(self, key_id: str) -> None:
+        now = self._roll()
+        if self._counts.get(key_id, 0) >= self._limit:
+            raise RateLimited(
+                "Too many wrong secrets for this API key; retry later",
+                retry_after_s=60 - now % 60,
+            )
+
+    def failed(self, key_id: str) -> None:
+        self._roll()
+        self._counts[key_id] = self._counts.get(key_id, 0) + 1
+
+
 class Authenticator:
     def __init__(
         self,
         admin_token: str | None,
         store: AccountStore,
         cache: VerifiedKeyCache,
+        *,
+        max_key_failures_per_minute: int = MAX_KEY_FAILURES_PER_MINUTE,
     ):
         self._admin_token = admin_token.encode() if admin_token else None
         self._store = store
         self._cache = cache
         self._verifying: dict[str, asyncio.Future[bool]] = {}
+        self._failures = _FailedSecrets(max_key_failures_per_minute)
 
     @property
     def admin_enabled(self) -> bool:
@@ -100,8 +142,12 @@ class Authenticator:
         lookup = self._cache.lookup(parsed)
         if lookup is CacheLookup.MISMATCH:
             raise AuthError("Invalid API key: unknown key")
-        if lookup is CacheLookup.UNKNOWN and not await self._verify_once(parsed):
-            raise AuthError("Invalid API key: unknown key")
+        if lookup is CacheLookup.UNKNOWN:
+            # A guessed secret for a known id costs an argon2 run: bounded per key id.
+            self._failures.check(parsed.key_id)
+            if not await self._verify_once(parsed):
+                self._failures.failed(parsed.key_id)
+                raise AuthError("Invalid API key: unknown key")
         if key.status == "revoked":
             raise AuthError("Invalid API key: this key was revoked")
         now_ms = int(time.time() * 1000)

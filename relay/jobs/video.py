@@ -6,11 +6,11 @@ the job's exact quote and hands the job to ``VideoPoller.add``, which stores it 
 upstream (``GET {base}/videos/{id}``) every ``interval_s`` until the job is ``completed``
 or ``failed``:
 
-- completed: the hold is settled to the cost of the seconds generated (reference = the
-  job id) and, in ONE transaction, the charge, the usage row and the job's final state
-  are written. The ledger's unique charge reference and the usage table's unique
-  request id make a second settlement impossible, and since the three rows commit
-  together a crash leaves either all of them or none (then the job resumes).
+- completed: the hold is settled to the cost of the seconds generated, never more than
+  the job's quote (reference = the job id) and, in ONE transaction, the charge, the usage
+  row and the job's final state are written. The ledger's unique charge reference and
+  the usage table's unique request id make a second settlement impossible, and since the
+  three rows commit together a crash leaves either all of them or none (then the job resumes).
 - failed: the hold is released; a usage row (no charge) records the failure.
 
 Holds live in memory and die with the process, so ``start`` re-places the hold of every
@@ -27,9 +27,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from relay.errors import QuotaError
 from relay.jobs.periodic import PeriodicTask
@@ -61,7 +62,9 @@ class UpstreamVideo(msgspec.Struct):
 
     id: str | None = None
     status: str | None = None
-    progress: int | float | None = None
+    progress: Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)] | None = (
+        None
+    )
     seconds: int | str | None = None
     error: _UpstreamError | None = None
 
@@ -338,17 +341,29 @@ class VideoPoller:
             await self._fail(job, reason)
 
     async def _complete(self, job: VideoJob, reported: Decimal | None) -> None:
-        seconds = reported if reported is not None else Decimal(job.seconds)
-        cost = job.cost_of(seconds)
-        job.status, job.progress, job.cost_micros = "completed", 100, cost
-        job.updated_at_ms = job.completed_at_ms = _now_ms()
-        units = int(seconds.to_integral_value(ROUND_CEILING))
-        record = self._usage_record(job, status=200, units=units)
-        # Settled last, with nothing that can fail between it and the write of its row.
+        asked = Decimal(job.seconds)
+        # Never more than was asked, quoted and held: an upstream that renders (or
+        # reports) more seconds is an overrun the operator sees in the log, not the client.
+        seconds = asked if reported is None else min(reported, asked)
+        if reported is not None and reported > asked:
+            log.warning(
+                "video job %s: upstream reported %s s for %s s asked; billed %s s",
+                job.id,
+                reported,
+                asked,
+                asked,
+            )
+        cost = min(job.cost_of(seconds), job.estimate_micros)
+        # Settled first, with nothing that can fail between it and the write of its row;
+        # the wallet also caps the charge at the hold (a zero hold after a restart).
         charge: LedgerEntry | None = None
         if job.hold is not None:
             charge = self._wallet.settle(job.hold, cost, reference=job.id, request_id=job.id)
-        await self._finish(job, record, charge)
+            cost = job.hold.charged_micros
+        job.status, job.progress, job.cost_micros = "completed", 100, cost
+        job.updated_at_ms = job.completed_at_ms = _now_ms()
+        units = int(seconds.to_integral_value(ROUND_CEILING))
+        await self._finish(job, self._usage_record(job, status=200, units=units), charge)
 
     async def _fail(self, job: VideoJob, code: str) -> None:
         self.release_hold(job)

@@ -8,9 +8,10 @@ of its ledger rows and each key with the sum of its charges; open holds die with
 Money rules (docs/architecture.md §3): ``available = balance + credit_limit − open holds``;
 a hold is placed only if the request's worst case fits the *headroom rule* (``plan_hold``),
 so every hold fits in ``available`` and no account ends below ``−credit_limit`` (and no key
-above its spend cap) under any interleaving, unless an upstream reported more than the
-request's own worst case, which is recorded as an *overrun*. The headroom rule is one
-check inside the gate's admission (``relay.admission.gate``), not admission itself.
+above its spend cap) under any interleaving. A charge never exceeds the request's worst
+case: an upstream that reports more is an *overrun*, logged for the operator and noted on
+the charge row, but billed at the worst case only. The headroom rule is one check inside
+the gate's admission (``relay.admission.gate``), not admission itself.
 
 Every method is synchronous (no ``await``), so each one is atomic on the event loop and
 ``settle``/``release`` can run in a ``finally`` during cancellation. Not thread-safe.
@@ -25,6 +26,7 @@ hold settles at most once by construction.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -41,6 +43,8 @@ from relay.money.records import (
     LedgerEntry,
     LedgerKind,
 )
+
+log = logging.getLogger("relay.wallet")
 
 __all__ = [
     "AccountMode",
@@ -433,9 +437,11 @@ class Wallet:
         """Close a hold and charge the measured cost (no row when it is 0).
 
         Exactly once: a second ``settle`` raises ``HoldClosed`` and charges nothing. A cost
-        above the hold is charged in full; above the worst case it is also flagged as an
-        overrun (``hold.overrun`` and the row's note). The hold is released before the row
-        is handed to the sink, so even a failing sink never leaks it.
+        above the hold is charged in full up to the worst case; above the worst case it is
+        an overrun (``hold.overrun``, the row's note and a warning for the operator) and
+        only the worst case is charged, so admission's bound holds whatever an upstream
+        reports. What was charged is ``hold.charged_micros``. The hold is released before
+        the row is handed to the sink, so even a failing sink never leaks it.
         """
         _check_micros("actual_cost_micros", actual_cost_micros)
         if actual_cost_micros and not reference:
@@ -443,9 +449,18 @@ class Wallet:
         if not self._is_open(hold):
             raise HoldClosed(f"hold {hold.hold_id} is already settled or released")
         self._close(hold)
+        hold.overrun = actual_cost_micros > hold.worst_case_micros
+        if hold.overrun:
+            log.warning(
+                "overrun on request %s: measured %d micros, billed the worst case %d",
+                request_id or reference,
+                actual_cost_micros,
+                hold.worst_case_micros,
+            )
+        note = self._charge_note(hold, estimated, actual_cost_micros)
+        actual_cost_micros = min(actual_cost_micros, hold.worst_case_micros)
         if actual_cost_micros == 0:
             return None
-        hold.overrun = actual_cost_micros > hold.worst_case_micros
         entry = LedgerEntry(
             account_id=hold.account_id,
             kind="charge",
@@ -453,7 +468,7 @@ class Wallet:
             reference=reference,
             key_id=hold.key_id,
             request_id=request_id,
-            note=self._charge_note(hold, estimated),
+            note=note,
             created_at_ms=self._wall_clock_ms(),
         )
         self._sink(entry)
@@ -547,10 +562,13 @@ class Wallet:
         return max(self._margin, exposure.recent.total(window))
 
     @staticmethod
-    def _charge_note(hold: Hold, estimated: bool) -> str | None:
+    def _charge_note(hold: Hold, estimated: bool, measured_micros: int) -> str | None:
         parts = ["estimated"] if estimated else []
         if hold.overrun:
-            parts.append(f"overrun: worst case was {hold.worst_case_micros} micros")
+            parts.append(
+                f"overrun: measured {measured_micros} micros, "
+                f"billed the worst case {hold.worst_case_micros} micros"
+            )
         return "; ".join(parts) or None
 
     @staticmethod

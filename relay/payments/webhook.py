@@ -20,18 +20,30 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from relay.errors import NotFound
 from relay.payments.crediting import EventRecord
 from relay.payments.service import PaymentsService
 from relay.payments.store import PaidPayment, event_seen
 
-__all__ = ["SignatureError", "StripeWebhook", "WebhookOutcome", "sign_payload", "verify_signature"]
+__all__ = [
+    "SignatureError",
+    "StripeWebhook",
+    "WebhookOutcome",
+    "check_signature_header",
+    "sign_payload",
+    "verify_signature",
+]
 
 log = logging.getLogger("relay.payments.webhook")
 TOLERANCE_S = 300
+# Stripe's own ceiling for one charge is 99,999,999 minor units; anything above it (or
+# negative) is not a Stripe amount and must not reach the wallet.
+MinorUnits = Annotated[int, Meta(ge=0, le=99_999_999)]
 ACTOR = "stripe-webhook"
 
 
@@ -60,7 +72,7 @@ class _EventData(msgspec.Struct):
 class _CheckoutSession(msgspec.Struct):
     id: str
     payment_status: str = ""
-    amount_total: int | None = None
+    amount_total: MinorUnits | None = None
     currency: str = ""
     client_reference_id: str | None = None
     customer: str | None = None
@@ -75,8 +87,8 @@ class _PaymentError(msgspec.Struct):
 
 class _PaymentIntent(msgspec.Struct):
     id: str
-    amount: int = 0
-    amount_received: int | None = None
+    amount: MinorUnits = 0
+    amount_received: MinorUnits | None = None
     currency: str = ""
     customer: str | None = None
     payment_method: str | None = None
@@ -90,20 +102,36 @@ def sign_payload(payload: bytes, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
-def verify_signature(
-    payload: bytes, header: str, secret: str, *, now_s: float, tolerance_s: int = TOLERANCE_S
-) -> None:
-    """Raise ``SignatureError`` unless one ``v1`` signature matches and ``t`` is recent."""
+def _parse_header(header: str) -> tuple[int, list[str]]:
     timestamp: int | None = None
     signatures: list[str] = []
-    for part in header.split(","):
+    for part in header.split(",")[:16]:  # Stripe sends a handful; ignore a flood
         name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit():
+        if name == "t" and value.isdigit() and len(value) <= 12:
             timestamp = int(value)
         elif name == "v1" and value:
             signatures.append(value)
     if timestamp is None or not signatures:
         raise SignatureError("malformed Stripe-Signature header")
+    return timestamp, signatures
+
+
+def check_signature_header(header: str, *, now_s: float, tolerance_s: int = TOLERANCE_S) -> None:
+    """What can be judged before reading the body: the header's form and its timestamp.
+
+    Run before the body is read, so a client without a plausible signature cannot make
+    relay read (and hold) a body at all.
+    """
+    timestamp, _ = _parse_header(header)
+    if abs(now_s - timestamp) > tolerance_s:
+        raise SignatureError("signature timestamp outside the tolerance")
+
+
+def verify_signature(
+    payload: bytes, header: str, secret: str, *, now_s: float, tolerance_s: int = TOLERANCE_S
+) -> None:
+    """Raise ``SignatureError`` unless one ``v1`` signature matches and ``t`` is recent."""
+    timestamp, signatures = _parse_header(header)
     if abs(now_s - timestamp) > tolerance_s:
         raise SignatureError("signature timestamp outside the tolerance")
     expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
@@ -125,6 +153,10 @@ class StripeWebhook:
         self._service = service
         self._secret = secret
         self._clock = clock
+
+    def check_header(self, signature_header: str) -> None:
+        """``SignatureError`` for a header that cannot be right, before any body is read."""
+        check_signature_header(signature_header, now_s=self._clock())
 
     async def handle(self, payload: bytes, signature_header: str) -> WebhookOutcome:
         """Verify, then act once. ``SignatureError`` or ``msgspec.DecodeError`` mean 400."""

@@ -10,13 +10,17 @@ Failures are reported as three exceptions the router understands:
 
     UpstreamFailure
     ├── UpstreamConnectFailed   nothing was sent, or the connection broke before headers
-    ├── UpstreamTimedOut        no headers within first_byte, or a stream went idle too long
-    └── UpstreamStreamBroken    the connection ended in the middle of a body
+    ├── UpstreamTimedOut        no headers within first_byte, a stream went idle too long,
+    │                           or a stream outlived its overall deadline (``stream_s``)
+    ├── UpstreamStreamBroken    the connection ended in the middle of a body
+    └── UpstreamTooLarge        a whole answer was larger than the caller's ``max_bytes``
+                                (refused as it arrives, never buffered whole)
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +38,7 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamStreamBroken",
     "UpstreamTimedOut",
+    "UpstreamTooLarge",
 ]
 
 
@@ -53,20 +58,65 @@ class UpstreamStreamBroken(UpstreamFailure):
     pass
 
 
+class UpstreamTooLarge(UpstreamFailure):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect_s: float
     first_byte_s: float
     idle_s: float
     total_s: float
+    # A whole stream, from its response headers to its last chunk (None: no bound).
+    stream_s: float | None = None
+
+
+def _too_large(max_bytes: int) -> UpstreamTooLarge:
+    return UpstreamTooLarge(f"upstream answer is larger than {max_bytes} bytes")
+
+
+def _declared_too_large(headers: Mapping[str, str], max_bytes: int | None) -> bool:
+    declared = headers.get("content-length")
+    return (
+        max_bytes is not None
+        and declared is not None
+        and declared.isdigit()
+        and (int(declared) > max_bytes)
+    )
+
+
+class _StreamClock:
+    """The wait allowed for the next chunk: the idle timeout, or less near the deadline."""
+
+    __slots__ = ("_deadline", "_idle_s")
+
+    def __init__(self, timeouts: Timeouts):
+        self._idle_s = timeouts.idle_s
+        stream_s = timeouts.stream_s
+        self._deadline = None if stream_s is None else time.monotonic() + stream_s
+
+    def next_wait(self) -> float:
+        if self._deadline is None:
+            return self._idle_s
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise UpstreamTimedOut("upstream stream passed its overall deadline")
+        return min(self._idle_s, left)
+
+    def why(self) -> str:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return "upstream stream passed its overall deadline"
+        return "upstream stream went idle"
 
 
 class UpstreamResponse(Protocol):
     status: int
     headers: Mapping[str, str]
 
-    async def read(self) -> bytes:
-        """The whole body (non-stream answers, error bodies)."""
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body (non-stream answers, error bodies); ``UpstreamTooLarge`` past
+        ``max_bytes``, detected from the declared length or as the bytes arrive."""
         ...
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -93,35 +143,56 @@ class UpstreamClient(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_response", "_idle_s", "_body_s", "status", "headers")
+    __slots__ = ("_response", "_timeouts", "_body_s", "status", "headers")
 
     def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts):
         self._response = response
-        self._idle_s = timeouts.idle_s
+        self._timeouts = timeouts
         # A whole answer read at once is bounded by the provider's timeout_s.
         self._body_s = timeouts.total_s
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
-    async def read(self) -> bytes:
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        if _declared_too_large(self.headers, max_bytes):
+            self._response.close()
+            raise _too_large(max_bytes or 0)
         try:
             async with asyncio.timeout(self._body_s):
-                return await self._response.read()
+                if max_bytes is None:
+                    return await self._response.read()
+                return await self._read_bounded(max_bytes)
         except TimeoutError:
             self._response.close()
             raise UpstreamTimedOut("upstream went silent while sending its body") from None
         except aiohttp.ClientError as exc:
             raise UpstreamStreamBroken(f"upstream body broke off: {type(exc).__name__}") from None
 
+    async def _read_bounded(self, max_bytes: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        content = self._response.content
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > max_bytes:
+                self._response.close()  # drop the rest unread: never buffered whole
+                raise _too_large(max_bytes)
+            parts.append(chunk)
+        return b"".join(parts)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
+        clock = _StreamClock(self._timeouts)
         while True:
             try:
-                async with asyncio.timeout(self._idle_s):
+                async with asyncio.timeout(clock.next_wait()):
                     chunk = await content.readany()
             except TimeoutError:
                 self._response.close()
-                raise UpstreamTimedOut("upstream stream went idle") from None
+                raise UpstreamTimedOut(clock.why()) from None
+            except UpstreamTimedOut:
+                self._response.close()
+                raise
             except aiohttp.ClientError as exc:
                 raise UpstreamStreamBroken(
                     f"upstream stream broke off: {type(exc).__name__}"
@@ -176,20 +247,25 @@ class AiohttpUpstream:
 
 
 class _HttpxResponse:
-    __slots__ = ("_response", "_idle_s", "_body_s", "status", "headers")
+    __slots__ = ("_response", "_timeouts", "_body_s", "status", "headers")
 
     def __init__(self, response: httpx.Response, timeouts: Timeouts):
         self._response = response
-        self._idle_s = timeouts.idle_s
+        self._timeouts = timeouts
         # A whole answer read at once is bounded by the provider's timeout_s.
         self._body_s = timeouts.total_s
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
-    async def read(self) -> bytes:
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        if _declared_too_large(self.headers, max_bytes):
+            await self._response.aclose()
+            raise _too_large(max_bytes or 0)
         try:
             async with asyncio.timeout(self._body_s):
-                return await self._response.aread()
+                if max_bytes is None:
+                    return await self._response.aread()
+                return await self._read_bounded(max_bytes)
         except TimeoutError:
             await self._response.aclose()
             raise UpstreamTimedOut("upstream went silent while sending its body") from None
@@ -198,15 +274,29 @@ class _HttpxResponse:
         finally:
             await self._response.aclose()
 
+    async def _read_bounded(self, max_bytes: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self._response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)  # read()'s finally drops the rest
+            parts.append(chunk)
+        return b"".join(parts)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         iterator = self._response.aiter_raw()
+        clock = _StreamClock(self._timeouts)
         while True:
             try:
-                async with asyncio.timeout(self._idle_s):
+                async with asyncio.timeout(clock.next_wait()):
                     chunk = await anext(iterator, b"")
             except TimeoutError:
                 await self._response.aclose()
-                raise UpstreamTimedOut("upstream stream went idle") from None
+                raise UpstreamTimedOut(clock.why()) from None
+            except UpstreamTimedOut:
+                await self._response.aclose()
+                raise
             except httpx.HTTPError as exc:
                 raise UpstreamStreamBroken(
                     f"upstream stream broke off: {type(exc).__name__}"

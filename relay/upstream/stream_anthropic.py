@@ -17,6 +17,7 @@ import msgspec
 from relay.upstream.providers.anthropic_stream import SseBuffer, sse_event
 from relay.upstream.stream_openai import CHARS_PER_TOKEN
 from relay.upstream.wire_anthropic import MessagesAnswer, MessagesUsage
+from relay.upstream.wire_openai import is_usage_out_of_range
 
 __all__ = ["MessagesStreamTap"]
 
@@ -38,7 +39,7 @@ _decode_event = msgspec.json.Decoder(_Event).decode
 
 
 class MessagesStreamTap:
-    __slots__ = ("_events", "upstream_id", "usage", "done", "delivered_chars")
+    __slots__ = ("_events", "upstream_id", "usage", "done", "delivered_chars", "usage_invalid")
 
     def __init__(self) -> None:
         self._events = SseBuffer()
@@ -46,6 +47,8 @@ class MessagesStreamTap:
         self.usage: MessagesUsage | None = None
         self.done = False
         self.delivered_chars = 0
+        # The upstream reported usage out of bounds: it is not billed (an anomaly).
+        self.usage_invalid = False
 
     def feed(self, chunk: bytes) -> bytes:
         """Complete events from ``chunk`` (plus what was pending) that go out now."""
@@ -58,6 +61,9 @@ class MessagesStreamTap:
     def _keep(self, data: bytes) -> bool:
         try:
             event = _decode_event(data)
+        except msgspec.ValidationError as exc:
+            self.usage_invalid = self.usage_invalid or is_usage_out_of_range(exc)
+            return True  # not ours to judge; the client sees it as the upstream sent it
         except msgspec.DecodeError:
             return True  # not ours to judge; the client sees it as the upstream sent it
         if event.type == "message_start" and event.message is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from relay.upstream.wire_openai import Usage, encode
+from relay.upstream.wire_openai import Usage, encode, is_usage_out_of_range
 
 __all__ = ["StreamTap", "splice_metadata"]
 
@@ -68,6 +68,7 @@ class StreamTap:
         "done",
         "events",
         "delivered_chars",
+        "usage_invalid",
     )
 
     def __init__(self) -> None:
@@ -80,6 +81,8 @@ class StreamTap:
         self.done = False
         self.events = 0
         self.delivered_chars = 0
+        # The upstream reported usage out of bounds: it is not billed (an anomaly).
+        self.usage_invalid = False
 
     def feed(self, chunk: bytes) -> bytes:
         """Complete events from ``chunk`` (plus what was pending) that go out now."""
@@ -112,6 +115,9 @@ class StreamTap:
             return False
         try:
             chunk = _decode_chunk(payload)
+        except msgspec.ValidationError as exc:
+            self.usage_invalid = self.usage_invalid or is_usage_out_of_range(exc)
+            return True  # not ours to judge; the client sees it as the upstream sent it
         except msgspec.DecodeError:
             return True  # not ours to judge; the client sees it as the upstream sent it
         self.events += 1

@@ -11,6 +11,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from relay.upstream.wire_openai import ReportedTokens, RequestTokens, Turn
+
 __all__ = [
     "MessagesAnswer",
     "MessagesRequest",
@@ -22,18 +24,18 @@ __all__ = [
 
 class MessagesRequest(msgspec.Struct):
     model: str
-    messages: Annotated[list[msgspec.Raw], Meta(min_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1)]
+    messages: Annotated[list[Turn], Meta(min_length=1)]
+    max_tokens: RequestTokens
     stream: bool | None = False
 
 
 class MessagesUsage(msgspec.Struct):
     """Anthropic usage: ``input_tokens`` excludes cache reads and cache writes."""
 
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
+    input_tokens: ReportedTokens | None = None
+    output_tokens: ReportedTokens | None = None
+    cache_read_input_tokens: ReportedTokens | None = None
+    cache_creation_input_tokens: ReportedTokens | None = None
 
     def merge(self, later: MessagesUsage) -> MessagesUsage:
         """``later``'s counts where it has them (message_delta totals are cumulative)."""

@@ -43,7 +43,7 @@ def _before(ctx: Ctx) -> int:
     text = ctx.request.query_params.get("before", "")
     if text and not text.isdigit():
         raise ConsoleError(400, "before must be a ledger row id")
-    return int(text) if text else 2**62
+    return min(int(text), 2**62) if text else 2**62  # SQLite integers are 64-bit
 
 
 @page("account", Permission.VIEW_BILLING)

@@ -42,7 +42,7 @@ def _before_id(ctx: Ctx) -> int | None:
         return None
     if not text.isdigit():
         raise ConsoleError(400, "before must be a row id")
-    return int(text)
+    return min(int(text), 2**62)  # SQLite integers are 64-bit
 
 
 @page("account", Permission.VIEW)

@@ -86,7 +86,7 @@ async def audit_page(ctx: Ctx) -> Response:
     text = ctx.request.query_params.get("before", "")
     if text and not text.isdigit():
         raise ConsoleError(400, "before must be an audit row id")
-    before = int(text) if text else 2**62
+    before = min(int(text), 2**62) if text else 2**62  # SQLite integers are 64-bit
     rows = await ctx.state.db.fetchall(
         "SELECT id, ts_ms, actor, action, target, detail FROM audit WHERE id < ? "
         "ORDER BY id DESC LIMIT ?",

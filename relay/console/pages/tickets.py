@@ -22,7 +22,9 @@ __all__ = [
 async def _ticket_of_account(ctx: Ctx) -> Ticket:
     assert ctx.account is not None
     text = ctx.request.path_params["ticket_id"]
-    ticket = await ctx.services.tickets.get(int(text)) if text.isdigit() else None
+    # A row id fits in 18 digits; a longer one would overflow SQLite's 64-bit integers.
+    known = text.isdigit() and len(text) <= 18
+    ticket = await ctx.services.tickets.get(int(text)) if known else None
     if ticket is None or ticket.account_id != ctx.account.id:
         raise ConsoleError(404, "There is no such ticket in this account.")
     return ticket

@@ -58,6 +58,7 @@ class Provider:
             first_byte_s=config.first_byte_timeout,
             idle_s=config.idle_timeout_s,
             total_s=config.timeout_s,
+            stream_s=config.stream_timeout_s,
         )
 
     @property

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from relay.config import ProviderConfig
-from relay.upstream.client import Timeouts, UpstreamResponse
+from relay.upstream.client import Timeouts, UpstreamResponse, UpstreamTooLarge
 from relay.upstream.providers.mock_media import (
     DEFAULT_VIDEO_RENDER_S,
     image_answer,
@@ -58,10 +58,11 @@ class _MockResponse:
         self._body = body
         self._pieces = pieces
 
-    async def read(self) -> bytes:
-        if self._pieces is not None:
-            return b"".join(self._pieces)
-        return self._body
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        body = b"".join(self._pieces) if self._pieces is not None else self._body
+        if max_bytes is not None and len(body) > max_bytes:
+            raise UpstreamTooLarge(f"upstream answer is larger than {max_bytes} bytes")
+        return body
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for piece in self._pieces if self._pieces is not None else [self._body]:

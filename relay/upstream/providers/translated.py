@@ -8,13 +8,14 @@ the upstream spoke the client's dialect, so the request flow stays dialect-agnos
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
-from relay.upstream.client import UpstreamResponse
+from relay.upstream.client import UpstreamResponse, UpstreamStreamBroken
 from relay.upstream.providers.anthropic_answers import (
     anthropic_error,
     chat_answer_to_message,
@@ -57,7 +58,7 @@ def _json_translator(
         try:
             payload = msgspec.json.decode(raw)
         except msgspec.DecodeError:
-            return raw  # not JSON: relay bills its estimate and passes it on as is
+            return raw  # not JSON: relay's own decode refuses it (502)
         return encode(translate(payload)) if isinstance(payload, dict) else raw
 
     return translate_body
@@ -73,6 +74,16 @@ CHAT_TO_MESSAGES = Translation(
 )
 
 
+@contextlib.contextmanager
+def _untranslatable(what: str) -> Iterator[None]:
+    """A translator meeting JSON of the wrong shape (``"usage": true``) is the upstream's
+    fault: an upstream failure (502), never relay's own 500."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        raise UpstreamStreamBroken(f"upstream {what} has an unexpected shape") from None
+
+
 class TranslatedResponse:
     """Implements ``UpstreamResponse`` over another one, translating what it reads."""
 
@@ -84,19 +95,22 @@ class TranslatedResponse:
         self.status = inner.status
         self.headers: Mapping[str, str] = inner.headers
 
-    async def read(self) -> bytes:
-        raw = await self._inner.read()
-        if self.status >= 400:
-            return self._translation.error(raw)
-        return self._translation.answer(raw)
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        raw = await self._inner.read(max_bytes)
+        with _untranslatable("answer"):
+            if self.status >= 400:
+                return self._translation.error(raw)
+            return self._translation.answer(raw)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         translator = self._translation.stream()
         async for chunk in self._inner.chunks():
-            out = translator.feed(chunk)
+            with _untranslatable("stream"):
+                out = translator.feed(chunk)
             if out:
                 yield out
-        tail = translator.finish()
+        with _untranslatable("stream"):
+            tail = translator.finish()
         if tail:
             yield tail
 

@@ -1,0 +1,100 @@
+"""Cancel a handler whose client left while relay was still waiting for the upstream.
+
+A non-stream request (or a stream before its first chunk) spends most of its life
+awaiting the upstream; a client that hangs up meanwhile would otherwise go unnoticed
+until relay writes the answer, and be billed for it. ``CancelOnDisconnect`` runs the
+handler and, once the request body has been read, listens for ``http.disconnect``: if
+the client leaves before the handler returned its response, the request's task is
+cancelled (as ``asyncio.timeout`` does it, then ``uncancel``-ed). The cancellation
+unwinds through the upstream call (its connection is dropped, so the upstream stops)
+and through the handler's ticket, which releases the hold and the concurrency slot and
+records the request (499).
+
+The handler runs inline in the server's task, so a request that never waits (a 402, a
+429) costs no extra scheduling; the listener is a task started only when the body has
+been read. There is one reader of the server's ``receive`` at a time: the handler while
+it reads its body, then the listener; after the body, the handler (and its response,
+e.g. an ``EventStreamResponse`` watching for the client leaving) sees the same
+disconnect through ``receive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CancelOnDisconnect", "Endpoint"]
+
+# A handler's answer is any ASGI app: a Response, or relay's EventStreamResponse.
+Endpoint = Callable[[Request], Awaitable[ASGIApp]]
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _Listener:
+    """The server's ``receive``, read by the handler until the body ends, then watched."""
+
+    __slots__ = ("_receive", "_task", "_left", "_watcher", "handling", "cancelled_it")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        self._receive = receive
+        self._task = task
+        self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watcher: asyncio.Task[None] | None = None
+        # True while the handler runs: only then does a disconnect cancel the request.
+        self.handling = True
+        self.cancelled_it = False
+
+    async def receive(self) -> Message:
+        if self._watcher is not None or self._left.done():
+            await asyncio.shield(self._left)
+            return _DISCONNECT
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._left.set_result(None)
+        elif not message.get("more_body", False):
+            self._watcher = asyncio.ensure_future(self._watch())
+        return message
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._left.set_result(None)
+        if self.handling:
+            self.cancelled_it = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
+        # ends so is not an error anyone must retrieve.
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if not self._left.done():
+            self._left.cancel()
+
+
+class CancelOnDisconnect:
+    """An ASGI app running ``endpoint``, cancelled if its client leaves before the answer."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        listener = _Listener(receive, task)
+        try:
+            try:
+                response = await self._endpoint(Request(scope, listener.receive))
+            finally:
+                listener.handling = False
+            await response(scope, listener.receive, send)
+        except asyncio.CancelledError:
+            # Ours (the client left): the handler has released and recorded the request,
+            # and nobody is listening for an answer. Anyone else's: keep cancelling.
+            if not listener.cancelled_it or task.uncancel() > 0:
+                raise
+        finally:
+            listener.close()
