@@ -71,7 +71,9 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         exchange.stream = bool(chat.stream)
 
         def body_for(route: Route) -> bytes:
-            return route.provider.chat_body(body, chat, route.upstream_model)
+            return route.provider.chat_body(
+                body, chat, route.upstream_model, model.config.max_output_tokens
+            )
 
         opened = await state.router.open_route(
             model, "/chat/completions", body_for, stream=exchange.stream
@@ -83,8 +85,9 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         raise
     exchange.route = opened.route
     if exchange.stream:
-        stream = _relay_stream(state, exchange, ticket, opened, quote)
-        return EventStreamResponse(stream, {"x-relay-request-id": exchange.request_id})
+        wants_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        stream = _relay_stream(state, exchange, ticket, opened, quote, wants_usage)
+        return EventStreamResponse(stream, exchange.id_headers())
     return await _relay_answer(state, exchange, ticket, opened, quote)
 
 
@@ -167,15 +170,20 @@ def _relay_stream(
     ticket: Ticket,
     opened: OpenedRoute,
     quote: CostQuote,
+    client_wants_usage: bool,
 ) -> AsyncIterator[bytes]:
-    tap = StreamTap()
+    tap = StreamTap(client_wants_usage)
 
     def settle() -> None:
         _settle_stream(state, exchange, ticket, quote, tap)
 
     def ending(failure: RelayError | None) -> bytes:
-        error = b"data: " + failure.body() + b"\n\n" if failure is not None else b""
-        return error + tap.closing_events(exchange.metadata(), exchange.usage_view())
+        return tap.closing_events(
+            exchange.metadata(),
+            exchange.usage_view(),
+            exchange.cost_micros,
+            failure.body() if failure is not None else b"",
+        )
 
     return pass_stream(state, exchange, opened, tap, settle, ending)
 

@@ -115,7 +115,7 @@ async def messages(request: Request) -> Response | EventStreamResponse:
     exchange.route = opened.route
     if exchange.stream:
         stream = _relay_stream(state, exchange, ticket, opened, quote)
-        return EventStreamResponse(stream, {"x-relay-request-id": exchange.request_id})
+        return EventStreamResponse(stream, exchange.id_headers())
     return await _relay_answer(state, exchange, ticket, opened, quote)
 
 
@@ -158,7 +158,7 @@ def _relay_stream(
 
     def ending(failure: RelayError | None) -> bytes:
         if failure is None:
-            return tap.closing_event(exchange.metadata())
+            return tap.closing_event(exchange.metadata(), exchange.cost_micros)
         error = {"type": failure.type, "message": failure.message}
         return sse_event(
             "error", {"type": "error", "error": error, "metadata": exchange.metadata()}

@@ -160,18 +160,24 @@ async def _hand_over(poller: VideoPoller, job: VideoJob, ticket: Ticket) -> None
 
 
 def job_view(job: VideoJob, request: Request, request_id: str) -> dict[str, Any]:
-    """A job as the client sees it: OpenAI's video object plus relay's metadata."""
+    """A job as the client sees it: OpenAI's video object plus relay's metadata.
+
+    Every metadata value is a string (``Video.metadata`` is ``Dict[str, str]`` in the SDK):
+    ``cost_estimate`` (USD) while the job runs, ``cost`` once it ended, each with its
+    ``_micros`` form."""
     done = job.status == "completed"
-    metadata: dict[str, Any] = {
+    metadata: dict[str, str] = {
         "request_id": request_id,
-        "cost_estimate_micros": job.estimate_micros,
+        "cost_estimate": micros_to_usd(job.estimate_micros),
+        "cost_estimate_micros": str(job.estimate_micros),
         "provider": job.provider,
+        "provider_name": job.provider,
         "executed_model": job.upstream_model,
         "upstream_id": job.upstream_id,
     }
     if job.status not in UNFINISHED:
         cost = job.cost_micros or 0
-        metadata.update(cost_micros=cost, cost_usd=micros_to_usd(cost))
+        metadata.update(cost_micros=str(cost), cost=micros_to_usd(cost))
     view: dict[str, Any] = {
         "id": job.id,
         "object": "video",

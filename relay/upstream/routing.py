@@ -220,7 +220,7 @@ class Router:
         except UpstreamFailure as exc:
             return None, _failure_from(exc, provider.name), False
         # From here on the response reads in the client's dialect, whatever the upstream's.
-        response = provider.adapt_response(target.path, response)
+        response = provider.adapt_response(target.path, response, body)
         return await self._judge(response, route, key, attempt, stream)
 
     async def _judge(

@@ -46,8 +46,17 @@ class AnthropicProvider(Provider):
             name: client_headers[name] for name in _FORWARDED_HEADERS if client_headers.get(name)
         }
 
-    def chat_body(self, body: bytes, request: ChatRequest, upstream_model: str) -> bytes:
-        return encode(chat_request_to_messages(msgspec.json.decode(body), upstream_model))
+    def chat_body(
+        self,
+        body: bytes,
+        request: ChatRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        translated = chat_request_to_messages(msgspec.json.decode(body), upstream_model)
+        if max_output_tokens is not None:
+            translated["max_tokens"] = min(translated["max_tokens"], max_output_tokens)
+        return encode(translated)
 
     def messages_body(self, body: bytes, request: MessagesRequest, upstream_model: str) -> bytes:
         return with_model(body, request.model, upstream_model)
@@ -61,7 +70,9 @@ class AnthropicProvider(Provider):
     def video_body(self, payload: dict[str, Any], upstream_model: str) -> bytes:
         raise self.unsupported("video generation")
 
-    def adapt_response(self, path: str, response: UpstreamResponse) -> UpstreamResponse:
+    def adapt_response(
+        self, path: str, response: UpstreamResponse, sent: bytes = b""
+    ) -> UpstreamResponse:
         if path == CHAT_PATH:
-            return TranslatedResponse(response, MESSAGES_TO_CHAT)
+            return TranslatedResponse(response, MESSAGES_TO_CHAT, sent)
         return response

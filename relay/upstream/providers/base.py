@@ -79,7 +79,14 @@ class Provider:
     def headers(self, key: UpstreamKey) -> dict[str, str]:
         raise NotImplementedError
 
-    def chat_body(self, body: bytes, request: ChatRequest, upstream_model: str) -> bytes:
+    def chat_body(
+        self,
+        body: bytes,
+        request: ChatRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        """An OpenAI chat request shaped for this upstream (``max_tokens`` clamped)."""
         raise NotImplementedError
 
     def embedding_body(self, body: bytes, public_model: str, upstream_model: str) -> bytes:
@@ -101,8 +108,13 @@ class Provider:
         """The client's headers this upstream should see (none unless a dialect needs some)."""
         return {}
 
-    def adapt_response(self, path: str, response: UpstreamResponse) -> UpstreamResponse:
-        """The upstream's response as the client of ``path`` expects to read it."""
+    def adapt_response(
+        self, path: str, response: UpstreamResponse, sent: bytes = b""
+    ) -> UpstreamResponse:
+        """The upstream's response as the client of ``path`` expects to read it.
+
+        ``sent`` is the body that went upstream (a translated stream estimates its prompt
+        from it before the upstream reports usage)."""
         return response
 
     def unsupported(self, what: str) -> InvalidRequest:

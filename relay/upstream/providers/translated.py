@@ -47,7 +47,8 @@ class StreamTranslator(Protocol):
 class Translation:
     answer: Callable[[bytes], bytes]
     error: Callable[[bytes], bytes]
-    stream: Callable[[], StreamTranslator]
+    # Made with the body sent upstream (a translated stream estimates its prompt from it).
+    stream: Callable[[bytes], StreamTranslator]
 
 
 def _json_translator(
@@ -76,11 +77,12 @@ CHAT_TO_MESSAGES = Translation(
 class TranslatedResponse:
     """Implements ``UpstreamResponse`` over another one, translating what it reads."""
 
-    __slots__ = ("_inner", "_translation", "status", "headers")
+    __slots__ = ("_inner", "_translation", "_sent", "status", "headers")
 
-    def __init__(self, inner: UpstreamResponse, translation: Translation):
+    def __init__(self, inner: UpstreamResponse, translation: Translation, sent: bytes = b""):
         self._inner = inner
         self._translation = translation
+        self._sent = sent
         self.status = inner.status
         self.headers: Mapping[str, str] = inner.headers
 
@@ -91,7 +93,7 @@ class TranslatedResponse:
         return self._translation.answer(raw)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        translator = self._translation.stream()
+        translator = self._translation.stream(self._sent)
         async for chunk in self._inner.chunks():
             out = translator.feed(chunk)
             if out:
