@@ -9,6 +9,7 @@ from relay.api.chat import chat_completions, embeddings
 from relay.api.images import generate_images
 from relay.api.messages import count_tokens, messages
 from relay.api.models import healthz, list_models
+from relay.api.responses import create_response, delete_response, retrieve_response
 from relay.api.videos import create_video, show_video, video_content
 
 __all__ = ["data_plane_routes"]
@@ -20,6 +21,9 @@ def data_plane_routes() -> list[BaseRoute]:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
         Route("/v1/images/generations", generate_images, methods=["POST"]),
         Route("/v1/videos", create_video, methods=["POST"]),
         Route("/v1/videos/{video_id}", show_video, methods=["GET"]),

@@ -24,7 +24,7 @@ from relay.storage.db import Database
 __all__ = ["Account", "AccountStore", "ApiKey", "Conflict", "ENDPOINT_KINDS"]
 
 AccountMode = Literal["prepaid", "postpaid"]
-ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages")
+ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages", "responses")
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 

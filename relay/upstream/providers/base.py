@@ -18,13 +18,16 @@ from relay.config import ProviderConfig
 from relay.errors import InvalidRequest
 from relay.upstream.client import Timeouts, UpstreamClient, UpstreamResponse
 from relay.upstream.keypool import KeyPool, UpstreamKey
+from relay.upstream.providers.responses_translate import responses_request_to_chat
 from relay.upstream.wire_anthropic import MessagesRequest
-from relay.upstream.wire_openai import ChatRequest, encode
+from relay.upstream.wire_openai import ChatRequest, decode_chat_request, encode
+from relay.upstream.wire_responses import ResponsesRequest
 
 __all__ = [
     "CHAT_PATH",
     "IMAGES_PATH",
     "MESSAGES_PATH",
+    "RESPONSES_PATH",
     "VIDEOS_PATH",
     "Provider",
     "with_model",
@@ -34,6 +37,7 @@ CHAT_PATH = "/chat/completions"
 MESSAGES_PATH = "/messages"
 IMAGES_PATH = "/images/generations"
 VIDEOS_PATH = "/videos"
+RESPONSES_PATH = "/responses"
 
 
 class Provider:
@@ -91,6 +95,36 @@ class Provider:
 
     def embedding_body(self, body: bytes, public_model: str, upstream_model: str) -> bytes:
         raise NotImplementedError
+
+    @property
+    def speaks_responses(self) -> bool:
+        """The upstream serves the Responses API itself (``responses_api``, on for openai)."""
+        option = self.config.responses_api
+        return self.kind == "openai" if option is None else option
+
+    def responses_body(
+        self,
+        body: bytes,
+        request: ResponsesRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        """A Responses API request: as is (model renamed, output clamped) for an upstream
+        that speaks it, else translated to chat completions and shaped like any chat."""
+        if self.speaks_responses:
+            changes: dict[str, Any] = {}
+            if upstream_model != request.model:
+                changes["model"] = upstream_model
+            asked = request.max_output_tokens
+            if max_output_tokens is not None and asked is not None and asked > max_output_tokens:
+                changes["max_output_tokens"] = max_output_tokens
+            if not changes:
+                return body
+            payload: dict[str, Any] = msgspec.json.decode(body)
+            payload.update(changes)
+            return encode(payload)
+        chat = encode(responses_request_to_chat(msgspec.json.decode(body), upstream_model))
+        return self.chat_body(chat, decode_chat_request(chat), upstream_model, max_output_tokens)
 
     def messages_body(self, body: bytes, request: MessagesRequest, upstream_model: str) -> bytes:
         """An Anthropic Messages request, shaped for this upstream."""

@@ -9,8 +9,18 @@ import msgspec
 from relay.upstream.client import UpstreamResponse
 from relay.upstream.keypool import UpstreamKey
 from relay.upstream.providers.anthropic_translate import messages_request_to_chat
-from relay.upstream.providers.base import CHAT_PATH, MESSAGES_PATH, Provider, with_model
-from relay.upstream.providers.translated import CHAT_TO_MESSAGES, TranslatedResponse
+from relay.upstream.providers.base import (
+    CHAT_PATH,
+    MESSAGES_PATH,
+    RESPONSES_PATH,
+    Provider,
+    with_model,
+)
+from relay.upstream.providers.translated import (
+    CHAT_TO_MESSAGES,
+    CHAT_TO_RESPONSES,
+    TranslatedResponse,
+)
 from relay.upstream.wire_anthropic import MessagesRequest
 from relay.upstream.wire_openai import ChatRequest, encode
 
@@ -20,7 +30,9 @@ __all__ = ["OpenAIProvider"]
 class OpenAIProvider(Provider):
     def url(self, path: str) -> str:
         # An Anthropic-dialect request is answered by this upstream's chat completions.
-        upstream_path = CHAT_PATH if path == MESSAGES_PATH else path
+        upstream_path = path
+        if path == MESSAGES_PATH or (path == RESPONSES_PATH and not self.speaks_responses):
+            upstream_path = CHAT_PATH
         return self.config.base_url.rstrip("/") + upstream_path
 
     def headers(self, key: UpstreamKey) -> dict[str, str]:
@@ -73,4 +85,6 @@ class OpenAIProvider(Provider):
     ) -> UpstreamResponse:
         if path == MESSAGES_PATH:
             return TranslatedResponse(response, CHAT_TO_MESSAGES, sent)
+        if path == RESPONSES_PATH and not self.speaks_responses:
+            return TranslatedResponse(response, CHAT_TO_RESPONSES, sent)
         return response

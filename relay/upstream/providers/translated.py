@@ -22,10 +22,13 @@ from relay.upstream.providers.anthropic_answers import (
     openai_error,
 )
 from relay.upstream.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream
+from relay.upstream.providers.responses_stream import ChatToResponsesStream
+from relay.upstream.providers.responses_translate import chat_answer_to_response
 from relay.upstream.wire_openai import encode
 
 __all__ = [
     "CHAT_TO_MESSAGES",
+    "CHAT_TO_RESPONSES",
     "MESSAGES_TO_CHAT",
     "StreamTranslator",
     "TranslatedResponse",
@@ -71,6 +74,13 @@ MESSAGES_TO_CHAT = Translation(
 # An OpenAI-compatible upstream answering an Anthropic-dialect client.
 CHAT_TO_MESSAGES = Translation(
     _json_translator(chat_answer_to_message), anthropic_error, ChatToMessagesStream
+)
+
+
+# An OpenAI chat answer (from the upstream, or translated from Anthropic's) read by a
+# Responses API client; chat errors already have the OpenAI shape Responses clients read.
+CHAT_TO_RESPONSES = Translation(
+    _json_translator(chat_answer_to_response), lambda raw: raw, ChatToResponsesStream
 )
 
 
