@@ -13,6 +13,7 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── RateLimited               429 rate_limit_exceeded (carries retry_after_s)
     ├── UpstreamError             502 upstream_error
     ├── NoUpstreamAvailable       503 no_upstream_available
+    │   └── UpstreamOverloaded    503 upstream_overloaded (529 overloaded_error on /v1/messages)
     └── UpstreamTimeout           504 upstream_timeout
 
 ``ConfigError`` is separate: it is raised at start-up (or by ``check-config``) and
@@ -37,6 +38,7 @@ __all__ = [
     "RelayError",
     "RequestTooLarge",
     "UpstreamError",
+    "UpstreamOverloaded",
     "UpstreamTimeout",
     "error_body",
 ]
@@ -130,6 +132,12 @@ class NoUpstreamAvailable(RelayError):
     status = 503
     type = "api_error"
     code = "no_upstream_available"
+
+
+class UpstreamOverloaded(NoUpstreamAvailable):
+    """Every upstream tried was overloaded (Anthropic's 529): the request may be retried."""
+
+    code = "upstream_overloaded"
 
 
 class UpstreamTimeout(RelayError):

@@ -441,3 +441,25 @@ async def test_count_tokens_answers_offline_and_bills_nothing(setup: Setup) -> N
     assert counted.input_tokens > 0
     assert setup.upstream.seen == []
     assert await setup.relay.charges(setup.account_id) == []
+
+
+async def test_an_overloaded_anthropic_upstream_is_529_on_messages_and_503_on_chat(
+    setup: Setup,
+) -> None:
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    setup.upstream.reply = lambda body: httpx.Response(529, json=overloaded)
+    async with setup.anthropic() as client:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            await client.messages.create(
+                model="claude-x", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+            )
+    assert info.value.status_code == 529
+    assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert info.value.response.headers["request-id"].startswith("req_")
+    async with setup.openai() as client:
+        with pytest.raises(openai.InternalServerError) as chat_info:
+            await client.chat.completions.create(
+                model="claude-x", messages=[{"role": "user", "content": "Hi"}]
+            )
+    assert chat_info.value.status_code == 503
+    assert setup.relay.state.wallet.open_hold_count() == 0

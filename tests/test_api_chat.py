@@ -439,7 +439,7 @@ async def test_upstream_5xx_everywhere_is_502(faked: tuple[Any, FakeUpstream]) -
     assert (row["status"], row["error_code"], row["cost_micros"]) == (502, "upstream_error", 0)
 
 
-async def test_all_keys_rate_limited_is_503_with_retry_after(
+async def test_all_keys_rate_limited_is_429_with_retry_after(
     faked: tuple[Any, FakeUpstream],
 ) -> None:
     relay, fake = faked
@@ -447,7 +447,9 @@ async def test_all_keys_rate_limited_is_503_with_retry_after(
     response = await relay.client.post(
         "/v1/embeddings", json={"model": "fake-embedding", "input": "x"}
     )
-    _error(response, 503, "no_upstream_available")
+    # Issue 15: the SDKs must see RateLimitError (429), not InternalServerError (503).
+    assert _error(response, 429, "rate_limit_exceeded")
+    assert response.json()["error"]["type"] == "rate_limit_error"
     assert response.headers["retry-after"] in ("12", "13")
     assert fake.keys == ["key-a", "key-b"]
 

@@ -34,7 +34,7 @@ from relay.api.flow import (
     release,
     settle_tokens,
 )
-from relay.errors import RelayError
+from relay.errors import RelayError, UpstreamOverloaded
 from relay.http.responses import (
     decode_or_400,
     error_response,
@@ -57,6 +57,7 @@ from relay.upstream.wire_anthropic import (
     decode_messages_answer,
     decode_messages_request,
 )
+from relay.upstream.wire_openai import encode
 
 __all__ = ["anthropic_error_response", "count_tokens", "messages"]
 
@@ -73,6 +74,14 @@ def anthropic_error_response(exc: RelayError, headers: Mapping[str, str]) -> Res
     """relay's error body with Anthropic's top-level ``"type": "error"`` added."""
     if isinstance(exc, UpstreamRejected) and exc.upstream_body:
         return error_response(exc, headers)  # the upstream's own error, in Anthropic's shape
+    if isinstance(exc, UpstreamOverloaded):  # Anthropic clients know 529 and retry it
+        error = {"type": "overloaded_error", "message": exc.message}
+        return Response(
+            encode({"type": "error", "error": error}),
+            status_code=529,
+            headers={**exc.headers(), **headers},
+            media_type="application/json",
+        )
     return Response(
         b'{"type":"error",' + exc.body()[1:],
         status_code=exc.status,

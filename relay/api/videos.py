@@ -25,6 +25,7 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import is_dry_run, model_for, refuse, release, upstream_broke_off
 from relay.errors import InvalidRequest, NotFound, NoUpstreamAvailable, RelayError, UpstreamError
+from relay.http.multipart import is_multipart, parse_form
 from relay.http.responses import (
     decode_or_400,
     error_response,
@@ -83,6 +84,9 @@ async def create_video(request: Request) -> Response:
         exchange.principal = await state.auth.authenticate(request.headers)
         poller = video_poller(state)
         body = await read_body(request, state.config.server.max_body_bytes)
+        content_type = request.headers.get("content-type")
+        if is_multipart(content_type):
+            body = _form_as_json(body, content_type or "")
         video: VideoRequest = decode_or_400(_decode_request, body)
         model = model_for(state, exchange, video.model, "video")
         seconds = _seconds(video.seconds)
@@ -125,6 +129,20 @@ async def create_video(request: Request) -> Response:
     )
     await _hand_over(poller, job, ticket)
     return json_response(job_view(job, request, exchange.request_id), headers=exchange.headers())
+
+
+def _form_as_json(body: bytes, content_type: str) -> bytes:
+    """``videos.create`` as the OpenAI SDK sends it (multipart) → the JSON form relay reads.
+
+    An uploaded ``input_reference`` would have to be stored and forwarded as a file, which
+    relay does not do: it is refused by name rather than dropped."""
+    form = parse_form(body, content_type)
+    if form.files:
+        raise InvalidRequest(
+            f"file uploads ({', '.join(form.files)}) are not supported on /v1/videos",
+            param=form.files[0],
+        )
+    return msgspec.json.encode(form.text)
 
 
 async def _created_upstream_id(opened: OpenedRoute) -> str:

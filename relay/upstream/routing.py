@@ -16,7 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from relay.config import ModelConfig
-from relay.errors import NotFound, NoUpstreamAvailable, RelayError, UpstreamError, UpstreamTimeout
+from relay.errors import (
+    NotFound,
+    NoUpstreamAvailable,
+    RateLimited,
+    RelayError,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamTimeout,
+)
 from relay.money.pricing import ModelPrice
 from relay.upstream.client import (
     UpstreamConnectFailed,
@@ -34,6 +42,8 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
 # Statuses worth another try elsewhere; any other 4xx is the request's own fault.
 _RETRYABLE_4XX = frozenset({408, 409, 425})
+# Anthropic's "overloaded": retried like a 5xx, reported as such if nothing else answers.
+_OVERLOADED = 529
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +252,9 @@ class Router:
             return None, NoUpstreamAvailable(f"provider {provider.name!r} rejected its key"), True
         # A 3xx too: relay does not follow redirects (a moved base_url is a config error),
         # and passing one on as an answer would bill a redirect page as a completion.
+        if status == _OVERLOADED:
+            message = f"provider {provider.name!r} is overloaded"
+            return None, UpstreamOverloaded(message).with_retry_after(1), False
         if status >= 500 or status < 400 or status in _RETRYABLE_4XX:
             message = f"provider {provider.name!r} answered HTTP {status}"
             return None, UpstreamError(message), False
@@ -286,14 +299,15 @@ def _redact_keys(body: bytes, provider: Provider) -> bytes:
     return body
 
 
-def _pool_exhausted(provider: Provider) -> NoUpstreamAvailable:
+def _pool_exhausted(provider: Provider) -> RelayError:
+    """Every key cooling down after the upstream's 429 is the client's 429 too, with the
+    time until the first key is back (the SDKs then raise ``RateLimitError`` and wait)."""
     wait = provider.pool.seconds_until_ready()
     if wait is None:  # no key cools down: every one was rejected (401/403)
         return NoUpstreamAvailable(provider.why_disabled())
-    error = NoUpstreamAvailable(f"every key of provider {provider.name!r} is rate-limited")
-    if wait is not None:
-        error.retry_after_s = wait
-    return error
+    return RateLimited(
+        f"every key of provider {provider.name!r} is rate-limited upstream", retry_after_s=wait
+    )
 
 
 async def _read_quietly(response: UpstreamResponse) -> bytes:
