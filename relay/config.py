@@ -97,7 +97,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mock_stream_chunks: PositiveInt = 8
     # Whether the upstream serves OpenAI's Responses API (/responses) itself: relay then
     # passes /v1/responses through; otherwise it translates to chat completions or
-    # Messages. Unset: on for kind "openai", off for the others.
+    # Messages. Unset: on for kind "openai" at api.openai.com, off for everything else.
     responses_api: bool | None = None
 
     def __post_init__(self) -> None:

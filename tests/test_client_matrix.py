@@ -228,7 +228,12 @@ class Matrix:
 @pytest.fixture
 async def matrix(tmp_path: Path, admin_token: str) -> AsyncIterator[Matrix]:
     upstreams = Upstreams()
-    config = make_config(tmp_path, upstream_url="http://openai.test/v1", extra=EXTRA)
+    config = make_config(
+        tmp_path,
+        upstream_url="http://openai.test/v1",
+        provider_extra="responses_api = true",  # like api.openai.com
+        extra=EXTRA,
+    )
     async with run_relay(config, client_factory=upstreams.factory()) as relay:
         _, key = await relay.funded_key("matrix")
         yield Matrix(relay, upstreams, key["secret"])

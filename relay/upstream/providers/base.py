@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -33,6 +34,7 @@ __all__ = [
     "with_model",
 ]
 
+OPENAI_HOST = "api.openai.com"
 CHAT_PATH = "/chat/completions"
 MESSAGES_PATH = "/messages"
 IMAGES_PATH = "/images/generations"
@@ -98,9 +100,12 @@ class Provider:
 
     @property
     def speaks_responses(self) -> bool:
-        """The upstream serves the Responses API itself (``responses_api``, on for openai)."""
+        """The upstream serves the Responses API itself: ``responses_api`` when set, else
+        only OpenAI's own API (most OpenAI-compatible hosts serve chat completions only)."""
         option = self.config.responses_api
-        return self.kind == "openai" if option is None else option
+        if option is not None:
+            return option
+        return self.kind == "openai" and urlsplit(self.config.base_url).hostname == OPENAI_HOST
 
     def responses_body(
         self,
