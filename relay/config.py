@@ -160,6 +160,10 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # mock kind only: simulated latency before the answer, and stream chunk count.
     mock_latency_ms: Annotated[int, Meta(ge=0)] = 0
     mock_stream_chunks: PositiveInt = 8
+    # Whether the upstream serves OpenAI's Responses API (/responses) itself: relay then
+    # passes /v1/responses through; otherwise it translates to chat completions or
+    # Messages. Unset: on for kind "openai" at api.openai.com, off for everything else.
+    responses_api: bool | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or ":" in self.name:

@@ -16,6 +16,7 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── UpstreamError             502 upstream_error
     ├── NoUpstreamAvailable       503 no_upstream_available
     ├── StorageUnavailable        503 storage_unavailable (carries retry_after_s)
+    │   └── UpstreamOverloaded    503 upstream_overloaded (529 overloaded_error on /v1/messages)
     └── UpstreamTimeout           504 upstream_timeout
 
 ``ConfigError`` is separate: it is raised at start-up (or by ``check-config``) and
@@ -43,6 +44,7 @@ __all__ = [
     "StorageUnavailable",
     "UpstreamError",
     "UpstreamRejected",
+    "UpstreamOverloaded",
     "UpstreamTimeout",
     "error_body",
 ]
@@ -154,6 +156,12 @@ class StorageUnavailable(RelayError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class UpstreamOverloaded(NoUpstreamAvailable):
+    """Every upstream tried was overloaded (Anthropic's 529): the request may be retried."""
+
+    code = "upstream_overloaded"
 
 
 class UpstreamTimeout(RelayError):

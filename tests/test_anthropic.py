@@ -164,7 +164,7 @@ async def test_anthropic_sdk_message_passes_through_natively(setup: Setup) -> No
     assert body["system"] == "Be nice." and body["max_tokens"] == 256
     metadata = (reply.model_extra or {})["metadata"]
     assert metadata["provider"] == "claude" and metadata["executed_model"] == "claude-sonnet-4-5"
-    assert metadata["cost_micros"] == TEXT_ANSWER_COST
+    assert int(metadata["cost_micros"]) == TEXT_ANSWER_COST
     assert await setup.only_charge() == TEXT_ANSWER_COST
     usage = await setup.relay.usage(metadata["request_id"])
     assert usage["endpoint"] == "messages"
@@ -202,7 +202,7 @@ async def test_raw_stream_ends_with_message_stop_carrying_metadata(setup: Setup)
     events = [event for event in response.text.split("\n\n") if event.strip()]
     assert events[-1].startswith("event: message_stop\n")
     last = json.loads(events[-1].split("data: ", 1)[1])
-    assert last["metadata"]["cost_micros"] == STREAM_COST
+    assert int(last["metadata"]["cost_micros"]) == STREAM_COST
     assert last["usage"]["cache_read_input_tokens"] == 400
     assert sum(event.startswith("event: message_stop") for event in events) == 1
 
@@ -277,8 +277,8 @@ async def test_anthropic_sdk_message_on_an_openai_upstream(setup: Setup) -> None
     assert reply.stop_reason == "end_turn"
     assert reply.usage.output_tokens == 5 and reply.usage.input_tokens > 0
     metadata = (reply.model_extra or {})["metadata"]
-    assert metadata["provider"] == "mock" and metadata["cost_micros"] > 0
-    assert await setup.only_charge() == metadata["cost_micros"]
+    assert metadata["provider"] == "mock" and int(metadata["cost_micros"]) > 0
+    assert await setup.only_charge() == int(metadata["cost_micros"])
 
 
 async def test_anthropic_sdk_stream_on_an_openai_upstream(setup: Setup) -> None:
@@ -297,6 +297,52 @@ async def test_anthropic_sdk_stream_on_an_openai_upstream(setup: Setup) -> None:
     (row,) = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
     assert row["cost_micros"] == charge and row["usage_estimated"] == 0
     assert row["completion_tokens"] == final.usage.output_tokens
+
+
+async def test_a_translated_stream_reports_an_input_estimate_at_message_start(
+    setup: Setup,
+) -> None:
+    body = {
+        "model": "mock-gpt",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hello " * 50}],
+    }
+    headers = {"x-api-key": setup.secret, "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(base_url=setup.relay.base_url) as client:
+        response = await client.post("/v1/messages", json=body, headers=headers)
+    events = [event for event in response.text.split("\n\n") if event.strip()]
+    start = json.loads(events[0].split("data: ", 1)[1])
+    assert start["type"] == "message_start"
+    # anthropic 0.40 keeps message_start's input_tokens: relay's estimate, never 0.
+    assert start["message"]["usage"]["input_tokens"] > 50
+    delta = next(json.loads(e.split("data: ", 1)[1]) for e in events if "message_delta" in e)
+    (row,) = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
+    assert delta["usage"]["input_tokens"] == row["prompt_tokens"]  # the upstream's own count
+    assert response.headers["request-id"] == response.headers["x-relay-request-id"]
+
+
+async def test_a_native_stream_is_read_to_its_end_before_relay_lets_go(setup: Setup) -> None:
+    finished: list[bool] = []
+
+    async def body_with_a_tail() -> AsyncIterator[bytes]:
+        async for piece in _pieces(fixture("anthropic_stream.sse")):
+            yield piece
+        yield b'event: ping\ndata: {"type": "ping"}\n\n'  # after message_stop
+        finished.append(True)
+
+    setup.upstream.reply = lambda body: httpx.Response(
+        200, content=body_with_a_tail(), headers={"content-type": "text/event-stream"}
+    )
+    async with setup.anthropic() as client:
+        async with client.messages.stream(
+            model="claude-x", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            final = await stream.get_final_message()
+        assert stream.response.headers["request-id"].startswith("req_")
+    assert final.usage.output_tokens == 15
+    assert finished == [True]  # the upstream's body was consumed, not cut off
+    assert await setup.only_charge() == STREAM_COST
 
 
 # ----------------------------------------------------------------- OpenAI chat → Anthropic
@@ -357,7 +403,10 @@ async def test_openai_sdk_stream_on_an_anthropic_upstream(setup: Setup) -> None:
     assert finishes[-1] == "stop"
     last = chunks[-1]
     assert last.usage is not None and last.usage.prompt_tokens == 525
-    assert (last.model_extra or {})["metadata"]["cost_micros"] == STREAM_COST
+    assert not last.choices and "metadata" not in (last.model_extra or {})
+    finishing = chunks[-2]  # relay's metadata rides on the last chunk with choices
+    assert finishing.choices and finishing.choices[0].finish_reason == "stop"
+    assert int((finishing.model_extra or {})["metadata"]["cost_micros"]) == STREAM_COST
     # Cache writes are billed at their own price on the translated path too.
     assert await setup.only_charge() == STREAM_COST
     assert setup.upstream.last_body["stream"] is True
@@ -394,3 +443,25 @@ async def test_count_tokens_answers_offline_and_bills_nothing(setup: Setup) -> N
     assert counted.input_tokens > 0
     assert setup.upstream.seen == []
     assert await setup.relay.charges(setup.account_id) == []
+
+
+async def test_an_overloaded_anthropic_upstream_is_529_on_messages_and_503_on_chat(
+    setup: Setup,
+) -> None:
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    setup.upstream.reply = lambda body: httpx.Response(529, json=overloaded)
+    async with setup.anthropic() as client:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            await client.messages.create(
+                model="claude-x", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+            )
+    assert info.value.status_code == 529
+    assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert info.value.response.headers["request-id"].startswith("req_")
+    async with setup.openai() as client:
+        with pytest.raises(openai.InternalServerError) as chat_info:
+            await client.chat.completions.create(
+                model="claude-x", messages=[{"role": "user", "content": "Hi"}]
+            )
+    assert chat_info.value.status_code == 503
+    assert setup.relay.state.wallet.open_hold_count() == 0

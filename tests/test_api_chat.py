@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ from conftest import (
 
 METADATA_KEYS = {
     "request_id",
+    "cost",
     "cost_micros",
-    "cost_usd",
     "provider",
+    "provider_name",
     "executed_model",
     "upstream_id",
 }
@@ -55,8 +57,15 @@ def _assert_metadata(response: httpx.Response) -> dict[str, Any]:
     metadata: dict[str, Any] = response.json()["metadata"]
     assert set(metadata) >= METADATA_KEYS
     assert response.headers["x-relay-request-id"] == metadata["request_id"]
-    assert response.headers["x-relay-cost-micros"] == str(metadata["cost_micros"])
-    assert isinstance(metadata["cost_micros"], int)
+    assert response.headers["x-request-id"] == metadata["request_id"]
+    assert response.headers["x-relay-cost-micros"] == metadata["cost_micros"]
+    # The SDKs type metadata as Dict[str, str]: every value is a string.
+    assert all(isinstance(value, str) for value in metadata.values())
+    assert metadata["cost_micros"].isdigit()
+    usage = response.json().get("usage")
+    if usage is not None:  # usage.cost: USD as a number, the same amount
+        assert Decimal(str(usage["cost"])) == Decimal(metadata["cost_micros"]).scaleb(-6)
+        assert Decimal(metadata["cost"]) == Decimal(metadata["cost_micros"]).scaleb(-6)
     return metadata
 
 
@@ -99,7 +108,7 @@ async def test_chat_answer_carries_metadata_and_writes_a_usage_row(
     metadata = _assert_metadata(response)
     assert metadata["provider"] == "mock" and metadata["executed_model"] == "mock-gpt"
     assert metadata["upstream_id"] == answer["id"]
-    assert metadata["cost_micros"] > 0
+    assert int(metadata["cost_micros"]) > 0
     [row] = await relay.usage_rows()
     assert row["request_id"] == metadata["request_id"]
     assert (row["status"], row["model"], row["provider"], row["stream"]) == (
@@ -110,7 +119,7 @@ async def test_chat_answer_carries_metadata_and_writes_a_usage_row(
     )
     assert row["prompt_tokens"] == answer["usage"]["prompt_tokens"]
     assert row["completion_tokens"] == answer["usage"]["completion_tokens"]
-    assert row["cost_micros"] == metadata["cost_micros"]
+    assert row["cost_micros"] == int(metadata["cost_micros"])
     assert row["usage_estimated"] == 0
     assert MARKER not in json.dumps(row)
     for path in tmp_path.glob("relay.db*"):
@@ -136,33 +145,46 @@ async def test_dry_run_prices_without_calling_the_upstream(relay: Any) -> None:
     assert await relay.usage_rows() == []
 
 
-async def test_stream_ends_with_metadata_and_usage_before_done(relay: Any) -> None:
+async def test_stream_ends_with_metadata_on_its_last_chunk_with_choices(relay: Any) -> None:
     async with relay.client.stream(
         "POST", "/v1/chat/completions", json={**CHAT_BODY, "stream": True}
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         request_id = response.headers["x-relay-request-id"]
+        assert response.headers["x-request-id"] == request_id
         body = await response.aread()
     events = sse_events(body)
     assert events[-1] == "[DONE]"
-    last = json.loads(events[-2])
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert all(chunk["choices"] for chunk in chunks)  # never asked for usage: no usage chunk
+    last = chunks[-1]
+    assert last["choices"][0]["finish_reason"] == "stop"
     assert last["metadata"]["request_id"] == request_id
     assert set(last["metadata"]) >= METADATA_KEYS
-    assert (
-        last["usage"]["total_tokens"]
-        == last["usage"]["prompt_tokens"] + last["usage"]["completion_tokens"]
-    )
-    text = "".join(
-        choice["delta"].get("content", "")
-        for event in events[:-2]
-        for choice in json.loads(event)["choices"]
-    )
+    assert all(isinstance(value, str) for value in last["metadata"].values())
+    assert all("metadata" not in chunk for chunk in chunks[:-1])
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
     assert text.startswith("Hello from relay's mock model.")
     [row] = await relay.usage_rows()
     assert row["stream"] == 1 and row["status"] == 200
-    assert row["completion_tokens"] == last["usage"]["completion_tokens"]
-    assert row["cost_micros"] == last["metadata"]["cost_micros"]
+    assert row["cost_micros"] == int(last["metadata"]["cost_micros"]) > 0
+
+
+async def test_a_stream_that_asked_for_usage_ends_with_the_usage_chunk(relay: Any) -> None:
+    body = {**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}}
+    response = await relay.client.post("/v1/chat/completions", json=body)
+    events = sse_events(response.content)
+    assert events[-1] == "[DONE]"
+    finishing, usage_chunk = json.loads(events[-3]), json.loads(events[-2])
+    assert finishing["choices"][0]["finish_reason"] == "stop" and "metadata" in finishing
+    assert usage_chunk["choices"] == []
+    usage = usage_chunk["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    [row] = await relay.usage_rows()
+    assert row["completion_tokens"] == usage["completion_tokens"]
+    assert Decimal(str(usage["cost"])) == Decimal(row["cost_micros"]).scaleb(-6)
+    assert finishing["metadata"]["cost_micros"] == str(row["cost_micros"])
 
 
 # ----------------------------------------------------------------- client errors
@@ -278,10 +300,12 @@ async def test_a_stream_asks_the_upstream_for_usage_and_leaves_the_rest_alone(
         "model": "gpt-4o-mini",
     }
     last = json.loads(sse_events(response.content)[-2])
-    assert last["usage"]["total_tokens"] == 10 and last["metadata"]["upstream_id"] == "up-1"
+    assert last["metadata"]["upstream_id"] == "up-1"
+    [row] = await relay.usage_rows()
+    assert row["prompt_tokens"] + row["completion_tokens"] == 10  # the upstream's usage
 
 
-async def test_a_stream_with_the_same_model_name_is_spliced_not_re_encoded(
+async def test_a_stream_body_is_re_encoded_with_relays_values(
     faked: tuple[Any, FakeUpstream],
 ) -> None:
     relay, fake = faked
@@ -290,7 +314,57 @@ async def test_a_stream_with_the_same_model_name_is_spliced_not_re_encoded(
         "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
     )
     assert response.status_code == 200
-    assert fake.seen[0].raw == b'{"stream_options":{"include_usage":true},' + raw[1:]
+    assert json.loads(fake.seen[0].raw) == {
+        **json.loads(raw),
+        "stream_options": {"include_usage": True},
+    }
+
+
+@pytest.mark.parametrize(
+    "options_keys",
+    [
+        # The escaped key decodes to the same "stream_options": the last one wins in relay's
+        # decoder, and the re-encoded body holds it once, with relay's include_usage.
+        b'"stream_options":{"include_usage":true},"stream\\u005foptions":{"include_usage":false}',
+        b'"stream\\u005foptions":{"include_usage":false}',
+        b'"stream_options":{"include_usage":false},"stream_options":{"include_usage":true}',
+    ],
+)
+async def test_an_escaped_or_duplicate_key_cannot_turn_off_usage(
+    faked: tuple[Any, FakeUpstream], options_keys: bytes
+) -> None:
+    relay, fake = faked
+    head = b'{"model":"same-name","stream":true,"messages":[{"role":"user","content":"hi"}],'
+    response = await relay.client.post(
+        "/v1/chat/completions",
+        content=head + options_keys + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 200
+    sent = fake.seen[0].raw
+    assert sent.count(b"include_usage") == 1 and b"\\u" not in sent
+    assert json.loads(sent)["stream_options"] == {"include_usage": True}
+
+
+async def test_the_escaped_key_stream_costs_the_same_as_the_plain_one(
+    faked: tuple[Any, FakeUpstream],
+) -> None:
+    relay, fake = faked
+    head = b'{"model":"fake-gpt","stream":true,"messages":[{"role":"user","content":"hi"}],'
+    costs = []
+    for options in (
+        b'"stream_options":{"include_usage":false}',
+        b'"stream\\u005foptions":{"include_usage":false}',
+    ):
+        response = await relay.client.post(
+            "/v1/chat/completions",
+            content=head + options + b"}",
+            headers={"content-type": "application/json"},
+        )
+        costs.append(json.loads(sse_events(response.content)[-2])["metadata"]["cost_micros"])
+    rows = await relay.usage_rows()
+    assert [row["usage_estimated"] for row in rows] == [0, 0]  # both billed from the upstream
+    assert costs[0] == costs[1] and int(costs[0]) == rows[0]["cost_micros"] > 0
 
 
 @pytest.mark.parametrize(
@@ -305,7 +379,11 @@ async def test_usage_is_asked_for_whatever_stream_options_the_client_sent(
     response = await relay.client.post("/v1/chat/completions", json=sent)
     assert response.status_code == 200
     assert fake.seen[0].body["stream_options"] == {**(stream_options or {}), "include_usage": True}
-    assert json.loads(sse_events(response.content)[-2])["usage"]["total_tokens"] == 10
+    events = sse_events(response.content)
+    asked = bool((stream_options or {}).get("include_usage"))
+    assert ("usage" in json.loads(events[-2])) is asked  # the client sees it only if it asked
+    [row] = await relay.usage_rows()
+    assert row["prompt_tokens"] + row["completion_tokens"] == 10
 
 
 async def test_a_non_stream_body_goes_upstream_byte_for_byte(
@@ -361,7 +439,7 @@ async def test_upstream_5xx_everywhere_is_502(faked: tuple[Any, FakeUpstream]) -
     assert (row["status"], row["error_code"], row["cost_micros"]) == (502, "upstream_error", 0)
 
 
-async def test_all_keys_rate_limited_is_503_with_retry_after(
+async def test_all_keys_rate_limited_is_429_with_retry_after(
     faked: tuple[Any, FakeUpstream],
 ) -> None:
     relay, fake = faked
@@ -369,7 +447,9 @@ async def test_all_keys_rate_limited_is_503_with_retry_after(
     response = await relay.client.post(
         "/v1/embeddings", json={"model": "fake-embedding", "input": "x"}
     )
-    _error(response, 503, "no_upstream_available")
+    # Issue 15: the SDKs must see RateLimitError (429), not InternalServerError (503).
+    assert _error(response, 429, "rate_limit_exceeded")
+    assert response.json()["error"]["type"] == "rate_limit_error"
     assert response.headers["retry-after"] in ("12", "13")
     assert fake.keys == ["key-a", "key-b"]
 

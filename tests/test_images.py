@@ -93,7 +93,7 @@ async def test_openai_sdk_generates_images_priced_per_image(setup: Setup) -> Non
         assert base64.b64decode(image.b64_json).startswith(PNG_SIGNATURE)
     assert result.data[0].b64_json != result.data[1].b64_json
     metadata = (result.model_extra or {})["metadata"]
-    assert metadata["cost_micros"] == 80_000 and metadata["provider"] == "mock"
+    assert metadata["cost_micros"] == "80000" and metadata["provider"] == "mock"
     assert await setup.charged() == [80_000]
     usage = await setup.relay.usage(metadata["request_id"])
     assert (usage["endpoint"], usage["units"], usage["cost_micros"]) == ("images", 2, 80_000)
@@ -115,7 +115,7 @@ async def test_quality_and_url_format_are_honoured(setup: Setup) -> None:
     (image,) = response.json()["data"]
     assert image["url"].startswith("data:image/png;base64,")
     again = await setup.post({"model": "mock-image", "prompt": "a fox", "size": "1792x1024"})
-    assert again.json()["metadata"]["cost_micros"] == 80_000
+    assert again.json()["metadata"]["cost_micros"] == "80000"
 
 
 async def test_an_unpriced_size_is_refused_before_any_hold(setup: Setup) -> None:
@@ -155,7 +155,7 @@ async def test_only_the_images_returned_are_charged(setup: Setup) -> None:
     setup.upstream.handler = one_image
     response = await setup.post({"model": "pix-image", "prompt": "x", "n": 3})
     assert response.status_code == 200
-    assert response.json()["metadata"]["cost_micros"] == 20_000
+    assert response.json()["metadata"]["cost_micros"] == "20000"
     assert await setup.charged() == [20_000]
     sent = setup.upstream.seen[-1]
     assert sent.url == "http://pix.test/v1/images/generations"

@@ -23,7 +23,9 @@ from relay.config import parse_config
 from relay.errors import (
     NotFound,
     NoUpstreamAvailable,
+    RateLimited,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
 )
@@ -271,22 +273,22 @@ async def test_a_connect_error_is_retried_then_502(setup: Setup) -> None:
     assert len(setup.sleeps) == 2
 
 
-async def test_all_keys_cooling_is_503_with_retry_after(setup: Setup) -> None:
+async def test_all_keys_cooling_is_429_with_retry_after(setup: Setup) -> None:
     setup.fake.handler = by_key(
         {
             "key-a": error_reply(429, {"retry-after": "30"}),
             "key-b": error_reply(429, {"retry-after": "20"}),
         }
     )
-    with pytest.raises(NoUpstreamAvailable) as info:
+    with pytest.raises(RateLimited) as info:
         await setup.open("solo")
     error = info.value
-    assert error.status == 503 and error.code == "no_upstream_available"
+    assert error.status == 429 and error.code == "rate_limit_exceeded"
     assert error.retry_after_s == pytest.approx(20, abs=0.5)
     assert error.headers()["retry-after"] in ("20", "21")
     assert setup.fake.keys == ["key-a", "key-b"]
     # While they cool, relay answers at once without calling the upstream.
-    with pytest.raises(NoUpstreamAvailable):
+    with pytest.raises(RateLimited):
         await setup.open("solo")
     assert len(setup.fake.seen) == 2
 
@@ -386,3 +388,13 @@ async def test_cancelling_while_waiting_for_the_first_chunk_releases_the_key(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert setup.in_flight() == [0, 0, 0]
+
+
+async def test_an_overloaded_upstream_is_retried_then_reported_as_overloaded(
+    setup: Setup,
+) -> None:
+    setup.fake.handler = lambda seen: error_reply(529)
+    with pytest.raises(UpstreamOverloaded) as info:
+        await setup.open("solo")
+    assert info.value.status == 503 and info.value.code == "upstream_overloaded"
+    assert len(setup.fake.seen) == 3  # retried like a 5xx, up to max_attempts

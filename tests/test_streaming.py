@@ -10,11 +10,12 @@ from conftest import sse_event, sse_events
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.upstream.stream_openai import StreamTap, splice_metadata
+from relay.upstream.relay_fields import with_relay_fields
+from relay.upstream.stream_openai import StreamTap
 
 BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "up-1"}
 USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
-METADATA = {"request_id": "req_1", "cost_micros": 4, "provider": "p", "executed_model": "up-1"}
+METADATA = {"request_id": "req_1", "cost_micros": "4", "provider": "p", "executed_model": "up-1"}
 
 
 def _chunk(content: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -71,31 +72,54 @@ def test_an_incomplete_event_waits_for_its_end() -> None:
     assert tap.feed(event[-1:]) == event
 
 
-def test_closing_events_re_emit_the_usage_chunk_last_with_metadata_then_done() -> None:
+FINISH_EVENT = sse_event({**BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+
+
+def test_the_finishing_chunk_is_kept_back_and_carries_the_metadata() -> None:
     tap = StreamTap()
-    tap.feed(RECORDED)
-    closing = tap.closing_events(METADATA, {"prompt_tokens": 0})
-    assert closing.endswith(b"data: [DONE]\n\n")
-    events = sse_events(FORWARDED + closing)
+    recorded = b"".join([*CONTENT_EVENTS, FINISH_EVENT, USAGE_EVENT, b"data: [DONE]\n\n"])
+    assert tap.feed(recorded) == b"".join(CONTENT_EVENTS)
+    events = sse_events(tap.closing_events(METADATA, {}, cost_micros=4))
     assert events[-1] == "[DONE]"
-    last = json.loads(events[-2])
-    assert last["usage"] == USAGE  # the upstream's own usage, not relay's argument
+    [last] = [json.loads(event) for event in events[:-1]]  # no usage chunk: not asked
+    assert last["choices"][0]["finish_reason"] == "stop"
     assert last["metadata"] == METADATA
-    assert last["choices"] == [] and last["id"] == "chatcmpl-1"
+
+
+def test_the_usage_chunk_goes_out_only_when_the_client_asked() -> None:
+    tap = StreamTap(client_wants_usage=True)
+    recorded = b"".join([*CONTENT_EVENTS, FINISH_EVENT, USAGE_EVENT, b"data: [DONE]\n\n"])
+    tap.feed(recorded)
+    closing = tap.closing_events(METADATA, {"prompt_tokens": 0}, cost_micros=250)
+    finishing, usage_chunk, done = sse_events(closing)
+    assert done == "[DONE]"
+    assert json.loads(finishing)["metadata"] == METADATA
+    usage_event = json.loads(usage_chunk)
+    assert usage_event["choices"] == [] and "metadata" not in usage_event
+    assert usage_event["usage"] == {**USAGE, "cost": 0.00025}  # the upstream's own usage
+    assert '"cost":0.00025' in usage_chunk  # written from the exact decimal
+
+
+def test_a_later_chunk_with_choices_releases_the_kept_back_one() -> None:
+    tap = StreamTap()
+    out = tap.feed(FINISH_EVENT + CONTENT_EVENTS[0])
+    assert out == b"data: " + sse_events(FINISH_EVENT)[0].encode() + b"\n\n" + CONTENT_EVENTS[0]
 
 
 def test_a_stream_without_usage_gets_a_synthesized_final_event() -> None:
-    tap = StreamTap()
+    tap = StreamTap(client_wants_usage=True)
     tap.feed(b"".join(CONTENT_EVENTS))  # the upstream broke off: no usage, no [DONE]
     assert tap.usage is None and not tap.done
     assert tap.delivered_tokens_estimate() == 3  # 12 characters at 4 per token
     usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
     events = sse_events(tap.closing_events(METADATA, usage))
     assert events[-1] == "[DONE]"
-    final = json.loads(events[0])
+    finishing, final = json.loads(events[0]), json.loads(events[1])
+    assert finishing["choices"] == [{"index": 0, "delta": {}, "finish_reason": None}]
+    assert finishing["metadata"] == METADATA
     assert final["object"] == "chat.completion.chunk"
     assert final["id"] == "chatcmpl-1" and final["model"] == "up-1" and final["created"] == 7
-    assert final["usage"] == usage and final["metadata"] == METADATA
+    assert final["usage"] == usage
     assert final["choices"] == []
 
 
@@ -107,11 +131,11 @@ def test_a_stream_with_no_events_synthesizes_from_metadata() -> None:
 
 
 def test_usage_on_a_content_chunk_is_forwarded_and_still_captured() -> None:
-    tap = StreamTap()
+    tap = StreamTap(client_wants_usage=True)
     event = sse_event(_chunk("x", usage=USAGE))
     assert tap.feed(event) == event
     assert tap.usage is not None and tap.usage.total_tokens == 15
-    final = json.loads(sse_events(tap.closing_events(METADATA, USAGE))[0])
+    final = json.loads(sse_events(tap.closing_events(METADATA, USAGE))[1])
     assert final["usage"] == USAGE
 
 
@@ -136,15 +160,21 @@ def test_reasoning_and_tool_call_deltas_count_as_delivered() -> None:
 @pytest.mark.parametrize(
     ("original", "expected"),
     [
-        (b'{"a":1}', b'{"a":1,"metadata":{"k":"v"}}'),
-        (b"{}", b'{"metadata":{"k":"v"}}'),
-        (b'{ "a": 1 }\n', b'{ "a": 1,"metadata":{"k":"v"}}'),
+        (b'{"a":1}', {"a": 1, "metadata": {"k": "v"}}),
+        (b"{}", {"metadata": {"k": "v"}}),
+        (b'{"metadata": {"u": "1", "k": "x"}}', {"metadata": {"u": "1", "k": "v"}}),
+        (
+            b'{"usage": {"total_tokens": 3}}',
+            {"usage": {"total_tokens": 3, "cost": 1.5e-05}, "metadata": {"k": "v"}},
+        ),
     ],
 )
-def test_splice_metadata_appends_without_re_encoding(original: bytes, expected: bytes) -> None:
-    assert splice_metadata(original, {"k": "v"}) == expected
+def test_relay_fields_merge_with_the_upstreams_metadata(
+    original: bytes, expected: dict[str, Any]
+) -> None:
+    assert json.loads(with_relay_fields(original, {"k": "v"}, 15)) == expected
 
 
-def test_splice_metadata_refuses_what_is_not_an_object() -> None:
+def test_relay_fields_refuse_what_is_not_an_object() -> None:
     with pytest.raises(ValueError):
-        splice_metadata(b"[1, 2]", {})
+        with_relay_fields(b"[1, 2]", {})

@@ -26,6 +26,7 @@ from relay.api.videos import video_poller
 from relay.config import Config, ProviderConfig
 from relay.errors import NoUpstreamAvailable
 from relay.jobs.video import VideoPoller
+from relay.money.pricing import micros_to_usd
 from relay.money.wallet import Wallet
 from relay.storage.db import Database
 from relay.upstream.client import UpstreamClient
@@ -147,12 +148,13 @@ async def test_a_job_holds_its_quote_then_is_charged_once(setup: Setup) -> None:
     assert job["status"] == "queued" and job["progress"] == 0
     assert job["model"] == "mock-video" and job["seconds"] == "4" and job["size"] == "720x1280"
     estimate = 4 * PRICE_PER_SECOND_MICROS
-    assert job["metadata"]["cost_estimate_micros"] == estimate
-    assert "cost_micros" not in job["metadata"]
+    assert job["metadata"]["cost_estimate_micros"] == str(estimate)
+    assert job["metadata"]["cost_estimate"] == micros_to_usd(estimate)
+    assert "cost_micros" not in job["metadata"] and "cost" not in job["metadata"]
     assert setup.held() == estimate
     done = await setup.wait_for(job["id"], "completed", "failed")
     assert done["status"] == "completed" and done["progress"] == 100
-    assert done["metadata"]["cost_micros"] == estimate
+    assert done["metadata"]["cost_micros"] == str(estimate)
     assert done["content_url"].endswith(f"/v1/videos/{job['id']}/content")
     assert await setup.charges() == [(job["id"], estimate)]
     assert setup.held() == 0
@@ -218,7 +220,7 @@ async def test_a_failed_job_releases_its_hold(setup: Setup) -> None:
     blocked = True
     done = await setup.wait_for(job["id"], "completed", "failed")
     assert done["status"] == "failed" and done["error"] == {"code": "moderation_blocked"}
-    assert done["metadata"]["cost_micros"] == 0
+    assert done["metadata"]["cost_micros"] == "0" and done["metadata"]["cost"] == "0"
     assert setup.held() == 0 and await setup.charges() == []
     usage = await setup.relay.usage(job["id"])
     assert (usage["status"], usage["error_code"], usage["cost_micros"]) == (
@@ -277,7 +279,7 @@ async def test_a_restart_mid_job_resumes_it_and_settles_once(served: Served) -> 
         assert setup.held() == estimate
         assert (await setup.show(job["id"])).json()["status"] in ("queued", "in_progress")
         done = await setup.wait_for(job["id"], "completed", "failed")
-        assert done["status"] == "completed" and done["metadata"]["cost_micros"] == estimate
+        assert done["status"] == "completed" and done["metadata"]["cost_micros"] == str(estimate)
         assert await setup.charges() == [(job["id"], estimate)]
         assert setup.held() == 0
         balance = relay.state.wallet.snapshot(account["id"]).balance_micros

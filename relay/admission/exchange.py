@@ -72,15 +72,18 @@ class Exchange:
             return None
         return self.route.provider.pool.redactor.safe_id(self.upstream_id)
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, str]:
+        """relay's ``metadata``: every value a string (the SDKs type it ``Dict[str, str]``)."""
         route = self.route
+        provider = route.provider.name if route else ""
         return {
             "request_id": self.request_id,
-            "cost_micros": self.cost_micros,
-            "cost_usd": micros_to_usd(self.cost_micros),
-            "provider": route.provider.name if route else None,
-            "executed_model": route.upstream_model if route else None,
-            "upstream_id": self.safe_upstream_id(),
+            "cost": micros_to_usd(self.cost_micros),
+            "cost_micros": str(self.cost_micros),
+            "provider": provider,
+            "provider_name": provider,
+            "executed_model": route.upstream_model if route else "",
+            "upstream_id": self.safe_upstream_id() or "",
         }
 
     def usage_view(self) -> dict[str, Any]:
@@ -91,7 +94,14 @@ class Exchange:
         }
 
     def headers(self) -> dict[str, str]:
-        return {"x-relay-request-id": self.request_id, "x-relay-cost-micros": str(self.cost_micros)}
+        return {**self.id_headers(), "x-relay-cost-micros": str(self.cost_micros)}
+
+    def id_headers(self) -> dict[str, str]:
+        """The request id under relay's name and the SDKs' (``_request_id`` reads these)."""
+        headers = {"x-relay-request-id": self.request_id, "x-request-id": self.request_id}
+        if self.endpoint == "messages":  # the anthropic SDK reads ``request-id``
+            headers["request-id"] = self.request_id
+        return headers
 
     def usage_record(self) -> UsageRecord:
         route = self.route

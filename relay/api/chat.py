@@ -71,7 +71,9 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
         exchange.stream = bool(chat.stream)
 
         def body_for(route: Route) -> bytes:
-            return route.provider.chat_body(body, chat, route.upstream_model)
+            return route.provider.chat_body(
+                body, chat, route.upstream_model, model.config.max_output_tokens
+            )
 
         ticket = state.gate.admit(exchange, quote)
         async with ticket:  # settled below, or released on any way out
@@ -80,10 +82,13 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
             )
             exchange.route = opened.route
             if exchange.stream:
-                stream = _relay_stream(state, exchange, ticket.hand_over(), opened, quote)
+                wants_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+                stream = _relay_stream(
+                    state, exchange, ticket.hand_over(), opened, quote, wants_usage
+                )
                 return EventStreamResponse(
                     stream,
-                    {"x-relay-request-id": exchange.request_id},
+                    exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
             return await _relay_answer(state, exchange, ticket, opened, quote)
@@ -177,15 +182,20 @@ def _relay_stream(
     ticket: Ticket,
     opened: OpenedRoute,
     quote: CostQuote,
+    client_wants_usage: bool,
 ) -> AsyncIterator[bytes]:
-    tap = StreamTap()
+    tap = StreamTap(client_wants_usage)
 
     def settle() -> None:
         _settle_stream(state, exchange, ticket, quote, tap)
 
     def ending(failure: RelayError | None) -> bytes:
-        error = b"data: " + failure.body() + b"\n\n" if failure is not None else b""
-        return error + tap.closing_events(exchange.metadata(), exchange.usage_view())
+        return tap.closing_events(
+            exchange.metadata(),
+            exchange.usage_view(),
+            exchange.cost_micros,
+            failure.body() if failure is not None else b"",
+        )
 
     return pass_stream(state, exchange, opened, tap, settle, ending)
 

@@ -38,7 +38,7 @@ from relay.api.flow import (
     refuse,
     settle_tokens,
 )
-from relay.errors import RelayError, UpstreamRejected
+from relay.errors import RelayError, UpstreamOverloaded, UpstreamRejected
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
@@ -55,7 +55,7 @@ from relay.upstream.wire_anthropic import (
     decode_messages_answer,
     decode_messages_request,
 )
-from relay.upstream.wire_openai import is_usage_out_of_range
+from relay.upstream.wire_openai import encode, is_usage_out_of_range
 
 __all__ = ["anthropic_error_response", "count_tokens", "messages"]
 
@@ -72,6 +72,14 @@ def anthropic_error_response(exc: RelayError, headers: Mapping[str, str]) -> Res
     """relay's error body with Anthropic's top-level ``"type": "error"`` added."""
     if isinstance(exc, UpstreamRejected) and exc.upstream_body:
         return error_response(exc, headers)  # the upstream's own error, in Anthropic's shape
+    if isinstance(exc, UpstreamOverloaded):  # Anthropic clients know 529 and retry it
+        error = {"type": "overloaded_error", "message": exc.message}
+        return Response(
+            encode({"type": "error", "error": error}),
+            status_code=529,
+            headers={**exc.headers(), **headers},
+            media_type="application/json",
+        )
     return Response(
         b'{"type":"error",' + exc.body()[1:],
         status_code=exc.status,
@@ -116,7 +124,7 @@ async def messages(request: Request) -> Response | EventStreamResponse:
                 stream = _relay_stream(state, exchange, ticket.hand_over(), opened, quote)
                 return EventStreamResponse(
                     stream,
-                    {"x-relay-request-id": exchange.request_id},
+                    exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
             return await _relay_answer(state, exchange, ticket, opened, quote)
@@ -170,7 +178,7 @@ def _relay_stream(
 
     def ending(failure: RelayError | None) -> bytes:
         if failure is None:
-            return tap.closing_event(exchange.metadata())
+            return tap.closing_event(exchange.metadata(), exchange.cost_micros)
         error = {"type": failure.type, "message": failure.message}
         return sse_event(
             "error", {"type": "error", "error": error, "metadata": exchange.metadata()}

@@ -1,19 +1,26 @@
-"""``GET /v1/models`` (with prices and context window) and ``GET /healthz``."""
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` (with prices and context window), and
+``GET /healthz``.
+
+A model reads as both SDKs expect: OpenAI's ``id``/``object``/``created``/``owned_by`` and
+Anthropic's ``type``/``display_name``/``created_at`` (RFC 3339), and the list carries
+Anthropic's paging fields (``has_more``, ``first_id``, ``last_id``) beside OpenAI's ``object``.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.errors import RelayError
+from relay.errors import NotFound, RelayError
 from relay.http.responses import error_response, json_response
 from relay.money.pricing import pricing_view
 from relay.state import relay_state
 from relay.upstream.routing import Model
 
-__all__ = ["healthz", "list_models"]
+__all__ = ["healthz", "list_models", "show_model"]
 
 # /v1/models is a fixed list per process; "created" is when relay started serving it.
 
@@ -24,6 +31,9 @@ def _model_view(model: Model, created: int) -> dict[str, Any]:
         "id": model.name,
         "object": "model",
         "created": created,
+        "type": "model",
+        "display_name": model.name,
+        "created_at": datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z"),
         "owned_by": model.config.owned_by or first,
         "kind": model.config.kind,
         "context_window": model.config.context_window,
@@ -36,11 +46,27 @@ def _model_view(model: Model, created: int) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     state = relay_state(request)
     try:
-        await state.auth.authenticate(request.headers)
+        await state.auth.authenticate(request.headers, allow_x_api_key=True)
     except RelayError as exc:
         return error_response(exc)
     data = [_model_view(model, state.started_at) for model in state.router.models.values()]
-    return json_response({"object": "list", "data": data})
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return json_response(
+        {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last}
+    )
+
+
+async def show_model(request: Request) -> Response:
+    state = relay_state(request)
+    try:
+        await state.auth.authenticate(request.headers, allow_x_api_key=True)
+        name = request.path_params["model_id"]
+        model = state.router.models.get(name)
+        if model is None:
+            raise NotFound(f"The model {name!r} does not exist", code="model_not_found")
+    except RelayError as exc:
+        return error_response(exc)
+    return json_response(_model_view(model, state.started_at))
 
 
 async def healthz(request: Request) -> Response:

@@ -25,6 +25,7 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import abandon, is_dry_run, model_for, refuse, upstream_broke_off
 from relay.errors import InvalidRequest, NotFound, NoUpstreamAvailable, RelayError, UpstreamError
+from relay.http.multipart import is_multipart, parse_form
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.identity.auth import ANONYMOUS, Principal
 from relay.jobs.video import UNFINISHED, VideoJob, VideoPoller, decode_upstream_video
@@ -81,6 +82,9 @@ async def create_video(request: Request) -> Response:
         exchange.principal = await state.auth.authenticate(request.headers)
         poller = video_poller(state)
         body = await read_body(request, state.config.server.max_body_bytes)
+        content_type = request.headers.get("content-type")
+        if is_multipart(content_type):
+            body = _form_as_json(body, content_type or "")
         video: VideoRequest = decode_or_400(_decode_request, body)
         model = model_for(state, exchange, video.model, "video")
         seconds = _seconds(video.seconds, model.config.video_seconds)
@@ -149,6 +153,20 @@ def _new_job(
     )
 
 
+def _form_as_json(body: bytes, content_type: str) -> bytes:
+    """``videos.create`` as the OpenAI SDK sends it (multipart) → the JSON form relay reads.
+
+    An uploaded ``input_reference`` would have to be stored and forwarded as a file, which
+    relay does not do: it is refused by name rather than dropped."""
+    form = parse_form(body, content_type)
+    if form.files:
+        raise InvalidRequest(
+            f"file uploads ({', '.join(form.files)}) are not supported on /v1/videos",
+            param=form.files[0],
+        )
+    return msgspec.json.encode(form.text)
+
+
 async def _created_upstream_id(opened: OpenedRoute, max_bytes: int) -> str:
     try:
         raw = await opened.response.read(max_bytes)
@@ -185,18 +203,24 @@ async def _hand_over(poller: VideoPoller, job: VideoJob, ticket: Ticket) -> None
 
 
 def job_view(job: VideoJob, request: Request, request_id: str) -> dict[str, Any]:
-    """A job as the client sees it: OpenAI's video object plus relay's metadata."""
+    """A job as the client sees it: OpenAI's video object plus relay's metadata.
+
+    Every metadata value is a string (``Video.metadata`` is ``Dict[str, str]`` in the SDK):
+    ``cost_estimate`` (USD) while the job runs, ``cost`` once it ended, each with its
+    ``_micros`` form."""
     done = job.status == "completed"
-    metadata: dict[str, Any] = {
+    metadata: dict[str, str] = {
         "request_id": request_id,
-        "cost_estimate_micros": job.estimate_micros,
+        "cost_estimate": micros_to_usd(job.estimate_micros),
+        "cost_estimate_micros": str(job.estimate_micros),
         "provider": job.provider,
+        "provider_name": job.provider,
         "executed_model": job.upstream_model,
         "upstream_id": job.upstream_id,
     }
     if job.status not in UNFINISHED:
         cost = job.cost_micros or 0
-        metadata.update(cost_micros=cost, cost_usd=micros_to_usd(cost))
+        metadata.update(cost_micros=str(cost), cost=micros_to_usd(cost))
     view: dict[str, Any] = {
         "id": job.id,
         "object": "video",

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 AccountMode = Literal["prepaid", "postpaid"]
-ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages")
+ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages", "responses")
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ACCOUNT_ID_PREFIX = "acct_"
 

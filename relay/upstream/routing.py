@@ -19,8 +19,10 @@ from relay.config import ModelConfig, parse_route
 from relay.errors import (
     NotFound,
     NoUpstreamAvailable,
+    RateLimited,
     RelayError,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
 )
@@ -43,6 +45,8 @@ BACKOFF_CAP_S = 4.0
 # Statuses worth another try elsewhere; any other 4xx is the request's own fault.
 _RETRYABLE_4XX = frozenset({408, 409, 425})
 _CHARS_PER_TOKEN = 4  # a rough size → tokens estimate, only for per-key TPM quotas
+# Anthropic's "overloaded": retried like a 5xx, reported as such if nothing else answers.
+_OVERLOADED = 529
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +245,7 @@ class Router:
         except UpstreamFailure as exc:
             return None, _failure_from(exc, provider.name), False
         # From here on the response reads in the client's dialect, whatever the upstream's.
-        response = provider.adapt_response(target.path, response)
+        response = provider.adapt_response(target.path, response, body)
         return await self._judge(response, route, key, attempt, stream)
 
     async def _judge(
@@ -264,6 +268,9 @@ class Router:
             return None, NoUpstreamAvailable(f"provider {provider.name!r} rejected its key"), True
         # A 3xx too: relay does not follow redirects (a moved base_url is a config error),
         # and passing one on as an answer would bill a redirect page as a completion.
+        if status == _OVERLOADED:
+            message = f"provider {provider.name!r} is overloaded"
+            return None, UpstreamOverloaded(message).with_retry_after(1), False
         if status >= 500 or status < 400 or status in _RETRYABLE_4XX:
             message = f"provider {provider.name!r} answered HTTP {status}"
             return None, UpstreamError(message), False
@@ -299,14 +306,15 @@ def _failure_from(exc: UpstreamFailure, provider: str) -> RelayError:
     return UpstreamError(f"provider {provider!r} failed")
 
 
-def _pool_exhausted(provider: Provider, tokens: int = 0) -> NoUpstreamAvailable:
+def _pool_exhausted(provider: Provider, tokens: int = 0) -> RelayError:
+    """Every key cooling down after the upstream's 429 is the client's 429 too, with the
+    time until the first key is back (the SDKs then raise ``RateLimitError`` and wait)."""
     wait = provider.pool.seconds_until_ready(tokens)
     if wait is None:  # no key cools down: every one was rejected (401/403)
         return NoUpstreamAvailable(provider.why_disabled())
-    error = NoUpstreamAvailable(f"every key of provider {provider.name!r} is rate-limited")
-    if wait is not None:
-        error.retry_after_s = wait
-    return error
+    return RateLimited(
+        f"every key of provider {provider.name!r} is rate-limited upstream", retry_after_s=wait
+    )
 
 
 async def _read_quietly(response: UpstreamResponse) -> bytes:

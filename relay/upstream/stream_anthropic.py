@@ -14,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-from relay.upstream.providers.anthropic_stream import SseBuffer, sse_event
+from relay.upstream.providers.anthropic_stream import SseBuffer
+from relay.upstream.relay_fields import add_relay_fields, encode_with_decimals
 from relay.upstream.stream_openai import CHARS_PER_TOKEN
 from relay.upstream.wire_anthropic import MessagesAnswer, MessagesUsage
 from relay.upstream.wire_openai import is_usage_out_of_range
@@ -88,9 +89,17 @@ class MessagesStreamTap:
     def delivered_tokens_estimate(self) -> int:
         return math.ceil(self.delivered_chars / CHARS_PER_TOKEN)
 
-    def closing_event(self, metadata: dict[str, Any]) -> bytes:
-        """The last event: ``message_stop`` with the usage and relay's metadata."""
+    def closing_event(self, metadata: dict[str, str], cost_micros: int | None = None) -> bytes:
+        """The last event: ``message_stop`` with the usage (and its cost) and relay's metadata.
+
+        Extra fields on an event are ignored by the Anthropic SDKs' typed events, so the
+        event keeps Anthropic's shape."""
         payload: dict[str, Any] = {"type": "message_stop", "metadata": metadata}
         if self.usage is not None:
             payload["usage"] = msgspec.to_builtins(self.usage)
-        return sse_event("message_stop", payload)
+        return sse_event_exact("message_stop", add_relay_fields(payload, None, cost_micros))
+
+
+def sse_event_exact(name: str, payload: dict[str, Any]) -> bytes:
+    """A named event whose decimals are written as exact JSON numbers."""
+    return b"event: " + name.encode() + b"\ndata: " + encode_with_decimals(payload) + b"\n\n"

@@ -1,11 +1,16 @@
 """Pass an OpenAI-style SSE stream through while reading its usage.
 
 ``StreamTap.feed`` takes upstream bytes as they arrive and returns the complete events
-to forward at once. It keeps back two things: the upstream's usage-only chunk (the
-one with ``"choices": []``) and ``data: [DONE]``. ``StreamTap.closing_events`` then
-sends that usage chunk, with relay's ``metadata`` added, as the last data event
-before ``[DONE]`` (docs/architecture.md §6.4). When the upstream reported no usage (it broke off, or
-the client left), ``delivered_tokens_estimate`` says what was delivered.
+to forward at once. It keeps back three things: the chunk that finishes a choice (the
+one with a ``finish_reason``, normally the last chunk with choices), the upstream's
+usage-only chunk (``"choices": []``, which relay always asks for) and ``data: [DONE]``.
+``StreamTap.closing_events`` then sends the finishing chunk with relay's ``metadata``
+added, the usage-only chunk (with ``usage.cost``) only when the client itself asked
+with ``stream_options.include_usage``, and ``[DONE]`` (docs/architecture.md §6.4): every
+chunk a client sees keeps OpenAI's shape, so ``chunk.choices[0]`` works to the end of the
+loop. When
+the upstream reported no usage (it broke off, or the client left),
+``delivered_tokens_estimate`` says what was delivered.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from typing import Any
 
 import msgspec
 
-from relay.upstream.wire_openai import Usage, encode, is_usage_out_of_range
+from relay.upstream.relay_fields import add_relay_fields, encode_with_decimals, with_relay_fields
+from relay.upstream.wire_openai import Usage, is_usage_out_of_range
 
-__all__ = ["StreamTap", "splice_metadata"]
+__all__ = ["CHARS_PER_TOKEN", "StreamTap"]
 
 _DONE = b"data: [DONE]\n\n"
 # Characters per token when relay has to estimate what it delivered.
@@ -34,6 +40,7 @@ class _Delta(msgspec.Struct):
 
 class _Choice(msgspec.Struct):
     delta: _Delta | None = None
+    finish_reason: str | None = None
 
 
 class _Chunk(msgspec.Struct):
@@ -47,37 +54,32 @@ class _Chunk(msgspec.Struct):
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
-def splice_metadata(json_object: bytes, metadata: dict[str, Any]) -> bytes:
-    """``{...}`` → ``{..., "metadata": {...}}`` without re-encoding the original."""
-    body = json_object.rstrip()
-    if not body.endswith(b"}"):
-        raise ValueError("not a JSON object")
-    head = body[:-1].rstrip()
-    separator = b"" if head.endswith(b"{") else b","
-    return head + separator + b'"metadata":' + encode(metadata) + b"}"
-
-
 class StreamTap:
     __slots__ = (
         "_pending",
+        "_client_wants_usage",
         "upstream_id",
         "model",
         "created",
         "usage",
         "_usage_event",
+        "_finishing",
         "done",
         "events",
         "delivered_chars",
         "usage_invalid",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, client_wants_usage: bool = False) -> None:
         self._pending = b""
+        self._client_wants_usage = client_wants_usage
         self.upstream_id: str | None = None
         self.model: str | None = None
         self.created: int | None = None
         self.usage: Usage | None = None
         self._usage_event: bytes | None = None
+        # The last chunk that finished a choice, kept back to carry relay's metadata.
+        self._finishing: bytes | None = None
         self.done = False
         self.events = 0
         self.delivered_chars = 0
@@ -90,7 +92,7 @@ class StreamTap:
         # Most upstreams end events with LF only; the CRLF search runs only when needed.
         boundary = _next_boundary if b"\r" in data else _next_lf_boundary
         kept: list[bytes] = []
-        dropped = False
+        changed = False
         start = 0
         while True:
             end, sep_len = boundary(data, start)
@@ -98,13 +100,18 @@ class StreamTap:
                 break
             event = data[start : end + sep_len]
             start = end + sep_len
-            if self._keep(event):
+            released = self._finishing
+            verdict = self._keep(event)
+            if released is not None and self._finishing is not released:
+                kept.append(b"data: " + released + b"\n\n")  # a later chunk came: let it go
+                changed = True
+            if verdict:
                 kept.append(event)
             else:
-                dropped = True
+                changed = True
         self._pending = data[start:]
         # Usually every event goes out: forward the bytes as they came, without copying.
-        return b"".join(kept) if dropped else data[:start]
+        return b"".join(kept) if changed else data[:start]
 
     def _keep(self, event: bytes) -> bool:
         payload = _data_of(event)
@@ -123,32 +130,66 @@ class StreamTap:
         self.events += 1
         if self.upstream_id is None:
             self.upstream_id, self.model, self.created = chunk.id, chunk.model, chunk.created
-        if chunk.choices:
-            self.delivered_chars += _delta_chars(chunk.choices)
         if chunk.usage is not None:
             self.usage = chunk.usage
-            if not chunk.choices:
+        if not chunk.choices:
+            if chunk.usage is not None:
                 self._usage_event = payload
                 return False
+            return True
+        self.delivered_chars += _delta_chars(chunk.choices)
+        self._finishing = None  # any chunk with choices releases the one kept back
+        if any(choice.finish_reason for choice in chunk.choices):
+            self._finishing = payload
+            return False
         return True
 
     def delivered_tokens_estimate(self) -> int:
         return max(math.ceil(self.delivered_chars / CHARS_PER_TOKEN), 0)
 
-    def closing_events(self, metadata: dict[str, Any], usage: dict[str, Any]) -> bytes:
-        """The last data event (usage + metadata), then ``[DONE]``."""
-        if self._usage_event is not None:
-            return b"data: " + splice_metadata(self._usage_event, metadata) + b"\n\n" + _DONE
-        final: dict[str, Any] = {
+    def closing_events(
+        self,
+        metadata: dict[str, str],
+        usage: dict[str, Any],
+        cost_micros: int | None = None,
+        failure: bytes = b"",
+    ) -> bytes:
+        """``failure``, the finishing chunk with metadata, the usage chunk if asked, ``[DONE]``."""
+        out = [b"data: " + failure + b"\n\n"] if failure else []
+        out.append(b"data: " + self._finishing_chunk(metadata, cost_micros) + b"\n\n")
+        if self._client_wants_usage:
+            out.append(b"data: " + self._usage_chunk(usage, cost_micros) + b"\n\n")
+        out.append(_DONE)
+        return b"".join(out)
+
+    def _envelope(self, metadata: dict[str, str], choices: list[Any]) -> dict[str, Any]:
+        return {
             "id": self.upstream_id or metadata.get("request_id"),
             "object": "chat.completion.chunk",
             "created": self.created or 0,
             "model": self.model or metadata.get("executed_model"),
-            "choices": [],
-            "usage": usage,
-            "metadata": metadata,
+            "choices": choices,
         }
-        return b"data: " + encode(final) + b"\n\n" + _DONE
+
+    def _finishing_chunk(self, metadata: dict[str, str], cost_micros: int | None) -> bytes:
+        if self._finishing is not None:
+            try:
+                return with_relay_fields(self._finishing, metadata, cost_micros)
+            except ValueError:
+                pass  # decoded once already; unreachable in practice
+        # No chunk finished a choice (the upstream broke off): an empty delta carries it.
+        choice = {"index": 0, "delta": {}, "finish_reason": None}
+        final = self._envelope(metadata, [choice])
+        return encode_with_decimals(add_relay_fields(final, metadata, None))
+
+    def _usage_chunk(self, usage: dict[str, Any], cost_micros: int | None) -> bytes:
+        if self._usage_event is not None:
+            try:
+                return with_relay_fields(self._usage_event, None, cost_micros)
+            except ValueError:
+                pass  # decoded once already; unreachable in practice
+        final = {**self._envelope({}, []), "usage": dict(usage)}
+        return encode_with_decimals(add_relay_fields(final, None, cost_micros))
 
 
 def _next_lf_boundary(data: bytes, start: int) -> tuple[int, int]:

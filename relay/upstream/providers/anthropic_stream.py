@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from relay.money.estimate import estimate_prompt_tokens
 from relay.upstream.providers.anthropic_answers import (
     anthropic_usage,
     finish_reason_of,
@@ -85,7 +86,7 @@ def _decode(data: bytes) -> dict[str, Any] | None:
 class MessagesToChatStream:
     """Anthropic SSE → OpenAI chat completion chunks (with a final usage chunk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sent: bytes = b"") -> None:
         self._events = SseBuffer()
         self._id = ""
         self._model = ""
@@ -177,7 +178,11 @@ class MessagesToChatStream:
 class ChatToMessagesStream:
     """OpenAI chat completion chunks → Anthropic Messages events."""
 
-    def __init__(self) -> None:
+    def __init__(self, sent: bytes = b"") -> None:
+        # OpenAI reports usage only at the end, but Anthropic clients read input_tokens
+        # at message_start (anthropic 0.40 keeps that value): relay's estimate goes
+        # there, and message_delta carries the upstream's own count.
+        self._input_estimate = estimate_prompt_tokens(sent) if sent else 0
         self._events = SseBuffer()
         self._started = False
         self._id = ""
@@ -240,8 +245,7 @@ class ChatToMessagesStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            # OpenAI reports usage only at the end; message_delta carries it.
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": self._input_estimate, "output_tokens": 0},
         }
         return sse_event("message_start", {"type": "message_start", "message": message})
 

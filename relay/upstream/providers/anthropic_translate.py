@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.errors import InvalidRequest
 from relay.upstream.providers.anthropic_answers import text_of, tool_arguments
 from relay.upstream.wire_openai import encode
 
@@ -104,8 +105,49 @@ def _anthropic_tools(tools: list[Any]) -> list[dict[str, Any]]:
     return result
 
 
+# Thinking budgets for OpenAI's reasoning_effort (Anthropic's minimum budget is 1024).
+_THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+
+
+def _refuse(feature: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"{feature} cannot be sent to an Anthropic model: {why}", param=feature)
+
+
+def _check_expressible(payload: dict[str, Any]) -> None:
+    """Translation is faithful or refuses: never a silent drop of what the client asked."""
+    if (payload.get("n") or 1) > 1:
+        raise _refuse("n", "Claude returns one choice per request")
+    if payload.get("logprobs") or payload.get("top_logprobs"):
+        raise _refuse("logprobs", "Claude does not return log probabilities")
+    if payload.get("seed") is not None:
+        raise _refuse("seed", "Claude has no sampling seed")
+    fmt = payload.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        raise _refuse("response_format", "use json_schema (Claude has no schemaless JSON mode)")
+
+
+def _output_config(fmt: Any) -> dict[str, Any] | None:
+    """``response_format`` json_schema → Anthropic structured output (``output_config``)."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = (fmt.get("json_schema") or {}).get("schema") or {}
+    return {"format": {"type": "json_schema", "schema": schema}}
+
+
+def _thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:
+    if not isinstance(effort, str) or effort == "none":
+        return None
+    budget = _THINKING_BUDGETS.get(effort)
+    if budget is None:
+        raise _refuse("reasoning_effort", f"unknown effort {effort!r}")
+    if budget >= max_tokens:
+        raise _refuse("reasoning_effort", f"its thinking budget needs max_tokens > {budget}")
+    return {"type": "enabled", "budget_tokens": budget}
+
+
 def chat_request_to_messages(payload: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     """An OpenAI chat completions request → an Anthropic Messages request."""
+    _check_expressible(payload)
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     for message in payload.get("messages") or []:
@@ -147,6 +189,14 @@ def chat_request_to_messages(payload: dict[str, Any], upstream_model: str) -> di
         request["tool_choice"] = choice
     if isinstance(payload.get("user"), str):
         request["metadata"] = {"user_id": payload["user"]}
+    output_config = _output_config(payload.get("response_format"))
+    if output_config is not None:
+        request["output_config"] = output_config
+    thinking = payload.get("thinking") or _thinking(
+        payload.get("reasoning_effort"), request["max_tokens"]
+    )
+    if thinking:
+        request["thinking"] = thinking
     if payload.get("stream"):
         request["stream"] = True
     return request
@@ -285,6 +335,16 @@ def messages_request_to_chat(payload: dict[str, Any], upstream_model: str) -> di
     user = (payload.get("metadata") or {}).get("user_id")
     if isinstance(user, str):
         request["user"] = user
+    fmt = (payload.get("output_config") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        json_schema = {"name": "output", "schema": fmt.get("schema") or {}}
+        request["response_format"] = {"type": "json_schema", "json_schema": json_schema}
+    thinking = payload.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens") or 0
+        request["reasoning_effort"] = (
+            "high" if budget >= 16384 else "medium" if budget >= 4096 else "low"
+        )
     if payload.get("stream"):
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -18,22 +19,27 @@ from relay.config import ProviderConfig
 from relay.errors import InvalidRequest
 from relay.upstream.client import Timeouts, UpstreamClient, UpstreamResponse
 from relay.upstream.keypool import KeyPool, UpstreamKey
+from relay.upstream.providers.responses_translate import responses_request_to_chat
 from relay.upstream.wire_anthropic import MessagesRequest
-from relay.upstream.wire_openai import ChatRequest, encode
+from relay.upstream.wire_openai import ChatRequest, decode_chat_request, encode
+from relay.upstream.wire_responses import ResponsesRequest
 
 __all__ = [
     "CHAT_PATH",
     "IMAGES_PATH",
     "MESSAGES_PATH",
+    "RESPONSES_PATH",
     "VIDEOS_PATH",
     "Provider",
     "with_model",
 ]
 
+OPENAI_HOST = "api.openai.com"
 CHAT_PATH = "/chat/completions"
 MESSAGES_PATH = "/messages"
 IMAGES_PATH = "/images/generations"
 VIDEOS_PATH = "/videos"
+RESPONSES_PATH = "/responses"
 
 
 class Provider:
@@ -80,11 +86,51 @@ class Provider:
     def headers(self, key: UpstreamKey) -> dict[str, str]:
         raise NotImplementedError
 
-    def chat_body(self, body: bytes, request: ChatRequest, upstream_model: str) -> bytes:
+    def chat_body(
+        self,
+        body: bytes,
+        request: ChatRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        """An OpenAI chat request shaped for this upstream (``max_tokens`` clamped)."""
         raise NotImplementedError
 
     def embedding_body(self, body: bytes, public_model: str, upstream_model: str) -> bytes:
         raise NotImplementedError
+
+    @property
+    def speaks_responses(self) -> bool:
+        """The upstream serves the Responses API itself: ``responses_api`` when set, else
+        only OpenAI's own API (most OpenAI-compatible hosts serve chat completions only)."""
+        option = self.config.responses_api
+        if option is not None:
+            return option
+        return self.kind == "openai" and urlsplit(self.config.base_url).hostname == OPENAI_HOST
+
+    def responses_body(
+        self,
+        body: bytes,
+        request: ResponsesRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        """A Responses API request: as is (model renamed, output clamped) for an upstream
+        that speaks it, else translated to chat completions and shaped like any chat."""
+        if self.speaks_responses:
+            changes: dict[str, Any] = {}
+            if upstream_model != request.model:
+                changes["model"] = upstream_model
+            asked = request.max_output_tokens
+            if max_output_tokens is not None and asked is not None and asked > max_output_tokens:
+                changes["max_output_tokens"] = max_output_tokens
+            if not changes:
+                return body
+            payload: dict[str, Any] = msgspec.json.decode(body)
+            payload.update(changes)
+            return encode(payload)
+        chat = encode(responses_request_to_chat(msgspec.json.decode(body), upstream_model))
+        return self.chat_body(chat, decode_chat_request(chat), upstream_model, max_output_tokens)
 
     def messages_body(self, body: bytes, request: MessagesRequest, upstream_model: str) -> bytes:
         """An Anthropic Messages request, shaped for this upstream."""
@@ -102,8 +148,13 @@ class Provider:
         """The client's headers this upstream should see (none unless a dialect needs some)."""
         return {}
 
-    def adapt_response(self, path: str, response: UpstreamResponse) -> UpstreamResponse:
-        """The upstream's response as the client of ``path`` expects to read it."""
+    def adapt_response(
+        self, path: str, response: UpstreamResponse, sent: bytes = b""
+    ) -> UpstreamResponse:
+        """The upstream's response as the client of ``path`` expects to read it.
+
+        ``sent`` is the body that went upstream (a translated stream estimates its prompt
+        from it before the upstream reports usage)."""
         return response
 
     def unsupported(self, what: str) -> InvalidRequest:

@@ -23,10 +23,13 @@ from relay.upstream.providers.anthropic_answers import (
     openai_error,
 )
 from relay.upstream.providers.anthropic_stream import ChatToMessagesStream, MessagesToChatStream
+from relay.upstream.providers.responses_stream import ChatToResponsesStream
+from relay.upstream.providers.responses_translate import chat_answer_to_response
 from relay.upstream.wire_openai import encode
 
 __all__ = [
     "CHAT_TO_MESSAGES",
+    "CHAT_TO_RESPONSES",
     "MESSAGES_TO_CHAT",
     "StreamTranslator",
     "TranslatedResponse",
@@ -48,7 +51,8 @@ class StreamTranslator(Protocol):
 class Translation:
     answer: Callable[[bytes], bytes]
     error: Callable[[bytes], bytes]
-    stream: Callable[[], StreamTranslator]
+    # Made with the body sent upstream (a translated stream estimates its prompt from it).
+    stream: Callable[[bytes], StreamTranslator]
 
 
 def _json_translator(
@@ -84,14 +88,22 @@ def _untranslatable(what: str) -> Iterator[None]:
         raise UpstreamStreamBroken(f"upstream {what} has an unexpected shape") from None
 
 
+# An OpenAI chat answer (from the upstream, or translated from Anthropic's) read by a
+# Responses API client; chat errors already have the OpenAI shape Responses clients read.
+CHAT_TO_RESPONSES = Translation(
+    _json_translator(chat_answer_to_response), lambda raw: raw, ChatToResponsesStream
+)
+
+
 class TranslatedResponse:
     """Implements ``UpstreamResponse`` over another one, translating what it reads."""
 
-    __slots__ = ("_inner", "_translation", "status", "headers")
+    __slots__ = ("_inner", "_translation", "_sent", "status", "headers")
 
-    def __init__(self, inner: UpstreamResponse, translation: Translation):
+    def __init__(self, inner: UpstreamResponse, translation: Translation, sent: bytes = b""):
         self._inner = inner
         self._translation = translation
+        self._sent = sent
         self.status = inner.status
         self.headers: Mapping[str, str] = inner.headers
 
@@ -103,7 +115,7 @@ class TranslatedResponse:
             return self._translation.answer(raw)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        translator = self._translation.stream()
+        translator = self._translation.stream(self._sent)
         async for chunk in self._inner.chunks():
             with _untranslatable("stream"):
                 out = translator.feed(chunk)
