@@ -62,7 +62,10 @@ async def test_a_provider_over_its_key_quota_answers_503_with_retry_after(
                 "/v1/chat/completions", json=chat_body("fake-gpt"), headers=auth(key["secret"])
             )
             statuses.append(response.status_code)
-        assert statuses == [200, 200, 503]
+        # Every key over its quota is like every key cooling after a 429: the client's 429
+        # (issue 15's error mapping), with the time until a key has room again.
+        assert statuses == [200, 200, 429]
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
         assert int(response.headers["retry-after"]) >= 1
         assert len(fake.seen) == 2  # the upstream never saw a request over its quota
         assert relay.state.wallet.open_hold_count() == 0  # the refused one released its hold
