@@ -61,6 +61,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key: str | None = None
     # uvicorn (the relay[uvicorn] extra) parses HTTP/1.1 faster; hypercorn adds HTTP/2.
     http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
+    # The address clients reach relay at (behind a proxy): the console's base URL and links.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -68,6 +70,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:8787"')
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
+        if self.public_url is not None and not self.public_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("public_url must start with http:// or https://")
 
     @property
     def host(self) -> str:

@@ -90,7 +90,7 @@ async def test_owner_flow_and_refusals(
         await page.get_by_role("button", name="Create key").click()
         secret = await page.locator("#new-secret").input_value()
         assert secret.startswith("rk_")
-        await expect(page.get_by_role("button", name="Copy")).to_be_visible()
+        await expect(page.get_by_role("button", name="Copy", exact=True)).to_be_visible()
         await _shot(page, shots, "keys")
 
         # Use it with the openai SDK against the same relay (the mock model).

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from relay.console.auth.roles import Permission
 from relay.console.charts import daily_spend_chart, model_spend_chart
 from relay.console.log_queries import daily_spend, recent_errors, spend_by_model
+from relay.console.snippets import ENV_VAR, base_url, pick_model, snippets
 from relay.console.web import Ctx, page
 
 __all__ = ["overview"]
@@ -24,6 +25,9 @@ async def overview(ctx: Ctx) -> Response:
     days = await daily_spend(db, account_id, now_ms=now_ms, days=CHART_DAYS)
     models = await spend_by_model(db, account_id, now_ms=now_ms, days=CHART_DAYS)
     keys = {key.id: key for key in ctx.state.store.keys_of(account_id)}
+    active = [k for k in keys.values() if k.status == "active" and not k.expired(now_ms)]
+    newest = max(active, key=lambda k: k.created_at_ms, default=None)
+    url = base_url(ctx.state.config, ctx.request)
     return ctx.render(
         "overview.html",
         wallet=ctx.state.wallet.snapshot(account_id),
@@ -35,5 +39,9 @@ async def overview(ctx: Ctx) -> Response:
         models=models,
         errors=await recent_errors(db, account_id),
         keys=keys,
-        active_keys=sum(1 for key in keys.values() if key.status == "active"),
+        active_keys=len(active),
+        base_url=url,
+        snippet_key=newest,
+        env_var=ENV_VAR,
+        snippets=snippets(url, pick_model(ctx.state.router.models, newest)),
     )
