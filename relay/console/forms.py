@@ -38,8 +38,9 @@ class FieldErrors(dict[str, str]):
         count = len(self)
         if not count:
             return ""
-        noun = "field needs" if count == 1 else f"{count} fields need"
-        return f"Nothing was saved: the {noun} attention below."
+        if count == 1:
+            return "Nothing was saved: one field needs attention (marked below)."
+        return f"Nothing was saved: {count} fields need attention (marked below)."
 
 
 def checked(errors: FieldErrors, field: str, parse: Callable[[], T], default: T) -> T:

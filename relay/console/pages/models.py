@@ -72,5 +72,5 @@ async def models_page(ctx: Ctx) -> Response:
         "models.html",
         rows=model_rows(ctx.state.router.models, multiplier),
         multiplier=multiplier,
-        base=base_url(ctx.state.config, ctx.request),
+        base_url=base_url(ctx.state.config, ctx.request),
     )
