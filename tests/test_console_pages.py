@@ -282,7 +282,10 @@ async def test_operator_credits_suspends_and_reads_the_audit_chain(
             bad = await ops.submit(accounts, credit, {"amount_usd": "-1", "reference": "x"})
             assert bad.status_code == 400
             status = f"/console/operator/accounts/{acme['id']}/status"
-            await ops.submit(accounts, status, {"status": "suspended"})
+            asked = await ops.submit(accounts, status, {"status": "suspended"})
+            assert asked.status_code == 200 and "Suspend acme?" in asked.text
+            assert relay.state.store.account(acme["id"]).status == "active"  # not yet
+            await ops.submit(accounts, status, {"status": "suspended", "confirm": "yes"})
             assert relay.state.store.account(acme["id"]).status == "suspended"
             await ops.submit(accounts, status, {"status": "active"})
             assert relay.state.store.account(acme["id"]).status == "active"
