@@ -70,9 +70,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:8787"')
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
-        if self.public_url is not None and not self.public_url.startswith(
-            ("http://", "https://")
-        ):
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("public_url must start with http:// or https://")
 
     @property

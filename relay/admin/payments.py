@@ -27,6 +27,7 @@ from relay.identity.data_rights import ErasureJob, build_export, deletion_reques
 from relay.payments.auto_settings import AutoTopUpSettings, load_all_settings
 from relay.payments.auto_topup import AutoTopUp
 from relay.payments.receipts import (
+    SellerDetails,
     get_receipt,
     list_receipts,
     receipt_view,
@@ -177,7 +178,11 @@ async def show_receipt(request: Request, state: RelayState) -> Response:
     headers = {}
     if request.query_params.get("download"):
         headers["content-disposition"] = f'attachment; filename="{receipt.number}.html"'
-    return Response(render_receipt_html(receipt), media_type="text/html", headers=headers)
+    return Response(
+        render_receipt_html(receipt, SellerDetails.from_config(state.config.payments)),
+        media_type="text/html",
+        headers=headers,
+    )
 
 
 # -- auto top-up and notices ----------------------------------------------------------------

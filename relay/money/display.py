@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-__all__ = ["MINUS", "format_usd", "format_usd_exact", "format_usd_price", "usd_cell"]
+__all__ = [
+    "MINUS",
+    "format_amount",
+    "format_usd",
+    "format_usd_exact",
+    "format_usd_price",
+    "usd_cell",
+]
 
 MICROS_PER_USD = 1_000_000
 _MICROS_PER_CENT = 10_000
@@ -58,6 +65,12 @@ def format_usd_exact(micros: int | None) -> str:
     whole, digits = _exact_digits(micros)
     sign = MINUS if micros < 0 else ""
     return f"{sign}${_grouped(whole)}.{digits}"
+
+
+def format_amount(micros: int) -> str:
+    """An exact amount without a currency symbol (receipts name the currency): "1,234.50"."""
+    whole, digits = _exact_digits(micros)
+    return f"{MINUS if micros < 0 else ''}{_grouped(whole)}.{digits}"
 
 
 def usd_cell(micros: int, *, exact: bool = False) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from relay.money.pricing import micros_to_usd
+from relay.money.display import format_usd, usd_cell
 from relay.storage.db import Database
 
 __all__ = ["Statement", "build_statement", "month_bounds", "render_csv", "render_html"]
@@ -28,6 +28,7 @@ class StatementLine(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     cost_micros: int
+    label: str = ""  # a key's name beside its id (keys only)
 
 
 class Statement(msgspec.Struct):
@@ -74,6 +75,12 @@ async def build_statement(
     month: str,
 ) -> Statement:
     start, end = month_bounds(month)
+    labels = {
+        row["id"]: row["label"]
+        for row in await db.fetchall(
+            "SELECT id, label FROM api_keys WHERE account_id = ?", (account_id,)
+        )
+    }
     lines: list[StatementLine] = []
     for group, column in (("model", "model"), ("key", "key_id")):
         for row in await db.fetchall(_BREAKDOWN.format(column=column), (account_id, start, end)):
@@ -85,6 +92,7 @@ async def build_statement(
                     prompt_tokens=row["prompt"] or 0,
                     completion_tokens=row["completion"] or 0,
                     cost_micros=row["cost"] or 0,
+                    label=labels.get(row["name"], "") if group == "key" else "",
                 )
             )
     totals = await db.fetchone(
@@ -114,9 +122,11 @@ async def build_statement(
 
 
 def render_csv(statement: Statement) -> str:
+    """CSV for machines: exact amounts (they add up to the micro-dollar), key names beside ids."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["group", "name", "requests", "prompt_tokens", "completion_tokens", "cost_usd"])
+    header = ["group", "name", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+    writer.writerow([*header, "key_name"])
     for line in statement.lines:
         writer.writerow(
             [
@@ -125,10 +135,12 @@ def render_csv(statement: Statement) -> str:
                 line.requests,
                 line.prompt_tokens,
                 line.completion_tokens,
-                micros_to_usd(line.cost_micros),
+                usd_cell(line.cost_micros, exact=True),
+                line.label,
             ]
         )
-    writer.writerow(["total", "charges", "", "", "", micros_to_usd(statement.charges_micros)])
+    charges = usd_cell(statement.charges_micros, exact=True)
+    writer.writerow(["total", "charges", "", "", "", charges, ""])
     return out.getvalue()
 
 
@@ -137,10 +149,13 @@ def _rows(statement: Statement, group: str) -> str:
     for line in statement.lines:
         if line.group != group:
             continue
+        name = html.escape(line.name)
+        if line.label:
+            name = f"{html.escape(line.label)} <span class=id>{name}</span>"
         cells.append(
-            f"<tr><td>{html.escape(line.name)}</td><td>{line.requests}</td>"
-            f"<td>{line.prompt_tokens}</td><td>{line.completion_tokens}</td>"
-            f"<td class=n>${micros_to_usd(line.cost_micros)}</td></tr>"
+            f"<tr><td>{name}</td><td class=n>{line.requests:,}</td>"
+            f"<td class=n>{line.prompt_tokens:,}</td><td class=n>{line.completion_tokens:,}</td>"
+            f"<td class=n>{format_usd(line.cost_micros)}</td></tr>"
         )
     return "\n".join(cells) or "<tr><td colspan=5>No usage</td></tr>"
 
@@ -154,10 +169,10 @@ def render_html(statement: Statement) -> str:
     details: dict[str, Any] = {
         "Account": f"{html.escape(s.account_name)} ({s.account_id})",
         "Billing mode": s.mode,
-        "Credit limit": f"${micros_to_usd(s.credit_limit_micros)}",
-        "Charges this month": f"${micros_to_usd(s.charges_micros)}",
-        "Top-ups this month": f"${micros_to_usd(s.credits_micros)}",
-        "Balance at month end": f"${micros_to_usd(s.closing_balance_micros)}",
+        "Credit limit": format_usd(s.credit_limit_micros),
+        "Charges this month": format_usd(s.charges_micros),
+        "Top-ups this month": format_usd(s.credits_micros),
+        "Balance at month end": format_usd(s.closing_balance_micros),
     }
     summary = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in details.items())
     return f"""<!doctype html>
@@ -166,7 +181,8 @@ def render_html(statement: Statement) -> str:
 body{{font:14px/1.4 system-ui,sans-serif;max-width:52rem;margin:2rem auto;color:#111}}
 table{{border-collapse:collapse;width:100%;margin:1rem 0}}
 th,td{{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left}}
-.n{{text-align:right}} @media print{{body{{margin:0}}}}
+.n{{text-align:right;font-variant-numeric:tabular-nums}} .id{{color:#666;font:12px monospace}}
+@media print{{body{{margin:0}}}}
 </style></head><body>
 <h1>Statement for {s.month}</h1>
 <table>{summary}</table>

@@ -15,13 +15,13 @@ from relay.console.auth.roles import Permission
 from relay.console.log_queries import LogFilter, log_page, log_rows
 from relay.console.templating import format_time
 from relay.console.web import ConsoleError, Ctx, page
-from relay.money.pricing import micros_to_usd
+from relay.money.display import usd_cell
 
 __all__ = ["export_logs", "logs_page"]
 
 PAGE_ROWS = 50
 _CSV_COLUMNS = (
-    "time_utc", "request_id", "key_id", "endpoint", "model", "provider", "status",
+    "time_utc", "request_id", "key_id", "key_name", "endpoint", "model", "provider", "status",
     "error_code", "stream", "prompt_tokens", "completion_tokens", "cached_tokens",
     "cost_usd", "usage_estimated", "latency_ms", "ttfb_ms",
 )  # fmt: skip
@@ -79,6 +79,7 @@ async def export_logs(ctx: Ctx) -> Response:
     assert ctx.account is not None
     flt = _filter(ctx)
     db, account_id = ctx.state.db, ctx.account.id
+    names = {key.id: key.label for key in ctx.state.store.keys_of(account_id)}
 
     async def lines() -> AsyncIterator[str]:
         yield _csv_line(list(_CSV_COLUMNS))
@@ -89,6 +90,7 @@ async def export_logs(ctx: Ctx) -> Response:
                         format_time(row["ts_ms"]),
                         row["request_id"],
                         row["key_id"],
+                        names.get(row["key_id"], ""),
                         row["endpoint"],
                         row["model"],
                         row["provider"],
@@ -98,7 +100,7 @@ async def export_logs(ctx: Ctx) -> Response:
                         row["prompt_tokens"],
                         row["completion_tokens"],
                         row["cached_tokens"],
-                        micros_to_usd(row["cost_micros"]),
+                        usd_cell(row["cost_micros"], exact=True),
                         int(row["usage_estimated"]),
                         row["latency_ms"],
                         row["ttfb_ms"],
