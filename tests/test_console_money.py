@@ -67,7 +67,9 @@ async def test_ledger_statement_csv_and_receipt_read_alike(
             statement = (await owner.get(billing + "/statement", params={"month": month})).text
             assert "backend-prod" in statement and key["id"] in statement
             assert "$1,500.00" in statement  # top-ups this month, with separator and cents
-            sheet = await owner.get(billing + "/statement", params={"month": month, "format": "csv"})
+            sheet = await owner.get(
+                billing + "/statement", params={"month": month, "format": "csv"}
+            )
             rows = list(csv.DictReader(io.StringIO(sheet.text)))
             by_key = next(r for r in rows if r["group"] == "key")
             assert by_key["name"] == key["id"] and by_key["key_name"] == "backend-prod"

@@ -66,6 +66,7 @@ def console_routes() -> list[BaseRoute]:
         route(_ACCOUNT + "/models", models.models_page),
         route(_ACCOUNT + "/logs", logs.logs_page),
         route(_ACCOUNT + "/logs.csv", logs.export_logs),
+        route(_ACCOUNT + "/logs/{request_id}", logs.log_entry_page),
         route(_ACCOUNT + "/billing", billing.billing_page),
         route(_ACCOUNT + "/billing/statement", billing.statement),
         route(_ACCOUNT + "/billing/topup", payments.start_topup, "POST"),

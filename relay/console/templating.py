@@ -33,6 +33,11 @@ def format_day(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
 
 
+def format_day_number(day: int) -> str:
+    """A UTC day number (days since 1970-01-01) as YYYY-MM-DD."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
 def build_templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -45,5 +50,6 @@ def build_templates() -> jinja2.Environment:
     env.filters["usd_exact"] = format_usd_exact
     env.filters["time"] = format_time
     env.filters["day"] = format_day
+    env.filters["day_number"] = format_day_number
     env.globals["perms"] = Permission
     return env

@@ -155,7 +155,7 @@ def _rows(statement: Statement, group: str) -> str:
         cells.append(
             f"<tr><td>{name}</td><td class=n>{line.requests:,}</td>"
             f"<td class=n>{line.prompt_tokens:,}</td><td class=n>{line.completion_tokens:,}</td>"
-            f"<td class=n>{format_usd(line.cost_micros)}</td></tr>"
+            f"<td class=n>{html.escape(format_usd(line.cost_micros))}</td></tr>"
         )
     return "\n".join(cells) or "<tr><td colspan=5>No usage</td></tr>"
 
@@ -169,10 +169,10 @@ def render_html(statement: Statement) -> str:
     details: dict[str, Any] = {
         "Account": f"{html.escape(s.account_name)} ({s.account_id})",
         "Billing mode": s.mode,
-        "Credit limit": format_usd(s.credit_limit_micros),
-        "Charges this month": format_usd(s.charges_micros),
-        "Top-ups this month": format_usd(s.credits_micros),
-        "Balance at month end": format_usd(s.closing_balance_micros),
+        "Credit limit": html.escape(format_usd(s.credit_limit_micros)),
+        "Charges this month": html.escape(format_usd(s.charges_micros)),
+        "Top-ups this month": html.escape(format_usd(s.credits_micros)),
+        "Balance at month end": html.escape(format_usd(s.closing_balance_micros)),
     }
     summary = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in details.items())
     return f"""<!doctype html>

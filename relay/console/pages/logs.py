@@ -1,6 +1,9 @@
-"""Request logs: filter by key, model, status and dates; page back by id; export as CSV.
+"""Request logs: filter by key, model, status and dates with totals for the filter; page
+back by id; one request in full; export as CSV.
 
-Rows are metadata only (design §4): no prompt or response content exists to show.
+Rows are metadata only (design §4): no prompt or response content exists to show. A
+filter that cannot be read (a mangled date in a bookmarked URL) comes back on the same
+page with its message, never as a dead-end error page.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response, StreamingResponse
 
 from relay.console.auth.roles import Permission
-from relay.console.log_queries import LogFilter, log_page, log_rows
+from relay.console.log_queries import LogFilter, log_entry, log_page, log_rows, log_totals
 from relay.console.templating import format_time
 from relay.console.web import ConsoleError, Ctx, page
+from relay.errors import RelayError
 from relay.money.display import usd_cell
 
-__all__ = ["export_logs", "logs_page"]
+__all__ = ["export_logs", "log_entry_page", "logs_page"]
 
 PAGE_ROWS = 50
 _CSV_COLUMNS = (
@@ -40,7 +44,7 @@ def _before_id(ctx: Ctx) -> int | None:
     text = ctx.request.query_params.get("before", "")
     if not text:
         return None
-    if not text.isdigit():
+    if not text.isdigit() or len(text) > 18:
         raise ConsoleError(400, "before must be a row id")
     return int(text)
 
@@ -48,23 +52,43 @@ def _before_id(ctx: Ctx) -> int | None:
 @page("account", Permission.VIEW)
 async def logs_page(ctx: Ctx) -> Response:
     assert ctx.account is not None
-    flt = _filter(ctx)
-    rows, next_before = await log_page(
-        ctx.state.db, ctx.account.id, flt, before_id=_before_id(ctx), limit=PAGE_ROWS
-    )
     keys = sorted(ctx.state.store.keys_of(ctx.account.id), key=lambda k: k.label.lower())
+    error, status = "", 200
+    try:
+        flt = _filter(ctx)
+        before = _before_id(ctx)
+    except (RelayError, ConsoleError) as exc:
+        # The page stays usable: the message beside the filters, the unfiltered rows below.
+        error, status = exc.message, exc.status
+        flt, before = LogFilter(), None
+    db = ctx.state.db
+    rows, next_before = await log_page(db, ctx.account.id, flt, before_id=before, limit=PAGE_ROWS)
     query = flt.query()
     return ctx.render(
         "logs.html",
+        status=status,
+        error=error,
         rows=rows,
+        totals=await log_totals(db, ctx.account.id, flt),
         flt=flt,
         keys=keys,
         key_labels={key.id: key.label for key in keys},
         models=sorted(ctx.state.router.models),
         next_url=ctx.account_url("logs", **query, before=str(next_before)) if next_before else "",
-        first_url=ctx.account_url("logs", **query) if _before_id(ctx) else "",
+        first_url=ctx.account_url("logs", **query) if before else "",
         csv_url=ctx.account_url("logs.csv", **query),
     )
+
+
+@page("account", Permission.VIEW)
+async def log_entry_page(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    request_id = ctx.request.path_params["request_id"]
+    row = await log_entry(ctx.state.db, ctx.account.id, request_id)
+    if row is None:
+        raise ConsoleError(404, "There is no such request in this account.")
+    key = ctx.state.store.keys.get(row["key_id"] or "")
+    return ctx.render("log_entry.html", row=row, key=key)
 
 
 def _csv_line(values: list[object]) -> str:
