@@ -229,8 +229,9 @@ async def test_invite_link_adds_a_member_once_and_owner_manages_roles(
         async with Browser(relay) as owner:
             await owner.login("o@acme.test")
             made = await owner.submit(members, members + "/invite", {"role": "admin"})
-            assert made.status_code == 201
-            link = re.search(r'value="(https?://[^"]+/console/invite/[^"]+)"', made.text)
+            assert made.status_code == 303  # POST-redirect-GET; the link waits in a flash
+            shown = (await owner.get(made.headers["location"])).text
+            link = re.search(r'value="(https?://[^"]+/console/invite/[^"]+)"', shown)
             assert link is not None
             path = "/console/invite/" + link.group(1).rsplit("/console/invite/", 1)[1]
             async with Browser(relay) as newcomer:
@@ -335,3 +336,29 @@ async def test_key_edit_changes_limits_with_an_audit_row(
         assert 'value="3.25"' in shown and 'value="2031-01-31"' in shown
         update = [r for r in await relay.audit() if r["action"] == "key.update"]
         assert [r["actor"] for r in update] == ["a@acme.test"]
+
+
+async def test_an_open_invite_can_be_revoked(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        acme = await relay.create_account("acme")
+        await create_user(relay, "o@acme.test", account=acme["id"])
+        members = f"/console/a/{acme['id']}/members"
+        async with Browser(relay) as owner:
+            await owner.login("o@acme.test")
+            made = await owner.submit(members, members + "/invite", {"role": "member"})
+            page = (await owner.get(made.headers["location"])).text
+            link = re.search(r'value="https?://[^"]+(/console/invite/[^"]+)"', page)
+            ref = re.search(r'name="invite" value="([0-9a-f]{64})"', page)
+            assert link is not None and ref is not None
+            # The link is shown once: a reload of the same URL no longer shows it.
+            assert "/console/invite/" not in (await owner.get(made.headers["location"])).text
+            revoked = await owner.submit(members, members + "/invites/revoke", {"invite": ref[1]})
+            assert revoked.status_code == 303
+            assert "Invite revoked" in (await owner.get(revoked.headers["location"])).text
+            again = await owner.submit(members, members + "/invites/revoke", {"invite": ref[1]})
+            assert again.status_code == 404
+            async with Browser(relay) as newcomer:
+                assert (await newcomer.get(link[1])).status_code == 404
+        assert "invite.revoke" in [row["action"] for row in await relay.audit()]

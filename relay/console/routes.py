@@ -84,6 +84,7 @@ def console_routes() -> list[BaseRoute]:
         route(_ACCOUNT + "/tickets/{ticket_id}/close", tickets.close_ticket, "POST"),
         route(_ACCOUNT + "/members", members.members_page),
         route(_ACCOUNT + "/members/invite", members.invite_member, "POST"),
+        route(_ACCOUNT + "/members/invites/revoke", members.revoke_invite, "POST"),
         route(_ACCOUNT + "/members/{user_id}/role", members.change_role, "POST"),
         route(_ACCOUNT + "/members/{user_id}/remove", members.remove_member, "POST"),
         route("/operator/accounts", operator.operator_accounts),

@@ -18,7 +18,7 @@ from relay.config import Config
 from relay.identity.accounts import ApiKey
 from relay.upstream.routing import Model
 
-__all__ = ["ENV_VAR", "Snippet", "base_url", "model_names", "pick_model", "snippets"]
+__all__ = ["ENV_VAR", "Snippet", "base_url", "model_names", "pick_model", "public_root", "snippets"]
 
 ENV_VAR = "RELAY_API_KEY"
 
@@ -30,11 +30,15 @@ class Snippet(msgspec.Struct, frozen=True):
     code: str
 
 
+def public_root(config: Config, request: Request) -> str:
+    """Where people and clients reach relay: ``public_url``, else this request's origin."""
+    public = config.server.public_url
+    return public.rstrip("/") if public else str(request.base_url).rstrip("/")
+
+
 def base_url(config: Config, request: Request) -> str:
     """``…/v1`` as clients should call it."""
-    public = config.server.public_url
-    root = public.rstrip("/") if public else str(request.base_url).rstrip("/")
-    return root + "/v1"
+    return public_root(config, request) + "/v1"
 
 
 def pick_model(models: dict[str, Model], key: ApiKey | None) -> Model | None:

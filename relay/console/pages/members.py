@@ -9,10 +9,11 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from relay.console.auth.roles import ROLE_CHOICES, Permission, Role
+from relay.console.snippets import public_root
 from relay.console.users import Membership
 from relay.console.web import ConsoleError, Ctx, page
 
-__all__ = ["change_role", "invite_member", "members_page", "remove_member"]
+__all__ = ["change_role", "invite_member", "members_page", "remove_member", "revoke_invite"]
 
 
 def _role(text: str) -> Role:
@@ -44,7 +45,7 @@ def _keeps_an_owner(members: list[Membership], changed: str, new_role: Role | No
     return bool(owners)
 
 
-async def _render(ctx: Ctx, *, status: int = 200, invite_url: str = "") -> Response:
+async def _render(ctx: Ctx, *, status: int = 200) -> Response:
     assert ctx.account is not None
     return ctx.render(
         "members.html",
@@ -52,7 +53,7 @@ async def _render(ctx: Ctx, *, status: int = 200, invite_url: str = "") -> Respo
         members=await _members(ctx),
         invites=await ctx.services.invites.pending(ctx.account.id),
         roles=ROLE_CHOICES,
-        invite_url=invite_url,
+        invite_url=ctx.flash.get("invite_url", ""),
     )
 
 
@@ -66,9 +67,20 @@ async def invite_member(ctx: Ctx) -> Response:
     assert ctx.account is not None and ctx.user is not None
     role = _role(ctx.form.get("role", ""))
     token = await ctx.services.invites.create(ctx.account.id, role, by=ctx.user)
-    url = str(ctx.request.base_url).rstrip("/") + f"/console/invite/{token}"
-    # Shown once on this page, never redirected through a URL or stored in clear.
-    return await _render(ctx, status=201, invite_url=url)
+    url = public_root(ctx.state.config, ctx.request) + f"/console/invite/{token}"
+    # Shown once on the next page (from the server-side flash), never in a URL.
+    flash = {"invite_url": url, "notice": f"Invite link for a new {role.value} created."}
+    return ctx.redirect(ctx.account_url("members"), flash=flash)
+
+
+@page("account", Permission.MANAGE_MEMBERS)
+async def revoke_invite(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    ref = ctx.form.get("invite", "")
+    if not await ctx.services.invites.revoke(ctx.account.id, ref, actor=ctx.actor):
+        raise ConsoleError(404, "That invite was already used, revoked or has expired.")
+    notice = "Invite revoked: its link no longer works."
+    return ctx.redirect(ctx.account_url("members"), flash={"notice": notice})
 
 
 @page("account", Permission.MANAGE_MEMBERS)
