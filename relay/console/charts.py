@@ -31,10 +31,10 @@ __all__ = [
 ]
 
 _WIDTH = 720
-_HEIGHT = 240
+_HEIGHT = 260
 _LEFT = 96
 _BOTTOM = 30
-_TOP = 12
+_TOP = 26  # room above the top axis label at phone type sizes
 _DAY_MS = 86_400_000
 _CENT = 10_000
 
@@ -105,9 +105,12 @@ def daily_spend_chart(
         )
         if (last - i) % step == 0:
             text = "Today" if day == today else day_label(day)
+            # The newest label ends at the chart's edge (never clipped, however large the
+            # phone's type); the others are centred under their bar.
+            x, anchor = (_WIDTH - 2, "end") if i == last else (centre, "middle")
             parts.append(
-                f'<text class="axis" x="{centre:.1f}" y="{_HEIGHT - 8}" '
-                f'text-anchor="middle">{text}</text>'
+                f'<text class="axis" x="{x:.1f}" y="{_HEIGHT - 8}" '
+                f'text-anchor="{anchor}">{text}</text>'
             )
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -122,24 +125,26 @@ def bar_list_chart(rows: Sequence[tuple[str, int, int]], *, label: str) -> Marku
     rows = [row for row in rows if row[1] > 0]
     if not rows:
         return _empty("No spend in this period.")
-    row_h, value_w = 58, 170
+    # Narrower than the day chart: it often sits in half a card, and its type must stay
+    # readable when the SVG is scaled down.
+    chart_w, row_h, value_w = 480, 70, 150
     height = len(rows) * row_h + 4
     top = max(cost for _, cost, _ in rows)
-    bar_w = _WIDTH - value_w
+    bar_w = chart_w - value_w
     parts = [
-        f'<svg class="chart" viewBox="0 0 {_WIDTH} {height}" role="img" '
+        f'<svg class="chart" viewBox="0 0 {chart_w} {height}" role="img" '
         f'aria-label="{escape(label)}">'
     ]
     for i, (name, cost, requests) in enumerate(rows):
         y = i * row_h
         width = max(bar_w * cost / top, 2.0)
-        parts.append(f'<text class="label" x="0" y="{y + 24}">{escape(name)}</text>')
+        parts.append(f'<text class="label" x="0" y="{y + 28}">{escape(name)}</text>')
         parts.append(
-            f'<rect class="bar" x="0" y="{y + 32}" width="{width:.1f}" height="16">'
+            f'<rect class="bar" x="0" y="{y + 38}" width="{width:.1f}" height="18">'
             f"<title>{escape(name)}: {format_usd(cost)}, {_requests(requests)}</title></rect>"
         )
         parts.append(
-            f'<text class="value" x="{width + 8:.1f}" y="{y + 45}">{format_usd(cost)}</text>'
+            f'<text class="value" x="{width + 8:.1f}" y="{y + 53}">{format_usd(cost)}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -238,7 +238,7 @@ async def set_account_status(ctx: Ctx) -> Response:
         if status == "suspended"
         else f"“{account.name}” is active again."
     )
-    return ctx.redirect(account_page(account), notice="status-changed", flash={"notice": notice})
+    return ctx.redirect(account_page(account), flash={"notice": notice})
 
 
 @page("operator")
