@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import make_config
 from playwright.async_api import Browser, Page, expect
+from support_browser import browser, shot, signed_in  # noqa: F401  (browser: a fixture)
 from support_console import create_user, serve_console
-from test_console_browser import _shot, _signed_in, browser  # noqa: F401  (fixture)
 
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1366, "height": 900}
@@ -69,11 +69,11 @@ async def test_newcomer_creates_a_key_and_calls_relay(
         await relay.client.patch(f"/admin/accounts/{acme['id']}", json={"price_multiplier": "1.5"})
         await relay.credit(acme["id"], "1234.5", "wire-1")
         await create_user(relay, "new@acme.test", account=acme["id"], role="owner")
-        page = await _signed_in(browser, relay, "new@acme.test", viewport=viewport)
+        page = await signed_in(browser, relay, "new@acme.test", viewport=viewport)
         # Thousands separators and cents on the balance.
         await expect(page.locator("#balance")).to_have_text("$1,234.50")
         await expect(page.locator("#base-url")).to_have_value(relay.base_url + "/v1")
-        await _shot(page, shots, f"overview-{size}")
+        await shot(page, shots, f"overview-{size}")
 
         await page.get_by_role("link", name="Keys", exact=True).click()
         await page.get_by_label("mock-gpt").check()
@@ -92,7 +92,7 @@ async def test_newcomer_creates_a_key_and_calls_relay(
         await expect(page.locator("#spend_cap_usd-error")).to_contain_text("Spend cap")
         await expect(page.locator("#expires-error")).to_contain_text("in the past")
         assert "spend_cap_usd:" not in await page.content()  # no internal field names
-        await _shot(page, shots, f"key-form-error-{size}")
+        await shot(page, shots, f"key-form-error-{size}")
 
         await name.fill("first-app")
         await page.get_by_label("Spend cap, USD").fill("10")
@@ -107,7 +107,7 @@ async def test_newcomer_creates_a_key_and_calls_relay(
         await expect(curl).to_contain_text(secret)
         await expect(curl).to_contain_text('"model": "mock-gpt"')
         await expect(page.locator("#snippet-node")).to_contain_text("baseURL")
-        await _shot(page, shots, f"key-created-{size}")
+        await shot(page, shots, f"key-created-{size}")
         await _no_sideways_scroll(page, viewport["width"])
 
         # The Python snippet works as shown.
@@ -137,7 +137,7 @@ async def test_newcomer_creates_a_key_and_calls_relay(
         await expect(page.get_by_role("row").filter(has_text="mock-embedding")).to_contain_text(
             "embedding"
         )
-        await _shot(page, shots, f"models-{size}")
+        await shot(page, shots, f"models-{size}")
         await _no_sideways_scroll(page, viewport["width"])
 
 
@@ -151,7 +151,7 @@ async def test_base_url_comes_from_public_url(
     async with serve_console(monkeypatch, config) as relay:
         acme = await relay.create_account("acme")
         await create_user(relay, "o@acme.test", account=acme["id"], role="owner")
-        page = await _signed_in(browser, relay, "o@acme.test")
+        page = await signed_in(browser, relay, "o@acme.test")
         await expect(page.locator("#base-url")).to_have_value("https://relay.example.test/v1")
         await expect(page.locator("#snippet-curl")).to_contain_text(
             "https://relay.example.test/v1/chat/completions"

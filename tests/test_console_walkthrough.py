@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 from support_accounts import Relay, auth, chat_body
+from support_browser import browser, signed_in  # noqa: F401  (browser: a fixture)
 from support_console import console_relay, create_user
-from test_console_browser import _signed_in, browser  # noqa: F401  (fixture)
 
 from relay.identity.data_rights import request_deletion
 
@@ -75,7 +75,7 @@ async def test_console_pages_at_desktop_and_phone_size(
         acme, key = await _busy_account(relay)
         base = f"/console/a/{acme['id']}"
         await create_user(relay, "owner@acme.test", account=acme["id"], role="owner")
-        page = await _signed_in(browser, relay, "owner@acme.test", viewport=viewport)
+        page = await signed_in(browser, relay, "owner@acme.test", viewport=viewport)
 
         # Overview: today's bar labelled, a table a keyboard reaches, spend by key.
         chart = page.locator("#spend svg.chart").first
@@ -145,7 +145,13 @@ async def test_console_pages_at_desktop_and_phone_size(
 
         # The operator: create an account, credit above the threshold, suspend, deletion.
         await create_user(relay, "ops@relay.test", operator=True)
-        ops = await _signed_in_operator(browser, relay, viewport)
+        ops = await signed_in(
+            browser,
+            relay,
+            "ops@relay.test",
+            landing="**/console/operator/accounts",
+            viewport=viewport,
+        )
         await _check(ops, shots, f"operator-accounts-{size}", width)
         await ops.get_by_label("Name").fill("globex")
         await ops.get_by_label("Billing mode").select_option("postpaid")
@@ -188,15 +194,3 @@ async def test_console_pages_at_desktop_and_phone_size(
         await ops.get_by_role("button", name="Activate globex").click()
         await expect(ops.get_by_role("status")).to_contain_text("active again")
         assert state.store.account(globex.id).status == "active"
-
-
-async def _signed_in_operator(browser: Browser, relay: Relay, viewport: dict[str, int]) -> Page:  # noqa: F811
-    context = await browser.new_context(base_url=relay.base_url, viewport=viewport)  # type: ignore[arg-type]
-    context.set_default_timeout(10_000)
-    page = await context.new_page()
-    await page.goto("/console/login")
-    await page.get_by_label("Email").fill("ops@relay.test")
-    await page.get_by_label("Password").fill("correct horse battery")
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url("**/console/operator/accounts")
-    return page
