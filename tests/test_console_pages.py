@@ -362,3 +362,39 @@ async def test_an_open_invite_can_be_revoked(
             async with Browser(relay) as newcomer:
                 assert (await newcomer.get(link[1])).status_code == 404
         assert "invite.revoke" in [row["action"] for row in await relay.audit()]
+
+
+async def test_key_edit_errors_keep_the_form_and_refuse_a_past_expiry(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        acme = await relay.create_account("acme")
+        key = await relay.create_key(acme["id"], name="one")
+        await create_user(relay, "a@acme.test", account=acme["id"], role="admin")
+        page = f"/console/a/{acme['id']}/keys/{key['id']}"
+        async with Browser(relay) as admin:
+            await admin.login("a@acme.test")
+            wrong = await admin.submit(
+                page,
+                page,
+                {
+                    "name": "renamed",
+                    "rpm": "fast",
+                    "expires": "2001-02-03",
+                    "models": "mock-embedding",
+                    "endpoints": "embeddings",
+                },
+            )
+            assert wrong.status_code == 400
+            text = wrong.text
+            assert 'value="renamed"' in text and 'value="fast"' in text
+            assert (
+                'value="mock-embedding" checked' in text and 'value="mock-gpt" checked' not in text
+            )
+            assert 'value="embeddings" checked' in text
+            assert 'id="rpm-error"' in text and "Requests per minute must be" in text
+            assert 'id="expires-error"' in text and "in the past" in text
+            assert 'aria-invalid="true" aria-describedby="rpm-error" autofocus' in text
+            assert "Sorry" not in text and "rpm:" not in text
+        unchanged = relay.state.store.key(key["id"])
+        assert (unchanged.label, unchanged.rpm, unchanged.expires_at_ms) == ("one", 0, None)
