@@ -2,12 +2,11 @@
 
 ``create_app`` does no I/O; the lifespan opens the database and upstream clients
 and closes them (draining queued writes) on shutdown. The app is plain ASGI, so any
-server can run it; ``relay serve`` uses hypercorn.
+server can run it; ``relay serve`` runs it under hypercorn or uvicorn (``relay.server``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.admin import admin_routes
-from relay.admin.payments import open_payments, payment_routes
+from relay.admin.payments import payment_routes
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.api import data_plane_routes
@@ -35,14 +34,18 @@ from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.jobs.periodic import PeriodicTask
 from relay.jobs.video import VideoPoller
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
+from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
+from relay.storage.health import StorageHealth
 from relay.upstream.providers import ClientFactory, Provider, build_provider, default_client_factory
 from relay.upstream.routing import Model, Router
 from relay.usage.log import UsageLog
+from relay.usage.refusals import RefusalCounter
 from relay.usage.retention import RetentionJob, archive_dir_for
 
 __all__ = ["create_app"]
@@ -90,6 +93,7 @@ async def _open_state(
     for provider in providers.values():
         if not provider.enabled:
             log.warning("%s; its models answer 503 until it is set", provider.why_disabled())
+    storage = StorageHealth(db, stall_s=config.server.storage_stall_s)
     return RelayState(
         config=config,
         db=db,
@@ -98,8 +102,10 @@ async def _open_state(
         auth=Authenticator(admin_token, store, VerifiedKeyCache(secret.subkey("key-cache"))),
         store=store,
         wallet=wallet,
-        gate=Gate(wallet, RateLimiter(), backlog=lambda: db.pending_writes),
+        gate=Gate(wallet, RateLimiter(), check_storage=storage.check),
         usage=UsageLog(db),
+        storage=storage,
+        refusals=RefusalCounter(db),
         started_at=int(time.time()),
         videos=VideoPoller(db, wallet, providers),
         stopping=stopping,
@@ -107,24 +113,41 @@ async def _open_state(
 
 
 async def _housekeeping(state: RelayState) -> None:
-    """Drop idle rate-limit state and persist keys' last use, once a minute."""
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-        state.gate.limiter.sweep()
-        await state.store.flush_last_used()
+    """Drop idle rate-limit state and persist keys' last use (once a minute)."""
+    state.gate.limiter.sweep()
+    await state.store.flush_last_used()
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def _flush_refusals(state: RelayState) -> None:
+    """Back-pressure refusals counted since the last round: one usage row per key."""
+    state.refusals.flush()
 
 
 async def _close_state(state: RelayState) -> None:
-    for provider in state.providers.values():
-        await provider.aclose()
-    await state.store.flush_last_used()
-    await state.db.close()
+    """Close everything, whatever fails: the database is always closed (and its threads
+    stopped), and a storage failure is logged and re-raised so the process exits non-zero."""
+    try:
+        for provider in state.providers.values():
+            await provider.aclose()
+        state.refusals.flush()
+        problem = state.storage.problem()
+        if problem is None:
+            await state.store.flush_last_used()
+        else:  # keys' last-use times are not worth a stalled shutdown
+            log.error("shutdown: keys' last use not saved: storage: %s", problem)
+    except Exception as exc:  # named reason: the database must still be drained and closed
+        log.error("shutdown: %s: %s", type(exc).__name__, exc)
+        await _close_database(state)
+        raise
+    await _close_database(state)
+
+
+async def _close_database(state: RelayState) -> None:
+    try:
+        await state.db.close()
+    except Exception as exc:
+        log.error("shutdown: the database did not close cleanly: %s: %s", type(exc).__name__, exc)
+        raise
 
 
 def _handle_relay_error(request: Request, exc: Exception) -> Response:
@@ -179,8 +202,22 @@ def create_app(
             payments.start()
             stack.push_async_callback(payments.aclose)
             state.auto_topup = payments.auto_topup
-            housekeeping = asyncio.create_task(_housekeeping(state))
-            stack.push_async_callback(_cancel, housekeeping)
+            housekeeping = PeriodicTask(
+                "relay-housekeeping",
+                lambda: _housekeeping(state),
+                interval_s=HOUSEKEEPING_INTERVAL_S,
+                log=log,
+            )
+            housekeeping.start()
+            stack.push_async_callback(housekeeping.stop)
+            refusals = PeriodicTask(
+                "relay-refusals",
+                lambda: _flush_refusals(state),
+                interval_s=state.refusals.interval_s,
+                log=log,
+            )
+            refusals.start()
+            stack.push_async_callback(refusals.stop)
             yield {"relay": state, "payments": payments}
 
     return Starlette(

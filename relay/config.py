@@ -56,6 +56,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     flush_interval_ms: Annotated[int, Meta(ge=1, le=100)] = 50
     shutdown_grace_s: NonNegativeFloat = 10.0
+    # Fail closed: while the database cannot commit for longer than this, billable requests
+    # and admin writes answer 503 storage_unavailable and /healthz says why.
+    storage_stall_s: PositiveFloat = 2.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -11,8 +11,10 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── NotFound                  404 (model_not_found, not_found)
     ├── RequestTooLarge           413 request_too_large
     ├── RateLimited               429 rate_limit_exceeded (carries retry_after_s)
+    ├── UpstreamRejected          the upstream's own 4xx, passed on as it came
     ├── UpstreamError             502 upstream_error
     ├── NoUpstreamAvailable       503 no_upstream_available
+    ├── StorageUnavailable        503 storage_unavailable (carries retry_after_s)
     └── UpstreamTimeout           504 upstream_timeout
 
 ``ConfigError`` is separate: it is raised at start-up (or by ``check-config``) and
@@ -36,7 +38,9 @@ __all__ = [
     "RateLimited",
     "RelayError",
     "RequestTooLarge",
+    "StorageUnavailable",
     "UpstreamError",
+    "UpstreamRejected",
     "UpstreamTimeout",
     "error_body",
 ]
@@ -132,6 +136,18 @@ class NoUpstreamAvailable(RelayError):
     code = "no_upstream_available"
 
 
+class StorageUnavailable(RelayError):
+    """The database cannot commit right now: relay refuses what it could not record."""
+
+    status = 503
+    type = "api_error"
+    code = "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamTimeout(RelayError):
     status = 504
     type = "api_error"
@@ -154,3 +170,18 @@ _encode = msgspec.json.Encoder().encode
 
 def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
     return _encode(_ErrorEnvelope(_ErrorDetail(message, type_, code, param)))
+
+
+class UpstreamRejected(RelayError):
+    """The upstream refused the request itself (a 4xx): passed back to the client as is."""
+
+    # Without these the usage row and the fallback body (an upstream that sent no body)
+    # would say 500's "server_error"/"internal_error" for what is the request's fault.
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, status: int, body: bytes, content_type: str):
+        super().__init__(f"upstream rejected the request with HTTP {status}")
+        self.status = status
+        self.upstream_body = body
+        self.content_type = content_type

@@ -6,8 +6,10 @@ HTTP/2) or uvicorn with httptools (a faster HTTP/1.1 parser, no HTTP/2; the opti
 
 relay binds the listening socket itself before the app starts, so a busy port is a
 one-line start-up error under either server. On a signal relay stops accepting, gives
-in-flight requests and streams ``shutdown_grace_s`` to finish (then cancels them, which
-settles them), and the lifespan drains the database writer before the process exits.
+in-flight requests and streams ``shutdown_grace_s`` to finish, then cuts what is left
+itself (``relay.http.grace``: settled or released, recorded, answered 503 or ended with an
+error event and ``[DONE]``) a margin before the server's own cancellation, and the lifespan
+drains the database writer before the process exits (non-zero if it could not).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hypercorn.utils import LifespanFailureError
 from relay.app import create_app
 from relay.config import Config, ServerConfig
 from relay.errors import ConfigError
+from relay.http.grace import GraceCut
 
 if TYPE_CHECKING:
     import uvicorn
@@ -44,6 +47,9 @@ _KEEP_ALIVE_S = 75
 # After the grace period uvicorn cancels the requests still running; they get this long
 # to settle and queue their usage rows before the lifespan drains the database.
 _SETTLE_AFTER_CANCEL_S = 5.0
+# relay cuts the requests left at the end of the grace period itself (with a proper
+# answer); the server's own, answerless cancellation is only a backstop this much later.
+_CUT_MARGIN_S = 2.0
 _LIFESPAN_FAILURES = ("lifespan.startup.failed", "lifespan.shutdown.failed")
 _UVICORN_MODULES = ("uvicorn", "httptools")
 
@@ -77,13 +83,25 @@ async def _serve(config: Config) -> None:
     loop.set_exception_handler(_ignore_cancelled_connections)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    app = create_app(config, stopping=stop.is_set)
+    app = GraceCut(create_app(config, stopping=stop.is_set))
+    cutter = asyncio.create_task(_cut_after_grace(app, stop, config.server.shutdown_grace_s))
     log.info("relay listening on %s (%s)", config.server.listen, config.server.http_server)
-    if config.server.http_server == "uvicorn":
-        await _serve_uvicorn(app, config.server, tls, listener, stop)
-    else:
-        await _serve_hypercorn(app, config.server, tls, listener, stop)
+    try:
+        if config.server.http_server == "uvicorn":
+            await _serve_uvicorn(app, config.server, tls, listener, stop)
+        else:
+            await _serve_hypercorn(app, config.server, tls, listener, stop)
+    finally:
+        cutter.cancel()
     log.info("relay stopped")
+
+
+async def _cut_after_grace(app: GraceCut, stop: asyncio.Event, grace_s: float) -> None:
+    await stop.wait()
+    await asyncio.sleep(grace_s)
+    cut = app.cut()
+    if cut:
+        log.warning("shutdown: grace period over, %d requests cut (answered 503)", cut)
 
 
 def _tls_files(config: Config) -> tuple[str, str] | None:
@@ -132,7 +150,10 @@ def _ignore_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict
 
 
 def _last_line(traceback_text: str) -> str:
-    """The exception line that ends a traceback's text: the CLI shows one line (design §7)."""
+    """The exception line that ends a traceback's text: the CLI shows one line.
+
+    A failing command is one line on stderr (docs/architecture.md §7).
+    """
     lines = [line.strip() for line in traceback_text.splitlines() if line.strip()]
     return lines[-1] if lines else "the application failed"
 
@@ -153,7 +174,7 @@ async def _serve_hypercorn(
         await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     except LifespanFailureError as exc:
         # A start-up failure (say, a database path that cannot be created) is a one-line
-        # CLI error like a config error, not a traceback (design §7).
+        # CLI error like a config error, not a traceback (docs/architecture.md §7).
         raise ConfigError(_lifespan_failure(exc)) from None
 
 
@@ -162,7 +183,7 @@ def _hypercorn_config(
 ) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [bind]
-    hc.graceful_timeout = server.shutdown_grace_s
+    hc.graceful_timeout = server.shutdown_grace_s + _CUT_MARGIN_S
     hc.accesslog = None  # a per-request log line costs throughput; usage rows record requests
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = _KEEP_ALIVE_S
@@ -227,7 +248,7 @@ def _uvicorn_config(
         backlog=_BACKLOG,
         timeout_keep_alive=_KEEP_ALIVE_S,
         # Annotated int, but it is handed to asyncio.wait_for, which takes float seconds.
-        timeout_graceful_shutdown=server.shutdown_grace_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=server.shutdown_grace_s + _CUT_MARGIN_S,  # type: ignore[arg-type]
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
     )
@@ -253,7 +274,7 @@ def _uvicorn_server(uv_config: uvicorn.Config, stop: asyncio.Event) -> uvicorn.S
 
         async def shutdown(self) -> None:
             # uvicorn goes on to the lifespan shutdown as soon as it has cancelled what
-            # outlived the grace period; those requests settle first (design §3).
+            # outlived the grace period; those requests settle first (docs/architecture.md §4.2).
             if self.requests:
                 await asyncio.wait(set(self.requests), timeout=_SETTLE_AFTER_CANCEL_S)
             await super().shutdown()

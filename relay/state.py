@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from relay.admission.gate import Gate
 from relay.config import Config
 from relay.identity.accounts import AccountStore
@@ -15,11 +17,13 @@ from relay.jobs.video import VideoPoller
 from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
+from relay.storage.health import StorageHealth
 from relay.upstream.providers import Provider
 from relay.upstream.routing import Router
 from relay.usage.log import UsageLog
+from relay.usage.refusals import RefusalCounter
 
-__all__ = ["RelayState"]
+__all__ = ["RelayState", "relay_state"]
 
 
 @dataclass
@@ -33,6 +37,8 @@ class RelayState:
     wallet: Wallet
     gate: Gate
     usage: UsageLog
+    storage: StorageHealth
+    refusals: RefusalCounter
     started_at: int = 0
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None
@@ -44,3 +50,9 @@ class RelayState:
 
     def new_request_id(self) -> str:
         return f"req_{self._boot}{next(self._counter):08x}"
+
+
+def relay_state(request: Request) -> RelayState:
+    # Straight from the scope: ``request.state`` builds a State object per request.
+    state: RelayState = request.scope["state"]["relay"]
+    return state

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -56,6 +58,38 @@ def load_mock_upstream() -> ModuleType:
 
 
 mock_upstream = load_mock_upstream()
+
+# One seed for every randomised test of a run: printed in the header, reproduced with
+# RELAY_TEST_SEED=<seed> scripts/test. Hypothesis takes it too (unless --hypothesis-seed).
+SEED_KEY = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    seed = int(os.environ.get("RELAY_TEST_SEED") or secrets.randbits(32))
+    config.stash[SEED_KEY] = seed
+    if getattr(config.option, "hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(seed)
+
+
+def _seed_line(config: pytest.Config) -> str:
+    seed = config.stash[SEED_KEY]
+    return f"relay test seed: {seed} (reproduce with RELAY_TEST_SEED={seed} scripts/test)"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    # Printed at the end too: -q (the default here) hides the header.
+    terminalreporter.write_line(_seed_line(config))
+
+
+@pytest.fixture
+def test_seed(request: pytest.FixtureRequest) -> int:
+    """The run's seed, for tests that draw their own random numbers."""
+    return request.config.stash[SEED_KEY]
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ import pytest
 from conftest import config_text
 from support_accounts import Relay, run_relay
 
-from relay.admin.payments import PaymentsRuntime
 from relay.config import Config, parse_config
+from relay.payments.runtime import PaymentsRuntime
 from relay.payments.webhook import sign_payload
 
 __all__ = [

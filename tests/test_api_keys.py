@@ -228,6 +228,7 @@ async def test_refused_requests_consume_no_rate_budget(relay: Relay) -> None:
     assert limited.status_code == 429
 
 
+@pytest.mark.slow
 async def test_concurrency_limit_admits_exactly_the_limit_and_refuses_the_rest_at_once(
     relay: Relay,
 ) -> None:

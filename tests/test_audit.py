@@ -20,7 +20,7 @@ from conftest import RelayServer, config_text, make_config, serve_relay
 
 import relay.app
 import relay.cli
-from relay.admin.audit import verify_stored_chain
+from relay.identity.audit import verify_stored_chain
 from relay.identity.server_secret import ServerSecret, secret_path_for
 
 ACTIONS = 6  # account.create, wallet.credit, account.update, account.suspend, ...activate, update

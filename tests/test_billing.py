@@ -365,6 +365,7 @@ async def test_an_exhausted_key_spend_cap_is_402_naming_the_cap(relay: Relay) ->
     assert view["balance"]["balance_micros"] == 10_000_000 - view["spent_micros"]
 
 
+@pytest.mark.slow
 async def test_a_burst_never_overdraws_and_refuses_only_with_402(relay: Relay) -> None:
     """Bursts of 200 concurrent streams until the $0.05 is spent: never below zero."""
     account, key = await relay.funded_key("acme", amount_usd="0.05", concurrency=1000)

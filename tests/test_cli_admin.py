@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.cli import admin as cli_admin
+from relay.cli import client as cli_client
 from relay.cli import format as cli_format
 from relay.cli.entry import main
 from relay.config import ServerConfig
@@ -110,15 +110,14 @@ def config(tmp_path: Path) -> Path:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeAdmin:
     admin = FakeAdmin()
-    monkeypatch.setattr(cli_admin, "_transport", lambda: httpx.MockTransport(admin))
     monkeypatch.setenv("RELAY_ADMIN_TOKEN", TOKEN)
     return admin
 
 
 @pytest.fixture
-def relay(config: Path) -> Relay:
+def relay(config: Path, fake: FakeAdmin) -> Relay:
     def run(*argv: str) -> int:
-        return main([*argv, "-c", str(config)])
+        return main([*argv, "-c", str(config)], transport=httpx.MockTransport(fake))
 
     return run
 
@@ -420,23 +419,25 @@ def test_token_env_and_url_come_from_the_config(
     )
     monkeypatch.setenv("MY_TOKEN", "t2")
     fake.answer("GET", "/admin/accounts", body={"data": []})
-    assert main(["account", "list", "-c", str(config)]) == 0
+    transport = httpx.MockTransport(fake)
+    assert main(["account", "list", "-c", str(config)], transport=transport) == 0
     assert str(fake.last.url) == "http://127.0.0.1:7000/admin/accounts"
     assert fake.last.headers["authorization"] == "Bearer t2"
     fake.answer("GET", "/x/admin/accounts", body={"data": []})
-    assert main(["account", "list", "-c", str(config), "--url", "https://relay.example/x/"]) == 0
+    argv = ["account", "list", "-c", str(config), "--url", "https://relay.example/x/"]
+    assert main(argv, transport=transport) == 0
     assert str(fake.last.url) == "https://relay.example/x/admin/accounts"
 
 
 def test_connection_refused_gives_one_line(
-    relay: Relay, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RELAY_ADMIN_TOKEN", TOKEN)
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    assert relay("account", "list", "--url", url) == 1
+    assert main(["account", "list", "-c", str(config), "--url", url]) == 1  # the real network
     assert capsys.readouterr().err == (
         f"relay: cannot reach relay at {url}: is `relay serve` running?\n"
     )
@@ -458,7 +459,7 @@ def test_connection_refused_gives_one_line(
     ],
 )
 def test_admin_url(server: ServerConfig, url: str) -> None:
-    assert cli_admin.admin_url(server) == url
+    assert cli_client.admin_url(server) == url
 
 
 def test_format_table_aligns_columns() -> None:
@@ -468,3 +469,35 @@ def test_format_table_aligns_columns() -> None:
 
 def test_format_fields_aligns_values() -> None:
     assert cli_format.format_fields([("id", "1"), ("status", "x")]) == "id:      1\nstatus:  x"
+
+
+# --- AdminClient ---------------------------------------------------------------------------
+
+
+def test_admin_client_failures_never_show_the_token() -> None:
+    def leak(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError(f"peer echoed {request.headers['authorization']}")
+
+    client = cli_client.AdminClient("http://relay.test", TOKEN, transport=httpx.MockTransport(leak))
+    with client, pytest.raises(cli_client.CommandError) as failure:
+        client.call("GET", "/admin/accounts")
+    assert TOKEN not in str(failure.value)
+    assert str(failure.value).startswith("request to relay at http://relay.test failed: ")
+
+
+def test_admin_client_streams_and_downloads() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/admin/archives/a.gz":
+            return httpx.Response(200, content=b"archive-bytes")
+        return httpx.Response(404, json={"error": {"message": "no such\n archive"}})
+
+    transport = httpx.MockTransport(answer)
+    with cli_client.AdminClient("http://relay.test/", TOKEN, transport=transport) as client:
+        with client.stream("/admin/archives/a.gz") as response:
+            assert b"".join(response.iter_bytes()) == b"archive-bytes"
+        assert client.download("/admin/archives/a.gz") == b"archive-bytes"
+        with pytest.raises(cli_client.CommandError, match="^no such archive$"):
+            with client.stream("/admin/archives/b.gz"):
+                pass
+        with pytest.raises(cli_client.CommandError, match="^no such archive$"):
+            client.download("/admin/archives/b.gz")

@@ -143,6 +143,7 @@ def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 def test_check_config_fails_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(MOCK_PROVIDER + '[[models]]\nname = "m"\nroutes = ["gone:m"]\n')
@@ -155,6 +156,7 @@ def test_check_config_fails_with_one_line_and_no_traceback(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     result = _check_config(ROOT / "config.example.toml")
     assert result.returncode == 0, result.stderr

@@ -8,9 +8,9 @@ import pytest
 from support_console import PASSWORD, Browser, console_relay, create_user, csrf_of
 
 from relay.console.auth.csrf import csrf_token, origin_allowed, valid_csrf_token
-from relay.console.auth.roles import Permission, Role, allows
 from relay.console.auth.signing import sign, unsign
 from relay.console.auth.throttle import LoginThrottle
+from relay.identity.roles import Permission, Role, allows
 
 KEY = b"k" * 32
 

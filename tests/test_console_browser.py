@@ -21,6 +21,8 @@ from support_console import PASSWORD, console_relay, create_user
 
 from relay.console.templating import format_usd, format_usd_exact
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

@@ -342,6 +342,8 @@ async def _signed_in(chromium: Chromium, relay: Relay, width: int, height: int) 
     return page
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 async def test_billing_page_in_a_browser(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     shots = tmp_path / "screenshots"
     shots.mkdir()

@@ -3,23 +3,19 @@ once and erases personal data 30 days later while the money records stay consist
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sqlite3
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from support_accounts import auth, chat_body
 from support_payments import PaymentsRelay, checkout_completed, payments_config, run_payments_relay
 
-from relay.cli import admin as cli_admin
 from relay.cli import entry as cli
-from relay.cli.data_rights import add_payment_commands
 from relay.identity.data_rights import DAY_MS, ErasureJob, pseudonym_for
 
 PASSWORD_HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$console-user-password-hash"
@@ -179,20 +175,15 @@ async def test_deletion_suspends_now_and_erases_after_30_days(
 # --- CLI -----------------------------------------------------------------------------------
 
 
-def _run_cli(argv: list[str]) -> Any:
-    parser = argparse.ArgumentParser(prog="relay")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_payment_commands(commands, cli._add_config_option)
-    args = parser.parse_args(argv)
-    return args.handler(args)
+class AdminFake:
+    """A fake admin API for ``relay export`` and ``relay erase``; records what it receives."""
 
+    def __init__(self) -> None:
+        self.seen: list[httpx.Request] = []
+        self.transport = httpx.MockTransport(self.handle)
 
-@pytest.fixture
-def admin_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[httpx.Request]:
-    seen: list[httpx.Request] = []
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
         if request.url.path == "/admin/accounts/acme/export":
             return httpx.Response(200, content=b"PK-zip-bytes")
         if request.url.path == "/admin/accounts/acme/deletion":
@@ -201,27 +192,38 @@ def admin_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[httpx.Re
         error = {"error": {"message": "No account 'ghost'", "type": "x", "code": "x"}}
         return httpx.Response(404, json=error)
 
-    monkeypatch.setattr(cli_admin, "_transport", lambda: httpx.MockTransport(handle))
+    def run(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+        """``relay ARGV`` against this fake: exit status, stdout, stderr."""
+        code = cli.main(argv, transport=self.transport)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+def admin_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AdminFake:
     monkeypatch.setenv("RELAY_ADMIN_TOKEN", "tok")
     (tmp_path / "relay.toml").write_text('[server]\nlisten = "127.0.0.1:9911"\n')
     monkeypatch.chdir(tmp_path)
-    return seen
+    return AdminFake()
 
 
-def test_cli_export_writes_the_zip(admin_fake: list[httpx.Request], tmp_path: Path) -> None:
+def test_cli_export_writes_the_zip(
+    admin_fake: AdminFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "acme.zip"
-    message = _run_cli(["export", "acme", "--out", str(out)])
-    assert out.read_bytes() == b"PK-zip-bytes" and message.startswith("wrote")
-    assert admin_fake[0].headers["authorization"] == "Bearer tok"
-    assert str(admin_fake[0].url) == "http://127.0.0.1:9911/admin/accounts/acme/export"
-    with pytest.raises(cli.CommandError, match="No account 'ghost'"):
-        _run_cli(["export", "ghost"])
+    code, message, _ = admin_fake.run(["export", "acme", "--out", str(out)], capsys)
+    assert code == 0 and out.read_bytes() == b"PK-zip-bytes" and message.startswith("wrote")
+    assert admin_fake.seen[0].headers["authorization"] == "Bearer tok"
+    assert str(admin_fake.seen[0].url) == "http://127.0.0.1:9911/admin/accounts/acme/export"
+    code, _, err = admin_fake.run(["export", "ghost"], capsys)
+    assert code == 1 and err == "relay: No account 'ghost'\n"
 
 
-def test_cli_erase_needs_yes(admin_fake: list[httpx.Request]) -> None:
-    with pytest.raises(cli.CommandError, match="--yes"):
-        _run_cli(["erase", "acme"])
-    assert admin_fake == []
-    message = _run_cli(["erase", "acme", "--yes"])
-    assert "1970-01-31" in message and admin_fake[0].method == "POST"
-    assert _run_cli(["erase", "acme", "--yes", "--json"])["account_id"] == "acct_1"
+def test_cli_erase_needs_yes(admin_fake: AdminFake, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = admin_fake.run(["erase", "acme"], capsys)
+    assert code == 1 and "--yes" in err
+    assert admin_fake.seen == []
+    code, message, _ = admin_fake.run(["erase", "acme", "--yes"], capsys)
+    assert code == 0 and "1970-01-31" in message and admin_fake.seen[0].method == "POST"
+    code, out, _ = admin_fake.run(["erase", "acme", "--yes", "--json"], capsys)
+    assert code == 0 and json.loads(out)["account_id"] == "acct_1"

@@ -197,12 +197,11 @@ async def test_execute_write_returns_rowid_or_zero_when_nothing_inserted(db: Dat
 
 
 async def test_durable_write_does_not_wait_for_the_flush_interval(tmp_path: Path) -> None:
-    slow = await Database.open(tmp_path / "relay.db", flush_interval_s=5.0)
+    # An hour's flush interval: had the durable write waited for it, wait_for would time out.
+    slow = await Database.open(tmp_path / "relay.db", flush_interval_s=3600.0)
     try:
         slow.enqueue(put_meta("queued-before"))
-        started = time.perf_counter()
-        await slow.write(put_meta("durable"))
-        assert time.perf_counter() - started < 1.0
+        await asyncio.wait_for(slow.write(put_meta("durable")), timeout=60)
         assert await count(slow, "meta") == 2  # the earlier queued write rode along
     finally:
         await slow.close()
@@ -257,14 +256,14 @@ async def test_enqueued_write_commits_within_the_flush_interval(db: Database) ->
     assert db.commits == 1  # migrations are not counted: only the one queued batch
 
 
-async def test_ten_thousand_enqueued_inserts_commit_fast(db: Database) -> None:
-    started = time.perf_counter()
+async def test_ten_thousand_enqueued_inserts_are_group_committed(db: Database) -> None:
+    # Speed is scripts/bench's to measure; what makes it fast is few commits for many rows.
+    commits_before = db.commits
     for i in range(10_000):
         db.enqueue(put_meta(f"k{i}"))
     await db.flush()
-    elapsed = time.perf_counter() - started
     assert await count(db, "meta") == 10_000
-    assert elapsed < 1.0, f"10,000 inserts took {elapsed:.3f}s"
+    assert db.commits - commits_before <= 10
 
 
 async def test_failing_item_rolls_back_only_itself(db: Database) -> None:

@@ -26,6 +26,8 @@ import pytest
 
 from relay.money.pricing import micros_to_usd
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = Path(sys.executable).with_name("relay")
 TOKEN = "first-run-admin-token"

@@ -4,8 +4,8 @@ import pytest
 
 from relay.admission.limits import (
     CONCURRENCY_RETRY_AFTER_S,
-    Admission,
-    ConcurrencyGate,
+    ConcurrencyCounter,
+    LimitSlot,
     RateLimiter,
     TokenBucket,
 )
@@ -25,14 +25,14 @@ class FakeClock:
 
 def rejection(limiter: RateLimiter, key_id: str = "k1", /, **kwargs: int | str) -> RateLimited:
     with pytest.raises(RateLimited) as info:
-        admit(limiter, key_id, **kwargs)
+        take_slot(limiter, key_id, **kwargs)
     return info.value
 
 
-def admit(limiter: RateLimiter, key_id: str = "k1", /, **kwargs: int | str) -> Admission:
+def take_slot(limiter: RateLimiter, key_id: str = "k1", /, **kwargs: int | str) -> LimitSlot:
     args: dict[str, int | str] = {"rpm": 0, "tpm": 0, "concurrency": 0, "estimated_tokens": 0}
     args.update(kwargs)
-    return limiter.admit(key_id, **args)  # type: ignore[arg-type]
+    return limiter.take_slot(key_id, **args)  # type: ignore[arg-type]
 
 
 # --- TokenBucket -------------------------------------------------------------------------
@@ -98,28 +98,28 @@ def test_invalid_bucket_parameters() -> None:
         TokenBucket(10, 0.0)
 
 
-# --- ConcurrencyGate ---------------------------------------------------------------------
+# --- ConcurrencyCounter ------------------------------------------------------------------
 
 
-def test_gate_counts_and_refuses_without_queueing() -> None:
-    gate = ConcurrencyGate(2)
-    assert gate.try_enter() and gate.try_enter()
-    assert not gate.try_enter()
-    gate.leave()
-    assert gate.try_enter()
-    assert gate.in_flight == 2
+def test_counter_counts_and_refuses_without_queueing() -> None:
+    counter = ConcurrencyCounter(2)
+    assert counter.try_enter() and counter.try_enter()
+    assert not counter.try_enter()
+    counter.leave()
+    assert counter.try_enter()
+    assert counter.in_flight == 2
 
 
-def test_gate_zero_means_unlimited_but_counted() -> None:
-    gate = ConcurrencyGate(0)
+def test_counter_zero_means_unlimited_but_counted() -> None:
+    counter = ConcurrencyCounter(0)
     for _ in range(1000):
-        assert gate.try_enter()
-    assert gate.in_flight == 1000
+        assert counter.try_enter()
+    assert counter.in_flight == 1000
 
 
-def test_gate_leave_without_enter_is_a_bug() -> None:
+def test_counter_leave_without_enter_is_a_bug() -> None:
     with pytest.raises(RuntimeError):
-        ConcurrencyGate(1).leave()
+        ConcurrencyCounter(1).leave()
 
 
 # --- RateLimiter -------------------------------------------------------------------------
@@ -129,55 +129,55 @@ def test_limiter_rpm_rejection_names_the_limit_and_retry_after() -> None:
     clock = FakeClock()
     limiter = RateLimiter(clock=clock)
     for _ in range(2):
-        admit(limiter, rpm=2).release()
+        take_slot(limiter, rpm=2).release()
     error = rejection(limiter, rpm=2)
     assert error.retry_after_s == 30.0
     assert "2 rpm" in error.message and "key" in error.message
     assert error.status == 429 and error.code == "rate_limit_exceeded"
     assert error.headers() == {"retry-after": "30"}
     clock.advance(30)
-    admit(limiter, rpm=2)
+    take_slot(limiter, rpm=2)
 
 
-def test_concurrency_101st_rejected_then_admitted_after_one_release() -> None:
+def test_concurrency_101st_rejected_then_served_after_one_release() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    admissions = [admit(limiter, concurrency=100) for _ in range(100)]
+    slots = [take_slot(limiter, concurrency=100) for _ in range(100)]
     error = rejection(limiter, concurrency=100)
     assert "concurrency" in error.message and "100" in error.message
     assert error.retry_after_s == CONCURRENCY_RETRY_AFTER_S
-    admissions[0].release()
-    admit(limiter, concurrency=100)
+    slots[0].release()
+    take_slot(limiter, concurrency=100)
     assert limiter.in_flight("k1") == 100
 
 
 def test_request_rejected_for_concurrency_takes_no_rpm_token() -> None:
     clock = FakeClock()
     limiter = RateLimiter(clock=clock)
-    first = admit(limiter, rpm=2, concurrency=1)
+    first = take_slot(limiter, rpm=2, concurrency=1)
     for _ in range(5):
         rejection(limiter, rpm=2, concurrency=1)
     first.release()
-    admit(limiter, rpm=2, concurrency=1)  # the second RPM token is still there
+    take_slot(limiter, rpm=2, concurrency=1)  # the second RPM token is still there
     assert "rpm" in rejection(limiter, rpm=2, concurrency=2).message
 
 
 def test_request_rejected_for_tpm_takes_no_rpm_token() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    admit(limiter, rpm=2, tpm=1000, estimated_tokens=900).release()
+    take_slot(limiter, rpm=2, tpm=1000, estimated_tokens=900).release()
     error = rejection(limiter, rpm=2, tpm=1000, estimated_tokens=500)
     assert "1000 tpm" in error.message
     assert error.retry_after_s == pytest.approx(400 / (1000 / 60))
-    admit(limiter, rpm=2, tpm=1000, estimated_tokens=100)  # RPM token left for this one
+    take_slot(limiter, rpm=2, tpm=1000, estimated_tokens=100)  # RPM token left for this one
 
 
 def test_key_rejection_consumes_nothing_from_the_account() -> None:
     limiter = RateLimiter(clock=FakeClock())
     account: dict[str, int | str] = {"account_id": "acct", "account_rpm": 3}
-    admit(limiter, "a", rpm=1, **account)
+    take_slot(limiter, "a", rpm=1, **account)
     for _ in range(5):
         rejection(limiter, "a", rpm=1, **account)
-    admit(limiter, "b", **account)
-    admit(limiter, "c", **account)
+    take_slot(limiter, "b", **account)
+    take_slot(limiter, "c", **account)
     error = rejection(limiter, "d", **account)
     assert "account" in error.message and "3 rpm" in error.message
 
@@ -185,21 +185,21 @@ def test_key_rejection_consumes_nothing_from_the_account() -> None:
 def test_account_concurrency_is_shared_across_keys() -> None:
     limiter = RateLimiter(clock=FakeClock())
     account: dict[str, int | str] = {"account_id": "acct", "account_concurrency": 2}
-    a = admit(limiter, "a", rpm=10, **account)
-    admit(limiter, "b", rpm=10, **account)
+    a = take_slot(limiter, "a", rpm=10, **account)
+    take_slot(limiter, "b", rpm=10, **account)
     error = rejection(limiter, "c", rpm=10, **account)
     assert "concurrency" in error.message and "account" in error.message
     a.release()
-    admit(limiter, "c", rpm=10, **account)
+    take_slot(limiter, "c", rpm=10, **account)
 
 
 def test_account_rejection_consumes_nothing_from_the_key() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    blocker = admit(limiter, "other", account_id="acct", account_concurrency=1)
+    blocker = take_slot(limiter, "other", account_id="acct", account_concurrency=1)
     for _ in range(3):
         rejection(limiter, "a", rpm=1, account_id="acct", account_concurrency=1)
     blocker.release()
-    admit(limiter, "a", rpm=1, account_id="acct", account_concurrency=1)
+    take_slot(limiter, "a", rpm=1, account_id="acct", account_concurrency=1)
 
 
 def test_release_corrects_tpm_to_measured_tokens() -> None:
@@ -207,34 +207,34 @@ def test_release_corrects_tpm_to_measured_tokens() -> None:
     limiter = RateLimiter(clock=clock)
     # The key refills 10 tokens/s.
     limits: dict[str, int | str] = {"tpm": 600, "account_id": "acct", "account_tpm": 6000}
-    admit(limiter, estimated_tokens=100, **limits).release(measured_tokens=1100)
+    take_slot(limiter, estimated_tokens=100, **limits).release(measured_tokens=1100)
     # Key bucket: 600 - 1100 = -500 of debt: even a 5-token request waits 50.5 s.
     error = rejection(limiter, estimated_tokens=5, **limits)
     assert error.retry_after_s == 50.5
     assert "600 tpm" in error.message
     clock.advance(50.5)
-    admit(limiter, estimated_tokens=5, **limits)
+    take_slot(limiter, estimated_tokens=5, **limits)
 
 
 def test_release_refunds_an_overestimate() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    admit(limiter, tpm=1000, estimated_tokens=1000).release(measured_tokens=0)
-    admit(limiter, tpm=1000, estimated_tokens=1000)
+    take_slot(limiter, tpm=1000, estimated_tokens=1000).release(measured_tokens=0)
+    take_slot(limiter, tpm=1000, estimated_tokens=1000)
 
 
 def test_release_without_measurement_keeps_the_estimate() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    admit(limiter, tpm=1000, estimated_tokens=1000).release()
+    take_slot(limiter, tpm=1000, estimated_tokens=1000).release()
     assert "tpm" in rejection(limiter, tpm=1000, estimated_tokens=1).message
 
 
 def test_release_is_idempotent() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    admission = admit(limiter, tpm=1000, concurrency=1, estimated_tokens=100)
-    other = admit(limiter, "k2", concurrency=1)
-    admission.release(measured_tokens=600)
-    admission.release(measured_tokens=0)
-    assert admission.released
+    slot = take_slot(limiter, tpm=1000, concurrency=1, estimated_tokens=100)
+    other = take_slot(limiter, "k2", concurrency=1)
+    slot.release(measured_tokens=600)
+    slot.release(measured_tokens=0)
+    assert slot.released
     assert limiter.in_flight("k1") == 0
     assert limiter.in_flight("k2") == 1
     # The second release refunded nothing: 400 tokens left, not 1000.
@@ -245,15 +245,15 @@ def test_release_is_idempotent() -> None:
 def test_unlimited_key_keeps_no_state() -> None:
     limiter = RateLimiter(clock=FakeClock())
     for _ in range(1000):
-        admit(limiter, estimated_tokens=10**6)
+        take_slot(limiter, estimated_tokens=10**6)
     assert not limiter.is_tracked("k1")
 
 
 def test_changed_limits_apply_in_place() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    running = admit(limiter, rpm=100, concurrency=5)
+    running = take_slot(limiter, rpm=100, concurrency=5)
     for _ in range(3):
-        admit(limiter, rpm=100, concurrency=5)
+        take_slot(limiter, rpm=100, concurrency=5)
     # Lowered to 3 in flight: the 4 already running still count.
     assert "concurrency" in rejection(limiter, rpm=100, concurrency=3).message
     running.release()
@@ -265,9 +265,9 @@ def test_changed_limits_apply_in_place() -> None:
 def test_sweep_drops_idle_state_and_keeps_busy_state() -> None:
     clock = FakeClock()
     limiter = RateLimiter(clock=clock, idle_after_s=60)
-    admit(limiter, "idle", rpm=60, account_id="quiet", account_rpm=60).release()
-    busy = admit(limiter, "busy", tpm=600, estimated_tokens=10)
-    admit(limiter, "indebted", tpm=60, estimated_tokens=10).release(measured_tokens=10_000)
+    take_slot(limiter, "idle", rpm=60, account_id="quiet", account_rpm=60).release()
+    busy = take_slot(limiter, "busy", tpm=600, estimated_tokens=10)
+    take_slot(limiter, "indebted", tpm=60, estimated_tokens=10).release(measured_tokens=10_000)
     assert limiter.sweep() == 0  # nothing idle yet
     clock.advance(61)
     assert limiter.sweep() == 2
@@ -283,7 +283,7 @@ def test_sweep_drops_idle_state_and_keeps_busy_state() -> None:
 def test_sweep_keeps_recently_used_state_even_if_full() -> None:
     clock = FakeClock()
     limiter = RateLimiter(clock=clock, idle_after_s=60)
-    admit(limiter, rpm=6000).release()
+    take_slot(limiter, rpm=6000).release()
     clock.advance(30)  # refilled long ago, but used recently
     assert limiter.sweep() == 0
     assert limiter.is_tracked("k1")
@@ -291,19 +291,19 @@ def test_sweep_keeps_recently_used_state_even_if_full() -> None:
 
 def test_forget_drops_state_and_late_release_is_harmless() -> None:
     limiter = RateLimiter(clock=FakeClock())
-    admission = admit(limiter, rpm=1, concurrency=1)
+    slot = take_slot(limiter, rpm=1, concurrency=1)
     limiter.forget("k1")
     limiter.forget("never-seen")
     assert not limiter.is_tracked("k1")
-    admit(limiter, rpm=1, concurrency=1)  # fresh state
-    admission.release()
+    take_slot(limiter, rpm=1, concurrency=1)  # fresh state
+    slot.release()
     assert limiter.in_flight("k1") == 1
 
 
 def test_rejection_reports_the_longest_wait_across_key_and_account() -> None:
     limiter = RateLimiter(clock=FakeClock())
     account: dict[str, int | str] = {"account_id": "acct", "account_rpm": 1}
-    admit(limiter, rpm=2, **account)
+    take_slot(limiter, rpm=2, **account)
     error = rejection(limiter, rpm=2, **account)
     # Key: 1 token left, no wait. Account: empty, 60 s until its next token.
     assert error.retry_after_s == 60.0

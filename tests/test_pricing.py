@@ -297,6 +297,7 @@ def model_price(
     any_count,
     any_multiplier,
 )
+@pytest.mark.slow
 def test_integer_token_costs_equal_the_fraction_reference(
     input_: Decimal,
     output: Decimal,

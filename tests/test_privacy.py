@@ -1,4 +1,4 @@
-"""The privacy contract (design §4), end to end: content and secrets leave no trace.
+"""The privacy contract (docs/architecture.md §5), end to end: content and secrets leave no trace.
 
 A unique canary goes in as prompt content and another comes back as response content,
 through every data-plane endpoint and failure path (upstream errors and 4xx echoing the

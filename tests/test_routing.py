@@ -20,10 +20,16 @@ from conftest import (
 )
 
 from relay.config import parse_config
-from relay.errors import NotFound, NoUpstreamAvailable, UpstreamError, UpstreamTimeout
+from relay.errors import (
+    NotFound,
+    NoUpstreamAvailable,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from relay.upstream.client import UpstreamStreamBroken
 from relay.upstream.providers import Provider, build_provider
-from relay.upstream.routing import Model, OpenedRoute, Route, Router, UpstreamRejected
+from relay.upstream.routing import Model, OpenedRoute, Route, Router
 
 CONFIG = """
 [[providers]]

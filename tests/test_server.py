@@ -22,6 +22,8 @@ import httpx
 import pytest
 from conftest import ADMIN_TOKEN, CHAT_BODY, config_text, mock_upstream
 
+pytestmark = [pytest.mark.subprocess]
+
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = ROOT / ".venv" / "bin" / "relay"
 GRACE_S = 1.0

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import ADMIN_TOKEN, CHAT_BODY
 from test_server import (
     check_port_in_use_exits_with_one_line,
@@ -27,6 +28,8 @@ from test_server import (
     wait_until_serving,
     write_config,
 )
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 UVICORN = 'http_server = "uvicorn"'
 

@@ -161,7 +161,7 @@ def test_near_the_threshold_the_hold_is_the_worst_case() -> None:
     assert strict.strict and strict.held_micros == 1_500  # headroom 1_001_000 − 1_500 < margin
 
 
-def test_admission_needs_the_worst_case_to_fit_after_all_in_flight_worst_cases() -> None:
+def test_a_hold_needs_the_worst_case_to_fit_after_all_in_flight_worst_cases() -> None:
     wallet, _ = funded(10_000, margin=0)
     wallet.hold("acc", None, estimate_micros=1, worst_case_micros=6_000)
     assert wallet.snapshot("acc").available_micros == 9_999  # a cheap hold...
@@ -185,6 +185,41 @@ def test_recent_spend_raises_the_threshold() -> None:
     assert wallet.hold("acc", None, estimate_micros=1, worst_case_micros=10).strict
     clock.now += 121.0  # two windows later the burst is forgotten
     assert not wallet.hold("acc", None, estimate_micros=1, worst_case_micros=10).strict
+
+
+def test_prepared_credit_moves_the_balance_only_when_applied() -> None:
+    wallet, sink = funded(1_000)
+    entry = wallet.prepare("acc", "credit", 500, reference="inv-1", note="bank")
+    assert (entry.kind, entry.amount_micros, entry.reference) == ("credit", 500, "inv-1")
+    assert wallet.snapshot("acc").balance_micros == 1_000 and len(sink) == 1  # seed only
+    with pytest.raises(DuplicateReference):  # a concurrent repeat while this one commits
+        wallet.prepare("acc", "credit", 500, reference="inv-1")
+    wallet.apply(entry)
+    assert wallet.snapshot("acc").balance_micros == 1_500 and len(sink) == 1
+    with pytest.raises(DuplicateReference):
+        wallet.credit("acc", 500, reference="inv-1")
+
+
+def test_abandoned_credit_changes_nothing_and_frees_its_reference() -> None:
+    wallet, _ = funded(1_000)
+    entry = wallet.prepare("acc", "refund", 700, reference="r-1")
+    wallet.abandon(entry)
+    assert wallet.snapshot("acc").balance_micros == 1_000
+    wallet.apply(wallet.prepare("acc", "refund", 700, reference="r-1"))
+    assert wallet.snapshot("acc").balance_micros == 1_700
+
+
+def test_prepare_checks_amounts_like_the_direct_methods() -> None:
+    wallet, _ = funded(1_000)
+    with pytest.raises(ValueError):
+        wallet.prepare("acc", "credit", 0, reference="zero")
+    with pytest.raises(ValueError):
+        wallet.prepare("acc", "adjustment", 0, reference="zero")
+    with pytest.raises(ValueError):
+        wallet.prepare("acc", "charge", 5, reference="c")
+    adjustment = wallet.prepare("acc", "adjustment", -300, reference="fix")
+    wallet.apply(adjustment)
+    assert wallet.snapshot("acc").balance_micros == 700
 
 
 def test_postpaid_accounts_may_go_down_to_minus_their_credit_limit() -> None:
@@ -283,7 +318,7 @@ def test_key_spend_cap_is_enforced_with_the_same_discipline() -> None:
     wallet.hold("acc", "k", estimate_micros=1, worst_case_micros=50_000)
 
 
-def test_limit_changes_bind_new_admissions() -> None:
+def test_limit_changes_bind_new_holds() -> None:
     wallet, _ = make_wallet(margin=0)
     wallet.load_account("acc", mode="prepaid", credit_limit_micros=0, balance_micros=0)
     with pytest.raises(QuotaError):
@@ -304,7 +339,7 @@ def test_plan_hold_places_nothing() -> None:
         wallet.plan_hold("acc", None, estimate_micros=101, worst_case_micros=100)
 
 
-def test_free_requests_are_admitted_on_an_empty_prepaid_account() -> None:
+def test_free_requests_are_held_on_an_empty_prepaid_account() -> None:
     wallet, _ = funded(0)
     hold = wallet.hold("acc", None, estimate_micros=0, worst_case_micros=0)
     assert wallet.settle(hold, 0, reference="req") is None
@@ -318,7 +353,7 @@ def test_a_burst_of_concurrent_requests_never_overdraws(seed: int) -> None:
     rng = random.Random(seed)
     wallet, sink = funded(50_000, margin=rng.choice([0, 10_000, 1_000_000]))
     in_flight: list[tuple[Hold, int]] = []
-    admitted = rejected = 0
+    held = rejected = 0
     for _ in range(200):
         worst = rng.randint(1, 5_000)
         try:
@@ -328,7 +363,7 @@ def test_a_burst_of_concurrent_requests_never_overdraws(seed: int) -> None:
         except QuotaError:
             rejected += 1
         else:
-            admitted += 1
+            held += 1
             # Half the requests cost their full worst case: the adversarial mix.
             in_flight.append((hold, worst if rng.random() < 0.5 else rng.randint(0, worst)))
         # Requests finish in random order, interleaved with new arrivals.
@@ -341,7 +376,7 @@ def test_a_burst_of_concurrent_requests_never_overdraws(seed: int) -> None:
     charged = -sum(e.amount_micros for e in sink if e.kind == "charge")
     assert charged <= 50_000
     assert wallet.snapshot("acc").balance_micros == 50_000 - charged >= 0
-    assert admitted + rejected == 200 and rejected > 0
+    assert held + rejected == 200 and rejected > 0
     assert wallet.open_hold_count() == 0
 
 
@@ -356,7 +391,7 @@ KEYS = {
 
 
 class WalletMachine(RuleBasedStateMachine):
-    """Random credits, admissions, settlements, releases and restarts against a model."""
+    """Random credits, holds, settlements, releases and restarts against a model."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -421,7 +456,7 @@ class WalletMachine(RuleBasedStateMachine):
         worst=st.integers(0, 12_000),
         estimate_share=st.integers(0, 100),
     )
-    def admit(self, key: str, worst: int, estimate_share: int) -> None:
+    def hold(self, key: str, worst: int, estimate_share: int) -> None:
         account, key_id = (KEYS[key][0], key) if key in KEYS else (key, None)
         estimate = worst * estimate_share // 100
         before = self.wallet.snapshot(account)
@@ -438,7 +473,7 @@ class WalletMachine(RuleBasedStateMachine):
                 account, key_id, estimate_micros=estimate, worst_case_micros=worst
             )
         except QuotaError as exc:
-            # Refused only when admitting could overdraw the account or the key cap.
+            # Refused only when holding could overdraw the account or the key cap.
             if "key spend cap" in exc.message:
                 assert key_headroom is not None and worst > key_headroom
             else:
@@ -521,4 +556,4 @@ class WalletMachine(RuleBasedStateMachine):
 
 
 WalletMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
-TestWalletMachine = WalletMachine.TestCase
+TestWalletMachine = pytest.mark.slow(WalletMachine.TestCase)

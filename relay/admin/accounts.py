@@ -25,7 +25,7 @@ from relay.money.invoices import build_statement, month_bounds, render_csv, rend
 from relay.money.ledger import ledger_view
 from relay.money.pricing import parse_multiplier
 from relay.money.wallet import DuplicateReference
-from relay.payments.crediting import manual_credit_write
+from relay.payments.crediting import commit_credit, manual_credit_write
 from relay.payments.receipts import SellerDetails
 from relay.state import RelayState
 
@@ -146,13 +146,13 @@ async def credit_account(request: Request, state: RelayState) -> Response:
     if amount <= 0:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
     try:
-        entry = state.wallet.credit(
-            account.id, amount, reference=credit.reference, note=credit.note
+        entry = state.wallet.prepare(
+            account.id, "credit", amount, reference=credit.reference, note=credit.note
         )
     except DuplicateReference:
         return json_response({"credited": False, "wallet": wallet_view(state, account.id)})
     detail = {"amount_micros": amount, "reference": credit.reference}
-    # The payment row, its receipt and the audit row join the batch holding the ledger row.
+    # Ledger row, payment row, receipt and audit row commit together; then the wallet moves.
     write = manual_credit_write(
         entry,
         buyer_name=account.name,
@@ -161,7 +161,7 @@ async def credit_account(request: Request, state: RelayState) -> Response:
         actor=ADMIN_ACTOR,
         detail=detail,
     )
-    receipt = await state.db.write(write)
+    receipt = await commit_credit(state.db, state.wallet, entry, write)
     return created(
         {
             "credited": True,

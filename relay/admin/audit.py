@@ -19,15 +19,12 @@ from starlette.routing import BaseRoute, Route
 from relay.admin.common import admin_route, iso
 from relay.errors import InvalidRequest
 from relay.http.responses import json_response
-from relay.identity.audit import verify_chain
+from relay.identity.audit import AUDIT_COLUMNS, verify_stored_chain
 from relay.state import RelayState
-from relay.storage.db import Database
 
 __all__ = ["audit_routes", "verify_stored_chain"]
 
-VERIFY_PAGE_ROWS = 1000
 _MAX_LIST_ROWS = 1000
-_CHAIN_COLUMNS = "id, ts_ms, actor, action, target, detail, prev_hash, hash"
 
 
 def audit_routes() -> list[BaseRoute]:
@@ -82,7 +79,7 @@ async def list_audit(request: Request, state: RelayState) -> Response:
             where.append(f"{column} = ?")
             params.append(value)
     rows = await state.db.fetchall(
-        f"SELECT {_CHAIN_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+        f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
         (*params, limit),
     )
     return json_response({"data": [_audit_view(row) for row in rows]})
@@ -93,59 +90,6 @@ async def list_audit(request: Request, state: RelayState) -> Response:
 
 def _audit_key(state: RelayState) -> bytes:
     return state.store.audit_key
-
-
-async def verify_stored_chain(
-    db: Database, key: bytes, *, page_size: int = VERIFY_PAGE_ROWS
-) -> dict[str, Any]:
-    """Check every audit row in id order, ``page_size`` rows per read.
-
-    Each page is checked together with the last row of the page before it, so a link
-    across a page boundary is checked like any other. The answer counts the rows found
-    intact (all of them when ``ok``) and names the last intact one in ``last_id``.
-    """
-    carry: tuple[Any, ...] | None = None
-    first_id: int | None = None
-    intact = 0
-    while True:
-        page = await _chain_page(db, carry[0] if carry is not None else None, page_size)
-        if not page:
-            break
-        if first_id is None:
-            first_id = page[0][0]
-        report = verify_chain([carry, *page] if carry is not None else page, key)
-        if not report.ok:
-            good = [row for row in page if row[0] < (report.broken_at or 0)]
-            last_good = good[-1] if good else carry
-            return _report(intact + len(good), first_id, last_good, report.broken_at, report.reason)
-        intact += len(page)
-        carry = page[-1]
-    return _report(intact, first_id, carry, None, None)
-
-
-async def _chain_page(db: Database, after_id: int | None, size: int) -> list[tuple[Any, ...]]:
-    rows = await db.fetchall(
-        f"SELECT {_CHAIN_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
-        (after_id if after_id is not None else -(2**62), size),
-    )
-    return [tuple(row) for row in rows]
-
-
-def _report(
-    intact: int,
-    first_id: int | None,
-    last_good: tuple[Any, ...] | None,
-    broken_at: int | None,
-    reason: str | None,
-) -> dict[str, Any]:
-    return {
-        "ok": broken_at is None,
-        "rows": intact,
-        "first_id": first_id,
-        "last_id": last_good[0] if last_good is not None else None,
-        "broken_at": broken_at,
-        "reason": reason,
-    }
 
 
 @admin_route

@@ -11,16 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import AuthError, Forbidden, InvalidRequest, RelayError
-from relay.http.responses import (
-    decode_or_400,
-    error_response,
-    json_response,
-    read_body,
-    relay_state,
-)
+from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import micros_to_usd, usd_to_micros
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 
 __all__ = [
     "ADMIN_ACTOR",
@@ -38,6 +32,7 @@ T = TypeVar("T")
 ADMIN_ACTOR = "admin-token"
 Handler = Callable[[Request, RelayState], Awaitable[Response]]
 _MAX_ADMIN_BODY = 64 * 1024
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -47,6 +42,8 @@ def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         state = relay_state(request)
         try:
             _require_admin(request, state)
+            if request.method not in _READ_METHODS:
+                state.storage.check()  # fail closed: a change must be committed to count
             return await handler(request, state)
         except RelayError as exc:
             return error_response(exc)

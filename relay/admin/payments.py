@@ -9,11 +9,8 @@ lifespan with ``open_payments`` and reach handlers as ``request.state.payments``
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from typing import Annotated
 
-import httpx
 import msgspec
 from msgspec import Meta
 from starlette.requests import Request
@@ -23,9 +20,8 @@ from starlette.routing import BaseRoute, Route
 from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
 from relay.errors import InvalidRequest, NotFound
 from relay.http.responses import error_response, json_response, read_body
-from relay.identity.data_rights import ErasureJob, build_export, deletion_request, request_deletion
-from relay.payments.auto_settings import AutoTopUpSettings, load_all_settings
-from relay.payments.auto_topup import AutoTopUp
+from relay.identity.data_rights import build_export, deletion_request, request_deletion
+from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.receipts import (
     SellerDetails,
     get_receipt,
@@ -33,78 +29,17 @@ from relay.payments.receipts import (
     receipt_view,
     render_receipt_html,
 )
-from relay.payments.service import PaymentsService, PaymentsUnavailable
+from relay.payments.runtime import payments_runtime
+from relay.payments.service import PaymentsUnavailable
 from relay.payments.store import dismiss_notice, list_notices, list_payments, payment_view
-from relay.payments.stripe_client import StripeClient
-from relay.payments.webhook import SignatureError, StripeWebhook
+from relay.payments.webhook import SignatureError
 from relay.state import RelayState
 
-__all__ = ["PaymentsRuntime", "open_payments", "payment_routes", "payments_runtime"]
+__all__ = ["payment_routes"]
 
 log = logging.getLogger("relay.payments")
 _MAX_WEBHOOK_BODY = 1024 * 1024
 Url = Annotated[str, Meta(pattern=r"^https?://", max_length=2000)]
-
-
-@dataclass
-class PaymentsRuntime:
-    service: PaymentsService
-    auto_topup: AutoTopUp
-    erasure: ErasureJob
-    webhook: StripeWebhook | None = None
-
-    def start(self) -> None:
-        self.erasure.start()
-
-    async def aclose(self) -> None:
-        await self.erasure.stop()
-        await self.auto_topup.aclose()
-        if self.service.stripe is not None:
-            await self.service.stripe.aclose()
-
-
-async def open_payments(
-    state: RelayState, *, stripe_transport: httpx.AsyncBaseTransport | None = None
-) -> PaymentsRuntime:
-    """Build the payments runtime from the config; secrets come from the environment."""
-    config = state.config.payments
-    stripe: StripeClient | None = None
-    webhook_secret: str | None = None
-    if config is not None and config.provider == "stripe":
-        secret_key = os.environ.get(config.secret_key_env) or None
-        webhook_secret = os.environ.get(config.webhook_secret_env) or None
-        if secret_key is None:
-            log.warning("card top-ups disabled: %s is not set", config.secret_key_env)
-        else:
-            stripe = StripeClient(
-                secret_key,
-                api_base=config.api_base,
-                timeout_s=config.timeout_s,
-                transport=stripe_transport,
-            )
-        if webhook_secret is None:
-            log.warning("Stripe webhooks refused: %s is not set", config.webhook_secret_env)
-    service = PaymentsService(
-        db=state.db,
-        wallet=state.wallet,
-        accounts=state.store,
-        config=config,
-        stripe=stripe,
-        auto_topups=await load_all_settings(state.db),
-    )
-    return PaymentsRuntime(
-        service=service,
-        auto_topup=AutoTopUp(service),
-        erasure=ErasureJob(state.db, state.store),
-        webhook=StripeWebhook(service, webhook_secret) if webhook_secret else None,
-    )
-
-
-def payments_runtime(request: Request) -> PaymentsRuntime:
-    runtime = getattr(request.state, "payments", None)
-    if not isinstance(runtime, PaymentsRuntime):
-        raise PaymentsUnavailable("Payments are not enabled on this server")
-    return runtime
 
 
 # -- webhook (signature-authenticated) ------------------------------------------------------

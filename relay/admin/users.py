@@ -15,11 +15,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, iso
-from relay.console.auth.roles import ROLE_CHOICES, Role
-from relay.console.users import User, UserStore
 from relay.errors import InvalidRequest, RelayError
 from relay.http.responses import json_response
+from relay.identity.roles import ROLE_CHOICES, Role
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.identity.users import User, UserStore
 from relay.state import RelayState
 
 __all__ = ["user_routes"]

@@ -1,9 +1,11 @@
 """The admission gate: scopes, rate limits and wallet holds for a principal.
 
 ``Gate`` is the one place the data plane asks "may this principal do this, and what
-does it hold?". Checks run in an order that never consumes budget for a request that
-is then refused: scopes, then the wallet (checked without placing anything), then
-rate limits (which consume nothing when they refuse), then the hold itself.
+does it hold?"; ``Gate.admit`` is what relay calls *admission*, and its answer is a
+``Ticket``. Checks run in an order that never consumes budget for a request that is then
+refused: scopes, then the wallet's headroom rule (``Wallet.plan_hold``, which places
+nothing), then the rate-limit slot (``RateLimiter.take_slot``, which consumes nothing
+when it refuses), then the hold itself.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from relay.admission.exchange import Exchange
 from relay.admission.limits import RateLimiter
 from relay.admission.ticket import Ticket
-from relay.errors import Forbidden, NoUpstreamAvailable
+from relay.errors import Forbidden
 from relay.identity.auth import Principal
 from relay.money.estimate import CostQuote
 from relay.money.pricing import ONE, parse_multiplier
@@ -24,9 +26,6 @@ from relay.upstream.routing import Model
 
 __all__ = ["Gate"]
 
-# Well below the writer's queue bound (10,000), so in-flight settlements always fit.
-MAX_WRITE_BACKLOG = 5_000
-
 
 class Gate:
     def __init__(
@@ -34,13 +33,12 @@ class Gate:
         wallet: Wallet,
         limiter: RateLimiter,
         *,
-        backlog: Callable[[], int] = lambda: 0,
-        max_backlog: int = MAX_WRITE_BACKLOG,
+        check_storage: Callable[[], None] = lambda: None,
     ):
         self.wallet = wallet
         self.limiter = limiter
-        self._backlog = backlog
-        self._max_backlog = max_backlog
+        # Raises StorageUnavailable while the database cannot record (relay.storage.health).
+        self._check_storage = check_storage
         self._multipliers: dict[str, Decimal] = {"1": ONE}
 
     def _multiplier_of(self, text: str) -> Decimal:
@@ -72,12 +70,9 @@ class Gate:
 
     def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
         """Take the rate-limit slot and the wallet hold, or refuse with 429/402."""
-        if self._backlog() > self._max_backlog:
-            # Back-pressure: stop admitting while the writer catches up, so the usage and
-            # charge rows of requests already in flight always have room (never dropped).
-            raise NoUpstreamAvailable(
-                "relay is saving usage records; retry shortly", code="server_busy"
-            ).with_retry_after(1.0)
+        # Fail closed: stop admitting while the writer cannot commit or catch up, so the
+        # usage and charge rows of requests already in flight always have room.
+        self._check_storage()
         key, account = exchange.principal.key, exchange.principal.account
         if key is None or account is None:
             return Ticket()
@@ -89,7 +84,7 @@ class Gate:
             estimate_micros=quote.estimate_micros,
             worst_case_micros=quote.worst_case_micros,
         )
-        admission = self.limiter.admit(
+        slot = self.limiter.take_slot(
             key.id,
             rpm=key.rpm,
             tpm=key.tpm,
@@ -107,10 +102,10 @@ class Gate:
             estimate_micros=quote.estimate_micros,
             worst_case_micros=quote.worst_case_micros,
         )
-        return Ticket(admission, hold, self.wallet)
+        return Ticket(slot, hold, self.wallet)
 
     def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:
-        """The hold this request would place now, without placing it (design §5)."""
+        """The hold this request would place now, without placing it (docs/architecture.md §6.5)."""
         assert exchange.model is not None
         key, account = exchange.principal.key, exchange.principal.account
         hold_micros = 0

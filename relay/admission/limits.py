@@ -2,13 +2,14 @@
 and optionally per account.
 
 Everything runs on the single asyncio event loop, so plain counters need no locks. A
-request is admitted only if EVERY limit allows it, and only then is anything consumed: a
-rejected request costs no budget anywhere (unlike LiteLLM #39309, where a request refused by
-one limit still drained another).
+request gets a ``LimitSlot`` only if EVERY limit allows it, and only then is anything
+consumed: a refused request costs no budget anywhere (unlike LiteLLM #39309, where a request
+refused by one limit still drained another). Taking the slot is one step of the gate's
+admission (``relay.admission.gate``), not the whole of it.
 
-Tokens per minute are charged at admission from an estimate and corrected to the measured
-count on release; a request that used more than estimated leaves the bucket in debt, which
-later requests wait out.
+Tokens per minute are charged when the slot is taken, from an estimate, and corrected to the
+measured count on release; a request that used more than estimated leaves the bucket in debt,
+which later requests wait out.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from relay.errors import RateLimited
 
 __all__ = [
     "CONCURRENCY_RETRY_AFTER_S",
-    "Admission",
-    "ConcurrencyGate",
+    "ConcurrencyCounter",
+    "LimitSlot",
     "RateLimiter",
     "TokenBucket",
 ]
@@ -37,7 +38,7 @@ class TokenBucket:
     """``capacity`` tokens, refilled continuously at ``refill_per_s``; starts full.
 
     A request for more than ``capacity`` is treated as a request for the whole bucket (then
-    leaves debt): otherwise it could never be admitted at all.
+    leaves debt): otherwise it could never pass at all.
     """
 
     __slots__ = ("_clock", "_tokens", "_updated_at", "capacity", "refill_per_s")
@@ -106,10 +107,10 @@ class TokenBucket:
         self._tokens = capacity - spent
 
 
-class ConcurrencyGate:
+class ConcurrencyCounter:
     """Counts in-flight requests against a limit (0 = unlimited, still counted); never queues.
 
-    A counter, not an ``asyncio.Semaphore``: admission must answer at once (429, not wait),
+    A counter, not an ``asyncio.Semaphore``: a limit must answer at once (429, not wait),
     and on one event loop with no ``await`` between check and increment a counter is already
     race-free; a semaphore would add a waiter queue that is never used.
     """
@@ -133,34 +134,34 @@ class ConcurrencyGate:
 
     def leave(self) -> None:
         if self.in_flight <= 0:
-            raise RuntimeError("ConcurrencyGate.leave() without a matching enter")
+            raise RuntimeError("ConcurrencyCounter.leave() without a matching enter")
         self.in_flight -= 1
 
 
 class _LimitState:
-    """One key's (or account's) buckets and gate.
+    """One key's (or account's) buckets and in-flight counter.
 
-    Buckets are ``None`` where the limit is 0 (unlimited). The gate always exists so that
+    Buckets are ``None`` where the limit is 0 (unlimited). The counter always exists so that
     in-flight requests are counted even without a concurrency limit: ``sweep`` must not drop
-    state that an unreleased admission will still correct.
+    state that an unreleased slot will still correct.
     """
 
-    __slots__ = ("clock", "gate", "last_admit_at", "limits", "rpm", "tpm")
+    __slots__ = ("clock", "concurrency", "last_used_at", "limits", "rpm", "tpm")
 
     def __init__(self, limits: tuple[int, int, int], clock: Clock, now: float) -> None:
         self.clock = clock
         self.limits = (0, 0, 0)
         self.rpm: TokenBucket | None = None
         self.tpm: TokenBucket | None = None
-        self.gate = ConcurrencyGate(0)
-        self.last_admit_at = now
+        self.concurrency = ConcurrencyCounter(0)
+        self.last_used_at = now
         self.configure(limits, now)
 
     def configure(self, limits: tuple[int, int, int], now: float) -> None:
         rpm, tpm, concurrency = limits
         self.rpm = self._bucket(self.rpm, rpm, now)
         self.tpm = self._bucket(self.tpm, tpm, now)
-        self.gate.limit = concurrency  # keeps the in-flight count
+        self.concurrency.limit = concurrency  # keeps the in-flight count
         self.limits = limits
 
     def _bucket(self, bucket: TokenBucket | None, limit: int, now: float) -> TokenBucket | None:
@@ -174,15 +175,16 @@ class _LimitState:
     def is_idle(self, now: float, idle_after_s: float) -> bool:
         """True if dropping this state changes nothing: a fresh one would be identical."""
         return (
-            now - self.last_admit_at >= idle_after_s
-            and self.gate.in_flight == 0
+            now - self.last_used_at >= idle_after_s
+            and self.concurrency.in_flight == 0
             and (self.rpm is None or self.rpm.is_full(now))
             and (self.tpm is None or self.tpm.is_full(now))
         )
 
 
-class Admission:
-    """An admitted request's hold on its limits; ``release`` it exactly once when done."""
+class LimitSlot:
+    """A request's place within its key's (and account's) rate limits: the RPM and TPM
+    tokens it took and its in-flight count. ``release`` it exactly once when done."""
 
     __slots__ = ("_account", "_estimated_tokens", "_key", "_released")
 
@@ -199,7 +201,7 @@ class Admission:
         return self._released
 
     def release(self, measured_tokens: int | None = None) -> None:
-        """Leave the concurrency gates and correct TPM from the estimate to the measured count.
+        """Leave the in-flight counts and correct TPM from the estimate to the measured count.
 
         ``measured_tokens=None`` keeps the estimate (usage unknown); pass 0 for a request that
         consumed nothing upstream. A second call does nothing.
@@ -211,7 +213,7 @@ class Admission:
         for state in (self._key, self._account):
             if state is None:
                 continue
-            state.gate.leave()
+            state.concurrency.leave()
             if delta and state.tpm is not None:
                 state.tpm.adjust(delta)
 
@@ -220,11 +222,11 @@ _NO_LIMITS = (0, 0, 0)
 
 
 class RateLimiter:
-    """Per-key and per-account limits for the request path; O(1) ``admit`` and ``release``.
+    """Per-key and per-account limits for the request path; O(1) ``take_slot`` and ``release``.
 
     State appears on a key's first request and is dropped by ``sweep`` once the key has been
     idle for ``idle_after_s`` with full buckets and nothing in flight, so memory follows the
-    active keys. Changed limits passed to ``admit`` are applied in place (spent budget and
+    active keys. Changed limits passed to ``take_slot`` are applied in place (spent budget and
     in-flight counts carry over); ``forget`` drops a key's state outright (revoke).
     """
 
@@ -236,7 +238,7 @@ class RateLimiter:
         self._keys: dict[str, _LimitState] = {}
         self._accounts: dict[str, _LimitState] = {}
 
-    def admit(
+    def take_slot(
         self,
         key_id: str,
         *,
@@ -248,8 +250,8 @@ class RateLimiter:
         account_rpm: int = 0,
         account_tpm: int = 0,
         account_concurrency: int = 0,
-    ) -> Admission:
-        """Admit a request or raise ``RateLimited``; 0 means unlimited for any limit."""
+    ) -> LimitSlot:
+        """The request's slot, or ``RateLimited`` (429); 0 means unlimited for any limit."""
         now = self._clock()
         key = self._state(self._keys, key_id, (rpm, tpm, concurrency), now)
         account = None
@@ -257,8 +259,8 @@ class RateLimiter:
             limits = (account_rpm, account_tpm, account_concurrency)
             account = self._state(self._accounts, account_id, limits, now)
         # Check everything before consuming anything.
-        _check_gate(key, "key")
-        _check_gate(account, "account")
+        _check_concurrency(key, "key")
+        _check_concurrency(account, "account")
         key_wait, key_bucket = _bucket_wait(key, estimated_tokens, now)
         account_wait, account_bucket = _bucket_wait(account, estimated_tokens, now)
         if key_wait > 0.0 or account_wait > 0.0:
@@ -269,7 +271,7 @@ class RateLimiter:
             raise _bucket_limited(key, key_bucket, "key", key_wait)
         _consume(key, estimated_tokens, now)
         _consume(account, estimated_tokens, now)
-        return Admission(key, account, estimated_tokens)
+        return LimitSlot(key, account, estimated_tokens)
 
     def _state(
         self,
@@ -285,7 +287,7 @@ class RateLimiter:
             state = states[name] = _LimitState(limits, self._clock, now)
         elif state.limits != limits:
             state.configure(limits, now)
-        state.last_admit_at = now
+        state.last_used_at = now
         return state
 
     def sweep(self, now: float | None = None) -> int:
@@ -301,7 +303,7 @@ class RateLimiter:
         return dropped
 
     def forget(self, key_id: str) -> None:
-        """Drop a key's state (revoked or re-limited). In-flight admissions still release."""
+        """Drop a key's state (revoked or re-limited). Slots in flight still release."""
         self._keys.pop(key_id, None)
 
     def forget_account(self, account_id: str) -> None:
@@ -315,15 +317,15 @@ class RateLimiter:
 
     def in_flight(self, key_id: str) -> int:
         state = self._keys.get(key_id)
-        return 0 if state is None else state.gate.in_flight
+        return 0 if state is None else state.concurrency.in_flight
 
 
-def _check_gate(state: _LimitState | None, scope: str) -> None:
-    if state is None or state.gate.is_open():
+def _check_concurrency(state: _LimitState | None, scope: str) -> None:
+    if state is None or state.concurrency.is_open():
         return
     raise RateLimited(
         f"concurrency limit reached for this {scope}: "
-        f"{state.gate.limit} requests already in flight",
+        f"{state.concurrency.limit} requests already in flight",
         retry_after_s=CONCURRENCY_RETRY_AFTER_S,
     )
 
@@ -343,7 +345,7 @@ def _bucket_wait(state: _LimitState | None, estimated_tokens: int, now: float) -
 
 
 def _bucket_limited(state: _LimitState, which: str, scope: str, wait: float) -> RateLimited:
-    # Built only on rejection, so admitted requests format no strings.
+    # Built only on refusal, so requests that pass format no strings.
     if which == "rpm":
         limit = f"requests per minute limit ({state.limits[0]} rpm)"
     else:
@@ -360,4 +362,4 @@ def _consume(state: _LimitState | None, estimated_tokens: int, now: float) -> No
         state.rpm.take(1, now)
     if state.tpm is not None:
         state.tpm.take(estimated_tokens, now)
-    state.gate.in_flight += 1  # checked open above, with no await in between
+    state.concurrency.in_flight += 1  # checked open above, with no await in between

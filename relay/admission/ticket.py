@@ -1,14 +1,16 @@
-"""Admission: what a request is allowed to spend, and settling it exactly once.
+"""The ticket: what an admitted request holds, and ending it exactly once.
 
-``Ticket`` is the request's claim on its key's rate limits and its account's wallet,
-taken before the upstream call. ``Ticket.settle`` (measured cost) or
-``Ticket.release`` (nothing billable happened) ends it; both are synchronous, so they
-can run in a ``finally`` during cancellation, and only the first call counts.
+``Ticket`` is what the gate's admission (``relay.admission.gate``) hands a request: its
+rate-limit slot and its wallet hold, taken before the upstream call. ``Ticket.settle``
+(measured cost) or ``Ticket.release`` (nothing billable happened) ends it; both are
+synchronous, so a stream's generator can call them from its ``finally`` during
+cancellation, and only the first call counts. Which path calls which is in
+docs/architecture.md §2.2.
 """
 
 from __future__ import annotations
 
-from relay.admission.limits import Admission
+from relay.admission.limits import LimitSlot
 from relay.money.wallet import Hold, LedgerEntry, Wallet
 
 __all__ = ["Ticket"]
@@ -16,7 +18,7 @@ __all__ = ["Ticket"]
 
 class Ticket:
     __slots__ = (
-        "_admission",
+        "_slot",
         "_hold",
         "_wallet",
         "_finished",
@@ -27,11 +29,11 @@ class Ticket:
 
     def __init__(
         self,
-        admission: Admission | None = None,
+        slot: LimitSlot | None = None,
         hold: Hold | None = None,
         wallet: Wallet | None = None,
     ):
-        self._admission = admission
+        self._slot = slot
         self._hold = hold
         self._wallet = wallet
         self._finished = False
@@ -72,8 +74,8 @@ class Ticket:
                 self.overrun = self._hold.overrun
             self.charged_micros = cost_micros
         finally:
-            if self._admission is not None:
-                self._admission.release(measured_tokens)
+            if self._slot is not None:
+                self._slot.release(measured_tokens)
         return self.charged_micros
 
     def release(self) -> None:
@@ -85,5 +87,5 @@ class Ticket:
             if self._hold is not None and self._wallet is not None:
                 self._wallet.release(self._hold)
         finally:
-            if self._admission is not None:
-                self._admission.release(0)
+            if self._slot is not None:
+                self._slot.release(0)

@@ -8,10 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import InvalidRequest, RelayError
-from relay.http.responses import error_response, json_response, relay_state
+from relay.http.responses import error_response, json_response
 from relay.identity.auth import Principal
 from relay.money.pricing import micros_to_usd
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 
 __all__ = ["show_balance", "show_calling_key"]
 

@@ -16,26 +16,21 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
     TokenCounts,
+    abandon,
     answer_with_metadata,
     is_dry_run,
     model_for,
     pass_stream,
     read_answer,
     refuse,
-    release,
     settle_tokens,
 )
 from relay.errors import RelayError
-from relay.http.responses import (
-    decode_or_400,
-    json_response,
-    read_body,
-    relay_state,
-)
+from relay.http.responses import decode_or_400, json_response, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import CostQuote, quote_chat, quote_embedding
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 from relay.upstream.routing import OpenedRoute, Route
 from relay.upstream.stream_openai import CHARS_PER_TOKEN, StreamTap
 from relay.upstream.wire_openai import (
@@ -79,7 +74,7 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     if exchange.stream:
@@ -110,7 +105,7 @@ async def embeddings(request: Request) -> Response:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     return await _relay_answer(state, exchange, ticket, opened, quote)

@@ -1,7 +1,9 @@
-"""Steps of the request flow shared by the Messages, images and video handlers.
+"""Steps of the request flow shared by every data-plane handler (chat, Messages, images,
+videos): model check, dry run, refusal, reading an answer, passing a stream, settlement.
 
-The same steps as ``relay.api.chat`` (model check, dry run, refusal, settlement), public
-so that each endpoint module composes its own flow from them.
+Public so that each endpoint module composes its own flow from them; ``relay.api.chat`` is
+the reference composition. How the paths end a request exactly once:
+docs/architecture.md §2.2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from starlette.responses import Response
 
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
-from relay.errors import InvalidRequest, RelayError, UpstreamError, UpstreamTimeout
+from relay.errors import (
+    InvalidRequest,
+    RelayError,
+    StorageUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from relay.http.responses import error_response, json_response
 from relay.money.estimate import CostQuote
 from relay.money.pricing import token_cost_micros
@@ -25,6 +33,7 @@ from relay.upstream.stream_openai import splice_metadata
 
 __all__ = [
     "CLIENT_CLOSED",
+    "abandon",
     "ErrorRenderer",
     "TokenCounts",
     "is_dry_run",
@@ -85,6 +94,15 @@ def release(ticket: Ticket | None) -> None:
         ticket.release()
 
 
+def abandon(state: RelayState, exchange: Exchange, ticket: Ticket | None) -> None:
+    """The request was cancelled before its answer: nothing billed. When shutdown's grace
+    ran out it still leaves its usage row (503 ``server_shutdown``), like a cut stream."""
+    release(ticket)
+    if state.stopping() and (ticket is not None or exchange.principal.key is not None):
+        exchange.status, exchange.error_code = 503, "server_shutdown"
+        state.usage.record(exchange.usage_record())
+
+
 def refuse(
     state: RelayState,
     exchange: Exchange,
@@ -100,9 +118,24 @@ def refuse(
     release(ticket)
     exchange.status = exc.status
     exchange.error_code = exc.code
-    if ticket is not None or exchange.principal.key is not None:
+    if isinstance(exc, StorageUnavailable):
+        # Back-pressure: counted, written later as one row per key (relay.usage.refusals).
+        _count_refusal(state, exchange, exc)
+    elif ticket is not None or exchange.principal.key is not None:
         state.usage.record(exchange.usage_record())
     return render(exc, exchange.headers())
+
+
+def _count_refusal(state: RelayState, exchange: Exchange, exc: RelayError) -> None:
+    principal = exchange.principal
+    state.refusals.count(
+        account_id=principal.account_id,
+        key_id=principal.key_id,
+        endpoint=exchange.endpoint,
+        model=exchange.model.name if exchange.model is not None else None,
+        status=exc.status,
+        code=exc.code,
+    )
 
 
 class StreamTapLike(Protocol):
@@ -171,7 +204,7 @@ async def read_answer(
     except UpstreamFailure as exc:
         return refuse(state, exchange, ticket, upstream_broke_off(exc, what), render)
     except BaseException:
-        ticket.release()
+        abandon(state, exchange, ticket)
         raise
     finally:
         await opened.close()

@@ -18,20 +18,20 @@ from starlette.responses import Response
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
+    abandon,
     answer_with_metadata,
     is_dry_run,
     model_for,
     read_answer,
     refuse,
-    release,
     settle_cost,
 )
 from relay.errors import InvalidRequest, RelayError
-from relay.http.responses import decode_or_400, json_response, read_body, relay_state
+from relay.http.responses import decode_or_400, json_response, read_body
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import quote_images
 from relay.money.pricing import image_cost_micros
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 from relay.upstream.providers.base import IMAGES_PATH
 from relay.upstream.routing import OpenedRoute, Route
 
@@ -86,7 +86,7 @@ async def generate_images(request: Request) -> Response:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     return await _relay_images(state, exchange, ticket, opened, images)

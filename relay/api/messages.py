@@ -25,30 +25,24 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.api.flow import (
     TokenCounts,
+    abandon,
     answer_with_metadata,
     is_dry_run,
     model_for,
     pass_stream,
     read_answer,
     refuse,
-    release,
     settle_tokens,
 )
-from relay.errors import RelayError
-from relay.http.responses import (
-    decode_or_400,
-    error_response,
-    json_response,
-    read_body,
-    relay_state,
-)
+from relay.errors import RelayError, UpstreamRejected
+from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import CostQuote, estimate_prompt_tokens, quote_chat
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 from relay.upstream.providers.anthropic_stream import sse_event
 from relay.upstream.providers.base import MESSAGES_PATH
-from relay.upstream.routing import OpenedRoute, Route, UpstreamRejected
+from relay.upstream.routing import OpenedRoute, Route
 from relay.upstream.stream_anthropic import MessagesStreamTap
 from relay.upstream.stream_openai import CHARS_PER_TOKEN
 from relay.upstream.wire_anthropic import (
@@ -110,7 +104,7 @@ async def messages(request: Request) -> Response | EventStreamResponse:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc, anthropic_error_response)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     exchange.route = opened.route
     if exchange.stream:

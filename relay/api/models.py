@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import RelayError
-from relay.http.responses import error_response, json_response, relay_state
+from relay.http.responses import error_response, json_response
 from relay.money.pricing import pricing_view
+from relay.state import relay_state
 from relay.upstream.routing import Model
 
 __all__ = ["healthz", "list_models"]
@@ -43,8 +44,13 @@ async def list_models(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness for anyone; upstream key health only for the operator."""
+    """Liveness for anyone (503 with the reason while storage cannot commit); upstream key
+    health only for the operator."""
     state = relay_state(request)
+    problem = state.storage.problem()
+    if problem is not None:  # fail closed: a load balancer sends the traffic elsewhere
+        body = {"status": "unavailable", "reason": f"storage: {problem}"}
+        return json_response(body, status=503, headers={"retry-after": "1"})
     try:
         principal = await state.auth.authenticate(request.headers)
     except RelayError:

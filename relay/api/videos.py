@@ -23,20 +23,14 @@ from starlette.responses import Response, StreamingResponse
 
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
-from relay.api.flow import is_dry_run, model_for, refuse, release, upstream_broke_off
+from relay.api.flow import abandon, is_dry_run, model_for, refuse, upstream_broke_off
 from relay.errors import InvalidRequest, NotFound, NoUpstreamAvailable, RelayError, UpstreamError
-from relay.http.responses import (
-    decode_or_400,
-    error_response,
-    json_response,
-    read_body,
-    relay_state,
-)
+from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.identity.auth import ANONYMOUS, Principal
 from relay.jobs.video import UNFINISHED, VideoJob, VideoPoller, decode_upstream_video
 from relay.money.estimate import quote_video
 from relay.money.pricing import micros_to_usd
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 from relay.upstream.client import UpstreamFailure, UpstreamResponse
 from relay.upstream.providers import Provider
 from relay.upstream.providers.base import VIDEOS_PATH
@@ -106,7 +100,7 @@ async def create_video(request: Request) -> Response:
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException:
-        release(ticket)
+        abandon(state, exchange, ticket)
         raise
     job = VideoJob(
         id="video_" + secrets.token_hex(12),

@@ -1,4 +1,4 @@
-"""``python -m relay.cli.entry``: the same entry point as the ``relay`` script."""
+"""``python -m relay.cli``: the same entry point as the ``relay`` script."""
 
 from __future__ import annotations
 

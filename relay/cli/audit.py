@@ -1,6 +1,6 @@
 """``relay audit verify|list``: the audit trail, through the running server's admin API.
 
-Like the other management commands (``relay.cli.admin``) these are clients of
+Like the other management commands they are clients (``AdminClient``) of
 ``/admin/audit``: the server holds the audit HMAC key and is the database's only
 writer. ``verify`` exits 1 when the chain is broken, naming the first broken row.
 """
@@ -13,25 +13,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay.cli import types as cli_types
-from relay.cli.admin import (
-    AddConfigOption,
-    Handler,
-    SubParsers,
-    _command_error,
-    _request,
-)
+from relay.cli.client import AdminClient, CommandError
+from relay.cli.commands import AddConfigOption, Handler, SubParsers, add_url_option
 from relay.cli.format import format_table
 
 __all__ = ["add_audit_commands"]
 
 
 def _audit_verify(args: argparse.Namespace) -> Any:
-    report = _request(args, "GET", "/admin/audit/verify")
+    with AdminClient.from_args(args) as admin:
+        report = admin.call("GET", "/admin/audit/verify")
     if not report.get("ok"):
         if args.json:
             # The report goes to stdout for scripts; the one-line failure to stderr.
             print(json.dumps(report, indent=2, sort_keys=True))
-        raise _command_error(
+        raise CommandError(
             f"audit chain broken at row {report.get('broken_at')}: {report.get('reason')}"
         )
     if args.json:
@@ -55,7 +51,8 @@ def _audit_list(args: argparse.Namespace) -> Any:
         )
         if value is not None
     }
-    payload = _request(args, "GET", "/admin/audit", params=params)
+    with AdminClient.from_args(args) as admin:
+        payload = admin.call("GET", "/admin/audit", params=params)
     rows: list[Mapping[str, Any]] = payload.get("data", []) if isinstance(payload, dict) else []
     if args.json:
         return rows
@@ -84,9 +81,7 @@ def add_audit_commands(commands: SubParsers, add_config_option: AddConfigOption)
     def leaf(name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help)
         add_config_option(parser)
-        parser.add_argument(
-            "--url", help="the relay's base URL (default: from the config's server.listen)"
-        )
+        add_url_option(parser)
         parser.set_defaults(handler=handler)
         return parser
 

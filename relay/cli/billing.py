@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
-from relay.cli.admin import AddConfigOption, SubParsers, _request
+from relay.cli.client import AdminClient
+from relay.cli.commands import AddConfigOption, SubParsers, account_path, add_url_option
 from relay.cli.format import format_fields, format_table
 from relay.money.invoices import Statement, month_bounds, render_csv, render_html
 from relay.money.pricing import micros_to_usd
@@ -53,8 +53,9 @@ def _summary(statement: Statement) -> str:
 
 
 def _invoice(args: argparse.Namespace) -> Any:
-    path = f"/admin/accounts/{quote(args.account, safe='')}/statement"
-    answer = _request(args, "GET", path, params={"month": args.month})
+    path = f"{account_path(args.account)}/statement"
+    with AdminClient.from_args(args) as admin:
+        answer = admin.call("GET", path, params={"month": args.month})
     statement = msgspec.convert(answer, Statement)
     written = _write_files(statement, Path(args.out))
     if args.json:
@@ -64,6 +65,7 @@ def _invoice(args: argparse.Namespace) -> Any:
 
 
 def add_billing_commands(commands: SubParsers, add_config_option: AddConfigOption) -> None:
+    """Add ``invoice`` to ``relay``'s parser."""
     invoice = commands.add_parser(
         "invoice", help="an account's monthly statement (printable HTML and CSV)"
     )
@@ -71,5 +73,5 @@ def add_billing_commands(commands: SubParsers, add_config_option: AddConfigOptio
     invoice.add_argument("--month", required=True, type=_month, metavar="YYYY-MM")
     invoice.add_argument("--out", default=".", metavar="DIR", help="where to write the files")
     add_config_option(invoice)
-    invoice.add_argument("--url", help="the relay's base URL (default: from the config)")
+    add_url_option(invoice, help="the relay's base URL (default: from the config)")
     invoice.set_defaults(handler=_invoice)

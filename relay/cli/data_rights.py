@@ -13,40 +13,18 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import httpx
+from relay.cli.client import TIMEOUT_S, AdminClient, CommandError
+from relay.cli.commands import AddConfigOption, SubParsers, account_path, add_url_option
 
-from relay.cli import admin as cli_admin
-from relay.cli.admin import TIMEOUT_S, AddConfigOption, SubParsers, _request, admin_url
-from relay.config import load_config
+__all__ = ["add_data_rights_commands", "erase_command", "export_command"]
 
-__all__ = ["add_payment_commands", "erase_command", "export_command"]
-
-
-def _path(account: str, leaf: str) -> str:
-    return f"/admin/accounts/{cli_admin._segment(account)}/{leaf}"
-
-
-def _download(args: argparse.Namespace, path: str) -> bytes:
-    """GET a binary answer from the admin API; failures become one-line CommandErrors."""
-    server = load_config(args.config).server
-    url = (args.url or admin_url(server)).rstrip("/")
-    headers = {"Authorization": f"Bearer {cli_admin._admin_token(server)}"}
-    with httpx.Client(
-        base_url=url, headers=headers, timeout=TIMEOUT_S * 6, transport=cli_admin._transport()
-    ) as client:
-        try:
-            response = client.get(path)
-        except httpx.HTTPError as exc:
-            raise cli_admin._command_error(
-                f"cannot download from relay at {url}: {type(exc).__name__}"
-            ) from None
-    if not response.is_success:
-        cli_admin._answer(response)  # raises the server's one-line message
-    return response.content
+# The server builds the whole zip before it answers: give it longer than a JSON call.
+EXPORT_TIMEOUT_S = TIMEOUT_S * 6
 
 
 def export_command(args: argparse.Namespace) -> Any:
-    archive = _download(args, _path(args.account, "export"))
+    with AdminClient.from_args(args, timeout=EXPORT_TIMEOUT_S) as admin:
+        archive = admin.download(f"{account_path(args.account)}/export")
     out = Path(args.out or f"relay-export-{args.account}.zip".replace("/", "_"))
     out.write_bytes(archive)
     if args.json:
@@ -56,11 +34,12 @@ def export_command(args: argparse.Namespace) -> Any:
 
 def erase_command(args: argparse.Namespace) -> Any:
     if not args.yes:
-        raise cli_admin._command_error(
+        raise CommandError(
             "this suspends the account, revokes its keys and erases its personal data in "
             "30 days: run again with --yes to confirm"
         )
-    answer = _request(args, "POST", _path(args.account, "deletion"))
+    with AdminClient.from_args(args) as admin:
+        answer = admin.call("POST", f"{account_path(args.account)}/deletion")
     if args.json:
         return answer
     when = dt.datetime.fromtimestamp(int(answer["erase_after_ms"]) / 1000, tz=dt.UTC)
@@ -70,7 +49,8 @@ def erase_command(args: argparse.Namespace) -> Any:
     )
 
 
-def add_payment_commands(commands: SubParsers, add_config_option: AddConfigOption) -> None:
+def add_data_rights_commands(commands: SubParsers, add_config_option: AddConfigOption) -> None:
+    """Add ``export`` and ``erase`` to ``relay``'s parser."""
     export = commands.add_parser("export", help="download an account's data (zip of JSON+CSV)")
     export.add_argument("account", metavar="ACCOUNT", help="account name or id")
     export.add_argument("--out", metavar="FILE", help="where to write the zip")
@@ -81,5 +61,5 @@ def add_payment_commands(commands: SubParsers, add_config_option: AddConfigOptio
     erase.add_argument("--yes", action="store_true", help="confirm the deletion")
     for parser, handler in ((export, export_command), (erase, erase_command)):
         add_config_option(parser)
-        parser.add_argument("--url", help="the relay's base URL (default: from the config)")
+        add_url_option(parser, help="the relay's base URL (default: from the config)")
         parser.set_defaults(handler=handler)

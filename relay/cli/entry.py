@@ -1,7 +1,7 @@
 """The ``relay`` command line.
 
 ``serve`` and ``check-config`` work on the config file directly. Management commands
-are clients of the running server's admin API (see ``relay.cli.admin``), so the
+are clients of the running server's admin API (``relay.cli.client``), so the
 server's in-memory state is never stale. A failing command prints one line on stderr
 and exits non-zero; ``--json`` gives machine-readable output.
 """
@@ -12,23 +12,29 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import httpx
+
+from relay.cli.accounts import add_account_commands
+from relay.cli.audit import add_audit_commands
+from relay.cli.billing import add_billing_commands
+from relay.cli.client import CommandError
+from relay.cli.commands import Handler
+from relay.cli.data_rights import add_data_rights_commands
+from relay.cli.keys import add_key_commands
+from relay.cli.usage import add_usage_commands
+from relay.cli.users import add_user_commands
+from relay.cli.wallet import add_wallet_commands
 from relay.config import Config, load_config
 from relay.errors import ConfigError
 
-__all__ = ["CommandError", "main"]
+__all__ = ["CommandError", "add_config_option", "build_parser", "main"]
 
 
-class CommandError(Exception):
-    """A command failed; the message is printed as is."""
-
-
-Handler = Callable[[argparse.Namespace], Any]
-
-
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``-c/--config`` and ``--json``: every command takes both."""
     parser.add_argument(
         "-c", "--config", default="relay.toml", help="config file (default: relay.toml)"
     )
@@ -78,27 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway")
-    _add_config_option(serve)
+    add_config_option(serve)
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
-    _add_config_option(check)
+    add_config_option(check)
     check.set_defaults(handler=_check_config)
 
-    # Management commands: clients of the running server's admin API.
-    from relay.cli.admin import add_admin_commands
-    from relay.cli.audit import add_audit_commands
-    from relay.cli.billing import add_billing_commands
-    from relay.cli.data_rights import add_payment_commands
-    from relay.cli.usage import add_usage_commands
-    from relay.cli.users import add_user_commands
-
-    add_admin_commands(commands, _add_config_option)
-    add_billing_commands(commands, _add_config_option)
-    add_usage_commands(commands, _add_config_option)
-    add_audit_commands(commands, _add_config_option)
-    add_user_commands(commands, _add_config_option)
-    add_payment_commands(commands, _add_config_option)
+    # Management commands: clients of the running server's admin API, in `relay --help` order.
+    for add_commands in (
+        add_account_commands,
+        add_key_commands,
+        add_wallet_commands,
+        add_billing_commands,
+        add_usage_commands,
+        add_audit_commands,
+        add_user_commands,
+        add_data_rights_commands,
+    ):
+        add_commands(commands, add_config_option)
     return parser
 
 
@@ -111,9 +115,15 @@ def _print(result: Any, as_json: bool) -> None:
         print(result)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run one ``relay`` command; its exit status.
+
+    ``transport`` is the admin API's network (default: the real one); tests pass an
+    ``httpx.MockTransport``. It rides on the parsed arguments to ``AdminClient.from_args``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.transport = transport
     handler: Handler = args.handler
     try:
         result = handler(args)

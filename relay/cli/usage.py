@@ -1,6 +1,6 @@
 """``relay usage summary|export`` and ``relay archives list|download``: admin API clients.
 
-Like the other management commands (``relay.cli.admin``) they never open the database.
+Like the other management commands they go through ``AdminClient``, never the database.
 Exports and archive downloads are streamed to a file or stdout as they arrive, with a
 progress line on stderr when it is a terminal; a download is checked against the
 SHA-256 the server recorded for the archive.
@@ -21,10 +21,9 @@ from typing import IO, Any, BinaryIO
 
 import httpx
 
-from relay.cli import admin as cli_admin
-from relay.cli.admin import AddConfigOption, SubParsers
+from relay.cli.client import AdminClient, CommandError
+from relay.cli.commands import AddConfigOption, SubParsers, add_url_option, segment
 from relay.cli.format import format_table
-from relay.config import load_config
 from relay.money.pricing import micros_to_usd
 
 __all__ = ["Progress", "add_usage_commands"]
@@ -37,25 +36,9 @@ __all__ = ["Progress", "add_usage_commands"]
 def _stream(
     args: argparse.Namespace, path: str, params: Mapping[str, str] | None = None
 ) -> Iterator[httpx.Response]:
-    """A streamed GET; any failure becomes a one-line CommandError without the token."""
-    server = load_config(args.config).server
-    url = (args.url or cli_admin.admin_url(server)).rstrip("/")
-    headers = {"Authorization": f"Bearer {cli_admin._admin_token(server)}"}
-    with httpx.Client(
-        base_url=url, headers=headers, timeout=cli_admin.TIMEOUT_S, transport=cli_admin._transport()
-    ) as client:
-        try:
-            with client.stream("GET", path, params=params) as response:
-                if not response.is_success:
-                    response.read()
-                    cli_admin._answer(response)  # raises the server's error message
-                yield response
-        except httpx.ConnectError:
-            raise cli_admin._command_error(
-                f"cannot reach relay at {url}: is `relay serve` running?"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise cli_admin._command_error(f"download from relay at {url} failed: {exc}") from None
+    """A streamed GET from the server the command's config names."""
+    with AdminClient.from_args(args) as admin, admin.stream(path, params) as response:
+        yield response
 
 
 class Progress:
@@ -121,7 +104,8 @@ def _usage_summary(args: argparse.Namespace) -> Any:
         }.items()
         if value is not None
     }
-    answer = cli_admin._request(args, "GET", "/admin/usage/summary", params=params)
+    with AdminClient.from_args(args) as admin:
+        answer = admin.call("GET", "/admin/usage/summary", params=params)
     if args.json:
         return answer
     groups = answer.get("data") or []
@@ -177,7 +161,8 @@ def _archives_list(args: argparse.Namespace) -> Any:
         for name, value in {"kind": args.kind, "account": args.account, "month": args.month}.items()
         if value
     }
-    answer = cli_admin._request(args, "GET", "/admin/archives", params=params)
+    with AdminClient.from_args(args) as admin:
+        answer = admin.call("GET", "/admin/archives", params=params)
     archives = answer.get("data") or []
     if args.json:
         return archives
@@ -205,7 +190,7 @@ def _archives_download(args: argparse.Namespace) -> Any:
     target = args.output or args.name
     digest = hashlib.sha256()
     size = 0
-    path = f"/admin/archives/{cli_admin._segment(args.name)}"
+    path = f"/admin/archives/{segment(args.name)}"
     with _stream(args, path) as response, _output(target) as out:
         expected = response.headers.get("x-relay-sha256", "")
         progress = Progress(sys.stderr, "bytes", _header_int(response, "content-length"))
@@ -217,7 +202,7 @@ def _archives_download(args: argparse.Namespace) -> Any:
         progress.finish(size)
         if digest.hexdigest() != expected:
             # Raised inside _output: the partial file is removed, never renamed into place.
-            raise cli_admin._command_error(
+            raise CommandError(
                 f"checksum mismatch for {args.name}: got {digest.hexdigest()}, "
                 f"the server recorded {expected or 'none'}"
             )
@@ -253,9 +238,7 @@ def add_usage_commands(commands: SubParsers, add_config_option: AddConfigOption)
     def leaf(actions: SubParsers, name: str, help: str, handler: Any) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help)
         add_config_option(parser)
-        parser.add_argument(
-            "--url", help="the relay's base URL (default: from the config's server.listen)"
-        )
+        add_url_option(parser)
         parser.set_defaults(handler=handler)
         return parser
 

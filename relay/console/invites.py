@@ -15,10 +15,10 @@ import time
 
 import msgspec
 
-from relay.console.auth.roles import Role
 from relay.console.auth.signing import sign, unsign
-from relay.console.users import User, insert_membership
 from relay.identity.audit import append_audit
+from relay.identity.roles import Role
+from relay.identity.users import User, insert_membership
 from relay.storage.db import Database
 
 __all__ = ["INVITE_LIFETIME_MS", "Invite", "InviteStore"]

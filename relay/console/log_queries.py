@@ -9,7 +9,8 @@ most one page of rows even with a million usage rows:
 * a time range becomes an ``id`` range first (two seeks on ``usage_ts``): rows are written
   when a request ends, at most ``_MAX_REQUEST_SPAN_MS`` after their ``ts_ms``, so ids and
   times agree up to that span; the exact ``ts_ms`` test then runs on that range only;
-* charts read ``usage_daily``, which a trigger keeps summed per account, day and model.
+* charts read ``usage_daily``, summed per account, day and model by an upsert next to
+  each usage insert (``relay.usage.rollup``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _LOG_COLUMNS = (
     "prompt_tokens, completion_tokens, cached_tokens, units, cost_micros, usage_estimated, "
     "latency_ms, ttfb_ms"
 )
-# One request in full (still metadata only: design §4).
+# One request in full (still metadata only: docs/architecture.md §5).
 _ENTRY_COLUMNS = _LOG_COLUMNS + ", upstream_model, upstream_request_id, cache_write_tokens"
 _NO_ID = 2**62
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import msgspec
 
-from relay.admin.payments import payments_runtime
 from relay.console.web import Ctx
 from relay.errors import InvalidRequest
 from relay.money.pricing import micros_to_usd, usd_to_micros
 from relay.payments.auto_settings import AutoTopUpSettings
+from relay.payments.runtime import payments_runtime
 from relay.payments.service import PaymentsService, PaymentsUnavailable
 
 __all__ = [

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from relay.console.auth.sessions import SessionStore
 from relay.console.invites import InviteStore
 from relay.console.tickets import TicketStore
-from relay.console.users import UserStore
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.identity.users import UserStore
 from relay.state import RelayState
 
 __all__ = ["ConsoleKeys", "Services", "open_services"]

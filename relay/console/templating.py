@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from relay.console.auth.roles import Permission
+from relay.identity.roles import Permission
 from relay.money.display import format_usd, format_usd_exact
 
 __all__ = ["build_templates", "format_day", "format_time", "format_usd", "format_usd_exact"]

@@ -13,8 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from relay.console.users import User
 from relay.errors import InvalidRequest
+from relay.identity.users import User
 from relay.storage.db import Database
 
 __all__ = ["TICKET_STATUSES", "Ticket", "TicketMessage", "TicketStore"]

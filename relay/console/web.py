@@ -20,19 +20,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from relay.console.auth.csrf import CSRF_FIELD, csrf_token, origin_allowed, valid_csrf_token
-from relay.console.auth.roles import Permission, Role, allows
 from relay.console.auth.sessions import PRE_SESSION_COOKIE, SESSION_COOKIE, Session
 from relay.console.auth.signing import sign, unsign
 from relay.console.auth.throttle import LoginThrottle
 from relay.console.flash import FLASH_PARAM, FlashStore
 from relay.console.services import Services, open_services
 from relay.console.templating import build_templates
-from relay.console.users import User
 from relay.errors import NotFound, RelayError
-from relay.http.responses import read_body, relay_state
+from relay.http.responses import read_body
 from relay.identity.accounts import Account
+from relay.identity.roles import Permission, Role, allows
+from relay.identity.users import User
 from relay.payments.store import Notice, list_notices
-from relay.state import RelayState
+from relay.state import RelayState, relay_state
 
 __all__ = [
     "CHECKOUT_ORIGIN",

@@ -13,32 +13,23 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from relay.errors import InvalidRequest, RelayError, RequestTooLarge, error_body
-from relay.state import RelayState
-from relay.upstream.routing import UpstreamRejected
-from relay.upstream.wire_openai import encode
+from relay.errors import InvalidRequest, RelayError, RequestTooLarge, UpstreamRejected, error_body
 
 __all__ = [
     "decode_or_400",
     "error_response",
     "json_response",
     "read_body",
-    "relay_state",
     "unexpected_error_response",
 ]
 
 log = logging.getLogger("relay.api")
+_encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
 # How much of a refused over-size body relay still reads so the client sees its 413.
 DRAIN_MAX_BYTES = 1024 * 1024
 DRAIN_MAX_S = 1.0
-
-
-def relay_state(request: Request) -> RelayState:
-    # Straight from the scope: ``request.state`` builds a State object per request.
-    state: RelayState = request.scope["state"]["relay"]
-    return state
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -98,7 +89,7 @@ def _field_message(message: str) -> str:
 def json_response(
     body: bytes | dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    content = body if isinstance(body, bytes) else encode(body)
+    content = body if isinstance(body, bytes) else _encoder.encode(body)
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -1,7 +1,7 @@
 """The audit trail: every admin action as an insert-only, hash-chained row.
 
 Each row's ``hash`` is HMAC-SHA256 (key kept outside the database, see
-``relay.secrets``) over its own fields and the previous row's hash, so editing,
+``relay.identity.server_secret``) over its own fields and the previous row's hash, so editing,
 inserting or deleting a row in the middle breaks the chain at that row.
 ``verify_chain`` walks it and reports the first broken link. Rows are written by the
 single writer, inside the same transaction as the change they describe.
@@ -17,7 +17,20 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ChainReport", "append_audit", "row_hash", "verify_chain"]
+from relay.storage.db import Database
+
+__all__ = [
+    "AUDIT_COLUMNS",
+    "ChainReport",
+    "append_audit",
+    "row_hash",
+    "verify_chain",
+    "verify_stored_chain",
+]
+
+# The columns a chain check reads, in the order ``verify_chain`` expects.
+AUDIT_COLUMNS = "id, ts_ms, actor, action, target, detail, prev_hash, hash"
+VERIFY_PAGE_ROWS = 1000
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 
@@ -113,3 +126,56 @@ def verify_chain(rows: list[sqlite3.Row] | list[tuple[Any, ...]], key: bytes) ->
 
 def _broken(rows: list[Any], row_id: int, reason: str) -> ChainReport:
     return ChainReport(ok=False, rows=len(rows), broken_at=row_id, reason=reason)
+
+
+async def verify_stored_chain(
+    db: Database, key: bytes, *, page_size: int = VERIFY_PAGE_ROWS
+) -> dict[str, Any]:
+    """Check every audit row in id order, ``page_size`` rows per read.
+
+    Each page is checked together with the last row of the page before it, so a link
+    across a page boundary is checked like any other. The answer counts the rows found
+    intact (all of them when ``ok``) and names the last intact one in ``last_id``.
+    """
+    carry: tuple[Any, ...] | None = None
+    first_id: int | None = None
+    intact = 0
+    while True:
+        page = await _chain_page(db, carry[0] if carry is not None else None, page_size)
+        if not page:
+            break
+        if first_id is None:
+            first_id = page[0][0]
+        report = verify_chain([carry, *page] if carry is not None else page, key)
+        if not report.ok:
+            good = [row for row in page if row[0] < (report.broken_at or 0)]
+            last_good = good[-1] if good else carry
+            return _report(intact + len(good), first_id, last_good, report.broken_at, report.reason)
+        intact += len(page)
+        carry = page[-1]
+    return _report(intact, first_id, carry, None, None)
+
+
+async def _chain_page(db: Database, after_id: int | None, size: int) -> list[tuple[Any, ...]]:
+    rows = await db.fetchall(
+        f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+        (after_id if after_id is not None else -(2**62), size),
+    )
+    return [tuple(row) for row in rows]
+
+
+def _report(
+    intact: int,
+    first_id: int | None,
+    last_good: tuple[Any, ...] | None,
+    broken_at: int | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    return {
+        "ok": broken_at is None,
+        "rows": intact,
+        "first_id": first_id,
+        "last_id": last_good[0] if last_good is not None else None,
+        "broken_at": broken_at,
+        "reason": reason,
+    }

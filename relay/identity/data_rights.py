@@ -18,7 +18,6 @@ older ones may still hold the former name until audit retention archives them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import hashlib
 import io
@@ -34,6 +33,7 @@ import msgspec
 from relay.errors import NotFound
 from relay.identity.accounts import AccountStore
 from relay.identity.audit import append_audit
+from relay.jobs.periodic import PeriodicTask
 from relay.storage.db import Database
 
 __all__ = [
@@ -378,18 +378,16 @@ class ErasureJob:
         self.store = store
         self.clock_ms = clock_ms
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        # The first run at start-up: a request that came due while relay was down waits no longer.
+        self._periodic = PeriodicTask(
+            "relay-erasure", self.run_once, interval_s=interval_s, first_after_s=0, log=log
+        )
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="relay-erasure")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
 
     async def run_once(self) -> list[str]:
         """Erase every due account; the ids erased."""
@@ -409,11 +407,3 @@ class ErasureJob:
                 continue
             erased.append(account_id)
         return erased
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except sqlite3.Error as exc:  # a locked or full disk: try again tomorrow
-                log.error("erasure run failed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(self.interval_s)

@@ -21,7 +21,6 @@ Nothing of the prompt is stored: only model, size, seconds and prices.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import msgspec
 
 from relay.errors import QuotaError
+from relay.jobs.periodic import PeriodicTask
 from relay.money.ledger import insert_entry
 from relay.money.pricing import ModelPrice, video_cost_micros
 from relay.money.wallet import Hold, LedgerEntry, Wallet
@@ -197,10 +197,11 @@ class VideoPoller:
         self._db = db
         self._wallet = wallet
         self._providers = providers
-        self._interval_s = interval_s
         self._max_poll_failures = max_poll_failures
         self._jobs: dict[str, VideoJob] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicTask(
+            "relay-video-poller", self.poll_once, interval_s=interval_s, log=log
+        )
         # One round at a time: a job must never be judged by two overlapping polls.
         self._round = asyncio.Lock()
 
@@ -214,16 +215,11 @@ class VideoPoller:
             self._jobs[job.id] = job
         if self._jobs:
             log.info("resumed %d unfinished video jobs", len(self._jobs))
-        self._task = asyncio.create_task(self._run(), name="relay-video-poller")
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop polling; open holds die with the process and are re-placed at the next start."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await self._periodic.stop()
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -270,14 +266,6 @@ class VideoPoller:
         return len(self._jobs)
 
     # -- polling --------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.poll_once()
-            except Exception as exc:  # a bug in one round must not stop polling every job
-                log.error("video poll round failed: %s", type(exc).__name__)
 
     async def poll_once(self) -> None:
         """Ask the upstream about every running job, one after the other."""

@@ -8,7 +8,7 @@ Two precisions, one rule each:
 * per-request amounts (a request's cost, a ledger charge): every significant digit down
   to the micro-dollar, at least two decimals (``$0.000025``, ``$1,234.50``).
 
-Amounts stay integer micro-dollars until this point (design §3): the string is built
+Amounts stay integer micro-dollars until this point (docs/architecture.md §3): the string is built
 from ``divmod``, never from a float. CSV cells use the same rounding without symbol or
 grouping (``1234.57``, ``-0.000025``) so spreadsheets read them as numbers.
 """

@@ -19,7 +19,7 @@ The rule (``estimate_prompt_tokens``), deliberately on the high side:
 It is a heuristic, not a bound: adversarial text (random strings, single-character words)
 or a long PDF can tokenize denser. The wallet then records an *overrun* when the measured
 cost exceeds the request's worst case, which is the only way an account can end below its
-limit (design §3).
+limit (docs/architecture.md §3.6).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ NON_ASCII_BYTES_PER_TOKEN = 2
 MEDIA_TOKENS = 2_000
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REQUEST = 3
-# What the cheap hold assumes a chat answer uses when far from any limit (design §3).
+# What the cheap hold assumes a chat answer uses when far from any limit
+# (docs/architecture.md §3.5).
 EXPECTED_OUTPUT_TOKENS = 512
 # A base64 "data" field shorter than this is ordinary text, not a media payload.
 _MIN_MEDIA_FIELD_BYTES = 256

@@ -5,10 +5,12 @@ follows: every ledger row the wallet creates is handed to ``on_ledger_entry`` (t
 enqueues it to the storage writer). At start-up the caller loads each account with the sum
 of its ledger rows and each key with the sum of its charges; open holds die with the process.
 
-Money contract (design §3): ``available = balance + credit_limit − open holds``; a request
-is admitted only if its hold fits in ``available``; no account ends below ``−credit_limit``
-(and no key above its spend cap) under any interleaving, unless an upstream reported more
-than the request's own worst case, which is recorded as an *overrun*.
+Money rules (docs/architecture.md §3): ``available = balance + credit_limit − open holds``;
+a hold is placed only if the request's worst case fits the *headroom rule* (``plan_hold``),
+so every hold fits in ``available`` and no account ends below ``−credit_limit`` (and no key
+above its spend cap) under any interleaving, unless an upstream reported more than the
+request's own worst case, which is recorded as an *overrun*. The headroom rule is one
+check inside the gate's admission (``relay.admission.gate``), not admission itself.
 
 Every method is synchronous (no ``await``), so each one is atomic on the event loop and
 ``settle``/``release`` can run in a ``finally`` during cancellation. Not thread-safe.
@@ -145,7 +147,8 @@ class Wallet:
     the sum of the rows handed out.
 
     ``fast_path_margin_micros`` and ``spend_window_s`` tune when a hold is the cheap
-    estimate rather than the worst case (see ``plan_hold``); they never affect admission.
+    estimate rather than the worst case (see ``plan_hold``); they never decide whether a
+    request gets a hold (the headroom rule does).
     """
 
     def __init__(
@@ -212,9 +215,9 @@ class Wallet:
     def set_credit_limit(
         self, account_id: str, credit_limit_micros: int, *, mode: AccountMode | None = None
     ) -> None:
-        """Change an account's limit (and mode). Binds every admission from now on.
+        """Change an account's limit (and mode). Binds every hold placed from now on.
 
-        Requests already in flight were admitted under the old limit and are not cancelled:
+        Requests already in flight were held under the old limit and are not cancelled:
         lowering a limit can let them finish below the new ``−credit_limit`` (never below
         the old one).
         """
@@ -264,13 +267,66 @@ class Wallet:
         reference: str,
         note: str | None,
     ) -> LedgerEntry:
+        entry = self._entry(account_id, kind, amount_micros, reference, note)
+        self._sink(entry)
+        self._apply(entry)
+        return entry
+
+    # -- credits committed first, applied after (money changes memory after the database) --
+
+    def prepare(
+        self,
+        account_id: str,
+        kind: LedgerKind,
+        amount_micros: int,
+        *,
+        reference: str,
+        note: str | None = None,
+    ) -> LedgerEntry:
+        """A credit, refund or adjustment row to commit, NOT yet applied (nor sent to the sink).
+
+        The caller commits the row (with its payment, receipt and audit rows) and then calls
+        ``apply``, or ``abandon`` if the commit failed. The reference is reserved at once,
+        so a concurrent repeat gets ``DuplicateReference`` while this one is in flight.
+        """
+        if kind == "charge":
+            raise ValueError("charges are settled from holds")
+        if kind == "adjustment":
+            if isinstance(amount_micros, bool) or not isinstance(amount_micros, int):
+                raise TypeError("amount_micros must be an int of micro-USD")
+            if amount_micros == 0:
+                raise ValueError("an adjustment must not be zero")
+        else:
+            _check_micros("amount_micros", amount_micros, positive=True)
+        entry = self._entry(account_id, kind, amount_micros, reference, note)
+        if kind in ("credit", "refund"):
+            self._accounts[account_id].references.add(reference)
+        return entry
+
+    def apply(self, entry: LedgerEntry) -> None:
+        """The database committed ``entry`` (from ``prepare``): now the balance moves."""
+        self._apply(entry)
+
+    def abandon(self, entry: LedgerEntry) -> None:
+        """The commit of ``entry`` failed: nothing changed; its reference is free again."""
+        account = self._accounts.get(entry.account_id)
+        if account is not None and entry.kind in ("credit", "refund"):
+            account.references.discard(entry.reference)
+
+    def _entry(
+        self,
+        account_id: str,
+        kind: LedgerKind,
+        amount_micros: int,
+        reference: str,
+        note: str | None,
+    ) -> LedgerEntry:
         account = self._account(account_id)
         if not reference:
             raise ValueError("a ledger row needs a reference")
-        unique = kind in ("credit", "refund")
-        if unique and reference in account.references:
+        if kind in ("credit", "refund") and reference in account.references:
             raise DuplicateReference(f"reference {reference!r} was already used on this account")
-        entry = LedgerEntry(
+        return LedgerEntry(
             account_id=account_id,
             kind=kind,
             amount_micros=amount_micros,
@@ -278,11 +334,12 @@ class Wallet:
             note=note,
             created_at_ms=self._wall_clock_ms(),
         )
-        self._sink(entry)
-        account.balance += amount_micros
-        if unique:
-            account.references.add(reference)
-        return entry
+
+    def _apply(self, entry: LedgerEntry) -> None:
+        account = self._accounts[entry.account_id]
+        account.balance += entry.amount_micros
+        if entry.kind in ("credit", "refund"):
+            account.references.add(entry.reference)
 
     # -- holds ----------------------------------------------------------------------------
 
@@ -296,22 +353,23 @@ class Wallet:
     ) -> HoldPlan:
         """Decide a request's hold, or raise ``QuotaError`` naming "balance" or "key spend cap".
 
-        Admission. Let B be the balance, L the credit limit, W_i the worst case of each
-        request in flight and R = B + L − Σ W_i the *headroom*. A request with worst case W
-        is admitted iff W ≤ R (and, for a capped key, W ≤ cap − spent − Σ W_i of the key).
+        The headroom rule. Let B be the balance, L the credit limit, W_i the worst case of
+        each request in flight and R = B + L − Σ W_i the *headroom*. A request with worst
+        case W gets a hold iff W ≤ R (and, for a capped key, W ≤ cap − spent − Σ W_i of the
+        key). docs/architecture.md §3.4 restates this proof at length.
 
         Proof sketch of the invariant R ≥ 0 (hence B ≥ −L + Σ W_i ≥ −L), by induction over
         any interleaving of operations, each atomic on the event loop:
-          - admit:   R' = R − W ≥ 0 because W ≤ R was checked;
+          - hold:    R' = R − W ≥ 0 because W ≤ R was checked;
           - settle:  R' = R + W_i − actual ≥ R whenever actual ≤ W_i (else: an overrun);
           - release: actual = 0, so R grows;
           - credit/refund: B grows; restart: in-flight holds vanish, Σ W_i = 0, R grows.
         The same argument with R_k = cap − spent − Σ W_i keeps a key within its cap. The
-        rule is also necessary: admitting with W > R lets the in-flight requests, each
-        costing its worst case, overdraw. So it admits every request that is safe.
+        rule is also necessary: holding with W > R lets the in-flight requests, each
+        costing its worst case, overdraw. So it refuses no request that is safe.
 
-        What is held. The hold only sets the reported ``available``; admission does not
-        depend on it. Far from the edge the hold is the cheap estimate E: when
+        What is held. The hold only sets the reported ``available``; the headroom rule does
+        not depend on it. Far from the edge the hold is the cheap estimate E: when
         R − W ≥ T, with threshold T = max(fast_path_margin, spend of the last one to two
         ``spend_window_s``). In terms of ``available`` = B + L − Σ H_i, that is
         available ≥ T + W + Σ (W_i − H_i): the threshold rises with recent spend and with

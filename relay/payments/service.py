@@ -1,11 +1,11 @@
 """Payments as relay sees them: start a checkout, credit a confirmed payment, record a failure.
 
 Crediting is where money enters the wallet, so it is built to happen once per payment:
-the wallet refuses a reference it has seen (``DuplicateReference``, synchronous, so two
-concurrent deliveries cannot both pass), the ledger's unique index refuses it on disk, and
-the handled event id is remembered. ``wallet.credit`` queues its ledger row and the very
-next statement, with no ``await`` in between, queues the payment row, the receipt, the
-event id and the audit row: the single writer commits them in one transaction.
+the wallet refuses a reference it has seen or has in flight (``DuplicateReference``,
+synchronous, so two concurrent deliveries cannot both pass), the ledger's unique index
+refuses it on disk, and the handled event id is remembered. The ledger row, the payment
+row, the receipt, the event id and the audit row are one write, committed in one
+transaction; only then does the wallet's balance move (``crediting.commit_credit``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from relay.money.pricing import micros_to_usd, usd_to_micros
 from relay.money.wallet import DuplicateReference, Wallet
 from relay.payments import auto_settings
 from relay.payments.auto_settings import AutoTopUpSettings
-from relay.payments.crediting import EventRecord, finalize_credit, wall_ms
+from relay.payments.crediting import EventRecord, commit_credit, credit_write, wall_ms
 from relay.payments.receipts import SellerDetails
 from relay.payments.store import (
     PaidPayment,
@@ -186,8 +186,9 @@ class PaymentsService:
         if paid.account_id not in self.accounts.accounts:
             raise NotFound(f"No account {paid.account_id!r}", code="account_not_found")
         try:
-            self.wallet.credit(
+            entry = self.wallet.prepare(
                 paid.account_id,
+                "credit",
                 paid.amount_micros,
                 reference=paid.provider_payment_id,
                 note=f"{paid.provider} {paid.kind}",
@@ -196,20 +197,18 @@ class PaymentsService:
             if event is not None:
                 await self.remember(event, "already_credited")
             return CreditResult(False, paid.provider_payment_id, paid.amount_micros)
-        at_ms, buyer_name = self.clock(), self._buyer_name(paid.account_id)
-        # No await since wallet.credit queued the ledger row: this write joins its transaction.
-        receipt = await self.db.write(
-            lambda conn: finalize_credit(
-                conn,
-                paid,
-                at_ms=at_ms,
-                buyer_name=buyer_name,
-                seller=self.seller,
-                audit_key=self.accounts.audit_key,
-                actor=actor,
-                event=event,
-            )
+        write = credit_write(
+            entry,
+            paid,
+            at_ms=self.clock(),
+            buyer_name=self._buyer_name(paid.account_id),
+            seller=self.seller,
+            audit_key=self.accounts.audit_key,
+            actor=actor,
+            event=event,
         )
+        # One transaction for ledger, payment, receipt, event and audit; then the wallet.
+        receipt = await commit_credit(self.db, self.wallet, entry, write)
         if paid.kind == "auto_topup":
             self._reset_cached_failures(paid.account_id)
         return CreditResult(True, paid.provider_payment_id, paid.amount_micros, receipt.number)

@@ -160,17 +160,26 @@ def insert_pending(conn: sqlite3.Connection, payment: Payment) -> None:
     )
 
 
-def _find(conn: sqlite3.Connection, provider: str, provider_payment_id: str) -> Payment | None:
-    row = conn.execute(
-        f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE provider = ? AND provider_payment_id = ?",
-        (provider, provider_payment_id),
-    ).fetchone()
+def _find(
+    conn: sqlite3.Connection,
+    provider: str,
+    provider_payment_id: str,
+    account_id: str | None = None,
+) -> Payment | None:
+    """The payment under this reference: of ``account_id`` when given, since references
+    are unique per account only (a manual reference may be reused on another account)."""
+    sql = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE provider = ? AND provider_payment_id = ?"
+    params: tuple[str, ...] = (provider, provider_payment_id)
+    if account_id is not None:
+        sql += " AND account_id = ?"
+        params += (account_id,)
+    row = conn.execute(sql + " ORDER BY created_at_ms LIMIT 1", params).fetchone()
     return None if row is None else Payment(*tuple(row))
 
 
 def finalize_paid(conn: sqlite3.Connection, paid: PaidPayment, at_ms: int) -> Payment:
     """Mark ``paid`` as paid (inserting its row if relay never saw it pending)."""
-    existing = _find(conn, paid.provider, paid.provider_payment_id)
+    existing = _find(conn, paid.provider, paid.provider_payment_id, paid.account_id)
     if existing is None:
         payment = Payment(
             id=new_payment_id(),

@@ -9,12 +9,29 @@ by one writer connection (the idea of Datasette's ``database.py``):
 * ``await write(fn)`` / ``await execute_write(sql, params)`` queue a durable write (top-ups,
   account and key changes, admin actions) and return once its transaction is COMMITTED. A
   durable write does not wait out the flush interval: it asks the writer to commit now.
-* Each item runs inside its own ``SAVEPOINT``: a failing item (say a UNIQUE violation) rolls
-  back only itself. Its awaiting caller gets the exception; a fire-and-forget failure is
-  logged on ``relay.storage.db`` with exception type and message only, never the parameters.
+* A failing item (say a UNIQUE violation) rolls back only itself: in a batch holding a
+  durable write every item runs in its own ``SAVEPOINT``; a batch of only fire-and-forget
+  writes runs without them and, if one fails, is rolled back and replayed with them
+  (``relay.storage.batch``). An awaiting caller gets the exception; a fire-and-forget
+  failure is logged on ``relay.storage.db`` with exception type and message only, never
+  the parameters. A batch whose transaction fails as a whole (say, a full disk) fails
+  every awaiting caller and logs how many fire-and-forget writes were lost; it is not
+  retried yet (docs/architecture.md §11).
 * Nothing is ever dropped silently. A full queue makes ``enqueue`` raise ``WriteQueueFull``
   and makes ``enqueue_wait``/``write`` wait for space. ``close()`` stops accepting, drains
   and commits every queued write, then closes all connections.
+* A batch the storage cannot commit (``SQLITE_BUSY`` past ``busy_timeout``, ``SQLITE_FULL``,
+  ``SQLITE_IOERR``, a read-only file: ``StorageFault``) is retried whole, with backoff,
+  until it commits; later writes join it. Durable writes too: some carry a charge already
+  applied in memory (a video job's settlement), so by default they wait for the commit.
+  With ``durable_wait_s`` set, one whose caller has waited that long is failed instead
+  (``StorageUnavailable``: nothing of it committed, so the caller changes no memory); so
+  is every durable write still uncommitted when closing gives up. ``stalled_for()``,
+  ``last_fault`` and ``hard_fault`` tell the health check (``relay.storage.health``) how
+  long nothing could commit, and why. While closing, retries stop
+  after ``close_retry_s``: the writes still uncommitted are counted, logged and reported
+  by ``close()`` raising ``StorageFault``.
+* Batches holding a durable write commit with ``synchronous=FULL``.
 * Reads go to a small pool of ``?mode=ro`` aiosqlite connections with ``query_only=ON``;
   WAL mode lets them read the last committed state while the writer is in a transaction.
 
@@ -47,20 +64,27 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from relay.errors import StorageUnavailable
 from relay.storage.batch import (
     CONNECTION_PRAGMAS,
+    DEFAULT_BUSY_TIMEOUT_MS,
     Outcome,
+    StorageFault,
     WriteFn,
     open_writer_connection,
     run_batch,
 )
 from relay.storage.migrations import MIGRATIONS, Migration, apply_migrations
 
-__all__ = ["Database", "DatabaseClosed", "WriteQueueFull"]
+__all__ = ["Database", "DatabaseClosed", "StorageFault", "WriteQueueFull"]
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+# Retry backoff after a storage fault: doubling from the first, capped (seconds).
+_RETRY_FIRST_S = 0.05
+_RETRY_MAX_S = 1.0
 
 
 class WriteQueueFull(RuntimeError):
@@ -75,6 +99,7 @@ class DatabaseClosed(RuntimeError):
 class _QueuedWrite:
     fn: WriteFn
     future: asyncio.Future[Any] | None  # None for fire-and-forget writes
+    queued_at: float = 0.0  # loop time
 
 
 async def _open_reader(path: Path) -> aiosqlite.Connection:
@@ -102,9 +127,21 @@ class Database:
         *,
         flush_interval_s: float,
         max_queue: int,
+        durable_wait_s: float | None = None,
+        close_retry_s: float = 2.0,
     ) -> None:
         self.path = path
         self.commits = 0  # committed write transactions (batches), for tests and metrics
+        self.faults = 0  # failed commit attempts (each retried), for tests and metrics
+        self.last_fault: str | None = None  # why the last attempt failed; None once committed
+        # The last attempt failed for a reason that does not pass by itself (disk full,
+        # read-only, I/O error), as opposed to a lock another connection holds for a while.
+        self.hard_fault = False
+        self._last_fault_at = 0.0
+        self.lost_on_close = 0  # writes given up when closing on a broken storage
+        self._durable_wait_s = durable_wait_s
+        self._close_retry_s = close_retry_s
+        self._in_flight: list[_QueuedWrite] = []  # the batch being committed (or retried)
         self._writer_conn = writer_conn
         self._executor = executor
         self._reader_conns = readers
@@ -137,6 +174,9 @@ class Database:
         read_connections: int = 2,
         max_queue: int = 10_000,
         migrations: Sequence[Migration] = MIGRATIONS,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        durable_wait_s: float | None = None,
+        close_retry_s: float = 2.0,
     ) -> Database:
         """Create or open the database file, apply migrations, start the writer."""
         if flush_interval_s < 0 or read_connections < 1 or max_queue < 1:
@@ -148,7 +188,10 @@ class Database:
         writer: sqlite3.Connection | None = None
         readers: list[aiosqlite.Connection] = []
         try:
-            writer = await loop.run_in_executor(executor, open_writer_connection, path)
+            connect = functools.partial(
+                open_writer_connection, path, busy_timeout_ms=busy_timeout_ms
+            )
+            writer = await loop.run_in_executor(executor, connect)
             await loop.run_in_executor(executor, apply_migrations, writer, migrations)
             # Readers open read-only, so only after the writer has created the file and schema.
             for _ in range(read_connections):
@@ -167,12 +210,35 @@ class Database:
             readers,
             flush_interval_s=flush_interval_s,
             max_queue=max_queue,
+            durable_wait_s=durable_wait_s,
+            close_retry_s=close_retry_s,
         )
 
     @property
     def pending_writes(self) -> int:
         """Writes queued and not yet taken by the writer (excludes the batch in flight)."""
         return len(self._queue)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def stalled_for(self) -> float:
+        """Seconds the oldest write not yet committed has waited (0 when all is committed)."""
+        oldest: float | None = None
+        if self._in_flight:
+            oldest = self._in_flight[0].queued_at
+        elif self._queue:
+            oldest = self._queue[0].queued_at
+        if oldest is None:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - oldest)
+
+    def since_fault(self) -> float:
+        """Seconds since the last failed commit attempt (large when none failed)."""
+        if self.last_fault is None:
+            return float("inf")
+        return asyncio.get_running_loop().time() - self._last_fault_at
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -197,6 +263,9 @@ class Database:
         """Run ``fn(conn)`` in the writer and return its result once committed.
 
         If ``fn`` raises, its savepoint is rolled back and the exception is raised here.
+        If the storage cannot commit for ``durable_wait_s`` (when set) or while closing,
+        raises ``StorageUnavailable`` and nothing of ``fn`` was committed. ``fn`` may run more than
+        once (a storage fault rolls the batch back and retries it): keep it to SQL.
         Cancelling the caller does not withdraw a write already queued.
         """
         await self._wait_for_space()
@@ -280,16 +349,34 @@ class Database:
         finally:
             await self._close_connections()
             self._closed.set()
+        if self.lost_on_close:
+            raise StorageFault(
+                f"closed with {self.lost_on_close} writes that the storage could not commit "
+                f"({self.last_fault})"
+            )
 
     async def _close_connections(self) -> None:
-        # Taking every reader back waits for reads in flight to finish.
-        for _ in self._reader_conns:
-            await self._readers.get()
-        for reader in self._reader_conns:
-            await reader.close()
-        # The writer closes last so that SQLite checkpoints the WAL into the main file.
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._writer_conn.close)
-        self._executor.shutdown(wait=True)
+        # Every connection is closed whatever fails: an open reader's thread (not a
+        # daemon) would keep the process alive after the server has stopped.
+        try:
+            # Taking every reader back waits for reads in flight to finish.
+            for _ in self._reader_conns:
+                await self._readers.get()
+        finally:
+            for reader in self._reader_conns:
+                try:
+                    await reader.close()
+                except sqlite3.Error as exc:
+                    logger.error("closing a reader failed: %s: %s", type(exc).__name__, exc)
+            # The writer closes last so that SQLite checkpoints the WAL into the main file.
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._writer_conn.close
+                )
+            except sqlite3.Error as exc:
+                logger.error("closing the writer failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                self._executor.shutdown(wait=True)
 
     # -- the writer -----------------------------------------------------------------------
 
@@ -298,8 +385,10 @@ class Database:
             raise DatabaseClosed("database is closing; no more writes are accepted")
 
     def _append(self, item: _QueuedWrite) -> None:
+        now = asyncio.get_running_loop().time()
+        item.queued_at = now
         if not self._queue:
-            self._oldest_queued_at = asyncio.get_running_loop().time()
+            self._oldest_queued_at = now
         self._queue.append(item)
         self._enqueued_seq += 1
         self._wake.set()
@@ -320,9 +409,7 @@ class Database:
         try:
             while await self._wait_for_work():
                 await self._wait_for_batch_window()
-                batch = self._take_batch()
-                await self._commit_batch(batch)
-                self._processed_seq += len(batch)
+                self._processed_seq += await self._commit_batch(self._take_batch())
                 self._signal_batch_done()
         finally:
             self._signal_batch_done()  # never leave flush() waiting on a stopped writer
@@ -363,20 +450,103 @@ class Database:
         self._space.set()
         return batch
 
-    async def _commit_batch(self, batch: list[_QueuedWrite]) -> None:
-        fns = [item.fn for item in batch]
-        # Durable writes (admin actions, top-ups) may do more than SQL: never replay them.
-        replayable = all(item.future is None for item in batch)
-        run = functools.partial(run_batch, self._writer_conn, fns, replayable=replayable)
+    async def _commit_batch(self, batch: list[_QueuedWrite]) -> int:
+        """Commit ``batch``, retrying storage faults; returns how many writes it settled."""
+        self._in_flight = batch
+        settled = 0
+        attempt = 0
+        give_up_at: float | None = None
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(self._executor, run)
-        except Exception as exc:  # the whole transaction rolled back: every item must learn it
-            self._fail_batch(batch, exc)
-            return
-        self.commits += 1
-        for item, outcome in zip(batch, outcomes, strict=True):
-            _settle(item, outcome)
+            while batch:
+                durable = any(item.future is not None for item in batch)
+                # Durable writes (admin actions, top-ups) run in savepoints from the start;
+                # a storage-fault retry runs them again, which is safe: nothing of the
+                # rolled-back attempt remains, and they change memory only after commit.
+                replayable = not durable
+                run = functools.partial(
+                    run_batch,
+                    self._writer_conn,
+                    [item.fn for item in batch],
+                    replayable=replayable,
+                    durable=durable,
+                )
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, run)
+                except Exception as exc:  # the whole transaction rolled back: retry it
+                    attempt += 1
+                    self._note_fault(exc, attempt, len(batch))
+                    # Closing: nobody should wait out durable_wait_s for a broken disk.
+                    settled += self._fail_expired_durable(batch, exc, every=self._closing)
+                    if self._closing:
+                        give_up_at = give_up_at or loop.time() + self._close_retry_s
+                        if loop.time() >= give_up_at:
+                            settled += self._give_up(batch, exc)
+                            return settled
+                    await asyncio.sleep(min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempt - 1)))
+                    # What was queued meanwhile joins the retry: one commit catches up.
+                    batch.extend(self._take_batch())
+                    continue
+                if attempt:
+                    logger.warning(
+                        "storage recovered: %d queued writes committed after %d failed attempts",
+                        len(batch),
+                        attempt,
+                    )
+                self.commits += 1
+                self.last_fault = None
+                self.hard_fault = False
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    _settle(item, outcome)
+                return settled + len(batch)
+            return settled
+        finally:
+            self._in_flight = []
+
+    def _note_fault(self, exc: Exception, attempt: int, size: int) -> None:
+        self.faults += 1
+        reason = exc.reason if isinstance(exc, StorageFault) else f"{type(exc).__name__}: {exc}"
+        self.last_fault = reason
+        self._last_fault_at = asyncio.get_running_loop().time()
+        self.hard_fault = not (isinstance(exc, StorageFault) and exc.waits_it_out)
+        if attempt == 1 or attempt % 10 == 0:  # a stall must not flood the log
+            logger.error(
+                "could not commit %d queued writes (attempt %d), retrying: %s",
+                size,
+                attempt,
+                reason,
+            )
+
+    def _fail_expired_durable(
+        self, batch: list[_QueuedWrite], exc: Exception, *, every: bool = False
+    ) -> int:
+        """Fail (and drop from ``batch``) the durable writes that waited their limit."""
+        now = asyncio.get_running_loop().time()
+        keep: list[_QueuedWrite] = []
+        failed = 0
+        for item in batch:
+            waited = now - item.queued_at
+            limit = self._durable_wait_s
+            if item.future is not None and (every or (limit is not None and waited >= limit)):
+                failed += 1
+                if not item.future.done():
+                    error = StorageUnavailable(
+                        "the database could not commit this change; nothing was applied"
+                    )
+                    error.__cause__ = exc
+                    item.future.set_exception(error)
+            else:
+                keep.append(item)
+        batch[:] = keep
+        return failed
+
+    def _give_up(self, batch: list[_QueuedWrite], exc: Exception) -> int:
+        """Closing on a storage that cannot commit: report what is lost, never hang."""
+        lost = len(batch)
+        self.lost_on_close += lost
+        self._fail_batch(batch, exc)
+        batch.clear()
+        return lost
 
     def _signal_batch_done(self) -> None:
         self._batch_done.set()

@@ -284,10 +284,11 @@ CREATE INDEX usage_account_errors ON usage (account_id, id) WHERE status >= 400;
 CREATE INDEX usage_key_errors ON usage (key_id, id) WHERE status >= 400;
 CREATE INDEX usage_account_model_errors ON usage (account_id, model, id) WHERE status >= 400;
 
--- Spend per account, UTC day (unix ms / 86400000) and model, kept by a trigger so the
--- overview's 30-day charts read a few hundred rows, not every usage row. Deleting usage
--- rows (archiving) leaves the totals alone. relay.usage.rollup explains why the writer
--- calling add_to_daily_rollup would be cheaper than this trigger.
+-- Spend per account, UTC day (unix ms / 86400000) and model, so the overview's 30-day
+-- charts read a few hundred rows, not every usage row. No trigger keeps it: the writer
+-- runs relay.usage.rollup.add_to_daily_rollup next to each usage insert, in the same
+-- transaction (that module says why). Deleting usage rows (archiving) leaves the totals
+-- alone. (A comment only: editing it changes no schema.)
 CREATE TABLE usage_daily (
     account_id TEXT NOT NULL,
     day INTEGER NOT NULL,

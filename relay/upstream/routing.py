@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from relay.config import ModelConfig
-from relay.errors import NotFound, NoUpstreamAvailable, RelayError, UpstreamError, UpstreamTimeout
+from relay.errors import (
+    NotFound,
+    NoUpstreamAvailable,
+    RelayError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from relay.money.pricing import ModelPrice
 from relay.upstream.client import (
     UpstreamConnectFailed,
@@ -28,7 +35,7 @@ from relay.upstream.client import (
 from relay.upstream.keypool import UpstreamKey
 from relay.upstream.providers import Provider
 
-__all__ = ["Model", "OpenedRoute", "Route", "Router", "UpstreamRejected"]
+__all__ = ["Model", "OpenedRoute", "Route", "Router"]
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 4.0
@@ -63,21 +70,6 @@ class Model:
     @property
     def available(self) -> bool:
         return any(route.provider.enabled for route in self.routes)
-
-
-class UpstreamRejected(RelayError):
-    """The upstream refused the request itself (a 4xx): passed back to the client as is."""
-
-    # Without these the usage row and the fallback body (an upstream that sent no body)
-    # would say 500's "server_error"/"internal_error" for what is the request's fault.
-    type = "invalid_request_error"
-    code = "upstream_rejected"
-
-    def __init__(self, status: int, body: bytes, content_type: str):
-        super().__init__(f"upstream rejected the request with HTTP {status}")
-        self.status = status
-        self.upstream_body = body
-        self.content_type = content_type
 
 
 class OpenedRoute:

@@ -3,7 +3,7 @@
 The counterpart of ``relay.upstream.stream_openai.StreamTap`` for ``/v1/messages``. ``feed`` returns
 the complete events to forward at once and keeps back only ``message_stop``;
 ``closing_event`` then sends it with relay's ``metadata`` (and the usage) added, as the
-stream's last event (design §5). Usage comes from ``message_start`` (input and cache
+stream's last event (docs/architecture.md §6.4). Usage comes from ``message_start`` (input and cache
 counts) and ``message_delta`` (cumulative totals that overwrite the earlier ones).
 """
 

@@ -4,7 +4,7 @@
 to forward at once. It keeps back two things: the upstream's usage-only chunk (the
 one with ``"choices": []``) and ``data: [DONE]``. ``StreamTap.closing_events`` then
 sends that usage chunk, with relay's ``metadata`` added, as the last data event
-before ``[DONE]`` (design §5). When the upstream reported no usage (it broke off, or
+before ``[DONE]`` (docs/architecture.md §6.4). When the upstream reported no usage (it broke off, or
 the client left), ``delivered_tokens_estimate`` says what was delivered.
 """
 

@@ -1,12 +1,13 @@
 """Usage records: one metadata-only row per request, group-committed by the writer.
 
-A record never holds prompt or response content (design §4): only who, which model
+A record never holds prompt or response content (docs/architecture.md §5): only who, which model
 and provider, tokens, cost, status and timings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 
 import msgspec
@@ -16,7 +17,9 @@ from relay.money.wallet import LedgerEntry
 from relay.storage.db import Database, WriteQueueFull
 from relay.usage.rollup import add_to_daily_rollup
 
-__all__ = ["UsageLog", "UsageRecord"]
+__all__ = ["UsageLog", "UsageRecord", "insert_usage"]
+
+log = logging.getLogger("relay.usage")
 
 
 class UsageRecord(msgspec.Struct):
@@ -74,12 +77,19 @@ class UsageLog:
     def __init__(self, db: Database):
         self._db = db
         self._overflow: set[asyncio.Task[None]] = set()
+        self.overflowed = 0  # rows that had to wait for room, for tests and metrics
+
+    @property
+    def overflow_waiting(self) -> int:
+        return len(self._overflow)
 
     def record(self, record: UsageRecord, charge: LedgerEntry | None = None) -> None:
         """Queue the row and its charge; committed together within one flush interval.
 
         Never drops: the gate stops admitting well before the queue is full, and if it
-        is full anyway the write waits for room in a task of its own.
+        is full anyway the write waits for room in a task of its own. That overflow is
+        bounded by the requests in flight (the gate admits no new ones meanwhile: its
+        backlog limit is half the queue) and is counted and logged.
         """
 
         def write(conn: sqlite3.Connection) -> None:
@@ -88,6 +98,13 @@ class UsageLog:
         try:
             self._db.enqueue(write)
         except WriteQueueFull:
+            self.overflowed += 1
+            if self.overflowed == 1 or self.overflowed % 1000 == 0:
+                log.warning(
+                    "write queue full: %d usage rows waiting for room (%d so far)",
+                    len(self._overflow) + 1,
+                    self.overflowed,
+                )
             task = asyncio.get_running_loop().create_task(self._db.enqueue_wait(write))
             self._overflow.add(task)
             task.add_done_callback(self._overflow.discard)

@@ -1,9 +1,9 @@
 """Retention: move usage and audit rows older than 90 days into monthly archive files.
 
 Archives are gzip-compressed JSON Lines (one object per row, every column), one file per
-table, account and month, in a folder beside the database (``relay.db.archives/``), each
-recorded in the ``archives`` table with its row count and SHA-256. The ledger is never
-touched: it is kept forever (design §3).
+table, account and month, in a folder beside the database (``<database>.archives/``, e.g.
+``relay.db.archives/``), each recorded in the ``archives`` table with its row count and
+SHA-256. The ledger is never touched: it is kept forever (docs/architecture.md §3.2).
 
 Each archive goes through steps that a crash can interrupt anywhere without losing or
 duplicating a row:
@@ -25,7 +25,6 @@ audit row is always kept, so the hash chain continues from it instead of restart
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import re
@@ -38,6 +37,7 @@ from typing import Literal
 
 import msgspec
 
+from relay.jobs.periodic import PeriodicTask
 from relay.money.invoices import month_bounds
 from relay.storage.db import Database
 from relay.usage.archives import publish, write_jsonl_gz
@@ -334,20 +334,24 @@ class RetentionJob:
     interval_s: float = 86_400.0
     first_run_after_s: float = 300.0  # not during start-up, when traffic resumes
     last_report: RetentionReport | None = field(default=None, init=False)
-    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _periodic: PeriodicTask | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="relay-retention")
+        if self._periodic is None:
+            self._periodic = PeriodicTask(
+                "relay-retention",
+                self._logged_run,
+                interval_s=self.interval_s,
+                first_after_s=self.first_run_after_s,
+                log=log,
+            )
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Cancel the loop; an interrupted run is finished by the next one (crash-safe)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._periodic is not None:
+            await self._periodic.stop()
 
     async def run_once(self) -> RetentionReport:
         async with self._lock:
@@ -357,18 +361,11 @@ class RetentionJob:
         self.last_report = report
         return report
 
-    async def _loop(self) -> None:
-        await asyncio.sleep(self.first_run_after_s)
-        while True:
-            try:
-                report = await self.run_once()
-            except Exception as exc:  # a failed run must not stop the server; tomorrow's retries
-                log.error("retention run failed: %s: %s", type(exc).__name__, exc)
-            else:
-                log.info(
-                    "retention: archived %d usage and %d audit rows into %d files",
-                    report.usage_rows_archived,
-                    report.audit_rows_archived,
-                    len(report.archives_written),
-                )
-            await asyncio.sleep(self.interval_s)
+    async def _logged_run(self) -> None:
+        report = await self.run_once()
+        log.info(
+            "retention: archived %d usage and %d audit rows into %d files",
+            report.usage_rows_archived,
+            report.audit_rows_archived,
+            len(report.archives_written),
+        )

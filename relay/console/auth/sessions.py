@@ -16,7 +16,7 @@ import time
 
 import msgspec
 
-from relay.console.users import User, user_from_row
+from relay.identity.users import User, user_from_row
 from relay.storage.db import Database
 
 __all__ = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.auth.sessions import SESSION_COOKIE
 from relay.console.web import Ctx, page
 from relay.identity.data_rights import (
@@ -19,6 +18,7 @@ from relay.identity.data_rights import (
     deletion_request,
     request_deletion,
 )
+from relay.identity.roles import Permission
 from relay.payments.store import now_ms
 
 __all__ = ["delete_account", "delete_form", "export_data"]

@@ -8,7 +8,6 @@ import datetime as dt
 
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.ledger_days import KINDS, ledger_days, ledger_rows_of_kind
 from relay.console.payments import (
     AutoTopUpForm,
@@ -19,6 +18,7 @@ from relay.console.payments import (
 from relay.console.topups import list_top_ups
 from relay.console.web import CHECKOUT_ORIGIN, ConsoleError, Ctx, content_security_policy, page
 from relay.identity.data_rights import deletion_request
+from relay.identity.roles import Permission
 from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.payments.store import customer_of
 

@@ -18,11 +18,11 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.forms import FieldErrors, checked, parse_count, parse_future_day, parse_usd
 from relay.console.snippets import base_url, pick_model, snippets
 from relay.console.web import ConsoleError, Ctx, page
 from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
+from relay.identity.roles import Permission
 from relay.money.pricing import micros_to_usd
 
 __all__ = ["create_key", "edit_key", "key_page", "keys_page", "revoke_key"]

@@ -1,7 +1,7 @@
 """Request logs: filter by key, model, status and dates with totals for the filter; page
 back by id; one request in full; export as CSV.
 
-Rows are metadata only (design §4): no prompt or response content exists to show. A
+Rows are metadata only (docs/architecture.md §5): no prompt or response content exists to show. A
 filter that cannot be read (a mangled date in a bookmarked URL) comes back on the same
 page with its message, never as a dead-end error page.
 """
@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
 
-from relay.console.auth.roles import Permission
 from relay.console.log_queries import LogFilter, log_entry, log_page, log_rows, log_totals
 from relay.console.templating import format_time
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import RelayError
+from relay.identity.roles import Permission
 from relay.money.display import usd_cell
 
 __all__ = ["export_logs", "log_entry_page", "logs_page"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from relay.console.auth.roles import ROLE_CHOICES, Permission, Role
 from relay.console.snippets import public_root
-from relay.console.users import Membership
 from relay.console.web import ConsoleError, Ctx, page
+from relay.identity.roles import ROLE_CHOICES, Permission, Role
+from relay.identity.users import Membership
 
 __all__ = ["change_role", "invite_member", "members_page", "remove_member", "revoke_invite"]
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 import msgspec
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.snippets import base_url
 from relay.console.web import Ctx, page
+from relay.identity.roles import Permission
 from relay.money.display import format_usd_price
 from relay.money.pricing import parse_multiplier
 from relay.upstream.routing import Model

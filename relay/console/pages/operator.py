@@ -10,11 +10,11 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
-from relay.admin.audit import verify_stored_chain
 from relay.console.forms import FieldErrors, checked, parse_count, parse_usd
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import NotFound, RelayError
 from relay.identity.accounts import Account
+from relay.identity.audit import verify_stored_chain
 from relay.identity.data_rights import DeletionRequest, cancel_deletion, deletion_request
 from relay.money.pricing import micros_to_usd, parse_multiplier
 

@@ -16,7 +16,7 @@ from relay.console.pages.operator import account_page, operator_account, render_
 from relay.console.web import Ctx, page
 from relay.money.display import format_usd
 from relay.money.wallet import DuplicateReference
-from relay.payments.crediting import manual_credit_write
+from relay.payments.crediting import commit_credit, manual_credit_write
 from relay.payments.receipts import SellerDetails
 
 __all__ = ["CONFIRM_ABOVE_MICROS", "MAX_CREDIT_MICROS", "credit_account"]
@@ -67,14 +67,14 @@ async def credit_account(ctx: Ctx) -> Response:
         )
     state = ctx.state
     try:
-        entry = state.wallet.credit(account.id, amount, reference=reference, note=note)
+        entry = state.wallet.prepare(account.id, "credit", amount, reference=reference, note=note)
     except DuplicateReference:
         notice = f"Reference {reference} was already credited to “{account.name}”: nothing changed."
         return ctx.redirect(
             account_page(account), notice="already-credited", flash={"notice": notice}
         )
-    # The payment row, its receipt and the audit row join the batch holding the ledger row
-    # queued just before (no await in between), as the admin API's credit does.
+    # Ledger row, payment row, receipt and audit row commit together; then the wallet
+    # moves, as the admin API's credit does.
     write = manual_credit_write(
         entry,
         buyer_name=account.name,
@@ -83,6 +83,6 @@ async def credit_account(ctx: Ctx) -> Response:
         actor=ctx.actor,
         detail={"amount_micros": amount, "reference": reference},
     )
-    await state.db.write(write)
+    await commit_credit(state.db, state.wallet, entry, write)
     notice = f"Credited {format_usd(amount)} to “{account.name}” (reference {reference})."
     return ctx.redirect(account_page(account), notice="credited", flash={"notice": notice})

@@ -9,7 +9,6 @@ import time
 import msgspec
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.charts import bar_list_chart, daily_spend_chart
 from relay.console.log_queries import (
     DAY_MS,
@@ -20,6 +19,7 @@ from relay.console.log_queries import (
 )
 from relay.console.snippets import ENV_VAR, base_url, pick_model, snippets
 from relay.console.web import Ctx, page
+from relay.identity.roles import Permission
 
 __all__ = ["Period", "overview", "period_of"]
 

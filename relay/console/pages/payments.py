@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 from starlette.responses import RedirectResponse, Response
 
-from relay.console.auth.roles import Permission, allows
 from relay.console.pages.billing import render_billing
 from relay.console.payments import (
     AutoTopUpForm,
@@ -24,6 +23,7 @@ from relay.console.payments import (
 )
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import InvalidRequest
+from relay.identity.roles import Permission, allows
 from relay.payments.receipts import SellerDetails, get_receipt, render_receipt_html
 from relay.payments.service import PaymentsService, PaymentsUnavailable
 from relay.payments.store import dismiss_notice, now_ms

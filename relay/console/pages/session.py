@@ -6,9 +6,9 @@ from starlette.responses import RedirectResponse, Response
 
 from relay.console.auth.sessions import SESSION_COOKIE, SESSION_LIFETIME_MS
 from relay.console.auth.signing import sign
-from relay.console.users import User
 from relay.console.web import ConsoleError, Ctx, page, set_cookie
 from relay.errors import RelayError
+from relay.identity.users import User
 
 __all__ = [
     "accept_invite",

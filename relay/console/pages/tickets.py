@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from relay.console.auth.roles import Permission
 from relay.console.tickets import TICKET_STATUSES, Ticket
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import RelayError
+from relay.identity.roles import Permission
 
 __all__ = [
     "close_ticket",

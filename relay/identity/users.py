@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from relay.console.auth.roles import Role
 from relay.errors import InvalidRequest
 from relay.identity.accounts import Conflict
 from relay.identity.audit import append_audit
 from relay.identity.keys import SecretHasher
+from relay.identity.roles import Role
 from relay.storage.db import Database
 
 __all__ = [

@@ -1,0 +1,95 @@
+"""End requests that outlive shutdown's grace period with an answer, not a dropped socket.
+
+On SIGTERM the server stops accepting and waits ``shutdown_grace_s`` for requests in
+flight. Whatever still runs then is cut here, a moment before the server itself would
+cancel it: the request's task is cancelled (its handler releases or settles the hold and
+queues its usage row, marked 503 ``server_shutdown``), and this middleware finishes the
+HTTP exchange properly:
+
+* no answer started yet: an OpenAI-shaped 503 ``server_shutdown`` JSON error;
+* a stream under way: a final ``data: {"error": ...}`` event and ``data: [DONE]``;
+* a plain body under way: its end (the client sees a short body, as with any cut).
+
+Per request this costs one set insertion and a send wrapper; nothing else runs until
+``cut()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from relay.errors import error_body
+
+__all__ = ["GraceCut"]
+
+_MESSAGE = "relay is shutting down and could not finish this request in time; retry it"
+_BODY = error_body(_MESSAGE, "api_error", "server_shutdown")
+_STREAM_END = b"data: " + _BODY + b"\n\ndata: [DONE]\n\n"
+
+
+class _Progress:
+    __slots__ = ("started", "streaming", "finished")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.streaming = False
+        self.finished = False
+
+
+class GraceCut:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._running: set[asyncio.Task[object]] = set()
+        self._cut = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def cut(self) -> int:
+        """Cancel every HTTP request still running; returns how many were cut."""
+        self._cut = True
+        for task in self._running:
+            task.cancel()
+        return len(self._running)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        progress = _Progress()
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                progress.started = True
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"content-type":
+                        progress.streaming = value.startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                progress.finished = True
+            await send(message)
+
+        self._running.add(task)
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if not self._cut or progress.finished:
+                raise
+            task.uncancel()  # our own cut: answer properly instead of dropping the socket
+            await _finish(progress, send)
+        finally:
+            self._running.discard(task)
+
+
+async def _finish(progress: _Progress, send: Send) -> None:
+    if not progress.started:
+        headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _BODY, "more_body": False})
+        return
+    body = _STREAM_END if progress.streaming else b""
+    await send({"type": "http.response.body", "body": body, "more_body": False})

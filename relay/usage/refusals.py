@@ -1,0 +1,93 @@
+"""Refusals under back-pressure, counted in memory and written as one row per key.
+
+While the database cannot keep up, relay refuses billable requests (503
+``storage_unavailable``). Writing one usage row per refusal would feed the very backlog
+that caused it, so a client that ignores ``retry-after`` would keep relay refusing long
+after the stall ended. Instead each refusal bumps a counter per (account, key, endpoint,
+model, code), and every ``interval_s`` each counter becomes ONE usage row whose ``units``
+is the number of refusals it stands for. Memory is bounded by the number of distinct
+keys; a flush the queue cannot take keeps its counts for the next interval. The app runs
+``flush`` every ``interval_s`` (a ``PeriodicTask``) and once more at shutdown.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import sqlite3
+import time
+from typing import NamedTuple
+
+from relay.storage.db import Database, WriteQueueFull
+from relay.usage.log import UsageRecord, insert_usage
+
+__all__ = ["RefusalCounter"]
+
+log = logging.getLogger("relay.usage")
+DEFAULT_INTERVAL_S = 10.0
+
+
+class _Who(NamedTuple):
+    account_id: str | None
+    key_id: str | None
+    endpoint: str
+    model: str | None
+    status: int
+    code: str
+
+
+def _insert(record: UsageRecord, conn: sqlite3.Connection) -> None:
+    insert_usage(conn, record)
+
+
+class RefusalCounter:
+    def __init__(self, db: Database, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self._db = db
+        self.interval_s = interval_s
+        self._counts: dict[_Who, int] = {}
+        self._prefix = f"refused_{secrets.token_hex(4)}_"
+        self._rows = 0
+        self.refused = 0  # refusals counted since start, for tests and metrics
+
+    def count(
+        self,
+        *,
+        account_id: str | None,
+        key_id: str | None,
+        endpoint: str,
+        model: str | None,
+        status: int,
+        code: str,
+    ) -> None:
+        who = _Who(account_id, key_id, endpoint, model, status, code)
+        self._counts[who] = self._counts.get(who, 0) + 1
+        self.refused += 1
+
+    def flush(self) -> int:
+        """Queue one row per counter; returns the rows queued. Never raises on a full queue."""
+        counts, self._counts = self._counts, {}
+        now_ms = time.time_ns() // 1_000_000
+        queued = 0
+        for who, n in counts.items():
+            self._rows += 1
+            record = UsageRecord(
+                request_id=f"{self._prefix}{self._rows:08x}",
+                ts_ms=now_ms,
+                endpoint=who.endpoint,
+                status=who.status,
+                account_id=who.account_id,
+                key_id=who.key_id,
+                model=who.model,
+                error_code=who.code,
+                units=n,
+            )
+            try:
+                self._db.enqueue(functools.partial(_insert, record))
+            except WriteQueueFull:  # keep the count: it is written at the next interval
+                self._counts[who] = self._counts.get(who, 0) + n
+                continue
+            queued += 1
+        if queued:
+            log.warning("recorded %d aggregated refusal rows (storage back-pressure)", queued)
+        return queued
