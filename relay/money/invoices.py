@@ -28,7 +28,6 @@ class StatementLine(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     cost_micros: int
-    label: str = ""  # a key's name beside its id (keys only)
 
 
 class Statement(msgspec.Struct):
@@ -42,6 +41,8 @@ class Statement(msgspec.Struct):
     closing_balance_micros: int
     lines: list[StatementLine]
     generated_at: str
+    # Key id → the key's name, so people read names beside the ids of the "key" lines.
+    key_names: dict[str, str] = {}
 
 
 def month_bounds(month: str) -> tuple[int, int]:
@@ -92,7 +93,6 @@ async def build_statement(
                     prompt_tokens=row["prompt"] or 0,
                     completion_tokens=row["completion"] or 0,
                     cost_micros=row["cost"] or 0,
-                    label=labels.get(row["name"], "") if group == "key" else "",
                 )
             )
     totals = await db.fetchone(
@@ -117,6 +117,11 @@ async def build_statement(
         credits_micros=totals[1],
         closing_balance_micros=closing[0],
         lines=lines,
+        key_names={
+            line.name: labels[line.name]
+            for line in lines
+            if line.group == "key" and line.name in labels
+        },
         generated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
@@ -136,11 +141,13 @@ def render_csv(statement: Statement) -> str:
                 line.prompt_tokens,
                 line.completion_tokens,
                 usd_cell(line.cost_micros, exact=True),
-                line.label,
+                statement.key_names.get(line.name, "") if line.group == "key" else "",
             ]
         )
-    charges = usd_cell(statement.charges_micros, exact=True)
-    writer.writerow(["total", "charges", "", "", "", charges, ""])
+    # The total row keeps its six cells (scripts read the last line as it always was).
+    writer.writerow(
+        ["total", "charges", "", "", "", usd_cell(statement.charges_micros, exact=True)]
+    )
     return out.getvalue()
 
 
@@ -150,8 +157,9 @@ def _rows(statement: Statement, group: str) -> str:
         if line.group != group:
             continue
         name = html.escape(line.name)
-        if line.label:
-            name = f"{html.escape(line.label)} <span class=id>{name}</span>"
+        label = statement.key_names.get(line.name, "") if group == "key" else ""
+        if label:
+            name = f"{html.escape(label)} <span class=id>{name}</span>"
         cells.append(
             f"<tr><td>{name}</td><td class=n>{line.requests:,}</td>"
             f"<td class=n>{line.prompt_tokens:,}</td><td class=n>{line.completion_tokens:,}</td>"
