@@ -19,7 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from support_accounts import Relay
 from support_console import PASSWORD, console_relay, create_user
 
-from relay.console.templating import format_usd
+from relay.console.templating import format_usd, format_usd_exact
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -92,7 +92,7 @@ async def test_owner_flow_and_refusals(
         await page.get_by_role("button", name="Create key").click()
         secret = await page.locator("#new-secret").input_value()
         assert secret.startswith("rk_")
-        await expect(page.get_by_role("button", name="Copy")).to_be_visible()
+        await expect(page.get_by_role("button", name="Copy", exact=True)).to_be_visible()
         await _shot(page, shots, "keys")
 
         # Use it with the openai SDK against the same relay (the mock model).
@@ -111,7 +111,7 @@ async def test_owner_flow_and_refusals(
             await page.get_by_role("link", name="Logs", exact=True).click()
             row = page.get_by_role("row").filter(has_text=request_id)
             await expect(row).to_contain_text("ci-bot")
-            await expect(row).to_contain_text(format_usd(cost_micros))
+            await expect(row).to_contain_text(format_usd_exact(cost_micros))
             await expect(row).to_contain_text("200")
             await _shot(page, shots, "logs")
 

@@ -126,7 +126,10 @@ async def test_an_invite_is_sent_by_email(
             sent = await owner.submit(
                 page, page + "/invite", {"role": "member", "email": "new@acme.test"}
             )
-            assert sent.status_code == 201 and "Sent to new@acme.test" in sent.text
+            # POST-redirect-GET: the next page says where the link went (from the flash).
+            assert sent.status_code == 303
+            shown = await owner.get(sent.headers["location"])
+            assert "Sent to new@acme.test" in shown.text
         [(recipients, message)] = inbox.messages
         assert recipients == ["new@acme.test"]
         assert "http://relay.example.test/console/invite/" in body_of(message)

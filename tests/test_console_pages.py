@@ -54,7 +54,8 @@ def _row(n: int, account: str, key: str, **fields: Any) -> dict[str, Any]:
 
 
 def _request_ids(html: str) -> list[str]:
-    return re.findall(r"req_\d{4}", html)
+    # Each id shows twice per row (the link to the request and its text): count it once.
+    return list(dict.fromkeys(re.findall(r"req_\d{4}", html)))
 
 
 async def test_logs_filter_page_and_export(
@@ -228,8 +229,9 @@ async def test_invite_link_adds_a_member_once_and_owner_manages_roles(
         async with Browser(relay) as owner:
             await owner.login("o@acme.test")
             made = await owner.submit(members, members + "/invite", {"role": "admin"})
-            assert made.status_code == 201
-            link = re.search(r'value="(https?://[^"]+/console/invite/[^"]+)"', made.text)
+            assert made.status_code == 303  # POST-redirect-GET; the link waits in a flash
+            shown = (await owner.get(made.headers["location"])).text
+            link = re.search(r'value="(https?://[^"]+/console/invite/[^"]+)"', shown)
             assert link is not None
             path = "/console/invite/" + link.group(1).rsplit("/console/invite/", 1)[1]
             async with Browser(relay) as newcomer:
@@ -282,7 +284,10 @@ async def test_operator_credits_suspends_and_reads_the_audit_chain(
             bad = await ops.submit(accounts, credit, {"amount_usd": "-1", "reference": "x"})
             assert bad.status_code == 400
             status = f"/console/operator/accounts/{acme['id']}/status"
-            await ops.submit(accounts, status, {"status": "suspended"})
+            asked = await ops.submit(accounts, status, {"status": "suspended"})
+            assert asked.status_code == 200 and "Suspend acme?" in asked.text
+            assert relay.state.store.account(acme["id"]).status == "active"  # not yet
+            await ops.submit(accounts, status, {"status": "suspended", "confirm": "yes"})
             assert relay.state.store.account(acme["id"]).status == "suspended"
             await ops.submit(accounts, status, {"status": "active"})
             assert relay.state.store.account(acme["id"]).status == "active"
@@ -331,6 +336,68 @@ async def test_key_edit_changes_limits_with_an_audit_row(
         assert 'value="3.25"' in shown and 'value="2031-01-31"' in shown
         update = [r for r in await relay.audit() if r["action"] == "key.update"]
         assert [r["actor"] for r in update] == ["a@acme.test"]
+
+
+async def test_an_open_invite_can_be_revoked(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        acme = await relay.create_account("acme")
+        await create_user(relay, "o@acme.test", account=acme["id"])
+        members = f"/console/a/{acme['id']}/members"
+        async with Browser(relay) as owner:
+            await owner.login("o@acme.test")
+            made = await owner.submit(members, members + "/invite", {"role": "member"})
+            page = (await owner.get(made.headers["location"])).text
+            link = re.search(r'value="https?://[^"]+(/console/invite/[^"]+)"', page)
+            ref = re.search(r'name="invite" value="([0-9a-f]{64})"', page)
+            assert link is not None and ref is not None
+            # The link is shown once: a reload of the same URL no longer shows it.
+            assert "/console/invite/" not in (await owner.get(made.headers["location"])).text
+            revoked = await owner.submit(members, members + "/invites/revoke", {"invite": ref[1]})
+            assert revoked.status_code == 303
+            assert "Invite revoked" in (await owner.get(revoked.headers["location"])).text
+            again = await owner.submit(members, members + "/invites/revoke", {"invite": ref[1]})
+            assert again.status_code == 404
+            async with Browser(relay) as newcomer:
+                assert (await newcomer.get(link[1])).status_code == 404
+        assert "invite.revoke" in [row["action"] for row in await relay.audit()]
+
+
+async def test_key_edit_errors_keep_the_form_and_refuse_a_past_expiry(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        acme = await relay.create_account("acme")
+        key = await relay.create_key(acme["id"], name="one")
+        await create_user(relay, "a@acme.test", account=acme["id"], role="admin")
+        page = f"/console/a/{acme['id']}/keys/{key['id']}"
+        async with Browser(relay) as admin:
+            await admin.login("a@acme.test")
+            wrong = await admin.submit(
+                page,
+                page,
+                {
+                    "name": "renamed",
+                    "rpm": "fast",
+                    "expires": "2001-02-03",
+                    "models": "mock-embedding",
+                    "endpoints": "embeddings",
+                },
+            )
+            assert wrong.status_code == 400
+            text = wrong.text
+            assert 'value="renamed"' in text and 'value="fast"' in text
+            assert (
+                'value="mock-embedding" checked' in text and 'value="mock-gpt" checked' not in text
+            )
+            assert 'value="embeddings" checked' in text
+            assert 'id="rpm-error"' in text and "Requests per minute must be" in text
+            assert 'id="expires-error"' in text and "in the past" in text
+            assert 'aria-invalid="true" aria-describedby="rpm-error" autofocus' in text
+            assert "Sorry" not in text and "rpm:" not in text
+        unchanged = relay.state.store.key(key["id"])
+        assert (unchanged.label, unchanged.rpm, unchanged.expires_at_ms) == ("one", 0, None)
 
 
 async def test_key_edit_sets_a_monthly_cap_and_the_page_shows_its_reset(

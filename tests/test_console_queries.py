@@ -17,7 +17,7 @@ from relay.console.log_queries import (
     log_query,
     spend_by_model,
 )
-from relay.console.templating import format_usd
+from relay.console.templating import format_usd, format_usd_exact
 from relay.errors import InvalidRequest
 from relay.storage.db import Database
 from relay.storage.migrations import apply_migrations
@@ -105,7 +105,7 @@ async def test_pages_time_ranges_and_rollups(tmp_path: Path) -> None:
 def test_chart_helpers() -> None:
     assert [nice_ceiling(v) for v in (0, 1, 3, 7, 11, 2_000_001)] == [1, 1, 5, 10, 20, 5_000_000]
     assert format_usd(2_500_000) == "$2.50"
-    assert format_usd(1234) == "$0.001234"
+    assert format_usd(1234) == "<$0.01" and format_usd_exact(1234) == "$0.001234"
     assert format_usd(-5_000_000) == "−$5.00"
     chart = str(daily_spend_chart([(0, 0, 0), (1, 2_000_000, 3)], label="Spend <per> day"))
     assert chart.count('class="bar"') == 2 and "Spend &lt;per&gt; day" in chart
@@ -113,3 +113,12 @@ def test_chart_helpers() -> None:
     models = str(model_spend_chart([("<script>", 5, 1)], label="By model"))
     assert "<script>" not in models and "&lt;script&gt;" in models
     assert "No spend" in str(model_spend_chart([], label="By model"))
+    assert "No spend" in str(daily_spend_chart([(0, 0, 0), (1, 0, 0)], label="Per day"))
+    # Today's bar has its own label, centred under it; the axis counts whole cents.
+    days = [(d, 30_000 if d == 29 else 0, 1) for d in range(30)]
+    today = str(daily_spend_chart(days, label="Per day", today=29))
+    assert ">Today</text>" in today and "$0.00</text>" in today and "$0.05</text>" in today
+    assert "&lt;$0.01" not in today and "$0.000" not in today
+    bar_centre = today.split('<rect class="bar"')[-1]
+    assert "</rect>" in bar_centre
+    assert str(model_spend_chart([("free", 0, 3)], label="m")).count("<rect") == 0

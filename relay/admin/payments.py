@@ -23,6 +23,7 @@ from relay.http.responses import error_response, json_response, read_body
 from relay.identity.data_rights import build_export, deletion_request, request_deletion
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.receipts import (
+    SellerDetails,
     get_receipt,
     list_receipts,
     receipt_view,
@@ -115,7 +116,11 @@ async def show_receipt(request: Request, state: RelayState) -> Response:
     headers = {}
     if request.query_params.get("download"):
         headers["content-disposition"] = f'attachment; filename="{receipt.number}.html"'
-    return Response(render_receipt_html(receipt), media_type="text/html", headers=headers)
+    return Response(
+        render_receipt_html(receipt, SellerDetails.from_config(state.config.payments)),
+        media_type="text/html",
+        headers=headers,
+    )
 
 
 # -- auto top-up and notices ----------------------------------------------------------------

@@ -31,6 +31,8 @@ class Invite(msgspec.Struct, frozen=True):
     role: Role
     created_at_ms: int
     expires_at_ms: int
+    # The stored hash of the invite's id: names it for revoking, reveals nothing of the link.
+    ref: str = ""
 
 
 def _hash(invite_id: str) -> str:
@@ -112,9 +114,29 @@ class InviteStore:
 
     async def pending(self, account_id: str) -> list[Invite]:
         rows = await self._db.fetchall(
-            "SELECT account_id, role, created_at_ms, expires_at_ms FROM console_invites "
+            "SELECT account_id, role, created_at_ms, expires_at_ms, id_hash FROM console_invites "
             "WHERE account_id = ? AND used_at_ms IS NULL AND expires_at_ms > ? "
             "ORDER BY created_at_ms DESC LIMIT 50",
             (account_id, _now_ms()),
         )
-        return [Invite(r[0], Role(r[1]), r[2], r[3]) for r in rows]
+        return [Invite(r[0], Role(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    async def revoke(self, account_id: str, ref: str, *, actor: str) -> bool:
+        """End an open invite of this account now (its link then finds nothing)."""
+        audit_key = self._audit_key
+        now = _now_ms()
+
+        def write(conn: sqlite3.Connection) -> bool:
+            ended = conn.execute(
+                "UPDATE console_invites SET expires_at_ms = ? WHERE id_hash = ? "
+                "AND account_id = ? AND used_at_ms IS NULL AND expires_at_ms > ?",
+                (now, ref, account_id, now),
+            )
+            if ended.rowcount != 1:
+                return False
+            append_audit(
+                conn, audit_key, actor=actor, action="invite.revoke", target=account_id, detail={}
+            )
+            return True
+
+        return bool(await self._db.write(write))

@@ -27,21 +27,28 @@ from relay.storage.db import Database
 __all__ = [
     "DAY_MS",
     "LogFilter",
+    "LogTotals",
     "daily_spend",
+    "log_entry",
     "log_page",
     "log_query",
     "log_rows",
+    "log_totals",
     "recent_errors",
+    "spend_by_key",
     "spend_by_model",
+    "spend_per_day",
 ]
 
 DAY_MS = 86_400_000
 _MAX_REQUEST_SPAN_MS = DAY_MS
 _LOG_COLUMNS = (
     "id, request_id, ts_ms, key_id, endpoint, model, provider, status, error_code, stream, "
-    "prompt_tokens, completion_tokens, cached_tokens, cost_micros, usage_estimated, "
+    "prompt_tokens, completion_tokens, cached_tokens, units, cost_micros, usage_estimated, "
     "latency_ms, ttfb_ms"
 )
+# One request in full (still metadata only: docs/architecture.md §5).
+_ENTRY_COLUMNS = _LOG_COLUMNS + ", upstream_model, upstream_request_id, cache_write_tokens"
 _NO_ID = 2**62
 
 
@@ -189,34 +196,94 @@ async def log_rows(
             return
 
 
+class LogTotals(msgspec.Struct, frozen=True):
+    requests: int
+    errors: int
+    cost_micros: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def log_totals(db: Database, account_id: str, flt: LogFilter) -> LogTotals:
+    """Sums over every row of the filter (the page shows one page of them)."""
+    low, high = await _id_bounds(db, flt)
+    where, params, index = _where(account_id, flt)
+    row = await db.fetchone(
+        "SELECT COUNT(*), COALESCE(SUM(status >= 400), 0), COALESCE(SUM(cost_micros), 0), "
+        "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+        f"FROM usage INDEXED BY {index} WHERE {where} AND id < ? AND id > ?",
+        (*params, high, low),
+    )
+    assert row is not None
+    return LogTotals(*(int(value) for value in tuple(row)))
+
+
+async def log_entry(db: Database, account_id: str, request_id: str) -> sqlite3.Row | None:
+    """One request of this account by its id (None for another account's)."""
+    return await db.fetchone(
+        f"SELECT {_ENTRY_COLUMNS} FROM usage WHERE request_id = ? AND account_id = ?",
+        (request_id, account_id),
+    )
+
+
 def _first_day(now_ms: int, days: int) -> int:
     return now_ms // DAY_MS - days + 1
+
+
+async def spend_per_day(
+    db: Database, account_id: str, *, first_day: int, last_day: int
+) -> list[tuple[int, int, int]]:
+    """``(day number, cost_micros, requests)`` for each day of [first, last] (UTC)."""
+    rows = await db.fetchall(
+        "SELECT day, SUM(cost_micros), SUM(requests) FROM usage_daily "
+        "WHERE account_id = ? AND day >= ? AND day <= ? GROUP BY day",
+        (account_id, first_day, last_day),
+    )
+    found = {row[0]: (row[1], row[2]) for row in rows}
+    return [(day, *found.get(day, (0, 0))) for day in range(first_day, last_day + 1)]
 
 
 async def daily_spend(
     db: Database, account_id: str, *, now_ms: int, days: int = 30
 ) -> list[tuple[int, int, int]]:
     """``(day number, cost_micros, requests)`` for each of the last ``days`` days (UTC)."""
-    first = _first_day(now_ms, days)
-    rows = await db.fetchall(
-        "SELECT day, SUM(cost_micros), SUM(requests) FROM usage_daily "
-        "WHERE account_id = ? AND day >= ? GROUP BY day",
-        (account_id, first),
-    )
-    found = {row[0]: (row[1], row[2]) for row in rows}
-    return [(day, *found.get(day, (0, 0))) for day in range(first, first + days)]
+    last = now_ms // DAY_MS
+    return await spend_per_day(db, account_id, first_day=last - days + 1, last_day=last)
 
 
 async def spend_by_model(
-    db: Database, account_id: str, *, now_ms: int, days: int = 30
+    db: Database,
+    account_id: str,
+    *,
+    now_ms: int = 0,
+    days: int = 30,
+    first_day: int | None = None,
+    last_day: int | None = None,
 ) -> list[tuple[str, int, int]]:
-    """``(model, cost_micros, requests)`` over the last ``days`` days, costliest first."""
+    """``(model, cost_micros, requests)`` over the last ``days`` days (or [first, last]),
+    costliest first; models that cost nothing are left out (they make empty bars)."""
+    first = first_day if first_day is not None else _first_day(now_ms, days)
+    last = last_day if last_day is not None else 2**40
     rows = await db.fetchall(
         "SELECT model, SUM(cost_micros) AS cost, SUM(requests) FROM usage_daily "
-        "WHERE account_id = ? AND day >= ? GROUP BY model ORDER BY cost DESC, model LIMIT 12",
-        (account_id, _first_day(now_ms, days)),
+        "WHERE account_id = ? AND day >= ? AND day <= ? GROUP BY model HAVING cost > 0 "
+        "ORDER BY cost DESC, model LIMIT 12",
+        (account_id, first, last),
     )
-    return [(row[0] or "(none)", row[1], row[2]) for row in rows]
+    return [(row[0] or "requests without a model", row[1], row[2]) for row in rows]
+
+
+async def spend_by_key(
+    db: Database, account_id: str, *, first_day: int, last_day: int
+) -> list[tuple[str, int, int]]:
+    """``(key id, cost_micros, requests)`` over [first, last], costliest first (no zero rows)."""
+    rows = await db.fetchall(
+        "SELECT key_id, SUM(cost_micros) AS cost, COUNT(*) FROM usage "
+        "INDEXED BY usage_account_ts WHERE account_id = ? AND ts_ms >= ? AND ts_ms < ? "
+        "GROUP BY key_id HAVING cost > 0 ORDER BY cost DESC LIMIT 12",
+        (account_id, first_day * DAY_MS, (last_day + 1) * DAY_MS),
+    )
+    return [(row[0] or "", row[1], row[2]) for row in rows]
 
 
 async def recent_errors(db: Database, account_id: str, *, limit: int = 5) -> list[sqlite3.Row]:

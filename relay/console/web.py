@@ -23,6 +23,7 @@ from relay.console.auth.csrf import CSRF_FIELD, csrf_token, origin_allowed, vali
 from relay.console.auth.sessions import PRE_SESSION_COOKIE, SESSION_COOKIE, Session
 from relay.console.auth.signing import sign, unsign
 from relay.console.auth.throttle import LoginThrottle
+from relay.console.flash import FLASH_PARAM, FlashStore
 from relay.console.services import Services, open_services
 from relay.console.templating import build_templates
 from relay.errors import NotFound, RelayError
@@ -136,6 +137,7 @@ class Ctx:
     pre_session: str | None = None
     new_pre_session: bool = False
     banners: list[Notice] = field(default_factory=list)  # the account's undismissed notices
+    _flash: dict[str, str] | None = None
 
     @property
     def state(self) -> RelayState:
@@ -192,16 +194,37 @@ class Ctx:
         url = f"/console/a/{self.account.id}/{suffix}".rstrip("/")
         return url + ("?" + urlencode(query) if query else "")
 
+    @property
+    def flash(self) -> dict[str, str]:
+        """What the redirect that led here left for this page (taken once, then gone)."""
+        if self._flash is None:
+            token = self.request.query_params.get(FLASH_PARAM, "")
+            found = None
+            if token and self.session is not None:
+                found = self.console.flashes.take(self.session.id, token)
+            self._flash = found or {}
+        return self._flash
+
     def render(self, template: str, *, status: int = 200, **values: Any) -> Response:
-        notice = NOTICES.get(self.request.query_params.get("notice", ""), "")
+        notice = self.flash.get("notice") or NOTICES.get(
+            self.request.query_params.get("notice", ""), ""
+        )
         body = self.console.templates.get_template(template).render(
             ctx=self, notice=notice, **values
         )
         return HTMLResponse(body, status_code=status)
 
-    def redirect(self, url: str, notice: str = "") -> Response:
+    def redirect(
+        self, url: str, notice: str = "", *, flash: dict[str, str] | None = None
+    ) -> Response:
+        """303 to ``url``; ``flash`` (e.g. a notice naming an amount) waits server-side."""
+        query: dict[str, str] = {}
         if notice:
-            url += ("&" if "?" in url else "?") + urlencode({"notice": notice})
+            query["notice"] = notice
+        if flash and self.session is not None:
+            query[FLASH_PARAM] = self.console.flashes.put(self.session.id, flash)
+        if query:
+            url += ("&" if "?" in url else "?") + urlencode(query)
         return RedirectResponse(url, status_code=303)
 
 
@@ -211,6 +234,7 @@ class Console:
     def __init__(self) -> None:
         self.templates = build_templates()
         self.throttle = LoginThrottle()
+        self.flashes = FlashStore()
         self._services: Services | None = None
 
     def services(self, state: RelayState) -> Services:

@@ -42,6 +42,7 @@ __all__ = [
     "DeletionRequest",
     "ErasureJob",
     "build_export",
+    "cancel_deletion",
     "deletion_request",
     "erase_account",
     "pseudonym_for",
@@ -258,6 +259,39 @@ async def request_deletion(
 
     await db.write(write)
     return request
+
+
+async def cancel_deletion(
+    db: Database, store: AccountStore, account_id: str, *, actor: str
+) -> bool:
+    """Withdraw a pending deletion request (never one already carried out).
+
+    The account stays suspended and its keys stay revoked: re-activating it is a separate,
+    deliberate step, so a cancelled deletion never silently reopens an account. Returns
+    False when there was nothing to cancel.
+    """
+    account = store.account(account_id)
+    existing = await deletion_request(db, account.id)
+    if existing is None or existing.erased_at_ms is not None:
+        return False
+    audit_key = store.audit_key
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM deletion_requests WHERE account_id = ? AND erased_at_ms IS NULL",
+            (account.id,),
+        )
+        append_audit(
+            conn,
+            audit_key,
+            actor=actor,
+            action="account.deletion_cancelled",
+            target=account.id,
+            detail={"requested_at_ms": existing.requested_at_ms},
+        )
+
+    await db.write(write)
+    return True
 
 
 # -- erasure -------------------------------------------------------------------------------

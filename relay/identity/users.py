@@ -295,6 +295,16 @@ class UserStore:
         )
         return {row["key_id"] for row in rows}
 
+    async def key_creators(self, account_id: str) -> dict[str, str]:
+        """Key id → the e-mail of the console user who created it (keys of one account)."""
+        rows = await self._db.fetchall(
+            "SELECT c.key_id, u.email FROM console_key_creators c "
+            "JOIN api_keys k ON k.id = c.key_id JOIN console_users u ON u.id = c.user_id "
+            "WHERE k.account_id = ?",
+            (account_id,),
+        )
+        return {row["key_id"]: row["email"] for row in rows}
+
     # -- internals --------------------------------------------------------------------
 
     def _audit(

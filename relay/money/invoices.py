@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from relay.csv_cells import csv_text
-from relay.money.pricing import micros_to_usd
+from relay.money.display import format_usd, usd_cell
 from relay.storage.db import Database
 
 __all__ = ["Statement", "build_statement", "month_bounds", "render_csv", "render_html"]
@@ -40,6 +40,8 @@ class Statement(msgspec.Struct):
     closing_balance_micros: int
     lines: list[StatementLine]
     generated_at: str
+    # Key id → the key's name, so people read names beside the ids of the "key" lines.
+    key_names: dict[str, str] = {}
 
 
 def month_bounds(month: str) -> tuple[int, int]:
@@ -73,6 +75,12 @@ async def build_statement(
     month: str,
 ) -> Statement:
     start, end = month_bounds(month)
+    labels = {
+        row["id"]: row["label"]
+        for row in await db.fetchall(
+            "SELECT id, label FROM api_keys WHERE account_id = ?", (account_id,)
+        )
+    }
     lines: list[StatementLine] = []
     for group, column in (("model", "model"), ("key", "key_id")):
         for row in await db.fetchall(_BREAKDOWN.format(column=column), (account_id, start, end)):
@@ -108,11 +116,17 @@ async def build_statement(
         credits_micros=totals[1],
         closing_balance_micros=closing[0],
         lines=lines,
+        key_names={
+            line.name: labels[line.name]
+            for line in lines
+            if line.group == "key" and line.name in labels
+        },
         generated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 
 def render_csv(statement: Statement) -> str:
+    """CSV for machines: exact amounts (they add up to the micro-dollar), key names beside ids."""
     header: list[object] = [
         "group",
         "name",
@@ -120,6 +134,7 @@ def render_csv(statement: Statement) -> str:
         "prompt_tokens",
         "completion_tokens",
         "cost_usd",
+        "key_name",
     ]
     rows: list[list[object]] = [header]
     rows.extend(
@@ -129,11 +144,13 @@ def render_csv(statement: Statement) -> str:
             line.requests,
             line.prompt_tokens,
             line.completion_tokens,
-            micros_to_usd(line.cost_micros),
+            usd_cell(line.cost_micros, exact=True),
+            statement.key_names.get(line.name, "") if line.group == "key" else "",
         ]
         for line in statement.lines
     )
-    rows.append(["total", "charges", "", "", "", micros_to_usd(statement.charges_micros)])
+    # The total row keeps its six cells (scripts read the last line as it always was).
+    rows.append(["total", "charges", "", "", "", usd_cell(statement.charges_micros, exact=True)])
     return csv_text(rows)
 
 
@@ -142,10 +159,14 @@ def _rows(statement: Statement, group: str) -> str:
     for line in statement.lines:
         if line.group != group:
             continue
+        name = html.escape(line.name)
+        label = statement.key_names.get(line.name, "") if group == "key" else ""
+        if label:
+            name = f"{html.escape(label)} <span class=id>{name}</span>"
         cells.append(
-            f"<tr><td>{html.escape(line.name)}</td><td>{line.requests}</td>"
-            f"<td>{line.prompt_tokens}</td><td>{line.completion_tokens}</td>"
-            f"<td class=n>${micros_to_usd(line.cost_micros)}</td></tr>"
+            f"<tr><td>{name}</td><td class=n>{line.requests:,}</td>"
+            f"<td class=n>{line.prompt_tokens:,}</td><td class=n>{line.completion_tokens:,}</td>"
+            f"<td class=n>{html.escape(format_usd(line.cost_micros))}</td></tr>"
         )
     return "\n".join(cells) or "<tr><td colspan=5>No usage</td></tr>"
 
@@ -159,10 +180,10 @@ def render_html(statement: Statement) -> str:
     details: dict[str, Any] = {
         "Account": f"{html.escape(s.account_name)} ({s.account_id})",
         "Billing mode": s.mode,
-        "Credit limit": f"${micros_to_usd(s.credit_limit_micros)}",
-        "Charges this month": f"${micros_to_usd(s.charges_micros)}",
-        "Top-ups this month": f"${micros_to_usd(s.credits_micros)}",
-        "Balance at month end": f"${micros_to_usd(s.closing_balance_micros)}",
+        "Credit limit": html.escape(format_usd(s.credit_limit_micros)),
+        "Charges this month": html.escape(format_usd(s.charges_micros)),
+        "Top-ups this month": html.escape(format_usd(s.credits_micros)),
+        "Balance at month end": html.escape(format_usd(s.closing_balance_micros)),
     }
     summary = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in details.items())
     return f"""<!doctype html>
@@ -171,7 +192,8 @@ def render_html(statement: Statement) -> str:
 body{{font:14px/1.4 system-ui,sans-serif;max-width:52rem;margin:2rem auto;color:#111}}
 table{{border-collapse:collapse;width:100%;margin:1rem 0}}
 th,td{{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left}}
-.n{{text-align:right}} @media print{{body{{margin:0}}}}
+.n{{text-align:right;font-variant-numeric:tabular-nums}} .id{{color:#666;font:12px monospace}}
+@media print{{body{{margin:0}}}}
 </style></head><body>
 <h1>Statement for {s.month}</h1>
 <table>{summary}</table>

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from relay.config import PaymentsConfig
+from relay.money.display import format_amount
 from relay.payments.store import Payment, set_receipt_number
 from relay.storage.db import Database
 
@@ -132,13 +133,21 @@ def receipt_view(receipt: Receipt) -> dict[str, Any]:
     return view
 
 
-def render_receipt_html(receipt: Receipt) -> str:
-    """A self-contained page that prints on one sheet (no PDF toolchain needed)."""
+def render_receipt_html(receipt: Receipt, seller_now: SellerDetails | None = None) -> str:
+    """A self-contained page that prints on one sheet (no PDF toolchain needed).
+
+    The seller block is the one stored when the receipt was issued; a receipt issued
+    before the operator filled in ``[payments] seller_*`` shows the configured one
+    (``seller_now``) rather than a blank header.
+    """
     r = receipt
     e = html.escape
-    seller = [e(r.seller_name) or "&nbsp;", *map(e, r.seller_address.splitlines())]
-    if r.seller_tax_id:
-        seller.append(f"Tax ID: {e(r.seller_tax_id)}")
+    name, address, tax_id = r.seller_name, r.seller_address, r.seller_tax_id
+    if not (name or address) and seller_now is not None:
+        name, address, tax_id = seller_now.name, seller_now.address, seller_now.tax_id
+    seller = [f"<strong>{e(name)}</strong>" if name else "&nbsp;", *map(e, address.splitlines())]
+    if tax_id:
+        seller.append(f"Tax ID: {e(tax_id)}")
     rows = {
         "Receipt number": e(r.number),
         "Date": r.issued_at.strftime("%Y-%m-%d %H:%M UTC"),
@@ -146,7 +155,7 @@ def render_receipt_html(receipt: Receipt) -> str:
         "Description": "Prepaid credit for relay API usage",
         "Payment method": "card (Stripe)" if r.provider == "stripe" else "bank transfer / manual",
         "Payment reference": e(r.payment_reference),
-        "Amount paid": f"{r.amount} {e(r.currency.upper())}",
+        "Amount paid": f"{format_amount(r.amount_micros)} {e(r.currency.upper())}",
     }
     table = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
     return f"""<!doctype html>

@@ -1,5 +1,6 @@
 """Billing: wallet, top-ups with their receipts, the Top up and auto top-up forms, monthly
-statements, the ledger (newest first, paged by id), and the account's data rights."""
+statements, the ledger (per day with a running balance, or one kind's rows), and the
+account's data rights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 
 from starlette.responses import Response
 
+from relay.console.ledger_days import KINDS, ledger_days, ledger_rows_of_kind
 from relay.console.payments import (
     AutoTopUpForm,
     card_topups_ready,
@@ -39,11 +41,29 @@ def _months(created_at_ms: int, now: dt.datetime) -> list[str]:
     return months
 
 
-def _before(ctx: Ctx) -> int:
-    text = ctx.request.query_params.get("before", "")
-    if text and not text.isdigit():
-        raise ConsoleError(400, "before must be a ledger row id")
-    return min(int(text), 2**62) if text else 2**62  # SQLite integers are 64-bit
+def _cursor(ctx: Ctx, name: str, default: int) -> int:
+    """A paging cursor from the query string; a mangled one just starts from the top."""
+    text = ctx.request.query_params.get(name, "")
+    return int(text) if text.isdigit() and len(text) <= 18 else default
+
+
+async def _ledger(ctx: Ctx, now_ms: int) -> dict[str, object]:
+    """The ledger section: per day with a running balance, or the rows of one kind."""
+    assert ctx.account is not None
+    db, account_id = ctx.state.db, ctx.account.id
+    kind = ctx.request.query_params.get("kind", "")
+    if kind not in KINDS:
+        kind = ""
+    if kind:
+        rows, next_id = await ledger_rows_of_kind(
+            db, account_id, kind, before_id=_cursor(ctx, "before", 2**62), limit=LEDGER_ROWS
+        )
+        next_url = ctx.account_url("billing", kind=kind, before=str(next_id)) if next_id else ""
+        return {"ledger_kind": kind, "ledger": rows, "ledger_days": [], "next_url": next_url}
+    before_day = _cursor(ctx, "before_day", 0) or None
+    days, older = await ledger_days(db, account_id, now_ms=now_ms, before_day=before_day)
+    next_url = ctx.account_url("billing", before_day=str(older)) if older else ""
+    return {"ledger_kind": "", "ledger": [], "ledger_days": days, "next_url": next_url}
 
 
 @page("account", Permission.VIEW_BILLING)
@@ -63,27 +83,18 @@ async def render_billing(
     """The Billing page; a form that failed passes its error and what was typed."""
     assert ctx.account is not None
     account = ctx.account
-    before = _before(ctx)
-    rows = await ctx.state.db.fetchall(
-        "SELECT id, kind, amount_micros, reference, key_id, request_id, note, created_at_ms "
-        "FROM ledger INDEXED BY ledger_account_id WHERE account_id = ? AND id < ? "
-        "ORDER BY id DESC LIMIT ?",
-        (account.id, before, LEDGER_ROWS + 1),
-    )
-    next_url = ""
-    if len(rows) > LEDGER_ROWS:
-        rows = rows[:LEDGER_ROWS]
-        next_url = ctx.account_url("billing", before=str(rows[-1]["id"]))
     service = payments_service(ctx)
     card_topups = card_topups_ready(service)
     now = dt.datetime.now(dt.UTC)
+    now_ms = int(now.timestamp() * 1000)
     response = ctx.render(
         "billing.html",
         status=status,
         wallet=ctx.state.wallet.snapshot(account.id),
-        ledger=rows,
-        next_url=next_url,
-        top_ups=await list_top_ups(ctx.state.db, account.id, now_ms=int(now.timestamp() * 1000)),
+        ledger_kinds=KINDS,
+        key_labels={key.id: key.label for key in ctx.state.store.keys_of(account.id)},
+        **await _ledger(ctx, now_ms),
+        top_ups=await list_top_ups(ctx.state.db, account.id, now_ms=now_ms),
         months=_months(account.created_at_ms, now),
         card_topups=card_topups,
         limits=topup_limits(service),

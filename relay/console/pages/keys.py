@@ -4,26 +4,31 @@ Changes go through ``AccountStore`` like the admin API's, so each is committed w
 audit row (actor: the user's email) and binds the very next request. Owners and admins
 manage every key of the account; members only the keys they created, and may only
 tighten those keys' limits (``relay.console.key_limits``); viewers none.
+
+Every change answers with a redirect (POST-redirect-GET), so a reload never creates a
+second key; the new secret waits in the console's one-time server-side flash and is
+shown on the next page only. A form with mistakes comes back with everything typed and
+ticked, each message beside its field.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import msgspec
 from starlette.responses import Response
 
+from relay.console.forms import FieldErrors, checked, parse_count, parse_future_day, parse_usd
 from relay.console.key_limits import loosened_limits
+from relay.console.snippets import base_url, pick_model, snippets
 from relay.console.web import ConsoleError, Ctx, page
-from relay.errors import InvalidRequest, RelayError
 from relay.identity.accounts import ENDPOINT_KINDS, ApiKey
 from relay.identity.roles import Permission
 from relay.money.budget import BUDGET_PERIODS, BudgetPeriod
-from relay.money.pricing import micros_to_usd, usd_to_micros
+from relay.money.pricing import micros_to_usd
 
 __all__ = ["create_key", "edit_key", "key_page", "keys_page", "revoke_key"]
-
-_MAX_LIMIT = 10**9
 
 
 def _key_of_account(ctx: Ctx, key_id: str) -> ApiKey:
@@ -51,108 +56,154 @@ async def _require_manageable(ctx: Ctx, key: ApiKey) -> None:
         raise ConsoleError(403, "You may change only the keys you created.")
 
 
-def _count(ctx: Ctx, name: str, default: int, *, minimum: int = 0) -> int:
-    text = ctx.form.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or not minimum <= int(text) <= _MAX_LIMIT:
-        raise InvalidRequest(f"{name} must be a whole number of at least {minimum}", param=name)
-    return int(text)
-
-
-def _usd(ctx: Ctx, name: str) -> int:
-    text = ctx.form.get(name, "").strip() or "0"
-    try:
-        micros = usd_to_micros(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name}: {exc}", param=name) from None
-    if micros < 0:
-        raise InvalidRequest(f"{name} must not be negative", param=name)
-    return micros
-
-
-def _expiry(ctx: Ctx, current_ms: int | None) -> int | None:
-    text = ctx.form.get("expires", "").strip()
-    if not text:
-        return None
-    try:
-        day = dt.date.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest("expires must be a date (YYYY-MM-DD)", param="expires") from None
-    if (
-        current_ms is not None
-        and dt.datetime.fromtimestamp(current_ms / 1000, dt.UTC).date() == day
-    ):
-        return current_ms  # the form shows only the day: an unchanged day keeps the exact time
-    return int(dt.datetime.combine(day, dt.time.max, tzinfo=dt.UTC).timestamp() * 1000)
-
-
-def _scopes(ctx: Ctx) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    models = tuple(ctx.form_values("models"))
-    unknown = [m for m in models if m not in ctx.state.router.models]
-    if unknown:
-        raise InvalidRequest(f"unknown models: {', '.join(unknown)}", param="models")
-    kinds = tuple(ctx.form_values("endpoints"))
-    if any(kind not in ENDPOINT_KINDS for kind in kinds):
-        raise InvalidRequest("unknown endpoint kind", param="endpoints")
-    return models, kinds
-
-
-def _label(ctx: Ctx) -> str:
-    label = " ".join(ctx.form.get("name", "").split())
+def _label(text: str) -> str:
+    label = " ".join(text.split())
     if not 1 <= len(label) <= 100:
-        raise InvalidRequest("the key needs a name of 1 to 100 characters", param="name")
+        raise ValueError("Name: give the key a name of 1 to 100 characters.")
     return label
 
 
-def _key_from_form(ctx: Ctx, base: ApiKey) -> ApiKey:
-    models, kinds = _scopes(ctx)
-    return msgspec.structs.replace(
+def _key_from_form(ctx: Ctx, base: ApiKey) -> tuple[ApiKey, FieldErrors]:
+    """The key the form describes, and every mistake in it (in the form's order)."""
+    form, errors = ctx.form, FieldErrors()
+    today = dt.datetime.now(dt.UTC).date()
+    label = checked(errors, "name", lambda: _label(form.get("name", "")), base.label)
+    cap = checked(
+        errors, "spend_cap_usd", lambda: parse_usd(form.get("spend_cap_usd", ""), "Spend cap"), 0
+    )
+    counts: dict[str, int] = {}
+    for name, label_text, default, minimum in (
+        ("rpm", "Requests per minute", 0, 0),
+        ("tpm", "Tokens per minute", 0, 0),
+        ("concurrency", "Requests at once", 100, 1),
+    ):
+        try:
+            counts[name] = parse_count(
+                form.get(name, ""), label_text, default=default, minimum=minimum
+            )
+        except ValueError as exc:
+            errors.add(name, str(exc))
+            counts[name] = default
+    expires_text = form.get("expires", "").strip()
+    expires: int | None
+    if base.expires_at_ms is not None and expires_text == _form_of(base)["expires"]:
+        expires = base.expires_at_ms  # unchanged: saving other edits of an expired key is fine
+    else:
+        expires = checked(
+            errors,
+            "expires",
+            lambda: parse_future_day(expires_text, "Expires", today=today),
+            None,
+        )
+    period = checked(
+        errors, "budget_period", lambda: _budget_period(form.get("budget_period", "")), None
+    )
+    models = tuple(ctx.form_values("models"))
+    unknown = [m for m in models if m not in ctx.state.router.models]
+    if unknown:
+        errors.add("models", f"Models: {', '.join(unknown)} is not offered here.")
+    kinds = tuple(ctx.form_values("endpoints"))
+    if any(kind not in ENDPOINT_KINDS for kind in kinds):
+        errors.add("endpoints", "Endpoints: pick from the listed kinds.")
+    key = msgspec.structs.replace(
         base,
-        label=_label(ctx),
+        label=label,
         models=models,
         endpoints=kinds,
-        spend_cap_micros=_usd(ctx, "spend_cap_usd"),
-        rpm=_count(ctx, "rpm", 0),
-        tpm=_count(ctx, "tpm", 0),
-        concurrency=_count(ctx, "concurrency", 100, minimum=1),
-        expires_at_ms=_expiry(ctx, base.expires_at_ms),
-        budget_period=_budget_period(ctx),
+        spend_cap_micros=cap,
+        expires_at_ms=expires,
+        budget_period=period,
+        **counts,
     )
+    return key, errors
 
 
-def _budget_period(ctx: Ctx) -> BudgetPeriod | None:
-    value = ctx.form.get("budget_period", "")
+def _budget_period(value: str) -> BudgetPeriod | None:
     for period in BUDGET_PERIODS:
         if value == period:
             return period
     if value:
-        raise InvalidRequest(
-            "the cap resets every day, week or month, or never", param="budget_period"
-        )
+        raise ValueError("Cap resets: every day, week or month, or never.")
     return None
 
 
+def _form_of(key: ApiKey) -> dict[str, Any]:
+    """What the edit form shows for a stored key."""
+    expires = ""
+    if key.expires_at_ms is not None:
+        moment = dt.datetime.fromtimestamp(key.expires_at_ms / 1000, tz=dt.UTC)
+        expires = moment.date().isoformat()
+    return {
+        "name": key.label,
+        "spend_cap_usd": micros_to_usd(key.spend_cap_micros) if key.spend_cap_micros else "",
+        "rpm": str(key.rpm),
+        "tpm": str(key.tpm),
+        "concurrency": str(key.concurrency),
+        "expires": expires,
+        "budget_period": key.budget_period or "",
+        "models": list(key.models),
+        "endpoints": list(key.endpoints),
+    }
+
+
+def _typed(ctx: Ctx) -> dict[str, Any]:
+    """What the person typed and ticked, to show again after an error."""
+    values: dict[str, Any] = dict(ctx.form)
+    values["models"] = ctx.form_values("models")
+    values["endpoints"] = ctx.form_values("endpoints")
+    return values
+
+
+def _field_context(ctx: Ctx) -> dict[str, Any]:
+    models = ctx.state.router.models
+    return {
+        "models": sorted(models),
+        "unavailable": {name for name, model in models.items() if not model.available},
+        "endpoint_kinds": ENDPOINT_KINDS,
+    }
+
+
+async def _last_used(ctx: Ctx, account_id: str) -> dict[str, int]:
+    rows = await ctx.state.db.fetchall(
+        "SELECT id, last_used_at_ms FROM api_keys WHERE account_id = ? "
+        "AND last_used_at_ms IS NOT NULL",
+        (account_id,),
+    )
+    found = {row["id"]: row["last_used_at_ms"] for row in rows}
+    store = ctx.state.store
+    for key in store.keys_of(account_id):
+        if key.id in store.used_keys:  # not flushed yet
+            found[key.id] = store.used_keys[key.id]
+    return found
+
+
 async def _render_list(
-    ctx: Ctx, *, status: int = 200, error: str = "", secret: str = "", new_key: ApiKey | None = None
+    ctx: Ctx, *, status: int = 200, errors: FieldErrors | None = None
 ) -> Response:
     assert ctx.account is not None
-    keys = sorted(
-        ctx.state.store.keys_of(ctx.account.id), key=lambda k: k.created_at_ms, reverse=True
-    )
+    account_id = ctx.account.id
+    keys = sorted(ctx.state.store.keys_of(account_id), key=lambda k: k.created_at_ms, reverse=True)
     allowed = await _manageable(ctx)
+    secret = ctx.flash.get("secret", "")
+    new_key = ctx.state.store.keys.get(ctx.flash.get("key_id", "")) if secret else None
+    url = base_url(ctx.state.config, ctx.request)
+    model = pick_model(ctx.state.router.models, new_key)
     return ctx.render(
         "keys.html",
         status=status,
         keys=keys,
         spend={key.id: ctx.state.wallet.key_snapshot(key.id) for key in keys},
         manageable={k.id for k in keys if allowed is None or k.id in allowed},
-        models=sorted(ctx.state.router.models),
-        endpoint_kinds=ENDPOINT_KINDS,
-        error=error,
+        last_used=await _last_used(ctx, account_id),
+        creators=await ctx.services.users.key_creators(account_id),
+        now_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        errors=errors or FieldErrors(),
+        form=_typed(ctx) if errors else {},
         secret=secret,
         new_key=new_key,
-        form=ctx.form,
+        base_url=url,
+        snippets=snippets(url, model, secret) if new_key is not None else [],
+        **_field_context(ctx),
     )
 
 
@@ -165,32 +216,42 @@ async def keys_page(ctx: Ctx) -> Response:
 async def create_key(ctx: Ctx) -> Response:
     assert ctx.account is not None and ctx.user is not None
     blank = ApiKey(id="", account_id=ctx.account.id, label="", last4="")
-    try:
-        spec = _key_from_form(ctx, blank)
-    except RelayError as exc:
-        return await _render_list(ctx, status=400, error=exc.message)
+    spec, errors = _key_from_form(ctx, blank)
+    if errors:
+        return await _render_list(ctx, status=400, errors=errors)
     key, secret = await ctx.state.store.create_key(spec, actor=ctx.actor)
     await ctx.services.users.note_key_creator(key.id, ctx.user.id)
-    # Rendered, not redirected: the secret must never travel in a URL or be re-shown.
-    ctx.form = {}
-    return await _render_list(ctx, status=201, secret=secret, new_key=key)
+    # The secret waits server-side for the next page only: never in a URL, never twice.
+    flash = {"secret": secret, "key_id": key.id, "notice": f"Key “{key.label}” created."}
+    return ctx.redirect(ctx.account_url("keys"), flash=flash)
+
+
+async def _render_key(
+    ctx: Ctx, key: ApiKey, *, status: int = 200, errors: FieldErrors | None = None
+) -> Response:
+    allowed = await _manageable(ctx)
+    url = base_url(ctx.state.config, ctx.request)
+    creators = await ctx.services.users.key_creators(key.account_id)
+    return ctx.render(
+        "key.html",
+        status=status,
+        key=key,
+        spend=ctx.state.wallet.key_snapshot(key.id),
+        last_used=await ctx.state.store.last_used(key.id),
+        created_by=creators.get(key.id, "admin API"),
+        can_manage=key.status != "revoked" and (allowed is None or key.id in allowed),
+        errors=errors or FieldErrors(),
+        form=_typed(ctx) if errors else _form_of(key),
+        base_url=url,
+        snippets=snippets(url, pick_model(ctx.state.router.models, key)),
+        now_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        **_field_context(ctx),
+    )
 
 
 @page("account", Permission.VIEW)
 async def key_page(ctx: Ctx) -> Response:
-    key = _key_of_account(ctx, ctx.request.path_params["key_id"])
-    allowed = await _manageable(ctx)
-    return ctx.render(
-        "key.html",
-        key=key,
-        spend=ctx.state.wallet.key_snapshot(key.id),
-        last_used=await ctx.state.store.last_used(key.id),
-        can_manage=key.status != "revoked" and (allowed is None or key.id in allowed),
-        models=sorted(ctx.state.router.models),
-        endpoint_kinds=ENDPOINT_KINDS,
-        spend_cap_usd=micros_to_usd(key.spend_cap_micros) if key.spend_cap_micros else "",
-        error="",
-    )
+    return await _render_key(ctx, _key_of_account(ctx, ctx.request.path_params["key_id"]))
 
 
 @page("account", Permission.MANAGE_OWN_KEYS)
@@ -199,10 +260,9 @@ async def edit_key(ctx: Ctx) -> Response:
     await _require_manageable(ctx, key)
     if key.status == "revoked":
         raise ConsoleError(400, "A revoked key cannot be changed.")
-    try:
-        changed = _key_from_form(ctx, key)
-    except RelayError as exc:
-        raise ConsoleError(400, exc.message) from None
+    changed, errors = _key_from_form(ctx, key)
+    if errors:
+        return await _render_key(ctx, key, status=400, errors=errors)
     if not ctx.can(Permission.MANAGE_ALL_KEYS):
         loosened = loosened_limits(key, changed)
         if loosened:

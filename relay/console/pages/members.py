@@ -13,7 +13,7 @@ from relay.identity.roles import ROLE_CHOICES, Permission, Role
 from relay.identity.users import Membership
 from relay.mail.smtp import MailError, send_mail
 
-__all__ = ["change_role", "invite_member", "members_page", "remove_member"]
+__all__ = ["change_role", "invite_member", "members_page", "remove_member", "revoke_invite"]
 
 
 def _role(text: str) -> Role:
@@ -45,9 +45,7 @@ def _keeps_an_owner(members: list[Membership], changed: str, new_role: Role | No
     return bool(owners)
 
 
-async def _render(
-    ctx: Ctx, *, status: int = 200, invite_url: str = "", mailed_to: str = ""
-) -> Response:
+async def _render(ctx: Ctx, *, status: int = 200) -> Response:
     assert ctx.account is not None
     return ctx.render(
         "members.html",
@@ -55,8 +53,8 @@ async def _render(
         members=await _members(ctx),
         invites=await ctx.services.invites.pending(ctx.account.id),
         roles=ROLE_CHOICES,
-        invite_url=invite_url,
-        mailed_to=mailed_to,
+        invite_url=ctx.flash.get("invite_url", ""),
+        mailed_to=ctx.flash.get("mailed_to", ""),
         can_mail=ctx.state.config.email is not None,
     )
 
@@ -93,8 +91,23 @@ async def invite_member(ctx: Ctx) -> Response:
     token = await ctx.services.invites.create(ctx.account.id, role, by=ctx.user)
     url = origin + f"/console/invite/{token}"
     mailed_to = await _mail_invite(ctx, ctx.form.get("email", "").strip(), url)
-    # Shown once on this page, never redirected through a URL or stored in clear.
-    return await _render(ctx, status=201, invite_url=url, mailed_to=mailed_to)
+    # Shown once on the next page (from the server-side flash), never in a URL.
+    flash = {
+        "invite_url": url,
+        "mailed_to": mailed_to,
+        "notice": f"Invite link for a new {role.value} created.",
+    }
+    return ctx.redirect(ctx.account_url("members"), flash=flash)
+
+
+@page("account", Permission.MANAGE_MEMBERS)
+async def revoke_invite(ctx: Ctx) -> Response:
+    assert ctx.account is not None
+    ref = ctx.form.get("invite", "")
+    if not await ctx.services.invites.revoke(ctx.account.id, ref, actor=ctx.actor):
+        raise ConsoleError(404, "That invite was already used, revoked or has expired.")
+    notice = "Invite revoked: its link no longer works."
+    return ctx.redirect(ctx.account_url("members"), flash={"notice": notice})
 
 
 @page("account", Permission.MANAGE_MEMBERS)

@@ -24,7 +24,7 @@ from relay.console.payments import (
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import InvalidRequest
 from relay.identity.roles import Permission, allows
-from relay.payments.receipts import get_receipt, render_receipt_html
+from relay.payments.receipts import SellerDetails, get_receipt, render_receipt_html
 from relay.payments.service import PaymentsService, PaymentsUnavailable
 from relay.payments.store import dismiss_notice, now_ms
 
@@ -120,7 +120,9 @@ async def receipt(ctx: Ctx) -> Response:
     if ctx.request.query_params.get("download"):
         headers["content-disposition"] = f'attachment; filename="{found.number}.html"'
     return Response(
-        render_receipt_html(found), media_type="text/html; charset=utf-8", headers=headers
+        render_receipt_html(found, SellerDetails.from_config(ctx.state.config.payments)),
+        media_type="text/html; charset=utf-8",
+        headers=headers,
     )
 
 

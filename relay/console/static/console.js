@@ -6,13 +6,24 @@ document.addEventListener("click", (event) => {
   if (!button) return;
   const field = document.getElementById(button.dataset.copy);
   if (!field) return;
-  field.select();
+  // An input holds its text in .value; a snippet (<pre>) in its text.
+  const text = "value" in field ? field.value : field.textContent;
+  if ("select" in field) {
+    field.select();
+  } else {
+    const range = document.createRange();
+    range.selectNodeContents(field);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+  }
+  const label = button.innerHTML;
   const done = () => {
     button.textContent = "Copied";
-    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    setTimeout(() => { button.innerHTML = label; }, 2000);
   };
   if (navigator.clipboard && window.isSecureContext) {
-    navigator.clipboard.writeText(field.value).then(done, () => document.execCommand("copy") && done());
+    navigator.clipboard.writeText(text).then(done, () => document.execCommand("copy") && done());
   } else if (document.execCommand("copy")) {
     done();
   }
