@@ -322,29 +322,6 @@ async def test_a_translated_stream_reports_an_input_estimate_at_message_start(
     assert response.headers["request-id"] == response.headers["x-relay-request-id"]
 
 
-async def test_a_native_stream_is_read_to_its_end_before_relay_lets_go(setup: Setup) -> None:
-    finished: list[bool] = []
-
-    async def body_with_a_tail() -> AsyncIterator[bytes]:
-        async for piece in _pieces(fixture("anthropic_stream.sse")):
-            yield piece
-        yield b'event: ping\ndata: {"type": "ping"}\n\n'  # after message_stop
-        finished.append(True)
-
-    setup.upstream.reply = lambda body: httpx.Response(
-        200, content=body_with_a_tail(), headers={"content-type": "text/event-stream"}
-    )
-    async with setup.anthropic() as client:
-        async with client.messages.stream(
-            model="claude-x", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
-        ) as stream:
-            final = await stream.get_final_message()
-        assert stream.response.headers["request-id"].startswith("req_")
-    assert final.usage.output_tokens == 15
-    assert finished == [True]  # the upstream's body was consumed, not cut off
-    assert await setup.only_charge() == STREAM_COST
-
-
 # ----------------------------------------------------------------- OpenAI chat → Anthropic
 
 

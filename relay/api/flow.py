@@ -9,7 +9,6 @@ docs/architecture.md §2.2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
@@ -57,9 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("relay.api")
-
-# How long relay waits for an upstream to end its body after the stream's last event.
-FINISH_READING_S = 2.0
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
 # The usage row's error_code when an upstream reported usage outside sane bounds.
 USAGE_INVALID = "upstream_usage_invalid"
@@ -213,52 +209,34 @@ async def pass_stream(
     ``settle`` must be idempotent (the ticket makes it so): it runs in the ``finally`` when the
     client leaves or shutdown cuts the stream, and otherwise just before ``ending(failure)``,
     the dialect's last events (relay's metadata, and the error if the upstream broke off).
-    Once the upstream sent its last event (``tap.done``) the client gets the ending at once,
-    and relay then reads the upstream's body to its end (briefly) rather than cutting the
-    connection under an upstream that has not finished.
     """
     failure: RelayError | None = None
     ended = False
-    rest = aiter(opened.rest_of_stream())
     try:
         exchange.mark_first_byte()
         forward = tap.feed(opened.first_chunk or b"")
         if forward:
             yield forward
-        if not tap.done:
-            async for chunk in rest:
-                forward = tap.feed(chunk)
-                if forward:
-                    yield forward
-                if tap.done:
-                    break
+        async for chunk in opened.rest_of_stream():
+            forward = tap.feed(chunk)
+            if forward:
+                yield forward
+            if tap.done:
+                break
         ended = True
     except UpstreamFailure as exc:
         ended = True
         failure = upstream_broke_off(exc, "stream")
     finally:
+        await opened.close()
         if not ended:  # cancelled or closed early: the client went away (or shutdown)
-            await opened.close()
             mark_abandoned(state, exchange)
             settle()
     if failure is not None:
         exchange.error_code = failure.code
         exchange.status = failure.status
-    try:
-        settle()
-        yield ending(failure)
-        if failure is None and tap.done:
-            await _finish_reading(rest)
-    finally:
-        await opened.close()
-
-
-async def _finish_reading(rest: AsyncIterator[bytes]) -> None:
-    """Read (and drop) what an upstream sends after its last event, within a bound."""
-    with contextlib.suppress(UpstreamFailure, TimeoutError):
-        async with asyncio.timeout(FINISH_READING_S):
-            async for _ in rest:
-                pass
+    settle()
+    yield ending(failure)
 
 
 async def read_answer(
