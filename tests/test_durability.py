@@ -342,14 +342,21 @@ async def test_sigterm_under_load_drains_every_answered_request(tmp_path: Path) 
 
 
 async def _drive_until(
-    relay: RelayProcess, secrets_: list[str], stop: asyncio.Event, rng: random.Random
+    relay: RelayProcess,
+    secrets_: list[str],
+    stop: asyncio.Event,
+    rng: random.Random,
+    answering: asyncio.Event,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
             kind = rng.choice(["stream", "plain", "embedding"])
-            outcomes.append(await _one_request(client, rng.choice(secrets_), kind))
+            outcome = await _one_request(client, rng.choice(secrets_), kind)
+            outcomes.append(outcome)
+            if outcome.status == 200:
+                answering.set()
 
     async with relay.client(timeout=5.0) as client:
         await asyncio.gather(*(worker(client) for _ in range(16)))
@@ -388,9 +395,13 @@ async def test_sigkill_at_random_moments_never_corrupts_or_double_charges(
                 relay = await site.start()
                 await check_live_wallets(relay, site.database, seed)
             stop = asyncio.Event()
-            load = asyncio.create_task(_drive_until(relay, keys, stop, rng))
+            answering = asyncio.Event()
+            load = asyncio.create_task(_drive_until(relay, keys, stop, rng, answering))
             reference = f"round-{round_}"
             credit = asyncio.create_task(_credit(relay, rng.choice(accounts), reference))
+            # The random moment is counted from the first answer, so every round kills a
+            # relay that is really serving, however slow the machine is to get going.
+            await asyncio.wait_for(answering.wait(), timeout=30)
             await asyncio.sleep(rng.uniform(0.15, 0.6))
             relay.process.kill()  # SIGKILL
             stop.set()
