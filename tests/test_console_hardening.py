@@ -47,7 +47,7 @@ async def test_a_member_may_tighten_but_not_lift_an_owners_limits(
             await member.login("m@acme.test")
             await owner.login("o@acme.test")
             made = await member.submit(keys, keys, {"name": "mine", "concurrency": "50"})
-            assert made.status_code == 201, made.text
+            assert made.status_code == 303, made.text  # POST-redirect-GET
             (key,) = relay.state.store.keys.values()
             page = f"{keys}/{key.id}"
             limited = key_form(
@@ -133,8 +133,9 @@ async def test_public_url_makes_links_and_a_secure_cookie(
             assert len(proxy.cookies) == 2  # the pre-session cookie, then the session
             assert all("; secure" in cookie.lower() for cookie in proxy.cookies)
             made = await owner.submit(members, members + "/invite", {"role": "member"})
-            assert made.status_code == 201, made.text
-            assert _invite_link(made.text).startswith("https://relay.example.com/console/invite/")
+            assert made.status_code == 303, made.text  # the link is shown on the next page
+            shown = await owner.get(made.headers["location"])
+            assert _invite_link(shown.text).startswith("https://relay.example.com/console/invite/")
             # A form posted from the public origin passes the Origin check behind the proxy.
             page = await owner.get(members)
             token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
@@ -144,7 +145,7 @@ async def test_public_url_makes_links_and_a_secure_cookie(
                 data={"csrf_token": token.group(1), "role": "viewer"},
                 headers={"origin": "https://relay.example.com"},
             )
-            assert posted.status_code == 201
+            assert posted.status_code == 303
             foreign = await owner.client.post(
                 members + "/invite",
                 data={"csrf_token": token.group(1), "role": "viewer"},
@@ -175,7 +176,8 @@ async def test_without_public_url_a_forged_host_gets_no_invite_link(
             rows = await relay.rows("SELECT * FROM console_invites")
             assert rows == []  # refused before any invite was made
             made = await owner.submit(members, members + "/invite", {"role": "member"})
-            assert _invite_link(made.text).startswith(relay.base_url + "/console/invite/")
+            shown = await owner.get(made.headers["location"])
+            assert _invite_link(shown.text).startswith(relay.base_url + "/console/invite/")
 
 
 async def _fail_logins(relay: Relay, client_ip: str, count: int) -> list[int]:
