@@ -43,6 +43,7 @@ class PostgresServer:
     host: str
     port: int
     user: str
+    data: str
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
@@ -51,6 +52,7 @@ class PostgresServer:
 @dataclass(frozen=True)
 class RedisServer:
     port: int
+    pid: int
 
     @property
     def url(self) -> str:
@@ -83,6 +85,13 @@ def _as_user(user: str | None, argv: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
+    with run_postgres() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def run_postgres() -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a temporary folder; stopped and deleted on exit."""
     if asyncpg is None:
         _missing("the 'cluster' extra is not installed (pip install -e '.[cluster]')")
     bindir = _postgres_bin()
@@ -123,7 +132,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         capture_output=True,
     )
     try:
-        yield PostgresServer(host="127.0.0.1", port=port, user=user)
+        yield PostgresServer(host="127.0.0.1", port=port, user=user, data=str(data))
     finally:
         subprocess.run(
             _as_user(run_as, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
@@ -134,6 +143,13 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    with run_redis() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def run_redis() -> Iterator[RedisServer]:
+    """redis-server on a free loopback port, persistence off; stopped on exit."""
     if asyncpg is None:
         _missing("the 'cluster' extra is not installed (pip install -e '.[cluster]')")
     binary = shutil.which("redis-server")
@@ -156,7 +172,7 @@ def redis_server() -> Iterator[RedisServer]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 _missing(f"redis-server did not start on 127.0.0.1:{port}")
             time.sleep(0.05)
-        yield RedisServer(port=port)
+        yield RedisServer(port=port, pid=proc.pid)
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
