@@ -74,13 +74,13 @@ async def test_concurrency_5_is_never_exceeded_across_three_instances(
 async def test_a_crashed_instances_slots_expire_after_their_lease(
     clients: list[Any], redis_prefix: str
 ) -> None:
-    crashed, alive, _ = limiters(clients, redis_prefix, lease_ms=400)
+    crashed, alive, _ = limiters(clients, redis_prefix, lease_ms=1_500)
     limit = Concurrency("key:k", 2)
     for _ in range(2):
         await crashed.take(concurrency=[limit])  # never released: the instance died
     with pytest.raises(RateLimited):
         await alive.take(concurrency=[limit])
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.6)
     slot = await alive.take(concurrency=[limit])
     assert await alive.in_flight(limit) == 1
     await alive.release(slot)
@@ -89,11 +89,11 @@ async def test_a_crashed_instances_slots_expire_after_their_lease(
 async def test_renewed_slots_outlive_their_first_lease(
     clients: list[Any], redis_prefix: str
 ) -> None:
-    owner, other, _ = limiters(clients, redis_prefix, lease_ms=300)
+    owner, other, _ = limiters(clients, redis_prefix, lease_ms=1_500)
     limit = Concurrency("acct:a", 1)
     slot = await owner.take(concurrency=[limit])
-    for _ in range(3):
-        await asyncio.sleep(0.15)
+    for _ in range(4):  # 2 s in all: past the first lease
+        await asyncio.sleep(0.5)
         await owner.renew([slot])
     with pytest.raises(RateLimited):
         await other.take(concurrency=[limit])
