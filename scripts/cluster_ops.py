@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import asyncpg  # noqa: E402
 import redis.asyncio as redis_asyncio  # noqa: E402
 from support_cluster import run_postgres, run_redis  # noqa: E402
 
 from relay.cluster.pg_leases import InstanceLease  # noqa: E402
 from relay.cluster.pg_money import PgMoneyStore  # noqa: E402
+from relay.cluster.pg_pool import create_pool  # noqa: E402
 from relay.cluster.pg_schema import migrate  # noqa: E402
 from relay.cluster.redis_limits import Bucket, Concurrency, RedisLimiter  # noqa: E402
 
@@ -102,7 +102,7 @@ async def measure(
 
 
 async def bench_postgres(dsn: str, data: str, ops: int) -> None:
-    pools = [await asyncpg.create_pool(dsn, min_size=8, max_size=8) for _ in range(3)]
+    pools = [await create_pool(dsn, min_size=8, max_size=8) for _ in range(3)]
     async with pools[0].acquire() as conn:
         await migrate(conn)
     stores = []

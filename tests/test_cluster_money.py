@@ -17,6 +17,7 @@ import pytest
 
 from relay.cluster.pg_leases import InstanceLease, LeaseLost, reap_expired
 from relay.cluster.pg_money import ClusterHold, PgMoneyStore
+from relay.cluster.pg_pool import create_pool
 from relay.cluster.pg_schema import MIGRATIONS, migrate
 from relay.errors import QuotaError
 from relay.money.records import DuplicateReference
@@ -37,7 +38,7 @@ class Cluster:
         self.instances: list[Instance] = []
 
     async def start(self, *, lease_s: float = 30.0, pool_size: int = 4) -> Instance:
-        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=pool_size)
+        pool = await create_pool(self.dsn, min_size=1, max_size=pool_size)
         async with pool.acquire() as conn:
             await migrate(conn)
         lease = await InstanceLease.register(pool, lease_s, name=f"i{len(self.instances)}")
@@ -282,3 +283,17 @@ async def test_a_renewed_lease_keeps_its_holds(cluster: Cluster) -> None:
         assert (await reap_expired(other.pool)).holds_released == 0
     result = await node.money.settle(hold, 300, reference="kept")
     assert (result.outcome, result.charged_micros) == ("settled", 300)
+
+
+async def test_the_pool_rolls_back_a_transaction_left_open_on_release(cluster: Cluster) -> None:
+    node = await cluster.start(pool_size=1)
+    await node.money.create_account("acct")
+    async with node.pool.acquire() as conn:
+        await conn.execute("BEGIN")
+        await conn.execute(
+            "INSERT INTO ledger (account_id, kind, amount_micros, reference)"
+            " VALUES ('acct', 'credit', 5, 'left-open')"
+        )
+    async with node.pool.acquire() as conn:  # the pool's only connection, back again
+        assert not conn.is_in_transaction()
+    assert await node.money.ledger_sum("acct") == 0
