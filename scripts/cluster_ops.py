@@ -38,6 +38,7 @@ from relay.cluster.pg_money import PgMoneyStore  # noqa: E402
 from relay.cluster.pg_pool import create_pool  # noqa: E402
 from relay.cluster.pg_schema import migrate  # noqa: E402
 from relay.cluster.redis_limits import Bucket, Concurrency, RedisLimiter  # noqa: E402
+from relay.cluster.settler import Settler  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -147,6 +148,34 @@ async def bench_postgres(dsn: str, data: str, ops: int) -> None:
             concurrency,
             lambda: postgres_pids(data),
         )
+    # Holds placed one by one, settlements group-committed by each instance's settler.
+    settlers = [Settler(store) for store in stores]
+    tasks = [asyncio.create_task(settler.run()) for settler in settlers]
+
+    async def hold_then_submit(n: int) -> None:
+        account = n % 100
+        hold = await stores[n % 3].hold(
+            f"a{account}", f"k{account}", estimate_micros=50, worst_case_micros=4_000
+        )
+        settlers[n % 3].submit(hold, 120, reference=f"batched-{n}")
+
+    async def hold_and_drain(n: int) -> None:
+        await hold_then_submit(n)
+        if n % 16 == 15:
+            await asyncio.gather(*(settler.drain() for settler in settlers))
+
+    await measure(
+        "PostgreSQL hold + settler (batched), 100 accts",
+        hold_and_drain,
+        ops,
+        16,
+        lambda: postgres_pids(data),
+    )
+    await asyncio.gather(*(settler.drain() for settler in settlers))
+    for task in tasks:
+        task.cancel()
+    batches = sum(settler.batches_written for settler in settlers)
+    print(f"  (settlers wrote {ops} settlements in {batches} batches)", flush=True)
     beating.cancel()
     for pool in pools:
         await pool.close()

@@ -8,6 +8,7 @@ nothing but the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from relay.cluster.pg_leases import InstanceLease, LeaseLost, reap_expired
 from relay.cluster.pg_money import ClusterHold, PgMoneyStore
 from relay.cluster.pg_pool import create_pool
 from relay.cluster.pg_schema import MIGRATIONS, migrate
+from relay.cluster.settler import Settler
 from relay.errors import QuotaError
 from relay.money.records import DuplicateReference
 
@@ -297,3 +299,83 @@ async def test_the_pool_rolls_back_a_transaction_left_open_on_release(cluster: C
     async with node.pool.acquire() as conn:  # the pool's only connection, back again
         assert not conn.is_in_transaction()
     assert await node.money.ledger_sum("acct") == 0
+
+
+async def test_settle_many_ends_each_hold_once_in_one_round_trip(cluster: Cluster) -> None:
+    node = await cluster.start()
+    money = node.money
+    await money.create_account("acct")
+    await money.credit("acct", 10_000, reference="seed")
+    holds = [
+        await money.hold("acct", None, estimate_micros=1, worst_case_micros=1_000) for _ in range(3)
+    ]
+    results = await money.settle_many(
+        [
+            (holds[0], 400, "b-0", False),
+            (holds[1], 0, "", False),
+            (holds[2], 1_500, "b-2", True),
+            (holds[0], 400, "b-0-again", False),  # the same hold twice: once only
+        ]
+    )
+    assert [(r.outcome, r.charged_micros) for r in results] == [
+        ("settled", 400),
+        ("released", 0),
+        ("settled", 1_000),
+        ("closed", 0),
+    ]
+    assert results[2].overrun
+    view = await money.snapshot("acct")
+    assert (view.balance_micros, view.held_micros) == (8_600, 0)
+    assert await money.ledger_sum("acct") == 8_600
+
+
+class FlakyStore(PgMoneyStore):
+    """Fails its first ``fail`` batches as an unreachable database would."""
+
+    def __init__(self, pool: Any, instance_id: str, fail: int) -> None:
+        super().__init__(pool, instance_id)
+        self.fail = fail
+        self.calls = 0
+
+    async def settle_many(self, items: Any) -> Any:
+        self.calls += 1
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionResetError("connection lost (injected)")
+        return await super().settle_many(items)
+
+
+async def test_the_settler_group_commits_and_retries_a_failed_batch_without_double_charging(
+    cluster: Cluster,
+) -> None:
+    node = await cluster.start()
+    await node.money.create_account("acct")
+    await node.money.credit("acct", 1_000_000, reference="seed")
+    holds = [
+        await node.money.hold("acct", None, estimate_micros=1, worst_case_micros=100)
+        for _ in range(200)
+    ]
+    store = FlakyStore(node.pool, node.lease.instance_id, fail=2)
+    ended: list[tuple[ClusterHold, str]] = []
+    settler = Settler(
+        store,
+        max_batch=64,
+        retry_initial_s=0.01,
+        on_settled=lambda hold, result: ended.append((hold, result.outcome)),
+    )
+    task = asyncio.create_task(settler.run())
+    try:
+        for n, hold in enumerate(holds):
+            settler.submit(hold, 0 if n % 10 == 0 else 50, reference=f"s-{n}")
+        settler.submit(holds[1], 50, reference="s-1-again")  # a second end: charges nothing
+        await asyncio.wait_for(settler.drain(), timeout=30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert settler.failures == 2 and settler.pending == 0
+    assert settler.batches_written == 4 and store.calls == 6  # 201 items in batches of 64
+    assert sorted(outcome for _, outcome in ended).count("closed") == 1
+    view = await node.money.snapshot("acct")
+    assert (view.held_micros, await node.money.open_hold_count()) == (0, 0)
+    assert view.balance_micros == 1_000_000 - 180 * 50 == await node.money.ledger_sum("acct")

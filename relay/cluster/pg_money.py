@@ -15,6 +15,7 @@ settlement that never arrives is released by lease expiry (``relay.cluster.pg_le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -27,6 +28,8 @@ from relay.money.records import AccountMode, BalanceView, DuplicateReference, Ke
 __all__ = ["ClusterHold", "PgMoneyStore", "Settlement"]
 
 CreditKind = Literal["credit", "refund"]
+# The charge row's note when the cost was estimated (a stream cut short by the client).
+_ESTIMATED = "estimated (stream cut short)"
 
 
 class ClusterHold(msgspec.Struct, frozen=True):
@@ -218,6 +221,38 @@ class PgMoneyStore:
             reference,
             "estimated (stream cut short)" if estimated else None,
         )
+
+    async def settle_many(
+        self, items: Sequence[tuple[ClusterHold, int, str, bool]]
+    ) -> list[Settlement]:
+        """Settle a batch in ONE round trip and one transaction (group commit): each item is
+        ``(hold, actual_cost_micros, reference, estimated)`` and ends exactly as ``settle``
+        would end it, in order. All or nothing: if the statement fails, no item settled and
+        the whole batch can be retried (settling is idempotent per hold)."""
+        for _, cost, reference, _ in items:
+            _check_micros("actual_cost_micros", cost)
+            if cost and not reference:
+                raise ValueError("a charge needs a reference")
+        rows = await self._pool.fetch(
+            "SELECT r.outcome, r.charged_micros, r.overrun"
+            " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])"
+            " WITH ORDINALITY AS s(hold_id, cost, reference, note, n)"
+            " CROSS JOIN LATERAL relay_settle(s.hold_id, $5, s.cost, s.reference, s.note) AS r"
+            " ORDER BY s.n",
+            [hold.hold_id for hold, _, _, _ in items],
+            [cost for _, cost, _, _ in items],
+            [reference for _, _, reference, _ in items],
+            [_ESTIMATED if estimated else None for _, _, _, estimated in items],
+            self.instance_id,
+        )
+        return [
+            Settlement(
+                outcome=row["outcome"],
+                charged_micros=int(row["charged_micros"]),
+                overrun=bool(row["overrun"]),
+            )
+            for row in rows
+        ]
 
     async def release(self, hold: ClusterHold) -> Settlement:
         """Close the hold without charging (failed call); a no-op once closed."""
