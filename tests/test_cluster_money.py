@@ -379,3 +379,30 @@ async def test_the_settler_group_commits_and_retries_a_failed_batch_without_doub
     view = await node.money.snapshot("acct")
     assert (view.held_micros, await node.money.open_hold_count()) == (0, 0)
     assert view.balance_micros == 1_000_000 - 180 * 50 == await node.money.ledger_sum("acct")
+
+
+@pytest.mark.slow
+async def test_batches_from_two_instances_in_opposite_orders_never_deadlock(
+    cluster: Cluster,
+) -> None:
+    """Each batch locks its accounts in one global order, whatever order it was given in."""
+    a, b = await cluster.start(pool_size=2), await cluster.start(pool_size=2)
+    accounts = [f"acct{n:02d}" for n in range(20)]
+    for account in accounts:
+        await a.money.create_account(account)
+        await a.money.credit(account, 1_000_000, reference="seed")
+    for _ in range(5):
+        holds_a = [
+            await a.money.hold(x, None, estimate_micros=1, worst_case_micros=10) for x in accounts
+        ]
+        holds_b = [
+            await b.money.hold(x, None, estimate_micros=1, worst_case_micros=10) for x in accounts
+        ]
+        forward = [(h, 5, f"fa-{h.hold_id}", False) for h in holds_a]
+        backward = [(h, 5, f"fb-{h.hold_id}", False) for h in reversed(holds_b)]
+        done = await asyncio.gather(a.money.settle_many(forward), b.money.settle_many(backward))
+        assert all(r.outcome == "settled" for batch in done for r in batch)
+        # Results come back in the order the items were given.
+        assert [r.charged_micros for r in done[1]] == [5] * len(accounts)
+    for account in accounts:
+        assert await a.money.ledger_sum(account) == 1_000_000 - 5 * 2 * 5

@@ -227,32 +227,40 @@ class PgMoneyStore:
     ) -> list[Settlement]:
         """Settle a batch in ONE round trip and one transaction (group commit): each item is
         ``(hold, actual_cost_micros, reference, estimated)`` and ends exactly as ``settle``
-        would end it, in order. All or nothing: if the statement fails, no item settled and
-        the whole batch can be retried (settling is idempotent per hold)."""
+        would end it (results in the items' order; the same hold twice: the earlier item
+        settles, the later answers ``closed``). All or nothing: if the statement fails, no
+        item settled and the whole batch can be retried (settling is idempotent per hold)."""
         for _, cost, reference, _ in items:
             _check_micros("actual_cost_micros", cost)
             if cost and not reference:
                 raise ValueError("a charge needs a reference")
+        # Lock rows in one global order (account, then key): two batches from two instances
+        # touching the same accounts in opposite orders would otherwise deadlock.
+        order = sorted(
+            range(len(items)),
+            key=lambda i: (items[i][0].account_id, items[i][0].key_id or "", i),
+        )
+        batch = [items[i] for i in order]
         rows = await self._pool.fetch(
             "SELECT r.outcome, r.charged_micros, r.overrun"
             " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])"
             " WITH ORDINALITY AS s(hold_id, cost, reference, note, n)"
             " CROSS JOIN LATERAL relay_settle(s.hold_id, $5, s.cost, s.reference, s.note) AS r"
             " ORDER BY s.n",
-            [hold.hold_id for hold, _, _, _ in items],
-            [cost for _, cost, _, _ in items],
-            [reference for _, _, reference, _ in items],
-            [_ESTIMATED if estimated else None for _, _, _, estimated in items],
+            [hold.hold_id for hold, _, _, _ in batch],
+            [cost for _, cost, _, _ in batch],
+            [reference for _, _, reference, _ in batch],
+            [_ESTIMATED if estimated else None for _, _, _, estimated in batch],
             self.instance_id,
         )
-        return [
-            Settlement(
+        results: list[Settlement | None] = [None] * len(items)
+        for position, row in zip(order, rows, strict=True):
+            results[position] = Settlement(
                 outcome=row["outcome"],
                 charged_micros=int(row["charged_micros"]),
                 overrun=bool(row["overrun"]),
             )
-            for row in rows
-        ]
+        return [result for result in results if result is not None]
 
     async def release(self, hold: ClusterHold) -> Settlement:
         """Close the hold without charging (failed call); a no-op once closed."""
