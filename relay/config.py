@@ -28,6 +28,7 @@ __all__ = [
     "AlertEvent",
     "BudgetsConfig",
     "EmailConfig",
+    "ClusterConfig",
     "Config",
     "MetricsConfig",
     "ModelConfig",
@@ -37,9 +38,11 @@ __all__ = [
     "RouteConfig",
     "RouteSpec",
     "ServerConfig",
+    "StorageConfig",
     "load_config",
     "parse_config",
     "parse_route",
+    "redact_url",
     "resolve_secret",
 ]
 
@@ -417,6 +420,40 @@ class PaymentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(f"{key} must start with http:// or https://")
 
 
+_POSTGRES_URL = re.compile(r"^postgres(?:ql)?://[^\s]*$")
+_REDIS_URL = re.compile(r"^rediss?://[^\s]+$")
+
+
+class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[storage]``: absent = SQLite at ``[server] database``; a ``postgresql://`` url = the
+    cluster store (docs/scaling.md), which needs ``[cluster] redis_url`` too."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        if not _POSTGRES_URL.match(self.url):
+            raise ValueError(
+                'url must be a PostgreSQL URL such as "postgresql://relay@db.internal/relay" '
+                "(leave [storage] out for the embedded SQLite file at [server] database)"
+            )
+
+
+class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[cluster]``: the Redis every instance shares for rate limits, concurrency leases
+    and key/config invalidation. Lease and heartbeat times are seconds."""
+
+    redis_url: str
+    # A dead instance's holds and concurrency slots are released this long after its
+    # last heartbeat; heartbeats run at a third of it so one lost beat never expires a lease.
+    lease_s: Annotated[float, Meta(ge=1, le=600)] = 30.0
+
+    def __post_init__(self) -> None:
+        if not _REDIS_URL.match(self.redis_url):
+            raise ValueError(
+                'redis_url must be a Redis URL such as "redis://cache.internal:6379/0"'
+            )
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderConfig] = []
@@ -428,10 +465,29 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention: RetentionConfig = RetentionConfig()
     email: EmailConfig | None = None
     alerts: list[AlertConfig] = []
+    # Both absent: the embedded store. Both present: cluster mode. One alone is an error.
+    storage: StorageConfig | None = None
+    cluster: ClusterConfig | None = None
     # Where the file was read from; relative paths in it resolve against this folder.
     base_dir: str = "."
     # The file itself (empty when parsed from text): what a reload re-reads.
     source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.storage is not None and self.cluster is None:
+            raise ValueError(
+                "a half-configured cluster: [storage] url is PostgreSQL but [cluster] redis_url "
+                "is missing (cluster mode needs both; remove [storage] for the embedded store)"
+            )
+        if self.cluster is not None and self.storage is None:
+            raise ValueError(
+                "a half-configured cluster: [cluster] redis_url is set but [storage] url is "
+                "missing (cluster mode needs both; remove [cluster] for the embedded store)"
+            )
+
+    @property
+    def cluster_mode(self) -> bool:
+        return self.storage is not None and self.cluster is not None
 
     @property
     def base_dir_path(self) -> Path:
@@ -517,3 +573,12 @@ def resolve_secret(spec: str) -> str | None:
     if spec.startswith("env:"):
         return os.environ.get(spec[4:]) or None
     return spec
+
+
+def redact_url(url: str) -> str:
+    """A connection URL fit to print: any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"

@@ -32,6 +32,9 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+# The throwaway PostgreSQL and Redis of the cluster tests: session fixtures, defined once here.
+from support_cluster import pg_database, postgres_server, redis_prefix, redis_server  # noqa: F401
+
 from relay.app import create_app
 from relay.config import Config, ProviderConfig, parse_config
 from relay.state import RelayState

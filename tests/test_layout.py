@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "money": 3,
     "identity": 3,
     "admission": 4,
+    "cluster": 4,
     "usage": 4,
     "jobs": 4,
     "payments": 5,

@@ -1,0 +1,7 @@
+"""Cluster mode: N relay instances sharing PostgreSQL (money) and Redis (limits).
+
+``pg_schema`` (the PostgreSQL schema and its migrations), ``pg_money`` (holds, settlements,
+credits and lease expiry, each one atomic round trip), ``redis_limits`` (token buckets and
+concurrency leases as Lua scripts) and ``invalidation`` (key revocation and config reload
+across instances). docs/scaling.md describes the seam by which the request flow will use them.
+"""

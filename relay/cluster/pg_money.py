@@ -1,0 +1,338 @@
+"""Money in PostgreSQL for N instances: accounts, keys, credits, holds and settlements.
+
+The cluster counterpart of ``relay.money.wallet.Wallet`` (same rules, docs/architecture.md
+§3): where the Wallet is atomic because it runs on one event loop, this store is atomic
+because each operation is one transaction in one PL/pgSQL function (``relay.cluster.
+pg_schema``), serialised per account by the account's row lock. So the headroom rule's
+proof carries over unchanged across instances: a hold is placed only if its worst case fits
+``balance + credit_limit − Σ worst`` (and the key's ``cap − spent − Σ worst``), and a
+settlement never charges more than the hold's worst case — the database refuses the rest.
+
+Every call is one round trip. Methods are coroutines (unlike the Wallet's), so a caller that
+must settle in a ``finally`` during cancellation shields the call (``asyncio.shield``); a
+settlement that never arrives is released by lease expiry (``relay.cluster.pg_leases``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from relay.cluster.pg_leases import LeaseLost
+from relay.errors import QuotaError
+from relay.money.pricing import micros_to_usd
+from relay.money.records import AccountMode, BalanceView, DuplicateReference, KeySpendView
+
+__all__ = ["ClusterHold", "PgMoneyStore", "Settlement"]
+
+CreditKind = Literal["credit", "refund"]
+# The charge row's note when the cost was estimated (a stream cut short by the client).
+_ESTIMATED = "estimated (stream cut short)"
+
+
+class ClusterHold(msgspec.Struct, frozen=True):
+    """An open hold in the ``holds`` table; settle or release it once."""
+
+    hold_id: int
+    account_id: str
+    key_id: str | None
+    held_micros: int
+    estimate_micros: int
+    worst_case_micros: int
+
+    @property
+    def strict(self) -> bool:
+        return self.held_micros == self.worst_case_micros
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    """How a hold ended: ``settled`` (charged), ``released`` (no charge), ``closed`` (it was
+    already settled, or released by lease expiry: nothing charged now), or
+    ``duplicate_reference`` (that charge reference exists: released, not charged again)."""
+
+    outcome: Literal["settled", "released", "closed", "duplicate_reference"]
+    charged_micros: int
+    overrun: bool
+
+
+def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int of micro-USD")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
+
+
+class PgMoneyStore:
+    """Holds and settlements of one instance (``instance_id``) over a shared pool.
+
+    ``fast_path_margin_micros``: the hold is the cheap estimate only while the account (and
+    a capped key) keeps this much headroom beyond the worst case; it only sets the reported
+    ``available``, never whether a request is admitted.
+    """
+
+    def __init__(
+        self, pool: Any, instance_id: str, *, fast_path_margin_micros: int = 1_000_000
+    ) -> None:
+        _check_micros("fast_path_margin_micros", fast_path_margin_micros)
+        self._pool = pool
+        self.instance_id = instance_id
+        self._margin = fast_path_margin_micros
+
+    # -- accounts and keys ---------------------------------------------------------------
+
+    async def create_account(
+        self, account_id: str, *, mode: AccountMode = "prepaid", credit_limit_micros: int = 0
+    ) -> None:
+        _check_micros("credit_limit_micros", credit_limit_micros)
+        await self._pool.execute(
+            "INSERT INTO accounts (id, mode, credit_limit_micros) VALUES ($1, $2, $3)",
+            account_id,
+            mode,
+            credit_limit_micros,
+        )
+
+    async def create_key(self, key_id: str, account_id: str, *, spend_cap_micros: int = 0) -> None:
+        _check_micros("spend_cap_micros", spend_cap_micros)
+        await self._pool.execute(
+            "INSERT INTO api_keys (id, account_id, spend_cap_micros) VALUES ($1, $2, $3)",
+            key_id,
+            account_id,
+            spend_cap_micros,
+        )
+
+    async def set_spend_cap(self, key_id: str, spend_cap_micros: int) -> None:
+        _check_micros("spend_cap_micros", spend_cap_micros)
+        await self._pool.execute(
+            "UPDATE api_keys SET spend_cap_micros = $2 WHERE id = $1", key_id, spend_cap_micros
+        )
+
+    async def credit(
+        self,
+        account_id: str,
+        amount_micros: int,
+        *,
+        reference: str,
+        kind: CreditKind = "credit",
+        note: str | None = None,
+    ) -> bool:
+        """Append a credit (or refund) row; idempotent per ``(account, reference)``.
+
+        True when the row was written; False when the same amount under the same reference
+        was already credited (a replay: nothing changes); ``DuplicateReference`` when the
+        reference was used for a different amount."""
+        _check_micros("amount_micros", amount_micros, positive=True)
+        if not reference:
+            raise ValueError("a credit needs a reference")
+        written = await self._pool.fetchval(
+            "INSERT INTO ledger (account_id, kind, amount_micros, reference, note)"
+            " VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (account_id, reference) WHERE kind IN ('credit', 'refund')"
+            " DO NOTHING RETURNING id",
+            account_id,
+            kind,
+            amount_micros,
+            reference,
+            note,
+        )
+        if written is not None:
+            return True
+        existing = await self._pool.fetchval(
+            "SELECT amount_micros FROM ledger WHERE account_id = $1 AND reference = $2"
+            " AND kind IN ('credit', 'refund')",
+            account_id,
+            reference,
+        )
+        if existing != amount_micros:
+            raise DuplicateReference(f"reference {reference!r} was already used on this account")
+        return False
+
+    # -- holds ---------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        account_id: str,
+        key_id: str | None,
+        *,
+        estimate_micros: int,
+        worst_case_micros: int,
+        request_id: str | None = None,
+    ) -> ClusterHold:
+        """Place a hold under the headroom rule, atomically across instances; ``QuotaError``
+        (402) naming the balance or the key's spend cap when it does not fit."""
+        _check_micros("estimate_micros", estimate_micros)
+        _check_micros("worst_case_micros", worst_case_micros)
+        if estimate_micros > worst_case_micros:
+            raise ValueError("estimate_micros must not exceed worst_case_micros")
+        row = await self._pool.fetchrow(
+            "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $6, $7)",
+            self.instance_id,
+            account_id,
+            key_id,
+            request_id,
+            estimate_micros,
+            worst_case_micros,
+            self._margin,
+        )
+        outcome = row["outcome"]
+        if outcome == "ok":
+            return ClusterHold(
+                hold_id=int(row["hold_id"]),
+                account_id=account_id,
+                key_id=key_id,
+                held_micros=int(row["held_micros"]),
+                estimate_micros=estimate_micros,
+                worst_case_micros=worst_case_micros,
+            )
+        if outcome == "balance":
+            available = max(0, int(row["headroom_micros"]))
+            raise QuotaError(
+                f"insufficient balance: this request may cost up to "
+                f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(available)}"
+                " is available after requests in flight; add credit or lower max_tokens"
+            )
+        if outcome == "key_cap":
+            raise QuotaError(
+                f"key spend cap reached: this request may cost up to "
+                f"${micros_to_usd(worst_case_micros)}, more than the key's cap leaves after "
+                "requests in flight"
+            )
+        if outcome == "lease_lost":
+            raise LeaseLost(f"instance {self.instance_id}: lease expired; no hold placed")
+        raise KeyError(f"{'account' if outcome == 'no_account' else 'key'} not found")
+
+    async def settle(
+        self,
+        hold: ClusterHold,
+        actual_cost_micros: int,
+        *,
+        reference: str,
+        estimated: bool = False,
+    ) -> Settlement:
+        """Close the hold and charge the measured cost (capped at its worst case) in one
+        transaction. Exactly once: a second call answers ``closed`` and charges nothing."""
+        _check_micros("actual_cost_micros", actual_cost_micros)
+        if actual_cost_micros and not reference:
+            raise ValueError("a charge needs a reference")
+        return await self._close(
+            hold,
+            actual_cost_micros,
+            reference,
+            "estimated (stream cut short)" if estimated else None,
+        )
+
+    async def settle_many(
+        self, items: Sequence[tuple[ClusterHold, int, str, bool]]
+    ) -> list[Settlement]:
+        """Settle a batch in ONE round trip and one transaction (group commit): each item is
+        ``(hold, actual_cost_micros, reference, estimated)`` and ends exactly as ``settle``
+        would end it (results in the items' order; the same hold twice: the earlier item
+        settles, the later answers ``closed``). All or nothing: if the statement fails, no
+        item settled and the whole batch can be retried (settling is idempotent per hold)."""
+        for _, cost, reference, _ in items:
+            _check_micros("actual_cost_micros", cost)
+            if cost and not reference:
+                raise ValueError("a charge needs a reference")
+        # Lock rows in one global order (account, then key): two batches from two instances
+        # touching the same accounts in opposite orders would otherwise deadlock.
+        order = sorted(
+            range(len(items)),
+            key=lambda i: (items[i][0].account_id, items[i][0].key_id or "", i),
+        )
+        batch = [items[i] for i in order]
+        rows = await self._pool.fetch(
+            "SELECT r.outcome, r.charged_micros, r.overrun"
+            " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])"
+            " WITH ORDINALITY AS s(hold_id, cost, reference, note, n)"
+            " CROSS JOIN LATERAL relay_settle(s.hold_id, $5, s.cost, s.reference, s.note) AS r"
+            " ORDER BY s.n",
+            [hold.hold_id for hold, _, _, _ in batch],
+            [cost for _, cost, _, _ in batch],
+            [reference for _, _, reference, _ in batch],
+            [_ESTIMATED if estimated else None for _, _, _, estimated in batch],
+            self.instance_id,
+        )
+        results: list[Settlement | None] = [None] * len(items)
+        for position, row in zip(order, rows, strict=True):
+            results[position] = Settlement(
+                outcome=row["outcome"],
+                charged_micros=int(row["charged_micros"]),
+                overrun=bool(row["overrun"]),
+            )
+        return [result for result in results if result is not None]
+
+    async def release(self, hold: ClusterHold) -> Settlement:
+        """Close the hold without charging (failed call); a no-op once closed."""
+        return await self._close(hold, 0, "", None)
+
+    async def _close(
+        self, hold: ClusterHold, cost_micros: int, reference: str, note: str | None
+    ) -> Settlement:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM relay_settle($1, $2, $3, $4, $5)",
+            hold.hold_id,
+            self.instance_id,
+            cost_micros,
+            reference,
+            note,
+        )
+        return Settlement(
+            outcome=row["outcome"],
+            charged_micros=int(row["charged_micros"]),
+            overrun=bool(row["overrun"]),
+        )
+
+    # -- views ---------------------------------------------------------------------------
+
+    async def snapshot(self, account_id: str) -> BalanceView:
+        row = await self._pool.fetchrow(
+            "SELECT mode, credit_limit_micros, balance_micros, held_micros FROM accounts"
+            " WHERE id = $1",
+            account_id,
+        )
+        if row is None:
+            raise KeyError(f"account {account_id!r} not found")
+        balance, held, limit = row["balance_micros"], row["held_micros"], row["credit_limit_micros"]
+        return BalanceView(
+            balance_micros=balance,
+            held_micros=held,
+            available_micros=balance + limit - held,
+            credit_limit_micros=limit,
+            mode=row["mode"],
+        )
+
+    async def key_snapshot(self, key_id: str) -> KeySpendView:
+        row = await self._pool.fetchrow(
+            "SELECT account_id, spend_cap_micros, spent_micros, held_micros FROM api_keys"
+            " WHERE id = $1",
+            key_id,
+        )
+        if row is None:
+            raise KeyError(f"key {key_id!r} not found")
+        cap, spent, held = row["spend_cap_micros"], row["spent_micros"], row["held_micros"]
+        return KeySpendView(
+            key_id=key_id,
+            account_id=row["account_id"],
+            spent_micros=spent,
+            held_micros=held,
+            spend_cap_micros=cap,
+            remaining_micros=None if cap == 0 else max(0, cap - spent - held),
+        )
+
+    async def ledger_sum(self, account_id: str) -> int:
+        """Σ of the account's ledger rows, summed from the rows themselves (for checks)."""
+        total = await self._pool.fetchval(
+            "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE account_id = $1",
+            account_id,
+        )
+        return int(total)
+
+    async def open_hold_count(self, account_id: str | None = None) -> int:
+        if account_id is None:
+            return int(await self._pool.fetchval("SELECT count(*) FROM holds"))
+        return int(
+            await self._pool.fetchval(
+                "SELECT count(*) FROM holds WHERE account_id = $1", account_id
+            )
+        )
