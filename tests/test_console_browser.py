@@ -10,62 +10,21 @@ Each page is saved as a screenshot in the test's tmp folder.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
-from support_accounts import Relay
-from support_console import PASSWORD, console_relay, create_user
+from playwright.async_api import Browser, expect
+from support_browser import browser, shot, signed_in  # noqa: F401  (browser: a fixture)
+from support_console import console_relay, create_user
 
 from relay.console.templating import format_usd, format_usd_exact
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 10_000
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-async def _signed_in(browser: Browser, relay: Relay, email: str, **options: object) -> Page:
-    context: BrowserContext = await browser.new_context(base_url=relay.base_url, **options)  # type: ignore[arg-type]
-    context.set_default_timeout(TIMEOUT_MS)
-    page = await context.new_page()
-    await page.goto("/console/login")
-    await page.get_by_label("Email").fill(email)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url("**/console/a/**")
-    return page
-
-
-async def _shot(page: Page, folder: Path, name: str) -> None:
-    await page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
-
 
 async def test_owner_flow_and_refusals(
-    browser: Browser,
+    browser: Browser,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     admin_token: str,
@@ -81,9 +40,9 @@ async def test_owner_flow_and_refusals(
         other_key = await relay.create_key(acme["id"], name="made-by-admin")
 
         # Sign in and see the balance.
-        page = await _signed_in(browser, relay, "owner@acme.test")
+        page = await signed_in(browser, relay, "owner@acme.test")
         await expect(page.locator("#balance")).to_have_text("$25.00")
-        await _shot(page, shots, "overview")
+        await shot(page, shots, "overview")
 
         # Create a key; its secret is shown once.
         await page.get_by_role("link", name="Keys", exact=True).click()
@@ -93,7 +52,7 @@ async def test_owner_flow_and_refusals(
         secret = await page.locator("#new-secret").input_value()
         assert secret.startswith("rk_")
         await expect(page.get_by_role("button", name="Copy", exact=True)).to_be_visible()
-        await _shot(page, shots, "keys")
+        await shot(page, shots, "keys")
 
         # Use it with the openai SDK against the same relay (the mock model).
         async with openai.AsyncOpenAI(
@@ -113,7 +72,7 @@ async def test_owner_flow_and_refusals(
             await expect(row).to_contain_text("ci-bot")
             await expect(row).to_contain_text(format_usd_exact(cost_micros))
             await expect(row).to_contain_text("200")
-            await _shot(page, shots, "logs")
+            await shot(page, shots, "logs")
 
             # Revoke it (accepting the confirmation); the next call is refused.
             await page.get_by_role("link", name="Keys", exact=True).click()
@@ -136,10 +95,10 @@ async def test_owner_flow_and_refusals(
         await page.get_by_role("button", name="Open ticket").click()
         await expect(page.get_by_role("heading", level=1)).to_contain_text("Charge looks high")
         await expect(page.get_by_text("Could you check this request?")).to_be_visible()
-        await _shot(page, shots, "ticket")
+        await shot(page, shots, "ticket")
         for name in ("Billing", "Members", "Overview"):
             await page.get_by_role("link", name=name, exact=True).click()
-            await _shot(page, shots, name.lower())
+            await shot(page, shots, name.lower())
         await expect(page.locator("#balance")).to_have_text(format_usd(25_000_000 - cost_micros))
 
         # A POST without the CSRF token is refused, session cookie or not.
@@ -149,7 +108,7 @@ async def test_owner_flow_and_refusals(
         assert relay.state.store.key(other_key["id"]).status == "active"
 
         # Another account's member is refused this account's pages and objects.
-        stranger = await _signed_in(browser, relay, "dev@globex.test")
+        stranger = await signed_in(browser, relay, "dev@globex.test")
         for path in (
             f"/console/a/{acme['id']}",
             f"/console/a/{acme['id']}/keys",
@@ -160,7 +119,7 @@ async def test_owner_flow_and_refusals(
         ):
             response = await stranger.goto(path)
             assert response is not None and response.status == 404, path
-        await _shot(stranger, shots, "refused")
+        await shot(stranger, shots, "refused")
         await stranger.goto(f"/console/a/{globex['id']}/keys")
         token = await stranger.locator("input[name=csrf_token]").first.input_value()
         forged = await stranger.context.request.post(
@@ -171,13 +130,13 @@ async def test_owner_flow_and_refusals(
         assert relay.state.store.key(other_key["id"]).status == "active"
 
         # Usable at phone width.
-        phone = await _signed_in(
+        phone = await signed_in(
             browser, relay, "owner@acme.test", viewport={"width": 390, "height": 844}
         )
         await expect(phone.locator("#balance")).to_be_visible()
         scroll_width = await phone.evaluate("document.documentElement.scrollWidth")
         assert scroll_width <= 390
-        await _shot(phone, shots, "overview-phone")
+        await shot(phone, shots, "overview-phone")
 
     for name in ("overview", "keys", "logs", "ticket", "billing", "members", "refused"):
         assert (shots / f"{name}.png").stat().st_size > 0
