@@ -118,6 +118,12 @@ async def test_deletion_suspends_now_and_erases_after_30_days(
         assert again.json() == requested.json()
 
         assert p.relay.state.store.account(account_id).status == "suspended"
+        # The admin API cannot quietly re-open it either (the console cancels explicitly).
+        reopen = await p.relay.client.patch(
+            f"/admin/accounts/{account_id}", json={"status": "active"}
+        )
+        assert reopen.status_code == 409 and "deletion is pending" in reopen.text
+        assert p.relay.state.store.account(account_id).status == "suspended"
         refused = await p.relay.client.post(
             "/v1/chat/completions", json=chat_body(), headers=auth(secret)
         )

@@ -20,7 +20,8 @@ from relay.admin.common import (
 )
 from relay.errors import InvalidRequest
 from relay.http.responses import json_response
-from relay.identity.accounts import Account
+from relay.identity.accounts import Account, Conflict
+from relay.identity.data_rights import deletion_request
 from relay.money.budget import BudgetPeriod
 from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
 from relay.money.ledger import ledger_view
@@ -141,11 +142,22 @@ async def update_account(request: Request, state: RelayState) -> Response:
         _check_multiplier(changes.price_multiplier)
     if fields.get("mode") == "prepaid" and "credit_limit_micros" not in fields:
         fields["credit_limit_micros"] = 0
+    if fields.get("status") == "active" and account.status != "active":
+        await _refuse_if_deletion_requested(state, account)
     updated = msgspec.structs.replace(account, **fields)
     _check_limit(updated.mode, updated.credit_limit_micros)
     updated = await state.store.update_account(updated, actor=ADMIN_ACTOR)
     state.gate.limiter.forget_account(updated.id)
     return json_response(account_view(state, updated))
+
+
+async def _refuse_if_deletion_requested(state: RelayState, account: Account) -> None:
+    """An account pending deletion (or erased) stays suspended: re-activating it must not
+    silently undo the owner's request; the console offers an explicit cancel first."""
+    deletion = await deletion_request(state.db, account.id)
+    if deletion is not None:
+        why = "its personal data was erased" if deletion.erased_at_ms else "its deletion is pending"
+        raise Conflict(f"Account {account.name!r} cannot be re-activated: {why}")
 
 
 @admin_route
