@@ -38,6 +38,7 @@ from relay.money.budget import (
     PeriodSpend,
     iso_utc,
 )
+from relay.money.exposure import AccountExposure, Capped, Exposure, KeyExposure
 from relay.money.pricing import micros_to_usd
 from relay.money.records import (
     AccountMode,
@@ -67,95 +68,6 @@ __all__ = [
     "LedgerKind",
     "Wallet",
 ]
-
-
-class _RecentSpend:
-    """Spend in the current and the previous time window (integers, two buckets)."""
-
-    __slots__ = ("_current", "_previous", "_window")
-
-    def __init__(self) -> None:
-        self._window = 0
-        self._current = 0
-        self._previous = 0
-
-    def _roll(self, window: int) -> None:
-        if window != self._window:
-            self._previous = self._current if window == self._window + 1 else 0
-            self._current = 0
-            self._window = window
-
-    def add(self, amount_micros: int, window: int) -> None:
-        self._roll(window)
-        self._current += amount_micros
-
-    def total(self, window: int) -> int:
-        self._roll(window)
-        return self._current + self._previous
-
-
-class _Exposure:
-    """What is in flight against an account or a key: Σ held and Σ worst case."""
-
-    __slots__ = ("held", "recent", "worst")
-
-    def __init__(self) -> None:
-        self.held = 0
-        self.worst = 0
-        self.recent = _RecentSpend()
-
-
-class _Capped(_Exposure):
-    """A spend cap (0 = none) on lifetime spend, or on the current period's with a window."""
-
-    __slots__ = ("cap", "spent", "window")
-
-    def __init__(self, cap: int, spent: int) -> None:
-        super().__init__()
-        self.cap = cap
-        self.spent = spent  # lifetime charges
-        self.window: PeriodSpend | None = None
-
-    def cap_headroom(self) -> int | None:
-        if self.cap == 0:
-            return None
-        used = self.spent if self.window is None else self.window.spent
-        return self.cap - used - self.worst
-
-    def add_spend(self, amount_micros: int) -> None:
-        self.spent += amount_micros
-        if self.window is not None:
-            self.window.spent += amount_micros
-
-
-class _Account(_Capped):
-    __slots__ = ("balance", "credit_limit", "mode", "references")
-
-    def __init__(self, mode: AccountMode, credit_limit: int, balance: int) -> None:
-        super().__init__(0, 0)
-        self.mode: AccountMode = mode
-        self.credit_limit = credit_limit
-        self.balance = balance
-        self.references: set[str] = set()
-
-    def headroom(self) -> int:
-        """What is left if every in-flight request costs its worst case."""
-        return self.balance + self.credit_limit - self.worst
-
-
-class _Key(_Capped):
-    __slots__ = ("account_id",)
-
-    def __init__(self, account_id: str, spend_cap: int, spent: int) -> None:
-        super().__init__(spend_cap, spent)
-        self.account_id = account_id
-
-    @property
-    def spend_cap(self) -> int:
-        return self.cap
-
-    def headroom(self) -> int | None:
-        return self.cap_headroom()
 
 
 def _wall_clock_ms() -> int:
@@ -208,8 +120,8 @@ class Wallet:
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
         self.calendar = calendar or BudgetCalendar()
-        self._accounts: dict[str, _Account] = {}
-        self._keys: dict[str, _Key] = {}
+        self._accounts: dict[str, AccountExposure] = {}
+        self._keys: dict[str, KeyExposure] = {}
         self._open: dict[int, Hold] = {}
         self._hold_ids = itertools.count(1)
 
@@ -231,7 +143,7 @@ class Wallet:
         _check_limit(mode, credit_limit_micros)
         if isinstance(balance_micros, bool) or not isinstance(balance_micros, int):
             raise TypeError("balance_micros must be an int of micro-USD")
-        account = _Account(mode, credit_limit_micros, balance_micros)
+        account = AccountExposure(mode, credit_limit_micros, balance_micros)
         account.references.update(references)
         self._accounts[account_id] = account
 
@@ -244,7 +156,7 @@ class Wallet:
         self._account(account_id)
         _check_micros("spend_cap_micros", spend_cap_micros)
         _check_micros("spent_micros", spent_micros)
-        self._keys[key_id] = _Key(account_id, spend_cap_micros, spent_micros)
+        self._keys[key_id] = KeyExposure(account_id, spend_cap_micros, spent_micros)
 
     def has_account(self, account_id: str) -> bool:
         return account_id in self._accounts
@@ -304,7 +216,7 @@ class Wallet:
         return self.calendar.bounds(period, self._wall_clock_ms())
 
     def _set_window(
-        self, capped: _Capped, period: BudgetPeriod | None, period_spent_micros: int
+        self, capped: Capped, period: BudgetPeriod | None, period_spent_micros: int
     ) -> None:
         _check_micros("period_spent_micros", period_spent_micros)
         if period is None:
@@ -314,7 +226,7 @@ class Wallet:
                 self.calendar, period, self._wall_clock_ms(), period_spent_micros
             )
 
-    def _roll(self, capped: _Capped) -> None:
+    def _roll(self, capped: Capped) -> None:
         if capped.window is not None:
             capped.window.roll(self.calendar, self._wall_clock_ms())
 
@@ -650,19 +562,19 @@ class Wallet:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _account(self, account_id: str) -> _Account:
+    def _account(self, account_id: str) -> AccountExposure:
         try:
             return self._accounts[account_id]
         except KeyError:
             raise KeyError(f"account {account_id!r} is not loaded in the wallet") from None
 
-    def _key(self, key_id: str) -> _Key:
+    def _key(self, key_id: str) -> KeyExposure:
         try:
             return self._keys[key_id]
         except KeyError:
             raise KeyError(f"key {key_id!r} is not loaded in the wallet") from None
 
-    def _key_of(self, account_id: str, key_id: str | None) -> _Key | None:
+    def _key_of(self, account_id: str, key_id: str | None) -> KeyExposure | None:
         if key_id is None:
             return None
         key = self._key(key_id)
@@ -670,8 +582,8 @@ class Wallet:
             raise ValueError(f"key {key_id!r} does not belong to account {account_id!r}")
         return key
 
-    def _exposures(self, hold: Hold) -> list[_Exposure]:
-        exposures: list[_Exposure] = [self._accounts[hold.account_id]]
+    def _exposures(self, hold: Hold) -> list[Exposure]:
+        exposures: list[Exposure] = [self._accounts[hold.account_id]]
         if hold.key_id is not None:
             exposures.append(self._keys[hold.key_id])
         return exposures
@@ -679,7 +591,7 @@ class Wallet:
     def _window(self) -> int:
         return int(self._clock() // self._spend_window_s)
 
-    def _threshold(self, exposure: _Exposure, window: int) -> int:
+    def _threshold(self, exposure: Exposure, window: int) -> int:
         return max(self._margin, exposure.recent.total(window))
 
     @staticmethod
@@ -693,7 +605,7 @@ class Wallet:
         return "; ".join(parts) or None
 
     @staticmethod
-    def _balance_message(account: _Account, worst_case_micros: int) -> str:
+    def _balance_message(account: AccountExposure, worst_case_micros: int) -> str:
         return (
             f"insufficient balance: this request may cost up to "
             f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, account.headroom()))}"
@@ -701,7 +613,7 @@ class Wallet:
         )
 
     @staticmethod
-    def _cap_message(who: str, capped: _Capped, headroom: int, worst_case_micros: int) -> str:
+    def _cap_message(who: str, capped: Capped, headroom: int, worst_case_micros: int) -> str:
         """Names the budget (key or account, lifetime or which period) and when it resets."""
         window = capped.window
         kind = "spend cap" if window is None else f"{PERIOD_ADJECTIVES[window.period]} budget"

@@ -42,16 +42,16 @@ class _Quota:
         self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
         self.updated = now
 
-    def can_take(self, amount: float, now: float) -> bool:
+    def can_take(self, tokens: float, now: float) -> bool:
         self._refill(now)
-        return self.level >= min(amount, self.capacity)  # a huge request waits for a full bucket
+        return self.level >= min(tokens, self.capacity)  # a huge request waits for a full bucket
 
-    def take(self, amount: float) -> None:
-        self.level -= min(amount, self.capacity)
+    def take(self, tokens: float) -> None:
+        self.level -= min(tokens, self.capacity)
 
-    def wait_s(self, amount: float, now: float) -> float:
+    def wait_s(self, tokens: float, now: float) -> float:
         self._refill(now)
-        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+        return max(0.0, (min(tokens, self.capacity) - self.level) / self.rate)
 
 
 class UpstreamKey:
