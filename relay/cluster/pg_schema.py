@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.cluster.pg_records import RECORD_MIGRATIONS, USAGE_MIGRATION
+
 __all__ = ["MIGRATIONS", "migrate"]
 
 _MONEY = """
@@ -303,6 +305,9 @@ END $$;
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_money", _MONEY),
     ("0002_holds_and_leases", _HOLDS),
+    # Every other embedded table, and the usage table on its own (relay.cluster.pg_records).
+    *RECORD_MIGRATIONS,
+    USAGE_MIGRATION,
 ]
 
 # Any constant shared by every instance: the advisory lock that serialises migrations.
