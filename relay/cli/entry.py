@@ -24,6 +24,7 @@ from relay.cli.client import CommandError
 from relay.cli.commands import Handler
 from relay.cli.data_rights import add_data_rights_commands
 from relay.cli.keys import add_key_commands
+from relay.cli.migrate import add_migrate_commands
 from relay.cli.operations import add_operation_commands
 from relay.cli.usage import add_usage_commands
 from relay.cli.users import add_user_commands
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_user_commands,
         add_data_rights_commands,
         add_operation_commands,
+        add_migrate_commands,
     ):
         add_commands(commands, add_config_option)
     return parser
