@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import sqlite3
 import time
@@ -276,7 +277,9 @@ async def test_a_row_changed_between_copy_and_verify_fails_and_commits_nothing(
     assert await _pg_count(pg_database, "accounts") == 0  # rolled back
 
 
-async def test_money_beyond_2_53_and_without_a_secret(tmp_path: Path, pg_database: str) -> None:
+async def test_money_beyond_2_53_and_without_a_secret(
+    tmp_path: Path, pg_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A hand-made database: exact amounts near bigint's top; no secret, no chain verdict."""
     database = tmp_path / "relay.db"
     with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as conn:
@@ -291,9 +294,16 @@ async def test_money_beyond_2_53_and_without_a_secret(tmp_path: Path, pg_databas
                 "created_at_ms) VALUES ('a', 'credit', ?, ?, ?)",
                 (amount, f"r{n}", n),
             )
-    report = await run_migration(database, pg_database, tmp_path / "no-secret")
-    assert report.ok and report.committed and report.audit_chain_ok is None
-    assert report.ledger_total_micros == HUGE
+    # --from without a config file; no server secret beside it (and no audit rows).
+    argv = ["migrate", "-c", str(tmp_path / "none.toml"), "--from", str(database), "--json"]
+    status, out, err = await _cli(capsys, *argv, "--to", pg_database)
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["ok"] and report["committed"] and report["audit_chain_ok"] is None
+    assert report["ledger_total_micros"] == HUGE  # JSON integers: exact too
+    # A database that does not exist is a one-line error, not a traceback.
+    status, _, err = await _cli(capsys, *argv, "--to", pg_database + "_missing")
+    assert status == 1 and err.startswith("relay: cannot connect") and "Traceback" not in err
     conn = await asyncpg.connect(pg_database)
     try:
         assert await conn.fetchval("SELECT balance_micros FROM accounts") == HUGE

@@ -133,7 +133,10 @@ async def run_migration(
 
     embedded = open_embedded(source)
     try:
-        target = await asyncpg.connect(url)
+        try:
+            target = await asyncpg.connect(url)
+        except asyncpg.PostgresError as exc:
+            raise MigrateError(f"cannot connect to {redact_url(url)}: {exc}") from exc
         try:
             return await copy_database(
                 embedded, target, audit_key=_audit_key(secret_file), before_verify=before_verify
