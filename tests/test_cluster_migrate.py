@@ -205,6 +205,11 @@ async def test_a_driven_database_migrates_and_verifies(
         assert report.ok and report.rows >= 2 and (report.first_id or 0) > 1, report
         assert rows == _sqlite(embedded.database, f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
         # Sequences continue past the copied ids; the cluster money store works on the copy.
+        for table in ("ledger", "usage", "audit", "alert_outbox"):
+            sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, 'id')", table)
+            assert await conn.fetchval(f"SELECT last_value FROM {sequence}") == (
+                await conn.fetchval(f"SELECT max(id) FROM {table}")
+            ), table
         last_id = await conn.fetchval("SELECT max(id) FROM ledger")
     finally:
         await conn.close()

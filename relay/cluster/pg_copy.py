@@ -67,16 +67,12 @@ COPY_ORDER: tuple[str, ...] = (
     "notices",
     "deletion_requests",
 )
-# Tables with an integer id whose PostgreSQL sequence must continue after the copied ids.
-_SERIAL_TABLES = (
-    "ledger",
-    "usage",
-    "audit",
-    "alert_outbox",
-    "console_tickets",
-    "console_ticket_messages",
-    "notices",
-)
+# The copied tables whose id is a bigserial: its sequence must continue after the copied ids.
+_SERIAL_TABLES = """
+SELECT table_name FROM information_schema.columns
+ WHERE table_schema = current_schema() AND column_name = 'id'
+   AND column_default LIKE 'nextval(%'
+"""
 # Bookkeeping of each engine, never copied; PostgreSQL's cluster-only tables must be empty.
 _NOT_COPIED = frozenset({"schema_migrations", "sqlite_sequence"})
 _CLUSTER_ONLY = ("holds", "abandoned_holds")
@@ -157,7 +153,7 @@ async def copy_database(
             await _refuse_non_empty(target)
             for table in COPY_ORDER:
                 await _copy_table(source, target, table)
-            for table in _SERIAL_TABLES:
+            for table in await _serial_tables(target):
                 await target.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) "
                     f"FROM {table} HAVING max(id) IS NOT NULL"
@@ -176,6 +172,10 @@ async def copy_database(
         source.execute("ROLLBACK")
     report.committed = True
     return report
+
+
+async def _serial_tables(target: Any) -> list[str]:
+    return [row[0] for row in await target.fetch(_SERIAL_TABLES) if row[0] in COPY_ORDER]
 
 
 async def _refuse_non_empty(target: Any) -> None:
