@@ -299,6 +299,12 @@ async def test_money_beyond_2_53_and_without_a_secret(
                 "created_at_ms) VALUES ('a', 'credit', ?, ?, ?)",
                 (amount, f"r{n}", n),
             )
+    (tmp_path / "bad.secret").write_text("not hex\n")
+    argv = ["migrate", "-c", str(tmp_path / "none.toml"), "--from", str(database)]
+    status, _, err = await _cli(
+        capsys, *argv, "--secret", str(tmp_path / "bad.secret"), "--to", pg_database
+    )
+    assert status == 1 and "not a relay server secret" in err
     # --from without a config file; no server secret beside it (and no audit rows).
     argv = ["migrate", "-c", str(tmp_path / "none.toml"), "--from", str(database), "--json"]
     status, out, err = await _cli(capsys, *argv, "--to", pg_database)

@@ -119,7 +119,10 @@ def _audit_key(secret_file: Path) -> bytes | None:
         text = secret_file.read_text().strip()
     except FileNotFoundError:
         return None
-    return ServerSecret(bytes.fromhex(text)).subkey("audit")
+    try:
+        return ServerSecret(bytes.fromhex(text)).subkey("audit")
+    except ValueError as exc:
+        raise MigrateError(f"{secret_file}: not a relay server secret ({exc})") from exc
 
 
 async def run_migration(

@@ -2,6 +2,8 @@
 
 ``pg_schema`` (the PostgreSQL schema and its migrations), ``pg_money`` (holds, settlements,
 credits and lease expiry, each one atomic round trip), ``redis_limits`` (token buckets and
-concurrency leases as Lua scripts) and ``invalidation`` (key revocation and config reload
-across instances). docs/scaling.md describes the seam by which the request flow will use them.
+concurrency leases as Lua scripts), ``invalidation`` (key revocation and config reload
+across instances), ``pg_records`` (the mirror of every other embedded table), ``pg_copy``
+and ``pg_verify`` (``relay migrate``: an embedded database copied and verified).
+docs/scaling.md describes the seam by which the request flow will use them.
 """
