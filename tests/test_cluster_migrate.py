@@ -31,7 +31,7 @@ from relay.cli.migrate import run_migration
 from relay.cluster.pg_copy import COPY_ORDER, MigrateError
 from relay.cluster.pg_money import PgMoneyStore
 from relay.cluster.pg_schema import migrate
-from relay.identity.audit import AUDIT_COLUMNS, verify_chain
+from relay.identity.audit import AUDIT_COLUMNS, row_hash, verify_chain
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.storage.db import Database
 from relay.storage.migrations import MIGRATIONS, apply_migrations
@@ -382,3 +382,56 @@ async def test_every_embedded_table_has_its_columns_in_postgresql(
             }, (table, extra)
     finally:
         await conn.close()
+
+
+def _chained_audit_database(path: Path, key: bytes, rows: int) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        apply_migrations(conn, MIGRATIONS)
+        prev = ""
+        for row_id in range(1, rows + 1):
+            detail = json.dumps({"n": row_id}, separators=(",", ":"))
+            digest = row_hash(
+                key,
+                row_id=row_id,
+                ts_ms=row_id,
+                actor="admin-token",
+                action="account.update",
+                target="a",
+                detail=detail,
+                prev_hash=prev,
+            )
+            conn.execute(
+                "INSERT INTO audit (id, ts_ms, actor, action, target, detail, prev_hash, hash) "
+                "VALUES (?, ?, 'admin-token', 'account.update', 'a', ?, ?, ?)",
+                (row_id, row_id, detail, prev, digest),
+            )
+            prev = digest
+
+
+async def test_an_unverifiable_audit_chain_is_not_migrated(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Audit rows without the secret that keys them, or a chain already broken in SQLite:
+    the copy would be identical, but nobody could tell it intact, so nothing commits."""
+    secret = ServerSecret(bytes(range(32)))
+    secret_file = tmp_path / "relay.db.secret"
+    secret_file.write_text(bytes(range(32)).hex() + "\n")
+    database = tmp_path / "relay.db"
+    _chained_audit_database(database, secret.subkey("audit"), 4)
+    with pytest.raises(MigrateError) as failed:
+        await run_migration(database, pg_database, tmp_path / "elsewhere.secret")
+    assert failed.value.report is not None
+    assert failed.value.report.problems == [
+        "audit chain not verified: the server secret was not found"
+    ]
+    _sqlite(database, "UPDATE audit SET detail = '{\"n\":0}' WHERE id = 3")
+    with pytest.raises(MigrateError) as failed:
+        await run_migration(database, pg_database, secret_file)
+    assert failed.value.report is not None
+    assert failed.value.report.problems == [
+        "audit chain was already broken in the embedded database: broken at row 3 "
+        "(its contents do not match its hash)"
+    ]
+    _sqlite(database, "UPDATE audit SET detail = '{\"n\":3}' WHERE id = 3")
+    report = await run_migration(database, pg_database, secret_file)
+    assert report.ok and report.audit_chain_ok and report.audit_rows == 4
