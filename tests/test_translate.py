@@ -337,6 +337,8 @@ def test_openai_tool_calls_become_tool_use_with_cached_usage() -> None:
         "output_tokens": 17,
         "cache_read_input_tokens": 1024,
         "cache_creation_input_tokens": 0,
+        # The fixture's completion_tokens_details.reasoning_tokens, in Anthropic's field.
+        "output_tokens_details": {"thinking_tokens": 0},
     }
 
 

@@ -12,6 +12,7 @@ read them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
@@ -58,6 +59,8 @@ from relay.upstream.wire_anthropic import (
 from relay.upstream.wire_openai import encode, is_usage_out_of_range
 
 __all__ = ["anthropic_error_response", "count_tokens", "messages"]
+
+log = logging.getLogger("relay.api")
 
 
 class CountTokensRequest(msgspec.Struct):
@@ -180,7 +183,7 @@ def _relay_stream(
         if failure is None:
             return tap.closing_event(exchange.metadata(), exchange.cost_micros)
         error = {"type": failure.type, "message": failure.message}
-        return sse_event(
+        return tap.release_held() + sse_event(
             "error", {"type": "error", "error": error, "metadata": exchange.metadata()}
         )
 
@@ -191,6 +194,12 @@ def _settle_stream(
     state: RelayState, exchange: Exchange, ticket: Ticket, quote: CostQuote, tap: MessagesStreamTap
 ) -> None:
     if ticket.finished:
+        if tap.late_usage:  # the bill was final at message_stop: an upstream anomaly
+            log.warning(
+                "request %s: upstream reported usage after message_stop; not billed",
+                exchange.request_id,
+            )
+            tap.late_usage = False
         return
     exchange.upstream_id = tap.upstream_id
     if tap.usage_invalid:  # its usage never reaches the wallet: relay's estimate instead
