@@ -35,6 +35,7 @@ from relay.upstream.providers.anthropic_translate import (
     chat_request_to_messages,
     messages_request_to_chat,
 )
+from relay.upstream.providers.responses_translate import responses_request_to_chat
 
 PDF_B64 = "JVBERi0xLjQK"
 HI = [{"role": "user", "content": "Hi"}]
@@ -404,3 +405,22 @@ def test_an_openai_stream_tells_a_messages_client_its_stop_sequence_and_reasonin
     delta = events["message_delta"]
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "##"}
     assert delta["usage"]["output_tokens_details"] == {"thinking_tokens": 2}
+
+
+def test_responses_input_files_reach_claude_as_documents() -> None:
+    content = [
+        {"type": "input_text", "text": "Compare"},
+        {
+            "type": "input_file",
+            "file_data": f"data:application/pdf;base64,{PDF_B64}",
+            "filename": "a.pdf",
+        },
+        {"type": "input_file", "file_url": "https://example.test/b.pdf"},
+    ]
+    chat = responses_request_to_chat({"input": [{"role": "user", "content": content}]}, "claude")
+    request = chat_request_to_messages(chat, "claude")
+    text, first, second = request["messages"][0]["content"]
+    assert text == {"type": "text", "text": "Compare"}
+    assert first["source"] == {"type": "base64", "media_type": "application/pdf", "data": PDF_B64}
+    assert first["title"] == "a.pdf"
+    assert second["source"] == {"type": "url", "url": "https://example.test/b.pdf"}

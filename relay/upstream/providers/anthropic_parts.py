@@ -139,7 +139,8 @@ def _image_url(source: dict[str, Any]) -> str:
 
 def _file_part(block: dict[str, Any]) -> list[dict[str, Any]]:
     """An Anthropic ``document`` → an OpenAI ``file`` part (or text parts)."""
-    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    found = block.get("source")
+    source: dict[str, Any] = found if isinstance(found, dict) else {}
     kind = source.get("type")
     if kind == "text":
         return [{"type": "text", "text": str(source.get("data", ""))}]

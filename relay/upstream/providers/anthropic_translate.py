@@ -266,8 +266,8 @@ def _user_messages(content: Any) -> list[dict[str, Any]]:
     parts = openai_parts(rest)
     if parts:
         all_text = all(part["type"] == "text" for part in parts)
-        text = "".join(part["text"] for part in parts) if all_text else None
-        messages.append({"role": "user", "content": text if text is not None else parts})
+        joined = "".join(part["text"] for part in parts) if all_text else None
+        messages.append({"role": "user", "content": joined if joined is not None else parts})
     return messages
 
 
