@@ -545,3 +545,23 @@ async def test_an_upstream_that_keeps_sending_is_cut_at_the_drain_deadline(
     assert response.status_code == 200 and elapsed < 5  # not the endless 10 s
     assert response.text.count("event: message_stop") == 1 and "still here" not in response.text
     assert await setup.only_charge() == STREAM_COST
+
+
+async def test_an_upstream_failing_while_drained_leaves_one_charge_and_no_hold(
+    setup: Setup,
+) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b'event: ping\ndata: {"type": "ping"}\n\n'
+        raise httpx.ReadError("connection reset after message_stop")
+
+    setup.upstream.reply = _stream_then(broken)
+    async with setup.anthropic() as client:
+        async with client.messages.stream(
+            model="claude-x", max_tokens=256, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            final = await stream.get_final_message()
+    assert final.usage.output_tokens == 15 and final.stop_reason == "end_turn"
+    assert await setup.only_charge() == STREAM_COST
+    (row,) = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
+    assert row["status"] == 200 and row["usage_estimated"] == 0
+    assert setup.relay.state.wallet.open_hold_count() == 0

@@ -7,6 +7,9 @@ client's dialect at once; ``finish`` flushes what an upstream that ended cleanly
 - ``MessagesToChatStream``: Anthropic events → OpenAI chunks, ending like an OpenAI stream
   with ``stream_options.include_usage``: a usage-only chunk (``"choices": []``), then
   ``data: [DONE]``, so relay's ``StreamTap`` reads and settles it like any OpenAI stream.
+  Signed thinking goes out as a ``thinking_blocks`` delta (the whole block, once its
+  ``signature_delta`` arrives) for the client to send back; a matched stop sequence as
+  the last choice's ``stop_reason``.
 - ``ChatToMessagesStream``: OpenAI chunks (asked with ``include_usage``) → Anthropic
   events (``message_start`` … ``message_delta`` with usage, ``message_stop``), each with
   its ``event:`` line, which the Anthropic SDKs require.
