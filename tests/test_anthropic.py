@@ -565,3 +565,48 @@ async def test_an_upstream_failing_while_drained_leaves_one_charge_and_no_hold(
     (row,) = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
     assert row["status"] == 200 and row["usage_estimated"] == 0
     assert setup.relay.state.wallet.open_hold_count() == 0
+
+
+async def test_openai_sdk_tool_loop_gives_claude_its_signed_thinking_back(setup: Setup) -> None:
+    signed = {"type": "thinking", "thinking": "Need the tool.", "signature": "sig-abc"}
+    answer = {
+        "id": "msg_think",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [signed, {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {}}],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 30,
+            "output_tokens": 20,
+            "output_tokens_details": {"thinking_tokens": 12},
+        },
+    }
+    setup.upstream.reply = lambda body: httpx.Response(200, json=answer)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    async with setup.openai() as client:
+        first = await client.chat.completions.create(
+            model="claude-x",
+            messages=HI,
+            tools=tools,
+            reasoning_effort="low",  # type: ignore[arg-type]
+        )
+        reply = first.choices[0].message
+        extra = reply.model_extra or {}
+        assert (
+            extra["thinking_blocks"] == [signed] and extra["reasoning_content"] == "Need the tool."
+        )
+        assert first.usage is not None and first.usage.completion_tokens_details is not None
+        assert first.usage.completion_tokens_details.reasoning_tokens == 12
+        history = [*HI, reply.model_dump(exclude_none=True)]
+        history.append({"role": "tool", "tool_call_id": "toolu_9", "content": "done"})
+        await client.chat.completions.create(
+            model="claude-x",
+            messages=history,
+            tools=tools,
+            reasoning_effort="low",  # type: ignore[arg-type]
+        )
+    assistant = setup.upstream.last_body["messages"][1]
+    assert assistant["content"][0] == signed  # first, ahead of its tool_use
+    assert assistant["content"][1]["type"] == "tool_use"
