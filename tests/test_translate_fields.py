@@ -13,8 +13,8 @@ import typing
 from typing import Any
 
 import pytest
-from anthropic.types import message_create_params
-from openai.types.chat import completion_create_params
+from anthropic.types import content_block_param, message_create_params
+from openai.types.chat import chat_completion_content_part_param, completion_create_params
 
 from relay.errors import InvalidRequest
 from relay.upstream.providers.anthropic_answers import (
@@ -424,3 +424,53 @@ def test_responses_input_files_reach_claude_as_documents() -> None:
     assert first["source"] == {"type": "base64", "media_type": "application/pdf", "data": PDF_B64}
     assert first["title"] == "a.pdf"
     assert second["source"] == {"type": "url", "url": "https://example.test/b.pdf"}
+
+
+def _union_kinds(union: Any) -> list[str]:
+    """The ``type`` literal of every TypedDict in an SDK's content union."""
+    return [
+        typing.get_args(typing.get_type_hints(member)["type"])[0]
+        for member in typing.get_args(union)
+    ]
+
+
+_SAMPLE_FIELDS: dict[str, dict[str, Any]] = {
+    "text": {"text": "t"},
+    "image_url": {"image_url": {"url": "https://example.test/i.png"}},
+    "file": {"file": {"file_data": f"data:application/pdf;base64,{PDF_B64}"}},
+    "image": {"source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
+    "document": {"source": {"type": "base64", "media_type": "application/pdf", "data": PDF_B64}},
+    "thinking": {"thinking": "h", "signature": "s"},
+    "tool_use": {"id": "t1", "name": "f", "input": {}},
+    "tool_result": {"tool_use_id": "t1", "content": "r"},
+}
+# The documented no-ops (docs/architecture.md §6.6): only Claude can read these.
+_DROPPED = {("assistant", "redacted_thinking")}
+
+
+def test_every_sdk_content_part_type_is_translated_or_refused() -> None:
+    for kind in _union_kinds(chat_completion_content_part_param.ChatCompletionContentPartParam):
+        part = {"type": kind, **_SAMPLE_FIELDS.get(kind, {})}
+        payload = {"messages": [{"role": "user", "content": [part]}]}
+        try:
+            turns = chat_request_to_messages(payload, "claude")["messages"]
+        except InvalidRequest:
+            continue
+        assert turns and turns[0]["content"], kind  # carried, not dropped
+    for kind in _union_kinds(content_block_param.ContentBlockParam):
+        block = {"type": kind, **_SAMPLE_FIELDS.get(kind, {})}
+        for role in ("user", "assistant"):
+            bare = {
+                "max_tokens": 9,
+                "messages": [{"role": role, "content": [{"type": "text", "text": "x"}]}],
+            }
+            with_block = {
+                "max_tokens": 9,
+                "messages": [{"role": role, "content": [{"type": "text", "text": "x"}, block]}],
+            }
+            try:
+                translated = messages_request_to_chat(with_block, "gpt")
+            except InvalidRequest:
+                continue
+            unchanged = translated == messages_request_to_chat(bare, "gpt")
+            assert unchanged == ((role, kind) in _DROPPED), (role, kind)
