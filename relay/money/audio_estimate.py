@@ -5,8 +5,9 @@ such as gpt-4o-transcribe that report tokens, per token. Its hold needs the audi
 duration before the upstream has heard it:
 
 - A WAV upload declares it: the ``fmt `` chunk's byte rate and the ``data`` chunk's size
-  give the duration exactly (``wav_seconds``). Both estimate and worst case use it; a
-  WAV longer than ``[server] max_audio_seconds`` is refused.
+  give the duration exactly (``wav_seconds``): the estimate, and rounded up to a whole
+  second (as upstreams bill) the worst case; a WAV longer than
+  ``[server] max_audio_seconds`` is refused.
 - Any other container (mp3, m4a, ogg, webm, flac, ...) is estimated from its size: the
   cheap hold assumes ``TYPICAL_BYTES_PER_SECOND`` (128 kbit/s), the worst case
   ``WORST_BYTES_PER_SECOND`` (8 kbit/s, below any speech codec setting the upstreams
@@ -22,7 +23,7 @@ A speech (TTS) request is priced per input character, so its quote is exact.
 from __future__ import annotations
 
 import struct
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from relay.money.estimate import CostQuote
 from relay.money.pricing import (
@@ -104,7 +105,10 @@ def audio_length(data: bytes, max_seconds: int) -> AudioLength:
     if declared is not None:
         if declared > max_seconds:
             raise ValueError(f"the audio lasts {declared} s, more than the {max_seconds} s allowed")
-        return AudioLength(declared, declared, exact=True)
+        # Upstreams bill whole seconds (whisper-1 reports ``seconds`` rounded up).
+        return AudioLength(
+            declared, max(declared.to_integral_value(ROUND_CEILING), ONE), exact=True
+        )
     cap = Decimal(max_seconds)
     estimate = min(max(_millis_up(len(data), TYPICAL_BYTES_PER_SECOND), ONE), cap)
     worst = min(max(_millis_up(len(data), WORST_BYTES_PER_SECOND), ONE), cap)
