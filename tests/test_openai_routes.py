@@ -23,6 +23,7 @@ import pytest
 from conftest import make_config, sse_event, sse_events
 from support_accounts import Relay, auth, run_relay
 
+import relay.api.audio
 from relay.config import ProviderConfig
 from relay.upstream.client import HttpxUpstream, UpstreamClient
 from relay.upstream.providers import ClientFactory, default_client_factory
@@ -339,6 +340,16 @@ async def test_token_billed_transcription_uses_the_token_prices(setup: Setup) ->
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost_micros"]) == (100, 20, 450)
 
 
+async def test_tokens_reported_for_a_per_second_model_bill_its_seconds(setup: Setup) -> None:
+    def tokens(seen: Seen) -> httpx.Response:
+        return reply({"text": "hi", "usage": {"type": "tokens", "input_tokens": 9}})
+
+    setup.upstream.answer = tokens
+    response = await setup.transcribe(wav(25))  # whisper has no token prices
+    assert response.status_code == 200
+    assert await setup.charged() == [250]  # never free: the WAV's 2.5 s
+
+
 @pytest.mark.parametrize(
     "usage",
     [
@@ -644,4 +655,26 @@ async def test_a_client_leaving_while_relay_waits_is_499_and_unbilled(
         "client_disconnected",
         0,
     )
+    await setup.assert_all_returned()
+
+
+@pytest.mark.parametrize("endpoint", ["transcriptions", "speech"])
+async def test_pricing_that_raises_inside_the_settlement_returns_hold_and_slot(
+    setup: Setup, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        if endpoint == "speech":  # raises in the stream's settlement, after the head
+            patch.setattr(relay.api.audio, "settle_cost", boom)
+        else:
+            patch.setattr(relay.api.audio, "audio_cost_micros", boom)
+        try:
+            response = await FAULT_REQUESTS[endpoint](setup)
+        except httpx.HTTPError:
+            pass  # the stream was cut after its head: the client sees the connection end
+        else:
+            assert response.status_code == 500
+    assert await setup.charged() == []
+    await setup.assert_all_returned()
+    again = await FAULT_REQUESTS[endpoint](setup)
+    assert again.status_code == 200
     await setup.assert_all_returned()

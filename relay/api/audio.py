@@ -175,7 +175,10 @@ def _settle_transcript(
     multiplier = state.gate.multiplier(exchange.principal)
     tokens = 0
     per_second = price.usd_per_audio_second is not None
-    if usage is not None and usage.by_tokens:
+    # Tokens bill only a model with token prices: a per-second model's reported tokens
+    # would otherwise make its audio free.
+    token_priced = bool(price.input_usd_per_mtok or price.output_usd_per_mtok)
+    if usage is not None and usage.by_tokens and (token_priced or not per_second):
         exchange.prompt_tokens, exchange.completion_tokens = usage.input_tokens, usage.output_tokens
         tokens = usage.input_tokens + usage.output_tokens
         cost = token_cost_micros(
@@ -239,6 +242,9 @@ async def speech(request: Request) -> Response | EventStreamResponse:
         async with ticket:  # handed to the stream below, or released on any way out
             opened = await state.router.open_route(model, SPEECH_PATH, body_for, stream=True)
             exchange.route = opened.route
+            media_type = opened.response.headers.get("content-type", "audio/mpeg")
+            if not media_type.isascii() or not media_type.isprintable():
+                media_type = "application/octet-stream"
             owned = ticket.hand_over()
 
             def settle() -> None:
@@ -251,7 +257,7 @@ async def speech(request: Request) -> Response | EventStreamResponse:
                 stream,
                 headers,
                 on_close=close_unstarted_stream(state, exchange, owned, opened),
-                media_type=opened.response.headers.get("content-type", "audio/mpeg"),
+                media_type=media_type,
             )
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
