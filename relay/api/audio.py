@@ -11,8 +11,8 @@ relay's estimate (marked estimated). Usage out of bounds is a 502 billed the est
 Speech is priced per input character (``usd_per_mchar``), so its hold is the exact cost;
 the audio streams back as the upstream sends it, and is charged in full once the
 upstream has started answering (it synthesised, and bills, the whole input), whatever
-ends the stream. The usage row's ``units`` is the audio's seconds (rounded up) or the
-speech's characters.
+ends the stream. The usage row's ``units`` is the audio's seconds (rounded up; 0 when
+billed by tokens, which have their own columns) or the speech's characters.
 """
 
 from __future__ import annotations
@@ -187,7 +187,6 @@ def _settle_transcript(
             completion_tokens=usage.output_tokens,
             multiplier=multiplier,
         )
-        exchange.units = _whole_seconds(length.estimate) if length.exact else 0
     elif usage is not None and usage.seconds is not None and per_second:
         cost = audio_cost_micros(price, seconds=usage.seconds, multiplier=multiplier)
         exchange.units = _whole_seconds(usage.seconds)
