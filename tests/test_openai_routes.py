@@ -399,6 +399,8 @@ async def test_transcription_request_edges_are_400_or_413(setup: Setup) -> None:
         "/v1/audio/transcriptions", data={"model": "whisper"}, files={"x": ("a", b"1")}
     )
     assert no_file.status_code == 400 and no_file.json()["error"]["param"] == "file"
+    streamed = await setup.transcribe(wav(10), stream="true")
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "stream"
     bad_format = await setup.transcribe(wav(10), response_format="mp4")
     assert bad_format.json()["error"]["param"] == "response_format"
     low_rate = await setup.transcribe(wav(10, rate=8))  # any byte rate: still 1 s

@@ -99,6 +99,9 @@ async def _transcribe(request: Request, endpoint: str, path: str) -> Response:
         if len(audio) != 1:
             raise InvalidRequest("the form must carry one audio file as 'file'", param="file")
         response_format = _response_format(form)
+        if form.text.get("stream", "false").lower() not in ("false", "0", ""):
+            # An SSE transcript would reach relay as a body it cannot bill: refused by name.
+            raise InvalidRequest("streamed transcriptions are not supported", param="stream")
         try:
             length = audio_length(audio[0].data, state.config.server.max_audio_seconds)
         except ValueError as exc:
