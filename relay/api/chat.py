@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -42,6 +42,8 @@ from relay.upstream.providers.base import CHAT_PATH, COMPLETIONS_PATH, MODERATIO
 from relay.upstream.routing import OpenedRoute, Route
 from relay.upstream.stream_openai import CHARS_PER_TOKEN, StreamTap
 from relay.upstream.wire_openai import (
+    ChatRequest,
+    CompletionRequest,
     EmbeddingRequest,
     StreamOptions,
     Usage,
@@ -66,14 +68,16 @@ class _Generation(Protocol):
     def requested_max_output(self) -> int | None: ...
 
 
-Shape = Callable[[Route, bytes, Any, "int | None"], bytes]
+G = TypeVar("G", bound=_Generation)
 
 
-def _chat_shape(route: Route, body: bytes, chat: Any, max_output: int | None) -> bytes:
+def _chat_shape(route: Route, body: bytes, chat: ChatRequest, max_output: int | None) -> bytes:
     return route.provider.chat_body(body, chat, route.upstream_model, max_output)
 
 
-def _completion_shape(route: Route, body: bytes, legacy: Any, max_output: int | None) -> bytes:
+def _completion_shape(
+    route: Route, body: bytes, legacy: CompletionRequest, max_output: int | None
+) -> bytes:
     return route.provider.completion_body(body, legacy, route.upstream_model, max_output)
 
 
@@ -92,8 +96,8 @@ async def _generate(
     request: Request,
     endpoint: str,
     path: str,
-    decode: Callable[[bytes], _Generation],
-    shape: Shape,
+    decode: Callable[[bytes], G],
+    shape: Callable[[Route, bytes, G, int | None], bytes],
 ) -> Response | EventStreamResponse:
     state = relay_state(request)
     exchange = Exchange(state.new_request_id(), endpoint, ANONYMOUS)
@@ -101,7 +105,7 @@ async def _generate(
     try:
         exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
-        chat = decode_or_400(decode, body)
+        chat: G = decode_or_400(decode, body)
         model = model_for(state, exchange, chat.model, "chat")
         quote = quote_chat(
             model.price,
