@@ -179,3 +179,11 @@ async def test_moderations_create(client: Client) -> None:
     assert [item.flagged for item in result.results] == [False, False]
     (row,) = await client.rows("moderations")
     assert (row["status"], row["cost_micros"], row["model"]) == (200, 0, "mock-moderation")
+
+
+async def test_models_show_the_audio_prices(client: Client) -> None:
+    tts = await client.openai.models.retrieve("mock-tts")
+    whisper = await client.openai.models.retrieve("mock-whisper")
+    assert (tts.model_extra or {})["kind"] == "speech"
+    assert (tts.model_extra or {})["pricing"]["usd_per_mchar"] == "15"
+    assert (whisper.model_extra or {})["pricing"]["usd_per_audio_second"] == "0.0001"
