@@ -104,11 +104,24 @@ def test_a_token_priced_transcription_holds_the_token_worst_case() -> None:
     assert quote.worst_case_micros == 16 * 225
 
 
+def test_a_windows_path_and_a_quote_in_a_filename_survive() -> None:
+    parts = [FormPart("file", b"x", 'C:\\dir\\say "hi".wav', "audio/wav")]
+    boundary = form_boundary(parts)
+    (parsed,) = parse_parts(encode_form(parts, boundary), form_content_type(boundary))
+    assert parsed.filename == 'C:\\dir\\say "hi".wav'
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8),
+            # Not a backslash: the standard library's header parser misreads a quoted name
+            # that ends in one (``name="\\"; filename=...``), whoever encoded it.
+            st.text(
+                st.characters(min_codepoint=48, max_codepoint=122, blacklist_characters="\\"),
+                min_size=1,
+                max_size=8,
+            ),
             st.binary(max_size=300),
             st.booleans(),
         ),
