@@ -50,7 +50,9 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 ProviderKind = Literal["openai", "anthropic", "mock"]
-ModelKind = Literal["chat", "embedding", "image", "video"]
+# transcription: speech to text (/v1/audio/transcriptions, /translations); speech: text to
+# speech (/v1/audio/speech); moderation: /v1/moderations.
+ModelKind = Literal["chat", "embedding", "image", "video", "transcription", "speech", "moderation"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$")
 
 
@@ -86,6 +88,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     body_read_timeout_s: PositiveFloat = 30.0
     # Larger non-stream upstream answers are refused with 502 as they arrive (issue 13).
     max_upstream_body_mb: PositiveInt = 10
+    # Largest upload a multipart route (audio transcription, image edits) accepts, in MB;
+    # such routes read up to this much instead of max_body_bytes.
+    max_upload_mb: Annotated[int, Meta(ge=1, le=1024)] = 25
+    # Longest audio a transcription may be held (and billed) for: the cap on the estimate
+    # from an upload's size, and the longest a WAV header may declare (longer is a 400).
+    max_audio_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 7_200
     # Wrong secrets for one known key id allowed per minute before 429 (argon2 is costly).
     max_key_failures_per_minute: PositiveInt = 10
     flush_interval_ms: Annotated[int, Meta(ge=1, le=100)] = 50
@@ -123,6 +131,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def max_upstream_body_bytes(self) -> int:
         return self.max_upstream_body_mb * 1024 * 1024
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
 
     @property
     def host(self) -> str:
@@ -233,6 +245,10 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Per-size/quality image prices, keyed "SIZE" or "SIZE/QUALITY" (e.g. "1024x1024/hd").
     image_prices: dict[str, str] = {}
     usd_per_video_second: str | None = None
+    # Transcription models: USD per second of audio (Whisper: "0.0001", $0.006 a minute).
+    usd_per_audio_second: str | None = None
+    # Speech models: USD per million input characters (tts-1: "15").
+    usd_per_mchar: str | None = None
     # Video models: the clip lengths (whole seconds) a request may ask for.
     video_seconds: Annotated[list[Annotated[int, Meta(ge=1, le=3600)]], Meta(min_length=1)] = (
         msgspec.field(default_factory=lambda: [4, 8, 12])
@@ -255,6 +271,8 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "cache_write_usd_per_mtok",
             "usd_per_image",
             "usd_per_video_second",
+            "usd_per_audio_second",
+            "usd_per_mchar",
         ):
             value = getattr(self, key)
             if value is not None:

@@ -34,7 +34,20 @@ __all__ = [
 ]
 
 AccountMode = Literal["prepaid", "postpaid"]
-ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages", "responses")
+ENDPOINT_KINDS = (
+    "chat",
+    "embeddings",
+    "images",
+    "videos",
+    "messages",
+    "responses",
+    "completions",
+    "moderations",
+    "transcriptions",
+    "translations",
+    "speech",
+    "image_edits",
+)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ACCOUNT_ID_PREFIX = "acct_"
 
