@@ -344,8 +344,9 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: list[AlertEvent] = msgspec.field(default_factory=lambda: list(ALERT_EVENTS))
     # An account's available balance below this (USD) raises balance_low.
     balance_below_usd: str = "5"
-    # The same alert (event and subject) is sent again at most once per re-arm interval.
-    rearm_s: Annotated[float, Meta(ge=0)] = 3600.0
+    # The same alert (event and subject) is sent again at most once per re-arm interval
+    # (at most 30 days: a longer silence is a sink that should be removed).
+    rearm_s: Annotated[float, Meta(ge=0, le=2_592_000)] = 3600.0
 
     def __post_init__(self) -> None:
         if self.sink in ("webhook", "slack"):
@@ -354,6 +355,15 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         elif not self.to or any("@" not in address for address in self.to):
             raise ValueError('an email sink needs to = ["someone@example.com"]')
         _check_usd(self.balance_below_usd, "balance_below_usd")
+
+
+class AlertsSettingsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[alerts_settings]``: what applies to every ``[[alerts]]`` sink."""
+
+    # How often the watcher looks for alert conditions (balances, budgets, upstream keys,
+    # auto top-ups, storage). Bounded: under a second is busy work on the event loop, over
+    # an hour is an alert nobody gets in time. A reload applies it from the next round.
+    check_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
 
 
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -465,6 +475,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention: RetentionConfig = RetentionConfig()
     email: EmailConfig | None = None
     alerts: list[AlertConfig] = []
+    alerts_settings: AlertsSettingsConfig = AlertsSettingsConfig()
     # Both absent: the embedded store. Both present: cluster mode. One alone is an error.
     storage: StorageConfig | None = None
     cluster: ClusterConfig | None = None
