@@ -48,6 +48,7 @@ from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
+from relay.payments.billing_mail import BillingMailer
 from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
@@ -62,6 +63,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
+# Receipts go out within this long of the credit; a closed month's statements on the next round.
+BILLING_MAIL_INTERVAL_S = 15.0
 
 
 def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
@@ -253,6 +256,16 @@ def create_app(
             watcher = AlertWatcher(state, alerts)
             await watcher.start()
             stack.push_async_callback(watcher.aclose)
+            billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
+            mailer = PeriodicTask(
+                "relay-billing-mail",
+                billing_mail.step,
+                interval_s=BILLING_MAIL_INTERVAL_S,
+                first_after_s=1.0,
+                log=log,
+            )
+            mailer.start()
+            stack.push_async_callback(mailer.stop)
             health = HealthChecker(lambda: state.providers)
             health.start()
             stack.push_async_callback(health.aclose)
@@ -264,6 +277,7 @@ def create_app(
                 "payments": payments,
                 "reloader": reloader,
                 "alert_watcher": watcher,
+                "billing_mail": billing_mail,
             }
 
     return Starlette(

@@ -300,6 +300,11 @@ class EmailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The name of the environment variable holding the SMTP password, never the password.
     password_env: str | None = None
     timeout_s: PositiveFloat = 30.0
+    # Billing mail to each account's owners: a receipt when credit lands (payment, manual
+    # credit, auto top-up), and a statement once a calendar month (UTC) has closed. Off by
+    # default: configuring SMTP for alerts must not start mailing customers.
+    receipts: bool = False
+    statements: bool = False
 
     def __post_init__(self) -> None:
         if "@" not in self.from_:

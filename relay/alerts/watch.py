@@ -1,9 +1,9 @@
 """Detecting alert conditions from relay's in-memory state, off the request path.
 
-A background loop looks every ``[alerts_settings] check_interval_s`` at what the hot path already keeps in
-memory (available balances, budget spend, upstream key health) and at the notices table
-(failed auto top-ups), and raises alerts through the outbox, which deduplicates them.
-A request never waits for any of it.
+A background loop looks every ``[alerts_settings] check_interval_s`` at what the hot path
+already keeps in memory (available balances, budget spend, upstream key health) and at the
+notices table (failed auto top-ups), and raises alerts through the outbox, which
+deduplicates them. A request never waits for any of it.
 
 Budget alerts carry the period's end in their subject, so a new period re-arms them; a
 key rejected by its upstream is named by provider and position, never by value.
