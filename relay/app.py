@@ -32,7 +32,7 @@ from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.config import Config
 from relay.console import console_routes
-from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.errors import ConfigError, InvalidRequest, NotFound, RelayError
 from relay.http.admin_throttle import AdminTokenThrottle
 from relay.http.framing import RefuseAmbiguousFraming
 from relay.http.responses import error_response, unexpected_error_response
@@ -46,6 +46,7 @@ from relay.jobs.video import VideoPoller
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
+from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments.billing_mail import BillingMailer
@@ -65,6 +66,18 @@ log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
 # Receipts go out within this long of the credit; a closed month's statements on the next round.
 BILLING_MAIL_INTERVAL_S = 15.0
+
+
+def _open_tracer(config: Config) -> RequestTracer:
+    """OpenTelemetry is imported here, only when ``[telemetry] otlp_endpoint`` is set."""
+    try:
+        from relay.metrics.otlp import OtlpTracer, otlp_exporter
+    except ImportError as exc:
+        raise ConfigError(
+            "telemetry.otlp_endpoint needs the otel extra: pip install 'relay[otel]' "
+            f"({exc.name} is missing)"
+        ) from None
+    return OtlpTracer(config.telemetry, otlp_exporter(config.telemetry))
 
 
 def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
@@ -217,6 +230,10 @@ def create_app(
         # Unwound in reverse: background jobs stop before the database drains and closes.
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_close_state, state)
+            if config.telemetry.otlp_endpoint is not None:
+                tracer = _open_tracer(config)
+                state.tracer = tracer
+                stack.push_async_callback(tracer.aclose)  # after the requests drained
             assert state.videos is not None
             await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
             stack.push_async_callback(state.videos.stop)

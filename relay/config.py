@@ -371,6 +371,24 @@ class AlertsSettingsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     check_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
 
 
+class TelemetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[telemetry]``: optional OpenTelemetry traces over OTLP/HTTP (the ``otel`` extra)."""
+
+    # The collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces.
+    # Absent: no tracing, and OpenTelemetry is never imported.
+    otlp_endpoint: str | None = None
+    service_name: str = "relay"
+    # The name of an env var holding extra export headers ("k1=v1,k2=v2", say a token).
+    headers_env: str | None = None
+
+    def __post_init__(self) -> None:
+        endpoint = self.otlp_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError('otlp_endpoint must be an http(s) URL ("http://host:4318/v1/traces")')
+        if not self.service_name:
+            raise ValueError("service_name must not be empty")
+
+
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[retention]``: how long rows stay in the database before monthly archive files."""
 
@@ -481,6 +499,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     email: EmailConfig | None = None
     alerts: list[AlertConfig] = []
     alerts_settings: AlertsSettingsConfig = AlertsSettingsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     # Both absent: the embedded store. Both present: cluster mode. One alone is an error.
     storage: StorageConfig | None = None
     cluster: ClusterConfig | None = None

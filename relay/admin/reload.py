@@ -14,7 +14,7 @@ still holds (matched by value, never logged): an operator's ``relay upstream dis
 upstream rejection, a cool-down; a removed key's state goes with it.
 
 What a running process cannot change (the listen address, the database, TLS, payments,
-the metrics port) keeps its old value and is reported as ``restart_required``.
+the metrics port, telemetry) keeps its old value and is reported as ``restart_required``.
 """
 
 from __future__ import annotations
@@ -80,9 +80,16 @@ def _keep_running_values(old: Config, new: Config) -> tuple[Config, list[str]]:
         restart.append("payments")
     if new.metrics.listen != old.metrics.listen:
         restart.append("metrics.listen")
+    if new.telemetry != old.telemetry:
+        restart.append("telemetry")
     metrics = msgspec.structs.replace(new.metrics, listen=old.metrics.listen)
     kept = msgspec.structs.replace(
-        new, server=old.server, payments=old.payments, metrics=metrics, base_dir=old.base_dir
+        new,
+        server=old.server,
+        payments=old.payments,
+        metrics=metrics,
+        telemetry=old.telemetry,
+        base_dir=old.base_dir,
     )
     return kept, restart
 
