@@ -200,8 +200,10 @@ async def test_cli_key_create_with_a_monthly_budget(
 ) -> None:
     config_file = tmp_path / "relay.toml"
     config_file.write_text(config_text(tmp_path / "relay.db"))
-    async with run_relay(make_config(tmp_path)) as relay:
-        await relay.create_account("acme")
+    clock = Clock("2026-01-31T23:00:00")
+    async with run_relay(make_config(tmp_path, extra=DEAR), wall_clock_ms=clock) as relay:
+        account = await relay.create_account("acme")
+        await relay.credit(account["id"], "100", "seed")
         argv = [
             "key", "create", "acme", "--name", "dev", "--spend-cap", "1",
             "--budget-period", "month", "--json", "-c", str(config_file), "--url", relay.base_url,
@@ -212,6 +214,15 @@ async def test_cli_key_create_with_a_monthly_budget(
         created = json.loads(capsys.readouterr().out)
         assert created["spend_cap_micros"] == 1_000_000 and created["budget_period"] == "month"
         assert created["secret"].startswith("rk_")
+        # The acceptance line end to end: the CLI's key is capped for January, then the cap
+        # resets at the month boundary (the injected clock crosses it).
+        error = await _spend_until_refused(relay, created["secret"])
+        assert "key monthly budget reached" in str(error["message"])
+        clock.set("2026-02-01T00:00:00")
+        ok = await relay.client.post(
+            "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(created["secret"])
+        )
+        assert ok.status_code == 200, ok.text
         argv = ["key", "update", created["id"], "--budget-period", "lifetime", "--json"]
         argv += ["-c", str(config_file), "--url", relay.base_url]
         assert await asyncio.to_thread(main, argv) == 0
