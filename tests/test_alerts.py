@@ -7,9 +7,8 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from conftest import config_text, make_config
 from support_accounts import Relay, run_relay
+from support_mail import Inbox, email_section, smtp_server
 from test_server import free_port
 
 from relay.alerts.outbox import MAX_ATTEMPTS, AlertOutbox
@@ -64,24 +64,10 @@ async def hook() -> AsyncIterator[Hook]:
         await runner.cleanup()
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture
-def smtp() -> Any:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield controller, inbox
-    finally:
-        controller.stop()
+def smtp() -> Iterator[tuple[Controller, Inbox]]:
+    with smtp_server() as server:
+        yield server
 
 
 async def settle(outbox: AlertOutbox, done: Any) -> None:
@@ -283,13 +269,9 @@ async def test_one_alert_reaches_a_local_webhook_and_a_local_smtp_server_on_its_
     """The acceptance line end to end: nothing calls the watcher; its configured interval
     (``[alerts_settings] check_interval_s``) finds the low balance and both sinks get it."""
     controller, inbox = smtp
-    extra = f"""
-[email]
-host = "127.0.0.1"
-port = {controller.port}
-starttls = false
-from = "relay@relay.test"
-
+    extra = (
+        email_section(controller.port)
+        + f"""
 [alerts_settings]
 check_interval_s = 1
 
@@ -303,6 +285,7 @@ sink = "email"
 to = ["ops@relay.test"]
 events = ["balance_low"]
 """
+    )
     async with run_relay(make_config(tmp_path, extra=extra)) as relay:
         watcher = watcher_of(relay)
         assert watcher.interval_s == 1

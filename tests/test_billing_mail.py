@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
-from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from aiosmtpd.controller import Controller
 from conftest import make_config
 from support_accounts import Relay, auth, chat_body, run_relay
 from support_console import create_user
-from test_server import free_port
+from support_mail import Inbox, email_section, smtp_server
 
 from relay.config import Config
 from relay.money.display import format_usd
@@ -25,31 +24,10 @@ from relay.payments.billing_mail import BillingMailer, closed_month
 PROMPT = "the secret plans for the product launch"
 
 
-class Inbox:
-    """Accepts mail; answers ``451`` to the first ``refuse`` messages (a busy server)."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Any]] = []
-        self.refuse = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if self.refuse:
-            self.refuse -= 1
-            return "451 try again later"
-        message = message_from_bytes(envelope.content, policy=policy.default)
-        self.messages.append((envelope.rcpt_tos, message))
-        return "250 OK"
-
-
 @pytest.fixture
 def smtp() -> Iterator[tuple[Controller, Inbox]]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield controller, inbox
-    finally:
-        controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 class Clock:
@@ -61,15 +39,7 @@ class Clock:
 
 
 def mail_config(tmp_path: Path, port: int, *, receipts: bool, statements: bool) -> Config:
-    email = f"""
-[email]
-host = "127.0.0.1"
-port = {port}
-starttls = false
-from = "billing@relay.test"
-receipts = {str(receipts).lower()}
-statements = {str(statements).lower()}
-"""
+    email = email_section(port, "billing@relay.test", receipts=receipts, statements=statements)
     return make_config(tmp_path, extra=email)
 
 
@@ -78,10 +48,12 @@ def mailer_of(relay: Relay) -> BillingMailer:
     return mailer
 
 
-async def owners(relay: Relay, account_id: str) -> None:
-    await create_user(relay, "owner@acme.test", account=account_id, role="owner")
-    await create_user(relay, "second-owner@acme.test", account=account_id, role="owner")
-    await create_user(relay, "member@acme.test", account=account_id, role="member")
+async def acme_with_owners(relay: Relay) -> dict[str, Any]:
+    """Account acme with two owners (who get billing mail) and a member (who does not)."""
+    account = await relay.create_account("acme")
+    for email, role in (("owner", "owner"), ("second-owner", "owner"), ("member", "member")):
+        await create_user(relay, f"{email}@acme.test", account=account["id"], role=role)
+    return account
 
 
 def first_of_next_month(now_ms: int) -> int:
@@ -96,8 +68,7 @@ async def test_a_manual_credit_mails_a_receipt_to_the_owners_once(
     controller, inbox = smtp
     config = mail_config(tmp_path, controller.port, receipts=True, statements=False)
     async with run_relay(config) as relay:
-        account = await relay.create_account("acme")
-        await owners(relay, account["id"])
+        account = await acme_with_owners(relay)
         assert (await relay.credit(account["id"], "12.5", "wire-1")).status_code == 201
         mailer = mailer_of(relay)
         await mailer.deliver_due()
@@ -119,8 +90,7 @@ async def test_receipts_switched_off_are_skipped_not_sent_later(
     controller, inbox = smtp
     config = mail_config(tmp_path, controller.port, receipts=False, statements=False)
     async with run_relay(config) as relay:
-        account = await relay.create_account("acme")
-        await owners(relay, account["id"])
+        account = await acme_with_owners(relay)
         await relay.credit(account["id"], "3", "wire-1")
         # No owner at all: skipped too, and said why.
         lonely = await relay.create_account("lonely")
@@ -140,8 +110,7 @@ async def test_a_refused_mail_is_retried_after_its_backoff(
     clock = Clock()
     config = mail_config(tmp_path, controller.port, receipts=True, statements=False)
     async with run_relay(config, wall_clock_ms=clock) as relay:
-        account = await relay.create_account("acme")
-        await owners(relay, account["id"])
+        account = await acme_with_owners(relay)
         await relay.credit(account["id"], "1", "wire-1")
         mailer = mailer_of(relay)
         assert await mailer.deliver_due() == 0
@@ -161,8 +130,7 @@ async def test_the_monthly_statement_is_mailed_once_after_the_month_closes(
     month = closed_month(first_of_next_month(clock.now))  # the month we are in
     config = mail_config(tmp_path, controller.port, receipts=False, statements=True)
     async with run_relay(config, wall_clock_ms=clock) as relay:
-        account = await relay.create_account("acme")
-        await owners(relay, account["id"])
+        account = await acme_with_owners(relay)
         await relay.credit(account["id"], "5", "wire-1")
         key = await relay.create_key(account["id"], name="dev-key")
         for _ in range(2):
@@ -209,8 +177,7 @@ async def test_a_statement_queued_before_a_restart_is_sent_after_it(
     clock = Clock()
     config = mail_config(tmp_path, controller.port, receipts=False, statements=True)
     async with run_relay(config, wall_clock_ms=clock) as relay:
-        account = await relay.create_account("acme")
-        await owners(relay, account["id"])
+        await acme_with_owners(relay)
         clock.now = first_of_next_month(clock.now)
         inbox.refuse = 1  # the mail server is busy just before the shutdown
         await mailer_of(relay).step()

@@ -41,6 +41,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def answer_with_usage(seen: SeenRequest) -> httpx.Response:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    return httpx.Response(200, json={"id": "x", "choices": [], "usage": usage})
+
+
 async def model_ids(client: httpx.AsyncClient) -> set[str]:
     response = await client.get("/v1/models")
     assert response.status_code == 200
@@ -115,11 +120,7 @@ async def test_a_request_in_flight_finishes_on_the_provider_a_reload_replaced(
 async def test_upstream_keys_are_listed_and_switched_by_position(
     tmp_path: Path, admin_token: str
 ) -> None:
-    def answer(seen: SeenRequest) -> httpx.Response:
-        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        return httpx.Response(200, json={"id": "x", "choices": [], "usage": usage})
-
-    fake = FakeUpstream(answer)
+    fake = FakeUpstream(answer_with_usage)
     text = config_text(
         tmp_path / "relay.db", upstream_url="http://fake.test/v1", upstream_keys=("sk-a", "sk-b")
     )
@@ -152,11 +153,7 @@ async def test_upstream_keys_are_listed_and_switched_by_position(
 async def test_a_reload_that_rebuilds_a_provider_keeps_the_operators_key_state(
     tmp_path: Path, admin_token: str
 ) -> None:
-    def answer(seen: SeenRequest) -> httpx.Response:
-        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        return httpx.Response(200, json={"id": "x", "choices": [], "usage": usage})
-
-    fake = FakeUpstream(answer)
+    fake = FakeUpstream(answer_with_usage)
 
     def text(keys: tuple[str, ...]) -> str:
         return config_text(
