@@ -184,11 +184,20 @@ async def test_account_budget_through_the_admin_api(tmp_path: Path, admin_token:
         key = await relay.create_key(account["id"])
         error = await _spend_until_refused(relay, key["secret"])
         assert "account weekly budget reached" in str(error["message"])
+        # The key's own view names the account budget that refused it, and when it resets.
+        shown = (await relay.client.get("/v1/key", headers=auth(key["secret"]))).json()
+        budget = shown["account_budget"]
+        assert budget["budget_micros"] == 1_000_000 and budget["budget_period"] == "week"
+        assert budget["resets_at_ms"] == ms("2026-02-02T00:00:00")
+        assert budget["spent_micros"] > 0
+        assert budget["remaining_micros"] == 1_000_000 - budget["spent_micros"]
         # Lifting the budget binds the next request.
         changed = await relay.client.patch(
             f"/admin/accounts/{account['id']}", json={"budget_usd": "0"}
         )
         assert changed.status_code == 200 and changed.json()["budget_micros"] == 0
+        shown = (await relay.client.get("/v1/key", headers=auth(key["secret"]))).json()
+        assert shown["account_budget"] is None
         ok = await relay.client.post(
             "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(key["secret"])
         )
