@@ -177,15 +177,22 @@ async def test_a_statement_queued_before_a_restart_is_sent_after_it(
     clock = Clock()
     config = mail_config(tmp_path, controller.port, receipts=False, statements=True)
     async with run_relay(config, wall_clock_ms=clock) as relay:
-        await acme_with_owners(relay)
+        account = await acme_with_owners(relay)
+        await relay.credit(account["id"], "4", "wire-1")
+        # An account never credited nor charged gets no (empty) statement.
+        idle = await relay.create_account("idle")
+        await create_user(relay, "idle@idle.test", account=idle["id"], role="owner")
         clock.now = first_of_next_month(clock.now)
         inbox.refuse = 1  # the mail server is busy just before the shutdown
         await mailer_of(relay).step()
-        [row] = await relay.rows("SELECT status FROM billing_mail")
-        assert row["status"] == "pending"
+        [row] = await relay.rows(
+            "SELECT status, account_id FROM billing_mail WHERE kind = 'statement'"
+        )
+        assert row["status"] == "pending" and row["account_id"] == account["id"]
     clock.now += 3_600_000
     async with run_relay(config, wall_clock_ms=clock) as relay:
         await mailer_of(relay).step()
         [(_, message)] = inbox.messages
         assert "Statement for" in message["Subject"]
         assert "Opening balance:  $0.00" in message.get_content()
+        assert "Closing balance:  $4.00" in message.get_content()

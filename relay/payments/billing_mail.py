@@ -90,7 +90,8 @@ class BillingMailer:
         return await self.deliver_due()
 
     async def enqueue_statements(self) -> int:
-        """A statement row for every account that existed in the last closed month."""
+        """A statement row for every account with money history by the end of the last
+        closed month (one never credited nor charged gets no empty statements)."""
         email = self._config().email
         if email is None or not email.statements:
             return 0
@@ -100,7 +101,8 @@ class BillingMailer:
         return await self._db.execute_write(
             "INSERT OR IGNORE INTO billing_mail (kind, account_id, ref, created_at_ms, "
             "next_attempt_at_ms) SELECT 'statement', id, ?, ?, ? FROM accounts "
-            "WHERE created_at_ms < ? AND id NOT IN (SELECT account_id FROM deletion_requests)",
+            "WHERE id NOT IN (SELECT account_id FROM deletion_requests) AND EXISTS "
+            "(SELECT 1 FROM ledger WHERE ledger.account_id = accounts.id AND created_at_ms < ?)",
             (month, now, now, end),
         )
 
