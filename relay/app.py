@@ -32,7 +32,7 @@ from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.config import Config
 from relay.console import console_routes
-from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.errors import ConfigError, InvalidRequest, NotFound, RelayError
 from relay.http.admin_throttle import AdminTokenThrottle
 from relay.http.framing import RefuseAmbiguousFraming
 from relay.http.responses import error_response, unexpected_error_response
@@ -46,8 +46,10 @@ from relay.jobs.video import VideoPoller
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
+from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
+from relay.payments.billing_mail import BillingMailer
 from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
@@ -62,6 +64,20 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
+# Receipts go out within this long of the credit; a closed month's statements on the next round.
+BILLING_MAIL_INTERVAL_S = 15.0
+
+
+def _open_tracer(config: Config) -> RequestTracer:
+    """OpenTelemetry is imported here, only when ``[telemetry] otlp_endpoint`` is set."""
+    try:
+        from relay.metrics.otlp import OtlpTracer, otlp_exporter
+    except ImportError as exc:
+        raise ConfigError(
+            "telemetry.otlp_endpoint needs the otel extra: pip install 'relay[otel]' "
+            f"({exc.name} is missing)"
+        ) from None
+    return OtlpTracer(config.telemetry, otlp_exporter(config.telemetry))
 
 
 def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
@@ -214,6 +230,10 @@ def create_app(
         # Unwound in reverse: background jobs stop before the database drains and closes.
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_close_state, state)
+            if config.telemetry.otlp_endpoint is not None:
+                tracer = _open_tracer(config)
+                state.tracer = tracer
+                stack.push_async_callback(tracer.aclose)  # after the requests drained
             assert state.videos is not None
             await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
             stack.push_async_callback(state.videos.stop)
@@ -253,6 +273,16 @@ def create_app(
             watcher = AlertWatcher(state, alerts)
             await watcher.start()
             stack.push_async_callback(watcher.aclose)
+            billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
+            mailer = PeriodicTask(
+                "relay-billing-mail",
+                billing_mail.step,
+                interval_s=BILLING_MAIL_INTERVAL_S,
+                first_after_s=1.0,
+                log=log,
+            )
+            mailer.start()
+            stack.push_async_callback(mailer.stop)
             health = HealthChecker(lambda: state.providers)
             health.start()
             stack.push_async_callback(health.aclose)
@@ -264,6 +294,7 @@ def create_app(
                 "payments": payments,
                 "reloader": reloader,
                 "alert_watcher": watcher,
+                "billing_mail": billing_mail,
             }
 
     return Starlette(

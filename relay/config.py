@@ -318,6 +318,11 @@ class EmailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The name of the environment variable holding the SMTP password, never the password.
     password_env: str | None = None
     timeout_s: PositiveFloat = 30.0
+    # Billing mail to each account's owners: a receipt when credit lands (payment, manual
+    # credit, auto top-up), and a statement once a calendar month (UTC) has closed. Off by
+    # default: configuring SMTP for alerts must not start mailing customers.
+    receipts: bool = False
+    statements: bool = False
 
     def __post_init__(self) -> None:
         if "@" not in self.from_:
@@ -362,8 +367,9 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: list[AlertEvent] = msgspec.field(default_factory=lambda: list(ALERT_EVENTS))
     # An account's available balance below this (USD) raises balance_low.
     balance_below_usd: str = "5"
-    # The same alert (event and subject) is sent again at most once per re-arm interval.
-    rearm_s: Annotated[float, Meta(ge=0)] = 3600.0
+    # The same alert (event and subject) is sent again at most once per re-arm interval
+    # (at most 30 days: a longer silence is a sink that should be removed).
+    rearm_s: Annotated[float, Meta(ge=0, le=2_592_000)] = 3600.0
 
     def __post_init__(self) -> None:
         if self.sink in ("webhook", "slack"):
@@ -372,6 +378,33 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         elif not self.to or any("@" not in address for address in self.to):
             raise ValueError('an email sink needs to = ["someone@example.com"]')
         _check_usd(self.balance_below_usd, "balance_below_usd")
+
+
+class AlertsSettingsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[alerts_settings]``: what applies to every ``[[alerts]]`` sink."""
+
+    # How often the watcher looks for alert conditions (balances, budgets, upstream keys,
+    # auto top-ups, storage). Bounded: under a second is busy work on the event loop, over
+    # an hour is an alert nobody gets in time. A reload applies it from the next round.
+    check_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
+
+
+class TelemetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[telemetry]``: optional OpenTelemetry traces over OTLP/HTTP (the ``otel`` extra)."""
+
+    # The collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces.
+    # Absent: no tracing, and OpenTelemetry is never imported.
+    otlp_endpoint: str | None = None
+    service_name: str = "relay"
+    # The name of an env var holding extra export headers ("k1=v1,k2=v2", say a token).
+    headers_env: str | None = None
+
+    def __post_init__(self) -> None:
+        endpoint = self.otlp_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError('otlp_endpoint must be an http(s) URL ("http://host:4318/v1/traces")')
+        if not self.service_name:
+            raise ValueError("service_name must not be empty")
 
 
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -483,6 +516,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention: RetentionConfig = RetentionConfig()
     email: EmailConfig | None = None
     alerts: list[AlertConfig] = []
+    alerts_settings: AlertsSettingsConfig = AlertsSettingsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     # Both absent: the embedded store. Both present: cluster mode. One alone is an error.
     storage: StorageConfig | None = None
     cluster: ClusterConfig | None = None

@@ -16,6 +16,7 @@ from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.jobs.video import VideoPoller
 from relay.metrics.instruments import RequestMetrics
+from relay.metrics.traces import RequestTracer
 from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
@@ -44,6 +45,8 @@ class RelayState:
     started_at: int = 0
     # This app's Prometheus instruments (a registry of its own: tests run many apps).
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # Optional OpenTelemetry traces ([telemetry] otlp_endpoint); None: no tracing at all.
+    tracer: RequestTracer | None = None
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None
     # Operator alerts; ``alerts.notify_storage(available, reason)`` is for the storage layer.

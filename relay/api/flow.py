@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
 
@@ -26,12 +27,14 @@ from relay.errors import (
     UpstreamTimeout,
 )
 from relay.http.responses import error_response, json_response
+from relay.metrics.traces import PhaseTimes
 from relay.money.estimate import CostQuote
 from relay.money.pricing import token_cost_micros
 from relay.state import RelayState
 from relay.upstream.client import UpstreamFailure, UpstreamTimedOut, UpstreamTooLarge
 from relay.upstream.relay_fields import with_relay_fields
 from relay.upstream.routing import Model, OpenedRoute
+from relay.usage.log import UsageRecord
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -48,6 +51,7 @@ __all__ = [
     "mark_abandoned",
     "malformed_answer",
     "read_answer",
+    "finished_record",
     "pass_stream",
     "model_for",
     "refuse",
@@ -139,7 +143,7 @@ def abandon(
         mark_abandoned(state, exchange)
     else:
         exchange.status, exchange.error_code = 500, "internal_error"
-    state.usage.record(exchange.usage_record())
+    state.usage.record(finished_record(state, exchange))
 
 
 def close_unstarted_stream(
@@ -153,6 +157,18 @@ def close_unstarted_stream(
             abandon(state, exchange, ticket, None)
 
     return close
+
+
+def finished_record(state: RelayState, exchange: Exchange) -> UsageRecord:
+    """The request's usage record, handed to the tracer too when traces are configured."""
+    record = exchange.usage_record()
+    tracer = state.tracer
+    if tracer is not None:
+        times = PhaseTimes(
+            exchange.started, exchange.admitted_at, exchange.settling_at, time.perf_counter()
+        )
+        tracer.trace(record, times)
+    return record
 
 
 def refuse(
@@ -174,9 +190,9 @@ def refuse(
         # Back-pressure: counted, written later as one row per key (relay.usage.refusals).
         _count_refusal(state, exchange, exc)
     elif ticket is not None or exchange.principal.key is not None:
-        state.usage.record(exchange.usage_record())
+        state.usage.record(finished_record(state, exchange))
     else:  # no account to log it under, but the metrics count every refusal (401s too)
-        state.metrics.observe(exchange.usage_record())
+        state.metrics.observe(finished_record(state, exchange))
     return render(exc, exchange.headers())
 
 
@@ -387,13 +403,14 @@ def settle_cost(
     state: RelayState, exchange: Exchange, ticket: Ticket, cost_micros: int, measured_tokens: int
 ) -> None:
     """Charge ``cost_micros`` and queue the usage row together with its charge."""
+    exchange.settling_at = time.perf_counter()
     exchange.cost_micros = ticket.settle(
         cost_micros,
         measured_tokens,
         request_id=exchange.request_id,
         estimated=exchange.usage_estimated,
     )
-    state.usage.record(exchange.usage_record(), ticket.charge)
+    state.usage.record(finished_record(state, exchange), ticket.charge)
     account_id = exchange.principal.account_id
     if state.auto_topup is not None and account_id is not None and ticket.charged_micros:
         state.auto_topup.check(account_id)  # schedules a refill when low; never waits
