@@ -6,9 +6,11 @@ import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
 
+from relay.admission.admitter import Admitter
 from relay.admission.gate import Gate
 from relay.alerts.outbox import AlertOutbox
 from relay.config import Config
@@ -50,6 +52,10 @@ class RelayState:
     alerts: AlertOutbox | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
     stopping: Callable[[], bool] = lambda: False
+    # Cluster mode's admission (relay.cluster.admission); None: the embedded gate admits.
+    admitter: Admitter | None = None
+    # Cluster mode's shared state (relay.cluster.runtime.ClusterRuntime); None: embedded.
+    cluster: Any = None
     # Request ids: a per-boot random prefix and a counter, unique across restarts.
     _boot: str = field(default_factory=lambda: secrets.token_hex(6))
     _counter: itertools.count[int] = field(default_factory=itertools.count)

@@ -20,6 +20,7 @@ from relay.admission.ticket import Ticket
 from relay.api.flow import (
     abandon,
     answer_with_metadata,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -77,16 +78,23 @@ async def generate_images(request: Request) -> Response:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="size") from None
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
 
         def body_for(route: Route) -> bytes:
             return route.provider.image_body(body, images.model, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, IMAGES_PATH, body_for, stream=False)
             exchange.route = opened.route
-            return await _relay_images(state, exchange, ticket, opened, images)
+            answer = await _relay_images(state, exchange, ticket, opened, images)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:
