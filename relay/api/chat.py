@@ -32,7 +32,7 @@ from relay.api.flow import (
     settle_tokens,
 )
 from relay.errors import RelayError
-from relay.http.responses import decode_or_400, json_response, read_body
+from relay.http.responses import decode_or_400, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import CostQuote, quote_chat, quote_embedding

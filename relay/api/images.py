@@ -29,7 +29,7 @@ from relay.api.flow import (
     settle_cost,
 )
 from relay.errors import InvalidRequest, RelayError
-from relay.http.responses import decode_or_400, json_response, read_body
+from relay.http.responses import decode_or_400, read_body
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import quote_images
 from relay.money.pricing import image_cost_micros
