@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import ADMIN_TOKEN, mock_upstream
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -82,7 +81,7 @@ class Cluster:
     def write_config(self) -> Path:
         config = self.folder / "relay.toml"
         config.write_text(
-            '[server]\nlisten = "127.0.0.1:8787"\ndatabase = "relay.db"\nshutdown_grace_s = 5\nlog_level = "debug"\n'
+            '[server]\nlisten = "127.0.0.1:8787"\ndatabase = "relay.db"\nshutdown_grace_s = 5\n'
             f'[storage]\nurl = "{self.dsn}"\n'
             f'[cluster]\nredis_url = "{self.redis_url}"\nlease_s = {LEASE_S}\n'
             + MODELS.format(upstream=self.upstream_url)
