@@ -392,3 +392,26 @@ async def test_a_new_instance_sees_accounts_and_keys_made_before_it_started(
                     break
                 assert time.monotonic() < deadline, refused.text
                 await asyncio.sleep(0.01)
+
+
+async def test_a_reload_through_one_instance_reaches_the_other(
+    tmp_path: Path, pg_database: str, redis_server: Any
+) -> None:
+    async with cluster_site(tmp_path, pg_database, redis_server, None) as (cluster, _):
+        a, b = await cluster.start(), await cluster.start()
+        config = tmp_path / "relay.toml"
+        config.write_text(
+            config.read_text()
+            + '\n[[models]]\nname = "fake-gpt-2"\nroutes = ["fake:gpt-4o"]\n'
+            + 'input_usd_per_mtok = "2.50"\noutput_usd_per_mtok = "10"\n'
+        )
+        async with a.client() as ca, b.client() as cb:
+            reloaded = await ca.post("/admin/reload", headers=ADMIN)
+            assert reloaded.status_code == 200, reloaded.text
+            deadline = time.monotonic() + 1.0
+            while True:
+                models = (await cb.get("/v1/models", headers=ADMIN)).json()["data"]
+                if "fake-gpt-2" in {model["id"] for model in models}:
+                    break
+                assert time.monotonic() < deadline, "reload not seen within 1 s"
+                await asyncio.sleep(0.02)

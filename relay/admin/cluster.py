@@ -40,7 +40,7 @@ __all__ = ["CLUSTER_ROUTES", "ClusterRouteGuard", "cluster_routes"]
 # (method, path pattern) of everything that answers in cluster mode.
 CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", r"/v1/chat/completions"),
-    ("POST", r"/v1/completions"),
+    ("POST", r"/v1/embeddings"),
     ("POST", r"/v1/messages"),
     ("POST", r"/v1/messages/count_tokens"),
     ("POST", r"/v1/images/generations"),

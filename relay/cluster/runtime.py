@@ -108,6 +108,9 @@ class ClusterRuntime:
         self._settler_task = asyncio.create_task(self.settler.run(), name="relay-settler")
         self.bus = InvalidationBus(self.redis, self.instance_id, on_invalidate)
         await self.bus.start()
+        # Records were loaded before the listener subscribed: a change committed in between
+        # was announced to nobody here, so everything is read once more now.
+        await on_invalidate(Invalidation(version=self.bus.seen_version, kind="all"))
         self._heartbeat.start()
 
     async def publish(self, kind: str, target: str = "") -> None:
