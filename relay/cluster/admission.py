@@ -125,7 +125,7 @@ class ClusterAdmitter:
         store: PgMoneyStore,
         settler: Settler,
         *,
-        lease_ok: Callable[[], bool] = lambda: True,
+        lease_ok: Callable[[], bool] = lambda: True,  # False: lease lost or settler dead
     ) -> None:
         self.limiter = limiter
         self.store = store
@@ -137,7 +137,10 @@ class ClusterAdmitter:
 
     def _check(self) -> None:
         if not self._lease_ok():
-            raise StorageUnavailable("this instance lost its cluster lease; retry elsewhere")
+            raise StorageUnavailable(
+                "this instance cannot record requests (its cluster lease or settler stopped);"
+                " retry on another instance"
+            )
         if self.settler.pending > MAX_PENDING_SETTLEMENTS:
             raise StorageUnavailable("settlements are not being committed; retry shortly")
 

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from relay.errors import NotAvailableInCluster
-from relay.identity.accounts import Account, AccountStore, ApiKey
+from relay.identity.accounts import Account, AccountStore, ApiKey, Conflict
 
 __all__ = ["ClusterAccountStore"]
 
@@ -73,6 +73,8 @@ def _key_of(row: Any) -> ApiKey:
     ]
     return ApiKey(*values)
 
+
+_UNIQUE_VIOLATION = "23505"
 
 Publish = Callable[[str, str], Awaitable[object]]
 
@@ -142,7 +144,14 @@ class ClusterAccountStore(AccountStore):
     ) -> None:
         if account.budget_micros or account.budget_period is not None:
             raise NotAvailableInCluster("account budgets do not run in cluster mode yet")
-        await self._pool.execute(_UPSERT_ACCOUNT, *msgspec.structs.astuple(account))
+        try:
+            await self._pool.execute(_UPSERT_ACCOUNT, *msgspec.structs.astuple(account))
+        except Exception as exc:
+            # Named reason: another instance took the name an instant ago (the unique index
+            # is the cluster-wide check; this instance's names may lag by a message).
+            if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+                raise Conflict(f"An account named {account.name!r} already exists") from None
+            raise
         self._put_account(account)
         log.info("%s %s by %s (cluster: no audit row yet)", action, account.id, actor)
         await self._publish("account", account.id)

@@ -19,7 +19,6 @@ left held.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -76,7 +75,7 @@ class ClusterRuntime:
         self.limiter = RedisLimiter(redis, lease.instance_id, lease_ms=int(lease_s * 1000))
         self.settler = Settler(self.store)
         self.admitter = ClusterAdmitter(
-            self.limiter, self.store, self.settler, lease_ok=lambda: not self.lease_lost
+            self.limiter, self.store, self.settler, lease_ok=self.healthy
         )
         self.bus: InvalidationBus | None = None
         self._settler_task: asyncio.Task[None] | None = None
@@ -84,6 +83,12 @@ class ClusterRuntime:
             "relay-cluster-heartbeat", self.beat, interval_s=min(lease_s / 3, 1.0), log=log
         )
         self.reaped_holds = 0
+
+    def healthy(self) -> bool:
+        """May this instance admit? Not once its lease is lost or its settler has died (a
+        request it admitted could then never be billed)."""
+        task = self._settler_task
+        return not self.lease_lost and (task is None or not task.done())
 
     @classmethod
     async def open(cls, config: Config, *, name: str = "relay") -> ClusterRuntime:
@@ -142,22 +147,26 @@ class ClusterRuntime:
 
     async def close(self) -> None:
         await self._heartbeat.stop()
-        drained = False
         try:
             await asyncio.wait_for(self.settler.drain(), DRAIN_TIMEOUT_S)
-            drained = True
         except TimeoutError:
             log.error("cluster: %d settlements not committed at shutdown", self.settler.pending)
         task, self._settler_task = self._settler_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # named reason: report it, then still retire and close
+                log.error("cluster: the settler had stopped: %s: %s", type(exc).__name__, exc)
         await self.admitter.drain()
         if self.bus is not None:
             await self.bus.stop()
         try:
-            if drained and not self.lease_lost:
+            if not self.lease_lost:
+                # Expire now: whatever did not commit is released by the next sweep
+                # (recorded abandoned) instead of waiting out the lease.
                 await self.lease.retire()
         finally:
             await self.redis.aclose()
