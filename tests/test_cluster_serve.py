@@ -62,6 +62,7 @@ def _free_port() -> int:
 class Instance:
     process: subprocess.Popen[bytes]
     base_url: str
+    log: Path
 
     def client(self, timeout: float = 20.0) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=100)
@@ -92,8 +93,8 @@ class Cluster:
         port = _free_port()
         config = self.write_config()
         env = {**os.environ, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN}
-        log = (self.folder / f"instance-{len(self.instances)}.log").open("ab")
-        with log:
+        log_path = self.folder / f"instance-{len(self.instances)}.log"
+        with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -111,7 +112,7 @@ class Cluster:
                 env=env,
                 cwd=self.folder,
             )
-        instance = Instance(process, f"http://127.0.0.1:{port}")
+        instance = Instance(process, f"http://127.0.0.1:{port}", log_path)
         self.instances.append(instance)
         await _wait_until_ready(instance, self.folder)
         return instance
@@ -135,8 +136,12 @@ async def _wait_until_ready(instance: Instance, folder: Path) -> None:
             if instance.process.poll() is not None:
                 logs = "\n".join(p.read_text() for p in folder.glob("instance-*.log"))
                 raise AssertionError(f"relay exited at start-up:\n{logs[-3000:]}")
+            # Ours, not another process that took the port meanwhile (a shared machine).
+            ours = f"Running on {instance.base_url} "  # hypercorn's line once it has bound
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/healthz")).status_code == 200:
+                if (await client.get("/healthz")).status_code == 200 and (
+                    ours in instance.log.read_text()
+                ):
                     return
             await asyncio.sleep(0.05)
     raise AssertionError("relay did not become ready")
