@@ -381,6 +381,17 @@ async def test_a_new_instance_sees_accounts_and_keys_made_before_it_started(
             headers = {"authorization": f"Bearer {secret}"}
             response = await cb.post("/v1/chat/completions", json=_chat(False), headers=headers)
             assert response.status_code == 200, response.text
+            # A key spend cap set through B binds on A: 10 micros < one request's worst case.
+            capped_id, capped = await _key(cb, account_id, spend_cap_usd="0.00001")
+            async with a.client() as ca:
+                over = await ca.post(
+                    "/v1/chat/completions",
+                    json=_chat(False),
+                    headers={"authorization": f"Bearer {capped}"},
+                )
+            assert over.status_code == 402 and "spend cap" in over.text, over.text
+            key_view = (await cb.get(f"/admin/keys/{capped_id}", headers=ADMIN)).json()
+            assert (key_view["spend_cap_micros"], key_view["spent_micros"]) == (10, 0)
             suspended = await cb.patch(
                 f"/admin/accounts/{account_id}", json={"status": "suspended"}, headers=ADMIN
             )
