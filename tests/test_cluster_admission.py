@@ -241,3 +241,25 @@ async def test_a_hold_placed_after_its_caller_was_cancelled_is_released(
 
     await _eventually(released)
     assert (await runtime.store.snapshot(account_id)).held_micros == 0
+
+
+async def test_a_dead_settler_stops_admission(
+    runtime: ClusterRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settler that stopped (a bug it re-raises) could never bill what is admitted: 503."""
+    principal = await _principal(runtime, 10_000)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a programming error the database cannot cause")
+
+    monkeypatch.setattr(runtime.store, "settle_many", broken)
+    exchange = _exchange(principal)
+    ticket = await runtime.admitter.admit(exchange, QUOTE)
+    ticket.settle(50, 10, request_id=exchange.request_id, estimated=False)
+
+    async def stopped() -> bool:
+        return not runtime.healthy()
+
+    await _eventually(stopped)
+    with pytest.raises(StorageUnavailable):
+        await runtime.admitter.admit(_exchange(principal), QUOTE)
