@@ -32,14 +32,17 @@ asyncpg = pytest.importorskip("asyncpg")
 pytest.importorskip("redis")
 
 
-@pytest.fixture
-async def runtime(pg_database: str, redis_server: Any) -> AsyncIterator[ClusterRuntime]:
+def _config(pg_database: str, redis_server: Any) -> Config:
     db = 1 + secrets.randbelow(15)
-    config = Config(
+    return Config(
         storage=StorageConfig(url=pg_database),
         cluster=ClusterConfig(redis_url=f"redis://127.0.0.1:{redis_server.port}/{db}", lease_s=3),
     )
-    cluster = await ClusterRuntime.open(config, name="t")
+
+
+@pytest.fixture
+async def runtime(pg_database: str, redis_server: Any) -> AsyncIterator[ClusterRuntime]:
+    cluster = await ClusterRuntime.open(_config(pg_database, redis_server), name="t")
 
     async def ignore(change: Any) -> None:
         return None
@@ -263,3 +266,35 @@ async def test_a_dead_settler_stops_admission(
     await _eventually(stopped)
     with pytest.raises(StorageUnavailable):
         await runtime.admitter.admit(_exchange(principal), QUOTE)
+
+
+async def test_a_failed_invalidation_keeps_the_listener_and_is_retried_in_full(
+    pg_database: str, redis_server: Any
+) -> None:
+    cluster = await ClusterRuntime.open(_config(pg_database, redis_server), name="t")
+    seen: list[str] = []
+    failures = [1]
+
+    async def handler(change: Any) -> None:
+        if change.kind == "key" and failures[0]:
+            failures[0] -= 1
+            raise OSError("PostgreSQL unreachable for a moment")
+        seen.append(change.kind)
+
+    await cluster.start(handler)
+    try:
+        assert seen == ["all"]  # the reload after subscribing
+        await cluster.publish("key", "k1")
+
+        async def retried_in_full() -> bool:
+            return seen.count("all") >= 2  # from the heartbeat (every second here)
+
+        await _eventually(retried_in_full)
+        await cluster.publish("account", "a1")
+
+        async def still_listening() -> bool:
+            return "account" in seen
+
+        await _eventually(still_listening)
+    finally:
+        await cluster.close()

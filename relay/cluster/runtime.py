@@ -78,6 +78,8 @@ class ClusterRuntime:
             self.limiter, self.store, self.settler, lease_ok=self.healthy
         )
         self.bus: InvalidationBus | None = None
+        self._on_invalidate: InvalidationHandler | None = None
+        self._reload_pending = False
         self._settler_task: asyncio.Task[None] | None = None
         self._heartbeat = PeriodicTask(
             "relay-cluster-heartbeat", self.beat, interval_s=min(lease_s / 3, 1.0), log=log
@@ -110,13 +112,24 @@ class ClusterRuntime:
         return cls(pool, redis, lease, lease_s=config.cluster.lease_s)
 
     async def start(self, on_invalidate: InvalidationHandler) -> None:
+        self._on_invalidate = on_invalidate
         self._settler_task = asyncio.create_task(self.settler.run(), name="relay-settler")
-        self.bus = InvalidationBus(self.redis, self.instance_id, on_invalidate)
+        self.bus = InvalidationBus(self.redis, self.instance_id, self._apply)
         await self.bus.start()
         # Records were loaded before the listener subscribed: a change committed in between
         # was announced to nobody here, so everything is read once more now.
         await on_invalidate(Invalidation(version=self.bus.seen_version, kind="all"))
         self._heartbeat.start()
+
+    async def _apply(self, change: Invalidation) -> None:
+        assert self._on_invalidate is not None
+        try:
+            await self._on_invalidate(change)
+        except Exception as exc:
+            # Named reason: a reload that failed (PostgreSQL briefly unreachable) must not stop
+            # the listener; the heartbeat reloads everything until one succeeds.
+            self._reload_pending = True
+            log.error("cluster: applying %s failed (%s); full reload pending", change.kind, exc)
 
     async def publish(self, kind: str, target: str = "") -> None:
         """Announce a committed change to every instance (this one included)."""
@@ -134,6 +147,9 @@ class ClusterRuntime:
         await self.limiter.renew(list(self.admitter.in_flight))
         if self.bus is not None:
             await self.bus.check_version()
+            if self._reload_pending:
+                self._reload_pending = False
+                await self._apply(Invalidation(version=self.bus.seen_version, kind="all"))
         async with self.pool.acquire() as conn, conn.transaction():
             if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _REAPER_LOCK):
                 result = await reap_expired(conn)
