@@ -31,6 +31,7 @@ from relay.admin.operations import reload_config
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
 from relay.http.responses import error_response, json_response
+from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import micros_to_usd
 from relay.money.records import BalanceView, DuplicateReference
 from relay.state import RelayState, relay_state
@@ -184,18 +185,18 @@ def _with_pg_money(
     return wrapped
 
 
-async def _key_principal(request: Request, state: RelayState) -> Any:
+async def _key_principal(request: Request, state: RelayState) -> tuple[ApiKey, Account]:
     principal = await state.auth.authenticate(request.headers)
-    if principal.key is None:
+    if principal.key is None or principal.account is None:
         raise InvalidRequest("This route needs a client key, not the admin token")
-    return principal
+    return principal.key, principal.account
 
 
 async def show_balance(request: Request) -> Response:
     state = relay_state(request)
     try:
-        principal = await _key_principal(request, state)
-        wallet = await _wallet(state, principal.account.id)
+        _, account = await _key_principal(request, state)
+        wallet = await _wallet(state, account.id)
     except RelayError as exc:
         return error_response(exc)
     return json_response({"object": "balance", **wallet})
@@ -204,8 +205,7 @@ async def show_balance(request: Request) -> Response:
 async def show_calling_key(request: Request) -> Response:
     state = relay_state(request)
     try:
-        principal = await _key_principal(request, state)
-        key, account = principal.key, principal.account
+        key, account = await _key_principal(request, state)
         spend = await _runtime(state).store.key_snapshot(key.id)
         wallet = await _wallet(state, account.id)
     except RelayError as exc:
