@@ -30,7 +30,7 @@ from conftest import ADMIN_TOKEN, mock_upstream
 asyncpg = pytest.importorskip("asyncpg")
 pytest.importorskip("redis")
 
-pytestmark = [pytest.mark.subprocess]
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 READY_TIMEOUT_S = 20.0
 LEASE_S = 3.0
