@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from relay.admission.admitter import Admitter
 from relay.admission.gate import Gate
 from relay.alerts.outbox import AlertOutbox
+from relay.cluster.runtime import ClusterRuntime
 from relay.config import Config
 from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
@@ -53,6 +55,10 @@ class RelayState:
     alerts: AlertOutbox | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
     stopping: Callable[[], bool] = lambda: False
+    # Cluster mode's admission (relay.cluster.admission); None: the embedded gate admits.
+    admitter: Admitter | None = None
+    # Cluster mode's pools, lease and heartbeat; None: the embedded store.
+    cluster: ClusterRuntime | None = None
     # Request ids: a per-boot random prefix and a counter, unique across restarts.
     _boot: str = field(default_factory=lambda: secrets.token_hex(6))
     _counter: itertools.count[int] = field(default_factory=itertools.count)

@@ -24,6 +24,7 @@ from relay.api.flow import (
     answer_with_metadata,
     bill_invalid_usage,
     close_unstarted_stream,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -33,7 +34,7 @@ from relay.api.flow import (
     settle_tokens,
 )
 from relay.errors import RelayError
-from relay.http.responses import decode_or_400, json_response, read_body
+from relay.http.responses import decode_or_400, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import CostQuote, quote_chat, quote_embedding
@@ -114,13 +115,17 @@ async def _generate(
             multiplier=state.gate.multiplier(exchange.principal),
         )
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         exchange.stream = bool(chat.stream)
 
         def body_for(route: Route) -> bytes:
             return shape(route, body, chat, model.config.max_output_tokens)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, path, body_for, stream=exchange.stream)
             exchange.route = opened.route
@@ -134,7 +139,10 @@ async def _generate(
                     exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:
@@ -165,16 +173,23 @@ async def _classify(request: Request, endpoint: str, kind: str, path: str) -> Re
         multiplier = state.gate.multiplier(exchange.principal)
         quote = quote_embedding(model.price, body, multiplier=multiplier)
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
 
         def body_for(route: Route) -> bytes:
             return route.provider.embedding_body(body, embedding.model, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, path, body_for, stream=False)
             exchange.route = opened.route
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:

@@ -46,6 +46,7 @@ __all__ = [
     "bill_invalid_usage",
     "close_unstarted_stream",
     "drain_upstream",
+    "dry_run_answer",
     "is_dry_run",
     "answer_with_metadata",
     "mark_abandoned",
@@ -109,6 +110,15 @@ def is_dry_run(request: Request) -> bool:
             "dryRun must be one of true, false, 1 or 0 (given once)", param="dryRun"
         )
     return parsed.pop() is True
+
+
+async def dry_run_answer(state: RelayState, exchange: Exchange, quote: CostQuote) -> Response:
+    """``?dryRun=true``: the hold this request would place, from the gate or the admitter."""
+    if state.admitter is None:
+        body = state.gate.dry_run(exchange, quote)
+    else:
+        body = await state.admitter.dry_run(exchange, quote)
+    return json_response(body, headers=exchange.headers())
 
 
 def mark_abandoned(state: RelayState, exchange: Exchange) -> None:

@@ -31,6 +31,7 @@ from relay.api.flow import (
     answer_with_metadata,
     bill_invalid_usage,
     close_unstarted_stream,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -107,13 +108,17 @@ async def messages(request: Request) -> Response | EventStreamResponse:
             multiplier=state.gate.multiplier(exchange.principal),
         )
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         exchange.stream = bool(parsed.stream)
 
         def body_for(route: Route) -> bytes:
             return route.provider.messages_body(body, parsed, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model,
@@ -130,7 +135,10 @@ async def messages(request: Request) -> Response | EventStreamResponse:
                     exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc, anthropic_error_response)
     except BaseException as exc:

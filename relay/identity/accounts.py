@@ -199,6 +199,12 @@ class AccountStore:
             raise NotFound(f"No key {key_id!r}", code="key_not_found")
         return key
 
+    async def find_new_key(self, key_id: str) -> ApiKey | None:
+        """A key not in memory: None here (this process wrote every key it has). A shared
+        store (cluster mode) looks it up, for a key created by another instance an instant
+        ago whose announcement has not arrived yet."""
+        return None
+
     def keys_of(self, account_id: str | None) -> list[ApiKey]:
         return [k for k in self.keys.values() if account_id is None or k.account_id == account_id]
 
