@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,16 +25,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.admin import admin_routes
+from relay.admin.cluster import ClusterRouteGuard, cluster_routes
 from relay.admin.payments import payment_routes
-from relay.admin.reload import ConfigReloader, build_router, calendar_of
+from relay.admin.reload import ConfigReloader, ReloadRefused, build_router, calendar_of
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.alerts.outbox import AlertOutbox
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
+from relay.cluster.invalidation import Invalidation
+from relay.cluster.pg_identity import ClusterAccountStore
+from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
 from relay.config import Config
 from relay.console import console_routes
-from relay.errors import InvalidRequest, NotFound, RelayError
+from relay.errors import ConfigError, InvalidRequest, NotFound, RelayError
 from relay.http.admin_throttle import AdminTokenThrottle
 from relay.http.framing import RefuseAmbiguousFraming
 from relay.http.responses import error_response, unexpected_error_response
@@ -46,8 +52,10 @@ from relay.jobs.video import VideoPoller
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
+from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
+from relay.payments.billing_mail import BillingMailer
 from relay.payments.runtime import open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
@@ -62,6 +70,20 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
+# Receipts go out within this long of the credit; a closed month's statements on the next round.
+BILLING_MAIL_INTERVAL_S = 15.0
+
+
+def _open_tracer(config: Config) -> RequestTracer:
+    """OpenTelemetry is imported here, only when ``[telemetry] otlp_endpoint`` is set."""
+    try:
+        from relay.metrics.otlp import OtlpTracer, otlp_exporter
+    except ImportError as exc:
+        raise ConfigError(
+            "telemetry.otlp_endpoint needs the otel extra: pip install 'relay[otel]' "
+            f"({exc.name} is missing)"
+        ) from None
+    return OtlpTracer(config.telemetry, otlp_exporter(config.telemetry))
 
 
 def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
@@ -84,18 +106,38 @@ async def _open_state(
     admin_token = admin_token_from_env(config.server.admin_token_env)
     if admin_token is None:
         log.warning("admin API disabled: %s is not set", config.server.admin_token_env)
-    db = await Database.open(
-        config.database_path, flush_interval_s=config.server.flush_interval_ms / 1000
-    )
+    cluster: ClusterRuntime | None = None
+    database_path = config.database_path
+    if config.cluster_mode:
+        # Shared records live in PostgreSQL; the local SQLite is this process's scratch
+        # file (routes that would read it answer 501: relay.admin.cluster).
+        cluster = await ClusterRuntime.open(config)
+        database_path = Path(tempfile.mkdtemp(prefix="relay-cluster-")) / "scratch.db"
     try:
-        secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
+        db = await Database.open(
+            database_path, flush_interval_s=config.server.flush_interval_ms / 1000
+        )
+    except BaseException:
+        if cluster is not None:
+            await cluster.close()
+        raise
+    try:
+        secret = ServerSecret.load_or_create(secret_path_for(database_path))
         calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         await load_wallet(db, wallet)
-        store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
+        store: AccountStore
+        if cluster is None:
+            store = AccountStore(db, wallet, secret.subkey("audit"), hasher=hasher)
+        else:
+            store = ClusterAccountStore(
+                cluster.pool, cluster.publish, db, wallet, secret.subkey("audit"), hasher=hasher
+            )
         await store.load()
     except BaseException:
         await db.close()
+        if cluster is not None:
+            await cluster.close()
         raise
     metrics = RequestMetrics()
     db.commit_observer = metrics.observe_commit
@@ -118,15 +160,22 @@ async def _open_state(
         store=store,
         wallet=wallet,
         gate=Gate(wallet, RateLimiter(), check_storage=storage.check),
-        usage=UsageLog(db, metrics.observe),
+        usage=(
+            UsageLog(db, metrics.observe)
+            if cluster is None
+            else ClusterUsageLog(cluster.settler, metrics.observe, db)
+        ),
         storage=storage,
         refusals=RefusalCounter(db),
         started_at=int(time.time()),
         metrics=metrics,
         videos=VideoPoller(db, wallet, providers),
         stopping=stopping,
+        admitter=None if cluster is None else cluster.admitter,
+        cluster=cluster,
     )
-    metrics.registry.register(StateCollector(state))
+    if cluster is None:  # its wallet totals are the local wallet's: not cluster-wide
+        metrics.registry.register(StateCollector(state))
     return state
 
 
@@ -166,6 +215,32 @@ async def _close_database(state: RelayState) -> None:
     except Exception as exc:
         log.error("shutdown: the database did not close cleanly: %s: %s", type(exc).__name__, exc)
         raise
+    finally:
+        if state.cluster is not None:
+            shutil.rmtree(state.db.path.parent, ignore_errors=True)
+
+
+async def _apply_invalidation(
+    state: RelayState, reloader: ConfigReloader, change: Invalidation
+) -> None:
+    """Another instance (or this one) committed a change: drop what it names."""
+    log.debug("cluster: invalidation %s %s from %s", change.kind, change.target, change.origin)
+    store = state.store
+    assert isinstance(store, ClusterAccountStore)
+    if change.kind == "key":
+        await store.reload_key(change.target)
+        state.auth.forget_key(change.target)
+        state.gate.limiter.forget(change.target)
+    elif change.kind == "account":
+        await store.reload_account(change.target)
+    elif change.kind == "config":
+        if state.cluster is not None and change.origin != state.cluster.instance_id:
+            try:
+                await reloader.reload()
+            except ReloadRefused as exc:
+                log.error("cluster: announced reload refused here: %s", exc)
+    else:
+        await store.reload_all()
 
 
 def _handle_relay_error(request: Request, exc: Exception) -> Response:
@@ -213,23 +288,34 @@ def create_app(
         state = await _open_state(config, factory, hasher, stopping, wall_clock_ms)
         # Unwound in reverse: background jobs stop before the database drains and closes.
         async with contextlib.AsyncExitStack() as stack:
+            cluster = state.cluster
+            if cluster is not None:
+                # Closed last, after the server drained and the state's own writes (keys'
+                # last use): queued settlements commit, then the lease retires.
+                stack.push_async_callback(cluster.close)
             stack.push_async_callback(_close_state, state)
-            assert state.videos is not None
-            await state.videos.start()  # re-places the holds of unfinished jobs, resumes polling
-            stack.push_async_callback(state.videos.stop)
-            keep = config.retention
-            policy = RetentionPolicy(
-                hot_days=keep.usage_days,
-                audit_hot_days=keep.audit_days,
-                archive_keep_days=keep.archive_keep_days,
-            )
-            retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
-            retention.start()
-            stack.push_async_callback(retention.stop)
+            if config.telemetry.otlp_endpoint is not None:
+                tracer = _open_tracer(config)
+                state.tracer = tracer
+                stack.push_async_callback(tracer.aclose)  # after the requests drained
+            if cluster is None:  # video jobs, retention and top-ups do not run on PostgreSQL yet
+                assert state.videos is not None
+                await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
+                stack.push_async_callback(state.videos.stop)
+                keep = config.retention
+                policy = RetentionPolicy(
+                    hot_days=keep.usage_days,
+                    audit_hot_days=keep.audit_days,
+                    archive_keep_days=keep.archive_keep_days,
+                )
+                retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
+                retention.start()
+                stack.push_async_callback(retention.stop)
             payments = await open_payments(state, stripe_transport=stripe_transport)
             payments.start()
             stack.push_async_callback(payments.aclose)
-            state.auto_topup = payments.auto_topup
+            if cluster is None:
+                state.auto_topup = payments.auto_topup
             housekeeping = PeriodicTask(
                 "relay-housekeeping",
                 lambda: _housekeeping(state),
@@ -251,29 +337,48 @@ def create_app(
             stack.push_async_callback(alerts.aclose)
             state.alerts = alerts
             watcher = AlertWatcher(state, alerts)
-            await watcher.start()
-            stack.push_async_callback(watcher.aclose)
+            if cluster is None:  # it watches the local wallet's balances
+                await watcher.start()
+                stack.push_async_callback(watcher.aclose)
+                # Billing mail reads the local ledger: embedded only until records are on PostgreSQL.
+                billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
+                mailer = PeriodicTask(
+                    "relay-billing-mail",
+                    billing_mail.step,
+                    interval_s=BILLING_MAIL_INTERVAL_S,
+                    first_after_s=1.0,
+                    log=log,
+                )
+                mailer.start()
+                stack.push_async_callback(mailer.stop)
             health = HealthChecker(lambda: state.providers)
             health.start()
             stack.push_async_callback(health.aclose)
             source = Path(config.source) if config.source else None
             reloader = ConfigReloader(state, source, factory)
             stack.push_async_callback(reloader.aclose)
+            if cluster is not None:
+                await cluster.start(lambda change: _apply_invalidation(state, reloader, change))
             yield {
                 "relay": state,
                 "payments": payments,
                 "reloader": reloader,
                 "alert_watcher": watcher,
+                "billing_mail": billing_mail,
             }
 
+    middleware = [Middleware(RefuseAmbiguousFraming), Middleware(AdminTokenThrottle)]
+    if config.cluster_mode:
+        middleware.append(Middleware(ClusterRouteGuard))
     return Starlette(
-        routes=data_plane_routes()
+        routes=(cluster_routes() if config.cluster_mode else [])
+        + data_plane_routes()
         + metrics_routes()
         + admin_routes()
         + payment_routes()
         + console_routes(),
         lifespan=lifespan,
-        middleware=[Middleware(RefuseAmbiguousFraming), Middleware(AdminTokenThrottle)],
+        middleware=middleware,
         exception_handlers={
             RelayError: _handle_relay_error,
             HTTPException: _handle_http_exception,

@@ -50,7 +50,9 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 ProviderKind = Literal["openai", "anthropic", "mock"]
-ModelKind = Literal["chat", "embedding", "image", "video"]
+# transcription: speech to text (/v1/audio/transcriptions, /translations); speech: text to
+# speech (/v1/audio/speech); moderation: /v1/moderations.
+ModelKind = Literal["chat", "embedding", "image", "video", "transcription", "speech", "moderation"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$")
 
 
@@ -86,6 +88,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     body_read_timeout_s: PositiveFloat = 30.0
     # Larger non-stream upstream answers are refused with 502 as they arrive (issue 13).
     max_upstream_body_mb: PositiveInt = 10
+    # Largest upload a multipart route (audio transcription, image edits) accepts, in MB;
+    # such routes read up to this much instead of max_body_bytes.
+    max_upload_mb: Annotated[int, Meta(ge=1, le=1024)] = 25
+    # Longest audio a transcription may be held (and billed) for: the cap on the estimate
+    # from an upload's size, and the longest a WAV header may declare (longer is a 400).
+    max_audio_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 7_200
     # Wrong secrets for one known key id allowed per minute before 429 (argon2 is costly).
     max_key_failures_per_minute: PositiveInt = 10
     flush_interval_ms: Annotated[int, Meta(ge=1, le=100)] = 50
@@ -123,6 +131,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def max_upstream_body_bytes(self) -> int:
         return self.max_upstream_body_mb * 1024 * 1024
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
 
     @property
     def host(self) -> str:
@@ -233,6 +245,10 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Per-size/quality image prices, keyed "SIZE" or "SIZE/QUALITY" (e.g. "1024x1024/hd").
     image_prices: dict[str, str] = {}
     usd_per_video_second: str | None = None
+    # Transcription models: USD per second of audio (Whisper: "0.0001", $0.006 a minute).
+    usd_per_audio_second: str | None = None
+    # Speech models: USD per million input characters (tts-1: "15").
+    usd_per_mchar: str | None = None
     # Video models: the clip lengths (whole seconds) a request may ask for.
     video_seconds: Annotated[list[Annotated[int, Meta(ge=1, le=3600)]], Meta(min_length=1)] = (
         msgspec.field(default_factory=lambda: [4, 8, 12])
@@ -255,6 +271,8 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "cache_write_usd_per_mtok",
             "usd_per_image",
             "usd_per_video_second",
+            "usd_per_audio_second",
+            "usd_per_mchar",
         ):
             value = getattr(self, key)
             if value is not None:
@@ -300,6 +318,11 @@ class EmailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The name of the environment variable holding the SMTP password, never the password.
     password_env: str | None = None
     timeout_s: PositiveFloat = 30.0
+    # Billing mail to each account's owners: a receipt when credit lands (payment, manual
+    # credit, auto top-up), and a statement once a calendar month (UTC) has closed. Off by
+    # default: configuring SMTP for alerts must not start mailing customers.
+    receipts: bool = False
+    statements: bool = False
 
     def __post_init__(self) -> None:
         if "@" not in self.from_:
@@ -344,8 +367,9 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: list[AlertEvent] = msgspec.field(default_factory=lambda: list(ALERT_EVENTS))
     # An account's available balance below this (USD) raises balance_low.
     balance_below_usd: str = "5"
-    # The same alert (event and subject) is sent again at most once per re-arm interval.
-    rearm_s: Annotated[float, Meta(ge=0)] = 3600.0
+    # The same alert (event and subject) is sent again at most once per re-arm interval
+    # (at most 30 days: a longer silence is a sink that should be removed).
+    rearm_s: Annotated[float, Meta(ge=0, le=2_592_000)] = 3600.0
 
     def __post_init__(self) -> None:
         if self.sink in ("webhook", "slack"):
@@ -354,6 +378,33 @@ class AlertConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         elif not self.to or any("@" not in address for address in self.to):
             raise ValueError('an email sink needs to = ["someone@example.com"]')
         _check_usd(self.balance_below_usd, "balance_below_usd")
+
+
+class AlertsSettingsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[alerts_settings]``: what applies to every ``[[alerts]]`` sink."""
+
+    # How often the watcher looks for alert conditions (balances, budgets, upstream keys,
+    # auto top-ups, storage). Bounded: under a second is busy work on the event loop, over
+    # an hour is an alert nobody gets in time. A reload applies it from the next round.
+    check_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
+
+
+class TelemetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[telemetry]``: optional OpenTelemetry traces over OTLP/HTTP (the ``otel`` extra)."""
+
+    # The collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces.
+    # Absent: no tracing, and OpenTelemetry is never imported.
+    otlp_endpoint: str | None = None
+    service_name: str = "relay"
+    # The name of an env var holding extra export headers ("k1=v1,k2=v2", say a token).
+    headers_env: str | None = None
+
+    def __post_init__(self) -> None:
+        endpoint = self.otlp_endpoint
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError('otlp_endpoint must be an http(s) URL ("http://host:4318/v1/traces")')
+        if not self.service_name:
+            raise ValueError("service_name must not be empty")
 
 
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -465,6 +516,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention: RetentionConfig = RetentionConfig()
     email: EmailConfig | None = None
     alerts: list[AlertConfig] = []
+    alerts_settings: AlertsSettingsConfig = AlertsSettingsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     # Both absent: the embedded store. Both present: cluster mode. One alone is an error.
     storage: StorageConfig | None = None
     cluster: ClusterConfig | None = None

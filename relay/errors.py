@@ -13,6 +13,7 @@ Every error a client can see is a ``RelayError`` carrying its HTTP status, OpenA
     ├── RequestTooLarge           413 request_too_large
     ├── RateLimited               429 rate_limit_exceeded (carries retry_after_s)
     ├── UpstreamRejected          the upstream's own 4xx, passed on as it came
+    ├── NotAvailableInCluster     501 not_available_in_cluster_mode
     ├── UpstreamError             502 upstream_error
     ├── NoUpstreamAvailable       503 no_upstream_available
     ├── StorageUnavailable        503 storage_unavailable (carries retry_after_s)
@@ -35,6 +36,7 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "NoUpstreamAvailable",
+    "NotAvailableInCluster",
     "NotFound",
     "QuotaError",
     "RateLimited",
@@ -138,6 +140,15 @@ class UpstreamError(RelayError):
     status = 502
     type = "api_error"
     code = "upstream_error"
+
+
+class NotAvailableInCluster(RelayError):
+    """A route (or option) that does not run on PostgreSQL yet: refused rather than
+    answered from the instance's empty local SQLite (docs/scaling.md lists them)."""
+
+    status = 501
+    type = "invalid_request_error"
+    code = "not_available_in_cluster_mode"
 
 
 class NoUpstreamAvailable(RelayError):

@@ -9,13 +9,16 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from relay.admission.admitter import Admitter
 from relay.admission.gate import Gate
 from relay.alerts.outbox import AlertOutbox
+from relay.cluster.runtime import ClusterRuntime
 from relay.config import Config
 from relay.identity.accounts import AccountStore
 from relay.identity.auth import Authenticator
 from relay.jobs.video import VideoPoller
 from relay.metrics.instruments import RequestMetrics
+from relay.metrics.traces import RequestTracer
 from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
@@ -44,12 +47,18 @@ class RelayState:
     started_at: int = 0
     # This app's Prometheus instruments (a registry of its own: tests run many apps).
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # Optional OpenTelemetry traces ([telemetry] otlp_endpoint); None: no tracing at all.
+    tracer: RequestTracer | None = None
     videos: VideoPoller | None = None
     auto_topup: AutoTopUp | None = None
     # Operator alerts; ``alerts.notify_storage(available, reason)`` is for the storage layer.
     alerts: AlertOutbox | None = None
     # True once SIGTERM/SIGINT arrived (set by the server), to tell a cut stream's cause.
     stopping: Callable[[], bool] = lambda: False
+    # Cluster mode's admission (relay.cluster.admission); None: the embedded gate admits.
+    admitter: Admitter | None = None
+    # Cluster mode's pools, lease and heartbeat; None: the embedded store.
+    cluster: ClusterRuntime | None = None
     # Request ids: a per-boot random prefix and a counter, unique across restarts.
     _boot: str = field(default_factory=lambda: secrets.token_hex(6))
     _counter: itertools.count[int] = field(default_factory=itertools.count)

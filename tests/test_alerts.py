@@ -7,22 +7,23 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
-from conftest import make_config
+from conftest import config_text, make_config
 from support_accounts import Relay, run_relay
+from support_mail import Inbox, email_section, smtp_server
 from test_server import free_port
 
 from relay.alerts.outbox import MAX_ATTEMPTS, AlertOutbox
 from relay.alerts.watch import AlertWatcher
-from relay.config import parse_config
+from relay.config import load_config, parse_config
+from relay.errors import ConfigError
 from relay.storage.db import Database
 
 HOOK_SECRET = "hook-secret"
@@ -63,24 +64,10 @@ async def hook() -> AsyncIterator[Hook]:
         await runner.cleanup()
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture
-def smtp() -> Any:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield controller, inbox
-    finally:
-        controller.stop()
+def smtp() -> Iterator[tuple[Controller, Inbox]]:
+    with smtp_server() as server:
+        yield server
 
 
 async def settle(outbox: AlertOutbox, done: Any) -> None:
@@ -274,3 +261,63 @@ async def test_budget_alerts_at_80_and_100_percent(
         await settle(outbox_of(relay), lambda: len(hook.received) == 2)
     assert [b["event"] for b in hook.bodies()] == ["budget_80", "budget_100"]
     assert "monthly cap is 80% spent" in hook.bodies()[0]["message"]
+
+
+async def test_one_alert_reaches_a_local_webhook_and_a_local_smtp_server_on_its_own(
+    tmp_path: Path, admin_token: str, hook: Hook, smtp: Any
+) -> None:
+    """The acceptance line end to end: nothing calls the watcher; its configured interval
+    (``[alerts_settings] check_interval_s``) finds the low balance and both sinks get it."""
+    controller, inbox = smtp
+    extra = (
+        email_section(controller.port)
+        + f"""
+[alerts_settings]
+check_interval_s = 1
+
+[[alerts]]
+sink = "webhook"
+url = "{hook.url}"
+events = ["balance_low"]
+
+[[alerts]]
+sink = "email"
+to = ["ops@relay.test"]
+events = ["balance_low"]
+"""
+    )
+    async with run_relay(make_config(tmp_path, extra=extra)) as relay:
+        watcher = watcher_of(relay)
+        assert watcher.interval_s == 1
+        account = await relay.create_account("acme")
+        await relay.credit(account["id"], "2", "seed")
+        for _ in range(150):  # the watcher's own loop, then the outbox's (bounded: 15 s)
+            if hook.received and inbox.messages:
+                break
+            await asyncio.sleep(0.1)
+        [alert] = hook.bodies()
+        assert alert["event"] == "balance_low" and "acme" in alert["message"]
+        [(recipients, message)] = inbox.messages
+        assert recipients == ["ops@relay.test"] and "acme" in message["Subject"]
+
+
+def test_alert_settings_are_bounded_and_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"alerts_settings\.check_interval_s"):
+        parse_config("[alerts_settings]\ncheck_interval_s = 0.1\n")
+    with pytest.raises(ConfigError, match=r"alerts\[0\]\.rearm_s"):
+        parse_config('[[alerts]]\nsink = "slack"\nurl = "https://x.test"\nrearm_s = 9e9\n')
+    settings = parse_config("[alerts_settings]\ncheck_interval_s = 60\n").alerts_settings
+    assert settings.check_interval_s == 60
+
+
+async def test_a_reload_changes_the_watch_interval(tmp_path: Path, admin_token: str) -> None:
+    path = tmp_path / "relay.toml"
+    base = config_text(tmp_path / "relay.db")
+    path.write_text(base + "\n[alerts_settings]\ncheck_interval_s = 30\n")
+    async with run_relay(load_config(path)) as relay:
+        watcher = watcher_of(relay)
+        assert watcher.interval_s == 30
+        path.write_text(base + "\n[alerts_settings]\ncheck_interval_s = 2\n")
+        assert (await relay.client.post("/admin/reload")).status_code == 200
+        await watcher.check()  # the round in progress picks up the new interval
+        assert watcher.interval_s == 2

@@ -9,6 +9,7 @@ priced at their own prices).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ cache_write_usd_per_mtok = "3.75"
 max_output_tokens = 8192
 """
 Reply = Callable[[dict[str, Any]], httpx.Response]
+HI = [{"role": "user", "content": "Hi"}]
 
 
 def fixture(name: str) -> bytes:
@@ -442,3 +444,169 @@ async def test_an_overloaded_anthropic_upstream_is_529_on_messages_and_503_on_ch
             )
     assert chat_info.value.status_code == 503
     assert setup.relay.state.wallet.open_hold_count() == 0
+
+
+# ----------------------------------------------------------------- after message_stop (issue 15)
+
+
+def _stream_then(tail: Callable[[], AsyncIterator[bytes]]) -> Callable[[Any], httpx.Response]:
+    """The fixture stream, then whatever ``tail`` yields after its message_stop."""
+
+    async def body() -> AsyncIterator[bytes]:
+        async for piece in _pieces(fixture("anthropic_stream.sse")):
+            yield piece
+        async for piece in tail():
+            yield piece
+
+    def reply(request_body: dict[str, Any]) -> httpx.Response:
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    return reply
+
+
+async def test_native_stream_reads_the_upstream_to_its_end_after_message_stop(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    read_to_end = asyncio.Event()
+    late_delta = {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 999}}
+
+    async def trailing() -> AsyncIterator[bytes]:
+        yield b'event: ping\ndata: {"type": "ping"}\n\n: keep-alive\n\n'
+        yield b"event: message_delta\ndata: " + json.dumps(late_delta).encode() + b"\n\n"
+        read_to_end.set()  # only reached when relay read past the trailing bytes
+
+    setup.upstream.reply = _stream_then(trailing)
+    async with setup.anthropic() as client:
+        async with client.messages.stream(
+            model="claude-x", max_tokens=256, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            text = "".join([piece async for piece in stream.text_stream])
+            final = await stream.get_final_message()
+    assert text == "Hello there, friend!" and final.usage.output_tokens == 15
+    assert read_to_end.is_set()
+    # Billed at message_stop; the late usage is an anomaly logged, never a second bill.
+    assert await setup.only_charge() == STREAM_COST
+    assert "usage after message_stop" in caplog.text
+
+
+async def test_native_stream_settles_before_the_upstream_finishes(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relay.api.flow.DRAIN_DEADLINE_S", 10.0)
+    recorded = asyncio.Event()
+
+    async def held_open() -> AsyncIterator[bytes]:
+        await asyncio.wait_for(recorded.wait(), 10)  # the upstream ends only once billed
+        yield b": bye\n\n"
+
+    setup.upstream.reply = _stream_then(held_open)
+    body = {"model": "claude-x", "max_tokens": 64, "stream": True, "messages": HI}
+    headers = {"x-api-key": setup.secret, "anthropic-version": "2023-06-01"}
+    async with (
+        httpx.AsyncClient(base_url=setup.relay.base_url, timeout=20) as client,
+        client.stream("POST", "/v1/messages", json=body, headers=headers) as response,
+    ):
+        received = b""
+        pieces = response.aiter_bytes()
+        async for piece in pieces:
+            received += piece
+            if b"event: message_stop" in received:
+                break
+        # The client has every event while the upstream is still open: the charge and
+        # its usage row are recorded already (a SIGKILL now loses nothing).
+        for _ in range(100):
+            rows = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+        assert rows and rows[0]["cost_micros"] == STREAM_COST
+        recorded.set()
+        received += b"".join([piece async for piece in pieces])
+    assert received.count(b"event: message_stop") == 1 and b"bye" not in received
+
+
+async def test_an_upstream_that_keeps_sending_is_cut_at_the_drain_deadline(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relay.api.flow.DRAIN_DEADLINE_S", 0.3)
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(200):
+            yield b": still here\n\n"
+            await asyncio.sleep(0.05)
+
+    setup.upstream.reply = _stream_then(endless)
+    body = {"model": "claude-x", "max_tokens": 64, "stream": True, "messages": HI}
+    headers = {"x-api-key": setup.secret, "anthropic-version": "2023-06-01"}
+    started = asyncio.get_running_loop().time()
+    async with httpx.AsyncClient(base_url=setup.relay.base_url, timeout=20) as client:
+        response = await client.post("/v1/messages", json=body, headers=headers)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert response.status_code == 200 and elapsed < 5  # not the endless 10 s
+    assert response.text.count("event: message_stop") == 1 and "still here" not in response.text
+    assert await setup.only_charge() == STREAM_COST
+
+
+async def test_an_upstream_failing_while_drained_leaves_one_charge_and_no_hold(
+    setup: Setup,
+) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b'event: ping\ndata: {"type": "ping"}\n\n'
+        raise httpx.ReadError("connection reset after message_stop")
+
+    setup.upstream.reply = _stream_then(broken)
+    async with setup.anthropic() as client:
+        async with client.messages.stream(
+            model="claude-x", max_tokens=256, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            final = await stream.get_final_message()
+    assert final.usage.output_tokens == 15 and final.stop_reason == "end_turn"
+    assert await setup.only_charge() == STREAM_COST
+    (row,) = await setup.relay.rows("SELECT * FROM usage WHERE endpoint = 'messages'")
+    assert row["status"] == 200 and row["usage_estimated"] == 0
+    assert setup.relay.state.wallet.open_hold_count() == 0
+
+
+async def test_openai_sdk_tool_loop_gives_claude_its_signed_thinking_back(setup: Setup) -> None:
+    signed = {"type": "thinking", "thinking": "Need the tool.", "signature": "sig-abc"}
+    answer = {
+        "id": "msg_think",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [signed, {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {}}],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 30,
+            "output_tokens": 20,
+            "output_tokens_details": {"thinking_tokens": 12},
+        },
+    }
+    setup.upstream.reply = lambda body: httpx.Response(200, json=answer)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    async with setup.openai() as client:
+        first = await client.chat.completions.create(
+            model="claude-x",
+            messages=HI,
+            tools=tools,
+            reasoning_effort="low",  # type: ignore[arg-type]
+        )
+        reply = first.choices[0].message
+        extra = reply.model_extra or {}
+        assert (
+            extra["thinking_blocks"] == [signed] and extra["reasoning_content"] == "Need the tool."
+        )
+        assert first.usage is not None and first.usage.completion_tokens_details is not None
+        assert first.usage.completion_tokens_details.reasoning_tokens == 12
+        history = [*HI, reply.model_dump(exclude_none=True)]
+        history.append({"role": "tool", "tool_call_id": "toolu_9", "content": "done"})
+        await client.chat.completions.create(
+            model="claude-x",
+            messages=history,
+            tools=tools,
+            reasoning_effort="low",  # type: ignore[arg-type]
+        )
+    assistant = setup.upstream.last_body["messages"][1]
+    assert assistant["content"][0] == signed  # first, ahead of its tool_use
+    assert assistant["content"][1]["type"] == "tool_use"

@@ -80,6 +80,10 @@ async def test_a_burst_of_50_settlements_triggers_exactly_one_refill(
         [payment] = await p.relay.rows("SELECT * FROM payments WHERE kind = 'auto_topup'")
         assert payment["status"] == "paid" and payment["receipt_number"]
         assert payment["provider_payment_id"] == "pi_test_1"
+        mail = await p.relay.rows(
+            "SELECT ref FROM billing_mail WHERE account_id = ?", (account_id,)
+        )
+        assert payment["receipt_number"] in [row["ref"] for row in mail]  # its receipt mail
 
         # Stripe's webhook for the same PaymentIntent arrives later: nothing more credited.
         late = _intent_event(

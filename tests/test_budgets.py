@@ -184,11 +184,20 @@ async def test_account_budget_through_the_admin_api(tmp_path: Path, admin_token:
         key = await relay.create_key(account["id"])
         error = await _spend_until_refused(relay, key["secret"])
         assert "account weekly budget reached" in str(error["message"])
+        # The key's own view names the account budget that refused it, and when it resets.
+        shown = (await relay.client.get("/v1/key", headers=auth(key["secret"]))).json()
+        budget = shown["account_budget"]
+        assert budget["budget_micros"] == 1_000_000 and budget["budget_period"] == "week"
+        assert budget["resets_at_ms"] == ms("2026-02-02T00:00:00")
+        assert budget["spent_micros"] > 0
+        assert budget["remaining_micros"] == 1_000_000 - budget["spent_micros"]
         # Lifting the budget binds the next request.
         changed = await relay.client.patch(
             f"/admin/accounts/{account['id']}", json={"budget_usd": "0"}
         )
         assert changed.status_code == 200 and changed.json()["budget_micros"] == 0
+        shown = (await relay.client.get("/v1/key", headers=auth(key["secret"]))).json()
+        assert shown["account_budget"] is None
         ok = await relay.client.post(
             "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(key["secret"])
         )
@@ -200,8 +209,10 @@ async def test_cli_key_create_with_a_monthly_budget(
 ) -> None:
     config_file = tmp_path / "relay.toml"
     config_file.write_text(config_text(tmp_path / "relay.db"))
-    async with run_relay(make_config(tmp_path)) as relay:
-        await relay.create_account("acme")
+    clock = Clock("2026-01-31T23:00:00")
+    async with run_relay(make_config(tmp_path, extra=DEAR), wall_clock_ms=clock) as relay:
+        account = await relay.create_account("acme")
+        await relay.credit(account["id"], "100", "seed")
         argv = [
             "key", "create", "acme", "--name", "dev", "--spend-cap", "1",
             "--budget-period", "month", "--json", "-c", str(config_file), "--url", relay.base_url,
@@ -212,6 +223,15 @@ async def test_cli_key_create_with_a_monthly_budget(
         created = json.loads(capsys.readouterr().out)
         assert created["spend_cap_micros"] == 1_000_000 and created["budget_period"] == "month"
         assert created["secret"].startswith("rk_")
+        # The acceptance line end to end: the CLI's key is capped for January, then the cap
+        # resets at the month boundary (the injected clock crosses it).
+        error = await _spend_until_refused(relay, created["secret"])
+        assert "key monthly budget reached" in str(error["message"])
+        clock.set("2026-02-01T00:00:00")
+        ok = await relay.client.post(
+            "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(created["secret"])
+        )
+        assert ok.status_code == 200, ok.text
         argv = ["key", "update", created["id"], "--budget-period", "lifetime", "--json"]
         argv += ["-c", str(config_file), "--url", relay.base_url]
         assert await asyncio.to_thread(main, argv) == 0

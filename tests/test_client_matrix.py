@@ -11,6 +11,7 @@ every request; the ``mock`` provider answers in-process. Everything runs offline
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import warnings
@@ -360,6 +361,79 @@ async def test_what_claude_cannot_do_is_refused_by_name(
     assert not any(seen.path.endswith("/messages") for seen in matrix.upstreams.seen)
 
 
+async def test_openai_sdk_files_cache_control_and_thinking_history_reach_claude(
+    matrix: Matrix, strict_warnings: None
+) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 relay").decode()
+    cache = {"type": "ephemeral"}
+    signed = {"type": "thinking", "thinking": "Plan.", "signature": "sig-9"}
+    async with matrix.openai() as client:
+        await client.chat.completions.create(
+            model="claude-x",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Read", "cache_control": cache},  # type: ignore[typeddict-unknown-key]
+                        {
+                            "type": "file",
+                            "file": {
+                                "file_data": f"data:application/pdf;base64,{pdf}",
+                                "filename": "a.pdf",
+                            },
+                        },
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "t1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                    "thinking_blocks": [signed],  # type: ignore[typeddict-unknown-key]
+                },
+                {"role": "tool", "tool_call_id": "t1", "content": "ok"},
+            ],
+            tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            ],
+            max_completion_tokens=3000,
+            extra_body={"thinking": {"type": "enabled", "budget_tokens": 2048}},
+        )
+    sent = matrix.upstreams.last("/messages").body
+    user, assistant, result = sent["messages"]
+    assert user["content"] == [
+        {"type": "text", "text": "Read", "cache_control": cache},
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": pdf},
+            "title": "a.pdf",
+        },
+    ]
+    assert assistant["content"] == [
+        signed,
+        {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+    ]
+    assert result["content"][0]["type"] == "tool_result"
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+
+
+async def test_openai_sdk_file_id_towards_claude_is_refused_by_name(matrix: Matrix) -> None:
+    async with matrix.openai() as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model="claude-x",
+                messages=[
+                    {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}
+                ],
+            )
+    assert refused.value.body["param"] == "file_id"  # type: ignore[index]
+
+
 async def test_openai_metadata_merges_with_the_upstreams(matrix: Matrix) -> None:
     async with matrix.openai() as client:
         reply = await client.chat.completions.create(
@@ -487,6 +561,105 @@ async def test_anthropic_stream_helper_on_claude(matrix: Matrix) -> None:
             final = await stream.get_final_message()
     assert text == "Hello there, friend!" and final.usage.output_tokens == 15
     assert matrix.upstreams.last("/messages").body["stream"] is True
+    # relay's cost reaches the helper's final message (docs/architecture.md §6.4).
+    details = final.usage.output_tokens_details
+    assert details is not None and details.thinking_tokens == 0
+    (row,) = await matrix.relay.rows("SELECT cost_micros FROM usage WHERE endpoint = 'messages'")
+    assert details.cost_micros == str(row["cost_micros"]) and row["cost_micros"] > 0  # type: ignore[attr-defined]
+    assert details.cost == row["cost_micros"] / 1_000_000  # type: ignore[attr-defined]
+    final.model_dump_json(warnings="error")
+
+
+async def test_anthropic_stream_helper_on_an_openai_upstream(matrix: Matrix) -> None:
+    async with matrix.anthropic() as client:
+        raw_start: list[int] = []
+        async with client.messages.stream(
+            model="fake-gpt", max_tokens=64, messages=[{"role": "user", "content": "Hi " * 40}]
+        ) as stream:
+            async for event in stream:
+                if event.type == "message_start":
+                    raw_start.append(event.message.usage.input_tokens)
+            final = await stream.get_final_message()
+    assert raw_start[0] > 0  # relay's prompt estimate: OpenAI reports usage only at the end
+    assert final.usage.input_tokens == CHAT_USAGE["prompt_tokens"]  # then the upstream's count
+    assert final.content[0].text == "Hello"  # type: ignore[union-attr]
+    details = final.usage.output_tokens_details
+    (row,) = await matrix.relay.rows("SELECT cost_micros FROM usage WHERE endpoint = 'messages'")
+    assert details is not None and details.cost_micros == str(row["cost_micros"])  # type: ignore[attr-defined]
+
+
+async def test_anthropic_sdk_documents_thinking_and_tool_errors_reach_openai(
+    matrix: Matrix,
+) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 relay").decode()
+    async with matrix.anthropic() as client:
+        await client.messages.create(
+            model="fake-gpt",
+            max_tokens=5000,
+            thinking={"type": "enabled", "budget_tokens": 4096},
+            output_config={"format": {"type": "json_schema", "schema": Person.model_json_schema()}},
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "title": "cv.pdf",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "application/pdf",
+                                "data": pdf,
+                            },
+                            "cache_control": {"type": "ephemeral"},
+                        }
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "Read it.", "signature": "sig"},
+                        {"type": "tool_use", "id": "t1", "name": "read", "input": {}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": "EIO",
+                            "is_error": True,
+                        }
+                    ],
+                },
+            ],
+            tools=[{"name": "read", "input_schema": {"type": "object"}}],
+        )
+    sent = matrix.upstreams.last("/chat/completions").body
+    user, assistant, tool = sent["messages"]
+    assert user["content"] == [
+        {
+            "type": "file",
+            "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "cv.pdf"},
+        }
+    ]
+    assert assistant["reasoning_content"] == "Read it."
+    assert tool == {"role": "tool", "tool_call_id": "t1", "content": "Error: EIO"}
+    assert sent["reasoning_effort"] == "medium"
+    assert sent["response_format"]["json_schema"]["schema"]["required"] == ["name", "age"]
+
+
+async def test_anthropic_sdk_server_tool_on_an_openai_model_is_refused(matrix: Matrix) -> None:
+    async with matrix.anthropic() as client:
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.create(
+                model="fake-gpt",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "Hi"}],
+                tools=[{"type": "web_search_20250305", "name": "web_search"}],
+            )
+    assert "web_search_20250305" in refused.value.message
+    assert not any(seen.path.endswith("/chat/completions") for seen in matrix.upstreams.seen)
 
 
 # ----------------------------------------------------------------- langchain-openai, litellm

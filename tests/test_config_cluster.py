@@ -91,11 +91,21 @@ def test_check_config_validates_both_and_never_prints_a_password(
     assert "half-configured cluster" in capsys.readouterr().err
 
 
-def test_serve_refuses_cluster_mode_until_it_is_wired(
+def test_serve_refuses_a_half_configured_cluster_before_binding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A full cluster config now serves (tests/test_cluster_serve.py); half of one never does.
+    path = tmp_path / "relay.toml"
+    path.write_text('[storage]\nurl = "postgresql://relay:s3cret@db.internal/relay"\n')
+    assert main(["serve", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "half-configured cluster" in err and "s3cret" not in err
+
+
+def test_serve_listen_override_is_checked_like_the_config_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "relay.toml"
     path.write_text(CLUSTER)
-    assert main(["serve", "-c", str(path)]) == 1
-    err = capsys.readouterr().err
-    assert "cluster mode" in err and "s3cret" not in err
+    assert main(["serve", "-c", str(path), "--listen", "no-port"]) == 1
+    assert "--listen" in capsys.readouterr().err

@@ -4,6 +4,7 @@ members and invites, operator pages; each checked for what it shows and who may 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 import sqlite3
@@ -12,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_accounts import Relay
+from support_accounts import Relay, auth, chat_body
 from support_console import PASSWORD, Browser, console_relay, create_user
 
-from relay.console.templating import format_usd
+from relay.console.templating import format_time, format_usd
 from relay.usage.log import UsageRecord, insert_usage
 
 DAY_MS = 86_400_000
@@ -420,3 +421,40 @@ async def test_key_edit_sets_a_monthly_cap_and_the_page_shows_its_reset(
         assert '<option value="month" selected>' in shown
         assert "left of this month's cap" in shown.replace("&#39;", "'")
         assert "spent this month; resets" in shown
+
+
+async def test_the_console_shows_the_account_budget_and_each_keys_period_cap(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        acme = await relay.create_account("acme", budget_usd="20", budget_period="month")
+        await relay.credit(acme["id"], "50", "seed")
+        key = await relay.create_key(
+            acme["id"], name="weekly", spend_cap_usd="5", budget_period="week"
+        )
+        await relay.create_key(acme["id"], name="lifetime", spend_cap_usd="7")
+        reply = await relay.client.post(
+            "/v1/chat/completions", json=chat_body(), headers=auth(key["secret"])
+        )
+        assert reply.status_code == 200
+        await create_user(relay, "o@acme.test", account=acme["id"], role="owner")
+        wallet = relay.state.wallet
+        budget = wallet.account_budget(acme["id"])
+        key_spend = wallet.key_snapshot(key["id"])
+        assert budget.spent_micros > 0 and key_spend.period_spent_micros == budget.spent_micros
+        async with Browser(relay) as owner:
+            await owner.login("o@acme.test")
+            overview = (await owner.get(f"/console/a/{acme['id']}")).text
+            keys = (await owner.get(f"/console/a/{acme['id']}/keys")).text
+        section = overview.split('id="account-budget"')[1].split("</div>")[0]
+        shown = html.unescape(re.sub(r"<[^>]+>", "", section))
+        assert "Budget, this month" in shown
+        assert f"{format_usd(budget.spent_micros)} of $20.00" in shown
+        assert f"{format_usd(budget.remaining_micros)} left" in shown
+        assert f"resets {format_time(budget.resets_at_ms)} UTC" in shown
+        row = html.unescape(keys.split(">weekly</a>")[1].split("</tr>")[0])
+        assert '$5.00 <span class="muted small">per week</span>' in row
+        assert f"{format_usd(key_spend.period_spent_micros)} this week; resets" in row
+        assert f"resets {format_time(key_spend.resets_at_ms)} UTC" in row
+        lifetime = keys.split(">lifetime</a>")[1].split("</tr>")[0]
+        assert "$7.00" in lifetime and "resets" not in lifetime

@@ -58,6 +58,11 @@ async def test_signed_checkout_completed_credits_once_and_replay_credits_nothing
         [payment] = payments["data"]
         assert payment["status"] == "paid" and payment["kind"] == "topup"
         assert payment["amount_minor"] == 2550 and payment["receipt_number"]
+        # The receipt's mail row committed with the credit, once despite the replay.
+        mail = await p.relay.rows("SELECT kind, account_id, ref FROM billing_mail")
+        assert mail == [
+            {"kind": "receipt", "account_id": account_id, "ref": payment["receipt_number"]}
+        ]
         assert await p.audit_ok()
         actions = [row["action"] for row in await p.relay.audit()]
         assert actions.count("payment.credit") == 1

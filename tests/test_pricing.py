@@ -373,6 +373,8 @@ def test_cached_integer_rates_leave_fields_equality_and_encoding_unchanged() -> 
         "usd_per_image": None,
         "image_prices": {},
         "usd_per_video_second": None,
+        "usd_per_audio_second": None,
+        "usd_per_mchar": None,
         "max_output_tokens": 4096,
         "context_window": 128_000,
     }

@@ -41,6 +41,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def answer_with_usage(seen: SeenRequest) -> httpx.Response:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    return httpx.Response(200, json={"id": "x", "choices": [], "usage": usage})
+
+
 async def model_ids(client: httpx.AsyncClient) -> set[str]:
     response = await client.get("/v1/models")
     assert response.status_code == 200
@@ -115,11 +120,7 @@ async def test_a_request_in_flight_finishes_on_the_provider_a_reload_replaced(
 async def test_upstream_keys_are_listed_and_switched_by_position(
     tmp_path: Path, admin_token: str
 ) -> None:
-    def answer(seen: SeenRequest) -> httpx.Response:
-        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        return httpx.Response(200, json={"id": "x", "choices": [], "usage": usage})
-
-    fake = FakeUpstream(answer)
+    fake = FakeUpstream(answer_with_usage)
     text = config_text(
         tmp_path / "relay.db", upstream_url="http://fake.test/v1", upstream_keys=("sk-a", "sk-b")
     )
@@ -147,6 +148,49 @@ async def test_upstream_keys_are_listed_and_switched_by_position(
         assert missing.status_code == 404
         actions = [row["action"] for row in await relay.audit()]
         assert "upstream.disable" in actions and "upstream.enable" in actions
+
+
+async def test_a_reload_that_rebuilds_a_provider_keeps_the_operators_key_state(
+    tmp_path: Path, admin_token: str
+) -> None:
+    fake = FakeUpstream(answer_with_usage)
+
+    def text(keys: tuple[str, ...]) -> str:
+        return config_text(
+            tmp_path / "relay.db", upstream_url="http://fake.test/v1", upstream_keys=keys
+        )
+
+    path = write(tmp_path / "relay.toml", text(("sk-a", "sk-b", "sk-c")))
+    async with run_relay(load_config(path), client_factory=fake.factory()) as relay:
+        assert (await relay.client.post("/admin/upstreams/fake/keys/1/disable")).status_code == 200
+        old_pool = relay.state.providers["fake"].pool
+        old_pool.cool_down(old_pool.keys[2], "120")  # sk-c is rate-limited upstream
+        # sk-b is removed and sk-d added: sk-a moves to #2, sk-c to #3.
+        write(path, text(("sk-d", "sk-a", "sk-c")))
+        answer_ = await relay.client.post("/admin/reload")
+        assert answer_.json()["providers_rebuilt"] == ["fake"], answer_.text
+        pool = relay.state.providers["fake"].pool
+        assert pool is not old_pool
+        listing = {
+            k["position"]: k
+            for k in (await relay.client.get("/admin/upstreams")).json()["data"]
+            if k["provider"] == "fake"
+        }
+        assert listing[1]["disabled"] is None and listing[1]["cooling_down_s"] == 0
+        assert listing[2]["disabled"] == "disabled by the operator"
+        assert listing[3]["disabled"] is None and listing[3]["cooling_down_s"] > 100
+        _, key = await relay.funded_key("acme")
+        for _ in range(3):
+            ok = await relay.client.post(
+                "/v1/chat/completions", json=chat_body("fake-gpt"), headers=auth(key["secret"])
+            )
+            assert ok.status_code == 200
+        assert fake.keys == ["sk-d"] * 3  # the disabled and the cooling key are skipped
+        # Putting sk-b back later: it was removed, so it comes back with no old state.
+        write(path, text(("sk-b", "sk-a")))
+        assert (await relay.client.post("/admin/reload")).status_code == 200
+        keys = relay.state.providers["fake"].pool.keys
+        assert [k.disabled_reason for k in keys] == [None, "disabled by the operator"]
 
 
 async def test_cli_reload_and_upstream_commands(

@@ -2,7 +2,8 @@
 
 Pool keys are named by provider and position (``#1`` is the first of ``api_keys``),
 never by value. Enabling a key clears a rejection or a cool-down; disabling one takes it
-out of rotation until it is enabled again or its provider is rebuilt by a reload.
+out of rotation until it is enabled again, across reloads that keep the key (matched by
+value; a key removed from ``api_keys`` takes its state with it).
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ refused with the key at fault and the running config stays.
 Requests in flight keep the ``Route`` (and so the provider, its client and key pool) they
 started with: a replaced provider is closed only once none of its keys has a request in
 flight. A provider whose config and resolved keys did not change is kept as is, with its
-connections and its keys' health.
+connections and its keys' health. A rebuilt provider takes over the state of each key it
+still holds (matched by value, never logged): an operator's ``relay upstream disable``, an
+upstream rejection, a cool-down; a removed key's state goes with it.
 
 What a running process cannot change (the listen address, the database, TLS, payments,
-the metrics port) keeps its old value and is reported as ``restart_required``.
+the metrics port, telemetry) keeps its old value and is reported as ``restart_required``.
 """
 
 from __future__ import annotations
@@ -78,9 +80,16 @@ def _keep_running_values(old: Config, new: Config) -> tuple[Config, list[str]]:
         restart.append("payments")
     if new.metrics.listen != old.metrics.listen:
         restart.append("metrics.listen")
+    if new.telemetry != old.telemetry:
+        restart.append("telemetry")
     metrics = msgspec.structs.replace(new.metrics, listen=old.metrics.listen)
     kept = msgspec.structs.replace(
-        new, server=old.server, payments=old.payments, metrics=metrics, base_dir=old.base_dir
+        new,
+        server=old.server,
+        payments=old.payments,
+        metrics=metrics,
+        telemetry=old.telemetry,
+        base_dir=old.base_dir,
     )
     return kept, restart
 
@@ -118,7 +127,10 @@ class ConfigReloader:
             if current is not None and _unchanged(current, provider_config):
                 kept[current.name] = current
             else:
-                built[provider_config.name] = build_provider(provider_config, self._factory)
+                fresh = build_provider(provider_config, self._factory)
+                if current is not None:  # an operator's disable survives a rebuild
+                    fresh.pool.adopt_state(current.pool)
+                built[provider_config.name] = fresh
         providers = {**kept, **built}
         try:
             router = build_router(new, providers)

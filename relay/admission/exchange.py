@@ -24,6 +24,8 @@ class Exchange:
         "route",
         "stream",
         "started",
+        "admitted_at",
+        "settling_at",
         "ts_ms",
         "ttfb_ms",
         "status",
@@ -46,6 +48,9 @@ class Exchange:
         self.route: Route | None = None
         self.stream = False
         self.started = time.perf_counter()
+        # perf_counter() moments for the optional trace's phases (0.0: not reached).
+        self.admitted_at = 0.0
+        self.settling_at = 0.0
         self.ts_ms = int(time.time() * 1000)
         self.ttfb_ms: int | None = None
         self.status = 200

@@ -10,6 +10,7 @@ when it refuses), then the hold itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -79,6 +80,7 @@ class Gate:
         self._check_storage()
         key, account = exchange.principal.key, exchange.principal.account
         if key is None or account is None:
+            exchange.admitted_at = time.perf_counter()
             return Ticket()
         # The wallet is asked first (without placing anything): a 402 must not spend rate
         # budget, and a 429 from the limiter consumes nothing by construction.
@@ -106,6 +108,7 @@ class Gate:
             estimate_micros=quote.estimate_micros,
             worst_case_micros=quote.worst_case_micros,
         )
+        exchange.admitted_at = time.perf_counter()
         return Ticket(slot, hold, self.wallet)
 
     def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:

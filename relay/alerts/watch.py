@@ -1,9 +1,9 @@
 """Detecting alert conditions from relay's in-memory state, off the request path.
 
-A background loop looks every ``interval_s`` at what the hot path already keeps in
-memory (available balances, budget spend, upstream key health) and at the notices table
-(failed auto top-ups), and raises alerts through the outbox, which deduplicates them.
-A request never waits for any of it.
+A background loop looks every ``[alerts_settings] check_interval_s`` at what the hot path
+already keeps in memory (available balances, budget spend, upstream key health) and at the
+notices table (failed auto top-ups), and raises alerts through the outbox, which
+deduplicates them. A request never waits for any of it.
 
 Budget alerts carry the period's end in their subject, so a new period re-arms them; a
 key rejected by its upstream is named by provider and position, never by value.
@@ -27,12 +27,19 @@ _OPERATOR_PREFIX = "disabled by the operator"
 
 
 class AlertWatcher:
-    def __init__(self, state: RelayState, outbox: AlertOutbox, *, interval_s: float = 10.0):
+    def __init__(self, state: RelayState, outbox: AlertOutbox, *, interval_s: float | None = None):
         self._state = state
+        # A fixed interval (tests) wins over the config's, which a reload may change.
+        self._fixed_interval_s = interval_s
+        interval_s = interval_s or state.config.alerts_settings.check_interval_s
         self._outbox = outbox
         self._last_notice_id = 0
         self._storage_problem: str | None = None
         self._periodic = PeriodicTask("relay-watch", self.check, interval_s=interval_s, log=log)
+
+    @property
+    def interval_s(self) -> float:
+        return self._periodic.interval_s
 
     async def start(self) -> None:
         row = await self._state.db.fetchone("SELECT COALESCE(MAX(id), 0) FROM notices")
@@ -44,6 +51,8 @@ class AlertWatcher:
 
     async def check(self) -> None:
         """One look at everything (the loop's step; tests call it directly)."""
+        if self._fixed_interval_s is None:  # the next round follows a reloaded interval
+            self._periodic.interval_s = self._state.config.alerts_settings.check_interval_s
         self.check_storage()
         self.check_balances()
         self.check_budgets()

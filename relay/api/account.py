@@ -81,5 +81,20 @@ async def show_calling_key(request: Request) -> Response:
             "period_spent_micros": spend.period_spent_micros,
             "resets_at_ms": spend.resets_at_ms,
             "balance": _balance(state, account.id),
+            "account_budget": _account_budget(state, account.id),
         }
     )
+
+
+def _account_budget(state: RelayState, account_id: str) -> dict[str, Any] | None:
+    """The account's own budget beside the key's (null without one): a 402 may come from it."""
+    budget = state.wallet.account_budget(account_id)
+    if not budget.budget_micros:
+        return None
+    return {
+        "budget_micros": budget.budget_micros,
+        "budget_period": budget.budget_period,
+        "spent_micros": budget.spent_micros,
+        "remaining_micros": budget.remaining_micros,
+        "resets_at_ms": budget.resets_at_ms,
+    }

@@ -1,4 +1,5 @@
-"""Chat completions and embeddings: the request flow, composed in one place.
+"""Token-billed routes: chat completions and legacy completions, embeddings and
+moderations. The request flow, composed in one place:
 
 request → auth → body → model → quote → admission (limits, wallet hold)
         → route → upstream → answer or stream → settle → usage record
@@ -7,7 +8,8 @@ request → auth → body → model → quote → admission (limits, wallet hold
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -22,6 +24,7 @@ from relay.api.flow import (
     answer_with_metadata,
     bill_invalid_usage,
     close_unstarted_stream,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -31,34 +34,79 @@ from relay.api.flow import (
     settle_tokens,
 )
 from relay.errors import RelayError
-from relay.http.responses import decode_or_400, json_response, read_body
+from relay.http.responses import decode_or_400, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.estimate import CostQuote, quote_chat, quote_embedding
 from relay.state import RelayState, relay_state
+from relay.upstream.providers.base import CHAT_PATH, COMPLETIONS_PATH, MODERATIONS_PATH
 from relay.upstream.routing import OpenedRoute, Route
 from relay.upstream.stream_openai import CHARS_PER_TOKEN, StreamTap
 from relay.upstream.wire_openai import (
     ChatRequest,
+    CompletionRequest,
     EmbeddingRequest,
+    StreamOptions,
     Usage,
     decode_chat_request,
+    decode_completion_request,
     decode_embedding_request,
     decode_upstream_answer,
     is_usage_out_of_range,
 )
 
-__all__ = ["chat_completions", "embeddings"]
+__all__ = ["chat_completions", "completions", "embeddings", "moderations"]
+
+
+class _Generation(Protocol):
+    """What the flow reads of a chat or legacy completions request."""
+
+    model: str
+    stream: bool | None
+    stream_options: StreamOptions | None
+
+    @property
+    def requested_max_output(self) -> int | None: ...
+
+
+G = TypeVar("G", bound=_Generation)
+
+
+def _chat_shape(route: Route, body: bytes, chat: ChatRequest, max_output: int | None) -> bytes:
+    return route.provider.chat_body(body, chat, route.upstream_model, max_output)
+
+
+def _completion_shape(
+    route: Route, body: bytes, legacy: CompletionRequest, max_output: int | None
+) -> bytes:
+    return route.provider.completion_body(body, legacy, route.upstream_model, max_output)
 
 
 async def chat_completions(request: Request) -> Response | EventStreamResponse:
+    return await _generate(request, "chat", CHAT_PATH, decode_chat_request, _chat_shape)
+
+
+async def completions(request: Request) -> Response | EventStreamResponse:
+    """Legacy ``/v1/completions``: passed through to OpenAI dialects, billed like chat."""
+    return await _generate(
+        request, "completions", COMPLETIONS_PATH, decode_completion_request, _completion_shape
+    )
+
+
+async def _generate(
+    request: Request,
+    endpoint: str,
+    path: str,
+    decode: Callable[[bytes], G],
+    shape: Callable[[Route, bytes, G, int | None], bytes],
+) -> Response | EventStreamResponse:
     state = relay_state(request)
-    exchange = Exchange(state.new_request_id(), "chat", ANONYMOUS)
+    exchange = Exchange(state.new_request_id(), endpoint, ANONYMOUS)
     ticket: Ticket | None = None
     try:
         exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
-        chat: ChatRequest = decode_or_400(decode_chat_request, body)
+        chat: G = decode_or_400(decode, body)
         model = model_for(state, exchange, chat.model, "chat")
         quote = quote_chat(
             model.price,
@@ -67,19 +115,19 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
             multiplier=state.gate.multiplier(exchange.principal),
         )
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         exchange.stream = bool(chat.stream)
 
         def body_for(route: Route) -> bytes:
-            return route.provider.chat_body(
-                body, chat, route.upstream_model, model.config.max_output_tokens
-            )
+            return shape(route, body, chat, model.config.max_output_tokens)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
-            opened = await state.router.open_route(
-                model, "/chat/completions", body_for, stream=exchange.stream
-            )
+            opened = await state.router.open_route(model, path, body_for, stream=exchange.stream)
             exchange.route = opened.route
             if exchange.stream:
                 wants_usage = bool(chat.stream_options and chat.stream_options.include_usage)
@@ -91,7 +139,10 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
                     exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:
@@ -100,27 +151,45 @@ async def chat_completions(request: Request) -> Response | EventStreamResponse:
 
 
 async def embeddings(request: Request) -> Response:
+    return await _classify(request, "embeddings", "embedding", "/embeddings")
+
+
+async def moderations(request: Request) -> Response:
+    """Passed through to OpenAI dialects; priced at the model's token prices (often 0),
+    from relay's prompt estimate since OpenAI reports no usage, and always logged."""
+    return await _classify(request, "moderations", "moderation", MODERATIONS_PATH)
+
+
+async def _classify(request: Request, endpoint: str, kind: str, path: str) -> Response:
+    """Input-only token routes: embeddings, moderations."""
     state = relay_state(request)
-    exchange = Exchange(state.new_request_id(), "embeddings", ANONYMOUS)
+    exchange = Exchange(state.new_request_id(), endpoint, ANONYMOUS)
     ticket: Ticket | None = None
     try:
         exchange.principal = await state.auth.authenticate(request.headers)
         body = await read_body(request, state.config.server.max_body_bytes)
         embedding: EmbeddingRequest = decode_or_400(decode_embedding_request, body)
-        model = model_for(state, exchange, embedding.model, "embedding")
+        model = model_for(state, exchange, embedding.model, kind)
         multiplier = state.gate.multiplier(exchange.principal)
         quote = quote_embedding(model.price, body, multiplier=multiplier)
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
 
         def body_for(route: Route) -> bytes:
             return route.provider.embedding_body(body, embedding.model, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
-            opened = await state.router.open_route(model, "/embeddings", body_for, stream=False)
+            opened = await state.router.open_route(model, path, body_for, stream=False)
             exchange.route = opened.route
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:

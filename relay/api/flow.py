@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NamedTuple, Protocol
 
@@ -26,26 +27,32 @@ from relay.errors import (
     UpstreamTimeout,
 )
 from relay.http.responses import error_response, json_response
+from relay.metrics.traces import PhaseTimes
 from relay.money.estimate import CostQuote
 from relay.money.pricing import token_cost_micros
 from relay.state import RelayState
 from relay.upstream.client import UpstreamFailure, UpstreamTimedOut, UpstreamTooLarge
 from relay.upstream.relay_fields import with_relay_fields
 from relay.upstream.routing import Model, OpenedRoute
+from relay.usage.log import UsageRecord
 
 __all__ = [
     "CLIENT_CLOSED",
+    "DRAIN_DEADLINE_S",
     "USAGE_INVALID",
     "ErrorRenderer",
     "TokenCounts",
     "abandon",
     "bill_invalid_usage",
     "close_unstarted_stream",
+    "drain_upstream",
+    "dry_run_answer",
     "is_dry_run",
     "answer_with_metadata",
     "mark_abandoned",
     "malformed_answer",
     "read_answer",
+    "finished_record",
     "pass_stream",
     "model_for",
     "refuse",
@@ -56,6 +63,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("relay.api")
+# How long relay reads an upstream stream past its final event before closing it.
+DRAIN_DEADLINE_S = 1.0
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
 # The usage row's error_code when an upstream reported usage outside sane bounds.
 USAGE_INVALID = "upstream_usage_invalid"
@@ -103,6 +112,15 @@ def is_dry_run(request: Request) -> bool:
     return parsed.pop() is True
 
 
+async def dry_run_answer(state: RelayState, exchange: Exchange, quote: CostQuote) -> Response:
+    """``?dryRun=true``: the hold this request would place, from the gate or the admitter."""
+    if state.admitter is None:
+        body = state.gate.dry_run(exchange, quote)
+    else:
+        body = await state.admitter.dry_run(exchange, quote)
+    return json_response(body, headers=exchange.headers())
+
+
 def mark_abandoned(state: RelayState, exchange: Exchange) -> None:
     """A stream cut short by relay's side: the client left, or shutdown's grace ran out."""
     if state.stopping():
@@ -135,7 +153,7 @@ def abandon(
         mark_abandoned(state, exchange)
     else:
         exchange.status, exchange.error_code = 500, "internal_error"
-    state.usage.record(exchange.usage_record())
+    state.usage.record(finished_record(state, exchange))
 
 
 def close_unstarted_stream(
@@ -149,6 +167,18 @@ def close_unstarted_stream(
             abandon(state, exchange, ticket, None)
 
     return close
+
+
+def finished_record(state: RelayState, exchange: Exchange) -> UsageRecord:
+    """The request's usage record, handed to the tracer too when traces are configured."""
+    record = exchange.usage_record()
+    tracer = state.tracer
+    if tracer is not None:
+        times = PhaseTimes(
+            exchange.started, exchange.admitted_at, exchange.settling_at, time.perf_counter()
+        )
+        tracer.trace(record, times)
+    return record
 
 
 def refuse(
@@ -170,9 +200,9 @@ def refuse(
         # Back-pressure: counted, written later as one row per key (relay.usage.refusals).
         _count_refusal(state, exchange, exc)
     elif ticket is not None or exchange.principal.key is not None:
-        state.usage.record(exchange.usage_record())
+        state.usage.record(finished_record(state, exchange))
     else:  # no account to log it under, but the metrics count every refusal (401s too)
-        state.metrics.observe(exchange.usage_record())
+        state.metrics.observe(finished_record(state, exchange))
     return render(exc, exchange.headers())
 
 
@@ -209,34 +239,64 @@ async def pass_stream(
     ``settle`` must be idempotent (the ticket makes it so): it runs in the ``finally`` when the
     client leaves or shutdown cuts the stream, and otherwise just before ``ending(failure)``,
     the dialect's last events (relay's metadata, and the error if the upstream broke off).
+
+    Once the tap saw the stream's end (``done``) the bill is known: relay settles and sends
+    the ending at once, then reads what the upstream still sends (``drain_upstream``) before
+    closing, so its connection is reused cleanly; ``settle`` runs once more after the drain
+    (a no-op that lets the dialect notice usage reported too late to bill).
     """
     failure: RelayError | None = None
     ended = False
+    chunks = opened.rest_of_stream()
     try:
         exchange.mark_first_byte()
         forward = tap.feed(opened.first_chunk or b"")
         if forward:
             yield forward
-        async for chunk in opened.rest_of_stream():
-            forward = tap.feed(chunk)
-            if forward:
-                yield forward
-            if tap.done:
-                break
+        if not tap.done:
+            async for chunk in chunks:
+                forward = tap.feed(chunk)
+                if forward:
+                    yield forward
+                if tap.done:
+                    break
         ended = True
     except UpstreamFailure as exc:
         ended = True
         failure = upstream_broke_off(exc, "stream")
     finally:
-        await opened.close()
         if not ended:  # cancelled or closed early: the client went away (or shutdown)
+            await opened.close()
             mark_abandoned(state, exchange)
             settle()
-    if failure is not None:
-        exchange.error_code = failure.code
-        exchange.status = failure.status
-    settle()
-    yield ending(failure)
+    try:
+        if failure is not None:
+            exchange.error_code = failure.code
+            exchange.status = failure.status
+        settle()
+        yield ending(failure)
+        if tap.done and failure is None:
+            await drain_upstream(chunks, tap, exchange.request_id)
+            settle()
+    finally:
+        await opened.close()
+
+
+async def drain_upstream(chunks: AsyncIterator[bytes], tap: StreamTapLike, request_id: str) -> None:
+    """Read an upstream stream to its end after its last event, for ``DRAIN_DEADLINE_S`` at most.
+
+    Nothing read here reaches the client (its stream already ended); the tap still sees it.
+    Closing mid-body would drop a connection the pool could reuse, and lose what an upstream
+    reports after its final event. An upstream that keeps sending is cut at the deadline.
+    """
+    try:
+        async with asyncio.timeout(DRAIN_DEADLINE_S):
+            async for chunk in chunks:
+                tap.feed(chunk)
+    except TimeoutError:
+        log.info("request %s: upstream still sending after its last event; closed", request_id)
+    except UpstreamFailure:
+        pass  # the answer was complete and settled: a broken tail changes nothing
 
 
 async def read_answer(
@@ -353,13 +413,14 @@ def settle_cost(
     state: RelayState, exchange: Exchange, ticket: Ticket, cost_micros: int, measured_tokens: int
 ) -> None:
     """Charge ``cost_micros`` and queue the usage row together with its charge."""
+    exchange.settling_at = time.perf_counter()
     exchange.cost_micros = ticket.settle(
         cost_micros,
         measured_tokens,
         request_id=exchange.request_id,
         estimated=exchange.usage_estimated,
     )
-    state.usage.record(exchange.usage_record(), ticket.charge)
+    state.usage.record(finished_record(state, exchange), ticket.charge)
     account_id = exchange.principal.account_id
     if state.auto_topup is not None and account_id is not None and ticket.charged_micros:
         state.auto_topup.check(account_id)  # schedules a refill when low; never waits

@@ -12,6 +12,7 @@ read them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
@@ -30,6 +31,7 @@ from relay.api.flow import (
     answer_with_metadata,
     bill_invalid_usage,
     close_unstarted_stream,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -58,6 +60,8 @@ from relay.upstream.wire_anthropic import (
 from relay.upstream.wire_openai import encode, is_usage_out_of_range
 
 __all__ = ["anthropic_error_response", "count_tokens", "messages"]
+
+log = logging.getLogger("relay.api")
 
 
 class CountTokensRequest(msgspec.Struct):
@@ -104,13 +108,17 @@ async def messages(request: Request) -> Response | EventStreamResponse:
             multiplier=state.gate.multiplier(exchange.principal),
         )
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         exchange.stream = bool(parsed.stream)
 
         def body_for(route: Route) -> bytes:
             return route.provider.messages_body(body, parsed, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model,
@@ -127,7 +135,10 @@ async def messages(request: Request) -> Response | EventStreamResponse:
                     exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc, anthropic_error_response)
     except BaseException as exc:
@@ -180,7 +191,7 @@ def _relay_stream(
         if failure is None:
             return tap.closing_event(exchange.metadata(), exchange.cost_micros)
         error = {"type": failure.type, "message": failure.message}
-        return sse_event(
+        return tap.release_held() + sse_event(
             "error", {"type": "error", "error": error, "metadata": exchange.metadata()}
         )
 
@@ -191,6 +202,12 @@ def _settle_stream(
     state: RelayState, exchange: Exchange, ticket: Ticket, quote: CostQuote, tap: MessagesStreamTap
 ) -> None:
     if ticket.finished:
+        if tap.late_usage:  # the bill was final at message_stop: an upstream anomaly
+            log.warning(
+                "request %s: upstream reported usage after message_stop; not billed",
+                exchange.request_id,
+            )
+            tap.late_usage = False
         return
     exchange.upstream_id = tap.upstream_id
     if tap.usage_invalid:  # its usage never reaches the wallet: relay's estimate instead

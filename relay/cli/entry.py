@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import msgspec
 
 from relay.cli.accounts import add_account_commands
 from relay.cli.audit import add_audit_commands
@@ -74,14 +75,13 @@ def _check_config(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> Any:
     config = load_config(args.config)
+    if args.listen:
+        try:
+            server = msgspec.structs.replace(config.server, listen=args.listen)
+        except ValueError as exc:
+            raise CommandError(f"--listen: {exc}") from None
+        config = msgspec.structs.replace(config, server=server)
     admin_token_from_env(config.server.admin_token_env)  # a short token: refuse before binding
-    if config.cluster_mode:
-        # The cluster store exists (relay.cluster) but the request flow does not run on it
-        # yet (docs/scaling.md "What remains"): refuse rather than silently serve embedded.
-        raise CommandError(
-            f"{args.config}: [storage] url and [cluster] redis_url select cluster mode, which "
-            "relay serve does not run yet (docs/scaling.md); remove both for the embedded store"
-        )
     _configure_logging(config)
     from relay.server import run_server  # imported late: check-config needs no server stack
 
@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     add_config_option(serve)
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="override [server] listen (N cluster instances on one box share one config)",
+    )
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")

@@ -64,6 +64,7 @@ COPY_ORDER: tuple[str, ...] = (
     "receipts",
     "payment_customers",
     "auto_topups",
+    "billing_mail",
     "notices",
     "deletion_requests",
 )

@@ -15,7 +15,8 @@ settlement that never arrives is released by lease expiry (``relay.cluster.pg_le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -79,6 +80,10 @@ class PgMoneyStore:
         self._pool = pool
         self.instance_id = instance_id
         self._margin = fast_path_margin_micros
+
+    @property
+    def fast_path_margin_micros(self) -> int:
+        return self._margin
 
     # -- accounts and keys ---------------------------------------------------------------
 
@@ -222,8 +227,15 @@ class PgMoneyStore:
             "estimated (stream cut short)" if estimated else None,
         )
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """One connection in one transaction, for a batch that writes more than money (the
+        settler's usage rows): pass it as ``settle_many(..., conn=...)``."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
     async def settle_many(
-        self, items: Sequence[tuple[ClusterHold, int, str, bool]]
+        self, items: Sequence[tuple[ClusterHold, int, str, bool]], *, conn: Any = None
     ) -> list[Settlement]:
         """Settle a batch in ONE round trip and one transaction (group commit): each item is
         ``(hold, actual_cost_micros, reference, estimated)`` and ends exactly as ``settle``
@@ -241,7 +253,7 @@ class PgMoneyStore:
             key=lambda i: (items[i][0].account_id, items[i][0].key_id or "", i),
         )
         batch = [items[i] for i in order]
-        rows = await self._pool.fetch(
+        rows = await (conn or self._pool).fetch(
             "SELECT r.outcome, r.charged_micros, r.overrun"
             " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])"
             " WITH ORDINALITY AS s(hold_id, cost, reference, note, n)"

@@ -1,11 +1,9 @@
 """PostgreSQL mirror of every stored table of the embedded schema (relay/storage/migrations.py).
 
-Two migrations appended to ``relay.cluster.pg_schema.MIGRATIONS``:
-
-- ``0003_records``: every embedded table other than ``usage``, with the embedded column
-  names, plus the embedded columns the money tables of ``0001_money`` lack.
-- ``0004_usage_mirror``: the ``usage`` table alone, so it can be dropped from the list if
-  the serve wiring's identical table lands first (docs/scaling.md §5).
+``0005_records``, appended to ``relay.cluster.pg_schema.MIGRATIONS``: every embedded
+table other than ``usage`` (``0004_usage``, written by the settler) and the identity
+columns of accounts and keys (``0003_identity``), with the embedded column names, plus
+the ledger's embedded time column.
 
 Types: every SQLite ``INTEGER`` is ``bigint`` (SQLite's integers are 64-bit, so no value
 that fits there overflows here; money stays exact), ``TEXT`` is ``text``; times stay the
@@ -16,14 +14,12 @@ the largest id.
 
 The money tables (0001_money) differ from the embedded ones; the mapping:
 
-- ``accounts``: the embedded columns are added (``name`` is nullable here because
-  ``PgMoneyStore.create_account`` does not know it yet; unique like the embedded one).
+- ``accounts``: the embedded columns are added by ``0003_identity`` (``name`` nullable,
+  unique like the embedded one).
   ``balance_micros``, ``worst_micros`` and ``held_micros`` have no embedded column: the
   balance is the sum of the ledger rows (copied, summed by the ledger's trigger), and
   holds only exist in a running process.
-- ``api_keys``: the embedded columns are added, with the embedded defaults where the
-  embedded schema has one and ``''`` for the labels and hashes ``PgMoneyStore`` does not
-  set. ``spent_micros`` is the key's charges, summed by the ledger's trigger exactly as
+- ``api_keys``: the embedded columns are added by ``0003_identity``. ``spent_micros`` is the key's charges, summed by the ledger's trigger exactly as
   ``relay.money.ledger.load_wallet`` sums them.
 - ``ledger``: ``created_at_ms`` is added (the embedded time, what every query compares);
   ``created_at`` (timestamptz, from 0001_money) carries the same instant.
@@ -31,44 +27,11 @@ The money tables (0001_money) differ from the embedded ones; the mapping:
 
 from __future__ import annotations
 
-__all__ = ["RECORD_MIGRATIONS", "USAGE_MIGRATION"]
+__all__ = ["RECORD_MIGRATIONS"]
 
 _NOW_MS = "(floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint"
 
 _MONEY_COLUMNS = f"""
-ALTER TABLE accounts
-    ADD COLUMN name text UNIQUE,
-    ADD COLUMN status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
-    ADD COLUMN price_multiplier text NOT NULL DEFAULT '1',
-    ADD COLUMN rpm bigint NOT NULL DEFAULT 0,
-    ADD COLUMN tpm bigint NOT NULL DEFAULT 0,
-    ADD COLUMN concurrency bigint NOT NULL DEFAULT 0,
-    ADD COLUMN created_at_ms bigint NOT NULL DEFAULT {_NOW_MS},
-    ADD COLUMN updated_at_ms bigint NOT NULL DEFAULT {_NOW_MS},
-    ADD COLUMN budget_micros bigint NOT NULL DEFAULT 0,
-    ADD COLUMN budget_period text
-        CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
-
-ALTER TABLE api_keys
-    ADD COLUMN label text NOT NULL DEFAULT '',
-    ADD COLUMN secret_hash text NOT NULL DEFAULT '',
-    ADD COLUMN last4 text NOT NULL DEFAULT '',
-    ADD COLUMN models text NOT NULL DEFAULT '[]',
-    ADD COLUMN endpoints text NOT NULL DEFAULT '[]',
-    ADD COLUMN rpm bigint NOT NULL DEFAULT 0,
-    ADD COLUMN tpm bigint NOT NULL DEFAULT 0,
-    ADD COLUMN concurrency bigint NOT NULL DEFAULT 100,
-    ADD COLUMN price_multiplier text NOT NULL DEFAULT '1',
-    ADD COLUMN expires_at_ms bigint,
-    ADD COLUMN status text NOT NULL DEFAULT 'active'
-        CHECK (status IN ('active', 'revoked', 'suspended')),
-    ADD COLUMN created_at_ms bigint NOT NULL DEFAULT {_NOW_MS},
-    ADD COLUMN updated_at_ms bigint NOT NULL DEFAULT {_NOW_MS},
-    ADD COLUMN last_used_at_ms bigint,
-    ADD COLUMN budget_period text
-        CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
-CREATE INDEX api_keys_account_id ON api_keys (account_id);
-
 ALTER TABLE ledger ADD COLUMN created_at_ms bigint NOT NULL DEFAULT {_NOW_MS};
 CREATE INDEX ledger_key_id ON ledger (key_id);
 CREATE INDEX ledger_charges_account_time ON ledger (account_id, created_at_ms)
@@ -334,40 +297,13 @@ CREATE TABLE deletion_requests (
 CREATE INDEX deletion_requests_due ON deletion_requests (erased_at_ms, erase_after_ms);
 """
 
-# The hot usage table. The retention job (relay.usage.retention) archives and deletes
-# rows past 90 days, so the table holds ~90 days; an index plan rather than partitions
-# keeps them hot (docs/scaling.md §5 says why): the embedded indexes, plus a BRIN index
-# on ts_ms for the time-range scans of retention and exports (rows arrive in time order,
-# so a few pages of BRIN summarise months of rows).
-_USAGE = """
-CREATE TABLE usage (
-    id bigserial PRIMARY KEY,
-    request_id text NOT NULL UNIQUE,
-    ts_ms bigint NOT NULL,
-    account_id text,
-    key_id text,
-    endpoint text NOT NULL,
-    model text,
-    provider text,
-    upstream_model text,
-    upstream_request_id text,
-    status bigint NOT NULL,
-    error_code text,
-    stream bigint NOT NULL DEFAULT 0,
-    prompt_tokens bigint NOT NULL DEFAULT 0,
-    completion_tokens bigint NOT NULL DEFAULT 0,
-    cached_tokens bigint NOT NULL DEFAULT 0,
-    cache_write_tokens bigint NOT NULL DEFAULT 0,
-    units bigint NOT NULL DEFAULT 0,
-    cost_micros bigint NOT NULL DEFAULT 0,
-    usage_estimated bigint NOT NULL DEFAULT 0,
-    latency_ms bigint,
-    ttfb_ms bigint
-);
+# The index plan of the hot usage table (0004_usage, written by the settler): retention
+# archives and deletes rows past 90 days, so an index plan rather than partitions keeps
+# them hot (docs/scaling.md §5 says why): the embedded indexes, and BRIN instead of a
+# B-tree on ts_ms for retention's and exports' time-range scans (rows arrive in time order).
+_USAGE_INDEXES = """
+DROP INDEX usage_ts;
 CREATE INDEX usage_ts_brin ON usage USING brin (ts_ms);
-CREATE INDEX usage_account_ts ON usage (account_id, ts_ms);
-CREATE INDEX usage_key_ts ON usage (key_id, ts_ms);
-CREATE INDEX usage_model_ts ON usage (model, ts_ms);
 CREATE INDEX usage_account_id ON usage (account_id, id);
 CREATE INDEX usage_key_id ON usage (key_id, id);
 CREATE INDEX usage_account_model_id ON usage (account_id, model, id);
@@ -376,9 +312,28 @@ CREATE INDEX usage_key_errors ON usage (key_id, id) WHERE status >= 400;
 CREATE INDEX usage_account_model_errors ON usage (account_id, model, id) WHERE status >= 400;
 """
 
-RECORD_MIGRATIONS: list[tuple[str, str]] = [
-    ("0003_records", _MONEY_COLUMNS + _AUDIT_AND_META + _CONSOLE + _PAYMENTS),
-]
+# Receipts and monthly statements (relay.payments.billing_mail), as embedded migration 9.
+_BILLING_MAIL = """
+CREATE TABLE billing_mail (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('receipt', 'statement')),
+    account_id text NOT NULL REFERENCES accounts (id),
+    ref text NOT NULL,
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'sent', 'skipped', 'failed')),
+    created_at_ms bigint NOT NULL,
+    attempts bigint NOT NULL DEFAULT 0,
+    next_attempt_at_ms bigint NOT NULL,
+    done_at_ms bigint,
+    last_error text,
+    UNIQUE (kind, account_id, ref)
+);
+CREATE INDEX billing_mail_due ON billing_mail (status, next_attempt_at_ms);
+"""
 
-# Separate so the lead can drop it if the serve wiring's identical `usage` lands first.
-USAGE_MIGRATION: tuple[str, str] = ("0004_usage_mirror", _USAGE)
+RECORD_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0005_records",
+        _MONEY_COLUMNS + _AUDIT_AND_META + _CONSOLE + _PAYMENTS + _BILLING_MAIL + _USAGE_INDEXES,
+    ),
+]

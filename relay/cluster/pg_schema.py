@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.cluster.pg_records import RECORD_MIGRATIONS, USAGE_MIGRATION
+from relay.cluster.pg_records import RECORD_MIGRATIONS
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -301,13 +301,86 @@ BEGIN
 END $$;
 """
 
+# The identity columns of accounts and keys (relay.cluster.pg_identity), named exactly as in
+# the embedded schema (relay.storage.migrations) so that a copier can target them as is.
+_IDENTITY = """
+ALTER TABLE accounts
+    ADD COLUMN name text,
+    ADD COLUMN status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    ADD COLUMN price_multiplier text NOT NULL DEFAULT '1',
+    ADD COLUMN rpm bigint NOT NULL DEFAULT 0,
+    ADD COLUMN tpm bigint NOT NULL DEFAULT 0,
+    ADD COLUMN concurrency bigint NOT NULL DEFAULT 0,
+    ADD COLUMN created_at_ms bigint NOT NULL DEFAULT 0,
+    ADD COLUMN updated_at_ms bigint NOT NULL DEFAULT 0,
+    ADD COLUMN budget_micros bigint NOT NULL DEFAULT 0,
+    ADD COLUMN budget_period text
+        CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
+CREATE UNIQUE INDEX accounts_name ON accounts (name);
+
+ALTER TABLE api_keys
+    ADD COLUMN label text NOT NULL DEFAULT '',
+    ADD COLUMN secret_hash text,
+    ADD COLUMN last4 text NOT NULL DEFAULT '',
+    ADD COLUMN models text NOT NULL DEFAULT '[]',
+    ADD COLUMN endpoints text NOT NULL DEFAULT '[]',
+    ADD COLUMN rpm bigint NOT NULL DEFAULT 0,
+    ADD COLUMN tpm bigint NOT NULL DEFAULT 0,
+    ADD COLUMN concurrency bigint NOT NULL DEFAULT 100,
+    ADD COLUMN price_multiplier text NOT NULL DEFAULT '1',
+    ADD COLUMN expires_at_ms bigint,
+    ADD COLUMN status text NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'revoked', 'suspended')),
+    ADD COLUMN created_at_ms bigint NOT NULL DEFAULT 0,
+    ADD COLUMN updated_at_ms bigint NOT NULL DEFAULT 0,
+    ADD COLUMN last_used_at_ms bigint,
+    ADD COLUMN budget_period text
+        CHECK (budget_period IS NULL OR budget_period IN ('day', 'week', 'month'));
+CREATE INDEX api_keys_account_id ON api_keys (account_id);
+"""
+
+# Usage rows, one per request, columns named exactly as the embedded ``usage`` table
+# (relay.storage.migrations) so ``relay migrate`` copies rows as they are. Written by the
+# settler in the same transaction as the settlements of its batch (relay.cluster.settler).
+_USAGE = """
+CREATE TABLE usage (
+    id bigserial PRIMARY KEY,
+    request_id text NOT NULL UNIQUE,
+    ts_ms bigint NOT NULL,
+    account_id text,
+    key_id text,
+    endpoint text NOT NULL,
+    model text,
+    provider text,
+    upstream_model text,
+    upstream_request_id text,
+    status integer NOT NULL,
+    error_code text,
+    stream integer NOT NULL DEFAULT 0,
+    prompt_tokens bigint NOT NULL DEFAULT 0,
+    completion_tokens bigint NOT NULL DEFAULT 0,
+    cached_tokens bigint NOT NULL DEFAULT 0,
+    cache_write_tokens bigint NOT NULL DEFAULT 0,
+    units bigint NOT NULL DEFAULT 0,
+    cost_micros bigint NOT NULL DEFAULT 0,
+    usage_estimated integer NOT NULL DEFAULT 0,
+    latency_ms bigint,
+    ttfb_ms bigint
+);
+CREATE INDEX usage_ts ON usage (ts_ms);
+CREATE INDEX usage_account_ts ON usage (account_id, ts_ms);
+CREATE INDEX usage_key_ts ON usage (key_id, ts_ms);
+CREATE INDEX usage_model_ts ON usage (model, ts_ms);
+"""
+
 # (name, SQL): applied in order, each once, in one transaction under an advisory lock.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_money", _MONEY),
     ("0002_holds_and_leases", _HOLDS),
-    # Every other embedded table, and the usage table on its own (relay.cluster.pg_records).
+    ("0003_identity", _IDENTITY),
+    ("0004_usage", _USAGE),
+    # Every other embedded table (relay.cluster.pg_records); usage is 0004 above.
     *RECORD_MIGRATIONS,
-    USAGE_MIGRATION,
 ]
 
 # Any constant shared by every instance: the advisory lock that serialises migrations.

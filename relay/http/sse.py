@@ -18,16 +18,14 @@ from starlette.types import Receive, Scope, Send
 
 __all__ = ["EventStreamResponse"]
 
-_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
+_EVENT_STREAM = "text/event-stream; charset=utf-8"
+_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 class EventStreamResponse:
     """``on_close`` runs once the response is over, whatever ended it: the owner's last
-    chance to end what the body would have (e.g. a body cancelled before it ever ran)."""
+    chance to end what the body would have (e.g. a body cancelled before it ever ran).
+    ``media_type`` serves other streamed bodies the same way (speech audio)."""
 
     def __init__(
         self,
@@ -35,9 +33,11 @@ class EventStreamResponse:
         headers: Mapping[str, str],
         *,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        media_type: str = _EVENT_STREAM,
     ):
         self._body = body
-        self._headers = _HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._headers = [(b"content-type", media_type.encode("latin-1")), *_HEADERS]
+        self._headers += [(k.encode(), v.encode()) for k, v in headers.items()]
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -34,7 +34,20 @@ __all__ = [
 ]
 
 AccountMode = Literal["prepaid", "postpaid"]
-ENDPOINT_KINDS = ("chat", "embeddings", "images", "videos", "messages", "responses")
+ENDPOINT_KINDS = (
+    "chat",
+    "embeddings",
+    "images",
+    "videos",
+    "messages",
+    "responses",
+    "completions",
+    "moderations",
+    "transcriptions",
+    "translations",
+    "speech",
+    "image_edits",
+)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ACCOUNT_ID_PREFIX = "acct_"
 
@@ -185,6 +198,12 @@ class AccountStore:
         if key is None:
             raise NotFound(f"No key {key_id!r}", code="key_not_found")
         return key
+
+    async def find_new_key(self, key_id: str) -> ApiKey | None:
+        """A key not in memory: None here (this process wrote every key it has). A shared
+        store (cluster mode) looks it up, for a key created by another instance an instant
+        ago whose announcement has not arrived yet."""
+        return None
 
     def keys_of(self, account_id: str | None) -> list[ApiKey]:
         return [k for k in self.keys.values() if account_id is None or k.account_id == account_id]

@@ -138,6 +138,8 @@ class Authenticator:
     async def _authenticate_key(self, parsed: ParsedKey) -> Principal:
         key = self._store.keys.get(parsed.key_id)
         if key is None:
+            key = await self._store.find_new_key(parsed.key_id)
+        if key is None:
             raise AuthError("Invalid API key: unknown key")
         lookup = self._cache.lookup(parsed)
         if lookup is CacheLookup.MISMATCH:

@@ -36,6 +36,8 @@ __all__ = [
     "MICROS_PER_USD",
     "ONE",
     "ModelPrice",
+    "audio_cost_micros",
+    "character_cost_micros",
     "image_cost_micros",
     "image_unit_price",
     "micros_to_usd",
@@ -86,6 +88,9 @@ class ModelPrice(msgspec.Struct, frozen=True, dict=True):
     # Keys are lower-case "SIZE" or "SIZE/QUALITY", e.g. "1024x1024/hd".
     image_prices: dict[str, Decimal] = {}
     usd_per_video_second: Decimal | None = None
+    usd_per_audio_second: Decimal | None = None
+    # USD per million characters = micro-USD per character (speech input).
+    usd_per_mchar: Decimal | None = None
     max_output_tokens: int = 4096
     context_window: int = 128_000
 
@@ -107,6 +112,8 @@ class ModelPrice(msgspec.Struct, frozen=True, dict=True):
                 size.lower(): Decimal(price) for size, price in model.image_prices.items()
             },
             usd_per_video_second=_optional_decimal(model.usd_per_video_second),
+            usd_per_audio_second=_optional_decimal(model.usd_per_audio_second),
+            usd_per_mchar=_optional_decimal(model.usd_per_mchar),
             max_output_tokens=model.max_output_tokens,
             context_window=model.context_window,
         )
@@ -281,6 +288,30 @@ def video_cost_micros(
     return _round_up(duration * unit * MICROS_PER_USD, duration_per * unit_per, multiplier)
 
 
+def audio_cost_micros(price: ModelPrice, *, seconds: Decimal, multiplier: Decimal = ONE) -> int:
+    """Cost of ``seconds`` of audio (exact, fractions included); 0 when the model has no
+    ``usd_per_audio_second`` (it bills tokens instead)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | Decimal):
+        raise TypeError("seconds must be an int or a Decimal, never a float")
+    if not Decimal(seconds).is_finite() or seconds < 0:
+        raise ValueError("seconds must be a finite, non-negative number")
+    if price.usd_per_audio_second is None:
+        return 0
+    duration, duration_per = seconds.as_integer_ratio()
+    unit, unit_per = price.usd_per_audio_second.as_integer_ratio()
+    return _round_up(duration * unit * MICROS_PER_USD, duration_per * unit_per, multiplier)
+
+
+def character_cost_micros(price: ModelPrice, *, characters: int, multiplier: Decimal = ONE) -> int:
+    """Cost of synthesising ``characters`` of text; ValueError when the model has no
+    ``usd_per_mchar`` price."""
+    _check_count("characters", characters)
+    if price.usd_per_mchar is None:
+        raise ValueError(f"model {price.model!r} has no usd_per_mchar price")
+    unit, per = price.usd_per_mchar.as_integer_ratio()
+    return _round_up(characters * unit, per, multiplier)
+
+
 def usd_to_micros(text: str) -> int:
     """ "5" → 5_000_000, "-0.25" → -250_000, exactly.
 
@@ -325,4 +356,8 @@ def pricing_view(price: ModelPrice) -> dict[str, object]:
         view["image_prices"] = {key: str(value) for key, value in price.image_prices.items()}
     if price.usd_per_video_second is not None:
         view["usd_per_video_second"] = str(price.usd_per_video_second)
+    if price.usd_per_audio_second is not None:
+        view["usd_per_audio_second"] = str(price.usd_per_audio_second)
+    if price.usd_per_mchar is not None:
+        view["usd_per_mchar"] = str(price.usd_per_mchar)
     return view

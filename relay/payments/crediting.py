@@ -1,11 +1,11 @@
 """The one transaction that turns a confirmed payment into credit.
 
-The credit's ledger row, the payment row marked paid, the receipt numbered, the provider
-event remembered, auto top-up failures reset and the audit row chained: ONE write
-function, so one savepoint in the writer's transaction, so all of them commit or none.
-Only then does the wallet's balance move (``commit_credit``): money changes memory only
-after the database accepted it, and a credit refused on disk (say a reference this
-account already used) leaves no trace anywhere.
+The credit's ledger row, the payment row marked paid, the receipt numbered (and its mail
+queued), the provider event remembered, auto top-up failures reset and the audit row
+chained: ONE write function, so one savepoint in the writer's transaction, so all of
+them commit or none. Only then does the wallet's balance move (``commit_credit``): money
+changes memory only after the database accepted it, and a credit refused on disk (say a
+reference this account already used) leaves no trace anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from relay.identity.audit import append_audit
 from relay.money.ledger import insert_entry
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments import auto_settings
+from relay.payments.billing_mail import enqueue_receipt_mail
 from relay.payments.receipts import Receipt, SellerDetails, issue_receipt
 from relay.payments.store import PaidPayment, finalize_paid, record_event
 from relay.storage.db import Database
@@ -66,6 +67,8 @@ def finalize_credit(
     """Payment row paid, receipt numbered, event remembered, audit row: one transaction."""
     payment = finalize_paid(conn, paid, at_ms)
     receipt = issue_receipt(conn, payment, buyer_name=buyer_name, seller=seller, at_ms=at_ms)
+    # Its mail row commits with the credit: a restart can neither lose nor repeat it.
+    enqueue_receipt_mail(conn, paid.account_id, receipt.number, at_ms)
     if event is not None:
         record_event(conn, event.event_id, event.provider, event.type, "credited", at_ms)
     if paid.kind == "auto_topup":

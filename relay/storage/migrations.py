@@ -445,6 +445,27 @@ CREATE TABLE console_password_resets (
 ) WITHOUT ROWID;
 """
 
+# Receipts and monthly statements mailed to account owners (relay.payments.billing_mail):
+# one row per (kind, account, ref), so a month's statement is mailed once per account.
+_BILLING_MAIL_SCHEMA = """
+CREATE TABLE billing_mail (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('receipt', 'statement')),
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    -- The receipt number, or the statement's month (YYYY-MM).
+    ref TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'sent', 'skipped', 'failed')),
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    done_at_ms INTEGER,
+    last_error TEXT,
+    UNIQUE (kind, account_id, ref)
+);
+CREATE INDEX billing_mail_due ON billing_mail (status, next_attempt_at_ms);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
@@ -454,6 +475,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "budget periods on keys, budgets on accounts", _BUDGETS_SCHEMA),
     Migration(7, "alert outbox", _ALERTS_SCHEMA),
     Migration(8, "console password reset links", _PASSWORD_RESETS_SCHEMA),
+    Migration(9, "billing mail: receipts and monthly statements", _BILLING_MAIL_SCHEMA),
 )
 
 _CREATE_TRACKING_TABLE = """

@@ -171,6 +171,34 @@ class KeyPool:
         ]
         return max(0.0, min(waits)) if waits else None
 
+    def adopt_state(self, old: KeyPool) -> int:
+        """Take over each surviving key's operator and health state from the pool a reload
+        replaces; returns how many keys were matched.
+
+        Keys are matched by value (in memory only, never logged), so a key that moved
+        position keeps its state and a key that was removed takes its state with it. An
+        operator's disable, an upstream rejection, a cool-down and the quota buckets (when
+        the quota did not change) survive; requests in flight stay counted on the old pool,
+        which releases them.
+        """
+        by_secret: dict[str, list[UpstreamKey]] = {}
+        for key in old.keys:
+            by_secret.setdefault(key.secret, []).append(key)
+        matched = 0
+        for key in self.keys:
+            candidates = by_secret.get(key.secret)
+            if not candidates:
+                continue
+            previous = candidates.pop(0)
+            key.disabled_reason = previous.disabled_reason
+            key.cooldown_until = previous.cooldown_until
+            key.quotas = (
+                _same_quota(key.quotas[0], previous.quotas[0]),
+                _same_quota(key.quotas[1], previous.quotas[1]),
+            )
+            matched += 1
+        return matched
+
     def health(self) -> list[dict[str, object]]:
         now = self._clock()
         return [
@@ -182,6 +210,13 @@ class KeyPool:
             }
             for k in self.keys
         ]
+
+
+def _same_quota(new: _Quota | None, old: _Quota | None) -> _Quota | None:
+    """The old bucket (with what it has spent) when the quota is unchanged, else the new one."""
+    if new is not None and old is not None and new.capacity == old.capacity:
+        return old
+    return new
 
 
 def _parse_retry_after(value: str | None) -> float:

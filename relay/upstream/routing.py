@@ -180,19 +180,24 @@ class Router:
         *,
         stream: bool,
         client_headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
     ) -> OpenedRoute:
         """``path`` names the client's dialect; each provider maps it to its own endpoint
-        and forwards what it needs of ``client_headers`` (e.g. ``anthropic-version``)."""
+        and forwards what it needs of ``client_headers`` (e.g. ``anthropic-version``).
+        A route whose provider does not serve ``path`` is skipped (400 if none does);
+        ``content_type`` replaces JSON's for bodies that are not (multipart forms)."""
         failure: RelayError | None = None
         for route in model.route_order(self._jitter):
+            if not route.provider.serves(path):
+                failure = failure or route.provider.unsupported(f"POST /v1{path}")
+                continue
             if not route.provider.enabled:
                 failure = failure or NoUpstreamAvailable(route.provider.why_disabled())
                 continue
-            target = _Target(
-                route.provider.url(path),
-                path,
-                route.provider.forwarded_headers(client_headers or {}),
-            )
+            headers = route.provider.forwarded_headers(client_headers or {})
+            if content_type is not None:
+                headers["content-type"] = content_type
+            target = _Target(route.provider.url(path), path, headers)
             opened, failure = await self._try_route(route, target, body_for(route), stream, failure)
             if opened is not None:
                 return opened

@@ -41,6 +41,7 @@ class _Delta(msgspec.Struct):
 class _Choice(msgspec.Struct):
     delta: _Delta | None = None
     finish_reason: str | None = None
+    text: str | None = None  # legacy completions stream text, not deltas
 
 
 class _Chunk(msgspec.Struct):
@@ -218,6 +219,7 @@ def _data_of(event: bytes) -> bytes | None:
 def _delta_chars(choices: list[_Choice]) -> int:
     total = 0
     for choice in choices:
+        total += len(choice.text or "")
         delta = choice.delta
         if delta is None:
             continue

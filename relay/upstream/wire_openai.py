@@ -15,10 +15,12 @@ __all__ = [
     "MAX_REPORTED_TOKENS",
     "MAX_REQUEST_TOKENS",
     "ChatRequest",
+    "CompletionRequest",
     "EmbeddingRequest",
     "Usage",
     "UpstreamAnswer",
     "decode_chat_request",
+    "decode_completion_request",
     "decode_embedding_request",
     "decode_upstream_answer",
     "encode",
@@ -60,6 +62,26 @@ class ChatRequest(msgspec.Struct):
     @property
     def requested_max_output(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(msgspec.Struct):
+    """Legacy ``/v1/completions``: a prompt (string, strings or token arrays) to continue."""
+
+    model: str
+    prompt: msgspec.Raw
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: RequestTokens | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+
+    @property
+    def max_completion_tokens(self) -> int | None:
+        """Chat's name for the limit, which legacy completions lack (providers shape both)."""
+        return None
+
+    @property
+    def requested_max_output(self) -> int | None:
+        return self.max_tokens
 
 
 class EmbeddingRequest(msgspec.Struct):
@@ -108,6 +130,7 @@ def is_usage_out_of_range(exc: msgspec.ValidationError) -> bool:
 
 
 decode_chat_request = msgspec.json.Decoder(ChatRequest).decode
+decode_completion_request = msgspec.json.Decoder(CompletionRequest).decode
 decode_embedding_request = msgspec.json.Decoder(EmbeddingRequest).decode
 decode_upstream_answer = msgspec.json.Decoder(UpstreamAnswer).decode
 encode = msgspec.json.Encoder().encode

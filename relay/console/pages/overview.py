@@ -99,6 +99,7 @@ async def overview(ctx: Ctx) -> Response:
     return ctx.render(
         "overview.html",
         wallet=ctx.state.wallet.snapshot(account_id),
+        budget=ctx.state.wallet.account_budget(account_id),
         open_holds=ctx.state.wallet.open_hold_count(account_id),
         period=period,
         presets=PRESETS,

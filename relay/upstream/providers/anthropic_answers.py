@@ -5,7 +5,14 @@ The request side is ``relay.upstream.providers.anthropic_translate``, the stream
 (``relay.money.pricing``): an OpenAI ``prompt_tokens`` counts every input token, Anthropic's
 ``input_tokens`` excludes cache reads and cache writes, so ``prompt_tokens =
 input_tokens + cache_read_input_tokens + cache_creation_input_tokens``. Cache writes
-travel in ``prompt_tokens_details.cache_write_tokens`` on the OpenAI side.
+travel in ``prompt_tokens_details.cache_write_tokens`` on the OpenAI side; reasoning
+tokens in ``completion_tokens_details.reasoning_tokens`` ↔ Anthropic's
+``output_tokens_details.thinking_tokens`` (both already inside the output count).
+
+Signed thinking reaches OpenAI-dialect clients as ``thinking_blocks`` (LiteLLM's and
+OpenRouter's extension) beside ``reasoning_content``, so they can send it back on the
+next tool-use turn. The stop sequence that ended an answer travels as the choice's
+``stop_reason`` (vLLM's extension) beside ``finish_reason: "stop"``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ __all__ = [
     "finish_reason_of",
     "message_to_chat_answer",
     "openai_error",
+    "stop_sequence_of",
     "openai_usage",
     "stop_reason_of",
     "text_of",
@@ -59,6 +67,12 @@ def stop_reason_of(finish_reason: str | None) -> str | None:
     return None if finish_reason is None else _STOP_REASONS.get(finish_reason, "end_turn")
 
 
+def stop_sequence_of(choice: dict[str, Any]) -> str | None:
+    """The stop sequence an OpenAI-compatible choice says it stopped at (vLLM's field)."""
+    matched = choice.get("stop_reason")
+    return matched if isinstance(matched, str) and matched else None
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -69,12 +83,17 @@ def openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
     cache_write = _count(usage.get("cache_creation_input_tokens"))
     prompt = _count(usage.get("input_tokens")) + cache_read + cache_write
     completion = _count(usage.get("output_tokens"))
-    return {
+    result: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
     }
+    details = usage.get("output_tokens_details")
+    if isinstance(details, dict) and "thinking_tokens" in details:
+        reasoning = _count(details["thinking_tokens"])
+        result["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return result
 
 
 def anthropic_usage(usage: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +103,17 @@ def anthropic_usage(usage: dict[str, Any]) -> dict[str, Any]:
     cache_read = _count(details.get("cached_tokens"))
     cache_write = _count(details.get("cache_write_tokens"))
     prompt = _count(usage.get("prompt_tokens"))
-    return {
+    result: dict[str, Any] = {
         "input_tokens": max(0, prompt - cache_read - cache_write),
         "output_tokens": _count(usage.get("completion_tokens")),
         "cache_read_input_tokens": cache_read,
         "cache_creation_input_tokens": cache_write,
     }
+    completion_details = usage.get("completion_tokens_details")
+    if isinstance(completion_details, dict) and "reasoning_tokens" in completion_details:
+        reasoning = _count(completion_details["reasoning_tokens"])
+        result["output_tokens_details"] = {"thinking_tokens": reasoning}
+    return result
 
 
 def text_of(content: Any) -> str:
@@ -119,6 +143,7 @@ def message_to_chat_answer(message: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic message → an OpenAI chat completion."""
     text = ""
     reasoning = ""
+    thinking_blocks = []
     calls = []
     for block in message.get("content") or []:
         kind = block.get("type")
@@ -126,6 +151,9 @@ def message_to_chat_answer(message: dict[str, Any]) -> dict[str, Any]:
             text += block.get("text", "")
         elif kind == "thinking":
             reasoning += block.get("thinking", "")
+            thinking_blocks.append(block)
+        elif kind == "redacted_thinking":
+            thinking_blocks.append(block)
         elif kind == "tool_use":
             calls.append(
                 {
@@ -140,6 +168,8 @@ def message_to_chat_answer(message: dict[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if reasoning:
         reply["reasoning_content"] = reasoning
+    if thinking_blocks:
+        reply["thinking_blocks"] = thinking_blocks
     if calls:
         reply["tool_calls"] = calls
     choice = {
@@ -147,6 +177,8 @@ def message_to_chat_answer(message: dict[str, Any]) -> dict[str, Any]:
         "message": reply,
         "finish_reason": finish_reason_of(message.get("stop_reason")) or "stop",
     }
+    if isinstance(message.get("stop_sequence"), str):
+        choice["stop_reason"] = message["stop_sequence"]
     return {
         "id": message.get("id", ""),
         "object": "chat.completion",
@@ -163,7 +195,14 @@ def chat_answer_to_message(answer: dict[str, Any]) -> dict[str, Any]:
     choice = choices[0]
     reply = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    if reply.get("reasoning_content"):
+    signed = [
+        block
+        for block in reply.get("thinking_blocks") or []
+        if isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking")
+    ]
+    if signed:  # an upstream fronting Claude (LiteLLM, OpenRouter) kept the signatures
+        content.extend(signed)
+    elif reply.get("reasoning_content"):
         content.append(
             {"type": "thinking", "thinking": reply["reasoning_content"], "signature": ""}
         )
@@ -185,8 +224,10 @@ def chat_answer_to_message(answer: dict[str, Any]) -> dict[str, Any]:
         "role": "assistant",
         "model": answer.get("model", ""),
         "content": content,
-        "stop_reason": stop_reason_of(choice.get("finish_reason")) or "end_turn",
-        "stop_sequence": None,
+        "stop_reason": "stop_sequence"
+        if stop_sequence_of(choice)
+        else stop_reason_of(choice.get("finish_reason")) or "end_turn",
+        "stop_sequence": stop_sequence_of(choice),
         "usage": anthropic_usage(answer.get("usage") or {}),
     }
 

@@ -7,6 +7,9 @@ client's dialect at once; ``finish`` flushes what an upstream that ended cleanly
 - ``MessagesToChatStream``: Anthropic events → OpenAI chunks, ending like an OpenAI stream
   with ``stream_options.include_usage``: a usage-only chunk (``"choices": []``), then
   ``data: [DONE]``, so relay's ``StreamTap`` reads and settles it like any OpenAI stream.
+  Signed thinking goes out as a ``thinking_blocks`` delta (the whole block, once its
+  ``signature_delta`` arrives) for the client to send back; a matched stop sequence as
+  the last choice's ``stop_reason``.
 - ``ChatToMessagesStream``: OpenAI chunks (asked with ``include_usage``) → Anthropic
   events (``message_start`` … ``message_delta`` with usage, ``message_stop``), each with
   its ``event:`` line, which the Anthropic SDKs require.
@@ -25,6 +28,7 @@ from relay.upstream.providers.anthropic_answers import (
     finish_reason_of,
     openai_usage,
     stop_reason_of,
+    stop_sequence_of,
 )
 from relay.upstream.wire_openai import encode
 
@@ -93,6 +97,7 @@ class MessagesToChatStream:
         self._created = int(time.time())
         self._usage: dict[str, Any] = {}
         self._tool_calls: dict[int, int] = {}  # content block index → tool call index
+        self._thinking: dict[int, str] = {}  # thinking block index → its text so far
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
@@ -133,8 +138,16 @@ class MessagesToChatStream:
         if kind == "message_delta":
             usage = payload.get("usage") or {}
             self._usage.update({k: v for k, v in usage.items() if v is not None})
-            reason = finish_reason_of((payload.get("delta") or {}).get("stop_reason"))
-            return [self._chunk({}, reason)] if reason else []
+            delta = payload.get("delta") or {}
+            reason = finish_reason_of(delta.get("stop_reason"))
+            if not reason:
+                return []
+            chunk = self._chunk({}, reason)
+            if isinstance(delta.get("stop_sequence"), str):  # vLLM's field for the match
+                choice = {"index": 0, "delta": {}, "finish_reason": reason}
+                choice["stop_reason"] = delta["stop_sequence"]
+                chunk = _data_event(self._envelope([choice]))
+            return [chunk]
         if kind == "message_stop":
             self.done = True
             final = {**self._envelope([]), "usage": openai_usage(self._usage)}
@@ -148,6 +161,11 @@ class MessagesToChatStream:
 
     def _block_start(self, payload: dict[str, Any]) -> list[bytes]:
         block = payload.get("content_block") or {}
+        if block.get("type") == "thinking":
+            self._thinking[int(payload.get("index", 0))] = block.get("thinking", "")
+            return []
+        if block.get("type") == "redacted_thinking":  # the client needs it back as it is
+            return [self._chunk({"thinking_blocks": [block]})]
         if block.get("type") != "tool_use":
             text = block.get("text") if block.get("type") == "text" else None
             return [self._chunk({"content": text})] if text else []
@@ -167,7 +185,14 @@ class MessagesToChatStream:
         if kind == "text_delta":
             return [self._chunk({"content": delta.get("text", "")})]
         if kind == "thinking_delta":
+            index = int(payload.get("index", 0))
+            self._thinking[index] = self._thinking.get(index, "") + delta.get("thinking", "")
             return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+        if kind == "signature_delta":
+            # The whole signed block at once, as the client must send it back.
+            thinking = self._thinking.get(int(payload.get("index", 0)), "")
+            signed = {"type": "thinking", "thinking": thinking, "signature": delta["signature"]}
+            return [self._chunk({"thinking_blocks": [signed]})]
         if kind == "input_json_delta":
             position = self._tool_calls.get(int(payload.get("index", 0)), 0)
             call = {"index": position, "function": {"arguments": delta.get("partial_json", "")}}
@@ -191,6 +216,7 @@ class ChatToMessagesStream:
         self._block_kind: str | None = None
         self._tool_blocks: dict[int, int] = {}  # tool call index → content block index
         self._finish_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._usage: dict[str, Any] = {}
         self.done = False
 
@@ -231,6 +257,7 @@ class ChatToMessagesStream:
                 out.extend(self._tool_call(call))
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
+                self._stop_sequence = stop_sequence_of(choice)
         return out
 
     def _start(self, payload: dict[str, Any]) -> bytes:
@@ -302,9 +329,10 @@ class ChatToMessagesStream:
         self.done = True
         out = [] if self._started else [self._start({})]
         out.extend(self._close_block())
+        reason = stop_reason_of(self._finish_reason) or "end_turn"
         delta = {
-            "stop_reason": stop_reason_of(self._finish_reason) or "end_turn",
-            "stop_sequence": None,
+            "stop_reason": "stop_sequence" if self._stop_sequence else reason,
+            "stop_sequence": self._stop_sequence,
         }
         usage = anthropic_usage(self._usage)
         out.append(

@@ -1,8 +1,12 @@
 """Anthropic Messages ↔ OpenAI chat: requests, both ways.
 
-Everything works on decoded JSON (``dict``) and is forgiving: a field relay does not
-understand is dropped rather than refused, since the upstream is the judge of what is
-valid. Answers, usage and errors: ``relay.upstream.providers.anthropic_answers``; streams:
+Everything works on decoded JSON (``dict``). Translation is faithful or refuses: every
+field of both SDKs' ``create()`` is mapped, a documented no-op, or a 400 naming it
+(``relay.upstream.providers.anthropic_params`` holds the table); content parts are
+``relay.upstream.providers.anthropic_parts``. A field neither SDK knows (a provider
+extension) is passed on only where named here (``thinking``, ``top_k``, ``cache_control``,
+``thinking_blocks``, ``is_error``). Answers, usage and errors:
+``relay.upstream.providers.anthropic_answers``; streams:
 ``relay.upstream.providers.anthropic_stream``.
 """
 
@@ -12,44 +16,38 @@ from typing import Any
 
 from relay.errors import InvalidRequest
 from relay.upstream.providers.anthropic_answers import text_of, tool_arguments
+from relay.upstream.providers.anthropic_params import (
+    CHAT_REFUSED,
+    MESSAGES_REFUSED,
+    refuse_unexpressible,
+)
+from relay.upstream.providers.anthropic_parts import (
+    anthropic_blocks,
+    openai_parts,
+    thinking_history,
+)
 from relay.upstream.wire_openai import encode
 
-__all__ = ["DEFAULT_MAX_TOKENS", "chat_request_to_messages", "messages_request_to_chat"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "TOOL_ERROR_PREFIX",
+    "chat_request_to_messages",
+    "messages_request_to_chat",
+]
 
 # Anthropic requires max_tokens; an OpenAI request may omit it.
 DEFAULT_MAX_TOKENS = 4096
 _COPIED_SAMPLING = ("temperature", "top_p")
+_TO_ANTHROPIC = "an Anthropic model"
+_TO_OPENAI = "an OpenAI-compatible model"
 
 
 # ----------------------------------------------------------------- OpenAI request → Anthropic
 
 
-def _image_source(url: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        media_type = header[5:].split(";", 1)[0] or "image/png"
-        return {"type": "base64", "media_type": media_type, "data": data}
-    return {"type": "url", "url": url}
-
-
-def _anthropic_blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content if isinstance(content, list) else []:
-        if not isinstance(part, dict):
-            continue
-        if part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
-        elif part.get("type") == "image_url":
-            image = part.get("image_url")
-            url = image.get("url", "") if isinstance(image, dict) else str(image or "")
-            blocks.append({"type": "image", "source": _image_source(url)})
-    return blocks
-
-
 def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks = _anthropic_blocks(message.get("content"))
+    # Signed thinking first: Claude requires it back, ahead of the tool_use it led to.
+    blocks = thinking_history(message) + anthropic_blocks(message.get("content"))
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         blocks.append(
@@ -92,15 +90,21 @@ def _anthropic_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 def _anthropic_tools(tools: list[Any]) -> list[dict[str, Any]]:
     result = []
     for tool in tools:
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict):
+        if not isinstance(tool, dict):
             continue
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            raise _refuse("tools", f"a {tool.get('type')!r} tool has no Anthropic equivalent")
         converted = {
             "name": function.get("name", ""),
             "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
         }
         if function.get("description"):
             converted["description"] = function["description"]
+        # OpenRouter-style cache_control, on the tool or on its function.
+        cache_control = tool.get("cache_control") or function.get("cache_control")
+        if isinstance(cache_control, dict):
+            converted["cache_control"] = cache_control
         result.append(converted)
     return result
 
@@ -110,17 +114,12 @@ _THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384
 
 
 def _refuse(feature: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"{feature} cannot be sent to an Anthropic model: {why}", param=feature)
+    return InvalidRequest(f"{feature} cannot be sent to {_TO_ANTHROPIC}: {why}", param=feature)
 
 
 def _check_expressible(payload: dict[str, Any]) -> None:
     """Translation is faithful or refuses: never a silent drop of what the client asked."""
-    if (payload.get("n") or 1) > 1:
-        raise _refuse("n", "Claude returns one choice per request")
-    if payload.get("logprobs") or payload.get("top_logprobs"):
-        raise _refuse("logprobs", "Claude does not return log probabilities")
-    if payload.get("seed") is not None:
-        raise _refuse("seed", "Claude has no sampling seed")
+    refuse_unexpressible(payload, CHAT_REFUSED, _TO_ANTHROPIC)
     fmt = payload.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         raise _refuse("response_format", "use json_schema (Claude has no schemaless JSON mode)")
@@ -145,26 +144,42 @@ def _thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:
     return {"type": "enabled", "budget_tokens": budget}
 
 
+def _tool_result(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    result: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": message.get("tool_call_id", ""),
+        # Parts stay blocks so their cache_control survives; a string stays a string.
+        "content": anthropic_blocks(content) if isinstance(content, list) else text_of(content),
+    }
+    if message.get("is_error") is True:  # the extension an OpenAI tool message may carry
+        result["is_error"] = True
+    return result
+
+
+def _system(parts: list[Any]) -> str | list[dict[str, Any]]:
+    """System text; blocks when a part asks for caching (cache_control must survive)."""
+    blocks = [block for content in parts for block in anthropic_blocks(content)]
+    if any("cache_control" in block for block in blocks):
+        return blocks
+    return "\n\n".join(text for content in parts if (text := text_of(content)))
+
+
 def chat_request_to_messages(payload: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     """An OpenAI chat completions request → an Anthropic Messages request."""
     _check_expressible(payload)
-    system: list[str] = []
+    system: list[Any] = []
     turns: list[dict[str, Any]] = []
     for message in payload.get("messages") or []:
         role = message.get("role")
         if role in ("system", "developer"):
-            system.append(text_of(message.get("content")))
+            system.append(message.get("content"))
         elif role == "assistant":
             _append_turn(turns, "assistant", _assistant_blocks(message))
         elif role in ("tool", "function"):
-            result = {
-                "type": "tool_result",
-                "tool_use_id": message.get("tool_call_id", ""),
-                "content": text_of(message.get("content")),
-            }
-            _append_turn(turns, "user", [result])
+            _append_turn(turns, "user", [_tool_result(message)])
         else:
-            _append_turn(turns, "user", _anthropic_blocks(message.get("content")))
+            _append_turn(turns, "user", anthropic_blocks(message.get("content")))
     request: dict[str, Any] = {
         "model": upstream_model,
         "max_tokens": payload.get("max_completion_tokens")
@@ -172,9 +187,9 @@ def chat_request_to_messages(payload: dict[str, Any], upstream_model: str) -> di
         or DEFAULT_MAX_TOKENS,
         "messages": turns,
     }
-    if system:
-        request["system"] = "\n\n".join(part for part in system if part)
-    for name in _COPIED_SAMPLING:
+    if system and (system_content := _system(system)):
+        request["system"] = system_content
+    for name in (*_COPIED_SAMPLING, "top_k"):  # top_k: OpenRouter's extension
         if payload.get(name) is not None:
             request[name] = payload[name]
     if isinstance(request.get("temperature"), int | float):
@@ -187,8 +202,9 @@ def chat_request_to_messages(payload: dict[str, Any], upstream_model: str) -> di
     choice = _anthropic_tool_choice(payload.get("tool_choice"), payload.get("parallel_tool_calls"))
     if choice is not None and payload.get("tools"):
         request["tool_choice"] = choice
-    if isinstance(payload.get("user"), str):
-        request["metadata"] = {"user_id": payload["user"]}
+    user = payload.get("user") or payload.get("safety_identifier")
+    if isinstance(user, str):
+        request["metadata"] = {"user_id": user}
     output_config = _output_config(payload.get("response_format"))
     if output_config is not None:
         request["output_config"] = output_config
@@ -204,23 +220,23 @@ def chat_request_to_messages(payload: dict[str, Any], upstream_model: str) -> di
 
 # ----------------------------------------------------------------- Anthropic request → OpenAI
 
-
-def _image_url(source: dict[str, Any]) -> str:
-    if source.get("type") == "base64":
-        return f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    return str(source.get("url", ""))
+# How an Anthropic tool_result's is_error reaches an OpenAI model (docs/architecture.md §6.6).
+TOOL_ERROR_PREFIX = "Error: "
 
 
-def _openai_parts(blocks: list[Any]) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    for block in blocks:
-        if not isinstance(block, dict):
-            continue
-        if block.get("type") == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
-        elif block.get("type") == "image" and isinstance(block.get("source"), dict):
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block["source"])}})
-    return parts
+def _reasoning_effort(thinking: Any, output_config: Any) -> str | None:
+    """``thinking`` budget (or ``output_config.effort``) → OpenAI ``reasoning_effort``.
+
+    Adaptive thinking leaves the effort to the model, as an OpenAI request without
+    ``reasoning_effort`` does; disabled thinking asks for nothing.
+    """
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    if isinstance(effort, str):
+        return effort if effort in ("low", "medium", "high") else "high"  # max, xhigh
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens") or 0
+        return "high" if budget >= 16384 else "medium" if budget >= 4096 else "low"
+    return None
 
 
 def _user_messages(content: Any) -> list[dict[str, Any]]:
@@ -233,12 +249,12 @@ def _user_messages(content: Any) -> list[dict[str, Any]]:
     for block in blocks:
         if isinstance(block, dict) and block.get("type") == "tool_result":
             inner = block.get("content")
+            text = text_of(inner)
+            # OpenAI tool messages have no error flag: the model reads it in the content.
+            if block.get("is_error") is True:
+                text = f"{TOOL_ERROR_PREFIX}{text}"
             messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": block.get("tool_use_id", ""),
-                    "content": text_of(inner),
-                }
+                {"role": "tool", "tool_call_id": block.get("tool_use_id", ""), "content": text}
             )
             # Images a tool returned can only reach an OpenAI model as user content.
             if isinstance(inner, list):
@@ -247,11 +263,11 @@ def _user_messages(content: Any) -> list[dict[str, Any]]:
                 )
         else:
             rest.append(block)
-    parts = _openai_parts(rest)
+    parts = openai_parts(rest)
     if parts:
         all_text = all(part["type"] == "text" for part in parts)
-        text = "".join(part["text"] for part in parts) if all_text else None
-        messages.append({"role": "user", "content": text if text is not None else parts})
+        joined = "".join(part["text"] for part in parts) if all_text else None
+        messages.append({"role": "user", "content": joined if joined is not None else parts})
     return messages
 
 
@@ -259,13 +275,19 @@ def _assistant_message(content: Any) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     text = ""
+    reasoning = ""
     calls = []
     for block in content if isinstance(content, list) else []:
         if not isinstance(block, dict):
             continue
-        if block.get("type") == "text":
+        kind = block.get("type")
+        if kind == "text":
             text += block.get("text", "")
-        elif block.get("type") == "tool_use":
+        elif kind == "thinking":
+            reasoning += block.get("thinking", "")
+        elif kind == "redacted_thinking":
+            continue  # encrypted for Claude alone: nothing another model could read
+        elif kind == "tool_use":
             arguments = encode(block.get("input") or {}).decode()
             calls.append(
                 {
@@ -274,7 +296,13 @@ def _assistant_message(content: Any) -> dict[str, Any]:
                     "function": {"name": block.get("name", ""), "arguments": arguments},
                 }
             )
+        else:
+            raise InvalidRequest(
+                f"content block {kind!r} cannot be sent to {_TO_OPENAI}", param="messages"
+            )
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if calls:
         message["tool_calls"] = calls
     return message
@@ -292,9 +320,15 @@ def _openai_tool_choice(choice: dict[str, Any]) -> Any:
 def _openai_tools(tools: list[Any]) -> list[dict[str, Any]]:
     result = []
     for tool in tools:
-        # Server tools (web search, code execution...) have a "type" and no input_schema.
-        if not isinstance(tool, dict) or "input_schema" not in tool:
+        if not isinstance(tool, dict):
             continue
+        # Server tools (web search, code execution...) have a "type" and no input_schema.
+        if "input_schema" not in tool:
+            raise InvalidRequest(
+                f"tool type {tool.get('type')!r} cannot be sent to {_TO_OPENAI}: "
+                "it runs only at Anthropic",
+                param="tools",
+            )
         function: dict[str, Any] = {
             "name": tool.get("name", ""),
             "parameters": tool["input_schema"],
@@ -307,6 +341,7 @@ def _openai_tools(tools: list[Any]) -> list[dict[str, Any]]:
 
 def messages_request_to_chat(payload: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     """An Anthropic Messages request → an OpenAI chat completions request."""
+    refuse_unexpressible(payload, MESSAGES_REFUSED, _TO_OPENAI)
     messages: list[dict[str, Any]] = []
     system = text_of(payload.get("system"))
     if system:
@@ -339,12 +374,9 @@ def messages_request_to_chat(payload: dict[str, Any], upstream_model: str) -> di
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         json_schema = {"name": "output", "schema": fmt.get("schema") or {}}
         request["response_format"] = {"type": "json_schema", "json_schema": json_schema}
-    thinking = payload.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        budget = thinking.get("budget_tokens") or 0
-        request["reasoning_effort"] = (
-            "high" if budget >= 16384 else "medium" if budget >= 4096 else "low"
-        )
+    effort = _reasoning_effort(payload.get("thinking"), payload.get("output_config"))
+    if effort is not None:
+        request["reasoning_effort"] = effort
     if payload.get("stream"):
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}

@@ -21,14 +21,26 @@ from relay.upstream.client import Timeouts, UpstreamClient, UpstreamResponse
 from relay.upstream.keypool import KeyPool, UpstreamKey
 from relay.upstream.providers.responses_translate import responses_request_to_chat
 from relay.upstream.wire_anthropic import MessagesRequest
-from relay.upstream.wire_openai import ChatRequest, decode_chat_request, encode
+from relay.upstream.wire_openai import (
+    ChatRequest,
+    CompletionRequest,
+    decode_chat_request,
+    encode,
+)
 from relay.upstream.wire_responses import ResponsesRequest
 
 __all__ = [
     "CHAT_PATH",
+    "COMPLETIONS_PATH",
+    "IMAGE_EDITS_PATH",
     "IMAGES_PATH",
     "MESSAGES_PATH",
+    "MODERATIONS_PATH",
+    "OPENAI_ONLY_PATHS",
     "RESPONSES_PATH",
+    "SPEECH_PATH",
+    "TRANSCRIPTIONS_PATH",
+    "TRANSLATIONS_PATH",
     "VIDEOS_PATH",
     "Provider",
     "with_model",
@@ -40,6 +52,24 @@ MESSAGES_PATH = "/messages"
 IMAGES_PATH = "/images/generations"
 VIDEOS_PATH = "/videos"
 RESPONSES_PATH = "/responses"
+TRANSCRIPTIONS_PATH = "/audio/transcriptions"
+TRANSLATIONS_PATH = "/audio/translations"
+SPEECH_PATH = "/audio/speech"
+IMAGE_EDITS_PATH = "/images/edits"
+COMPLETIONS_PATH = "/completions"
+MODERATIONS_PATH = "/moderations"
+# OpenAI routes relay passes through as they are, with no translation to another dialect:
+# only an OpenAI-dialect upstream serves them.
+OPENAI_ONLY_PATHS = frozenset(
+    {
+        TRANSCRIPTIONS_PATH,
+        TRANSLATIONS_PATH,
+        SPEECH_PATH,
+        IMAGE_EDITS_PATH,
+        COMPLETIONS_PATH,
+        MODERATIONS_PATH,
+    }
+)
 
 
 class Provider:
@@ -83,6 +113,10 @@ class Provider:
     def url(self, path: str) -> str:
         raise NotImplementedError
 
+    def serves(self, path: str) -> bool:
+        """Whether this upstream can answer the client's ``path`` (as is or translated)."""
+        return path not in OPENAI_ONLY_PATHS
+
     def headers(self, key: UpstreamKey) -> dict[str, str]:
         raise NotImplementedError
 
@@ -98,6 +132,16 @@ class Provider:
 
     def embedding_body(self, body: bytes, public_model: str, upstream_model: str) -> bytes:
         raise NotImplementedError
+
+    def completion_body(
+        self,
+        body: bytes,
+        request: CompletionRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        """A legacy completions request, shaped like chat (only OpenAI dialects serve it)."""
+        raise self.unsupported("POST /v1/completions")
 
     @property
     def speaks_responses(self) -> bool:

@@ -3,7 +3,9 @@
 It answers deterministically (the same request gives the same answer), streams in
 ``mock_stream_chunks`` pieces, honours ``stream_options.include_usage`` and reports
 usage, so the embedded default config exercises relay's real code paths offline.
-Its reply never repeats the prompt. Images and video jobs: ``relay.upstream.providers.mock_media``.
+Its reply never repeats the prompt. Legacy completions and moderations are answered here;
+images and video jobs in ``relay.upstream.providers.mock_media``, audio in
+``relay.upstream.providers.mock_audio``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import msgspec
 
 from relay.config import ProviderConfig
 from relay.upstream.client import Timeouts, UpstreamResponse, UpstreamTooLarge
+from relay.upstream.providers.mock_audio import speech_audio, transcription_answer
 from relay.upstream.providers.mock_media import (
     DEFAULT_VIDEO_RENDER_S,
     image_answer,
+    image_edit_answer,
     video_content,
     video_created,
     video_status,
@@ -43,6 +47,7 @@ class _MockRequest(msgspec.Struct):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     input: Any = None
+    prompt: Any = None
 
 
 class _MockResponse:
@@ -115,11 +120,27 @@ class MockUpstream:
         body = body or b"{}"
         if "/videos" in url:
             return self._videos(method, url.split("/videos", 1)[1], body)
+        content_type = headers.get("content-type", "")
+        for path in ("/audio/transcriptions", "/audio/translations"):
+            if url.endswith(path):
+                answer, answer_type = transcription_answer(
+                    body, content_type, path.endswith("translations")
+                )
+                return _MockResponse(200, answer, content_type=answer_type)
+        if url.endswith("/images/edits"):
+            return _MockResponse(200, image_edit_answer(body, content_type))
+        if url.endswith("/audio/speech"):
+            pieces, audio_type = speech_audio(body)
+            return _MockResponse(200, pieces=pieces, content_type=audio_type)
         request = msgspec.json.decode(body, type=_MockRequest)
         if url.endswith("/chat/completions"):
             return self._chat(body, request)
+        if url.endswith("/completions"):
+            return self._completions(body, request)
         if url.endswith("/embeddings"):
             return self._embeddings(body, request)
+        if url.endswith("/moderations"):
+            return _MockResponse(200, _moderation(body, request))
         if url.endswith("/images/generations"):
             return _MockResponse(200, image_answer(body))
         return _not_found()
@@ -182,6 +203,40 @@ class MockUpstream:
         pieces.append(b"data: [DONE]\n\n")
         return pieces
 
+    def _completions(self, body: bytes, request: _MockRequest) -> _MockResponse:
+        """Legacy ``/completions``: one text choice per prompt, streamed like chat."""
+        words = _reply_words(request.max_tokens)
+        prompts = request.prompt if isinstance(request.prompt, list) else [request.prompt]
+        usage = {
+            "prompt_tokens": _prompt_tokens(body),
+            "completion_tokens": len(words) * len(prompts),
+            "total_tokens": _prompt_tokens(body) + len(words) * len(prompts),
+        }
+        base = {
+            "id": "cmpl-mock-" + _completion_id(body)[14:],
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": request.model,
+        }
+        if not request.stream:
+            choices = [
+                {"index": i, "text": " ".join(words), "logprobs": None, "finish_reason": "stop"}
+                for i in range(len(prompts))
+            ]
+            return _MockResponse(200, encode({**base, "choices": choices, "usage": usage}))
+        pieces = []
+        for i in range(len(prompts)):
+            for position, word in enumerate(words):
+                text = word if position == 0 else " " + word
+                choice = {"index": i, "text": text, "logprobs": None, "finish_reason": None}
+                pieces.append(_event({**base, "choices": [choice]}))
+            last = {"index": i, "text": "", "logprobs": None, "finish_reason": "stop"}
+            pieces.append(_event({**base, "choices": [last]}))
+        if (request.stream_options or {}).get("include_usage"):
+            pieces.append(_event({**base, "choices": [], "usage": usage}))
+        pieces.append(b"data: [DONE]\n\n")
+        return _MockResponse(200, pieces=pieces, content_type=_SSE)
+
     def _embeddings(self, body: bytes, request: _MockRequest) -> _MockResponse:
         inputs = request.input if isinstance(request.input, list) else [request.input]
         data = []
@@ -203,6 +258,24 @@ class MockUpstream:
 
 
 _SSE = "text/event-stream"
+
+
+_MODERATION_CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence")
+
+
+def _moderation(body: bytes, request: _MockRequest) -> bytes:
+    """Nothing is ever flagged; the scores are small and derive from each input."""
+    inputs = request.input if isinstance(request.input, list) else [request.input]
+    results = []
+    for item in inputs:
+        digest = hashlib.sha256(encode(item)).digest()
+        scores = {
+            name: round(digest[i] / 255_000, 6) for i, name in enumerate(_MODERATION_CATEGORIES)
+        }
+        categories = dict.fromkeys(_MODERATION_CATEGORIES, False)
+        results.append({"flagged": False, "categories": categories, "category_scores": scores})
+    moderation_id = "modr-mock-" + hashlib.sha256(body).hexdigest()[:20]
+    return encode({"id": moderation_id, "model": request.model, "results": results})
 
 
 def _not_found() -> _MockResponse:

@@ -22,6 +22,8 @@ from relay.upstream.wire_openai import encode
 __all__ = [
     "DEFAULT_VIDEO_RENDER_S",
     "image_answer",
+    "form_values",
+    "image_edit_answer",
     "tiny_png",
     "video_content",
     "video_created",
@@ -76,6 +78,34 @@ def image_answer(body: bytes) -> bytes:
         else:
             data.append({"b64_json": encoded})
     return encode({"created": int(time.time()), "data": data})
+
+
+def form_values(body: bytes, content_type: str) -> dict[str, bytes]:
+    """Each part's name → its bytes, found by splitting on the boundary (enough for a mock)."""
+    boundary = content_type.partition("boundary=")[2].strip().strip('"')
+    values: dict[str, bytes] = {}
+    if not boundary:
+        return values
+    for chunk in body.split(b"--" + boundary.encode("latin-1")):
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        marker = head.find(b'name="')
+        if not sep or marker < 0:
+            continue
+        name_end = head.find(b'"', marker + 6)
+        values[head[marker + 6 : name_end].decode("latin-1")] = data.removesuffix(b"\r\n")
+    return values
+
+
+def image_edit_answer(body: bytes, content_type: str) -> bytes:
+    """``/images/edits`` (a multipart form): ``n`` images derived from the whole form."""
+    form = form_values(body, content_type)
+    count = form.get("n", b"1")
+    request = {
+        "n": int(count) if count.isdigit() and len(count) < 3 else 1,
+        "response_format": form.get("response_format", b"b64_json").decode("latin-1"),
+        "prompt": hashlib.sha256(body).hexdigest(),
+    }
+    return image_answer(encode(request))
 
 
 def _video_view(video_id: str, request: _VideoRequest, status: str, progress: int) -> bytes:

@@ -22,7 +22,7 @@ from relay.upstream.providers.translated import (
     TranslatedResponse,
 )
 from relay.upstream.wire_anthropic import MessagesRequest
-from relay.upstream.wire_openai import ChatRequest, encode
+from relay.upstream.wire_openai import ChatRequest, CompletionRequest, encode
 
 __all__ = ["OpenAIProvider"]
 
@@ -35,13 +35,25 @@ class OpenAIProvider(Provider):
             upstream_path = CHAT_PATH
         return self.config.base_url.rstrip("/") + upstream_path
 
+    def serves(self, path: str) -> bool:
+        return True  # every OpenAI route, the pass-through ones included
+
     def headers(self, key: UpstreamKey) -> dict[str, str]:
         return {"authorization": f"Bearer {key.secret}", "content-type": "application/json"}
+
+    def completion_body(
+        self,
+        body: bytes,
+        request: CompletionRequest,
+        upstream_model: str,
+        max_output_tokens: int | None = None,
+    ) -> bytes:
+        return self.chat_body(body, request, upstream_model, max_output_tokens)
 
     def chat_body(
         self,
         body: bytes,
-        request: ChatRequest,
+        request: ChatRequest | CompletionRequest,
         upstream_model: str,
         max_output_tokens: int | None = None,
     ) -> bytes:

@@ -42,9 +42,11 @@ def _chat_part(part: Any) -> dict[str, Any]:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
     if kind == "input_file":
-        if not part.get("file_data"):
+        # A file_url travels as OpenRouter-style file_data (a URL document for Claude).
+        data = part.get("file_data") or part.get("file_url")
+        if not data:
             raise _refuse("input_file.file_id", "send the file inline as file_data")
-        file = {"file_data": part["file_data"], "filename": part.get("filename") or "file"}
+        file = {"file_data": data, "filename": part.get("filename") or "file"}
         return {"type": "file", "file": file}
     raise _refuse(f"input content {kind!r}")
 

@@ -1,0 +1,259 @@
+"""The routes that run in cluster mode, and a 501 for every one that does not yet.
+
+In cluster mode the records the admin API and the balance routes answer from live in
+PostgreSQL (money: ``PgMoneyStore``; accounts and keys: ``ClusterAccountStore``), not in the
+instance's local SQLite, which is a scratch file holding nothing shared. So:
+
+- ``ClusterRouteGuard`` answers 501 ``not_available_in_cluster_mode`` for every route not
+  in ``CLUSTER_ROUTES`` (never a wrong answer from an empty local database);
+- ``cluster_routes`` overrides the few whose money comes from the wallet: credits, the
+  wallet view, ``/v1/balance``, ``/v1/key``, the reload (announced to every instance), and
+  the account/key views (their money fields read from PostgreSQL).
+
+docs/scaling.md lists both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from relay.admin import accounts, keys
+from relay.admin.common import admin_route, created, decode_body, parse_usd
+from relay.admin.operations import reload_config
+from relay.cluster.runtime import ClusterRuntime
+from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
+from relay.http.responses import error_response, json_response
+from relay.identity.accounts import Account, ApiKey
+from relay.money.pricing import micros_to_usd
+from relay.money.records import BalanceView, DuplicateReference
+from relay.state import RelayState, relay_state
+
+__all__ = ["CLUSTER_ROUTES", "ClusterRouteGuard", "cluster_routes"]
+
+# (method, path pattern) of everything that answers in cluster mode.
+CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
+    ("POST", r"/v1/chat/completions"),
+    ("POST", r"/v1/embeddings"),
+    ("POST", r"/v1/messages"),
+    ("POST", r"/v1/messages/count_tokens"),
+    ("POST", r"/v1/images/generations"),
+    ("GET", r"/v1/models"),
+    ("GET", r"/v1/models/.+"),
+    ("GET", r"/v1/balance"),
+    ("GET", r"/v1/key"),
+    ("GET", r"/healthz"),
+    ("GET", r"/metrics"),
+    ("POST", r"/admin/accounts"),
+    ("GET", r"/admin/accounts"),
+    ("GET", r"/admin/accounts/[^/]+"),
+    ("PATCH", r"/admin/accounts/[^/]+"),
+    ("POST", r"/admin/accounts/[^/]+/credits"),
+    ("GET", r"/admin/accounts/[^/]+/wallet"),
+    ("POST", r"/admin/accounts/[^/]+/keys"),
+    ("GET", r"/admin/keys"),
+    ("GET", r"/admin/keys/[^/]+"),
+    ("PATCH", r"/admin/keys/[^/]+"),
+    ("POST", r"/admin/keys/[^/]+/revoke"),
+    ("POST", r"/admin/reload"),
+    ("GET", r"/admin/upstreams"),
+)
+_ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
+
+
+class ClusterRouteGuard:
+    """501 for a route that does not run in cluster mode yet (HEAD counts as GET)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method = "GET" if scope["method"] == "HEAD" else scope["method"]
+            path = scope["path"]
+            if not any(m == method and p.fullmatch(path) for m, p in _ALLOWED):
+                error = NotAvailableInCluster(
+                    f"{scope['method']} {path} does not run in cluster mode yet (docs/scaling.md)"
+                )
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _runtime(state: RelayState) -> ClusterRuntime:
+    assert state.cluster is not None
+    return state.cluster
+
+
+def _wallet_view(account_id: str, view: BalanceView) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "balance_micros": view.balance_micros,
+        "held_micros": view.held_micros,
+        "available_micros": view.available_micros,
+        "credit_limit_micros": view.credit_limit_micros,
+        "mode": view.mode,
+        "balance_usd": micros_to_usd(view.balance_micros),
+        "available_usd": micros_to_usd(view.available_micros),
+    }
+
+
+async def _wallet(state: RelayState, account_id: str) -> dict[str, Any]:
+    return _wallet_view(account_id, await _runtime(state).store.snapshot(account_id))
+
+
+@admin_route
+async def credit_account(request: Request, state: RelayState) -> Response:
+    """A top-up into the PostgreSQL ledger, idempotent per (account, reference)."""
+    account = state.store.account(request.path_params["account"])
+    credit = await decode_body(request, accounts.Credit)
+    amount = parse_usd(credit.amount_usd, "amount_usd")
+    if amount <= 0:
+        raise InvalidRequest("amount_usd must be positive", param="amount_usd")
+    store = _runtime(state).store
+    try:
+        written = await store.credit(
+            account.id, amount, reference=credit.reference, note=credit.note
+        )
+    except DuplicateReference:
+        written = False
+    wallet = await _wallet(state, account.id)
+    if not written:
+        return json_response({"credited": False, "wallet": wallet})
+    return created({"credited": True, "amount_micros": amount, "wallet": wallet})
+
+
+@admin_route
+async def show_wallet(request: Request, state: RelayState) -> Response:
+    account = state.store.account(request.path_params["account"])
+    return json_response(await _wallet(state, account.id))
+
+
+@admin_route
+async def reload_everywhere(request: Request, state: RelayState) -> Response:
+    """Reload here, then announce it: every other instance re-reads its own file."""
+    response = await reload_config(request)
+    if response.status_code < 300:
+        await _runtime(state).publish("config")
+    return response
+
+
+async def _patch_money(state: RelayState, view: dict[str, Any]) -> None:
+    """Replace a view's money fields (computed from the local wallet) with PostgreSQL's."""
+    store = _runtime(state).store
+    if "masked" in view:  # a key
+        spend = await store.key_snapshot(view["id"])
+        view.update(
+            spent_micros=spend.spent_micros,
+            remaining_micros=spend.remaining_micros,
+            period_spent_micros=spend.spent_micros,
+        )
+    elif "balance_micros" in view and "id" in view:  # an account
+        balance = await store.snapshot(view["id"])
+        view.update(
+            balance_micros=balance.balance_micros,
+            held_micros=balance.held_micros,
+            available_micros=balance.available_micros,
+        )
+
+
+def _with_pg_money(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def wrapped(request: Request) -> Response:
+        response = await endpoint(request)
+        if response.status_code >= 300:
+            return response
+        body = msgspec.json.decode(bytes(response.body))
+        state = relay_state(request)
+        views = body["data"] if isinstance(body.get("data"), list) else [body]
+        for view in views:
+            await _patch_money(state, view)
+        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+        patched = json_response(body, headers=headers)
+        patched.status_code = response.status_code
+        return patched
+
+    wrapped.__name__ = getattr(endpoint, "__name__", "cluster_view")
+    return wrapped
+
+
+async def _key_principal(request: Request, state: RelayState) -> tuple[ApiKey, Account]:
+    principal = await state.auth.authenticate(request.headers)
+    if principal.key is None or principal.account is None:
+        raise InvalidRequest("This route needs a client key, not the admin token")
+    return principal.key, principal.account
+
+
+async def show_balance(request: Request) -> Response:
+    state = relay_state(request)
+    try:
+        _, account = await _key_principal(request, state)
+        wallet = await _wallet(state, account.id)
+    except RelayError as exc:
+        return error_response(exc)
+    return json_response({"object": "balance", **wallet})
+
+
+async def show_calling_key(request: Request) -> Response:
+    state = relay_state(request)
+    try:
+        key, account = await _key_principal(request, state)
+        spend = await _runtime(state).store.key_snapshot(key.id)
+        wallet = await _wallet(state, account.id)
+    except RelayError as exc:
+        return error_response(exc)
+    return json_response(
+        {
+            "object": "key",
+            "id": key.id,
+            "name": key.label,
+            "account_id": account.id,
+            "masked": key.masked,
+            "models": list(key.models),
+            "endpoints": list(key.endpoints),
+            "limits": {
+                "rpm": key.rpm,
+                "tpm": key.tpm,
+                "concurrency": key.concurrency,
+                "spend_cap_micros": key.spend_cap_micros,
+                "budget_period": None,
+                "expires_at_ms": key.expires_at_ms,
+            },
+            "spent_micros": spend.spent_micros,
+            "held_micros": spend.held_micros,
+            "remaining_micros": spend.remaining_micros,
+            "period_spent_micros": spend.spent_micros,
+            "resets_at_ms": None,
+            "balance": {"object": "balance", **wallet},
+        }
+    )
+
+
+def cluster_routes() -> list[BaseRoute]:
+    """Placed before the embedded routes: the first match wins."""
+    return [
+        Route("/v1/balance", show_balance, methods=["GET"]),
+        Route("/v1/key", show_calling_key, methods=["GET"]),
+        Route("/admin/accounts/{account}/credits", credit_account, methods=["POST"]),
+        Route("/admin/accounts/{account}/wallet", show_wallet, methods=["GET"]),
+        Route("/admin/reload", reload_everywhere, methods=["POST"]),
+        Route("/admin/accounts", _with_pg_money(accounts.create_account), methods=["POST"]),
+        Route("/admin/accounts", _with_pg_money(accounts.list_accounts), methods=["GET"]),
+        Route("/admin/accounts/{account}", _with_pg_money(accounts.show_account), methods=["GET"]),
+        Route(
+            "/admin/accounts/{account}", _with_pg_money(accounts.update_account), methods=["PATCH"]
+        ),
+        Route("/admin/accounts/{account}/keys", _with_pg_money(keys.create_key), methods=["POST"]),
+        Route("/admin/keys", _with_pg_money(keys.list_keys), methods=["GET"]),
+        Route("/admin/keys/{key_id}", _with_pg_money(keys.show_key), methods=["GET"]),
+        Route("/admin/keys/{key_id}", _with_pg_money(keys.update_key), methods=["PATCH"]),
+        Route("/admin/keys/{key_id}/revoke", _with_pg_money(keys.revoke_key), methods=["POST"]),
+    ]

@@ -1,0 +1,53 @@
+"""Usage rows in PostgreSQL: one multi-row INSERT per settler batch.
+
+The columns are the embedded ``usage`` table's (``relay.usage.log.UsageRecord``), so a row
+reads the same on both engines. Rows are written inside the settler's transaction, beside
+the settlements of the same batch: one commit records and bills (relay.cluster.settler).
+A replayed batch (its commit's answer was lost) inserts nothing twice: ``request_id`` is
+unique and a conflict is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from relay.usage.log import UsageRecord
+
+__all__ = ["insert_usage"]
+
+_COLUMNS = tuple(UsageRecord.__struct_fields__)
+_TYPES = {
+    "ts_ms": "bigint",
+    "status": "integer",
+    "stream": "integer",
+    "usage_estimated": "integer",
+    "prompt_tokens": "bigint",
+    "completion_tokens": "bigint",
+    "cached_tokens": "bigint",
+    "cache_write_tokens": "bigint",
+    "units": "bigint",
+    "cost_micros": "bigint",
+    "latency_ms": "bigint",
+    "ttfb_ms": "bigint",
+}
+_INSERT = (
+    f"INSERT INTO usage ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_COLUMNS))
+    + ") ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+def _value(column: str, value: Any) -> Any:
+    # SQLite stores booleans as 0/1; the PostgreSQL columns mirror that.
+    if column in ("stream", "usage_estimated"):
+        return int(bool(value))
+    return value
+
+
+async def insert_usage(conn: Any, records: Sequence[UsageRecord]) -> None:
+    """Insert ``records`` in one statement (one round trip) on ``conn``'s transaction."""
+    if not records:
+        return
+    columns = [[_value(c, getattr(r, c)) for r in records] for c in _COLUMNS]
+    await conn.execute(_INSERT, *columns)

@@ -1,0 +1,189 @@
+"""One instance's share of the cluster: the pools, its lease, and the heartbeat.
+
+``ClusterRuntime.open`` connects to PostgreSQL (migrations under the advisory lock, then a
+lease for this process) and Redis, and builds the admission (``ClusterAdmitter``) over the
+settler. ``start`` runs the settler, the invalidation listener and the heartbeat, which
+every ``min(lease_s / 3, 1 s)``:
+
+- renews this instance's PostgreSQL lease (``LeaseLost``: admission stops, 503) and the
+  Redis leases of its in-flight concurrency slots;
+- compares the invalidation version (``check_version``), the backstop for a lost message;
+- sweeps expired instances' holds (``reap_expired``) on at most one instance at a time,
+  elected per sweep by a transaction-scoped advisory lock.
+
+``close`` (after the server stopped taking requests and drained its streams) waits for the
+settler to commit what is queued, then retires the lease so nothing of this instance is
+left held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from relay.cluster.admission import ClusterAdmitter
+from relay.cluster.invalidation import Invalidation, InvalidationBus
+from relay.cluster.pg_leases import InstanceLease, LeaseLost, reap_expired
+from relay.cluster.pg_money import PgMoneyStore
+from relay.cluster.pg_pool import create_pool
+from relay.cluster.pg_schema import migrate
+from relay.cluster.redis_limits import RedisLimiter
+from relay.cluster.settler import Settler
+from relay.config import Config
+from relay.jobs.periodic import PeriodicTask
+from relay.usage.log import UsageLog, UsageRecord
+
+__all__ = ["ClusterRuntime", "ClusterUsageLog"]
+
+log = logging.getLogger(__name__)
+
+# Any constant shared by every instance: who sweeps expired leases this round.
+_REAPER_LOCK = 0x72656C6179 + 1
+# Queued settlements are given this long to commit at shutdown; what is left is released
+# by the lease sweep (recorded abandoned), never charged twice.
+DRAIN_TIMEOUT_S = 10.0
+
+InvalidationHandler = Callable[[Invalidation], Awaitable[None]]
+
+
+class ClusterUsageLog(UsageLog):
+    """Usage rows to the settler: written in the same transaction as the batch's charges."""
+
+    def __init__(
+        self, settler: Settler, observer: Callable[[UsageRecord], None] | None, db: Any
+    ) -> None:
+        super().__init__(db, observer)
+        self._settler = settler
+        self._observe = observer
+
+    def record(self, record: UsageRecord, charge: object = None) -> None:
+        if self._observe is not None:
+            self._observe(record)
+        self._settler.record(record)
+
+
+class ClusterRuntime:
+    def __init__(self, pool: Any, redis: Any, lease: InstanceLease, *, lease_s: float) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.lease = lease
+        self.instance_id = lease.instance_id
+        self.lease_lost = False
+        self.store = PgMoneyStore(pool, lease.instance_id)
+        self.limiter = RedisLimiter(redis, lease.instance_id, lease_ms=int(lease_s * 1000))
+        self.settler = Settler(self.store)
+        self.admitter = ClusterAdmitter(
+            self.limiter, self.store, self.settler, lease_ok=self.healthy
+        )
+        self.bus: InvalidationBus | None = None
+        self._on_invalidate: InvalidationHandler | None = None
+        self._reload_pending = False
+        self._settler_task: asyncio.Task[None] | None = None
+        self._heartbeat = PeriodicTask(
+            "relay-cluster-heartbeat", self.beat, interval_s=min(lease_s / 3, 1.0), log=log
+        )
+        self.reaped_holds = 0
+
+    def healthy(self) -> bool:
+        """May this instance admit? Not once its lease is lost or its settler has died (a
+        request it admitted could then never be billed)."""
+        task = self._settler_task
+        return not self.lease_lost and (task is None or not task.done())
+
+    @classmethod
+    async def open(cls, config: Config, *, name: str = "relay") -> ClusterRuntime:
+        assert config.storage is not None and config.cluster is not None
+        import redis.asyncio as redis_asyncio  # the 'cluster' extra
+
+        pool = await create_pool(config.storage.url, min_size=2, max_size=20)
+        try:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            if applied:
+                log.info("cluster: applied migrations %s", ", ".join(applied))
+            lease = await InstanceLease.register(pool, config.cluster.lease_s, name=name)
+            redis = redis_asyncio.Redis.from_url(config.cluster.redis_url)
+        except BaseException:
+            await pool.close()
+            raise
+        log.info("cluster: instance %s registered", lease.instance_id)
+        return cls(pool, redis, lease, lease_s=config.cluster.lease_s)
+
+    async def start(self, on_invalidate: InvalidationHandler) -> None:
+        self._on_invalidate = on_invalidate
+        self._settler_task = asyncio.create_task(self.settler.run(), name="relay-settler")
+        self.bus = InvalidationBus(self.redis, self.instance_id, self._apply)
+        await self.bus.start()
+        # Records were loaded before the listener subscribed: a change committed in between
+        # was announced to nobody here, so everything is read once more now.
+        await on_invalidate(Invalidation(version=self.bus.seen_version, kind="all"))
+        self._heartbeat.start()
+
+    async def _apply(self, change: Invalidation) -> None:
+        assert self._on_invalidate is not None
+        try:
+            await self._on_invalidate(change)
+        except Exception as exc:
+            # Named reason: a reload that failed (PostgreSQL briefly unreachable) must not stop
+            # the listener; the heartbeat reloads everything until one succeeds.
+            self._reload_pending = True
+            log.error("cluster: applying %s failed (%s); full reload pending", change.kind, exc)
+
+    async def publish(self, kind: str, target: str = "") -> None:
+        """Announce a committed change to every instance (this one included)."""
+        assert self.bus is not None
+        await self.bus.publish(kind, target)  # type: ignore[arg-type]
+
+    async def beat(self) -> None:
+        if not self.lease_lost:
+            try:
+                await self.lease.renew()
+            except LeaseLost:
+                # Fenced: holds of this instance may be released already; admit nothing more.
+                self.lease_lost = True
+                log.error("cluster: lease of %s expired; admission stopped", self.instance_id)
+        await self.limiter.renew(list(self.admitter.in_flight))
+        if self.bus is not None:
+            await self.bus.check_version()
+            if self._reload_pending:
+                self._reload_pending = False
+                await self._apply(Invalidation(version=self.bus.seen_version, kind="all"))
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _REAPER_LOCK):
+                result = await reap_expired(conn)
+                if result.holds_released:
+                    self.reaped_holds += result.holds_released
+                    log.warning(
+                        "cluster: released %d holds of %d expired instances (abandoned)",
+                        result.holds_released,
+                        result.instances_reaped,
+                    )
+
+    async def close(self) -> None:
+        await self._heartbeat.stop()
+        try:
+            await asyncio.wait_for(self.settler.drain(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.error("cluster: %d settlements not committed at shutdown", self.settler.pending)
+        task, self._settler_task = self._settler_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # named reason: report it, then still retire and close
+                log.error("cluster: the settler had stopped: %s: %s", type(exc).__name__, exc)
+        await self.admitter.drain()
+        if self.bus is not None:
+            await self.bus.stop()
+        try:
+            if not self.lease_lost:
+                # Expire now: whatever did not commit is released by the next sweep
+                # (recorded abandoned) instead of waiting out the lease.
+                await self.lease.retire()
+        finally:
+            await self.redis.aclose()
+            await self.pool.close()
