@@ -340,7 +340,7 @@ def create_app(
             if cluster is None:  # it watches the local wallet's balances
                 await watcher.start()
                 stack.push_async_callback(watcher.aclose)
-                # Billing mail reads the local ledger: embedded only until records are on PostgreSQL.
+                # Billing mail reads the local ledger: embedded only, until records move to PG.
                 billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
                 mailer = PeriodicTask(
                     "relay-billing-mail",

@@ -19,7 +19,8 @@ The money tables (0001_money) differ from the embedded ones; the mapping:
   ``balance_micros``, ``worst_micros`` and ``held_micros`` have no embedded column: the
   balance is the sum of the ledger rows (copied, summed by the ledger's trigger), and
   holds only exist in a running process.
-- ``api_keys``: the embedded columns are added by ``0003_identity``. ``spent_micros`` is the key's charges, summed by the ledger's trigger exactly as
+- ``api_keys``: the embedded columns are added by ``0003_identity``. ``spent_micros`` is
+  the key's charges, summed by the ledger's trigger exactly as
   ``relay.money.ledger.load_wallet`` sums them.
 - ``ledger``: ``created_at_ms`` is added (the embedded time, what every query compares);
   ``created_at`` (timestamptz, from 0001_money) carries the same instant.
