@@ -445,6 +445,15 @@ CREATE TABLE console_password_resets (
 ) WITHOUT ROWID;
 """
 
+# Every index on ``usage`` is paid by every request (the writer's per-row insert cost),
+# so only those a reader needs stay. A key's summary searches ``usage_key_id`` (a key's
+# rows in the 90-day hot table) and a model's across all accounts searches ``usage_ts``
+# (the time range), as the EXPLAIN tests in tests/test_usage_queries.py check.
+_LEANER_USAGE_INDEXES = """
+DROP INDEX IF EXISTS usage_key_ts;
+DROP INDEX IF EXISTS usage_model_ts;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
@@ -454,6 +463,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "budget periods on keys, budgets on accounts", _BUDGETS_SCHEMA),
     Migration(7, "alert outbox", _ALERTS_SCHEMA),
     Migration(8, "console password reset links", _PASSWORD_RESETS_SCHEMA),
+    Migration(9, "drop usage indexes no reader needs", _LEANER_USAGE_INDEXES),
 )
 
 _CREATE_TRACKING_TABLE = """
