@@ -156,6 +156,22 @@ async def test_summary_queries_search_an_index(seeded: Database, fields: dict[st
         assert_index_search(plan(seeded.path, sql, params))
 
 
+async def test_usage_carries_only_the_indexes_readers_need(seeded: Database) -> None:
+    # Each index is one more B-tree insert per request; key and model summaries search
+    # usage_key_id / usage_ts instead of their own (key, ts) and (model, ts) indexes.
+    with sqlite3.connect(seeded.path) as conn:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage'"
+        ).fetchall()
+    names = {name for (name,) in rows}
+    assert "usage_key_ts" not in names and "usage_model_ts" not in names
+    assert {"usage_ts", "usage_account_ts", "usage_key_id", "usage_account_id"} <= names
+    key_plan = plan(seeded.path, *summary_queries(may(by="day", key_id="key_a"))[0])
+    assert any("usage_key_id" in step for step in key_plan), key_plan
+    model_plan = plan(seeded.path, *summary_queries(may(by="key", model="gpt"))[0])
+    assert any("usage_ts" in step for step in model_plan), model_plan
+
+
 async def test_paging_and_counting_search_an_index(seeded: Database) -> None:
     for rows in (
         RowRange("usage", MAY_1, JUNE_1),

@@ -466,6 +466,15 @@ CREATE TABLE billing_mail (
 CREATE INDEX billing_mail_due ON billing_mail (status, next_attempt_at_ms);
 """
 
+# Every index on ``usage`` is paid by every request (the writer's per-row insert cost),
+# so only those a reader needs stay. A key's summary searches ``usage_key_id`` (a key's
+# rows in the 90-day hot table) and a model's across all accounts searches ``usage_ts``
+# (the time range), as the EXPLAIN tests in tests/test_usage_queries.py check.
+_LEANER_USAGE_INDEXES = """
+DROP INDEX IF EXISTS usage_key_ts;
+DROP INDEX IF EXISTS usage_model_ts;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core schema", _CORE_SCHEMA),
     Migration(2, "usage and audit archives", _ARCHIVES_SCHEMA),
@@ -476,6 +485,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "alert outbox", _ALERTS_SCHEMA),
     Migration(8, "console password reset links", _PASSWORD_RESETS_SCHEMA),
     Migration(9, "billing mail: receipts and monthly statements", _BILLING_MAIL_SCHEMA),
+    Migration(10, "drop usage indexes no reader needs", _LEANER_USAGE_INDEXES),
 )
 
 _CREATE_TRACKING_TABLE = """

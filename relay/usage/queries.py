@@ -1,10 +1,11 @@
 """Reading the hot usage table: summaries by account, key, model or day, and exports.
 
 Every query is bounded by a time range and filtered on indexed columns (``usage_ts``,
-``usage_account_ts``, ``usage_key_ts``, ``usage_model_ts``), so it searches an index
-instead of scanning millions of rows. Percentiles are computed inside SQLite with window
-functions: only two rows per group come back to Python. Exports and archives walk a
-range page by page with a ``(ts_ms, id)`` keyset, so a month is never held in memory.
+``usage_account_ts``, ``usage_key_id``), so it searches an index instead of scanning
+millions of rows; a model filter alone narrows the time range's rows. Percentiles are
+computed inside SQLite with window functions: only two rows per group come back to
+Python. Exports and archives walk a range page by page with a ``(ts_ms, id)`` keyset,
+so a month is never held in memory.
 Only the hot table (the last 90 days) is read here; older rows live in archive files
 (``relay.usage.retention``).
 """
