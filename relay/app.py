@@ -337,11 +337,11 @@ def create_app(
             stack.push_async_callback(alerts.aclose)
             state.alerts = alerts
             watcher = AlertWatcher(state, alerts)
+            billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
             if cluster is None:  # it watches the local wallet's balances
                 await watcher.start()
                 stack.push_async_callback(watcher.aclose)
                 # Billing mail reads the local ledger: embedded only, until records move to PG.
-                billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
                 mailer = PeriodicTask(
                     "relay-billing-mail",
                     billing_mail.step,
