@@ -49,6 +49,7 @@ from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.periodic import PeriodicTask
 from relay.jobs.video import VideoPoller
+from relay.jobs.video_store import EmbeddedVideoStore
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
@@ -169,7 +170,7 @@ async def _open_state(
         refusals=RefusalCounter(db),
         started_at=int(time.time()),
         metrics=metrics,
-        videos=VideoPoller(db, wallet, providers),
+        videos=VideoPoller(EmbeddedVideoStore(db, wallet), providers),
         stopping=stopping,
         admitter=None if cluster is None else cluster.admitter,
         cluster=cluster,
