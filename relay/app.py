@@ -34,7 +34,9 @@ from relay.alerts.outbox import AlertOutbox
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
+from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
+from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
 from relay.config import Config
 from relay.console import console_routes
@@ -48,7 +50,7 @@ from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.periodic import PeriodicTask
-from relay.jobs.video import VideoPoller
+from relay.jobs.video import POLL_INTERVAL_S, VideoPoller
 from relay.jobs.video_store import EmbeddedVideoStore
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
@@ -170,7 +172,14 @@ async def _open_state(
         refusals=RefusalCounter(db),
         started_at=int(time.time()),
         metrics=metrics,
-        videos=VideoPoller(EmbeddedVideoStore(db, wallet), providers),
+        videos=VideoPoller(
+            (
+                EmbeddedVideoStore(db, wallet)
+                if cluster is None
+                else PgVideoStore(cluster.pool, cluster.instance_id)
+            ),
+            providers,
+        ),
         stopping=stopping,
         admitter=None if cluster is None else cluster.admitter,
         cluster=cluster,
@@ -178,6 +187,12 @@ async def _open_state(
     if cluster is None:  # its wallet totals are the local wallet's: not cluster-wide
         metrics.registry.register(StateCollector(state))
     return state
+
+
+def _cluster_jobs(state: RelayState) -> list[ClusterJob]:
+    """The periodic jobs of the whole cluster, run by the elected instance only."""
+    assert state.videos is not None
+    return [ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S)]
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -299,7 +314,11 @@ def create_app(
                 tracer = _open_tracer(config)
                 state.tracer = tracer
                 stack.push_async_callback(tracer.aclose)  # after the requests drained
-            if cluster is None:  # video jobs, retention and top-ups do not run on PostgreSQL yet
+            if cluster is not None:  # one instance at a time runs them (advisory lock)
+                runner = cluster.job_runner(_cluster_jobs(state))
+                runner.start()
+                stack.push_async_callback(runner.stop)
+            else:
                 assert state.videos is not None
                 await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
                 stack.push_async_callback(state.videos.stop)

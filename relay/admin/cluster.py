@@ -64,6 +64,11 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", r"/admin/keys/[^/]+/revoke"),
     ("POST", r"/admin/reload"),
     ("GET", r"/admin/upstreams"),
+    # Video jobs (task E): rows and holds in PostgreSQL, polled by the elected job runner
+    # (relay.cluster.pg_videos, relay.cluster.job_runner).
+    ("POST", r"/v1/videos"),
+    ("GET", r"/v1/videos/[^/]+"),
+    ("GET", r"/v1/videos/[^/]+/content"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
