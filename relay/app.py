@@ -36,6 +36,7 @@ from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
+from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
 from relay.config import Config
@@ -190,9 +191,14 @@ async def _open_state(
 
 
 def _cluster_jobs(state: RelayState) -> list[ClusterJob]:
-    """The periodic jobs of the whole cluster, run by the elected instance only."""
-    assert state.videos is not None
-    return [ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S)]
+    """The periodic jobs of the whole cluster, run by the elected instance only; retention
+    daily, first 5 minutes after an instance takes the lead (as the embedded job)."""
+    assert state.videos is not None and state.cluster is not None
+    retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
+    return [
+        ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S),
+        ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
+    ]
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -322,12 +328,7 @@ def create_app(
                 assert state.videos is not None
                 await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
                 stack.push_async_callback(state.videos.stop)
-                keep = config.retention
-                policy = RetentionPolicy(
-                    hot_days=keep.usage_days,
-                    audit_hot_days=keep.audit_days,
-                    archive_keep_days=keep.archive_keep_days,
-                )
+                policy = RetentionPolicy.of(config.retention)
                 retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
                 retention.start()
                 stack.push_async_callback(retention.stop)
