@@ -34,7 +34,10 @@ from relay.alerts.outbox import AlertOutbox
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
+from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
+from relay.cluster.pg_retention import PgRetentionJob
+from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
 from relay.config import Config
 from relay.console import console_routes
@@ -48,7 +51,8 @@ from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.periodic import PeriodicTask
-from relay.jobs.video import VideoPoller
+from relay.jobs.video import POLL_INTERVAL_S, VideoPoller
+from relay.jobs.video_store import EmbeddedVideoStore
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
 from relay.metrics.route import metrics_routes
@@ -169,7 +173,14 @@ async def _open_state(
         refusals=RefusalCounter(db),
         started_at=int(time.time()),
         metrics=metrics,
-        videos=VideoPoller(db, wallet, providers),
+        videos=VideoPoller(
+            (
+                EmbeddedVideoStore(db, wallet)
+                if cluster is None
+                else PgVideoStore(cluster.pool, cluster.instance_id)
+            ),
+            providers,
+        ),
         stopping=stopping,
         admitter=None if cluster is None else cluster.admitter,
         cluster=cluster,
@@ -177,6 +188,17 @@ async def _open_state(
     if cluster is None:  # its wallet totals are the local wallet's: not cluster-wide
         metrics.registry.register(StateCollector(state))
     return state
+
+
+def _cluster_jobs(state: RelayState) -> list[ClusterJob]:
+    """The periodic jobs of the whole cluster, run by the elected instance only; retention
+    daily, first 5 minutes after an instance takes the lead (as the embedded job)."""
+    assert state.videos is not None and state.cluster is not None
+    retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
+    return [
+        ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S),
+        ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
+    ]
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -298,16 +320,15 @@ def create_app(
                 tracer = _open_tracer(config)
                 state.tracer = tracer
                 stack.push_async_callback(tracer.aclose)  # after the requests drained
-            if cluster is None:  # video jobs, retention and top-ups do not run on PostgreSQL yet
+            if cluster is not None:  # one instance at a time runs them (advisory lock)
+                runner = cluster.job_runner(_cluster_jobs(state))
+                runner.start()
+                stack.push_async_callback(runner.stop)
+            else:
                 assert state.videos is not None
                 await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
                 stack.push_async_callback(state.videos.stop)
-                keep = config.retention
-                policy = RetentionPolicy(
-                    hot_days=keep.usage_days,
-                    audit_hot_days=keep.audit_days,
-                    archive_keep_days=keep.archive_keep_days,
-                )
+                policy = RetentionPolicy.of(config.retention)
                 retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
                 retention.start()
                 stack.push_async_callback(retention.stop)

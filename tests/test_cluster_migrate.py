@@ -211,6 +211,13 @@ async def test_a_driven_database_migrates_and_verifies(
                 await conn.fetchval(f"SELECT max(id) FROM {table}")
             ), table
         last_id = await conn.fetchval("SELECT max(id) FROM ledger")
+        # The archive files are stored in PostgreSQL beside their records, byte for byte.
+        folder = archive_dir_for(embedded.database)
+        for (name,) in _sqlite(embedded.database, "SELECT name FROM archives"):
+            chunks = await conn.fetch(
+                "SELECT data FROM archive_chunks WHERE name = $1 ORDER BY seq", name
+            )
+            assert b"".join(bytes(r["data"]) for r in chunks) == (folder / name).read_bytes()
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(pg_database, min_size=1, max_size=2)
@@ -279,6 +286,25 @@ async def test_a_row_changed_between_copy_and_verify_fails_and_commits_nothing(
     assert report is not None and not report.ok and not report.committed
     assert any(expected in problem for problem in report.problems), report.problems
     assert "NOT committed" in report.summary()
+    assert await _pg_count(pg_database, "accounts") == 0  # rolled back
+
+
+async def test_a_missing_or_changed_archive_file_fails_and_commits_nothing(
+    embedded: Embedded, pg_database: str
+) -> None:
+    # In cluster mode the archive's bytes live in PostgreSQL; the file is their only copy.
+    folder = archive_dir_for(embedded.database)
+    names = [row[0] for row in _sqlite(embedded.database, "SELECT name FROM archives")]
+    (folder / names[0]).unlink()
+    if len(names) > 1:
+        (folder / names[1]).write_bytes(b"not the archive")
+    with pytest.raises(MigrateError) as failed:
+        await run_migration(embedded.database, pg_database, secret_path_for(embedded.database))
+    report = failed.value.report
+    assert report is not None and not report.committed
+    assert f"archive {names[0]}: no file" in report.summary()
+    if len(names) > 1:
+        assert f"archive {names[1]}: the file differs" in report.summary()
     assert await _pg_count(pg_database, "accounts") == 0  # rolled back
 
 

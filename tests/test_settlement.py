@@ -24,6 +24,7 @@ from support_accounts import Relay, auth, run_relay
 import relay.api.flow
 import relay.api.images
 from relay.config import Config
+from relay.jobs.video_store import EmbeddedVideoStore
 
 FAKE_URL = "http://fake-upstream.invalid/v1"
 EXTRA = """
@@ -166,7 +167,8 @@ async def assert_a_request_succeeds(setup: Setup, kind: str) -> None:
         assert poller is not None
         job = await poller.find(response.json()["id"])
         assert job is not None
-        poller.release_hold(job)
+        assert isinstance(poller.store, EmbeddedVideoStore)
+        poller.store.release_hold(job)
 
 
 @pytest.mark.parametrize("kind", list(REQUESTS))
@@ -216,7 +218,7 @@ async def test_a_video_job_that_cannot_be_stored_returns_hold_and_slot(
     poller = setup.relay.state.videos
     assert poller is not None
     with monkeypatch.context() as patch:
-        patch.setattr(poller, "add", boom)
+        patch.setattr(poller.store, "add", boom)
         await send_expecting_failure(setup, "videos")
     await setup.assert_all_returned()
     assert poller.running == 0

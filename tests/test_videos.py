@@ -26,6 +26,7 @@ from relay.api.videos import video_poller
 from relay.config import Config, ProviderConfig
 from relay.errors import NoUpstreamAvailable
 from relay.jobs.video import VideoPoller
+from relay.jobs.video_store import EmbeddedVideoStore
 from relay.money.pricing import micros_to_usd
 from relay.money.wallet import Wallet
 from relay.storage.db import Database
@@ -325,7 +326,7 @@ async def test_a_job_already_charged_is_not_resumed(tmp_path: Path) -> None:
 
         await db.write(seed)
         wallet.load_account("acct_1", mode="prepaid", credit_limit_micros=0, balance_micros=10)
-        poller = VideoPoller(db, wallet, {}, interval_s=60)
+        poller = VideoPoller(EmbeddedVideoStore(db, wallet), {}, interval_s=60)
         await poller.start()
         await poller.stop()
         assert poller.running == 1

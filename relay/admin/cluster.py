@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import accounts, keys
+from relay.admin.cluster_archives import archive_routes
 from relay.admin.common import admin_route, created, decode_body, parse_usd
 from relay.admin.operations import reload_config
 from relay.cluster.runtime import ClusterRuntime
@@ -64,6 +65,14 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", r"/admin/keys/[^/]+/revoke"),
     ("POST", r"/admin/reload"),
     ("GET", r"/admin/upstreams"),
+    # Video jobs (task E): rows and holds in PostgreSQL, polled by the elected job runner
+    # (relay.cluster.pg_videos, relay.cluster.job_runner).
+    ("POST", r"/v1/videos"),
+    ("GET", r"/v1/videos/[^/]+"),
+    ("GET", r"/v1/videos/[^/]+/content"),
+    # Retention archives (task E): records and bytes in PostgreSQL (relay.cluster.pg_retention).
+    ("GET", r"/admin/archives"),
+    ("GET", r"/admin/archives/[^/]+"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
@@ -239,7 +248,7 @@ async def show_calling_key(request: Request) -> Response:
 
 def cluster_routes() -> list[BaseRoute]:
     """Placed before the embedded routes: the first match wins."""
-    return [
+    return archive_routes() + [
         Route("/v1/balance", show_balance, methods=["GET"]),
         Route("/v1/key", show_calling_key, methods=["GET"]),
         Route("/admin/accounts/{account}/credits", credit_account, methods=["POST"]),

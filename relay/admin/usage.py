@@ -36,6 +36,7 @@ from relay.usage.queries import (
 from relay.usage.retention import archive_dir_for
 
 __all__ = [
+    "archive_view",
     "download_archive",
     "export_usage_month",
     "list_archives",
@@ -132,7 +133,7 @@ async def export_usage_month(request: Request, state: RelayState) -> Response:
     )
 
 
-def _archive_view(row: Any) -> dict[str, Any]:
+def archive_view(row: Any) -> dict[str, Any]:
     return {
         "name": row["name"],
         "kind": row["kind"],
@@ -166,7 +167,7 @@ async def list_archives(request: Request, state: RelayState) -> Response:
         f"SELECT * FROM archives WHERE {' AND '.join(clauses)} ORDER BY month, kind, name",
         params,
     )
-    return json_response({"data": [_archive_view(row) for row in rows]})
+    return json_response({"data": [archive_view(row) for row in rows]})
 
 
 @admin_route

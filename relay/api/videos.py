@@ -23,7 +23,14 @@ from starlette.responses import Response, StreamingResponse
 
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
-from relay.api.flow import abandon, is_dry_run, model_for, refuse, upstream_broke_off
+from relay.api.flow import (
+    abandon,
+    dry_run_answer,
+    is_dry_run,
+    model_for,
+    refuse,
+    upstream_broke_off,
+)
 from relay.errors import InvalidRequest, NotFound, NoUpstreamAvailable, RelayError, UpstreamError
 from relay.http.multipart import is_multipart, parse_form
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
@@ -94,14 +101,18 @@ async def create_video(request: Request) -> Response:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="model") from None
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         payload: dict[str, Any] = msgspec.json.decode(body)
         payload["seconds"] = str(seconds)
 
         def body_for(route: Route) -> bytes:
             return route.provider.video_body(payload, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # handed to the job below, or released on any way out
             opened = await state.router.open_route(model, VIDEOS_PATH, body_for, stream=False)
             exchange.route = opened.route
@@ -117,7 +128,9 @@ async def create_video(request: Request) -> Response:
                 quote.worst_case_micros,
                 multiplier,
             )
-            await _hand_over(poller, job, ticket)
+            # The request's hold becomes the job's (it outlives the request): from here on
+            # it is the poller's store to settle once; the ticket is finished.
+            await poller.hand_over(job, ticket)
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:
@@ -183,23 +196,6 @@ async def _created_upstream_id(opened: OpenedRoute, max_bytes: int) -> str:
     if not upstream_id:
         raise UpstreamError("upstream answered without a usable video job id")
     return upstream_id
-
-
-async def _hand_over(poller: VideoPoller, job: VideoJob, ticket: Ticket) -> None:
-    """Move the request's hold to the job, which outlives the request, and store the job.
-
-    Release and re-hold run with no ``await`` between them, so no other request can take
-    the room in between: the job's hold always fits where the request's did. From here
-    on the job's hold is the poller's to settle; the request's ticket is finished.
-    """
-    ticket.release()
-    job.hold = poller.place_hold(job)
-    try:
-        await poller.add(job)
-    except BaseException:
-        if job.hold is not None:
-            poller.release_hold(job)
-        raise
 
 
 def job_view(job: VideoJob, request: Request, request_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from relay.cluster.pg_copy import BeforeVerify, MigrateError, copy_database, ope
 from relay.cluster.pg_verify import MigrationReport
 from relay.config import load_config, redact_url
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.usage.retention import archive_dir_for
 
 __all__ = ["add_migrate_commands", "run_migration"]
 
@@ -142,7 +143,11 @@ async def run_migration(
             raise MigrateError(f"cannot connect to {redact_url(url)}: {exc}") from exc
         try:
             return await copy_database(
-                embedded, target, audit_key=_audit_key(secret_file), before_verify=before_verify
+                embedded,
+                target,
+                audit_key=_audit_key(secret_file),
+                before_verify=before_verify,
+                archive_dir=archive_dir_for(source),
             )
         except asyncpg.PostgresError as exc:
             raise MigrateError(f"PostgreSQL refused the copy (rolled back): {exc}") from exc

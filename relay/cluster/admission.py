@@ -106,6 +106,19 @@ class ClusterTicket(Ticket):
         self._admitter.give_back(self._cluster_slot, delta)
         return self.charged_micros
 
+    @property
+    def cluster_hold(self) -> ClusterHold:
+        return self._cluster_hold
+
+    def handed_over(self) -> None:
+        """The hold now belongs to something that outlives the request (a video job:
+        ``relay.cluster.pg_videos`` moved it in PostgreSQL): finish without settling it,
+        and give the slot back as ``release`` does."""
+        if self._finished:
+            return
+        self._finished = True
+        self._admitter.give_back(self._cluster_slot, -self._estimated_tokens)
+
     def release(self) -> None:
         if self._finished:
             return

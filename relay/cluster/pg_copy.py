@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from relay.cluster.pg_archive_import import import_archives
 from relay.cluster.pg_schema import migrate
 from relay.cluster.pg_verify import MigrationReport, verify_copy
 from relay.storage.migrations import MIGRATIONS as EMBEDDED_MIGRATIONS
@@ -76,7 +77,7 @@ SELECT table_name FROM information_schema.columns
 """
 # Bookkeeping of each engine, never copied; PostgreSQL's cluster-only tables must be empty.
 _NOT_COPIED = frozenset({"schema_migrations", "sqlite_sequence"})
-_CLUSTER_ONLY = ("holds", "abandoned_holds")
+_CLUSTER_ONLY = ("holds", "abandoned_holds", "archive_chunks")
 _BATCH_ROWS = 5000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -136,6 +137,7 @@ async def copy_database(
     *,
     audit_key: bytes | None,
     before_verify: BeforeVerify | None = None,
+    archive_dir: Path | None = None,
 ) -> MigrationReport:
     """Copy ``source`` (sqlite3, autocommit) into ``target`` (an asyncpg connection).
 
@@ -143,7 +145,8 @@ async def copy_database(
     otherwise, carrying the report. ``audit_key`` checks the audit chain on both sides
     (None: no server secret, reported as not verified). ``before_verify`` runs on the
     target's transaction between copy and verification (tests tamper there to prove the
-    verifier catches it).
+    verifier catches it). ``archive_dir``: the embedded archive files, stored in
+    PostgreSQL with their records (``pg_archive_import``).
     """
     await migrate(target)
     source.execute("BEGIN")  # one read snapshot for copy and verification
@@ -154,6 +157,9 @@ async def copy_database(
             await _refuse_non_empty(target)
             for table in COPY_ORDER:
                 await _copy_table(source, target, table)
+            archive_problems = (
+                [] if archive_dir is None else await import_archives(source, target, archive_dir)
+            )
             for table in await _serial_tables(target):
                 await target.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) "
@@ -162,6 +168,7 @@ async def copy_database(
             if before_verify is not None:
                 await before_verify(target)
             report = await verify_copy(source, target, _copied_columns(source), audit_key=audit_key)
+            report.problems.extend(archive_problems)
         except BaseException:
             await transaction.rollback()
             raise

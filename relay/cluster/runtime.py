@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from relay.cluster.admission import ClusterAdmitter
 from relay.cluster.invalidation import Invalidation, InvalidationBus
+from relay.cluster.job_runner import ClusterJob, JobRunner
 from relay.cluster.pg_leases import InstanceLease, LeaseLost, reap_expired
 from relay.cluster.pg_money import PgMoneyStore
 from relay.cluster.pg_pool import create_pool
@@ -65,8 +66,12 @@ class ClusterUsageLog(UsageLog):
 
 
 class ClusterRuntime:
-    def __init__(self, pool: Any, redis: Any, lease: InstanceLease, *, lease_s: float) -> None:
+    def __init__(
+        self, pool: Any, redis: Any, lease: InstanceLease, *, lease_s: float, dsn: str = ""
+    ) -> None:
         self.pool = pool
+        self.dsn = dsn
+        self.lease_s = lease_s
         self.redis = redis
         self.lease = lease
         self.instance_id = lease.instance_id
@@ -109,7 +114,7 @@ class ClusterRuntime:
             await pool.close()
             raise
         log.info("cluster: instance %s registered", lease.instance_id)
-        return cls(pool, redis, lease, lease_s=config.cluster.lease_s)
+        return cls(pool, redis, lease, lease_s=config.cluster.lease_s, dsn=config.storage.url)
 
     async def start(self, on_invalidate: InvalidationHandler) -> None:
         self._on_invalidate = on_invalidate
@@ -160,6 +165,16 @@ class ClusterRuntime:
                         result.holds_released,
                         result.instances_reaped,
                     )
+
+    def job_runner(self, jobs: Sequence[ClusterJob]) -> JobRunner:
+        """This instance's candidacy to run the cluster's periodic ``jobs``: a connection
+        of its own (the advisory lock lives with it), asked as often as the heartbeat."""
+        import asyncpg  # the 'cluster' extra
+
+        async def connect() -> Any:
+            return await asyncpg.connect(self.dsn)
+
+        return JobRunner(connect, jobs, round_s=min(self.lease_s / 3, 1.0))
 
     async def close(self) -> None:
         await self._heartbeat.stop()

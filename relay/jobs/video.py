@@ -13,8 +13,12 @@ or ``failed``:
   three rows commit together a crash leaves either all of them or none (then the job resumes).
 - failed: the hold is released; a usage row (no charge) records the failure.
 
-Holds live in memory and die with the process, so ``start`` re-places the hold of every
-unfinished job from the table before polling resumes (its quote is stored with it).
+Where jobs, holds and charges are kept is the ``VideoStore`` seam: embedded
+(``relay.jobs.video_store``: SQLite and the in-memory wallet, whose holds die with the
+process, so ``start`` re-places the hold of every unfinished job from the table) or
+PostgreSQL (``relay.cluster.pg_videos``: holds owned by the cluster, polled by the
+elected job runner). The poller here is the same for both: it follows the upstream and
+decides what a job costs; the store charges it once.
 Nothing of the prompt is stored: only model, size, seconds and prices.
 """
 
@@ -22,27 +26,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import msgspec
 from msgspec import Meta
 
-from relay.errors import QuotaError
+from relay.admission.ticket import Ticket
 from relay.jobs.periodic import PeriodicTask
-from relay.money.ledger import insert_entry
 from relay.money.pricing import ModelPrice, video_cost_micros
-from relay.money.wallet import Hold, LedgerEntry, Wallet
-from relay.storage.db import Database
+from relay.money.wallet import Hold
 from relay.upstream.client import UpstreamFailure
 from relay.upstream.providers import Provider
-from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.log import UsageRecord
 
-__all__ = ["UNFINISHED", "UpstreamVideo", "VideoJob", "VideoPoller", "decode_upstream_video"]
+__all__ = [
+    "COLUMNS",
+    "UNFINISHED",
+    "UpstreamVideo",
+    "VideoJob",
+    "VideoPoller",
+    "VideoStore",
+    "decode_upstream_video",
+    "usage_record",
+]
 
 log = logging.getLogger("relay.videos")
 
@@ -95,15 +105,19 @@ class VideoJob:
     error_code: str | None = None
     updated_at_ms: int = 0
     completed_at_ms: int | None = None
-    hold: Hold | None = field(default=None, repr=False)
+    hold: Hold | None = field(default=None, repr=False)  # embedded only (the wallet's)
     poll_failures: int = 0
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> VideoJob:
-        return cls(**{name: row[name] for name in _COLUMNS})
+    def from_row(cls, row: Any) -> VideoJob:  # a sqlite3.Row or an asyncpg Record
+        return cls(**{name: row[name] for name in COLUMNS})
 
     def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in _COLUMNS)
+        return tuple(getattr(self, name) for name in COLUMNS)
+
+    def snapshot(self) -> VideoJob:
+        """The stored columns only (no hold): what a queued write should see."""
+        return VideoJob(**{name: getattr(self, name) for name in COLUMNS})
 
     @property
     def finished(self) -> bool:
@@ -122,7 +136,7 @@ class VideoJob:
         return video_cost_micros(price, seconds=seconds, multiplier=multiplier)
 
 
-_COLUMNS = (
+COLUMNS = (
     "id",
     "account_id",
     "key_id",
@@ -143,35 +157,30 @@ _COLUMNS = (
     "updated_at_ms",
     "completed_at_ms",
 )
-_INSERT = (
-    f"INSERT INTO video_jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
-_UPDATE = (
-    "UPDATE video_jobs SET status = ?, progress = ?, cost_micros = ?, error_code = ?, "
-    "updated_at_ms = ?, completed_at_ms = ? WHERE id = ?"
-)
-_UNFINISHED_JOBS = (
-    "SELECT * FROM video_jobs WHERE status IN ('queued', 'in_progress') "
-    "AND id NOT IN (SELECT reference FROM ledger WHERE kind = 'charge') ORDER BY created_at_ms"
-)
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _update(conn: sqlite3.Connection, job: VideoJob) -> None:
-    conn.execute(
-        _UPDATE,
-        (
-            job.status,
-            job.progress,
-            job.cost_micros,
-            job.error_code,
-            job.updated_at_ms,
-            job.completed_at_ms,
-            job.id,
-        ),
+def usage_record(job: VideoJob, *, status: int, units: int) -> UsageRecord:
+    """The usage row of a job that ended (its ``cost_micros`` already what was charged)."""
+    now = now_ms()
+    return UsageRecord(
+        request_id=job.id,
+        ts_ms=now,
+        endpoint="videos",
+        status=status,
+        account_id=job.account_id,
+        key_id=job.key_id,
+        model=job.model,
+        provider=job.provider,
+        upstream_model=job.upstream_model,
+        upstream_request_id=job.upstream_id,
+        error_code=job.error_code,
+        units=units,
+        cost_micros=job.cost_micros or 0,
+        latency_ms=now - job.created_at_ms,
     )
 
 
@@ -185,23 +194,59 @@ def _reported_seconds(value: int | str | None) -> Decimal | None:
     return seconds if seconds.is_finite() and seconds >= 0 else None
 
 
+class VideoStore(Protocol):
+    """Where jobs, their holds and their one charge live (embedded or PostgreSQL).
+
+    ``complete`` and ``fail`` end a job exactly once: its charge (or released hold), its
+    usage row and its final state are written together, and a job already ended is left
+    as it is."""
+
+    errors: tuple[type[BaseException], ...]  # storage trouble: the job waits a round
+
+    @property
+    def count(self) -> int:
+        """Jobs this process follows."""
+        ...
+
+    async def resume(self) -> int:
+        """At start: take up the unfinished jobs (with their holds); how many."""
+        ...
+
+    async def running(self) -> list[VideoJob]:
+        """The jobs to poll this round."""
+        ...
+
+    async def hand_over(self, job: VideoJob, ticket: Ticket) -> None:
+        """Move the request's hold to the job and store the job (committed on return)."""
+        ...
+
+    async def find(self, job_id: str) -> VideoJob | None: ...
+
+    async def save_progress(self, job: VideoJob) -> None: ...
+
+    async def complete(self, job: VideoJob, cost_micros: int, units: int) -> None:
+        """Charge at most ``cost_micros`` (sets ``job.cost_micros`` to the charge)."""
+        ...
+
+    async def fail(self, job: VideoJob) -> None:
+        """Release the job's hold, charging nothing."""
+        ...
+
+
 class VideoPoller:
     """Follows every unfinished job upstream; ``start``/``stop`` in the app's lifespan."""
 
     def __init__(
         self,
-        db: Database,
-        wallet: Wallet,
+        store: VideoStore,
         providers: Mapping[str, Provider],
         *,
         interval_s: float = POLL_INTERVAL_S,
         max_poll_failures: int = MAX_POLL_FAILURES,
     ):
-        self._db = db
-        self._wallet = wallet
+        self.store = store
         self._providers = providers
         self._max_poll_failures = max_poll_failures
-        self._jobs: dict[str, VideoJob] = {}
         self._periodic = PeriodicTask(
             "relay-video-poller", self.poll_once, interval_s=interval_s, log=log
         )
@@ -212,71 +257,36 @@ class VideoPoller:
 
     async def start(self) -> None:
         """Resume every unfinished job (re-placing its hold), then poll in the background."""
-        for row in await self._db.fetchall(_UNFINISHED_JOBS):
-            job = VideoJob.from_row(row)
-            job.hold = self.place_hold(job)
-            self._jobs[job.id] = job
-        if self._jobs:
-            log.info("resumed %d unfinished video jobs", len(self._jobs))
+        resumed = await self.store.resume()
+        if resumed:
+            log.info("resumed %d unfinished video jobs", resumed)
         self._periodic.start()
 
     async def stop(self) -> None:
-        """Stop polling; open holds die with the process and are re-placed at the next start."""
+        """Stop polling; what a round left undone is the next start's (or runner's) to do."""
         await self._periodic.stop()
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def place_hold(self, job: VideoJob) -> Hold | None:
-        """Hold the job's quote for its account; a zero hold if that no longer fits.
-
-        A job that was admitted keeps running whatever happened to the balance since (a
-        restart, a lowered limit): with a zero hold its charge is then an overrun.
-        """
-        account, key = job.account_id, job.key_id
-        if account is None or not self._wallet.has_account(account):
-            return None
-        key = key if key is not None and self._wallet.has_key(key) else None
-        for amount in (job.estimate_micros, 0):
-            try:
-                return self._wallet.hold(
-                    account, key, estimate_micros=amount, worst_case_micros=amount
-                )
-            except QuotaError:
-                continue
-        log.error("video job %s: no hold fits its account; it will not be charged", job.id)
-        return None
-
-    def release_hold(self, job: VideoJob) -> None:
-        if job.hold is not None:
-            self._wallet.release(job.hold)
-
-    async def add(self, job: VideoJob) -> None:
-        """Store a new job (committed before returning) and follow it."""
-        job.updated_at_ms = job.created_at_ms
-        await self._db.write(lambda conn: conn.execute(_INSERT, job.row()))
-        self._jobs[job.id] = job
+    async def hand_over(self, job: VideoJob, ticket: Ticket) -> None:
+        await self.store.hand_over(job, ticket)
 
     async def find(self, job_id: str) -> VideoJob | None:
-        """A running job from memory, else the stored row (finished or not)."""
-        job = self._jobs.get(job_id)
-        if job is not None:
-            return job
-        row = await self._db.fetchone("SELECT * FROM video_jobs WHERE id = ?", (job_id,))
-        return None if row is None else VideoJob.from_row(row)
+        return await self.store.find(job_id)
 
     @property
     def running(self) -> int:
-        return len(self._jobs)
+        return self.store.count
 
     # -- polling --------------------------------------------------------------------------
 
     async def poll_once(self) -> None:
         """Ask the upstream about every running job, one after the other."""
         async with self._round:
-            for job in list(self._jobs.values()):
+            for job in await self.store.running():
                 try:
                     await self._poll(job)
-                except (sqlite3.Error, RuntimeError) as exc:  # storage trouble: next round
+                except self.store.errors as exc:  # storage trouble: next round
                     log.error("video job %s: %s", job.id, type(exc).__name__)
 
     async def _poll(self, job: VideoJob) -> None:
@@ -331,9 +341,8 @@ class VideoPoller:
             progress = max(0, min(int(upstream.progress or 0), 99))
             if (upstream.status, progress) != (job.status, job.progress):
                 job.status, job.progress = upstream.status, progress
-                job.updated_at_ms = _now_ms()
-                snapshot = VideoJob(**{name: getattr(job, name) for name in _COLUMNS})
-                self._db.enqueue(lambda conn: _update(conn, snapshot))
+                job.updated_at_ms = now_ms()
+                await self.store.save_progress(job)
 
     async def _failed_poll(self, job: VideoJob, reason: str) -> None:
         job.poll_failures += 1
@@ -354,51 +363,12 @@ class VideoPoller:
                 asked,
             )
         cost = min(job.cost_of(seconds), job.estimate_micros)
-        # Settled first, with nothing that can fail between it and the write of its row;
-        # the wallet also caps the charge at the hold (a zero hold after a restart).
-        charge: LedgerEntry | None = None
-        if job.hold is not None:
-            charge = self._wallet.settle(job.hold, cost, reference=job.id, request_id=job.id)
-            cost = job.hold.charged_micros
-        job.status, job.progress, job.cost_micros = "completed", 100, cost
-        job.updated_at_ms = job.completed_at_ms = _now_ms()
+        job.status, job.progress = "completed", 100
+        job.updated_at_ms = job.completed_at_ms = now_ms()
         units = int(seconds.to_integral_value(ROUND_CEILING))
-        await self._finish(job, self._usage_record(job, status=200, units=units), charge)
+        await self.store.complete(job, cost, units)
 
     async def _fail(self, job: VideoJob, code: str) -> None:
-        self.release_hold(job)
         job.status, job.error_code, job.cost_micros = "failed", code, 0
-        job.updated_at_ms = job.completed_at_ms = _now_ms()
-        await self._finish(job, self._usage_record(job, status=502, units=0), None)
-
-    async def _finish(self, job: VideoJob, record: UsageRecord, charge: LedgerEntry | None) -> None:
-        """Charge, usage row and final state in one transaction (see the module docstring)."""
-        del self._jobs[job.id]
-
-        def write(conn: sqlite3.Connection) -> None:
-            if charge is not None:
-                insert_entry(conn, charge)
-            insert_usage(conn, record)
-            _update(conn, job)
-
-        await self._db.write(write)
-
-    @staticmethod
-    def _usage_record(job: VideoJob, *, status: int, units: int) -> UsageRecord:
-        now = _now_ms()
-        return UsageRecord(
-            request_id=job.id,
-            ts_ms=now,
-            endpoint="videos",
-            status=status,
-            account_id=job.account_id,
-            key_id=job.key_id,
-            model=job.model,
-            provider=job.provider,
-            upstream_model=job.upstream_model,
-            upstream_request_id=job.upstream_id,
-            error_code=job.error_code,
-            units=units,
-            cost_micros=job.cost_micros or 0,
-            latency_ms=now - job.created_at_ms,
-        )
+        job.updated_at_ms = job.completed_at_ms = now_ms()
+        await self.store.fail(job)

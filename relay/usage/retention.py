@@ -37,6 +37,7 @@ from typing import Literal
 
 import msgspec
 
+from relay.config import RetentionConfig
 from relay.jobs.periodic import PeriodicTask
 from relay.money.invoices import month_bounds
 from relay.storage.db import Database
@@ -50,7 +51,10 @@ __all__ = [
     "RetentionJob",
     "RetentionPolicy",
     "RetentionReport",
+    "archive_base_name",
     "archive_dir_for",
+    "month_of",
+    "month_ranges",
     "run_retention",
 ]
 
@@ -78,6 +82,15 @@ class RetentionPolicy:
     batch_rows: int = 5000
     # Audit rows: the privacy policy's 90 days by default ([retention] audit_days).
     audit_hot_days: int = 90
+
+    @classmethod
+    def of(cls, keep: RetentionConfig) -> RetentionPolicy:
+        """The ``[retention]`` section's policy."""
+        return cls(
+            hot_days=keep.usage_days,
+            audit_hot_days=keep.audit_days,
+            archive_keep_days=keep.archive_keep_days,
+        )
 
     def cutoff_ms(self, kind: Kind, now_ms: int) -> int:
         days = self.audit_hot_days if kind == "audit" else self.hot_days
@@ -153,8 +166,28 @@ async def run_retention(
 # --- what to archive -----------------------------------------------------------------------
 
 
-def _month_of(ms: int) -> str:
+def month_of(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m")
+
+
+def month_ranges(kind: Kind, oldest_ms: int, cutoff_ms: int, max_id: int) -> list[RowRange]:
+    """Every month from the oldest row's to the cutoff (the last one cut at the cutoff)."""
+    ranges: list[RowRange] = []
+    start_ms = month_bounds(month_of(oldest_ms))[0]
+    while start_ms < cutoff_ms:
+        end_ms = month_bounds(month_of(start_ms))[1]
+        ranges.append(RowRange(kind, start_ms, min(end_ms, cutoff_ms), max_id=max_id))
+        start_ms = end_ms
+    return ranges
+
+
+def archive_base_name(rows: RowRange) -> str:
+    """``usage-<account>-<YYYY-MM>`` or ``audit-<YYYY-MM>``; parts add ``-partN``."""
+    month = month_of(rows.start_ms)
+    if rows.table == "usage":
+        account = re.sub(r"[^A-Za-z0-9_]", "_", rows.account_id or "_none")
+        return f"usage-{account}-{month}"
+    return f"audit-{month}"
 
 
 async def _ranges_to_archive(db: Database, kind: Kind, cutoff_ms: int) -> list[RowRange]:
@@ -166,12 +199,8 @@ async def _ranges_to_archive(db: Database, kind: Kind, cutoff_ms: int) -> list[R
     if kind == "audit":
         max_id -= 1  # keep the chain's last row: new rows link to it
     ranges: list[RowRange] = []
-    start_ms = month_bounds(_month_of(oldest_ms))[0]
-    while start_ms < cutoff_ms:
-        end_ms = month_bounds(_month_of(start_ms))[1]
-        month = RowRange(kind, start_ms, min(end_ms, cutoff_ms), max_id=max_id)
+    for month in month_ranges(kind, oldest_ms, cutoff_ms, max_id):
         ranges.extend(await _split_by_account(db, month))
-        start_ms = end_ms
     return ranges
 
 
@@ -194,12 +223,7 @@ async def _split_by_account(db: Database, month: RowRange) -> list[RowRange]:
 
 
 async def _free_name(db: Database, rows: RowRange) -> str:
-    month = _month_of(rows.start_ms)
-    if rows.table == "usage":
-        account = re.sub(r"[^A-Za-z0-9_]", "_", rows.account_id or "_none")
-        base = f"usage-{account}-{month}"
-    else:
-        base = f"audit-{month}"
+    base = archive_base_name(rows)
     part = 1
     while True:
         name = base + (f"-part{part}" if part > 1 else "") + ARCHIVE_SUFFIX
@@ -226,7 +250,7 @@ async def _write_archive(
         name=name,
         kind=rows.table,
         account_id=rows.account_id,
-        month=_month_of(rows.start_ms),
+        month=month_of(rows.start_ms),
         rows=count,
         bytes=size,
         sha256=digest,
