@@ -10,7 +10,9 @@ Counters read before and after each measured run, without extensions or instrume
   the transaction id counter (``pg_snapshot_xmax``), which is exact: every hold and every
   settler batch is one.
 - Redis: redis-server's CPU time and ``INFO commandstats`` calls (the ``INFO`` probes left
-  out), per command (``evalsha`` is one limiter or invalidation script call).
+  out), per command. The commands a script runs are counted too, so the round trips are the
+  script calls (``evalsha``: relay's limiter and invalidation scripts) plus the plain
+  commands relay sends (``get`` of the invalidation version from the heartbeat).
 - The front (nginx, for the multi-instance targets): its master and workers' CPU time.
 
 Divided by the run's requests these give the per-request figures of docs/scaling.md §3.
@@ -91,6 +93,10 @@ def _redis_calls(port: int) -> dict[str, int]:
     return calls
 
 
+# What a client sends to run a script: one round trip each, whatever the script runs.
+_SCRIPT_CALLS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+
+
 @dataclass(frozen=True)
 class EngineSnapshot:
     """PostgreSQL's, Redis's and the front's counters at one moment."""
@@ -133,6 +139,8 @@ class EngineSnapshot:
             "pg_xacts_per_request": (self.xacts - before.xacts - 1) / requests,
             "pg_write_xacts_per_request": (self.next_xid - before.next_xid) / requests,
             "redis_calls_per_request": sum(calls.values()) / requests,
+            "redis_scripts_per_request": sum(calls.get(name, 0) for name in _SCRIPT_CALLS)
+            / requests,
             "redis_calls": calls,
         }
 
@@ -146,7 +154,8 @@ def print_engine_table(rows: list[dict[str, Any]]) -> None:
     print("\ncluster mode, per request (CPU in us; PostgreSQL and Redis are not pinned)")
     header = (
         f"{'target':17} {'shape':15} {'inst':>4} {'req/s':>6} {'relay':>6} {'PG':>6} "
-        f"{'Redis':>6} {'nginx':>6} {'total':>6} {'PG xact':>7} {'PG wr':>6} {'Redis':>6}"
+        f"{'Redis':>6} {'nginx':>6} {'total':>6} {'PG xact':>7} {'PG wr':>6} {'scripts':>7} "
+        f"{'R cmds':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -162,13 +171,14 @@ def print_engine_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['target']:17} {row['shape']:15} {row.get('instances', 1):4d} "
             f"{row['rps']:6.0f} {cells} {total:6.0f} {row['pg_xacts_per_request']:7.2f} "
-            f"{row['pg_write_xacts_per_request']:6.2f} {row['redis_calls_per_request']:6.2f}"
+            f"{row['pg_write_xacts_per_request']:6.2f} {row['redis_scripts_per_request']:7.2f} "
+            f"{row['redis_calls_per_request']:6.2f}"
         )
     print(
         "relay: all its instances' CPU; total: relay + PG + Redis + nginx. PG xact: transactions "
         "of the bench\ndatabase (pg_stat_database, reported by backends within ~1 s); PG wr: "
-        "write transactions (xid counter,\nexact); Redis: commands run (INFO commandstats), "
-        "one per script call."
+        "write transactions (xid counter,\nexact); scripts: Redis script calls (round trips); "
+        "R cmds: Redis commands run, those inside\nscripts included (INFO commandstats)."
     )
 
 
