@@ -41,6 +41,7 @@ __all__ = [
     "money",
     "settled",
     "stream",
+    "wait_until_ready",
     "wallet",
 ]
 
