@@ -1,12 +1,17 @@
-"""Throwaway PostgreSQL and Redis for the cluster tests (one of each per test session).
+"""Throwaway PostgreSQL, Redis and nginx for the cluster tests (one of each engine per session).
 
 ``postgres_server`` runs ``initdb`` into a temporary folder and ``pg_ctl start`` on a free
 127.0.0.1 port (its unix socket in the same folder), as the ``postgres`` user when the
 tests run as root (initdb refuses root). ``redis_server`` runs ``redis-server`` on a free
 127.0.0.1 port with persistence off. Both are stopped and deleted at the end of the session.
 
+``run_nginx`` runs a throwaway nginx (its own prefix and config in a temporary folder,
+listening on 127.0.0.1 only) that spreads requests round-robin over given relay ports, as a
+load balancer in front of N cluster instances would (tests/test_cluster_nginx.py, and
+scripts/bench's multi-instance targets).
+
 Where an engine is not installed the tests that need it are skipped with the reason, unless
-``RELAY_REQUIRE_CLUSTER_ENGINES=1`` (set by ``.ci/run``, which installs both): then a
+``RELAY_REQUIRE_CLUSTER_ENGINES=1`` (set by ``.ci/run``, which installs all three): then a
 missing engine is a failure, so CI can never pass by skipping them.
 
 ``pg_database`` gives each test a fresh database (migrated by the test), ``redis_prefix``
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import grp
 import os
 import pwd
 import secrets
@@ -204,3 +210,104 @@ async def pg_database(postgres_server: PostgresServer) -> AsyncIterator[str]:
 def redis_prefix(redis_server: RedisServer) -> str:
     """A key prefix no other test uses (the session's Redis is shared)."""
     return f"t{secrets.token_hex(4)}:"
+
+
+@dataclass(frozen=True)
+class NginxServer:
+    port: int
+    pid: int
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+# Streams pass through as they are produced (no buffering); a POST that reached an instance is
+# never retried on another (nginx's default for non-idempotent methods), one whose connection
+# was refused is (nothing was sent: an instance killed or not yet up costs no request).
+_NGINX_CONF = """daemon off;
+master_process on;
+worker_processes 1;
+{user}pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    upstream relay {{
+{servers}
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://relay;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 60s;
+            proxy_next_upstream error timeout;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (path for path in ("/usr/sbin/nginx",) if os.access(path, os.X_OK)), None
+    )
+
+
+@contextlib.contextmanager
+def run_nginx(
+    upstream_ports: list[int], port: int = 0, pin: list[str] | None = None
+) -> Iterator[NginxServer]:
+    """nginx on 127.0.0.1 (a free port unless given), round-robin over ``upstream_ports``.
+
+    ``pin`` prefixes the command (``["taskset", "-c", "1"]``); stopped and deleted on exit.
+    """
+    binary = nginx_binary()
+    if binary is None:
+        _missing("nginx is not installed (apt-get install nginx)")
+        return
+    root = Path(tempfile.mkdtemp(prefix="relay-nginx-"))
+    port = port or _free_port()
+    servers = "\n".join(
+        f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstream_ports
+    )
+    user = ""
+    if os.geteuid() == 0:  # the master hands its workers to an unprivileged user
+        nobody = pwd.getpwnam("nobody")
+        user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
+        root.chmod(0o755)  # they reach the temporary folders below it
+    conf = root / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(user=user, root=root, servers=servers, port=port))
+    command = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
+    proc = subprocess.Popen(
+        [*(pin or []), *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (root / "error.log").read_text(errors="replace") if root.exists() else ""
+                raise RuntimeError(f"nginx did not start on 127.0.0.1:{port}: {log[-500:]}")
+            time.sleep(0.05)
+        yield NginxServer(port=port, pid=proc.pid, root=root)
+    finally:
+        proc.terminate()  # SIGTERM: nginx's fast shutdown
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)

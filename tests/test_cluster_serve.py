@@ -1,234 +1,41 @@
 """Cluster mode end to end: `relay serve` processes sharing PostgreSQL and Redis.
 
-Two (or more) real `relay serve` subprocesses run on ONE config file (ports on 127.0.0.1)
-against the throwaway PostgreSQL and Redis of tests/support_cluster.py and the mock
-upstream (scripts/mock_upstream.py, served in this test's event loop). The checks read
-PostgreSQL directly: balances against the ledger's own rows, open holds, abandoned holds
-and usage rows (docs/scaling.md).
+Two real `relay serve` subprocesses run on ONE config file (ports on 127.0.0.1) against the
+throwaway PostgreSQL and Redis of tests/support_cluster.py and the mock upstream
+(tests/support_cluster_serve.py starts them; tests/test_cluster_nginx.py runs three behind
+nginx). The checks read PostgreSQL directly: balances against the ledger's own rows, open
+holds, abandoned holds and usage rows (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from conftest import ADMIN_TOKEN, mock_upstream
+from conftest import mock_upstream
+from support_cluster_serve import (
+    ADMIN,
+    LEASE_S,
+    account,
+    chat,
+    cluster_site,
+    credit,
+    key,
+    money,
+    settled,
+    stream,
+    wallet,
+)
 
 asyncpg = pytest.importorskip("asyncpg")
 pytest.importorskip("redis")
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
-
-READY_TIMEOUT_S = 20.0
-LEASE_S = 3.0
-MODELS = """
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "{upstream}"
-api_keys = ["cluster-upstream-key"]
-timeout_s = 10
-
-[[models]]
-name = "fake-gpt"
-routes = ["fake:gpt-4o-mini"]
-input_usd_per_mtok = "0.15"
-output_usd_per_mtok = "0.60"
-"""
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Instance:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-    def client(self, timeout: float = 20.0) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=300, max_keepalive_connections=100)
-        return httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits)
-
-
-@dataclass
-class Cluster:
-    """One config folder; every instance reads the same relay.toml (its port via the CLI)."""
-
-    folder: Path
-    dsn: str
-    redis_url: str
-    upstream_url: str
-    instances: list[Instance] = field(default_factory=list)
-
-    def write_config(self) -> Path:
-        config = self.folder / "relay.toml"
-        config.write_text(
-            '[server]\nlisten = "127.0.0.1:8787"\ndatabase = "relay.db"\nshutdown_grace_s = 5\n'
-            f'[storage]\nurl = "{self.dsn}"\n'
-            f'[cluster]\nredis_url = "{self.redis_url}"\nlease_s = {LEASE_S}\n'
-            + MODELS.format(upstream=self.upstream_url)
-        )
-        return config
-
-    async def start(self) -> Instance:
-        port = _free_port()
-        config = self.write_config()
-        env = {**os.environ, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN}
-        log_path = self.folder / f"instance-{len(self.instances)}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "relay.cli",
-                    "serve",
-                    "-c",
-                    str(config),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=self.folder,
-            )
-        instance = Instance(process, f"http://127.0.0.1:{port}", log_path)
-        self.instances.append(instance)
-        await _wait_until_ready(instance, self.folder)
-        return instance
-
-    def stop_all(self) -> None:
-        for instance in self.instances:
-            if instance.process.poll() is None:
-                instance.process.send_signal(signal.SIGTERM)
-        for instance in self.instances:
-            try:
-                instance.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                instance.process.kill()
-                instance.process.wait()
-
-
-async def _wait_until_ready(instance: Instance, folder: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with instance.client(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            if instance.process.poll() is not None:
-                logs = "\n".join(p.read_text() for p in folder.glob("instance-*.log"))
-                raise AssertionError(f"relay exited at start-up:\n{logs[-3000:]}")
-            # Ours, not another process that took the port meanwhile (a shared machine).
-            ours = f"Running on {instance.base_url} "  # hypercorn's line once it has bound
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/healthz")).status_code == 200 and (
-                    ours in instance.log.read_text()
-                ):
-                    return
-            await asyncio.sleep(0.05)
-    raise AssertionError("relay did not become ready")
-
-
-_redis_db = iter(range(1, 16))
-
-
-@contextlib.asynccontextmanager
-async def cluster_site(
-    tmp_path: Path, pg_database: str, redis_server: Any, options: Any
-) -> AsyncIterator[tuple[Cluster, Any]]:
-    upstream = await mock_upstream.start(port=0, options=options)
-    # A Redis database of its own per test: the session's Redis is shared.
-    redis_url = f"redis://127.0.0.1:{redis_server.port}/{next(_redis_db)}"
-    cluster = Cluster(tmp_path, pg_database, redis_url, f"http://127.0.0.1:{upstream.port}/v1")
-    try:
-        yield cluster, upstream
-    finally:
-        await asyncio.to_thread(cluster.stop_all)
-        await upstream.close()
-
-
-async def _account(client: httpx.AsyncClient, name: str) -> str:
-    response = await client.post("/admin/accounts", json={"name": name}, headers=ADMIN)
-    assert response.status_code == 201, response.text
-    account_id: str = response.json()["id"]
-    return account_id
-
-
-async def _credit(client: httpx.AsyncClient, account_id: str, usd: str, reference: str) -> Any:
-    body = {"amount_usd": usd, "reference": reference}
-    return await client.post(f"/admin/accounts/{account_id}/credits", json=body, headers=ADMIN)
-
-
-async def _key(client: httpx.AsyncClient, account_id: str, **fields: Any) -> tuple[str, str]:
-    body = {"name": "load", **fields}
-    response = await client.post(f"/admin/accounts/{account_id}/keys", json=body, headers=ADMIN)
-    assert response.status_code == 201, response.text
-    return response.json()["id"], response.json()["secret"]
-
-
-async def _wallet(client: httpx.AsyncClient, account_id: str) -> dict[str, Any]:
-    response = await client.get(f"/admin/accounts/{account_id}/wallet", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    wallet: dict[str, Any] = response.json()
-    return wallet
-
-
-def _chat(stream: bool, max_tokens: int = 64) -> dict[str, Any]:
-    return {
-        "model": "fake-gpt",
-        "messages": [{"role": "user", "content": "cluster"}],
-        "max_tokens": max_tokens,
-        "stream": stream,
-    }
-
-
-async def _stream(client: httpx.AsyncClient, secret: str) -> tuple[int, bool]:
-    headers = {"authorization": f"Bearer {secret}"}
-    try:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json=_chat(True), headers=headers
-        ) as response:
-            content = await response.aread()
-    except httpx.HTTPError:
-        return 0, False
-    return response.status_code, content.rstrip().endswith(b"[DONE]")
-
-
-async def _settled(conn: Any, account_id: str, timeout_s: float = 10.0) -> None:
-    """Wait until the account has no open hold (settlements are group-committed)."""
-    deadline = time.monotonic() + timeout_s
-    while await conn.fetchval("SELECT count(*) FROM holds WHERE account_id = $1", account_id):
-        assert time.monotonic() < deadline, "holds still open"
-        await asyncio.sleep(0.05)
-
-
-async def _money(conn: Any, account_id: str) -> tuple[int, int, int]:
-    """(balance column, Σ ledger rows, Σ worst of open holds) straight from PostgreSQL."""
-    row = await conn.fetchrow(
-        "SELECT balance_micros, worst_micros FROM accounts WHERE id = $1", account_id
-    )
-    total = await conn.fetchval(
-        "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE account_id = $1", account_id
-    )
-    return int(row["balance_micros"]), int(total), int(row["worst_micros"])
 
 
 async def test_two_instances_share_accounts_keys_and_balances(
@@ -242,18 +49,18 @@ async def test_two_instances_share_accounts_keys_and_balances(
         a, b = await cluster.start(), await cluster.start()
         conn = await asyncpg.connect(pg_database)
         async with a.client() as ca, b.client() as cb:
-            account_id = await _account(ca, "shared")
-            credited = await _credit(cb, account_id, "0.002", "seed-1")  # through the other
+            account_id = await account(ca, "shared")
+            credited = await credit(cb, account_id, "0.002", "seed-1")  # through the other
             assert credited.status_code == 201, credited.text
-            replay = await _credit(ca, account_id, "0.002", "seed-1")
+            replay = await credit(ca, account_id, "0.002", "seed-1")
             assert replay.status_code == 200 and replay.json()["credited"] is False
-            key_id, secret = await _key(ca, account_id)
+            key_id, secret = await key(ca, account_id)
             balance_b = await cb.get("/v1/balance", headers={"authorization": f"Bearer {secret}"})
             assert balance_b.status_code == 200, balance_b.text
             assert balance_b.json()["balance_micros"] == 2000
 
             results = await asyncio.gather(
-                *(_stream(ca if i % 2 else cb, secret) for i in range(200))
+                *(stream(ca if i % 2 else cb, secret) for i in range(200))
             )
             statuses = [status for status, _ in results]
             ok = [complete for status, complete in results if status == 200]
@@ -261,10 +68,10 @@ async def test_two_instances_share_accounts_keys_and_balances(
             assert set(statuses) <= {200, 402}, statuses
             assert statuses.count(402) > 0  # $0.002 cannot pay for 200 streams
 
-            await _settled(conn, account_id)
-            balance, ledger_sum, worst = await _money(conn, account_id)
+            await settled(conn, account_id)
+            balance, ledger_sum, worst = await money(conn, account_id)
             assert balance == ledger_sum and balance >= 0 and worst == 0
-            wallet_a, wallet_b = await _wallet(ca, account_id), await _wallet(cb, account_id)
+            wallet_a, wallet_b = await wallet(ca, account_id), await wallet(cb, account_id)
             assert wallet_a == wallet_b
             assert wallet_a["balance_micros"] == balance and wallet_a["held_micros"] == 0
             # Every 200 has its usage row and its charge; the charges are what was billed.
@@ -291,7 +98,7 @@ async def test_two_instances_share_accounts_keys_and_balances(
             while True:
                 response = await cb.post(
                     "/v1/chat/completions",
-                    json=_chat(False),
+                    json=chat(False),
                     headers={"authorization": f"Bearer {secret}"},
                 )
                 if response.status_code == 401:
@@ -312,16 +119,16 @@ async def test_key_concurrency_5_holds_across_instances(
     async with cluster_site(tmp_path, pg_database, redis_server, options) as (cluster, upstream):
         a, b = await cluster.start(), await cluster.start()
         async with a.client() as ca, b.client() as cb:
-            account_id = await _account(ca, "narrow")
-            assert (await _credit(ca, account_id, "5", "seed")).status_code == 201
-            _, secret = await _key(ca, account_id, concurrency=5)
+            account_id = await account(ca, "narrow")
+            assert (await credit(ca, account_id, "5", "seed")).status_code == 201
+            _, secret = await key(ca, account_id, concurrency=5)
             headers = {"authorization": f"Bearer {secret}"}
             upstream.stats.in_flight_peak = 0
 
             async def one(i: int) -> int:
                 client = ca if i % 2 else cb
                 response = await client.post(
-                    "/v1/chat/completions", json=_chat(False), headers=headers
+                    "/v1/chat/completions", json=chat(False), headers=headers
                 )
                 return response.status_code
 
@@ -339,10 +146,10 @@ async def test_kill_9_releases_the_dead_instances_holds_after_its_lease(
         a, b = await cluster.start(), await cluster.start()
         conn = await asyncpg.connect(pg_database)
         async with a.client() as ca, b.client() as cb:
-            account_id = await _account(ca, "crash")
-            assert (await _credit(ca, account_id, "1", "seed")).status_code == 201
-            _, secret = await _key(ca, account_id)
-            load = [asyncio.create_task(_stream(ca if i % 2 else cb, secret)) for i in range(40)]
+            account_id = await account(ca, "crash")
+            assert (await credit(ca, account_id, "1", "seed")).status_code == 201
+            _, secret = await key(ca, account_id)
+            load = [asyncio.create_task(stream(ca if i % 2 else cb, secret)) for i in range(40)]
             # Wait until B holds money in flight, then kill it without warning.
             deadline = time.monotonic() + 10
             b_id = await conn.fetchval("SELECT id FROM instances ORDER BY started_at DESC LIMIT 1")
@@ -356,14 +163,14 @@ async def test_kill_9_releases_the_dead_instances_holds_after_its_lease(
             results = await asyncio.gather(*load)
             assert any(status == 200 for status, _ in results)
             # A's heartbeat sweeps B's holds once B's lease has run out.
-            await _settled(conn, account_id, timeout_s=LEASE_S + 10)
-            balance, ledger_sum, worst = await _money(conn, account_id)
+            await settled(conn, account_id, timeout_s=LEASE_S + 10)
+            balance, ledger_sum, worst = await money(conn, account_id)
             assert balance == ledger_sum and worst == 0 and balance >= 0
             abandoned = await conn.fetchval(
                 "SELECT count(*) FROM abandoned_holds WHERE instance_id = $1", b_id
             )
             assert abandoned >= 1
-            assert (await _wallet(ca, account_id))["balance_micros"] == balance
+            assert (await wallet(ca, account_id))["balance_micros"] == balance
         await conn.close()
 
 
@@ -373,20 +180,20 @@ async def test_a_new_instance_sees_accounts_and_keys_made_before_it_started(
     async with cluster_site(tmp_path, pg_database, redis_server, None) as (cluster, _):
         a = await cluster.start()
         async with a.client() as ca:
-            account_id = await _account(ca, f"early-{secrets.token_hex(2)}")
-            assert (await _credit(ca, account_id, "1", "seed")).status_code == 201
-            _, secret = await _key(ca, account_id)
+            account_id = await account(ca, f"early-{secrets.token_hex(2)}")
+            assert (await credit(ca, account_id, "1", "seed")).status_code == 201
+            _, secret = await key(ca, account_id)
         b = await cluster.start()
         async with b.client() as cb:
             headers = {"authorization": f"Bearer {secret}"}
-            response = await cb.post("/v1/chat/completions", json=_chat(False), headers=headers)
+            response = await cb.post("/v1/chat/completions", json=chat(False), headers=headers)
             assert response.status_code == 200, response.text
             # A key spend cap set through B binds on A: 10 micros < one request's worst case.
-            capped_id, capped = await _key(cb, account_id, spend_cap_usd="0.00001")
+            capped_id, capped = await key(cb, account_id, spend_cap_usd="0.00001")
             async with a.client() as ca:
                 over = await ca.post(
                     "/v1/chat/completions",
-                    json=_chat(False),
+                    json=chat(False),
                     headers={"authorization": f"Bearer {capped}"},
                 )
             assert over.status_code == 402 and "spend cap" in over.text, over.text
@@ -399,11 +206,11 @@ async def test_a_new_instance_sees_accounts_and_keys_made_before_it_started(
             # The view's money comes from PostgreSQL (a charge was made), not the local file.
             balance = suspended.json()["balance_micros"]
             assert 0 < balance < 1_000_000
-            assert balance == (await _wallet(cb, account_id))["balance_micros"]
+            assert balance == (await wallet(cb, account_id))["balance_micros"]
         async with a.client() as ca:
             deadline = time.monotonic() + 1.0
             while True:
-                refused = await ca.post("/v1/chat/completions", json=_chat(False), headers=headers)
+                refused = await ca.post("/v1/chat/completions", json=chat(False), headers=headers)
                 if refused.status_code == 403:
                     break
                 assert time.monotonic() < deadline, refused.text
