@@ -131,7 +131,7 @@ async def _serve(handler: Handler) -> AsyncIterator[str]:
         writers.append(writer)
         task = asyncio.current_task()
         assert task is not None
-        tasks.append(task)  # type: ignore[arg-type]
+        tasks.append(task)
         await handler(reader, writer)
 
     server = await asyncio.start_server(tracked, "127.0.0.1", 0)
