@@ -140,7 +140,19 @@ def _instructions(out: Path, before: set[Path]) -> int:
     raise RuntimeError(f"no totals in {dumps[-1]}")
 
 
-def measure(tree: Path, requests: int, callgrind: bool, work: Path) -> dict[str, float]:
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    venv_spy = Path(sys.executable).parent / "py-spy"
+    spy_bin = str(venv_spy) if venv_spy.exists() else "py-spy"
+    command = [spy_bin, "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+    command += ["--threads", "--format", "raw", "-o", str(out)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the first measured request
+    return spy
+
+
+def measure(
+    tree: Path, requests: int, callgrind: bool, work: Path, profile: Path | None = None
+) -> dict[str, float]:
     """One relay from ``tree``: its cost per request, non-stream then stream."""
     database = work / f"relay-{time.monotonic_ns()}.db"
     config = work / "relay.toml"
@@ -187,10 +199,14 @@ def measure(tree: Path, requests: int, callgrind: bool, work: Path) -> dict[str,
             if callgrind:
                 _callgrind(relay.pid, "-z")
                 before = set(work.glob(out.name + "*"))
+            spy = None if profile is None else _py_spy(relay.pid, profile / f"{shape}.txt")
             ticks = _ticks(relay.pid)
             for _ in range(requests):
                 _send(conn, secret, encoded, stream)
             used = _ticks(relay.pid) - ticks
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+                spy.wait(60)
             results[f"{shape}_cpu_us"] = 1e6 * used / CLOCK_TICKS / requests
             if callgrind:
                 _callgrind(relay.pid, "-d")
@@ -218,6 +234,9 @@ def main() -> int:
     parser.add_argument(
         "--keep", type=Path, help="copy callgrind's dumps here (for callgrind_annotate)"
     )
+    parser.add_argument(
+        "--py-spy", type=Path, help="record py-spy's samples of the measured requests here"
+    )
     args = parser.parse_args()
     if args.callgrind and shutil.which("callgrind_control") is None:
         parser.error("valgrind is not installed")
@@ -236,7 +255,9 @@ def main() -> int:
                 if time.monotonic() - started > args.budget_s:
                     print(f"budget of {args.budget_s} s spent: stopping", file=sys.stderr)
                     break
-                result = measure(tree, args.requests, args.callgrind, work)
+                if args.py_spy is not None:
+                    args.py_spy.mkdir(parents=True, exist_ok=True)
+                result = measure(tree, args.requests, args.callgrind, work, args.py_spy)
                 rows[str(tree)].append(result)
                 print(f"round {round_ + 1} {tree}: {json.dumps(result)}", flush=True)
     finally:
