@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from relay.admin import admin_routes
 from relay.admin.cluster import ClusterRouteGuard, cluster_routes
@@ -44,6 +44,7 @@ from relay.console import console_routes
 from relay.errors import ConfigError, InvalidRequest, NotFound, RelayError
 from relay.http.admin_throttle import AdminTokenThrottle
 from relay.http.framing import RefuseAmbiguousFraming
+from relay.http.front import ExceptionHandler, Front, FrontedStarlette, hot_routes
 from relay.http.responses import error_response, unexpected_error_response
 from relay.identity.accounts import AccountStore
 from relay.identity.admin_token import admin_token_from_env
@@ -388,21 +389,30 @@ def create_app(
                 "billing_mail": billing_mail,
             }
 
-    middleware = [Middleware(RefuseAmbiguousFraming), Middleware(AdminTokenThrottle)]
-    if config.cluster_mode:
-        middleware.append(Middleware(ClusterRouteGuard))
-    return Starlette(
+    data_plane = data_plane_routes()
+    handlers: dict[type[Exception], ExceptionHandler] = {
+        RelayError: _handle_relay_error,
+        HTTPException: _handle_http_exception,
+        Exception: _handle_unexpected,
+    }
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        """The request middleware, outermost first, on every route (relay.http.front)."""
+        if config.cluster_mode:
+            app = ClusterRouteGuard(app)
+        return RefuseAmbiguousFraming(AdminTokenThrottle(app))
+
+    def front(stack: ASGIApp) -> ASGIApp:
+        return Front(stack, hot_routes(data_plane), middleware, handlers)
+
+    return FrontedStarlette(
+        front=front,
         routes=(cluster_routes() if config.cluster_mode else [])
-        + data_plane_routes()
+        + data_plane
         + metrics_routes()
         + admin_routes()
         + payment_routes()
         + console_routes(),
         lifespan=lifespan,
-        middleware=middleware,
-        exception_handlers={
-            RelayError: _handle_relay_error,
-            HTTPException: _handle_http_exception,
-            Exception: _handle_unexpected,
-        },
+        exception_handlers=dict(handlers),
     )

@@ -21,6 +21,7 @@ from relay.errors import (
     UpstreamRejected,
     error_body,
 )
+from relay.upstream.deadline import Deadline
 
 __all__ = [
     "decode_or_400",
@@ -63,8 +64,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
+    deadline = Deadline()  # lighter than asyncio.timeout on every request's path
     try:
-        async with asyncio.timeout(_body_deadline_s(request)):
+        with deadline.bound(_body_deadline_s(request)):
             async for part in stream:
                 size += len(part)
                 if size > limit:
@@ -73,6 +75,8 @@ async def read_body(request: Request, limit: int) -> bytes:
                 parts.append(part)
     except TimeoutError:
         raise RequestTimeout("The request body did not arrive in time") from None
+    finally:
+        deadline.close()
     return b"".join(parts)
 
 

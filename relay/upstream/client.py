@@ -28,6 +28,8 @@ from typing import Protocol
 import aiohttp
 import httpx
 
+from relay.upstream.deadline import Deadline
+
 __all__ = [
     "AiohttpUpstream",
     "HttpxUpstream",
@@ -143,22 +145,26 @@ class UpstreamClient(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_response", "_timeouts", "_body_s", "status", "headers")
+    """One answer; its waits (the headers' already done) share the request's ``Deadline``."""
 
-    def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts):
+    __slots__ = ("_response", "_timeouts", "_body_s", "_deadline", "status", "headers")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts, deadline: Deadline):
         self._response = response
         self._timeouts = timeouts
         # A whole answer read at once is bounded by the provider's timeout_s.
         self._body_s = timeouts.total_s
+        self._deadline = deadline
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self, max_bytes: int | None = None) -> bytes:
-        if _declared_too_large(self.headers, max_bytes):
-            self._response.close()
-            raise _too_large(max_bytes or 0)
+        deadline = self._deadline
         try:
-            async with asyncio.timeout(self._body_s):
+            if _declared_too_large(self.headers, max_bytes):
+                self._response.close()
+                raise _too_large(max_bytes or 0)
+            with deadline.bound(self._body_s):
                 if max_bytes is None:
                     return await self._response.read()
                 return await self._read_bounded(max_bytes)
@@ -167,6 +173,8 @@ class _AiohttpResponse:
             raise UpstreamTimedOut("upstream went silent while sending its body") from None
         except aiohttp.ClientError as exc:
             raise UpstreamStreamBroken(f"upstream body broke off: {type(exc).__name__}") from None
+        finally:
+            deadline.close()
 
     async def _read_bounded(self, max_bytes: int) -> bytes:
         parts: list[bytes] = []
@@ -183,25 +191,30 @@ class _AiohttpResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
         clock = _StreamClock(self._timeouts)
-        while True:
-            try:
-                async with asyncio.timeout(clock.next_wait()):
-                    chunk = await content.readany()
-            except TimeoutError:
-                self._response.close()
-                raise UpstreamTimedOut(clock.why()) from None
-            except UpstreamTimedOut:
-                self._response.close()
-                raise
-            except aiohttp.ClientError as exc:
-                raise UpstreamStreamBroken(
-                    f"upstream stream broke off: {type(exc).__name__}"
-                ) from None
-            if not chunk:  # readany() gives b"" only at a clean end of the body
-                return
-            yield chunk
+        deadline = self._deadline
+        try:
+            while True:
+                try:
+                    with deadline.bound(clock.next_wait()):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    self._response.close()
+                    raise UpstreamTimedOut(clock.why()) from None
+                except UpstreamTimedOut:
+                    self._response.close()
+                    raise
+                except aiohttp.ClientError as exc:
+                    raise UpstreamStreamBroken(
+                        f"upstream stream broke off: {type(exc).__name__}"
+                    ) from None
+                if not chunk:  # readany() gives b"" only at a clean end of the body
+                    return
+                yield chunk
+        finally:
+            deadline.close()
 
     async def aclose(self) -> None:
+        self._deadline.close()
         self._response.close()
 
 
@@ -228,19 +241,26 @@ class AiohttpUpstream:
         body: bytes | None,
         timeouts: Timeouts,
     ) -> UpstreamResponse:
+        # One timer for the headers, then the body or each chunk (relay.upstream.deadline).
+        deadline = Deadline()
         try:
-            async with asyncio.timeout(timeouts.first_byte_s):
+            with deadline.bound(timeouts.first_byte_s):
                 response = await self._session.request(
                     method, url, headers=dict(headers), data=body, allow_redirects=False
                 )
         except TimeoutError:
+            deadline.close()
             raise UpstreamTimedOut("no response headers within the first-byte timeout") from None
         except (aiohttp.ClientError, OSError) as exc:
+            deadline.close()
             # All of ClientError: a malformed answer (ClientResponseError) is as much the
             # upstream's failure as a refused connection, and must be retried elsewhere
             # rather than escape as relay's own 500.
             raise UpstreamConnectFailed(f"cannot reach upstream: {type(exc).__name__}") from None
-        return _AiohttpResponse(response, timeouts)
+        except BaseException:
+            deadline.close()
+            raise
+        return _AiohttpResponse(response, timeouts, deadline)
 
     async def aclose(self) -> None:
         await self._session.close()
