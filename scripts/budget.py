@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +60,7 @@ LOOP = "event loop (uvloop C, asyncio)"
 WRITER = "usage record: SQLite writer thread"
 READERS = "SQLite reader threads (aiosqlite)"
 IDLE = "idle"
+_OUTER = re.compile(r"relay/(server|cli/)")
 _COMPILED = tuple((step, re.compile(pattern)) for step, pattern in STEPS)
 # A worker thread waiting for work (py-spy does not always see the wait as idle).
 _IDLE_LEAVES = re.compile(
@@ -77,6 +79,8 @@ def step_of(frames: list[str]) -> str:
     if "_connection_worker_thread" in frames[0]:
         return READERS
     for frame in reversed(frames):
+        if _OUTER.search(frame):  # what runs the loop, not a step of a request
+            continue
         for step, pattern in _COMPILED:
             if pattern.search(frame):
                 return step
@@ -117,7 +121,12 @@ def load_bench() -> ModuleType:
 
 def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, object]]:
     bench_mod = load_bench()
-    shape = next(s for s in bench_mod.SHAPES if s.name == args.shape)
+    held = args.shape == bench_mod.HELD.name
+    shapes = {s.name: s for s in bench_mod.SHAPES}
+    # The held shape: 1,000 connections on the slow mock, started over its latency.
+    shapes[bench_mod.HELD.name] = replace(bench_mod.HELD, stagger_ms=bench_mod.HELD_LATENCY_MS)
+    shape = shapes[args.shape]
+    mock_port = bench_mod.HELD_MOCK_PORT if held else bench_mod.MOCK_PORT
     target = next(t for t in bench_mod.TARGETS if t.name == args.target)
     py_spy = shutil.which("py-spy", path=str(ROOT / ".venv" / "bin")) or shutil.which("py-spy")
     if py_spy is None:
@@ -132,15 +141,17 @@ def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, ob
             python,
             str(ROOT / "scripts" / "mock_upstream.py"),
             "--port",
-            str(bench_mod.MOCK_PORT),
+            str(mock_port),
+            *(["--latency-ms", str(bench_mod.HELD_LATENCY_MS)] if held else []),
         ]
         mock_pid = bench_mod.start_process(bench, "mock", bench.pinned(1, mock), {})
         try:
-            bench_mod.wait_healthy(bench, "mock", bench_mod.MOCK_PORT, mock_pid)
+            bench_mod.wait_healthy(bench, "mock", mock_port, mock_pid)
             target, pid = bench_mod.start_run(
-                bench, target, bench_mod.Run(target.name, bench_mod.MOCK_PORT)
+                bench, target, bench_mod.Run(target.name, mock_port, held=held)
             )
-            bench_mod.run_wrk(bench, args.wrk, target, bench_mod.WARMUP, bench_mod.WARMUP_S)
+            warmup = (shape, bench_mod.HELD_WARMUP_S) if held else (bench_mod.WARMUP, 2)
+            bench_mod.run_wrk(bench, args.wrk, target, *warmup)
             raw_path = Path(args.raw_out)
             spy = subprocess.Popen(
                 bench.pinned(
@@ -188,7 +199,7 @@ def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, ob
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="nonstream c=32")
+    parser.add_argument("--shape", default="nonstream c=32", help='or "held c=1000"')
     parser.add_argument("--target", default="relay", help="relay or relay-uvicorn")
     parser.add_argument("--duration", type=int, default=10, help="seconds (1-30)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
