@@ -435,3 +435,23 @@ async def test_writer_nice_zero_keeps_the_writer_at_the_processs_priority(tmp_pa
         assert _nice_of(await db.write(lambda conn: threading.get_native_id())) == main_nice
     finally:
         await db.close()
+
+
+async def test_writer_priority_refused_still_opens_and_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    with caplog.at_level(logging.WARNING, logger="relay.storage.db"):
+        db = await Database.open(tmp_path / "refused.db", writer_nice=5)
+    try:
+        await db.execute_write("CREATE TABLE t (x INTEGER)")
+        db.enqueue(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+        await db.flush()
+        assert [tuple(row) for row in await db.fetchall("SELECT x FROM t")] == [(2,)]
+    finally:
+        await db.close()
+    if sys.platform == "linux":
+        assert "could not lower the writer thread's priority" in caplog.text
