@@ -70,11 +70,6 @@ def _thread_cpu_ns(tid: int) -> int:
         return int(stat.read().split()[0])
 
 
-async def loop_run(db: Database, fn):  # type: ignore[no-untyped-def]
-    """``fn()`` in the database's writer thread (its one executor)."""
-    return await asyncio.get_running_loop().run_in_executor(db._executor, fn)
-
-
 def _burn(us: float) -> None:
     end = time.perf_counter() + us / 1e6
     while time.perf_counter() < end:
@@ -112,7 +107,8 @@ async def run_variant(name: str, variant: Variant, args: argparse.Namespace) -> 
                 (now_ms, now_ms),
             )
             usage = UsageLog(db)
-            writer_tid = await loop_run(db, threading.get_native_id)
+            # A write function runs in the writer thread: it tells its thread id.
+            writer_tid = await db.write(lambda conn: threading.get_native_id())
             stolen: list[float] = []
             walls: list[float] = []
             flush_cpu.clear()
