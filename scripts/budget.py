@@ -97,13 +97,22 @@ def read_raw(path: Path) -> Counter[str]:
     return steps
 
 
-def budget_table(steps: Counter[str], us_per_request: float) -> str:
+def budget_table(steps: Counter[str], us_per_request: float, writer_us: float | None = None) -> str:
+    """Each step's share and µs per request. With ``writer_us`` (the writer thread's CPU
+    per request from /proc), the writer's row is that figure and the loop's steps share
+    the rest by their samples; otherwise every step is its share of the samples."""
     steps = Counter({step: n for step, n in steps.items() if step != IDLE})
     total = sum(steps.values()) or 1
+    loop_samples = (total - steps[WRITER]) or 1
     rows = ["| step | share | µs/request |", "|---|---:|---:|"]
     for step, count in steps.most_common():
-        share = count / total
-        rows.append(f"| {step} | {100 * share:.1f}% | {share * us_per_request:.0f} |")
+        if writer_us is None:
+            us = count / total * us_per_request
+        elif step == WRITER:
+            us = writer_us
+        else:
+            us = count / loop_samples * (us_per_request - writer_us)
+        rows.append(f"| {step} | {100 * us / us_per_request:.1f}% | {us:.0f} |")
     rows.append(f"| **total** ({total} samples) | 100% | **{us_per_request:.0f}** |")
     return "\n".join(rows)
 
@@ -177,7 +186,9 @@ def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, ob
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(0.3)
+            threads_before = thread_ticks(pid)
             row = bench_mod.measure(bench, args.wrk, target, shape, pid)
+            threads_after = thread_ticks(pid)
             spy.wait(timeout=args.duration + 30)
         finally:
             for process in bench.processes:
@@ -194,7 +205,33 @@ def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, ob
             "requests",
         )
     }
+    # py-spy counts a thread that is runnable but waiting for the core as busy, which
+    # overstates a lower-priority writer; /proc says what each thread really ran.
+    writers = writer_thread_ids(raw_path)
+    writer_ticks = sum(threads_after.get(tid, 0) - threads_before.get(tid, 0) for tid in writers)
+    if writers and row["requests"]:
+        figures["writer_thread_cpu_us_per_request"] = round(
+            1e6 * writer_ticks / bench_mod.CLOCK_TICKS / row["requests"]
+        )
     return read_raw(raw_path), float(row["cpu_us_per_request"]), figures
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """utime + stime of each of the process's threads, by native thread id."""
+    ticks: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def writer_thread_ids(raw_path: Path) -> set[int]:
+    """The writer's native thread ids, as py-spy's ``--threads`` names them."""
+    found = re.findall(r"^thread \((\d+)\): relay-db-writer", raw_path.read_text(), re.M)
+    return {int(tid) for tid in found}
 
 
 def main() -> int:
@@ -207,18 +244,23 @@ def main() -> int:
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
     parser.add_argument("--from-raw", help="only aggregate an existing py-spy raw file")
     parser.add_argument("--us-per-request", type=float, help="with --from-raw")
+    parser.add_argument(
+        "--writer-us", type=float, help="with --from-raw: the writer thread's µs (from /proc)"
+    )
     args = parser.parse_args()
     if args.from_raw:
         if args.us_per_request is None:
             raise SystemExit("budget: --from-raw needs --us-per-request")
-        print(budget_table(read_raw(Path(args.from_raw)), args.us_per_request))
+        steps = read_raw(Path(args.from_raw))
+        print(budget_table(steps, args.us_per_request, args.writer_us))
         return 0
     if not 1 <= args.duration <= 30:
         raise SystemExit("budget: --duration must be 1-30 s")
     Path(args.raw_out).parent.mkdir(parents=True, exist_ok=True)
     steps, us, figures = profile(args)
     print(json.dumps(figures))
-    print(budget_table(steps, us))
+    writer = figures.get("writer_thread_cpu_us_per_request")
+    print(budget_table(steps, us, float(writer) if isinstance(writer, int) else None))
     return 0
 
 
