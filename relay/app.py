@@ -120,7 +120,9 @@ async def _open_state(
         database_path = Path(tempfile.mkdtemp(prefix="relay-cluster-")) / "scratch.db"
     try:
         db = await Database.open(
-            database_path, flush_interval_s=config.server.flush_interval_ms / 1000
+            database_path,
+            flush_interval_s=config.server.flush_interval_ms / 1000,
+            writer_nice=config.server.writer_nice,
         )
     except BaseException:
         if cluster is not None:

@@ -97,6 +97,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Wrong secrets for one known key id allowed per minute before 429 (argon2 is costly).
     max_key_failures_per_minute: PositiveInt = 10
     flush_interval_ms: Annotated[int, Meta(ge=1, le=100)] = 50
+    # How much the SQLite writer thread's scheduling priority is lowered (its nice value,
+    # Linux): on a core it shares with the event loop, a group commit then yields the core
+    # to a request instead of splitting it (docs/performance.md, "The writer's flush").
+    # Past about 5 the writer can fall behind a saturated core (see there).
+    writer_nice: Annotated[int, Meta(ge=0, le=19)] = 5
     shutdown_grace_s: NonNegativeFloat = 10.0
     # Fail closed: while the database cannot commit for longer than this, billable requests
     # and admin writes answer 503 storage_unavailable and /healthz says why.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -400,3 +402,56 @@ async def test_open_and_close_leave_no_resource_warnings(tmp_path: Path) -> None
         del database
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def _nice_of(thread_id: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, thread_id)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_writer_nice_lowers_only_the_writer_threads_priority(tmp_path: Path) -> None:
+    main_nice = _nice_of(threading.get_native_id())
+    db = await Database.open(tmp_path / "nice.db", writer_nice=5)
+    try:
+        # A write function runs in the writer thread: it tells its own thread id.
+        writer_id = await db.write(lambda conn: threading.get_native_id())
+        assert writer_id != threading.get_native_id()
+        assert _nice_of(writer_id) == min(19, main_nice + 5)
+        assert _nice_of(threading.get_native_id()) == main_nice
+        # The writer still group-commits with its lowered priority.
+        await db.execute_write("CREATE TABLE t (x INTEGER)")
+        db.enqueue(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+        await db.flush()
+        assert [tuple(row) for row in await db.fetchall("SELECT x FROM t")] == [(1,)]
+    finally:
+        await db.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_writer_nice_zero_keeps_the_writer_at_the_processs_priority(tmp_path: Path) -> None:
+    main_nice = _nice_of(threading.get_native_id())
+    db = await Database.open(tmp_path / "plain.db", writer_nice=0)
+    try:
+        assert _nice_of(await db.write(lambda conn: threading.get_native_id())) == main_nice
+    finally:
+        await db.close()
+
+
+async def test_writer_priority_refused_still_opens_and_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    with caplog.at_level(logging.WARNING, logger="relay.storage.db"):
+        db = await Database.open(tmp_path / "refused.db", writer_nice=5)
+    try:
+        await db.execute_write("CREATE TABLE t (x INTEGER)")
+        db.enqueue(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+        await db.flush()
+        assert [tuple(row) for row in await db.fetchall("SELECT x FROM t")] == [(2,)]
+    finally:
+        await db.close()
+    if sys.platform == "linux":
+        assert "could not lower the writer thread's priority" in caplog.text

@@ -54,7 +54,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
+import sys
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -180,8 +183,14 @@ class Database:
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         durable_wait_s: float | None = None,
         close_retry_s: float = 2.0,
+        writer_nice: int = 0,
     ) -> Database:
-        """Create or open the database file, apply migrations, start the writer."""
+        """Create or open the database file, apply migrations, start the writer.
+
+        ``writer_nice`` > 0 lowers the writer thread's scheduling priority (Linux only), so
+        that on a core it shares with the event loop a group commit yields the core to a
+        request instead of splitting it with it (docs/performance.md, "The writer's flush").
+        """
         if flush_interval_s < 0 or read_connections < 1 or max_queue < 1:
             raise ValueError("need flush_interval_s >= 0, read_connections >= 1, max_queue >= 1")
         path = Path(path)
@@ -198,6 +207,8 @@ class Database:
                 open_writer_connection, path, busy_timeout_ms=busy_timeout_ms
             )
             writer = await loop.run_in_executor(executor, connect)
+            if writer_nice:
+                await loop.run_in_executor(executor, _lower_thread_priority, writer_nice)
             await loop.run_in_executor(executor, apply_migrations, writer, migrations)
             # Readers open read-only, so only after the writer has created the file and schema.
             for _ in range(read_connections):
@@ -576,6 +587,22 @@ class Database:
                 type(exc).__name__,
                 exc,
             )
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """Run in the writer thread: raise its nice value by ``nice`` (this thread only).
+
+    Linux schedules threads individually, so ``setpriority`` on the thread's own id changes
+    only the writer; elsewhere the id is not a process id, and the writer keeps its priority.
+    """
+    if sys.platform != "linux":
+        return
+    thread_id = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread_id)
+        os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + nice))
+    except OSError as exc:  # a sandbox may forbid it: the writer only keeps its priority
+        logger.warning("could not lower the writer thread's priority: %s", exc)
 
 
 def _settle(item: _QueuedWrite, outcome: Outcome) -> None:
