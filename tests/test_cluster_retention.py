@@ -205,7 +205,7 @@ async def test_a_record_without_bytes_keeps_its_rows_hot(pool: Any) -> None:
 async def test_any_instance_lists_and_serves_the_archives(
     tmp_path: Path, pg_database: str, redis_server: Any, pool: Any
 ) -> None:
-    from test_cluster_serve import Cluster
+    from support_cluster_serve import Cluster
 
     await _usage(pool, OLD)
     await run_pg_retention(pool, now_ms=NOW_MS)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import mock_upstream
-from test_cluster_serve import Cluster, Instance, _account, _credit, _key, _money, _wallet
+from support_cluster_serve import Cluster, Instance, account, credit, key, money, wallet
 
 from relay.cluster.job_runner import RUNNER_LOCK
 
@@ -94,11 +94,11 @@ async def test_a_job_created_on_one_instance_survives_its_runner_and_is_charged_
         conn = await asyncpg.connect(pg_database)
         try:
             async with runner.client() as cr, other.client() as co:
-                account_id = await _account(co, "video")
-                assert (await _credit(co, account_id, "1", "seed")).status_code == 201
-                _, secret = await _key(co, account_id)
-                stranger = await _account(co, "stranger")
-                _, stranger_secret = await _key(co, stranger)
+                account_id = await account(co, "video")
+                assert (await credit(co, account_id, "1", "seed")).status_code == 201
+                _, secret = await key(co, account_id)
+                stranger = await account(co, "stranger")
+                _, stranger_secret = await key(co, stranger)
                 auth = {"authorization": f"Bearer {secret}"}
 
                 body = {"model": "mock-video", "prompt": "a cat surfing", "seconds": "4"}
@@ -119,7 +119,7 @@ async def test_a_job_created_on_one_instance_survives_its_runner_and_is_charged_
                     job["id"],
                 )
                 assert tuple(hold) == ("cluster:jobs", 400_000)
-                assert (await _wallet(cr, account_id))["held_micros"] == 400_000
+                assert (await wallet(cr, account_id))["held_micros"] == 400_000
                 assert await _lock_holders(conn) == 1
 
                 # The runner dies without warning before the job is done (it renders 3 s).
@@ -144,12 +144,12 @@ async def test_a_job_created_on_one_instance_survives_its_runner_and_is_charged_
                     job["id"],
                 )
                 assert [row[0] for row in charges] == [-400_000]
-                assert await _money(conn, account_id) == (600_000, 600_000, 0)
+                assert await money(conn, account_id) == (600_000, 600_000, 0)
                 assert await conn.fetchval("SELECT count(*) FROM holds") == 0
                 usage = await conn.fetch(
                     "SELECT status, cost_micros FROM usage WHERE request_id = $1", job["id"]
                 )
                 assert [tuple(row) for row in usage] == [(200, 400_000)]
-                assert (await _wallet(co, account_id))["balance_micros"] == 600_000
+                assert (await wallet(co, account_id))["balance_micros"] == 600_000
         finally:
             await conn.close()
