@@ -171,7 +171,7 @@ async def _open_state(
         metrics=metrics,
         videos=VideoPoller(db, wallet, providers),
         stopping=stopping,
-        admitter=None if cluster is None else cluster.admitter,
+        admitter=cluster,  # None: the embedded gate admits
         cluster=cluster,
     )
     if cluster is None:  # its wallet totals are the local wallet's: not cluster-wide
@@ -234,7 +234,7 @@ async def _apply_invalidation(
     elif change.kind == "account":
         await store.reload_account(change.target)
     elif change.kind == "config":
-        if state.cluster is not None and change.origin != state.cluster.instance_id:
+        if state.cluster is not None and change.origin != state.cluster.origin:
             try:
                 await reloader.reload()
             except ReloadRefused as exc:

@@ -431,3 +431,68 @@ async def test_a_reload_through_one_instance_reaches_the_other(
                     break
                 assert time.monotonic() < deadline, "reload not seen within 1 s"
                 await asyncio.sleep(0.02)
+
+
+async def test_an_instance_paused_past_its_lease_rejoins_and_bills_nothing_twice(
+    tmp_path: Path, pg_database: str, redis_server: Any
+) -> None:
+    """SIGSTOP an instance with streams in flight for longer than its lease: the other
+    instance's sweep releases its holds (abandoned). On SIGCONT its streams end and their
+    settlements find their holds gone (fenced: nothing charged, the usage rows say 0); it
+    registers a new lease under a new id and answers 200 again."""
+    options = mock_upstream.MockOptions(latency_ms=10, stream_chunks=20, chunk_delay_ms=50)
+    async with cluster_site(tmp_path, pg_database, redis_server, options) as (cluster, _):
+        a, b = await cluster.start(), await cluster.start()
+        conn = await asyncpg.connect(pg_database)
+        async with a.client() as ca, b.client() as cb:
+            account_id = await _account(ca, "paused")
+            assert (await _credit(ca, account_id, "1", "seed")).status_code == 201
+            key_id, secret = await _key(ca, account_id)
+            headers = {"authorization": f"Bearer {secret}"}
+            b_id = await conn.fetchval("SELECT id FROM instances ORDER BY started_at DESC LIMIT 1")
+            load = [asyncio.create_task(_stream(cb, secret)) for _ in range(6)]
+            deadline = time.monotonic() + 10
+            while (
+                await conn.fetchval("SELECT count(*) FROM holds WHERE instance_id = $1", b_id) < 3
+            ):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            b.process.send_signal(signal.SIGSTOP)
+            try:
+                # A sweeps B's holds once B's lease has run out (B cannot renew it).
+                deadline = time.monotonic() + LEASE_S + 10
+                while await conn.fetchval("SELECT count(*) FROM instances WHERE id = $1", b_id):
+                    assert time.monotonic() < deadline, "B's lease was never swept"
+                    await asyncio.sleep(0.1)
+            finally:
+                b.process.send_signal(signal.SIGCONT)
+            await asyncio.gather(*load)
+            # B admits again, under a new lease.
+            deadline = time.monotonic() + 5
+            while True:
+                response = await cb.post("/v1/chat/completions", json=_chat(False), headers=headers)
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+                assert time.monotonic() < deadline, "B did not rejoin"
+                await asyncio.sleep(0.1)
+            instances = {r["id"] for r in await conn.fetch("SELECT id FROM instances")}
+            assert b_id not in instances and len(instances) == 2
+            await _settled(conn, account_id)
+            balance, ledger_sum, worst = await _money(conn, account_id)
+            assert balance == ledger_sum and worst == 0
+            abandoned = await conn.fetchval(
+                "SELECT count(*) FROM abandoned_holds WHERE instance_id = $1", b_id
+            )
+            assert abandoned >= 3
+            charged = await conn.fetchval(
+                "SELECT COALESCE(-SUM(amount_micros), 0) FROM ledger"
+                " WHERE account_id = $1 AND kind = 'charge'",
+                account_id,
+            )
+            billed = await conn.fetchval(
+                "SELECT COALESCE(SUM(cost_micros), 0) FROM usage WHERE key_id = $1", key_id
+            )
+            assert charged == billed == 1_000_000 - balance > 0
+            assert "rejoined as" in b.log.read_text()
+        await conn.close()
