@@ -122,7 +122,9 @@ async def _open_state(
             await cluster.close()
         raise
     try:
-        secret = ServerSecret.load_or_create(secret_path_for(database_path))
+        # In cluster mode the secret is the configured database's, never the scratch file's:
+        # every instance must key the shared audit chain alike (docs/scaling.md §2).
+        secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
         calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         await load_wallet(db, wallet)

@@ -496,3 +496,42 @@ async def test_an_instance_paused_past_its_lease_rejoins_and_bills_nothing_twice
             assert charged == billed == 1_000_000 - balance > 0
             assert "rejoined as" in b.log.read_text()
         await conn.close()
+
+
+async def test_admin_writes_through_two_instances_at_once_make_one_unbroken_chain(
+    tmp_path: Path, pg_database: str, redis_server: Any
+) -> None:
+    """40 account and key creations racing through two instances: PostgreSQL's audit
+    chain has every one, ids 1..N without a gap, each row linked to the one before it;
+    both instances' verify routes and the embedded verifier (the key from the secret file
+    beside the configured database) agree."""
+    from relay.identity.audit import AUDIT_COLUMNS, verify_chain
+    from relay.identity.server_secret import ServerSecret
+
+    async with cluster_site(tmp_path, pg_database, redis_server, None) as (cluster, _):
+        a, b = await cluster.start(), await cluster.start()
+        conn = await asyncpg.connect(pg_database)
+        async with a.client() as ca, b.client() as cb:
+
+            async def write(i: int) -> None:
+                client = ca if i % 2 else cb
+                account_id = await _account(client, f"chain-{i}")
+                await _key(client, account_id)
+
+            await asyncio.gather(*(write(i) for i in range(20)))
+            rows = [
+                tuple(r) for r in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
+            ]
+            assert [row[0] for row in rows] == list(range(1, 41))
+            assert sorted(row[3] for row in rows) == ["account.create"] * 20 + ["key.create"] * 20
+            key = ServerSecret.load_or_create(tmp_path / "relay.db.secret").subkey("audit")
+            report = verify_chain(rows, key)
+            assert report.ok and report.rows == 40, report
+            for client in (ca, cb):
+                verified = (await client.get("/admin/audit/verify", headers=ADMIN)).json()
+                assert (verified["ok"], verified["rows"], verified["last_id"]) == (True, 40, 40)
+            # A row edited in PostgreSQL is caught by the instances' verify route.
+            await conn.execute("UPDATE audit SET actor = 'mallory' WHERE id = 17")
+            broken = (await ca.get("/admin/audit/verify", headers=ADMIN)).json()
+            assert (broken["ok"], broken["broken_at"]) == (False, 17)
+        await conn.close()

@@ -31,6 +31,7 @@ __all__ = [
     "ApiKey",
     "Conflict",
     "ENDPOINT_KINDS",
+    "audit_summary",
 ]
 
 AccountMode = Literal["prepaid", "postpaid"]
@@ -141,7 +142,7 @@ _UPDATE_KEY = (
 )
 
 
-def _audit_summary(record: msgspec.Struct | None) -> dict[str, Any] | None:
+def audit_summary(record: msgspec.Struct | None) -> dict[str, Any] | None:
     return None if record is None else msgspec.structs.asdict(record)
 
 
@@ -341,7 +342,7 @@ class AccountStore:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_ACCOUNT, row)
-            detail = {"before": _audit_summary(before), "after": _audit_summary(account)}
+            detail = {"before": audit_summary(before), "after": audit_summary(account)}
             append_audit(
                 conn, audit_key, actor=actor, action=action, target=account.id, detail=detail
             )
@@ -366,7 +367,7 @@ class AccountStore:
                 conn.execute(_INSERT_KEY, (*row, secret_hash))
             else:
                 conn.execute(_UPDATE_KEY, (*row[1:], row[0]))
-            detail = {"before": _audit_summary(before), "after": _audit_summary(key)}
+            detail = {"before": audit_summary(before), "after": audit_summary(key)}
             append_audit(conn, audit_key, actor=actor, action=action, target=key.id, detail=detail)
 
         await self._db.write(write)
