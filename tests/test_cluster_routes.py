@@ -298,3 +298,38 @@ async def test_a_stored_response_is_found_through_postgresql_usage_rows(pg_datab
         assert await response_provider(conn, "acct_a", "resp_2") is None
     finally:
         await conn.close()
+
+
+async def test_admin_usage_and_audit_routes_read_postgresql(site: Site) -> None:
+    for call in (CALLS[0], CALLS[-1]):  # a completion and an image edit
+        assert (await site.send(call)).status_code == 200
+    await site.settled()
+    admin = site.relay.client  # the admin token's client
+    summary = await admin.get("/admin/usage/summary", params={"by": "model"})
+    assert summary.status_code == 200, summary.text
+    groups = {g["group"]: g for g in summary.json()["data"]}
+    costs = dict(await site.conn.fetch("SELECT model, cost_micros FROM usage"))
+    assert {m: g["cost_micros"] for m, g in groups.items()} == costs
+    assert {g["requests"] for g in groups.values()} == {1}
+    month = time.strftime("%Y-%m", time.gmtime())
+    export = await admin.get("/admin/usage/export", params={"month": month, "format": "jsonl"})
+    assert export.status_code == 200, export.text
+    exported = [line for line in export.text.splitlines() if line]
+    assert export.headers["x-relay-rows"] == str(len(exported)) == "2"
+    duplicate = await admin.post("/admin/accounts", json={"name": "routes"})
+    assert duplicate.status_code == 409, duplicate.text  # refused: no audit row either
+    # The admin writes of the fixture (the account, its key) are chained.
+    listed = await admin.get("/admin/audit")
+    assert listed.status_code == 200, listed.text
+    actions = [row["action"] for row in listed.json()["data"]]
+    assert actions == ["key.create", "account.create"]  # newest first
+    verified = await admin.get("/admin/audit/verify")
+    assert verified.status_code == 200, verified.text
+    assert verified.json() | {"first_id": 1} == {
+        "ok": True,
+        "rows": 2,
+        "first_id": 1,
+        "last_id": 2,
+        "broken_at": None,
+        "reason": None,
+    }

@@ -64,6 +64,21 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", r"/admin/keys/[^/]+/revoke"),
     ("POST", r"/admin/reload"),
     ("GET", r"/admin/upstreams"),
+    # Task C (issue 18): the rest of the data plane, through the cluster admitter.
+    ("POST", r"/v1/completions"),
+    ("POST", r"/v1/moderations"),
+    ("POST", r"/v1/responses"),
+    ("GET", r"/v1/responses/[^/]+"),
+    ("DELETE", r"/v1/responses/[^/]+"),
+    ("POST", r"/v1/audio/transcriptions"),
+    ("POST", r"/v1/audio/translations"),
+    ("POST", r"/v1/audio/speech"),
+    ("POST", r"/v1/images/edits"),
+    # Task C (issue 18): the audit chain and the usage reads, from PostgreSQL.
+    ("GET", r"/admin/audit"),
+    ("GET", r"/admin/audit/verify"),
+    ("GET", r"/admin/usage/summary"),
+    ("GET", r"/admin/usage/export"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
