@@ -318,18 +318,24 @@ async def test_admin_usage_and_audit_routes_read_postgresql(site: Site) -> None:
     assert export.headers["x-relay-rows"] == str(len(exported)) == "2"
     duplicate = await admin.post("/admin/accounts", json={"name": "routes"})
     assert duplicate.status_code == 409, duplicate.text  # refused: no audit row either
-    # The admin writes of the fixture (the account, its key) are chained.
+    replay = {"amount_usd": "5", "reference": "seed"}  # a replayed credit: no new row
+    replayed = await admin.post(f"/admin/accounts/{site.account_id}/credits", json=replay)
+    assert replayed.status_code == 200 and replayed.json()["credited"] is False
+    # The admin writes of the fixture (the account, its credit, its key) are chained.
     listed = await admin.get("/admin/audit")
     assert listed.status_code == 200, listed.text
     actions = [row["action"] for row in listed.json()["data"]]
-    assert actions == ["key.create", "account.create"]  # newest first
+    assert actions == ["key.create", "wallet.credit", "account.create"]  # newest first
+    credit_row = listed.json()["data"][1]
+    assert credit_row["target"] == site.account_id
+    assert credit_row["detail"] == {"amount_micros": 5_000_000, "reference": "seed"}
     verified = await admin.get("/admin/audit/verify")
     assert verified.status_code == 200, verified.text
     assert verified.json() | {"first_id": 1} == {
         "ok": True,
-        "rows": 2,
+        "rows": 3,
         "first_id": 1,
-        "last_id": 2,
+        "last_id": 3,
         "broken_at": None,
         "reason": None,
     }

@@ -26,8 +26,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import accounts, keys
-from relay.admin.common import admin_route, created, decode_body, parse_usd
+from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
 from relay.admin.operations import reload_config
+from relay.cluster import pg_audit
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
 from relay.http.responses import error_response, json_response
@@ -134,9 +135,21 @@ async def credit_account(request: Request, state: RelayState) -> Response:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
     store = _runtime(state).store
     try:
-        written = await store.credit(
-            account.id, amount, reference=credit.reference, note=credit.note
-        )
+        # The ledger row and its audit row (as the embedded credit's) commit together.
+        async with store.transaction() as conn:
+            written = await store.credit(
+                account.id, amount, reference=credit.reference, note=credit.note, conn=conn
+            )
+            if written:
+                detail = {"amount_micros": amount, "reference": credit.reference}
+                await pg_audit.append(
+                    conn,
+                    state.store.audit_key,
+                    actor=ADMIN_ACTOR,
+                    action="wallet.credit",
+                    target=account.id,
+                    detail=detail,
+                )
     except DuplicateReference:
         written = False
     wallet = await _wallet(state, account.id)

@@ -124,16 +124,19 @@ class PgMoneyStore:
         reference: str,
         kind: CreditKind = "credit",
         note: str | None = None,
+        conn: Any = None,
     ) -> bool:
         """Append a credit (or refund) row; idempotent per ``(account, reference)``.
 
         True when the row was written; False when the same amount under the same reference
         was already credited (a replay: nothing changes); ``DuplicateReference`` when the
-        reference was used for a different amount."""
+        reference was used for a different amount. ``conn``: inside the caller's
+        transaction (its audit row)."""
         _check_micros("amount_micros", amount_micros, positive=True)
         if not reference:
             raise ValueError("a credit needs a reference")
-        written = await self._pool.fetchval(
+        db = conn or self._pool
+        written = await db.fetchval(
             "INSERT INTO ledger (account_id, kind, amount_micros, reference, note)"
             " VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (account_id, reference) WHERE kind IN ('credit', 'refund')"
@@ -146,7 +149,7 @@ class PgMoneyStore:
         )
         if written is not None:
             return True
-        existing = await self._pool.fetchval(
+        existing = await db.fetchval(
             "SELECT amount_micros FROM ledger WHERE account_id = $1 AND reference = $2"
             " AND kind IN ('credit', 'refund')",
             account_id,
