@@ -232,12 +232,15 @@ class AccountStore:
             account, id=_new_account_id(), created_at_ms=now, updated_at_ms=now
         )
         await self._write_account(account, None, actor=actor, action="account.create")
-        self._wallet.load_account(
-            account.id,
-            mode=account.mode,
-            credit_limit_micros=account.credit_limit_micros,
-            balance_micros=0,
-        )
+        # Cluster mode: this instance's own announcement (or a full reload) may have loaded
+        # the committed account already, with these same values.
+        if not self._wallet.has_account(account.id):
+            self._wallet.load_account(
+                account.id,
+                mode=account.mode,
+                credit_limit_micros=account.credit_limit_micros,
+                balance_micros=0,
+            )
         if account.budget_micros:
             self._wallet.set_account_budget(
                 account.id, account.budget_micros, account.budget_period
@@ -274,9 +277,10 @@ class AccountStore:
         secret_hash = await asyncio.to_thread(self.hasher.hash, new.secret)
         await self._write_key(key, None, actor=actor, action="key.create", secret_hash=secret_hash)
         self.key_hashes[key.id] = secret_hash
-        self._wallet.load_key(
-            key.id, key.account_id, spend_cap_micros=key.spend_cap_micros, spent_micros=0
-        )
+        if not self._wallet.has_key(key.id):  # as for a new account, above
+            self._wallet.load_key(
+                key.id, key.account_id, spend_cap_micros=key.spend_cap_micros, spent_micros=0
+            )
         if key.budget_period is not None:
             self._wallet.set_key_budget_period(key.id, key.budget_period)
         return key, new.secret
