@@ -378,3 +378,43 @@ async def test_a_lost_lease_rejoins_under_a_new_id_and_each_old_hold_ends_once(
         return await _in_flight(runtime, principal) == 0
 
     await _eventually(slots_back)
+
+
+async def test_a_failed_rejoin_is_retried_next_beat_and_the_beat_goes_on(
+    runtime: ClusterRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.cluster import runtime as runtime_module
+
+    await runtime._heartbeat.stop()
+    principal = await _principal(runtime, 10_000)
+    ticket = await runtime.admit(_exchange(principal), QUOTE)  # a slot to keep renewing
+    await runtime.pool.execute(
+        "UPDATE instances SET lease_expires_at = now() WHERE id = $1", runtime.instance_id
+    )
+    real_register = runtime_module.InstanceLease.register
+    renewed: list[int] = []
+    real_renew = runtime.limiter.renew
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("PostgreSQL unreachable for a moment")
+
+    async def counting_renew(slots: Any) -> None:
+        renewed.append(len(slots))
+        await real_renew(slots)
+
+    monkeypatch.setattr(runtime_module.InstanceLease, "register", refused)
+    monkeypatch.setattr(runtime.limiter, "renew", counting_renew)
+    await runtime.beat()  # does not raise
+    assert runtime.lease_lost and not runtime.healthy() and renewed == [1]
+    with pytest.raises(StorageUnavailable):
+        await runtime.admit(_exchange(principal), QUOTE)
+    monkeypatch.setattr(runtime_module.InstanceLease, "register", real_register)
+    await runtime.beat()
+    assert runtime.healthy() and runtime.rejoins == 1
+    ticket.release()  # swept already (the old lease expired): releasing changes nothing
+    await runtime.committed()
+    fresh = await runtime.admit(_exchange(principal), QUOTE)
+    fresh.release()
+    await runtime.committed()
+    assert principal.account is not None
+    assert await runtime.store.open_hold_count(principal.account.id) == 0

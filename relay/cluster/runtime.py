@@ -183,7 +183,15 @@ class ClusterRuntime:
                 self.lease_lost = True
                 log.error("cluster: lease of %s expired; admission stopped", self.instance_id)
         if self.lease_lost:
-            await self.rejoin()
+            try:
+                await self.rejoin()
+            except Exception as exc:
+                # Named reason: PostgreSQL refused the registration (unreachable for a
+                # moment); retried next beat, and the rest of this beat (the in-flight
+                # slots' Redis leases above all) still runs.
+                log.error(
+                    "cluster: registering a new lease failed: %s: %s", type(exc).__name__, exc
+                )
         await self.limiter.renew(self._slots_in_flight())
         if self.bus is not None:
             await self.bus.check_version()
