@@ -12,6 +12,7 @@ hold is released exactly once, nothing is charged, and the 500 has its usage row
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import struct
 import time
@@ -339,3 +340,59 @@ async def test_admin_usage_and_audit_routes_read_postgresql(site: Site) -> None:
         "broken_at": None,
         "reason": None,
     }
+
+
+_RESPONSE = {
+    "id": "resp_up",
+    "object": "response",
+    "created_at": 1,
+    "status": "completed",
+    "model": "gpt-4o-mini",
+    "output": [],
+    "usage": {"input_tokens": 9, "output_tokens": 2, "total_tokens": 11},
+}
+
+
+async def test_a_stored_response_is_retrieved_through_its_owners_postgresql_rows(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    """A native Responses upstream: create, then ``GET /v1/responses/{id}`` reaches the
+    provider that created it for the owner, and answers 404 to another account."""
+    from conftest import FakeUpstream, config_text, json_reply
+
+    def answer(seen: Any) -> httpx.Response:
+        return json_reply(200, json.dumps(_RESPONSE).encode())
+
+    upstream = FakeUpstream(answer)
+    text = config_text(
+        tmp_path / "relay.db",
+        upstream_url="http://127.0.0.1:9/v1",
+        provider_extra="responses_api = true",
+    )
+    db = 1 + secrets.randbelow(15)
+    text += (
+        f'\n[storage]\nurl = "{pg_database}"\n'
+        f'[cluster]\nredis_url = "redis://127.0.0.1:{redis_server.port}/{db}"\nlease_s = 3\n'
+    )
+    config = parse_config(text, base_dir=str(tmp_path))
+    async with serve_relay(config, client_factory=upstream.factory()) as relay:
+        secrets_by_name = {}
+        for name in ("owner", "other"):
+            account = (await relay.client.post("/admin/accounts", json={"name": name})).json()
+            credit = {"amount_usd": "1", "reference": "seed"}
+            await relay.client.post(f"/admin/accounts/{account['id']}/credits", json=credit)
+            key = await relay.client.post(
+                f"/admin/accounts/{account['id']}/keys", json={"name": "k"}
+            )
+            secrets_by_name[name] = {"authorization": f"Bearer {key.json()['secret']}"}
+        created = await relay.client.post(
+            "/v1/responses",
+            json={"model": "fake-gpt", "input": "Hi"},
+            headers=secrets_by_name["owner"],
+        )
+        assert created.status_code == 200, created.text
+        mine = await relay.client.get("/v1/responses/resp_up", headers=secrets_by_name["owner"])
+        assert mine.status_code == 200 and mine.json()["id"] == "resp_up", mine.text
+        assert upstream.seen[-1].url.endswith("/v1/responses/resp_up")
+        theirs = await relay.client.get("/v1/responses/resp_up", headers=secrets_by_name["other"])
+        assert theirs.status_code == 404, theirs.text
