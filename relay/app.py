@@ -129,7 +129,9 @@ async def _open_state(
             await cluster.close()
         raise
     try:
-        secret = ServerSecret.load_or_create(secret_path_for(database_path))
+        # In cluster mode the secret is the configured database's, never the scratch file's:
+        # every instance must key the shared audit chain alike (docs/scaling.md §2).
+        secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
         calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         await load_wallet(db, wallet)
@@ -185,7 +187,7 @@ async def _open_state(
             providers,
         ),
         stopping=stopping,
-        admitter=None if cluster is None else cluster.admitter,
+        admitter=cluster,  # None: the embedded gate admits
         cluster=cluster,
     )
     if cluster is None:  # its wallet totals are the local wallet's: not cluster-wide
@@ -259,7 +261,7 @@ async def _apply_invalidation(
     elif change.kind == "account":
         await store.reload_account(change.target)
     elif change.kind == "config":
-        if state.cluster is not None and change.origin != state.cluster.instance_id:
+        if state.cluster is not None and change.origin != state.cluster.origin:
             try:
                 await reloader.reload()
             except ReloadRefused as exc:

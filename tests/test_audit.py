@@ -236,3 +236,26 @@ async def test_cli_without_a_running_server_fails_in_one_line(
     code = await asyncio.to_thread(relay.cli.entry.main, args)
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach relay" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_secret_created_meanwhile_by_another_instance_is_the_one_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cluster instances starting together on one folder: the one that links its file into
+    place second reads the first one's secret (and leaves no partial file behind)."""
+    import os
+
+    path = tmp_path / "relay.db.secret"
+    theirs = "ab" * 32
+    real_link = os.link
+
+    def racing_link(source: Any, target: Any) -> None:
+        path.write_text(theirs + "\n")  # the other instance won the race just now
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", racing_link)
+    secret = ServerSecret.load_or_create(path)
+    assert secret.subkey("audit") == ServerSecret(bytes.fromhex(theirs)).subkey("audit")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    monkeypatch.undo()
+    assert ServerSecret.load_or_create(path).subkey("audit") == secret.subkey("audit")

@@ -298,3 +298,123 @@ async def test_a_failed_invalidation_keeps_the_listener_and_is_retried_in_full(
         await _eventually(still_listening)
     finally:
         await cluster.close()
+
+
+async def test_a_lost_lease_rejoins_under_a_new_id_and_each_old_hold_ends_once(
+    runtime: ClusterRuntime, pg_database: str
+) -> None:
+    """The instance paused past its lease with two requests in flight. One settles before
+    the sweep (charged: its hold was still there), the sweep releases the other (recorded
+    abandoned), whose late settlement then charges nothing and says so in its usage row.
+    The instance registers a new lease under a new id and admits again."""
+    await runtime._heartbeat.stop()  # beats run by hand: the order is the test's
+    principal = await _principal(runtime, 100_000)
+    assert principal.account is not None
+    account_id, old_id = principal.account.id, runtime.instance_id
+    early, late = _exchange(principal), _exchange(principal)
+    early_ticket = await runtime.admit(early, QUOTE)
+    late_ticket = await runtime.admit(late, QUOTE)
+    await runtime.pool.execute(
+        "UPDATE instances SET lease_expires_at = now() WHERE id = $1", old_id
+    )
+    # Settled after the lease ran out but before any sweep: the hold row decides, charged.
+    early_ticket.settle(500, 10, request_id=early.request_id, estimated=False)
+    runtime.settler.record(UsageRecord(early.request_id, 1, "chat", 200, cost_micros=500))
+    await runtime.committed()
+
+    await runtime.beat()  # renew fails (LeaseLost), rejoin, then the sweep
+    assert runtime.rejoins == 1 and not runtime.lease_lost and runtime.healthy()
+    new_id = runtime.instance_id
+    assert new_id != old_id and runtime.origin == old_id  # the bus keeps its name
+    conn = await asyncpg.connect(pg_database)
+    try:
+        abandoned = await conn.fetch(
+            "SELECT instance_id, request_id FROM abandoned_holds WHERE account_id = $1",
+            account_id,
+        )
+        assert [tuple(r) for r in abandoned] == [(old_id, late.request_id)]
+        assert await conn.fetchval("SELECT count(*) FROM instances WHERE id = $1", old_id) == 0
+
+        # The late settlement is fenced: its hold is gone, nothing is charged.
+        late_ticket.settle(700, 10, request_id=late.request_id, estimated=False)
+        runtime.settler.record(UsageRecord(late.request_id, 1, "chat", 200, cost_micros=700))
+        await runtime.committed()
+        charges = await conn.fetch(
+            "SELECT request_id, amount_micros FROM ledger WHERE kind = 'charge'"
+            " AND account_id = $1",
+            account_id,
+        )
+        assert [tuple(r) for r in charges] == [(early.request_id, -500)]
+        costs = dict(
+            await conn.fetch(
+                "SELECT request_id, cost_micros FROM usage WHERE request_id = ANY($1)",
+                [early.request_id, late.request_id],
+            )
+        )
+        assert costs == {early.request_id: 500, late.request_id: 0}
+
+        # Admitting again, under the new lease only.
+        again = _exchange(principal)
+        ticket = await runtime.admit(again, QUOTE)
+        holder = await conn.fetchval(
+            "SELECT instance_id FROM holds WHERE request_id = $1", again.request_id
+        )
+        assert holder == new_id
+        ticket.settle(100, 10, request_id=again.request_id, estimated=False)
+        await runtime.committed()
+        row = await conn.fetchrow(
+            "SELECT balance_micros, worst_micros,"
+            " (SELECT SUM(amount_micros) FROM ledger WHERE account_id = $1) AS total"
+            " FROM accounts WHERE id = $1",
+            account_id,
+        )
+        assert (row["balance_micros"], row["worst_micros"]) == (100_000 - 600, 0)
+        assert row["total"] == row["balance_micros"]
+        assert await conn.fetchval("SELECT count(*) FROM holds") == 0
+    finally:
+        await conn.close()
+
+    async def slots_back() -> bool:
+        return await _in_flight(runtime, principal) == 0
+
+    await _eventually(slots_back)
+
+
+async def test_a_failed_rejoin_is_retried_next_beat_and_the_beat_goes_on(
+    runtime: ClusterRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.cluster import runtime as runtime_module
+
+    await runtime._heartbeat.stop()
+    principal = await _principal(runtime, 10_000)
+    ticket = await runtime.admit(_exchange(principal), QUOTE)  # a slot to keep renewing
+    await runtime.pool.execute(
+        "UPDATE instances SET lease_expires_at = now() WHERE id = $1", runtime.instance_id
+    )
+    real_register = runtime_module.InstanceLease.register
+    renewed: list[int] = []
+    real_renew = runtime.limiter.renew
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("PostgreSQL unreachable for a moment")
+
+    async def counting_renew(slots: Any) -> None:
+        renewed.append(len(slots))
+        await real_renew(slots)
+
+    monkeypatch.setattr(runtime_module.InstanceLease, "register", refused)
+    monkeypatch.setattr(runtime.limiter, "renew", counting_renew)
+    await runtime.beat()  # does not raise
+    assert runtime.lease_lost and not runtime.healthy() and renewed == [1]
+    with pytest.raises(StorageUnavailable):
+        await runtime.admit(_exchange(principal), QUOTE)
+    monkeypatch.setattr(runtime_module.InstanceLease, "register", real_register)
+    await runtime.beat()
+    assert runtime.healthy() and runtime.rejoins == 1
+    ticket.release()  # swept already (the old lease expired): releasing changes nothing
+    await runtime.committed()
+    fresh = await runtime.admit(_exchange(principal), QUOTE)
+    fresh.release()
+    await runtime.committed()
+    assert principal.account is not None
+    assert await runtime.store.open_hold_count(principal.account.id) == 0

@@ -238,3 +238,107 @@ async def test_a_reload_through_one_instance_reaches_the_other(
                     break
                 assert time.monotonic() < deadline, "reload not seen within 1 s"
                 await asyncio.sleep(0.02)
+
+
+async def test_an_instance_paused_past_its_lease_rejoins_and_bills_nothing_twice(
+    tmp_path: Path, pg_database: str, redis_server: Any
+) -> None:
+    """SIGSTOP an instance with streams in flight for longer than its lease: the other
+    instance's sweep releases its holds (abandoned). On SIGCONT its streams end and their
+    settlements find their holds gone (fenced: nothing charged, the usage rows say 0); it
+    registers a new lease under a new id and answers 200 again."""
+    options = mock_upstream.MockOptions(latency_ms=10, stream_chunks=20, chunk_delay_ms=50)
+    async with cluster_site(tmp_path, pg_database, redis_server, options) as (cluster, _):
+        a, b = await cluster.start(), await cluster.start()
+        conn = await asyncpg.connect(pg_database)
+        async with a.client() as ca, b.client() as cb:
+            account_id = await _account(ca, "paused")
+            assert (await _credit(ca, account_id, "1", "seed")).status_code == 201
+            key_id, secret = await _key(ca, account_id)
+            headers = {"authorization": f"Bearer {secret}"}
+            b_id = await conn.fetchval("SELECT id FROM instances ORDER BY started_at DESC LIMIT 1")
+            load = [asyncio.create_task(_stream(cb, secret)) for _ in range(6)]
+            deadline = time.monotonic() + 10
+            while (
+                await conn.fetchval("SELECT count(*) FROM holds WHERE instance_id = $1", b_id) < 3
+            ):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            b.process.send_signal(signal.SIGSTOP)
+            try:
+                # A sweeps B's holds once B's lease has run out (B cannot renew it).
+                deadline = time.monotonic() + LEASE_S + 10
+                while await conn.fetchval("SELECT count(*) FROM instances WHERE id = $1", b_id):
+                    assert time.monotonic() < deadline, "B's lease was never swept"
+                    await asyncio.sleep(0.1)
+            finally:
+                b.process.send_signal(signal.SIGCONT)
+            await asyncio.gather(*load)
+            # B admits again, under a new lease.
+            deadline = time.monotonic() + 5
+            while True:
+                response = await cb.post("/v1/chat/completions", json=_chat(False), headers=headers)
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+                assert time.monotonic() < deadline, "B did not rejoin"
+                await asyncio.sleep(0.1)
+            instances = {r["id"] for r in await conn.fetch("SELECT id FROM instances")}
+            assert b_id not in instances and len(instances) == 2
+            await _settled(conn, account_id)
+            balance, ledger_sum, worst = await _money(conn, account_id)
+            assert balance == ledger_sum and worst == 0
+            abandoned = await conn.fetchval(
+                "SELECT count(*) FROM abandoned_holds WHERE instance_id = $1", b_id
+            )
+            assert abandoned >= 3
+            charged = await conn.fetchval(
+                "SELECT COALESCE(-SUM(amount_micros), 0) FROM ledger"
+                " WHERE account_id = $1 AND kind = 'charge'",
+                account_id,
+            )
+            billed = await conn.fetchval(
+                "SELECT COALESCE(SUM(cost_micros), 0) FROM usage WHERE key_id = $1", key_id
+            )
+            assert charged == billed == 1_000_000 - balance > 0
+            assert "rejoined as" in b.log.read_text()
+        await conn.close()
+
+
+async def test_admin_writes_through_two_instances_at_once_make_one_unbroken_chain(
+    tmp_path: Path, pg_database: str, redis_server: Any
+) -> None:
+    """40 account and key creations racing through two instances: PostgreSQL's audit
+    chain has every one, ids 1..N without a gap, each row linked to the one before it;
+    both instances' verify routes and the embedded verifier (the key from the secret file
+    beside the configured database) agree."""
+    from relay.identity.audit import AUDIT_COLUMNS, verify_chain
+    from relay.identity.server_secret import ServerSecret
+
+    async with cluster_site(tmp_path, pg_database, redis_server, None) as (cluster, _):
+        a, b = await cluster.start(), await cluster.start()
+        conn = await asyncpg.connect(pg_database)
+        async with a.client() as ca, b.client() as cb:
+
+            async def write(i: int) -> None:
+                client = ca if i % 2 else cb
+                account_id = await _account(client, f"chain-{i}")
+                await _key(client, account_id)
+
+            await asyncio.gather(*(write(i) for i in range(20)))
+            rows = [
+                tuple(r) for r in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
+            ]
+            assert [row[0] for row in rows] == list(range(1, 41))
+            assert sorted(row[3] for row in rows) == ["account.create"] * 20 + ["key.create"] * 20
+            key = ServerSecret.load_or_create(tmp_path / "relay.db.secret").subkey("audit")
+            report = verify_chain(rows, key)
+            assert report.ok and report.rows == 40, report
+            for client in (ca, cb):
+                verified = (await client.get("/admin/audit/verify", headers=ADMIN)).json()
+                assert (verified["ok"], verified["rows"], verified["last_id"]) == (True, 40, 40)
+            # A row edited in PostgreSQL is caught by the instances' verify route.
+            await conn.execute("UPDATE audit SET actor = 'mallory' WHERE id = 17")
+            broken = (await ca.get("/admin/audit/verify", headers=ADMIN)).json()
+            assert (broken["ok"], broken["broken_at"]) == (False, 17)
+        await conn.close()

@@ -3,7 +3,8 @@
 ``GET /admin/audit`` lists rows newest first (filters: ``action``, ``target``; paging:
 ``limit``, ``before_id``). ``GET /admin/audit/verify`` walks the whole chain in id order,
 a page at a time so a long trail never sits in memory at once, and reports the first
-broken link. The HMAC key lives in the server secret file beside the database, never in
+broken link. In cluster mode both read PostgreSQL's chain (``relay.cluster.pg_audit``).
+The HMAC key lives in the server secret file beside the database, never in
 it, so a copy of the database alone cannot re-forge a consistent chain.
 """
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import admin_route, iso
+from relay.cluster import pg_audit
 from relay.errors import InvalidRequest
 from relay.http.responses import json_response
 from relay.identity.audit import AUDIT_COLUMNS, verify_stored_chain
@@ -73,6 +75,12 @@ def _audit_view(row: Any) -> dict[str, Any]:
 async def list_audit(request: Request, state: RelayState) -> Response:
     limit = min(_MAX_LIST_ROWS, max(1, _int_param(request, "limit", 100)))
     before = _int_param(request, "before_id", 2**62)
+    if state.cluster is not None:  # the chain lives in PostgreSQL
+        filters = {c: v for c in ("action", "target") if (v := request.query_params.get(c))}
+        found = await pg_audit.list_rows(
+            state.cluster.pool, limit=limit, before_id=before, filters=filters
+        )
+        return json_response({"data": [_audit_view(row) for row in found]})
     where = ["id < ?"]
     params: list[Any] = [before]
     for column in ("action", "target"):
@@ -96,5 +104,7 @@ def _audit_key(state: RelayState) -> bytes:
 
 @admin_route
 async def verify_audit(request: Request, state: RelayState) -> Response:
+    if state.cluster is not None:  # the chain lives in PostgreSQL
+        return json_response(await pg_audit.verify(state.cluster.pool, _audit_key(state)))
     report = await verify_stored_chain(state.db, _audit_key(state))
     return json_response(report)

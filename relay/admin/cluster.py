@@ -27,8 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import accounts, keys
 from relay.admin.cluster_archives import archive_routes
-from relay.admin.common import admin_route, created, decode_body, parse_usd
+from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
 from relay.admin.operations import reload_config
+from relay.cluster import pg_audit
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
 from relay.http.responses import error_response, json_response
@@ -73,6 +74,21 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     # Retention archives (task E): records and bytes in PostgreSQL (relay.cluster.pg_retention).
     ("GET", r"/admin/archives"),
     ("GET", r"/admin/archives/[^/]+"),
+    # Task C (issue 18): the rest of the data plane, through the cluster admitter.
+    ("POST", r"/v1/completions"),
+    ("POST", r"/v1/moderations"),
+    ("POST", r"/v1/responses"),
+    ("GET", r"/v1/responses/[^/]+"),
+    ("DELETE", r"/v1/responses/[^/]+"),
+    ("POST", r"/v1/audio/transcriptions"),
+    ("POST", r"/v1/audio/translations"),
+    ("POST", r"/v1/audio/speech"),
+    ("POST", r"/v1/images/edits"),
+    # Task C (issue 18): the audit chain and the usage reads, from PostgreSQL.
+    ("GET", r"/admin/audit"),
+    ("GET", r"/admin/audit/verify"),
+    ("GET", r"/admin/usage/summary"),
+    ("GET", r"/admin/usage/export"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
@@ -128,9 +144,21 @@ async def credit_account(request: Request, state: RelayState) -> Response:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
     store = _runtime(state).store
     try:
-        written = await store.credit(
-            account.id, amount, reference=credit.reference, note=credit.note
-        )
+        # The ledger row and its audit row (as the embedded credit's) commit together.
+        async with store.transaction() as conn:
+            written = await store.credit(
+                account.id, amount, reference=credit.reference, note=credit.note, conn=conn
+            )
+            if written:
+                detail = {"amount_micros": amount, "reference": credit.reference}
+                await pg_audit.append(
+                    conn,
+                    state.store.audit_key,
+                    actor=ADMIN_ACTOR,
+                    action="wallet.credit",
+                    target=account.id,
+                    detail=detail,
+                )
     except DuplicateReference:
         written = False
     wallet = await _wallet(state, account.id)

@@ -4,6 +4,8 @@
 ``GET /admin/usage/export``     one month of usage rows, streamed as CSV or JSON Lines
 ``GET /admin/archives``         the archive files (relay.usage.retention) with their checksums
 ``GET /admin/archives/{name}``  one archive file, streamed, checksum in ``x-relay-sha256``
+
+In cluster mode the summary and the export read PostgreSQL (relay.cluster.pg_usage_reads).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import admin_route, iso
+from relay.cluster import pg_usage_reads
 from relay.errors import InvalidRequest, NotFound
 from relay.http.responses import json_response
 from relay.money.invoices import month_bounds
@@ -88,7 +91,10 @@ async def show_summary(request: Request, state: RelayState) -> Response:
         key_id=params.get("key") or None,
         model=params.get("model") or None,
     )
-    groups = await usage_summary(state.db, spec)
+    if state.cluster is not None:  # the usage rows live in PostgreSQL
+        groups = await pg_usage_reads.usage_summary(state.cluster.pool, spec)
+    else:
+        groups = await usage_summary(state.db, spec)
     data = [
         msgspec.structs.asdict(group) | {"cost_usd": micros_to_usd(group.cost_micros)}
         for group in groups
@@ -121,10 +127,15 @@ async def export_usage_month(request: Request, state: RelayState) -> Response:
     fmt = cast(ExportFormat, _choice(request, "format", tuple(_MEDIA_TYPES), "csv"))
     account_id = _account_id(request, state)
     rows = RowRange("usage", start_ms, end_ms, account_id=account_id, any_account=not account_id)
-    total = await count_rows(state.db, rows)
+    if state.cluster is not None:  # the usage rows live in PostgreSQL
+        total = await pg_usage_reads.count_rows(state.cluster.pool, rows)
+        chunks = pg_usage_reads.export_usage(state.cluster.pool, rows, fmt)
+    else:
+        total = await count_rows(state.db, rows)
+        chunks = export_usage(state.db, rows, fmt)
     filename = f"usage-{month}{'-' + account_id if account_id else ''}.{fmt}"
     return StreamingResponse(
-        export_usage(state.db, rows, fmt),
+        chunks,
         media_type=_MEDIA_TYPES[fmt],
         headers={
             "x-relay-rows": str(total),

@@ -31,6 +31,7 @@ from relay.api.flow import (
     abandon,
     answer_with_metadata,
     close_unstarted_stream,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -41,7 +42,7 @@ from relay.api.flow import (
 )
 from relay.api.uploads import UploadForm, read_upload
 from relay.errors import InvalidRequest, RelayError, UpstreamError
-from relay.http.responses import decode_or_400, error_response, json_response, read_body
+from relay.http.responses import decode_or_400, error_response, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
 from relay.money.audio_estimate import AudioLength, audio_length, quote_speech, quote_transcription
@@ -114,16 +115,23 @@ async def _transcribe(request: Request, endpoint: str, path: str) -> Response:
             multiplier=state.gate.multiplier(exchange.principal),
         )
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
-        ticket = state.gate.admit(exchange, quote)
+            return await dry_run_answer(state, exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model, path, form.body_for, stream=False, content_type=form.content_type
             )
             exchange.route = opened.route
-            return await _relay_transcript(
+            answer = await _relay_transcript(
                 state, exchange, ticket, opened, (quote, length), response_format
             )
+            if state.admitter is not None:  # cluster: the answer waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:
@@ -233,14 +241,18 @@ async def speech(request: Request) -> Response | EventStreamResponse:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="model") from None
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         exchange.stream = True
         exchange.units = len(spoken.input)
 
         def body_for(route: Route) -> bytes:
             return with_model(body, spoken.model, route.upstream_model)
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # handed to the stream below, or released on any way out
             opened = await state.router.open_route(model, SPEECH_PATH, body_for, stream=True)
             exchange.route = opened.route

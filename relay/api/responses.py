@@ -27,6 +27,7 @@ from relay.api.flow import (
     answer_with_metadata,
     bill_invalid_usage,
     close_unstarted_stream,
+    dry_run_answer,
     is_dry_run,
     malformed_answer,
     model_for,
@@ -35,11 +36,11 @@ from relay.api.flow import (
     refuse,
     settle_tokens,
 )
+from relay.cluster.pg_usage import response_provider
 from relay.errors import NotFound, RelayError, UpstreamError
 from relay.http.responses import (
     decode_or_400,
     error_response,
-    json_response,
     read_body,
 )
 from relay.http.sse import EventStreamResponse
@@ -79,7 +80,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
             multiplier=state.gate.multiplier(exchange.principal),
         )
         if is_dry_run(request):
-            return json_response(state.gate.dry_run(exchange, quote), headers=exchange.headers())
+            return await dry_run_answer(state, exchange, quote)
         exchange.stream = bool(parsed.stream)
 
         def body_for(route: Route) -> bytes:
@@ -87,7 +88,11 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
                 body, parsed, route.upstream_model, model.config.max_output_tokens
             )
 
-        ticket = state.gate.admit(exchange, quote)
+        ticket = (  # the embedded gate directly: no await on its hot path
+            state.gate.admit(exchange, quote)
+            if state.admitter is None
+            else await state.admitter.admit(exchange, quote)
+        )
         async with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model, RESPONSES_PATH, body_for, stream=exchange.stream
@@ -100,7 +105,10 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
                     exchange.id_headers(),
                     on_close=close_unstarted_stream(state, exchange, ticket, opened),
                 )
-            return await _relay_answer(state, exchange, ticket, opened, quote)
+            answer = await _relay_answer(state, exchange, ticket, opened, quote)
+            if state.admitter is not None:  # cluster: the 200 waits for its commit
+                await state.admitter.committed()
+            return answer
     except RelayError as exc:
         return refuse(state, exchange, ticket, exc)
     except BaseException as exc:
@@ -174,12 +182,17 @@ def _relay_stream(
 
 async def _owning_provider(state: RelayState, principal: Principal, response_id: str) -> Provider:
     """The provider that created ``response_id`` for this caller's account (404 otherwise)."""
-    row = await state.db.fetchone(
-        "SELECT provider FROM usage WHERE account_id IS ? AND upstream_request_id = ?"
-        " AND endpoint = 'responses' ORDER BY id DESC LIMIT 1",
-        (principal.account_id, response_id),
-    )
-    provider = state.providers.get(row["provider"]) if row is not None else None
+    name: str | None
+    if state.cluster is not None:  # the usage rows live in PostgreSQL
+        name = await response_provider(state.cluster.pool, principal.account_id, response_id)
+    else:
+        row = await state.db.fetchone(
+            "SELECT provider FROM usage WHERE account_id IS ? AND upstream_request_id = ?"
+            " AND endpoint = 'responses' ORDER BY id DESC LIMIT 1",
+            (principal.account_id, response_id),
+        )
+        name = row["provider"] if row is not None else None
+    provider = state.providers.get(name) if name is not None else None
     # Someone else's response answers exactly like a missing one: ids reveal nothing.
     if provider is None or not provider.speaks_responses:
         raise NotFound(f"No response {response_id!r}", code="response_not_found")

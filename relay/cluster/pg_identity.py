@@ -8,6 +8,9 @@ key`` / ``reload_account``), so a revoke or a suspension binds the next request 
 instance within the bus's delivery time (milliseconds; the heartbeat's version check
 catches a lost message within a second). Columns are the embedded schema's.
 
+Every write appends its audit row to PostgreSQL's hash chain in the same transaction
+(``relay.cluster.pg_audit``), serialised across instances.
+
 The money side of a row (``balance_micros``, ``spent_micros``, holds) is never written here:
 it belongs to ``PgMoneyStore`` and the ledger's triggers. Budgets (account budgets, key
 budget periods) do not run on PostgreSQL yet and are refused (501).
@@ -21,8 +24,9 @@ from typing import Any
 
 import msgspec
 
+from relay.cluster import pg_audit
 from relay.errors import NotAvailableInCluster
-from relay.identity.accounts import Account, AccountStore, ApiKey, Conflict
+from relay.identity.accounts import Account, AccountStore, ApiKey, Conflict, audit_summary
 
 __all__ = ["ClusterAccountStore"]
 
@@ -144,16 +148,21 @@ class ClusterAccountStore(AccountStore):
     ) -> None:
         if account.budget_micros or account.budget_period is not None:
             raise NotAvailableInCluster("account budgets do not run in cluster mode yet")
+        detail = {"before": audit_summary(before), "after": audit_summary(account)}
         try:
-            await self._pool.execute(_UPSERT_ACCOUNT, *msgspec.structs.astuple(account))
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(_UPSERT_ACCOUNT, *msgspec.structs.astuple(account))
+                await self._audit(conn, actor, action, account.id, detail)
         except Exception as exc:
             # Named reason: another instance took the name an instant ago (the unique index
             # is the cluster-wide check; this instance's names may lag by a message).
-            if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            if (
+                getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION
+                and getattr(exc, "constraint_name", None) == "accounts_name"
+            ):
                 raise Conflict(f"An account named {account.name!r} already exists") from None
             raise
         self._put_account(account)
-        log.info("%s %s by %s (cluster: no audit row yet)", action, account.id, actor)
         await self._publish("account", account.id)
 
     async def _write_key(
@@ -168,19 +177,29 @@ class ClusterAccountStore(AccountStore):
         if key.budget_period is not None:
             raise NotAvailableInCluster("key budget periods do not run in cluster mode yet")
         values = _key_values(key)
-        if secret_hash is not None:
-            await self._pool.execute(_INSERT_KEY, *values, secret_hash)
-        else:
-            await self._pool.execute(_UPDATE_KEY, *values)
+        detail = {"before": audit_summary(before), "after": audit_summary(key)}
+        async with self._pool.acquire() as conn, conn.transaction():
+            if secret_hash is not None:
+                await conn.execute(_INSERT_KEY, *values, secret_hash)
+            else:
+                await conn.execute(_UPDATE_KEY, *values)
+            await self._audit(conn, actor, action, key.id, detail)
         self.keys[key.id] = key
-        log.info("%s %s by %s (cluster: no audit row yet)", action, key.id, actor)
         await self._publish("key", key.id)
 
     async def record_action(
         self, *, actor: str, action: str, target: str | None, detail: dict[str, Any]
     ) -> None:
-        # The audit chain on PostgreSQL is not built yet (docs/scaling.md §4).
-        log.info("%s %s by %s (cluster: no audit row yet)", action, target, actor)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._audit(conn, actor, action, target, detail)
+
+    async def _audit(
+        self, conn: Any, actor: str, action: str, target: str | None, detail: dict[str, Any]
+    ) -> None:
+        """The chained audit row, in the transaction of the change it records."""
+        await pg_audit.append(
+            conn, self.audit_key, actor=actor, action=action, target=target, detail=detail
+        )
 
     async def flush_last_used(self) -> None:
         used, self.used_keys = self.used_keys, {}

@@ -42,6 +42,9 @@ class ClusterHold(msgspec.Struct, frozen=True):
     held_micros: int
     estimate_micros: int
     worst_case_micros: int
+    # The lease it was placed under: it settles under that id whatever lease the instance
+    # holds by then (a rejoin registers a new one), so a reaped hold answers ``closed``.
+    instance_id: str = ""
 
     @property
     def strict(self) -> bool:
@@ -121,16 +124,19 @@ class PgMoneyStore:
         reference: str,
         kind: CreditKind = "credit",
         note: str | None = None,
+        conn: Any = None,
     ) -> bool:
         """Append a credit (or refund) row; idempotent per ``(account, reference)``.
 
         True when the row was written; False when the same amount under the same reference
         was already credited (a replay: nothing changes); ``DuplicateReference`` when the
-        reference was used for a different amount."""
+        reference was used for a different amount. ``conn``: inside the caller's
+        transaction (its audit row)."""
         _check_micros("amount_micros", amount_micros, positive=True)
         if not reference:
             raise ValueError("a credit needs a reference")
-        written = await self._pool.fetchval(
+        db = conn or self._pool
+        written = await db.fetchval(
             "INSERT INTO ledger (account_id, kind, amount_micros, reference, note)"
             " VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (account_id, reference) WHERE kind IN ('credit', 'refund')"
@@ -143,7 +149,7 @@ class PgMoneyStore:
         )
         if written is not None:
             return True
-        existing = await self._pool.fetchval(
+        existing = await db.fetchval(
             "SELECT amount_micros FROM ledger WHERE account_id = $1 AND reference = $2"
             " AND kind IN ('credit', 'refund')",
             account_id,
@@ -189,6 +195,7 @@ class PgMoneyStore:
                 held_micros=int(row["held_micros"]),
                 estimate_micros=estimate_micros,
                 worst_case_micros=worst_case_micros,
+                instance_id=self.instance_id,
             )
         if outcome == "balance":
             available = max(0, int(row["headroom_micros"]))
@@ -255,15 +262,15 @@ class PgMoneyStore:
         batch = [items[i] for i in order]
         rows = await (conn or self._pool).fetch(
             "SELECT r.outcome, r.charged_micros, r.overrun"
-            " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])"
-            " WITH ORDINALITY AS s(hold_id, cost, reference, note, n)"
-            " CROSS JOIN LATERAL relay_settle(s.hold_id, $5, s.cost, s.reference, s.note) AS r"
-            " ORDER BY s.n",
+            " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
+            " WITH ORDINALITY AS s(hold_id, cost, reference, note, instance, n)"
+            " CROSS JOIN LATERAL relay_settle(s.hold_id, s.instance, s.cost, s.reference,"
+            " s.note) AS r ORDER BY s.n",
             [hold.hold_id for hold, _, _, _ in batch],
             [cost for _, cost, _, _ in batch],
             [reference for _, _, reference, _ in batch],
             [_ESTIMATED if estimated else None for _, _, _, estimated in batch],
-            self.instance_id,
+            [self._owner(hold) for hold, _, _, _ in batch],
         )
         results: list[Settlement | None] = [None] * len(items)
         for position, row in zip(order, rows, strict=True):
@@ -273,6 +280,9 @@ class PgMoneyStore:
                 overrun=bool(row["overrun"]),
             )
         return [result for result in results if result is not None]
+
+    def _owner(self, hold: ClusterHold) -> str:
+        return hold.instance_id or self.instance_id
 
     async def release(self, hold: ClusterHold) -> Settlement:
         """Close the hold without charging (failed call); a no-op once closed."""
@@ -284,7 +294,7 @@ class PgMoneyStore:
         row = await self._pool.fetchrow(
             "SELECT * FROM relay_settle($1, $2, $3, $4, $5)",
             hold.hold_id,
-            self.instance_id,
+            self._owner(hold),
             cost_micros,
             reference,
             note,

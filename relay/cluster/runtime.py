@@ -5,8 +5,9 @@ lease for this process) and Redis, and builds the admission (``ClusterAdmitter``
 settler. ``start`` runs the settler, the invalidation listener and the heartbeat, which
 every ``min(lease_s / 3, 1 s)``:
 
-- renews this instance's PostgreSQL lease (``LeaseLost``: admission stops, 503) and the
-  Redis leases of its in-flight concurrency slots;
+- renews this instance's PostgreSQL lease and the Redis leases of its in-flight
+  concurrency slots; a lost lease (``LeaseLost``: the instance paused past it) stops
+  admission (503) until ``rejoin`` has registered a new lease under a new id;
 - compares the invalidation version (``check_version``), the backstop for a lost message;
 - sweeps expired instances' holds (``reap_expired``) on at most one instance at a time,
   elected per sweep by a transaction-scoped advisory lock.
@@ -23,6 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from relay.admission.exchange import Exchange
+from relay.admission.ticket import Ticket
 from relay.cluster.admission import ClusterAdmitter
 from relay.cluster.invalidation import Invalidation, InvalidationBus
 from relay.cluster.job_runner import ClusterJob, JobRunner
@@ -30,10 +33,11 @@ from relay.cluster.pg_leases import InstanceLease, LeaseLost, reap_expired
 from relay.cluster.pg_money import PgMoneyStore
 from relay.cluster.pg_pool import create_pool
 from relay.cluster.pg_schema import migrate
-from relay.cluster.redis_limits import RedisLimiter
+from relay.cluster.redis_limits import ClusterSlot, RedisLimiter
 from relay.cluster.settler import Settler
 from relay.config import Config
 from relay.jobs.periodic import PeriodicTask
+from relay.money.estimate import CostQuote
 from relay.usage.log import UsageLog, UsageRecord
 
 __all__ = ["ClusterRuntime", "ClusterUsageLog"]
@@ -66,22 +70,37 @@ class ClusterUsageLog(UsageLog):
 
 
 class ClusterRuntime:
+    """Also the app's ``Admitter`` (``state.admitter``): it admits through the admitter of
+    the lease it holds now, which a rejoin replaces."""
+
     def __init__(
-        self, pool: Any, redis: Any, lease: InstanceLease, *, lease_s: float, dsn: str = ""
+        self,
+        pool: Any,
+        redis: Any,
+        lease: InstanceLease,
+        *,
+        lease_s: float,
+        name: str = "relay",
+        dsn: str = "",
     ) -> None:
         self.pool = pool
         self.dsn = dsn
-        self.lease_s = lease_s
         self.redis = redis
-        self.lease = lease
-        self.instance_id = lease.instance_id
+        self.lease_s = lease_s
+        self._name = name
+        # This process on the invalidation bus: one name for its life, whatever its lease.
+        self.origin = lease.instance_id
         self.lease_lost = False
-        self.store = PgMoneyStore(pool, lease.instance_id)
-        self.limiter = RedisLimiter(redis, lease.instance_id, lease_ms=int(lease_s * 1000))
-        self.settler = Settler(self.store)
-        self.admitter = ClusterAdmitter(
-            self.limiter, self.store, self.settler, lease_ok=self.healthy
-        )
+        self.rejoins = 0
+        store = PgMoneyStore(pool, lease.instance_id)
+        # One settler for every lease of this process: each hold settles under the lease it
+        # was placed with (ClusterHold.instance_id), and its usage row rides in the same
+        # transaction as its settlement whichever lease is current.
+        self.settler = Settler(store)
+        # Admitters of earlier leases whose requests are still in flight (their slots are
+        # still renewed; their settlements go through the shared settler).
+        self._retired: list[ClusterAdmitter] = []
+        self._bind(lease, store)
         self.bus: InvalidationBus | None = None
         self._on_invalidate: InvalidationHandler | None = None
         self._reload_pending = False
@@ -90,6 +109,29 @@ class ClusterRuntime:
             "relay-cluster-heartbeat", self.beat, interval_s=min(lease_s / 3, 1.0), log=log
         )
         self.reaped_holds = 0
+
+    def _bind(self, lease: InstanceLease, store: PgMoneyStore | None = None) -> None:
+        """Hold, limit and admit under ``lease`` from now on."""
+        self.lease = lease
+        self.instance_id = lease.instance_id
+        self.store = store or PgMoneyStore(self.pool, lease.instance_id)
+        self.limiter = RedisLimiter(
+            self.redis, lease.instance_id, lease_ms=int(self.lease_s * 1000)
+        )
+        self.admitter = ClusterAdmitter(
+            self.limiter, self.store, self.settler, lease_ok=self.healthy
+        )
+
+    # -- the Admitter protocol (relay.admission.admitter) ---------------------------------
+
+    async def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
+        return await self.admitter.admit(exchange, quote)
+
+    async def dry_run(self, exchange: Exchange, quote: CostQuote) -> dict[str, Any]:
+        return await self.admitter.dry_run(exchange, quote)
+
+    async def committed(self) -> None:
+        await self.settler.committed()
 
     def healthy(self) -> bool:
         """May this instance admit? Not once its lease is lost or its settler has died (a
@@ -114,12 +156,14 @@ class ClusterRuntime:
             await pool.close()
             raise
         log.info("cluster: instance %s registered", lease.instance_id)
-        return cls(pool, redis, lease, lease_s=config.cluster.lease_s, dsn=config.storage.url)
+        return cls(
+            pool, redis, lease, lease_s=config.cluster.lease_s, name=name, dsn=config.storage.url
+        )
 
     async def start(self, on_invalidate: InvalidationHandler) -> None:
         self._on_invalidate = on_invalidate
         self._settler_task = asyncio.create_task(self.settler.run(), name="relay-settler")
-        self.bus = InvalidationBus(self.redis, self.instance_id, self._apply)
+        self.bus = InvalidationBus(self.redis, self.origin, self._apply)
         await self.bus.start()
         # Records were loaded before the listener subscribed: a change committed in between
         # was announced to nobody here, so everything is read once more now.
@@ -149,7 +193,17 @@ class ClusterRuntime:
                 # Fenced: holds of this instance may be released already; admit nothing more.
                 self.lease_lost = True
                 log.error("cluster: lease of %s expired; admission stopped", self.instance_id)
-        await self.limiter.renew(list(self.admitter.in_flight))
+        if self.lease_lost:
+            try:
+                await self.rejoin()
+            except Exception as exc:
+                # Named reason: PostgreSQL refused the registration (unreachable for a
+                # moment); retried next beat, and the rest of this beat (the in-flight
+                # slots' Redis leases above all) still runs.
+                log.error(
+                    "cluster: registering a new lease failed: %s: %s", type(exc).__name__, exc
+                )
+        await self.limiter.renew(self._slots_in_flight())
         if self.bus is not None:
             await self.bus.check_version()
             if self._reload_pending:
@@ -176,6 +230,32 @@ class ClusterRuntime:
 
         return JobRunner(connect, jobs, round_s=min(self.lease_s / 3, 1.0))
 
+    async def rejoin(self) -> None:
+        """After a lost lease: register a NEW lease and admit under it.
+
+        The old id is never reused: its holds are the sweep's (released, recorded abandoned)
+        or their settlement's, whichever reaches the hold row first — ``relay_settle`` and
+        ``relay_reap_expired`` each delete it, so a request admitted under the old lease is
+        charged once or released once, never both (a charge that finds its hold reaped
+        charges nothing: fencing). Requests still in flight keep their old admitter until
+        they end. A failed registration (PostgreSQL unreachable) is retried next beat.
+        """
+        lease = await InstanceLease.register(self.pool, self.lease_s, name=self._name)
+        old, old_id = self.admitter, self.instance_id
+        self._retired = [a for a in self._retired if a.in_flight]
+        if old.in_flight:
+            self._retired.append(old)
+        self._bind(lease)
+        self.lease_lost = False
+        self.rejoins += 1
+        log.warning("cluster: lease of %s was lost; rejoined as %s", old_id, lease.instance_id)
+
+    def _slots_in_flight(self) -> list[ClusterSlot]:
+        slots = list(self.admitter.in_flight)
+        for retired in self._retired:
+            slots.extend(retired.in_flight)
+        return slots
+
     async def close(self) -> None:
         await self._heartbeat.stop()
         try:
@@ -191,7 +271,8 @@ class ClusterRuntime:
                 pass
             except Exception as exc:  # named reason: report it, then still retire and close
                 log.error("cluster: the settler had stopped: %s: %s", type(exc).__name__, exc)
-        await self.admitter.drain()
+        for admitter in (*self._retired, self.admitter):
+            await admitter.drain()
         if self.bus is not None:
             await self.bus.stop()
         try:

@@ -25,6 +25,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from relay.cluster.pg_money import ClusterHold, PgMoneyStore, Settlement
 from relay.cluster.pg_usage import insert_usage
 from relay.usage.log import UsageRecord
@@ -162,9 +164,31 @@ class Settler:
             return await self._store.settle_many(batch)
         async with self._store.transaction() as conn:
             results = await self._store.settle_many(batch, conn=conn) if batch else []
-            await insert_usage(conn, rows)
+            await insert_usage(conn, _as_billed(batch, results, rows))
         return results
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is written (graceful shutdown)."""
         await self._idle.wait()
+
+
+def _as_billed(
+    batch: list[Item], results: list[Settlement], rows: list[UsageRecord]
+) -> list[UsageRecord]:
+    """The usage rows with the cost the database charged: a charge that found its hold gone
+    (released by the lease sweep after this instance's lease ran out: fenced) charged
+    nothing, and its row must say so, or the usage sums would exceed the ledger's."""
+    unbilled = {
+        reference
+        for (_, cost, reference, _), result in zip(batch, results, strict=True)
+        if cost and result.outcome in ("closed", "duplicate_reference")
+    }
+    if not unbilled:
+        return rows
+    for row in rows:
+        if row.request_id in unbilled:
+            log.warning("settler: %s was not charged (its hold was already closed)", row.request_id)
+    return [
+        msgspec.structs.replace(row, cost_micros=0) if row.request_id in unbilled else row
+        for row in rows
+    ]

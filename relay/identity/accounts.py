@@ -31,6 +31,7 @@ __all__ = [
     "ApiKey",
     "Conflict",
     "ENDPOINT_KINDS",
+    "audit_summary",
 ]
 
 AccountMode = Literal["prepaid", "postpaid"]
@@ -141,7 +142,7 @@ _UPDATE_KEY = (
 )
 
 
-def _audit_summary(record: msgspec.Struct | None) -> dict[str, Any] | None:
+def audit_summary(record: msgspec.Struct | None) -> dict[str, Any] | None:
     return None if record is None else msgspec.structs.asdict(record)
 
 
@@ -231,12 +232,15 @@ class AccountStore:
             account, id=_new_account_id(), created_at_ms=now, updated_at_ms=now
         )
         await self._write_account(account, None, actor=actor, action="account.create")
-        self._wallet.load_account(
-            account.id,
-            mode=account.mode,
-            credit_limit_micros=account.credit_limit_micros,
-            balance_micros=0,
-        )
+        # Cluster mode: this instance's own announcement (or a full reload) may have loaded
+        # the committed account already, with these same values.
+        if not self._wallet.has_account(account.id):
+            self._wallet.load_account(
+                account.id,
+                mode=account.mode,
+                credit_limit_micros=account.credit_limit_micros,
+                balance_micros=0,
+            )
         if account.budget_micros:
             self._wallet.set_account_budget(
                 account.id, account.budget_micros, account.budget_period
@@ -273,9 +277,10 @@ class AccountStore:
         secret_hash = await asyncio.to_thread(self.hasher.hash, new.secret)
         await self._write_key(key, None, actor=actor, action="key.create", secret_hash=secret_hash)
         self.key_hashes[key.id] = secret_hash
-        self._wallet.load_key(
-            key.id, key.account_id, spend_cap_micros=key.spend_cap_micros, spent_micros=0
-        )
+        if not self._wallet.has_key(key.id):  # as for a new account, above
+            self._wallet.load_key(
+                key.id, key.account_id, spend_cap_micros=key.spend_cap_micros, spent_micros=0
+            )
         if key.budget_period is not None:
             self._wallet.set_key_budget_period(key.id, key.budget_period)
         return key, new.secret
@@ -341,7 +346,7 @@ class AccountStore:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_ACCOUNT, row)
-            detail = {"before": _audit_summary(before), "after": _audit_summary(account)}
+            detail = {"before": audit_summary(before), "after": audit_summary(account)}
             append_audit(
                 conn, audit_key, actor=actor, action=action, target=account.id, detail=detail
             )
@@ -366,7 +371,7 @@ class AccountStore:
                 conn.execute(_INSERT_KEY, (*row, secret_hash))
             else:
                 conn.execute(_UPDATE_KEY, (*row[1:], row[0]))
-            detail = {"before": _audit_summary(before), "after": _audit_summary(key)}
+            detail = {"before": audit_summary(before), "after": audit_summary(key)}
             append_audit(conn, audit_key, actor=actor, action=action, target=key.id, detail=detail)
 
         await self._db.write(write)

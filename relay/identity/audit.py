@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -23,8 +24,10 @@ __all__ = [
     "AUDIT_COLUMNS",
     "ChainReport",
     "append_audit",
+    "chained_row",
     "row_hash",
     "verify_chain",
+    "verify_pages",
     "verify_stored_chain",
 ]
 
@@ -50,17 +53,17 @@ def row_hash(
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def append_audit(
-    conn: sqlite3.Connection,
+def chained_row(
     key: bytes,
+    last: tuple[int, str] | None,
     *,
     actor: str,
     action: str,
     target: str | None,
     detail: dict[str, Any],
-) -> None:
-    """Insert one chained row; call inside the writer's transaction for the change."""
-    last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+) -> tuple[int, int, str, str, str | None, str, str, str]:
+    """The row that follows ``last`` (its id and hash; None: the chain's first row), in
+    ``AUDIT_COLUMNS`` order. Both engines append exactly this row (relay.cluster.pg_audit)."""
     row_id = (last[0] + 1) if last else 1
     prev_hash = last[1] if last else ""
     ts_ms = int(time.time() * 1000)
@@ -75,10 +78,32 @@ def append_audit(
         detail=detail_text,
         prev_hash=prev_hash,
     )
+    return (row_id, ts_ms, actor, action, target, detail_text, prev_hash, digest)
+
+
+def append_audit(
+    conn: sqlite3.Connection,
+    key: bytes,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+) -> None:
+    """Insert one chained row; call inside the writer's transaction for the change."""
+    last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    row = chained_row(
+        key,
+        (last[0], last[1]) if last else None,
+        actor=actor,
+        action=action,
+        target=target,
+        detail=detail,
+    )
     conn.execute(
         "INSERT INTO audit (id, ts_ms, actor, action, target, detail, prev_hash, hash) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (row_id, ts_ms, actor, action, target, detail_text, prev_hash, digest),
+        row,
     )
 
 
@@ -131,7 +156,22 @@ def _broken(rows: list[Any], row_id: int, reason: str) -> ChainReport:
 async def verify_stored_chain(
     db: Database, key: bytes, *, page_size: int = VERIFY_PAGE_ROWS
 ) -> dict[str, Any]:
-    """Check every audit row in id order, ``page_size`` rows per read.
+    """Check every audit row of the SQLite database in id order (``verify_pages``)."""
+
+    async def page(after_id: int | None, size: int) -> list[tuple[Any, ...]]:
+        return await _chain_page(db, after_id, size)
+
+    return await verify_pages(page, key, page_size=page_size)
+
+
+ChainPage = Callable[[int | None, int], Awaitable[list[tuple[Any, ...]]]]
+
+
+async def verify_pages(
+    fetch_page: ChainPage, key: bytes, *, page_size: int = VERIFY_PAGE_ROWS
+) -> dict[str, Any]:
+    """Check every audit row in id order, ``page_size`` rows per read (``fetch_page(after_id,
+    size)``: the rows after ``after_id``, None for the first page), on either engine.
 
     Each page is checked together with the last row of the page before it, so a link
     across a page boundary is checked like any other. The answer counts the rows found
@@ -141,7 +181,7 @@ async def verify_stored_chain(
     first_id: int | None = None
     intact = 0
     while True:
-        page = await _chain_page(db, carry[0] if carry is not None else None, page_size)
+        page = await fetch_page(carry[0] if carry is not None else None, page_size)
         if not page:
             break
         if first_id is None:

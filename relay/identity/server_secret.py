@@ -40,9 +40,19 @@ class ServerSecret:
             pass
         make_private_dir(path.parent)
         value = secrets.token_bytes(_SECRET_BYTES)
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        with os.fdopen(fd, "w") as file:
-            file.write(value.hex() + "\n")
+        # Written whole under a temporary name, then linked into place (which fails if the
+        # file exists): cluster instances starting together on one folder agree on one
+        # secret, and none ever reads a half-written file.
+        partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}.new")
+        fd = open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(value.hex() + "\n")
+            os.link(partial, path)
+        except FileExistsError:
+            return cls(bytes.fromhex(path.read_text().strip()))
+        finally:
+            partial.unlink(missing_ok=True)
         return cls(value)
 
     def subkey(self, purpose: str) -> bytes:

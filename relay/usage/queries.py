@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -34,8 +34,11 @@ __all__ = [
     "UsageGroup",
     "count_rows",
     "day_range_ms",
+    "export_chunk",
+    "export_header",
     "export_usage",
     "iter_pages",
+    "summary_groups",
     "summary_queries",
     "usage_summary",
 ]
@@ -164,16 +167,21 @@ def _summary_where(spec: SummaryFilter) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
-def summary_queries(spec: SummaryFilter) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
-    """The totals query and the latency percentiles query (exposed for EXPLAIN in tests)."""
-    group = GROUPINGS[spec.by]
+def summary_queries(
+    spec: SummaryFilter, groupings: Mapping[str, str] = GROUPINGS
+) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+    """The totals query and the latency percentiles query (exposed for EXPLAIN in tests).
+
+    Plain SQL both engines run (PostgreSQL's copy passes its own day expression in
+    ``groupings`` and numbers the placeholders: relay.cluster.pg_usage_reads)."""
+    group = groupings[spec.by]
     where, params = _summary_where(spec)
     totals = (
         f"SELECT {group} AS grp, COUNT(*) AS requests, "
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
         "SUM(cached_tokens) AS cached_tokens, SUM(cost_micros) AS cost_micros, "
-        "SUM(status >= 400) AS errors "
-        f"FROM usage WHERE {where} GROUP BY grp ORDER BY grp"
+        "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors "
+        f"FROM usage WHERE {where} GROUP BY grp ORDER BY grp NULLS FIRST"  # both engines alike
     )
     # Nearest-rank percentiles: rank ceil(p * n / 100) within each group.
     percentiles = (
@@ -182,7 +190,7 @@ def summary_queries(spec: SummaryFilter) -> tuple[tuple[str, list[Any]], tuple[s
         f"ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY latency_ms) AS rn, "
         f"COUNT(*) OVER (PARTITION BY {group}) AS n "
         f"FROM usage WHERE {where} AND latency_ms IS NOT NULL"
-        ") WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100"
+        ") AS ranked WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100"
     )
     return (totals, params), (percentiles, list(params))
 
@@ -190,8 +198,13 @@ def summary_queries(spec: SummaryFilter) -> tuple[tuple[str, list[Any]], tuple[s
 async def usage_summary(db: Database, spec: SummaryFilter) -> list[UsageGroup]:
     (totals_sql, totals_params), (pct_sql, pct_params) = summary_queries(spec)
     totals = await db.fetchall(totals_sql, totals_params)
+    return summary_groups(totals, await db.fetchall(pct_sql, pct_params))
+
+
+def summary_groups(totals: Sequence[Any], percentile_rows: Sequence[Any]) -> list[UsageGroup]:
+    """The groups from the two queries' rows (either engine's rows, read by column name)."""
     latencies: dict[str | None, dict[str, int]] = {}
-    for row in await db.fetchall(pct_sql, pct_params):
+    for row in percentile_rows:
         n, rank = row["n"], row["rn"]
         found = latencies.setdefault(row["grp"], {})
         if rank == (n * 50 + 99) // 100:
@@ -201,7 +214,7 @@ async def usage_summary(db: Database, spec: SummaryFilter) -> list[UsageGroup]:
     return [_group(row, latencies.get(row["grp"], {})) for row in totals]
 
 
-def _group(row: sqlite3.Row, latency: dict[str, int]) -> UsageGroup:
+def _group(row: Any, latency: dict[str, int]) -> UsageGroup:
     requests = int(row["requests"])
     prompt, completion = int(row["prompt_tokens"]), int(row["completion_tokens"])
     errors = int(row["errors"])
@@ -227,12 +240,21 @@ async def export_usage(db: Database, rows: RowRange, fmt: ExportFormat) -> Async
     """The rows as CSV (with a header line) or JSON Lines, one chunk per page."""
     columns = ", ".join(EXPORT_COLUMNS)
     if fmt == "csv":
-        yield _csv_lines([EXPORT_COLUMNS])
+        yield export_header()
     async for page in iter_pages(db, rows, columns=columns):
-        if fmt == "csv":
-            yield _csv_lines([tuple(row) for row in page])
-        else:
-            yield b"".join(msgspec.json.encode(dict(row)) + b"\n" for row in page)
+        yield export_chunk(page, fmt)
+
+
+def export_header() -> bytes:
+    """The CSV export's header line."""
+    return _csv_lines([EXPORT_COLUMNS])
+
+
+def export_chunk(page: Sequence[Any], fmt: ExportFormat) -> bytes:
+    """One page of rows (``EXPORT_COLUMNS``, either engine's rows) as CSV or JSON Lines."""
+    if fmt == "csv":
+        return _csv_lines([tuple(row) for row in page])
+    return b"".join(msgspec.json.encode(dict(row)) + b"\n" for row in page)
 
 
 def _csv_lines(rows: list[tuple[Any, ...]]) -> bytes:
