@@ -64,6 +64,16 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", r"/admin/keys/[^/]+/revoke"),
     ("POST", r"/admin/reload"),
     ("GET", r"/admin/upstreams"),
+    # Payments (issue 18, part F): their records are PostgreSQL's (relay.payments.pg_backend).
+    ("POST", r"/webhooks/stripe"),
+    ("POST", r"/admin/accounts/[^/]+/checkout"),
+    ("GET", r"/admin/accounts/[^/]+/payments"),
+    ("GET", r"/admin/accounts/[^/]+/receipts"),
+    ("GET", r"/admin/receipts/[^/]+"),
+    ("GET", r"/admin/accounts/[^/]+/auto-topup"),
+    ("PUT", r"/admin/accounts/[^/]+/auto-topup"),
+    ("GET", r"/admin/accounts/[^/]+/notices"),
+    ("POST", r"/admin/accounts/[^/]+/notices/[0-9]+/dismiss"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
