@@ -223,3 +223,32 @@ async def test_checkout_on_one_instance_is_paid_by_a_webhook_on_the_other(
         assert (shown["enabled"], shown["trigger_micros"]) == (True, 5_000_000)
         notices = await two.relay.client.get(f"/admin/accounts/{account}/notices")
         assert notices.status_code == 200 and notices.json()["data"] == []
+
+
+async def test_a_manual_credit_sent_to_both_instances_at_once_credits_once_with_a_receipt(
+    tmp_path: Path, pg_database: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with two_instances(tmp_path, pg_database, redis_server, monkeypatch) as (one, two, _):
+        account = await _account(one, "acme")
+        body = {"amount_usd": "7.25", "reference": "wire-1", "note": "bank wire"}
+        answers = await asyncio.gather(
+            *(
+                relay.relay.client.post(f"/admin/accounts/{account}/credits", json=body)
+                for relay in (one, two, one, two)
+            )
+        )
+        assert sorted(a.status_code for a in answers) == [200, 200, 200, 201]
+        created = next(a.json() for a in answers if a.status_code == 201)
+        assert created["wallet"]["balance_micros"] == 7_250_000
+        conn = await asyncpg.connect(pg_database)
+        try:
+            assert await _money(conn, account) == (7_250_000, 7_250_000, 1)
+            row = await conn.fetchrow(
+                "SELECT provider, kind, status, receipt_number FROM payments WHERE account_id = $1",
+                account,
+            )
+            assert tuple(row) == ("manual", "manual", "paid", created["receipt_number"])
+            note = await conn.fetchval("SELECT note FROM ledger WHERE account_id = $1", account)
+            assert note == "bank wire"
+        finally:
+            await conn.close()

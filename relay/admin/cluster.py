@@ -26,14 +26,16 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import accounts, keys
-from relay.admin.common import admin_route, created, decode_body, parse_usd
+from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
 from relay.admin.operations import reload_config
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
 from relay.http.responses import error_response, json_response
 from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import micros_to_usd
-from relay.money.records import BalanceView, DuplicateReference
+from relay.money.records import BalanceView
+from relay.payments.runtime import payments_runtime
+from relay.payments.store import PaidPayment
 from relay.state import RelayState, relay_state
 
 __all__ = ["CLUSTER_ROUTES", "ClusterRouteGuard", "cluster_routes"]
@@ -121,23 +123,43 @@ async def _wallet(state: RelayState, account_id: str) -> dict[str, Any]:
 
 @admin_route
 async def credit_account(request: Request, state: RelayState) -> Response:
-    """A top-up into the PostgreSQL ledger, idempotent per (account, reference)."""
+    """A top-up into the PostgreSQL ledger, idempotent per (account, reference): its
+    payment row and receipt in the same transaction, as embedded (``PgPayments.credit``)."""
     account = state.store.account(request.path_params["account"])
     credit = await decode_body(request, accounts.Credit)
     amount = parse_usd(credit.amount_usd, "amount_usd")
     if amount <= 0:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
-    store = _runtime(state).store
-    try:
-        written = await store.credit(
-            account.id, amount, reference=credit.reference, note=credit.note
-        )
-    except DuplicateReference:
-        written = False
+    service = payments_runtime(request).service
+    paid = PaidPayment(
+        account_id=account.id,
+        provider="manual",
+        provider_payment_id=credit.reference,
+        kind="manual",
+        currency="usd",
+        amount_minor=amount // 10_000,
+        amount_micros=amount,
+    )
+    receipt = await service.records.credit(
+        paid,
+        at_ms=service.clock(),
+        buyer_name=account.name,
+        seller=service.seller,
+        actor=ADMIN_ACTOR,
+        event=None,
+        note=credit.note,
+    )
     wallet = await _wallet(state, account.id)
-    if not written:
+    if receipt is None:
         return json_response({"credited": False, "wallet": wallet})
-    return created({"credited": True, "amount_micros": amount, "wallet": wallet})
+    return created(
+        {
+            "credited": True,
+            "amount_micros": amount,
+            "receipt_number": receipt.number,
+            "wallet": wallet,
+        }
+    )
 
 
 @admin_route

@@ -9,7 +9,8 @@ PostgreSQL transaction per write, the ledger's unique index making a credit happ
 per (account, reference) whichever instance receives it.
 
 A credit answers the receipt it issued, or None when the payment was already credited
-(a replay, or a concurrent delivery that lost the race).
+(a replay, or a concurrent delivery that lost the race); ``note`` is the ledger row's note
+(default: provider and kind).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class PaymentRecords(Protocol):
         seller: SellerDetails,
         actor: str,
         event: EventRecord | None,
+        note: str | None = None,
     ) -> Receipt | None: ...
 
     async def record_failure(
@@ -178,6 +180,7 @@ class SqlitePayments:
         seller: SellerDetails,
         actor: str,
         event: EventRecord | None,
+        note: str | None = None,
     ) -> Receipt | None:
         try:
             # Synchronous: two concurrent deliveries cannot both pass the wallet's check.
@@ -186,7 +189,7 @@ class SqlitePayments:
                 "credit",
                 paid.amount_micros,
                 reference=paid.provider_payment_id,
-                note=f"{paid.provider} {paid.kind}",
+                note=note or f"{paid.provider} {paid.kind}",
             )
         except DuplicateReference:
             return None

@@ -77,6 +77,7 @@ class PgPayments:
         seller: SellerDetails,
         actor: str,
         event: EventRecord | None,
+        note: str | None = None,
     ) -> Receipt | None:
         async with self._pool.acquire() as conn, conn.transaction():
             written = await conn.fetchval(
@@ -87,7 +88,7 @@ class PgPayments:
                 paid.account_id,
                 paid.amount_micros,
                 paid.provider_payment_id,
-                f"{paid.provider} {paid.kind}",
+                note or f"{paid.provider} {paid.kind}",
                 at_ms,
             )
             if written is None:
