@@ -125,6 +125,8 @@ async def _open_state(
         secret = ServerSecret.load_or_create(secret_path_for(database_path))
         calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
+        if cluster is not None:  # budget periods by the same calendar and clock
+            cluster.store.use_periods(wallet.period_bounds)
         await load_wallet(db, wallet)
         store: AccountStore
         if cluster is None:

@@ -9,8 +9,8 @@ instance within the bus's delivery time (milliseconds; the heartbeat's version c
 catches a lost message within a second). Columns are the embedded schema's.
 
 The money side of a row (``balance_micros``, ``spent_micros``, holds) is never written here:
-it belongs to ``PgMoneyStore`` and the ledger's triggers. Budgets (account budgets, key
-budget periods) do not run on PostgreSQL yet and are refused (501).
+it belongs to ``PgMoneyStore`` and the ledger's triggers. Budgets (an account's budget, a
+key's budget period) are columns here, enforced by ``relay_hold`` (relay.cluster.pg_budgets).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 import msgspec
 
-from relay.errors import NotAvailableInCluster
 from relay.identity.accounts import Account, AccountStore, ApiKey, Conflict
 
 __all__ = ["ClusterAccountStore"]
@@ -142,8 +141,6 @@ class ClusterAccountStore(AccountStore):
     async def _write_account(
         self, account: Account, before: Account | None, *, actor: str, action: str
     ) -> None:
-        if account.budget_micros or account.budget_period is not None:
-            raise NotAvailableInCluster("account budgets do not run in cluster mode yet")
         try:
             await self._pool.execute(_UPSERT_ACCOUNT, *msgspec.structs.astuple(account))
         except Exception as exc:
@@ -165,8 +162,6 @@ class ClusterAccountStore(AccountStore):
         action: str,
         secret_hash: str | None = None,
     ) -> None:
-        if key.budget_period is not None:
-            raise NotAvailableInCluster("key budget periods do not run in cluster mode yet")
         values = _key_values(key)
         if secret_hash is not None:
             await self._pool.execute(_INSERT_KEY, *values, secret_hash)

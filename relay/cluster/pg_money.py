@@ -16,19 +16,29 @@ settlement that never arrives is released by lease expiry (``relay.cluster.pg_le
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
 
 from relay.cluster.pg_leases import LeaseLost
 from relay.errors import QuotaError
+from relay.money.budget import (
+    BUDGET_PERIODS,
+    PERIOD_ADJECTIVES,
+    BudgetCalendar,
+    BudgetPeriod,
+    iso_utc,
+)
 from relay.money.pricing import micros_to_usd
 from relay.money.records import AccountMode, BalanceView, DuplicateReference, KeySpendView
 
 __all__ = ["ClusterHold", "PgMoneyStore", "Settlement"]
 
 CreditKind = Literal["credit", "refund"]
+PeriodBounds = Callable[[BudgetPeriod], tuple[int, int]]
+_UTC = BudgetCalendar()
 # The charge row's note when the cost was estimated (a stream cut short by the client).
 _ESTIMATED = "estimated (stream cut short)"
 
@@ -58,6 +68,10 @@ class Settlement(msgspec.Struct, frozen=True):
     overrun: bool
 
 
+def _utc_bounds(period: BudgetPeriod) -> tuple[int, int]:
+    return _UTC.bounds(period, time.time_ns() // 1_000_000)
+
+
 def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int of micro-USD")
@@ -80,6 +94,18 @@ class PgMoneyStore:
         self._pool = pool
         self.instance_id = instance_id
         self._margin = fast_path_margin_micros
+        # The start of the current day, week and month (relay.cluster.pg_budgets): by
+        # default UTC's calendar; the app gives the wallet's (its [budgets] and clock).
+        self._period_bounds: PeriodBounds = _utc_bounds
+
+    def use_periods(self, bounds: PeriodBounds) -> None:
+        """Where budget periods start: ``bounds(period)`` → [start, end) in unix ms now."""
+        self._period_bounds = bounds
+
+    def period_starts(self) -> tuple[int, int, int]:
+        """(day, week, month) starts now, as ``relay_hold`` takes them."""
+        day, week, month = (self._period_bounds(period)[0] for period in BUDGET_PERIODS)
+        return day, week, month
 
     @property
     def fast_path_margin_micros(self) -> int:
@@ -171,7 +197,7 @@ class PgMoneyStore:
         if estimate_micros > worst_case_micros:
             raise ValueError("estimate_micros must not exceed worst_case_micros")
         row = await self._pool.fetchrow(
-            "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             self.instance_id,
             account_id,
             key_id,
@@ -179,6 +205,7 @@ class PgMoneyStore:
             estimate_micros,
             worst_case_micros,
             self._margin,
+            *self.period_starts(),
         )
         outcome = row["outcome"]
         if outcome == "ok":
@@ -197,15 +224,29 @@ class PgMoneyStore:
                 f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(available)}"
                 " is available after requests in flight; add credit or lower max_tokens"
             )
-        if outcome == "key_cap":
-            raise QuotaError(
-                f"key spend cap reached: this request may cost up to "
-                f"${micros_to_usd(worst_case_micros)}, more than the key's cap leaves after "
-                "requests in flight"
-            )
+        if outcome in ("key_cap", "account_budget"):
+            raise QuotaError(self._cap_message(row, worst_case_micros))
         if outcome == "lease_lost":
             raise LeaseLost(f"instance {self.instance_id}: lease expired; no hold placed")
         raise KeyError(f"{'account' if outcome == 'no_account' else 'key'} not found")
+
+    def _cap_message(self, row: Any, worst_case_micros: int) -> str:
+        """As the wallet's: names the budget (key or account, lifetime or which period),
+        what it leaves, and when it resets."""
+        who = "key" if row["outcome"] == "key_cap" else "account"
+        period = row["period"]
+        kind = "spend cap" if who == "key" else "budget"
+        if period is not None:
+            kind = f"{PERIOD_ADJECTIVES[period]} budget"
+        left = micros_to_usd(max(0, int(row["headroom_micros"] or 0)))
+        text = (
+            f"{who} {kind} reached: this request may cost up to "
+            f"${micros_to_usd(worst_case_micros)} and ${left} of the {who}'s {kind.split()[-1]}"
+            " is left after requests in flight"
+        )
+        if period is not None:
+            text += f"; it resets at {iso_utc(self._period_bounds(period)[1])}"
+        return text
 
     async def settle(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.cluster.pg_budgets import BUDGET_MIGRATIONS
 from relay.cluster.pg_records import RECORD_MIGRATIONS
 
 __all__ = ["MIGRATIONS", "migrate"]
@@ -381,6 +382,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0004_usage", _USAGE),
     # Every other embedded table (relay.cluster.pg_records); usage is 0004 above.
     *RECORD_MIGRATIONS,
+    # Period budgets: counters per period, read by relay_hold (relay.cluster.pg_budgets).
+    *BUDGET_MIGRATIONS,
 ]
 
 # Any constant shared by every instance: the advisory lock that serialises migrations.

@@ -1,0 +1,164 @@
+"""Period budgets in cluster mode (issue 18): enforced across instances by PostgreSQL.
+
+Two relays are served in this process on one cluster config (two pools, two leases: two
+instances to PostgreSQL and Redis) with the in-process mock provider. A key's monthly
+budget and an account's daily budget, spent through both instances at once, are never
+exceeded; the counters ``relay_hold`` checks equal the ledger's charges of the period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import config_text
+from support_accounts import Relay, auth, chat_body, run_relay
+
+from relay.config import Config, parse_config
+
+asyncpg = pytest.importorskip("asyncpg")
+pytest.importorskip("redis")
+
+# 0.02 USD a token, at most 16 out: a request's worst case is about half a dollar.
+DEAR = """
+[[models]]
+name = "dear-gpt"
+routes = ["mock:dear-gpt"]
+input_usd_per_mtok = "20000"
+output_usd_per_mtok = "20000"
+max_output_tokens = 16
+"""
+
+
+def _config(tmp_path: Path, dsn: str, redis_port: int) -> Config:
+    db = 1 + secrets.randbelow(15)
+    extra = (
+        DEAR
+        + f'\n[storage]\nurl = "{dsn}"\n'
+        + f'\n[cluster]\nredis_url = "redis://127.0.0.1:{redis_port}/{db}"\nlease_s = 3\n'
+    )
+    return parse_config(config_text(tmp_path / "relay.db", extra=extra), base_dir=str(tmp_path))
+
+
+class Clock:
+    """The instances' wall clock (budget periods); starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def two_instances(
+    tmp_path: Path, pg_database: str, redis_server: Any, clock: Clock | None = None
+) -> AsyncIterator[tuple[Relay, Relay]]:
+    config = _config(tmp_path, pg_database, redis_server.port)
+    kwargs: dict[str, Any] = {} if clock is None else {"wall_clock_ms": clock}
+    async with run_relay(config, **kwargs) as one, run_relay(config, **kwargs) as two:
+        yield one, two
+
+
+async def _spend_through_both(one: Relay, two: Relay, secret: str, count: int) -> list[int]:
+    async def call(relay: Relay) -> int:
+        response = await relay.client.post(
+            "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(secret)
+        )
+        assert response.status_code in (200, 402), response.text
+        return response.status_code
+
+    return list(await asyncio.gather(*(call(one if i % 2 else two) for i in range(count))))
+
+
+async def _charges(conn: Any, column: str, owner: str) -> int:
+    total = await conn.fetchval(
+        f"SELECT COALESCE(-SUM(amount_micros), 0) FROM ledger WHERE {column} = $1"
+        " AND kind = 'charge'",
+        owner,
+    )
+    return int(total)
+
+
+async def _settled(conn: Any, account_id: str) -> None:
+    for _ in range(200):
+        if not await conn.fetchval("SELECT count(*) FROM holds WHERE account_id = $1", account_id):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("holds still open")
+
+
+async def test_a_monthly_key_budget_spent_through_two_instances_is_never_exceeded(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    async with two_instances(tmp_path, pg_database, redis_server) as (one, two):
+        account, key = await one.funded_key(
+            "acme", amount_usd="100", spend_cap_usd="5", budget_period="month"
+        )
+        assert key["budget_period"] == "month"
+        codes = await _spend_through_both(one, two, key["secret"], 40)
+        assert 0 < codes.count(200) and codes.count(402) > 0, codes
+        conn = await asyncpg.connect(pg_database)
+        try:
+            await _settled(conn, account["id"])
+            spent = await _charges(conn, "key_id", key["id"])
+            assert 0 < spent <= 5_000_000
+            counter = await conn.fetchval(
+                "SELECT spent_micros FROM budget_spend WHERE scope = 'key' AND owner_id = $1",
+                key["id"],
+            )
+            assert counter == spent, "the period counter is the period's charges"
+            balance = await conn.fetchval(
+                "SELECT balance_micros FROM accounts WHERE id = $1", account["id"]
+            )
+            assert balance == 100_000_000 - spent
+        finally:
+            await conn.close()
+        # Every instance refuses the next request: the budget is cluster-wide.
+        for relay in (one, two):
+            refused = await relay.client.post(
+                "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(key["secret"])
+            )
+            assert refused.status_code == 402
+            message = refused.json()["error"]["message"]
+            assert "key monthly budget reached" in message and "it resets at" in message
+
+
+async def test_an_account_daily_budget_binds_all_its_keys_on_all_instances_and_resets(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    clock = Clock()
+    async with two_instances(tmp_path, pg_database, redis_server, clock) as (one, two):
+        account = await one.create_account("acme")
+        assert (await one.credit(account["id"], "100", "seed")).status_code == 201
+        patched = await one.client.patch(
+            f"/admin/accounts/{account['id']}", json={"budget_usd": "4", "budget_period": "day"}
+        )
+        assert patched.status_code == 200, patched.text
+        first = await one.create_key(account["id"])
+        second = await two.create_key(account["id"])
+        codes = await _spend_through_both(one, two, first["secret"], 12)
+        codes += await _spend_through_both(two, one, second["secret"], 12)
+        assert codes.count(402) > 0, codes
+        conn = await asyncpg.connect(pg_database)
+        try:
+            await _settled(conn, account["id"])
+            spent = await _charges(conn, "account_id", account["id"])
+            assert 0 < spent <= 4_000_000
+        finally:
+            await conn.close()
+        # The next day (by the instances' calendar) the budget is whole again.
+        now = dt.datetime.fromtimestamp(clock.now / 1000, tz=dt.UTC)
+        tomorrow = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0)
+        clock.now = int(tomorrow.timestamp()) * 1000
+        ok = await two.client.post(
+            "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(first["secret"])
+        )
+        assert ok.status_code == 200, ok.text
