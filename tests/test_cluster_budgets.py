@@ -119,8 +119,24 @@ async def test_a_monthly_key_budget_spent_through_two_instances_is_never_exceede
                 "SELECT balance_micros FROM accounts WHERE id = $1", account["id"]
             )
             assert balance == 100_000_000 - spent
+            # Every refused hold undid its part: nothing is left reserved anywhere.
+            reserved = await conn.fetchrow(
+                "SELECT a.worst_micros + a.held_micros AS account, k.worst_micros + k.held_micros"
+                " AS key FROM accounts a JOIN api_keys k ON k.account_id = a.id WHERE k.id = $1",
+                key["id"],
+            )
+            assert tuple(reserved) == (0, 0)
         finally:
             await conn.close()
+        # Either instance shows the cluster-wide spend of the period.
+        for relay in (one, two):
+            shown = (await relay.client.get("/v1/key", headers=auth(key["secret"]))).json()
+            assert shown["limits"]["budget_period"] == "month"
+            assert shown["period_spent_micros"] == spent and shown["resets_at_ms"] > 0
+            assert shown["remaining_micros"] == 5_000_000 - spent
+            admin_view = (await relay.client.get(f"/admin/keys/{key['id']}")).json()
+            assert admin_view["period_spent_micros"] == spent
+            assert admin_view["budget_resets_at"].endswith("T00:00:00Z")
         # Every instance refuses the next request: the budget is cluster-wide.
         for relay in (one, two):
             refused = await relay.client.post(
@@ -154,6 +170,10 @@ async def test_an_account_daily_budget_binds_all_its_keys_on_all_instances_and_r
             assert 0 < spent <= 4_000_000
         finally:
             await conn.close()
+        shown = (await one.client.get(f"/admin/accounts/{account['id']}")).json()
+        assert (shown["budget_period"], shown["budget_spent_micros"]) == ("day", spent)
+        key_view = (await two.client.get("/v1/key", headers=auth(second["secret"]))).json()
+        assert key_view["account_budget"]["spent_micros"] == spent
         # The next day (by the instances' calendar) the budget is whole again.
         now = dt.datetime.fromtimestamp(clock.now / 1000, tz=dt.UTC)
         tomorrow = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0)
@@ -162,3 +182,30 @@ async def test_an_account_daily_budget_binds_all_its_keys_on_all_instances_and_r
             "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(first["secret"])
         )
         assert ok.status_code == 200, ok.text
+
+
+async def test_a_budget_set_mid_period_counts_what_was_already_spent_in_it(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    async with two_instances(tmp_path, pg_database, redis_server) as (one, two):
+        account, key = await one.funded_key("acme", amount_usd="100")
+        codes = await _spend_through_both(one, two, key["secret"], 6)
+        assert codes == [200] * 6
+        conn = await asyncpg.connect(pg_database)
+        try:
+            await _settled(conn, account["id"])
+            before = await _charges(conn, "key_id", key["id"])
+            # A monthly budget of what was spent plus one dollar: about two more requests.
+            cap = before + 1_000_000
+            changed = await two.client.patch(
+                f"/admin/keys/{key['id']}",
+                json={"spend_cap_usd": f"{cap / 1_000_000:.6f}", "budget_period": "month"},
+            )
+            assert changed.status_code == 200, changed.text
+            codes = await _spend_through_both(one, two, key["secret"], 8)
+            assert codes.count(402) > 0, codes
+            await _settled(conn, account["id"])
+            after = await _charges(conn, "key_id", key["id"])
+            assert before < after <= cap
+        finally:
+            await conn.close()

@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import accounts, keys
-from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
+from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, iso, parse_usd
 from relay.admin.operations import reload_config
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
@@ -181,18 +181,26 @@ async def _patch_money(state: RelayState, view: dict[str, Any]) -> None:
     """Replace a view's money fields (computed from the local wallet) with PostgreSQL's."""
     store = _runtime(state).store
     if "masked" in view:  # a key
-        spend = await store.key_snapshot(view["id"])
+        spend = await store.key_spend(view["id"])
         view.update(
             spent_micros=spend.spent_micros,
             remaining_micros=spend.remaining_micros,
-            period_spent_micros=spend.spent_micros,
+            budget_period=spend.budget_period,
+            period_spent_micros=spend.period_spent_micros,
+            budget_resets_at=iso(spend.resets_at_ms),
         )
     elif "balance_micros" in view and "id" in view:  # an account
         balance = await store.snapshot(view["id"])
+        budget = await store.account_budget(view["id"])
         view.update(
             balance_micros=balance.balance_micros,
             held_micros=balance.held_micros,
             available_micros=balance.available_micros,
+            budget_micros=budget.budget_micros,
+            budget_period=budget.budget_period,
+            budget_spent_micros=budget.spent_micros,
+            budget_remaining_micros=budget.remaining_micros,
+            budget_resets_at=iso(budget.resets_at_ms),
         )
 
 
@@ -238,7 +246,9 @@ async def show_calling_key(request: Request) -> Response:
     state = relay_state(request)
     try:
         key, account = await _key_principal(request, state)
-        spend = await _runtime(state).store.key_snapshot(key.id)
+        store = _runtime(state).store
+        spend = await store.key_spend(key.id)
+        budget = await store.account_budget(account.id)
         wallet = await _wallet(state, account.id)
     except RelayError as exc:
         return error_response(exc)
@@ -256,15 +266,24 @@ async def show_calling_key(request: Request) -> Response:
                 "tpm": key.tpm,
                 "concurrency": key.concurrency,
                 "spend_cap_micros": key.spend_cap_micros,
-                "budget_period": None,
+                "budget_period": spend.budget_period,
                 "expires_at_ms": key.expires_at_ms,
             },
             "spent_micros": spend.spent_micros,
             "held_micros": spend.held_micros,
             "remaining_micros": spend.remaining_micros,
-            "period_spent_micros": spend.spent_micros,
-            "resets_at_ms": None,
+            "period_spent_micros": spend.period_spent_micros,
+            "resets_at_ms": spend.resets_at_ms,
             "balance": {"object": "balance", **wallet},
+            "account_budget": None
+            if not budget.budget_micros
+            else {
+                "budget_micros": budget.budget_micros,
+                "budget_period": budget.budget_period,
+                "spent_micros": budget.spent_micros,
+                "remaining_micros": budget.remaining_micros,
+                "resets_at_ms": budget.resets_at_ms,
+            },
         }
     )
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import msgspec
 
+from relay.cluster.pg_budgets import PeriodBounds, account_budget, key_spend
 from relay.cluster.pg_leases import LeaseLost
 from relay.errors import QuotaError
 from relay.money.budget import (
@@ -32,12 +33,17 @@ from relay.money.budget import (
     iso_utc,
 )
 from relay.money.pricing import micros_to_usd
-from relay.money.records import AccountMode, BalanceView, DuplicateReference, KeySpendView
+from relay.money.records import (
+    AccountMode,
+    BalanceView,
+    BudgetView,
+    DuplicateReference,
+    KeySpendView,
+)
 
 __all__ = ["ClusterHold", "PgMoneyStore", "Settlement"]
 
 CreditKind = Literal["credit", "refund"]
-PeriodBounds = Callable[[BudgetPeriod], tuple[int, int]]
 _UTC = BudgetCalendar()
 # The charge row's note when the cost was estimated (a stream cut short by the client).
 _ESTIMATED = "estimated (stream cut short)"
@@ -372,6 +378,13 @@ class PgMoneyStore:
             spend_cap_micros=cap,
             remaining_micros=None if cap == 0 else max(0, cap - spent - held),
         )
+
+    async def key_spend(self, key_id: str) -> KeySpendView:
+        """``key_snapshot`` with the key's budget period (what the cap is measured against)."""
+        return await key_spend(self._pool, key_id, self._period_bounds)
+
+    async def account_budget(self, account_id: str) -> BudgetView:
+        return await account_budget(self._pool, account_id, self._period_bounds)
 
     async def ledger_sum(self, account_id: str) -> int:
         """Σ of the account's ledger rows, summed from the rows themselves (for checks)."""
