@@ -34,6 +34,7 @@ from relay.alerts.outbox import AlertOutbox
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
+from relay.cluster.job_lock import BILLING_JOBS_LOCK, ElectedJobs, JobLock
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
 from relay.config import Config
@@ -318,6 +319,14 @@ def create_app(
             stack.push_async_callback(payments.aclose)
             if cluster is None:
                 state.auto_topup = payments.auto_topup
+            else:  # top-ups from PostgreSQL's balances, on the one elected instance
+                jobs = ElectedJobs(
+                    JobLock(cluster.pool, BILLING_JOBS_LOCK),
+                    [payments.auto_topup.sweep],
+                    interval_s=lambda: state.config.alerts_settings.check_interval_s,
+                )
+                jobs.start()
+                stack.push_async_callback(jobs.aclose)
             housekeeping = PeriodicTask(
                 "relay-housekeeping",
                 lambda: _housekeeping(state),

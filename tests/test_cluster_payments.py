@@ -36,6 +36,8 @@ def cluster_payments_config(tmp_path: Path, dsn: str, redis_port: int) -> Config
     db = 1 + secrets.randbelow(15)
     section = (
         PAYMENTS_SECTION
+        # The elected instance's jobs (auto top-up) run every second.
+        + "\n[alerts_settings]\ncheck_interval_s = 1\n"
         + f'\n[storage]\nurl = "{dsn}"\n'
         + f'\n[cluster]\nredis_url = "redis://127.0.0.1:{redis_port}/{db}"\nlease_s = 3\n'
     )
@@ -250,5 +252,77 @@ async def test_a_manual_credit_sent_to_both_instances_at_once_credits_once_with_
             assert tuple(row) == ("manual", "manual", "paid", created["receipt_number"])
             note = await conn.fetchval("SELECT note FROM ledger WHERE account_id = $1", account)
             assert note == "bank wire"
+        finally:
+            await conn.close()
+
+
+def _card_saved(account_id: str) -> dict[str, Any]:
+    """The PaymentIntent of a checkout that saved a card (what auto top-up charges)."""
+    intent = {
+        "id": "pi_checkout",
+        "amount": 2500,
+        "currency": "usd",
+        "customer": "cus_saved",
+        "payment_method": "pm_saved",
+        "metadata": {"relay_account_id": account_id},
+    }
+    return {"id": "evt_card", "type": "payment_intent.succeeded", "data": {"object": intent}}
+
+
+async def _eventually(check: Any, timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_auto_top_up_charges_once_across_instances_from_postgresql_balances(
+    tmp_path: Path, pg_database: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with two_instances(tmp_path, pg_database, redis_server, monkeypatch) as (
+        one,
+        two,
+        stripe,
+    ):
+        account = await _account(one, "acme")
+        seed = {"amount_usd": "10", "reference": "seed"}
+        assert (
+            await one.relay.client.post(f"/admin/accounts/{account}/credits", json=seed)
+        ).status_code == 201
+        assert (await two.deliver(_card_saved(account))).json()["outcome"] == "ignored"
+        settings = {
+            "enabled": True,
+            "trigger_usd": "20",
+            "amount_usd": "25",
+            "monthly_cap_usd": "100",
+        }
+        path = f"/admin/accounts/{account}/auto-topup"
+        assert (await one.relay.client.put(path, json=settings)).status_code == 200
+        conn = await asyncpg.connect(pg_database)
+        try:
+
+            async def credits(count: int) -> bool:
+                return (await _money(conn, account))[2] == count
+
+            # The elected instance sees the balance ($10 < $20) and refills once.
+            await _eventually(lambda: credits(2))
+            await asyncio.sleep(2.5)  # more rounds on whichever instance holds the lock
+            assert len(stripe.of("/v1/payment_intents")) == 1
+            assert await _money(conn, account) == (35_000_000, 35_000_000, 2)
+            paid = await conn.fetch(
+                "SELECT status FROM payments WHERE account_id = $1 AND kind = 'auto_topup'",
+                account,
+            )
+            assert [row["status"] for row in paid] == ["paid"]
+
+            # Both instances sweep at once (besides the elected one's round): one refill.
+            settings["trigger_usd"] = "50"
+            assert (await two.relay.client.put(path, json=settings)).status_code == 200
+            runtimes = (one.runtime.auto_topup, two.runtime.auto_topup)
+            await asyncio.gather(*(auto.sweep() for auto in runtimes))
+            await asyncio.gather(*(auto.wait_idle() for auto in runtimes))
+            await _eventually(lambda: credits(3))
+            assert len(stripe.of("/v1/payment_intents")) == 2
+            assert await _money(conn, account) == (60_000_000, 60_000_000, 3)
         finally:
             await conn.close()

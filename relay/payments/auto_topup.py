@@ -46,11 +46,26 @@ class AutoTopUp:
             return False
         if wallet.snapshot(account_id).balance_micros >= settings.trigger_micros:
             return False
+        self._start(settings)
+        return True
+
+    async def sweep(self) -> int:
+        """Cluster mode: a refill for every account whose balance (PostgreSQL's) is below its
+        trigger; the elected instance runs this each round instead of ``check`` after each
+        settlement (relay.cluster.job_lock). How many refills it started."""
+        started = 0
+        for settings in await self._service.records.due_auto_topups():
+            if settings.account_id not in self._in_flight:
+                self._start(settings)
+                started += 1
+        return started
+
+    def _start(self, settings: AutoTopUpSettings) -> None:
+        account_id = settings.account_id
         self._in_flight.add(account_id)
         task = asyncio.get_running_loop().create_task(self._refill(settings))
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._finished(account_id, done))
-        return True
 
     def in_flight(self, account_id: str) -> bool:
         return account_id in self._in_flight
@@ -79,14 +94,15 @@ class AutoTopUp:
             return
         account_id = settings.account_id
         now = service.clock()
-        since = now - self._pending_window_ms
-        if await service.records.pending_auto_topup(account_id, since):
+        if await service.records.pending_auto_topup(account_id, now - self._pending_window_ms):
             return
         spent = await service.records.monthly_auto_topup_micros(account_id, now)
         if spent + settings.amount_micros > settings.monthly_cap_micros:
             await self._cap_reached(settings, now)
             return
         payment = await self._open_payment(settings, now)
+        if payment is None:
+            return  # a refill is already awaiting the provider's verdict
         customer = await service.records.customer_of(account_id)
         card = customer.payment_method_id if customer else None
         try:
@@ -115,7 +131,7 @@ class AutoTopUp:
             await service.credit(paid, actor=ACTOR)
         # Otherwise (e.g. "processing") the payment stays pending: the webhook settles it.
 
-    async def _open_payment(self, settings: AutoTopUpSettings, now: int) -> Payment:
+    async def _open_payment(self, settings: AutoTopUpSettings, now: int) -> Payment | None:
         service = self._service
         payment_id = new_payment_id()
         payment = Payment(
@@ -133,10 +149,10 @@ class AutoTopUp:
             updated_at_ms=now,
         )
         detail = {"payment_id": payment_id, "amount_micros": settings.amount_micros}
-        await service.records.insert_pending(
-            payment, AuditEntry(ACTOR, "auto_topup.start", settings.account_id, detail)
-        )
-        return payment
+        audit = AuditEntry(ACTOR, "auto_topup.start", settings.account_id, detail)
+        since = now - self._pending_window_ms
+        opened = await service.records.open_auto_topup(payment, since, audit)
+        return payment if opened else None
 
     async def _charge(
         self, stripe: StripeClient, payment: Payment, customer_id: str, card: str

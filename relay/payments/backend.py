@@ -134,6 +134,15 @@ class PaymentRecords(Protocol):
 
     async def pending_auto_topup(self, account_id: str, since_ms: int) -> bool: ...
 
+    async def open_auto_topup(self, payment: Payment, since_ms: int, audit: AuditEntry) -> bool:
+        """Insert the refill's pending payment unless one is pending since ``since_ms``
+        (atomically: two callers for one account open one). True when it was opened."""
+        ...
+
+    async def due_auto_topups(self) -> list[AutoTopUpSettings]:
+        """Enabled settings whose account's balance is below the trigger, now."""
+        ...
+
     async def monthly_auto_topup_micros(self, account_id: str, at_ms: int) -> int: ...
 
     async def add_notice(
@@ -293,6 +302,33 @@ class SqlitePayments:
 
     async def pending_auto_topup(self, account_id: str, since_ms: int) -> bool:
         return await auto_settings.pending_auto_topup(self.db, account_id, since_ms)
+
+    async def open_auto_topup(self, payment: Payment, since_ms: int, audit: AuditEntry) -> bool:
+        # The check runs inside the write: the single writer makes check-and-insert atomic.
+        def write(conn: sqlite3.Connection) -> bool:
+            pending = conn.execute(
+                "SELECT 1 FROM payments WHERE kind = 'auto_topup' AND status = 'pending' "
+                "AND account_id = ? AND created_at_ms >= ? LIMIT 1",
+                (payment.account_id, since_ms),
+            ).fetchone()
+            if pending is not None:
+                return False
+            insert_pending(conn, payment)
+            self._audit(conn, audit)
+            return True
+
+        return await self.db.write(write)
+
+    async def due_auto_topups(self) -> list[AutoTopUpSettings]:
+        every = await auto_settings.load_all_settings(self.db)
+        wallet = self.wallet
+        return [
+            settings
+            for settings in every.values()
+            if settings.enabled
+            and wallet.has_account(settings.account_id)
+            and wallet.snapshot(settings.account_id).balance_micros < settings.trigger_micros
+        ]
 
     async def monthly_auto_topup_micros(self, account_id: str, at_ms: int) -> int:
         return await auto_settings.monthly_auto_topup_micros(self.db, account_id, at_ms)

@@ -256,6 +256,38 @@ class PgPayments:
         )
         return found is not None
 
+    async def open_auto_topup(self, payment: Payment, since_ms: int, audit: AuditEntry) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The settings row locked: two instances opening a refill for one account take
+            # turns, and the second sees the first's pending payment.
+            await conn.execute(
+                "SELECT 1 FROM auto_topups WHERE account_id = $1 FOR UPDATE", payment.account_id
+            )
+            pending = await conn.fetchval(
+                "SELECT 1 FROM payments WHERE kind = 'auto_topup' AND status = 'pending'"
+                " AND account_id = $1 AND created_at_ms >= $2 LIMIT 1",
+                payment.account_id,
+                since_ms,
+            )
+            if pending is not None:
+                return False
+            await conn.execute(
+                f"INSERT INTO payments ({PAYMENT_COLUMNS})"
+                f" VALUES ({placeholders(len(Payment.__struct_fields__))})",
+                *msgspec.structs.astuple(payment),
+            )
+        _audit(audit)
+        return True
+
+    async def due_auto_topups(self) -> list[AutoTopUpSettings]:
+        rows = await self._pool.fetch(
+            f"SELECT {', '.join('t.' + c for c in AutoTopUpSettings.__struct_fields__)}"
+            " FROM auto_topups AS t JOIN accounts AS a ON a.id = t.account_id"
+            " WHERE t.enabled = 1 AND a.balance_micros < t.trigger_micros"
+            " AND a.status = 'active' ORDER BY t.account_id"
+        )
+        return [settings_of(row) for row in rows]
+
     async def monthly_auto_topup_micros(self, account_id: str, at_ms: int) -> int:
         total = await self._pool.fetchval(
             "SELECT COALESCE(SUM(amount_micros), 0) FROM payments WHERE account_id = $1"
