@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from conftest import config_text
 from support_accounts import Relay, auth, chat_body, run_relay
+from test_server import free_port
 
 from relay.config import Config, parse_config
 
@@ -37,10 +39,11 @@ max_output_tokens = 16
 """
 
 
-def _config(tmp_path: Path, dsn: str, redis_port: int) -> Config:
+def _config(tmp_path: Path, dsn: str, redis_port: int, more: str = "") -> Config:
     db = 1 + secrets.randbelow(15)
     extra = (
         DEAR
+        + more
         + f'\n[storage]\nurl = "{dsn}"\n'
         + f'\n[cluster]\nredis_url = "redis://127.0.0.1:{redis_port}/{db}"\nlease_s = 3\n'
     )
@@ -59,9 +62,13 @@ class Clock:
 
 @contextlib.asynccontextmanager
 async def two_instances(
-    tmp_path: Path, pg_database: str, redis_server: Any, clock: Clock | None = None
+    tmp_path: Path,
+    pg_database: str,
+    redis_server: Any,
+    clock: Clock | None = None,
+    more: str = "",
 ) -> AsyncIterator[tuple[Relay, Relay]]:
-    config = _config(tmp_path, pg_database, redis_server.port)
+    config = _config(tmp_path, pg_database, redis_server.port, more)
     kwargs: dict[str, Any] = {} if clock is None else {"wall_clock_ms": clock}
     async with run_relay(config, **kwargs) as one, run_relay(config, **kwargs) as two:
         yield one, two
@@ -209,3 +216,64 @@ async def test_a_budget_set_mid_period_counts_what_was_already_spent_in_it(
             assert before < after <= cap
         finally:
             await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A local webhook on 127.0.0.1: (its URL, the JSON bodies received)."""
+    received: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_money_alerts_come_once_from_the_elected_instance_with_cluster_wide_figures(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    async with webhook_receiver() as (url, received):
+        alerts = f"""
+[alerts_settings]
+check_interval_s = 1
+
+[[alerts]]
+sink = "webhook"
+name = "ops"
+url = "{url}"
+events = ["balance_low", "budget_80", "budget_100"]
+balance_below_usd = "5"
+"""
+        async with two_instances(tmp_path, pg_database, redis_server, more=alerts) as (one, two):
+            poor = await one.create_account("poor")
+            assert (await one.credit(poor["id"], "2", "seed-poor")).status_code == 201
+            _, key = await two.funded_key(
+                "spender", amount_usd="100", spend_cap_usd="1", budget_period="month"
+            )
+            codes = await _spend_through_both(one, two, key["secret"], 4)
+            assert codes.count(402) > 0, codes
+
+            def events() -> list[tuple[str, str]]:
+                return [(body["event"], body["subject"]) for body in received]
+
+            for _ in range(150):
+                seen = {event for event, _ in events()}
+                if "balance_low" in seen and seen & {"budget_80", "budget_100"}:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.5)  # more rounds: nothing is sent twice
+            low = [subject for event, subject in events() if event == "balance_low"]
+            assert low == [f"account:{poor['id']}"], events()
+            # The key's budget (80% or all of it, as the charges fell), by the period's spend.
+            spent = [subject for event, subject in events() if event.startswith("budget_")]
+            assert len(spent) == 1 and spent[0].startswith(f"key:{key['id']}:"), events()
