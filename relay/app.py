@@ -128,7 +128,7 @@ async def _open_state(
         calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
         if cluster is not None:  # budget periods by the same calendar and clock
-            cluster.store.use_periods(wallet.period_bounds)
+            cluster.store.use_periods(lambda: wallet.calendar, wall_clock_ms)
         await load_wallet(db, wallet)
         store: AccountStore
         if cluster is None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
 
-from relay.cluster.pg_budgets import PeriodBounds, account_budget, key_spend
+from relay.cluster.pg_budgets import account_budget, key_spend
 from relay.cluster.pg_leases import LeaseLost
 from relay.errors import QuotaError
 from relay.money.budget import (
@@ -45,6 +45,8 @@ __all__ = ["ClusterHold", "PgMoneyStore", "Settlement"]
 
 CreditKind = Literal["credit", "refund"]
 _UTC = BudgetCalendar()
+Calendar = Callable[[], BudgetCalendar]
+Clock = Callable[[], int]
 # The charge row's note when the cost was estimated (a stream cut short by the client).
 _ESTIMATED = "estimated (stream cut short)"
 
@@ -74,8 +76,8 @@ class Settlement(msgspec.Struct, frozen=True):
     overrun: bool
 
 
-def _utc_bounds(period: BudgetPeriod) -> tuple[int, int]:
-    return _UTC.bounds(period, time.time_ns() // 1_000_000)
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
@@ -102,15 +104,41 @@ class PgMoneyStore:
         self._margin = fast_path_margin_micros
         # The start of the current day, week and month (relay.cluster.pg_budgets): by
         # default UTC's calendar; the app gives the wallet's (its [budgets] and clock).
-        self._period_bounds: PeriodBounds = _utc_bounds
+        # Budget periods (relay.cluster.pg_budgets): UTC's calendar by default; the app gives
+        # the wallet's (its [budgets], which a reload may replace, and its clock).
+        self._calendar: Calendar = lambda: _UTC
+        self._clock: Clock = _wall_ms
+        # The current (day, week, month) starts, valid in [from, until) for one calendar:
+        # computing them costs ~tens of µs, a hold only compares two integers.
+        self._starts: tuple[BudgetCalendar | None, int, int, tuple[int, int, int]] = (
+            None,
+            0,
+            0,
+            (0, 0, 0),
+        )
 
-    def use_periods(self, bounds: PeriodBounds) -> None:
-        """Where budget periods start: ``bounds(period)`` → [start, end) in unix ms now."""
-        self._period_bounds = bounds
+    def use_periods(self, calendar: Calendar, clock_ms: Clock) -> None:
+        """Where budget periods start: ``calendar()``'s periods at ``clock_ms()``."""
+        self._calendar, self._clock = calendar, clock_ms
+        self._starts = (None, 0, 0, (0, 0, 0))
+
+    def _period_bounds(self, period: BudgetPeriod) -> tuple[int, int]:
+        return self._calendar().bounds(period, self._clock())
 
     def period_starts(self) -> tuple[int, int, int]:
         """(day, week, month) starts now, as ``relay_hold`` takes them."""
-        day, week, month = (self._period_bounds(period)[0] for period in BUDGET_PERIODS)
+        calendar, now = self._calendar(), self._clock()
+        cached_for, valid_from, valid_until, starts = self._starts
+        if cached_for is calendar and valid_from <= now < valid_until:
+            return starts
+        bounds = [calendar.bounds(period, now) for period in BUDGET_PERIODS]
+        day, week, month = (start for start, _ in bounds)
+        self._starts = (
+            calendar,
+            max(start for start, _ in bounds),
+            min(end for _, end in bounds),
+            (day, week, month),
+        )
         return day, week, month
 
     @property
