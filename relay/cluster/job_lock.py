@@ -10,9 +10,10 @@ The jobs themselves never rely on the election for money: a refill is opened und
 account's row lock (``PgPayments.open_auto_topup``) and a credit is once per reference, so
 two holders for an instant (a stalled connection) still charge and credit once.
 
-``ElectedJobs`` runs its steps every round on the holder only. (Helper E's job runner
-(issue 18) elects with a session advisory lock too; this one is keyed apart, for the lead
-to fold into it.)
+``ElectedJobs`` runs its steps every round on the holder only. The lock is keyed apart
+from any other election (``BILLING_JOBS_LOCK``), so it can later be folded into a single
+cluster job runner without changing what the jobs guarantee. The holder keeps one pooled
+connection for as long as it holds the lock.
 """
 
 from __future__ import annotations

@@ -209,29 +209,35 @@ BEGIN
         END IF;
     END IF;
     IF p_key IS NOT NULL THEN
-        SELECT k.spend_cap_micros, k.budget_period INTO v_key_cap, v_key_period
-          FROM api_keys AS k WHERE k.id = p_key AND k.account_id = p_account;
-        IF v_key_cap > 0 AND v_key_period IS NOT NULL THEN
+        -- First as 0001 did (a key without a budget period: one UPDATE, no extra read);
+        -- only a key that has one is read again and checked against its period's spend.
+        LOOP
+            UPDATE api_keys AS k
+               SET worst_micros = k.worst_micros + p_worst,
+                   held_micros = k.held_micros + CASE
+                       WHEN k.spend_cap_micros = 0
+                         OR k.spend_cap_micros - COALESCE(v_key_spent, k.spent_micros)
+                            - k.worst_micros - p_worst >= p_margin
+                       THEN v_account_held ELSE p_worst END
+             WHERE k.id = p_key AND k.account_id = p_account
+               AND (v_key_start IS NOT NULL OR k.budget_period IS NULL
+                    OR k.spend_cap_micros = 0)
+               AND (k.spend_cap_micros = 0
+                    OR k.spend_cap_micros - COALESCE(v_key_spent, k.spent_micros)
+                       - k.worst_micros >= p_worst)
+            RETURNING CASE WHEN k.spend_cap_micros = 0
+                             OR k.spend_cap_micros - COALESCE(v_key_spent, k.spent_micros)
+                                - k.worst_micros >= p_margin
+                           THEN v_account_held ELSE p_worst END
+                 INTO v_key_held;
+            EXIT WHEN FOUND OR v_key_start IS NOT NULL;
+            SELECT k.spend_cap_micros, k.budget_period INTO v_key_cap, v_key_period
+              FROM api_keys AS k WHERE k.id = p_key AND k.account_id = p_account;
+            EXIT WHEN COALESCE(v_key_cap, 0) = 0 OR v_key_period IS NULL;  -- refused
             v_key_start := relay_period_start(v_key_period, p_day, p_week, p_month);
             v_key_spent := relay_period_spent('key', p_key, v_key_start);
-        END IF;
-        UPDATE api_keys AS k
-           SET worst_micros = k.worst_micros + p_worst,
-               held_micros = k.held_micros + CASE
-                   WHEN k.spend_cap_micros = 0
-                     OR k.spend_cap_micros - COALESCE(v_key_spent, k.spent_micros)
-                        - k.worst_micros - p_worst >= p_margin
-                   THEN v_account_held ELSE p_worst END
-         WHERE k.id = p_key AND k.account_id = p_account
-           AND (k.spend_cap_micros = 0
-                OR k.spend_cap_micros - COALESCE(v_key_spent, k.spent_micros)
-                   - k.worst_micros >= p_worst)
-        RETURNING CASE WHEN k.spend_cap_micros = 0
-                         OR k.spend_cap_micros - COALESCE(v_key_spent, k.spent_micros)
-                            - k.worst_micros >= p_margin
-                       THEN v_account_held ELSE p_worst END
-             INTO v_key_held;
-        IF NOT FOUND THEN
+        END LOOP;
+        IF v_key_held IS NULL THEN
             -- Undo the account's part; the row is still locked by this transaction.
             UPDATE accounts AS a SET worst_micros = a.worst_micros - p_worst,
                                      held_micros = a.held_micros - v_account_held
