@@ -326,3 +326,50 @@ async def test_auto_top_up_charges_once_across_instances_from_postgresql_balance
             assert await _money(conn, account) == (60_000_000, 60_000_000, 3)
         finally:
             await conn.close()
+
+
+async def test_three_declined_refills_switch_auto_top_up_off_once_across_instances(
+    tmp_path: Path, pg_database: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with two_instances(tmp_path, pg_database, redis_server, monkeypatch) as (
+        one,
+        two,
+        stripe,
+    ):
+        stripe.decline = "card_declined"
+        account = await _account(one, "acme")
+        assert (await two.deliver(_card_saved(account))).json()["outcome"] == "ignored"
+        settings = {
+            "enabled": True,
+            "trigger_usd": "20",
+            "amount_usd": "25",
+            "monthly_cap_usd": "500",
+        }
+        path = f"/admin/accounts/{account}/auto-topup"
+        assert (await one.relay.client.put(path, json=settings)).status_code == 200
+        conn = await asyncpg.connect(pg_database)
+        try:
+
+            async def switched_off() -> bool:
+                row = await conn.fetchrow(
+                    "SELECT enabled, consecutive_failures FROM auto_topups WHERE account_id = $1",
+                    account,
+                )
+                return tuple(row) == (0, 3)
+
+            await _eventually(switched_off)
+            await asyncio.sleep(2.5)  # more rounds: nothing more is charged
+            assert len(stripe.of("/v1/payment_intents")) == 3
+            statuses = await conn.fetch(
+                "SELECT status FROM payments WHERE account_id = $1 AND kind = 'auto_topup'",
+                account,
+            )
+            assert [row["status"] for row in statuses] == ["failed"] * 3
+            assert await _money(conn, account) == (0, 0, 0)
+        finally:
+            await conn.close()
+        notices = (await two.relay.client.get(f"/admin/accounts/{account}/notices")).json()
+        messages = [n["message"] for n in notices["data"]]
+        assert len(messages) == 3 and "Auto top-up is now off" in messages[0]
+        shown = (await two.relay.client.get(path)).json()
+        assert (shown["enabled"], shown["consecutive_failures"]) == (False, 3)
