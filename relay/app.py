@@ -31,9 +31,11 @@ from relay.admin.reload import ConfigReloader, ReloadRefused, build_router, cale
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.alerts.outbox import AlertOutbox
+from relay.alerts.readings import PgReadings
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
+from relay.cluster.job_lock import BILLING_JOBS_LOCK, ElectedJobs, JobLock
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
@@ -134,6 +136,8 @@ async def _open_state(
         secret = ServerSecret.load_or_create(secret_path_for(config.database_path))
         calendar = calendar_of(config)
         wallet = Wallet(_ledger_sink(db), calendar=calendar, wall_clock_ms=wall_clock_ms)
+        if cluster is not None:  # budget periods by the same calendar and clock
+            cluster.store.use_periods(lambda: wallet.calendar, wall_clock_ms)
         await load_wallet(db, wallet)
         store: AccountStore
         if cluster is None:
@@ -362,11 +366,29 @@ def create_app(
             await alerts.start()
             stack.push_async_callback(alerts.aclose)
             state.alerts = alerts
-            watcher = AlertWatcher(state, alerts)
+            watcher = (
+                AlertWatcher(state, alerts)
+                if cluster is None
+                else AlertWatcher(
+                    state,
+                    alerts,
+                    readings=PgReadings(cluster.pool, state.wallet.period_bounds),
+                    shared=False,  # money: the elected instance's round (below)
+                )
+            )
+            await watcher.start()
+            stack.push_async_callback(watcher.aclose)
             billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
-            if cluster is None:  # it watches the local wallet's balances
-                await watcher.start()
-                stack.push_async_callback(watcher.aclose)
+            if cluster is not None:
+                # Auto top-up and money alerts from PostgreSQL, on one elected instance.
+                jobs = ElectedJobs(
+                    JobLock(cluster.pool, BILLING_JOBS_LOCK),
+                    [payments.auto_topup.sweep, watcher.check_shared],
+                    interval_s=lambda: state.config.alerts_settings.check_interval_s,
+                )
+                jobs.start()
+                stack.push_async_callback(jobs.aclose)
+            else:
                 # Billing mail reads the local ledger: embedded only, until records move to PG.
                 mailer = PeriodicTask(
                     "relay-billing-mail",

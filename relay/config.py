@@ -391,6 +391,7 @@ class AlertsSettingsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     # How often the watcher looks for alert conditions (balances, budgets, upstream keys,
     # auto top-ups, storage). Bounded: under a second is busy work on the event loop, over
     # an hour is an alert nobody gets in time. A reload applies it from the next round.
+    # In cluster mode the elected instance's auto top-up sweep runs at the same pace.
     check_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
 
 

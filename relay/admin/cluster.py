@@ -27,15 +27,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.admin import accounts, keys
 from relay.admin.cluster_archives import archive_routes
-from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
+from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, iso, parse_usd
 from relay.admin.operations import reload_config
-from relay.cluster import pg_audit
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
 from relay.http.responses import error_response, json_response
 from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import micros_to_usd
-from relay.money.records import BalanceView, DuplicateReference
+from relay.money.records import BalanceView
+from relay.payments.runtime import payments_runtime
+from relay.payments.store import PaidPayment
 from relay.state import RelayState, relay_state
 
 __all__ = ["CLUSTER_ROUTES", "ClusterRouteGuard", "cluster_routes"]
@@ -89,6 +90,16 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", r"/admin/audit/verify"),
     ("GET", r"/admin/usage/summary"),
     ("GET", r"/admin/usage/export"),
+    # Payments (issue 18, part F): their records are PostgreSQL's (relay.payments.pg_backend).
+    ("POST", r"/webhooks/stripe"),
+    ("POST", r"/admin/accounts/[^/]+/checkout"),
+    ("GET", r"/admin/accounts/[^/]+/payments"),
+    ("GET", r"/admin/accounts/[^/]+/receipts"),
+    ("GET", r"/admin/receipts/[^/]+"),
+    ("GET", r"/admin/accounts/[^/]+/auto-topup"),
+    ("PUT", r"/admin/accounts/[^/]+/auto-topup"),
+    ("GET", r"/admin/accounts/[^/]+/notices"),
+    ("POST", r"/admin/accounts/[^/]+/notices/[0-9]+/dismiss"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
@@ -136,35 +147,43 @@ async def _wallet(state: RelayState, account_id: str) -> dict[str, Any]:
 
 @admin_route
 async def credit_account(request: Request, state: RelayState) -> Response:
-    """A top-up into the PostgreSQL ledger, idempotent per (account, reference)."""
+    """A top-up into the PostgreSQL ledger, idempotent per (account, reference): its
+    payment row and receipt in the same transaction, as embedded (``PgPayments.credit``)."""
     account = state.store.account(request.path_params["account"])
     credit = await decode_body(request, accounts.Credit)
     amount = parse_usd(credit.amount_usd, "amount_usd")
     if amount <= 0:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
-    store = _runtime(state).store
-    try:
-        # The ledger row and its audit row (as the embedded credit's) commit together.
-        async with store.transaction() as conn:
-            written = await store.credit(
-                account.id, amount, reference=credit.reference, note=credit.note, conn=conn
-            )
-            if written:
-                detail = {"amount_micros": amount, "reference": credit.reference}
-                await pg_audit.append(
-                    conn,
-                    state.store.audit_key,
-                    actor=ADMIN_ACTOR,
-                    action="wallet.credit",
-                    target=account.id,
-                    detail=detail,
-                )
-    except DuplicateReference:
-        written = False
+    service = payments_runtime(request).service
+    paid = PaidPayment(
+        account_id=account.id,
+        provider="manual",
+        provider_payment_id=credit.reference,
+        kind="manual",
+        currency="usd",
+        amount_minor=amount // 10_000,
+        amount_micros=amount,
+    )
+    receipt = await service.records.credit(
+        paid,
+        at_ms=service.clock(),
+        buyer_name=account.name,
+        seller=service.seller,
+        actor=ADMIN_ACTOR,
+        event=None,
+        note=credit.note,
+    )
     wallet = await _wallet(state, account.id)
-    if not written:
+    if receipt is None:
         return json_response({"credited": False, "wallet": wallet})
-    return created({"credited": True, "amount_micros": amount, "wallet": wallet})
+    return created(
+        {
+            "credited": True,
+            "amount_micros": amount,
+            "receipt_number": receipt.number,
+            "wallet": wallet,
+        }
+    )
 
 
 @admin_route
@@ -186,18 +205,26 @@ async def _patch_money(state: RelayState, view: dict[str, Any]) -> None:
     """Replace a view's money fields (computed from the local wallet) with PostgreSQL's."""
     store = _runtime(state).store
     if "masked" in view:  # a key
-        spend = await store.key_snapshot(view["id"])
+        spend = await store.key_spend(view["id"])
         view.update(
             spent_micros=spend.spent_micros,
             remaining_micros=spend.remaining_micros,
-            period_spent_micros=spend.spent_micros,
+            budget_period=spend.budget_period,
+            period_spent_micros=spend.period_spent_micros,
+            budget_resets_at=iso(spend.resets_at_ms),
         )
     elif "balance_micros" in view and "id" in view:  # an account
         balance = await store.snapshot(view["id"])
+        budget = await store.account_budget(view["id"])
         view.update(
             balance_micros=balance.balance_micros,
             held_micros=balance.held_micros,
             available_micros=balance.available_micros,
+            budget_micros=budget.budget_micros,
+            budget_period=budget.budget_period,
+            budget_spent_micros=budget.spent_micros,
+            budget_remaining_micros=budget.remaining_micros,
+            budget_resets_at=iso(budget.resets_at_ms),
         )
 
 
@@ -243,7 +270,9 @@ async def show_calling_key(request: Request) -> Response:
     state = relay_state(request)
     try:
         key, account = await _key_principal(request, state)
-        spend = await _runtime(state).store.key_snapshot(key.id)
+        store = _runtime(state).store
+        spend = await store.key_spend(key.id)
+        budget = await store.account_budget(account.id)
         wallet = await _wallet(state, account.id)
     except RelayError as exc:
         return error_response(exc)
@@ -261,15 +290,24 @@ async def show_calling_key(request: Request) -> Response:
                 "tpm": key.tpm,
                 "concurrency": key.concurrency,
                 "spend_cap_micros": key.spend_cap_micros,
-                "budget_period": None,
+                "budget_period": spend.budget_period,
                 "expires_at_ms": key.expires_at_ms,
             },
             "spent_micros": spend.spent_micros,
             "held_micros": spend.held_micros,
             "remaining_micros": spend.remaining_micros,
-            "period_spent_micros": spend.spent_micros,
-            "resets_at_ms": None,
+            "period_spent_micros": spend.period_spent_micros,
+            "resets_at_ms": spend.resets_at_ms,
             "balance": {"object": "balance", **wallet},
+            "account_budget": None
+            if not budget.budget_micros
+            else {
+                "budget_micros": budget.budget_micros,
+                "budget_period": budget.budget_period,
+                "spent_micros": budget.spent_micros,
+                "remaining_micros": budget.remaining_micros,
+                "resets_at_ms": budget.resets_at_ms,
+            },
         }
     )
 

@@ -22,16 +22,10 @@ from relay.errors import InvalidRequest, NotFound
 from relay.http.responses import error_response, json_response, read_body
 from relay.identity.data_rights import build_export, deletion_request, request_deletion
 from relay.payments.auto_settings import AutoTopUpSettings
-from relay.payments.receipts import (
-    SellerDetails,
-    get_receipt,
-    list_receipts,
-    receipt_view,
-    render_receipt_html,
-)
+from relay.payments.receipts import SellerDetails, receipt_view, render_receipt_html
 from relay.payments.runtime import payments_runtime
 from relay.payments.service import PaymentsUnavailable
-from relay.payments.store import dismiss_notice, list_notices, list_payments, payment_view
+from relay.payments.store import payment_view
 from relay.payments.webhook import SignatureError
 from relay.state import RelayState
 from relay.usage.retention import archive_dir_for
@@ -93,14 +87,14 @@ async def start_checkout(request: Request, state: RelayState) -> Response:
 @admin_route
 async def show_payments(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
-    payments = await list_payments(state.db, account.id)
+    payments = await payments_runtime(request).service.records.list_payments(account.id)
     return json_response({"data": [payment_view(p) for p in payments]})
 
 
 @admin_route
 async def show_receipts(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
-    receipts = await list_receipts(state.db, account.id)
+    receipts = await payments_runtime(request).service.records.list_receipts(account.id)
     return json_response({"data": [receipt_view(r) for r in receipts]})
 
 
@@ -108,7 +102,7 @@ async def show_receipts(request: Request, state: RelayState) -> Response:
 async def show_receipt(request: Request, state: RelayState) -> Response:
     """``?format=json`` (default) or ``html``; ``&download=1`` asks to save the page."""
     number = request.path_params["number"]
-    receipt = await get_receipt(state.db, number)
+    receipt = await payments_runtime(request).service.records.get_receipt(number)
     if receipt is None:
         raise NotFound(f"No receipt {number!r}", code="receipt_not_found")
     if request.query_params.get("format") != "html":
@@ -142,7 +136,9 @@ def _settings_view(settings: AutoTopUpSettings | None) -> dict[str, object]:
 @admin_route
 async def show_auto_topup(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
-    settings = payments_runtime(request).service.auto_topups.get(account.id)
+    # From the records, not this instance's cache: another instance may have changed it.
+    found = await payments_runtime(request).service.records.auto_topups(account.id)
+    settings = found.get(account.id)
     return json_response(_settings_view(settings))
 
 
@@ -172,7 +168,8 @@ async def update_auto_topup(request: Request, state: RelayState) -> Response:
 async def show_notices(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
     every = request.query_params.get("all") == "1"
-    notices = await list_notices(state.db, account.id, include_dismissed=every)
+    records = payments_runtime(request).service.records
+    notices = await records.list_notices(account.id, include_dismissed=every)
     return json_response({"data": [msgspec.structs.asdict(n) for n in notices]})
 
 
@@ -180,8 +177,8 @@ async def show_notices(request: Request, state: RelayState) -> Response:
 async def dismiss(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
     notice_id = request.path_params["notice_id"]
-    at_ms = payments_runtime(request).service.clock()
-    done = await state.db.write(lambda conn: dismiss_notice(conn, account.id, notice_id, at_ms))
+    service = payments_runtime(request).service
+    done = await service.records.dismiss_notice(account.id, notice_id, service.clock())
     return json_response({"dismissed": done})
 
 

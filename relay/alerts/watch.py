@@ -1,9 +1,10 @@
-"""Detecting alert conditions from relay's in-memory state, off the request path.
+"""Detecting alert conditions from relay's state, off the request path.
 
 A background loop looks every ``[alerts_settings] check_interval_s`` at what the hot path
 already keeps in memory (available balances, budget spend, upstream key health) and at the
 notices table (failed auto top-ups), and raises alerts through the outbox, which
-deduplicates them. A request never waits for any of it.
+deduplicates them. A request never waits for any of it. In cluster mode the money is read
+from PostgreSQL (``relay.alerts.readings``) by the one elected instance.
 
 Budget alerts carry the period's end in their subject, so a new period re-arms them; a
 key rejected by its upstream is named by provider and position, never by value.
@@ -15,6 +16,7 @@ import logging
 import time
 
 from relay.alerts.outbox import AlertOutbox
+from relay.alerts.readings import MoneyReadings, WalletReadings
 from relay.jobs.periodic import PeriodicTask
 from relay.money.budget import PERIOD_ADJECTIVES
 from relay.money.pricing import micros_to_usd, usd_to_micros
@@ -27,8 +29,22 @@ _OPERATOR_PREFIX = "disabled by the operator"
 
 
 class AlertWatcher:
-    def __init__(self, state: RelayState, outbox: AlertOutbox, *, interval_s: float | None = None):
+    """``readings``: where money is read (embedded: the wallet). ``shared=False`` (cluster
+    mode): the watcher's own loop looks only at this instance (storage, upstream keys); the
+    elected instance runs ``check_shared`` (money, cluster-wide) for the whole cluster."""
+
+    def __init__(
+        self,
+        state: RelayState,
+        outbox: AlertOutbox,
+        *,
+        interval_s: float | None = None,
+        readings: MoneyReadings | None = None,
+        shared: bool = True,
+    ):
         self._state = state
+        self._readings: MoneyReadings = readings or WalletReadings(state)
+        self._shared = shared
         # A fixed interval (tests) wins over the config's, which a reload may change.
         self._fixed_interval_s = interval_s
         interval_s = interval_s or state.config.alerts_settings.check_interval_s
@@ -42,8 +58,8 @@ class AlertWatcher:
         return self._periodic.interval_s
 
     async def start(self) -> None:
-        row = await self._state.db.fetchone("SELECT COALESCE(MAX(id), 0) FROM notices")
-        self._last_notice_id = int(row[0]) if row else 0  # older failures were seen before
+        # Older failures were seen before.
+        self._last_notice_id = await self._readings.last_notice_id()
         self._periodic.start()
 
     async def aclose(self) -> None:
@@ -54,9 +70,14 @@ class AlertWatcher:
         if self._fixed_interval_s is None:  # the next round follows a reloaded interval
             self._periodic.interval_s = self._state.config.alerts_settings.check_interval_s
         self.check_storage()
-        self.check_balances()
-        self.check_budgets()
         self.check_upstreams()
+        if self._shared:
+            await self.check_shared()
+
+    async def check_shared(self) -> None:
+        """What is the same seen from any instance: balances, budgets, failed top-ups."""
+        await self.check_balances()
+        await self.check_budgets()
         await self.check_auto_topups()
 
     def check_storage(self) -> None:
@@ -66,7 +87,7 @@ class AlertWatcher:
             self._outbox.notify_storage(problem is None, problem or "")
         self._storage_problem = problem
 
-    def check_balances(self) -> None:
+    async def check_balances(self) -> None:
         thresholds = [
             usd_to_micros(s.balance_below_usd)
             for s in self._state.config.alerts
@@ -75,11 +96,11 @@ class AlertWatcher:
         if not thresholds:
             return
         threshold = max(thresholds)
-        wallet = self._state.wallet
+        every = await self._readings.available()
         for account in self._state.store.accounts.values():
-            if account.status != "active" or not wallet.has_account(account.id):
+            available = every.get(account.id)
+            if account.status != "active" or available is None:
                 continue
-            available = wallet.snapshot(account.id).available_micros
             if available < threshold:
                 self._outbox.raise_alert(
                     "balance_low",
@@ -88,12 +109,12 @@ class AlertWatcher:
                     {"account_id": account.id, "available_micros": available},
                 )
 
-    def check_budgets(self) -> None:
-        wallet = self._state.wallet
+    async def check_budgets(self) -> None:
+        spends = await self._readings.key_spends()
         for key in self._state.store.keys.values():
-            if key.status != "active" or not key.spend_cap_micros or not wallet.has_key(key.id):
+            spend = spends.get(key.id)
+            if key.status != "active" or not key.spend_cap_micros or spend is None:
                 continue
-            spend = wallet.key_snapshot(key.id)
             period = PERIOD_ADJECTIVES[spend.budget_period]
             self._budget(
                 f"key:{key.id}:{spend.resets_at_ms or 0}",
@@ -101,10 +122,11 @@ class AlertWatcher:
                 spend.period_spent_micros,
                 spend.spend_cap_micros,
             )
+        budgets = await self._readings.account_budgets()
         for account in self._state.store.accounts.values():
-            if not account.budget_micros or not wallet.has_account(account.id):
+            budget = budgets.get(account.id)
+            if not account.budget_micros or budget is None:
                 continue
-            budget = wallet.account_budget(account.id)
             self._budget(
                 f"account:{account.id}:{budget.resets_at_ms or 0}",
                 f"account {account.name} {PERIOD_ADJECTIVES[budget.budget_period]} budget",
@@ -147,16 +169,13 @@ class AlertWatcher:
     async def check_auto_topups(self) -> None:
         if not any("auto_topup_failed" in s.events for s in self._state.config.alerts):
             return
-        rows = await self._state.db.fetchall(
-            "SELECT id, account_id, message FROM notices "
-            "WHERE id > ? AND kind = 'auto_topup_failed' ORDER BY id",
-            (self._last_notice_id,),
-        )
-        for row in rows:
-            self._last_notice_id = row["id"]
+        for notice_id, account_id, message in await self._readings.failed_top_ups(
+            self._last_notice_id
+        ):
+            self._last_notice_id = notice_id
             self._outbox.raise_alert(
                 "auto_topup_failed",
-                f"notice:{row['id']}",
-                f"auto top-up failed for account {row['account_id']}: {row['message']}",
-                {"account_id": row["account_id"]},
+                f"notice:{notice_id}",
+                f"auto top-up failed for account {account_id}: {message}",
+                {"account_id": account_id},
             )

@@ -4,6 +4,8 @@
 credits and lease expiry, each one atomic round trip), ``redis_limits`` (token buckets and
 concurrency leases as Lua scripts), ``invalidation`` (key revocation and config reload
 across instances), ``pg_records`` (the mirror of every other embedded table), ``pg_copy``
-and ``pg_verify`` (``relay migrate``: an embedded database copied and verified).
+and ``pg_verify`` (``relay migrate``: an embedded database copied and verified),
+``pg_budgets`` (period budgets: counters checked by the hold), ``job_lock`` (the one
+instance that runs the billing jobs).
 docs/scaling.md describes the seam by which the request flow will use them.
 """

@@ -77,7 +77,8 @@ SELECT table_name FROM information_schema.columns
 """
 # Bookkeeping of each engine, never copied; PostgreSQL's cluster-only tables must be empty.
 _NOT_COPIED = frozenset({"schema_migrations", "sqlite_sequence"})
-_CLUSTER_ONLY = ("holds", "abandoned_holds", "archive_chunks")
+# budget_spend: counters rebuilt from the ledger by the first hold of each period.
+_CLUSTER_ONLY = ("holds", "abandoned_holds", "archive_chunks", "budget_spend")
 _BATCH_ROWS = 5000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

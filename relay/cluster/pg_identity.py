@@ -12,8 +12,8 @@ Every write appends its audit row to PostgreSQL's hash chain in the same transac
 (``relay.cluster.pg_audit``), serialised across instances.
 
 The money side of a row (``balance_micros``, ``spent_micros``, holds) is never written here:
-it belongs to ``PgMoneyStore`` and the ledger's triggers. Budgets (account budgets, key
-budget periods) do not run on PostgreSQL yet and are refused (501).
+it belongs to ``PgMoneyStore`` and the ledger's triggers. Budgets (an account's budget, a
+key's budget period) are columns here, enforced by ``relay_hold`` (relay.cluster.pg_budgets).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 import msgspec
 
 from relay.cluster import pg_audit
-from relay.errors import NotAvailableInCluster
 from relay.identity.accounts import Account, AccountStore, ApiKey, Conflict, audit_summary
 
 __all__ = ["ClusterAccountStore"]
@@ -146,8 +145,6 @@ class ClusterAccountStore(AccountStore):
     async def _write_account(
         self, account: Account, before: Account | None, *, actor: str, action: str
     ) -> None:
-        if account.budget_micros or account.budget_period is not None:
-            raise NotAvailableInCluster("account budgets do not run in cluster mode yet")
         detail = {"before": audit_summary(before), "after": audit_summary(account)}
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -174,8 +171,6 @@ class ClusterAccountStore(AccountStore):
         action: str,
         secret_hash: str | None = None,
     ) -> None:
-        if key.budget_period is not None:
-            raise NotAvailableInCluster("key budget periods do not run in cluster mode yet")
         values = _key_values(key)
         detail = {"before": audit_summary(before), "after": audit_summary(key)}
         async with self._pool.acquire() as conn, conn.transaction():

@@ -16,19 +16,37 @@ settlement that never arrives is released by lease expiry (``relay.cluster.pg_le
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
 
+from relay.cluster.pg_budgets import account_budget, key_spend
 from relay.cluster.pg_leases import LeaseLost
 from relay.errors import QuotaError
+from relay.money.budget import (
+    BUDGET_PERIODS,
+    PERIOD_ADJECTIVES,
+    BudgetCalendar,
+    BudgetPeriod,
+    iso_utc,
+)
 from relay.money.pricing import micros_to_usd
-from relay.money.records import AccountMode, BalanceView, DuplicateReference, KeySpendView
+from relay.money.records import (
+    AccountMode,
+    BalanceView,
+    BudgetView,
+    DuplicateReference,
+    KeySpendView,
+)
 
 __all__ = ["ClusterHold", "PgMoneyStore", "Settlement"]
 
 CreditKind = Literal["credit", "refund"]
+_UTC = BudgetCalendar()
+Calendar = Callable[[], BudgetCalendar]
+Clock = Callable[[], int]
 # The charge row's note when the cost was estimated (a stream cut short by the client).
 _ESTIMATED = "estimated (stream cut short)"
 
@@ -61,6 +79,10 @@ class Settlement(msgspec.Struct, frozen=True):
     overrun: bool
 
 
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int of micro-USD")
@@ -83,6 +105,44 @@ class PgMoneyStore:
         self._pool = pool
         self.instance_id = instance_id
         self._margin = fast_path_margin_micros
+        # The start of the current day, week and month (relay.cluster.pg_budgets): by
+        # default UTC's calendar; the app gives the wallet's (its [budgets] and clock).
+        # Budget periods (relay.cluster.pg_budgets): UTC's calendar by default; the app gives
+        # the wallet's (its [budgets], which a reload may replace, and its clock).
+        self._calendar: Calendar = lambda: _UTC
+        self._clock: Clock = _wall_ms
+        # The current (day, week, month) starts, valid in [from, until) for one calendar:
+        # computing them costs ~tens of µs, a hold only compares two integers.
+        self._starts: tuple[BudgetCalendar | None, int, int, tuple[int, int, int]] = (
+            None,
+            0,
+            0,
+            (0, 0, 0),
+        )
+
+    def use_periods(self, calendar: Calendar, clock_ms: Clock) -> None:
+        """Where budget periods start: ``calendar()``'s periods at ``clock_ms()``."""
+        self._calendar, self._clock = calendar, clock_ms
+        self._starts = (None, 0, 0, (0, 0, 0))
+
+    def _period_bounds(self, period: BudgetPeriod) -> tuple[int, int]:
+        return self._calendar().bounds(period, self._clock())
+
+    def period_starts(self) -> tuple[int, int, int]:
+        """(day, week, month) starts now, as ``relay_hold`` takes them."""
+        calendar, now = self._calendar(), self._clock()
+        cached_for, valid_from, valid_until, starts = self._starts
+        if cached_for is calendar and valid_from <= now < valid_until:
+            return starts
+        bounds = [calendar.bounds(period, now) for period in BUDGET_PERIODS]
+        day, week, month = (start for start, _ in bounds)
+        self._starts = (
+            calendar,
+            max(start for start, _ in bounds),
+            min(end for _, end in bounds),
+            (day, week, month),
+        )
+        return day, week, month
 
     @property
     def fast_path_margin_micros(self) -> int:
@@ -177,7 +237,7 @@ class PgMoneyStore:
         if estimate_micros > worst_case_micros:
             raise ValueError("estimate_micros must not exceed worst_case_micros")
         row = await self._pool.fetchrow(
-            "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             self.instance_id,
             account_id,
             key_id,
@@ -185,6 +245,7 @@ class PgMoneyStore:
             estimate_micros,
             worst_case_micros,
             self._margin,
+            *self.period_starts(),
         )
         outcome = row["outcome"]
         if outcome == "ok":
@@ -204,15 +265,29 @@ class PgMoneyStore:
                 f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(available)}"
                 " is available after requests in flight; add credit or lower max_tokens"
             )
-        if outcome == "key_cap":
-            raise QuotaError(
-                f"key spend cap reached: this request may cost up to "
-                f"${micros_to_usd(worst_case_micros)}, more than the key's cap leaves after "
-                "requests in flight"
-            )
+        if outcome in ("key_cap", "account_budget"):
+            raise QuotaError(self._cap_message(row, worst_case_micros))
         if outcome == "lease_lost":
             raise LeaseLost(f"instance {self.instance_id}: lease expired; no hold placed")
         raise KeyError(f"{'account' if outcome == 'no_account' else 'key'} not found")
+
+    def _cap_message(self, row: Any, worst_case_micros: int) -> str:
+        """As the wallet's: names the budget (key or account, lifetime or which period),
+        what it leaves, and when it resets."""
+        who = "key" if row["outcome"] == "key_cap" else "account"
+        period = row["period"]
+        kind = "spend cap" if who == "key" else "budget"
+        if period is not None:
+            kind = f"{PERIOD_ADJECTIVES[period]} budget"
+        left = micros_to_usd(max(0, int(row["headroom_micros"] or 0)))
+        text = (
+            f"{who} {kind} reached: this request may cost up to "
+            f"${micros_to_usd(worst_case_micros)} and ${left} of the {who}'s {kind.split()[-1]}"
+            " is left after requests in flight"
+        )
+        if period is not None:
+            text += f"; it resets at {iso_utc(self._period_bounds(period)[1])}"
+        return text
 
     async def settle(
         self,
@@ -341,6 +416,13 @@ class PgMoneyStore:
             spend_cap_micros=cap,
             remaining_micros=None if cap == 0 else max(0, cap - spent - held),
         )
+
+    async def key_spend(self, key_id: str) -> KeySpendView:
+        """``key_snapshot`` with the key's budget period (what the cap is measured against)."""
+        return await key_spend(self._pool, key_id, self._period_bounds)
+
+    async def account_budget(self, account_id: str) -> BudgetView:
+        return await account_budget(self._pool, account_id, self._period_bounds)
 
     async def ledger_sum(self, account_id: str) -> int:
         """Σ of the account's ledger rows, summed from the rows themselves (for checks)."""

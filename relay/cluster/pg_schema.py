@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.cluster.pg_budgets import BUDGET_MIGRATIONS
 from relay.cluster.pg_jobs_schema import JOB_MIGRATIONS
 from relay.cluster.pg_records import RECORD_MIGRATIONS
 
@@ -384,6 +385,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     *RECORD_MIGRATIONS,
     # The job runner's: cluster-owned video holds, archive files (relay.cluster.pg_jobs_schema).
     *JOB_MIGRATIONS,
+    # Period budgets: counters per period, read by relay_hold (relay.cluster.pg_budgets).
+    *BUDGET_MIGRATIONS,
 ]
 
 # Any constant shared by every instance: the advisory lock that serialises migrations.

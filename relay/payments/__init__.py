@@ -4,7 +4,9 @@ The pieces do not read the config themselves: ``relay.payments.runtime.open_paym
 builds them in the lifespan. ``store`` (tables), ``receipts``, ``stripe_client``,
 ``service`` (checkout, credit once, failures), ``crediting`` (the one transaction that
 turns a payment into credit), ``webhook`` (signature + events), ``auto_settings`` and
-``auto_topup`` (the check after each settlement), ``runtime`` (what the lifespan opens).
+``auto_topup`` (the check after each settlement; in cluster mode a sweep on the elected
+instance), ``backend`` (the records seam: ``SqlitePayments`` embedded, ``pg_backend`` and
+``pg_statements`` on PostgreSQL), ``runtime`` (what the lifespan opens).
 """
 
 from __future__ import annotations

@@ -17,17 +17,9 @@ import logging
 from relay.money.pricing import micros_to_usd
 from relay.payments import auto_settings
 from relay.payments.auto_settings import AutoTopUpSettings
+from relay.payments.backend import AuditEntry
 from relay.payments.service import PaymentsService
-from relay.payments.store import (
-    PaidPayment,
-    Payment,
-    add_notice,
-    attach_provider_id,
-    customer_of,
-    insert_pending,
-    micros_to_minor,
-    new_payment_id,
-)
+from relay.payments.store import PaidPayment, Payment, micros_to_minor, new_payment_id
 from relay.payments.stripe_client import PaymentIntent, StripeClient, StripeError
 
 __all__ = ["AutoTopUp"]
@@ -54,11 +46,26 @@ class AutoTopUp:
             return False
         if wallet.snapshot(account_id).balance_micros >= settings.trigger_micros:
             return False
+        self._start(settings)
+        return True
+
+    async def sweep(self) -> int:
+        """Cluster mode: a refill for every account whose balance (PostgreSQL's) is below its
+        trigger; the elected instance runs this each round instead of ``check`` after each
+        settlement (relay.cluster.job_lock). How many refills it started."""
+        started = 0
+        for settings in await self._service.records.due_auto_topups():
+            if settings.account_id not in self._in_flight:
+                self._start(settings)
+                started += 1
+        return started
+
+    def _start(self, settings: AutoTopUpSettings) -> None:
+        account_id = settings.account_id
         self._in_flight.add(account_id)
         task = asyncio.get_running_loop().create_task(self._refill(settings))
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._finished(account_id, done))
-        return True
 
     def in_flight(self, account_id: str) -> bool:
         return account_id in self._in_flight
@@ -87,15 +94,16 @@ class AutoTopUp:
             return
         account_id = settings.account_id
         now = service.clock()
-        since = now - self._pending_window_ms
-        if await auto_settings.pending_auto_topup(service.db, account_id, since):
+        if await service.records.pending_auto_topup(account_id, now - self._pending_window_ms):
             return
-        spent = await auto_settings.monthly_auto_topup_micros(service.db, account_id, now)
+        spent = await service.records.monthly_auto_topup_micros(account_id, now)
         if spent + settings.amount_micros > settings.monthly_cap_micros:
             await self._cap_reached(settings, now)
             return
         payment = await self._open_payment(settings, now)
-        customer = await customer_of(service.db, account_id)
+        if payment is None:
+            return  # a refill is already awaiting the provider's verdict
+        customer = await service.records.customer_of(account_id)
         card = customer.payment_method_id if customer else None
         try:
             if customer is not None and card is None:
@@ -123,7 +131,7 @@ class AutoTopUp:
             await service.credit(paid, actor=ACTOR)
         # Otherwise (e.g. "processing") the payment stays pending: the webhook settles it.
 
-    async def _open_payment(self, settings: AutoTopUpSettings, now: int) -> Payment:
+    async def _open_payment(self, settings: AutoTopUpSettings, now: int) -> Payment | None:
         service = self._service
         payment_id = new_payment_id()
         payment = Payment(
@@ -140,14 +148,11 @@ class AutoTopUp:
             created_at_ms=now,
             updated_at_ms=now,
         )
-        await service.write_with_audit(
-            lambda conn: insert_pending(conn, payment),
-            actor=ACTOR,
-            action="auto_topup.start",
-            target=settings.account_id,
-            detail={"payment_id": payment_id, "amount_micros": settings.amount_micros},
-        )
-        return payment
+        detail = {"payment_id": payment_id, "amount_micros": settings.amount_micros}
+        audit = AuditEntry(ACTOR, "auto_topup.start", settings.account_id, detail)
+        since = now - self._pending_window_ms
+        opened = await service.records.open_auto_topup(payment, since, audit)
+        return payment if opened else None
 
     async def _charge(
         self, stripe: StripeClient, payment: Payment, customer_id: str, card: str
@@ -163,9 +168,7 @@ class AutoTopUp:
 
     async def _attach(self, payment: Payment, intent_id: str) -> None:
         at_ms = self._service.clock()
-        await self._service.db.write(
-            lambda conn: attach_provider_id(conn, payment.id, intent_id, at_ms)
-        )
+        await self._service.records.attach_provider_id(payment.id, intent_id, at_ms)
 
     async def _fail(self, reference: str, reason: str) -> None:
         await self._service.record_failure("stripe", reference, reason, actor=ACTOR)
@@ -173,19 +176,15 @@ class AutoTopUp:
     async def _cap_reached(self, settings: AutoTopUpSettings, now: int) -> None:
         service = self._service
         month_start = auto_settings.month_start_ms(now)
-        already = await service.db.fetchone(
-            "SELECT 1 FROM notices WHERE account_id = ? AND kind = 'auto_topup_cap' "
-            "AND created_at_ms >= ? LIMIT 1",
-            (settings.account_id, month_start),
-        )
-        if already:
+        if await service.records.notice_since(settings.account_id, "auto_topup_cap", month_start):
             return
         cap = micros_to_usd(settings.monthly_cap_micros)
         message = f"Auto top-up paused: this month's cap of {cap} is reached."
-        await service.write_with_audit(
-            lambda conn: add_notice(conn, settings.account_id, "auto_topup_cap", message, now),
-            actor=ACTOR,
-            action="auto_topup.cap_reached",
-            target=settings.account_id,
-            detail={"monthly_cap_micros": settings.monthly_cap_micros},
+        detail = {"monthly_cap_micros": settings.monthly_cap_micros}
+        await service.records.add_notice(
+            settings.account_id,
+            "auto_topup_cap",
+            message,
+            now,
+            AuditEntry(ACTOR, "auto_topup.cap_reached", settings.account_id, detail),
         )

@@ -15,14 +15,15 @@ import httpx
 from starlette.requests import Request
 
 from relay.identity.data_rights import ErasureJob
-from relay.payments.auto_settings import load_all_settings
 from relay.payments.auto_topup import AutoTopUp
+from relay.payments.backend import PaymentRecords, SqlitePayments
+from relay.payments.pg_backend import PgPayments
 from relay.payments.service import PaymentsService, PaymentsUnavailable
 from relay.payments.stripe_client import StripeClient
 from relay.payments.webhook import StripeWebhook
 from relay.state import RelayState
 
-__all__ = ["PaymentsRuntime", "open_payments", "payments_runtime"]
+__all__ = ["PaymentsRuntime", "open_payments", "payment_records", "payments_runtime"]
 
 log = logging.getLogger("relay.payments")
 
@@ -65,13 +66,14 @@ async def open_payments(
             )
         if webhook_secret is None:
             log.warning("Stripe webhooks refused: %s is not set", config.webhook_secret_env)
+    records = payment_records(state)
     service = PaymentsService(
-        db=state.db,
+        records=records,
         wallet=state.wallet,
         accounts=state.store,
         config=config,
         stripe=stripe,
-        auto_topups=await load_all_settings(state.db),
+        auto_topups=await records.auto_topups(),
     )
     return PaymentsRuntime(
         service=service,
@@ -79,6 +81,13 @@ async def open_payments(
         erasure=ErasureJob(state.db, state.store),
         webhook=StripeWebhook(service, webhook_secret) if webhook_secret else None,
     )
+
+
+def payment_records(state: RelayState) -> PaymentRecords:
+    """PostgreSQL's records in cluster mode (shared by every instance), else SQLite's."""
+    if state.cluster is not None:
+        return PgPayments(state.cluster.pool, state.store.audit_key)
+    return SqlitePayments(state.db, state.wallet, state.store.audit_key)
 
 
 def payments_runtime(request: Request) -> PaymentsRuntime:

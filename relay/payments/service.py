@@ -1,46 +1,31 @@
 """Payments as relay sees them: start a checkout, credit a confirmed payment, record a failure.
 
 Crediting is where money enters the wallet, so it is built to happen once per payment:
-the wallet refuses a reference it has seen or has in flight (``DuplicateReference``,
-synchronous, so two concurrent deliveries cannot both pass), the ledger's unique index
-refuses it on disk, and the handled event id is remembered. The ledger row, the payment
-row, the receipt, the event id and the audit row are one write, committed in one
-transaction; only then does the wallet's balance move (``crediting.commit_credit``).
+the records (``relay.payments.backend``) refuse a reference the account has already been
+credited under — embedded, the wallet's synchronous check and the ledger's unique index;
+in cluster mode, PostgreSQL's unique index, whichever instance a delivery reaches — and
+the handled event id is remembered. The ledger row, the payment row, the receipt, the
+event id and the audit row are one write, committed in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
 from relay.config import PaymentsConfig
 from relay.errors import InvalidRequest, NotFound, RelayError
 from relay.identity.accounts import AccountStore
-from relay.identity.audit import append_audit
 from relay.money.pricing import micros_to_usd, usd_to_micros
-from relay.money.wallet import DuplicateReference, Wallet
-from relay.payments import auto_settings
+from relay.money.wallet import Wallet
 from relay.payments.auto_settings import AutoTopUpSettings
-from relay.payments.crediting import EventRecord, commit_credit, credit_write, wall_ms
+from relay.payments.backend import AuditEntry, PaymentRecords
+from relay.payments.crediting import EventRecord, wall_ms
 from relay.payments.receipts import SellerDetails
-from relay.payments.store import (
-    PaidPayment,
-    Payment,
-    add_notice,
-    customer_of,
-    insert_pending,
-    mark_failed,
-    micros_to_minor,
-    new_payment_id,
-    record_event,
-    save_customer,
-)
+from relay.payments.store import PaidPayment, Payment, micros_to_minor, new_payment_id
 from relay.payments.stripe_client import StripeClient, StripeError
-from relay.storage.db import Database
 
 __all__ = [
     "CreditResult",
@@ -71,7 +56,7 @@ class PaymentsService:
     def __init__(
         self,
         *,
-        db: Database,
+        records: PaymentRecords,
         wallet: Wallet,
         accounts: AccountStore,
         config: PaymentsConfig | None,
@@ -79,7 +64,8 @@ class PaymentsService:
         auto_topups: dict[str, AutoTopUpSettings] | None = None,
         clock: Clock = wall_ms,
     ) -> None:
-        self.db = db
+        self.records = records
+        # Embedded auto top-up reads balances here (relay.payments.auto_topup).
         self.wallet = wallet
         self.accounts = accounts
         self.config = config
@@ -134,7 +120,7 @@ class PaymentsService:
         cancel_url = cancel_url or config.cancel_url
         if not success_url or not cancel_url:
             raise InvalidRequest("success_url and cancel_url are needed (or set them in config)")
-        customer = await customer_of(self.db, account_id)
+        customer = await self.records.customer_of(account_id)
         payment_id = new_payment_id()
         try:
             session = await stripe.create_checkout_session(
@@ -164,16 +150,9 @@ class PaymentsService:
             created_at_ms=now,
             updated_at_ms=now,
         )
-        await self.write_with_audit(
-            lambda conn: insert_pending(conn, payment),
-            actor=actor,
-            action="payment.checkout",
-            target=account_id,
-            detail={
-                "payment_id": payment_id,
-                "session": session.id,
-                "amount_micros": amount_micros,
-            },
+        detail = {"payment_id": payment_id, "session": session.id, "amount_micros": amount_micros}
+        await self.records.insert_pending(
+            payment, AuditEntry(actor, "payment.checkout", account_id, detail)
         )
         return payment, session.url
 
@@ -185,30 +164,18 @@ class PaymentsService:
         """Credit a confirmed payment once; a repeat returns ``credited=False``."""
         if paid.account_id not in self.accounts.accounts:
             raise NotFound(f"No account {paid.account_id!r}", code="account_not_found")
-        try:
-            entry = self.wallet.prepare(
-                paid.account_id,
-                "credit",
-                paid.amount_micros,
-                reference=paid.provider_payment_id,
-                note=f"{paid.provider} {paid.kind}",
-            )
-        except DuplicateReference:
-            if event is not None:
-                await self.remember(event, "already_credited")
-            return CreditResult(False, paid.provider_payment_id, paid.amount_micros)
-        write = credit_write(
-            entry,
+        receipt = await self.records.credit(
             paid,
             at_ms=self.clock(),
             buyer_name=self._buyer_name(paid.account_id),
             seller=self.seller,
-            audit_key=self.accounts.audit_key,
             actor=actor,
             event=event,
         )
-        # One transaction for ledger, payment, receipt, event and audit; then the wallet.
-        receipt = await commit_credit(self.db, self.wallet, entry, write)
+        if receipt is None:
+            if event is not None:
+                await self.remember(event, "already_credited")
+            return CreditResult(False, paid.provider_payment_id, paid.amount_micros)
         if paid.kind == "auto_topup":
             self._reset_cached_failures(paid.account_id)
         return CreditResult(True, paid.provider_payment_id, paid.amount_micros, receipt.number)
@@ -223,112 +190,32 @@ class PaymentsService:
         event: EventRecord | None = None,
     ) -> Payment | None:
         """A pending payment failed: row, audit, and for auto top-up a notice and the count."""
-        at_ms = self.clock()
-        key = self.accounts.audit_key
-
-        def write(conn: sqlite3.Connection) -> tuple[Payment | None, AutoTopUpSettings | None]:
-            if event is not None:
-                record_event(conn, event.event_id, event.provider, event.type, "failed", at_ms)
-            payment = mark_failed(conn, provider, provider_payment_id, reason, at_ms)
-            if payment is None:
-                return None, None
-            detail = {"payment_id": payment.id, "reference": provider_payment_id, "reason": reason}
-            append_audit(
-                conn,
-                key,
-                actor=actor,
-                action="payment.failed",
-                target=payment.account_id,
-                detail=detail,
-            )
-            if payment.kind != "auto_topup":
-                return payment, None
-            settings = auto_settings.register_failure(conn, payment.account_id, at_ms)
-            _notify_auto_topup_failure(conn, key, payment, reason, settings, at_ms)
-            return payment, settings
-
-        payment, settings = await self.db.write(write)
+        payment, settings = await self.records.record_failure(
+            provider, provider_payment_id, reason, at_ms=self.clock(), actor=actor, event=event
+        )
         if settings is not None:
             self.auto_topups[settings.account_id] = settings
         return payment
 
     async def remember(self, event: EventRecord, outcome: str) -> None:
-        at_ms = self.clock()
-        await self.db.write(
-            lambda conn: record_event(
-                conn, event.event_id, event.provider, event.type, outcome, at_ms
-            )
-        )
+        await self.records.remember(event, outcome, self.clock())
 
     async def save_customer(
         self, account_id: str, customer_id: str, payment_method_id: str | None
     ) -> None:
-        at_ms = self.clock()
-        await self.db.write(
-            lambda conn: save_customer(
-                conn, account_id, "stripe", customer_id, payment_method_id, at_ms
-            )
-        )
+        await self.records.save_customer(account_id, customer_id, payment_method_id, self.clock())
 
     # -- auto top-up settings ---------------------------------------------------------------
 
     async def set_auto_topup(self, settings: AutoTopUpSettings, *, actor: str) -> None:
         settings = msgspec.structs.replace(settings, updated_at_ms=self.clock())
-        await self.write_with_audit(
-            lambda conn: auto_settings.save_settings(conn, settings),
-            actor=actor,
-            action="auto_topup.update",
-            target=settings.account_id,
-            detail=msgspec.structs.asdict(settings),
+        audit = AuditEntry(
+            actor, "auto_topup.update", settings.account_id, msgspec.structs.asdict(settings)
         )
+        await self.records.save_auto_topup(settings, audit)
         self.auto_topups[settings.account_id] = settings
 
     def _reset_cached_failures(self, account_id: str) -> None:
         current = self.auto_topups.get(account_id)
         if current is not None and current.consecutive_failures:
             self.auto_topups[account_id] = msgspec.structs.replace(current, consecutive_failures=0)
-
-    async def write_with_audit(
-        self,
-        change: Callable[[sqlite3.Connection], None],
-        *,
-        actor: str,
-        action: str,
-        target: str,
-        detail: dict[str, Any],
-    ) -> None:
-        key = self.accounts.audit_key
-
-        def write(conn: sqlite3.Connection) -> None:
-            change(conn)
-            append_audit(conn, key, actor=actor, action=action, target=target, detail=detail)
-
-        await self.db.write(write)
-
-
-def _notify_auto_topup_failure(
-    conn: sqlite3.Connection,
-    audit_key: bytes,
-    payment: Payment,
-    reason: str,
-    settings: AutoTopUpSettings | None,
-    at_ms: int,
-) -> None:
-    amount = micros_to_usd(payment.amount_micros)
-    message = f"Automatic top-up of {amount} {payment.currency.upper()} failed: {reason}."
-    just_disabled = (
-        settings is not None
-        and not settings.enabled
-        and settings.consecutive_failures == auto_settings.MAX_CONSECUTIVE_FAILURES
-    )
-    if settings is not None and just_disabled:
-        message += " Auto top-up is now off; update the card and turn it back on."
-        append_audit(
-            conn,
-            audit_key,
-            actor="auto-topup",
-            action="auto_topup.disabled",
-            target=payment.account_id,
-            detail={"consecutive_failures": settings.consecutive_failures},
-        )
-    add_notice(conn, payment.account_id, "auto_topup_failed", message, at_ms)

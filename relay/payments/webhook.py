@@ -28,7 +28,7 @@ from msgspec import Meta
 from relay.errors import NotFound
 from relay.payments.crediting import EventRecord
 from relay.payments.service import PaymentsService
-from relay.payments.store import PaidPayment, event_seen
+from relay.payments.store import PaidPayment
 
 __all__ = [
     "SignatureError",
@@ -163,7 +163,7 @@ class StripeWebhook:
         verify_signature(payload, signature_header, self._secret, now_s=self._clock())
         event = msgspec.json.decode(payload, type=_Event)
         record = EventRecord(event.id, "stripe", event.type)
-        if await event_seen(self._service.db, event.id):
+        if await self._service.records.event_seen(event.id):
             return WebhookOutcome(event.id, event.type, "duplicate_event")
         handler = self._handlers().get(event.type)
         if handler is None:
