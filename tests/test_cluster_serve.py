@@ -252,12 +252,12 @@ async def test_an_instance_paused_past_its_lease_rejoins_and_bills_nothing_twice
         a, b = await cluster.start(), await cluster.start()
         conn = await asyncpg.connect(pg_database)
         async with a.client() as ca, b.client() as cb:
-            account_id = await _account(ca, "paused")
-            assert (await _credit(ca, account_id, "1", "seed")).status_code == 201
-            key_id, secret = await _key(ca, account_id)
+            account_id = await account(ca, "paused")
+            assert (await credit(ca, account_id, "1", "seed")).status_code == 201
+            key_id, secret = await key(ca, account_id)
             headers = {"authorization": f"Bearer {secret}"}
             b_id = await conn.fetchval("SELECT id FROM instances ORDER BY started_at DESC LIMIT 1")
-            load = [asyncio.create_task(_stream(cb, secret)) for _ in range(6)]
+            load = [asyncio.create_task(stream(cb, secret)) for _ in range(6)]
             deadline = time.monotonic() + 10
             while (
                 await conn.fetchval("SELECT count(*) FROM holds WHERE instance_id = $1", b_id) < 3
@@ -277,7 +277,7 @@ async def test_an_instance_paused_past_its_lease_rejoins_and_bills_nothing_twice
             # B admits again, under a new lease.
             deadline = time.monotonic() + 5
             while True:
-                response = await cb.post("/v1/chat/completions", json=_chat(False), headers=headers)
+                response = await cb.post("/v1/chat/completions", json=chat(False), headers=headers)
                 if response.status_code == 200:
                     break
                 assert response.status_code == 503, response.text
@@ -285,8 +285,8 @@ async def test_an_instance_paused_past_its_lease_rejoins_and_bills_nothing_twice
                 await asyncio.sleep(0.1)
             instances = {r["id"] for r in await conn.fetch("SELECT id FROM instances")}
             assert b_id not in instances and len(instances) == 2
-            await _settled(conn, account_id)
-            balance, ledger_sum, worst = await _money(conn, account_id)
+            await settled(conn, account_id)
+            balance, ledger_sum, worst = await money(conn, account_id)
             assert balance == ledger_sum and worst == 0
             abandoned = await conn.fetchval(
                 "SELECT count(*) FROM abandoned_holds WHERE instance_id = $1", b_id
@@ -322,8 +322,8 @@ async def test_admin_writes_through_two_instances_at_once_make_one_unbroken_chai
 
             async def write(i: int) -> None:
                 client = ca if i % 2 else cb
-                account_id = await _account(client, f"chain-{i}")
-                await _key(client, account_id)
+                account_id = await account(client, f"chain-{i}")
+                await key(client, account_id)
 
             await asyncio.gather(*(write(i) for i in range(20)))
             rows = [
@@ -331,8 +331,8 @@ async def test_admin_writes_through_two_instances_at_once_make_one_unbroken_chai
             ]
             assert [row[0] for row in rows] == list(range(1, 41))
             assert sorted(row[3] for row in rows) == ["account.create"] * 20 + ["key.create"] * 20
-            key = ServerSecret.load_or_create(tmp_path / "relay.db.secret").subkey("audit")
-            report = verify_chain(rows, key)
+            audit_key = ServerSecret.load_or_create(tmp_path / "relay.db.secret").subkey("audit")
+            report = verify_chain(rows, audit_key)
             assert report.ok and report.rows == 40, report
             for client in (ca, cb):
                 verified = (await client.get("/admin/audit/verify", headers=ADMIN)).json()
