@@ -268,6 +268,33 @@ async def test_a_dead_settler_stops_admission(
         await runtime.admitter.admit(_exchange(principal), QUOTE)
 
 
+async def test_a_start_up_longer_than_the_lease_serves_under_a_live_lease(
+    pg_database: str, redis_server: Any
+) -> None:
+    """Three instances starting at once on a busy box outlived a 3 s lease between
+    registration and the first heartbeat, and all were fenced before serving: ``start``
+    now beats once, so a lease already expired is replaced before the first request."""
+    cluster = await ClusterRuntime.open(_config(pg_database, redis_server), name="t")
+    first_id = cluster.instance_id
+    await cluster.pool.execute(
+        "UPDATE instances SET lease_expires_at = now() WHERE id = $1", first_id
+    )
+
+    async def ignore(change: Any) -> None:
+        return None
+
+    await cluster.start(ignore)
+    try:
+        assert cluster.healthy() and not cluster.lease_lost and cluster.rejoins == 1
+        assert cluster.instance_id != first_id
+        alive = await cluster.pool.fetchval(
+            "SELECT lease_expires_at > now() FROM instances WHERE id = $1", cluster.instance_id
+        )
+        assert alive is True
+    finally:
+        await cluster.close()
+
+
 async def test_a_failed_invalidation_keeps_the_listener_and_is_retried_in_full(
     pg_database: str, redis_server: Any
 ) -> None:

@@ -168,6 +168,10 @@ class ClusterRuntime:
         # Records were loaded before the listener subscribed: a change committed in between
         # was announced to nobody here, so everything is read once more now.
         await on_invalidate(Invalidation(version=self.bus.seen_version, kind="all"))
+        # The lease has run since registration, before the app loaded its records: one beat
+        # now renews it (or, if a slow start-up outlived it, registers a new one), so the
+        # instance never serves its first requests fenced.
+        await self.beat()
         self._heartbeat.start()
 
     async def _apply(self, change: Invalidation) -> None:
