@@ -35,7 +35,6 @@ from relay.alerts.readings import PgReadings
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
-from relay.cluster.job_lock import BILLING_JOBS_LOCK, ElectedJobs, JobLock
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
@@ -63,7 +62,7 @@ from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments.billing_mail import BillingMailer
-from relay.payments.runtime import open_payments
+from relay.payments.runtime import PaymentsRuntime, open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
@@ -199,14 +198,24 @@ async def _open_state(
     return state
 
 
-def _cluster_jobs(state: RelayState) -> list[ClusterJob]:
-    """The periodic jobs of the whole cluster, run by the elected instance only; retention
-    daily, first 5 minutes after an instance takes the lead (as the embedded job)."""
+def _cluster_jobs(
+    state: RelayState, payments: PaymentsRuntime, watcher: AlertWatcher
+) -> list[ClusterJob]:
+    """The periodic jobs of the whole cluster, run by the elected instance only (one
+    election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
+    takes the lead (as the embedded job); auto top-up and the money alerts from PostgreSQL
+    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it)."""
     assert state.videos is not None and state.cluster is not None
     retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
+
+    def check_interval_s() -> float:
+        return state.config.alerts_settings.check_interval_s
+
     return [
         ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S),
         ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
+        ClusterJob("auto_topup", payments.auto_topup.sweep, interval_s=check_interval_s),
+        ClusterJob("money_alerts", watcher.check_shared, interval_s=check_interval_s),
     ]
 
 
@@ -329,11 +338,7 @@ def create_app(
                 tracer = _open_tracer(config)
                 state.tracer = tracer
                 stack.push_async_callback(tracer.aclose)  # after the requests drained
-            if cluster is not None:  # one instance at a time runs them (advisory lock)
-                runner = cluster.job_runner(_cluster_jobs(state))
-                runner.start()
-                stack.push_async_callback(runner.stop)
-            else:
+            if cluster is None:  # in cluster mode: the elected instance's jobs (below)
                 assert state.videos is not None
                 await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
                 stack.push_async_callback(state.videos.stop)
@@ -373,21 +378,18 @@ def create_app(
                     state,
                     alerts,
                     readings=PgReadings(cluster.pool, state.wallet.period_bounds),
-                    shared=False,  # money: the elected instance's round (below)
+                    shared=False,  # money: the elected instance's job (below)
                 )
             )
             await watcher.start()
             stack.push_async_callback(watcher.aclose)
             billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
             if cluster is not None:
-                # Auto top-up and money alerts from PostgreSQL, on one elected instance.
-                jobs = ElectedJobs(
-                    JobLock(cluster.pool, BILLING_JOBS_LOCK),
-                    [payments.auto_topup.sweep, watcher.check_shared],
-                    interval_s=lambda: state.config.alerts_settings.check_interval_s,
-                )
-                jobs.start()
-                stack.push_async_callback(jobs.aclose)
+                # Videos, retention, auto top-up and money alerts: one instance at a time
+                # (one advisory lock); stopped before what its jobs use closes.
+                runner = cluster.job_runner(_cluster_jobs(state, payments, watcher))
+                runner.start()
+                stack.push_async_callback(runner.stop)
             else:
                 # Billing mail reads the local ledger: embedded only, until records move to PG.
                 mailer = PeriodicTask(

@@ -1,7 +1,9 @@
 """The cluster's job runner and video jobs on PostgreSQL, in process on the real engines.
 
 ``JobRunner`` (relay.cluster.job_runner): one leader at a time through a session advisory
-lock, the lock passing on when the leader's connection dies or it stops. ``PgVideoStore``
+lock, the lock passing on when the leader's connection dies or it stops; a leader whose
+session was lost runs nothing more; a job's interval may be a setting read afresh (the
+billing jobs', tests/test_cluster_payments.py runs them through two instances). ``PgVideoStore``
 (relay.cluster.pg_videos): the request's hold moves to the cluster with the job's row,
 survives the sweep of a dead instance's holds, and is settled exactly once even when two
 runners end the same job at once; a failed job releases it; a job without a hold (copied
@@ -102,9 +104,12 @@ async def test_one_runner_leads_and_its_lock_passes_on_when_it_dies_or_stops(
                 await asyncio.sleep(0.01)
         finally:
             await admin.close()
+        clock.now += 10  # its job is due again, but its session (and lock) is gone:
+        await a.round()  # the check before running finds it lost and runs nothing
+        assert not a.leader and ran == ["a", "a"]
         await b.round()
         assert b.leader and ran == ["a", "a", "b"]
-        await a.round()  # finds its connection gone, reconnects, and does not lead
+        await a.round()  # reconnects, and does not lead
         assert not a.leader and a.terms == 1
         clock.now += 10
         await a.round()
@@ -118,6 +123,40 @@ async def test_one_runner_leads_and_its_lock_passes_on_when_it_dies_or_stops(
         await a.stop()
         await b.stop()
     assert await _lock_holders(pg_database) == 0
+
+
+async def test_a_jobs_interval_may_be_a_setting_read_each_time_it_is_scheduled(
+    pg_database: str,
+) -> None:
+    # The billing jobs' interval is [alerts_settings] check_interval_s: a reload may change it.
+    ran: list[str] = []
+    setting = [1.0]
+    clock = Clock()
+
+    async def sweep() -> None:
+        ran.append("sweep")
+
+    async def connect() -> Any:
+        return await asyncpg.connect(pg_database)
+
+    job = ClusterJob("auto_topup", sweep, interval_s=lambda: setting[0])
+    runner = JobRunner(connect, [job], round_s=60, clock=clock)
+    try:
+        await runner.round()  # elected: runs at once (first_after_s = 0)
+        clock.now += 1
+        await runner.round()
+        assert ran == ["sweep", "sweep"]
+        setting[0] = 5.0  # reloaded: from the next scheduling on
+        clock.now += 1
+        await runner.round()  # due (scheduled 1 s ago), next in 5 s
+        clock.now += 4
+        await runner.round()
+        assert len(ran) == 3
+        clock.now += 1
+        await runner.round()
+        assert len(ran) == 4 and job.interval() == 5.0
+    finally:
+        await runner.stop()
 
 
 async def test_a_failing_job_does_not_stop_the_others(pg_database: str) -> None:

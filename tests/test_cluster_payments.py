@@ -26,6 +26,7 @@ from support_payments import (
     signed_event,
 )
 
+from relay.cluster.job_runner import RUNNER_LOCK
 from relay.config import Config
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -276,6 +277,14 @@ async def _eventually(check: Any, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.1)
 
 
+async def _only_the_runners_lock(conn: Any) -> bool:
+    held = await conn.fetch(
+        "SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks"
+        " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    )
+    return [row["key"] for row in held] == [RUNNER_LOCK]
+
+
 async def test_auto_top_up_charges_once_across_instances_from_postgresql_balances(
     tmp_path: Path, pg_database: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,6 +323,9 @@ async def test_auto_top_up_charges_once_across_instances_from_postgresql_balance
                 account,
             )
             assert [row["status"] for row in paid] == ["paid"]
+            # It was the one election's leader: the job runner's lock is the only advisory
+            # lock held between rounds, by one of the two instances.
+            await _eventually(lambda: _only_the_runners_lock(conn))
 
             # Both instances sweep at once (besides the elected one's round): one refill.
             settings["trigger_usd"] = "50"

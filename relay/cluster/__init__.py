@@ -5,7 +5,7 @@ credits and lease expiry, each one atomic round trip), ``redis_limits`` (token b
 concurrency leases as Lua scripts), ``invalidation`` (key revocation and config reload
 across instances), ``pg_records`` (the mirror of every other embedded table), ``pg_copy``
 and ``pg_verify`` (``relay migrate``: an embedded database copied and verified),
-``pg_budgets`` (period budgets: counters checked by the hold), ``job_lock`` (the one
-instance that runs the billing jobs).
+``pg_budgets`` (period budgets: counters checked by the hold), ``job_runner`` (the one
+instance that runs the cluster's periodic jobs: videos, retention, auto top-up, alerts).
 docs/scaling.md describes the seam by which the request flow will use them.
 """

@@ -1,7 +1,9 @@
 """The cluster's periodic jobs, run by one instance at a time: elected by an advisory lock.
 
-Video polling and retention must not run on every instance at once (N pollers would each
-ask the upstream about every job; N retention runs would archive the same rows twice).
+Video polling, retention, auto top-up and the money alerts must not run on every instance
+at once (N pollers would each ask the upstream about every job; N retention runs would
+archive the same rows twice; N alert rounds would send each alert N times). This is the
+cluster's ONE election: every such job is a ``ClusterJob`` of this runner.
 Every instance runs a ``JobRunner``; each round (``round_s``) one that is not the leader
 tries ``pg_try_advisory_lock`` on a connection of its own, never returned to a pool. The
 lock is session-level: it is held for as long as that connection lives, so
@@ -17,8 +19,9 @@ Leadership is a schedule, not a fence: an instance whose connection died mid-rou
 still finish the step it was running. Each job is therefore safe to run twice at once on
 its own (a video job's final state, charge and usage row commit in one transaction that
 first locks the job's row and re-checks it is unfinished; retention runs under a lock of
-its own held on the connection that does its writes) — the runner only keeps them from
-running N times over.
+its own held on the connection that does its writes; an auto top-up refill is opened under
+the account's row lock in ``PgPayments.open_auto_topup`` and credited once per reference)
+— the runner only keeps them from running N times over.
 """
 
 from __future__ import annotations
@@ -44,13 +47,19 @@ Connect = Callable[[], Awaitable[Any]]
 @dataclass
 class ClusterJob:
     """One periodic step the leader runs every ``interval_s``, the first time
-    ``first_after_s`` after it became leader (not during a start-up's traffic)."""
+    ``first_after_s`` after it became leader (not during a start-up's traffic).
+
+    ``interval_s`` may be a callable, read each time the job is scheduled: a setting a
+    config reload may change (the billing jobs' ``[alerts_settings] check_interval_s``)."""
 
     name: str
     step: Callable[[], Awaitable[object]]
-    interval_s: float
+    interval_s: float | Callable[[], float]
     first_after_s: float = 0.0
     due_at: float = field(default=0.0, init=False)
+
+    def interval(self) -> float:
+        return self.interval_s() if callable(self.interval_s) else self.interval_s
 
 
 class JobRunner:
@@ -98,7 +107,7 @@ class JobRunner:
         for job in self.jobs:
             if self._clock() < job.due_at:
                 continue
-            job.due_at = self._clock() + job.interval_s
+            job.due_at = self._clock() + job.interval()
             try:
                 await job.step()
             except Exception as exc:  # named reason: one failed job must not stop the others

@@ -51,8 +51,8 @@ class AutoTopUp:
 
     async def sweep(self) -> int:
         """Cluster mode: a refill for every account whose balance (PostgreSQL's) is below its
-        trigger; the elected instance runs this each round instead of ``check`` after each
-        settlement (relay.cluster.job_lock). How many refills it started."""
+        trigger; the elected instance runs this as a cluster job instead of ``check`` after
+        each settlement (relay.cluster.job_runner). How many refills it started."""
         started = 0
         for settings in await self._service.records.due_auto_topups():
             if settings.account_id not in self._in_flight:
