@@ -14,9 +14,11 @@ by ``relay migrate``) gets one. tests/test_cluster_videos.py runs the same throu
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,6 +158,21 @@ async def test_a_jobs_interval_may_be_a_setting_read_each_time_it_is_scheduled(
         assert len(ran) == 4 and job.interval() == 5.0
     finally:
         await runner.stop()
+
+
+def test_every_advisory_lock_key_is_its_own() -> None:
+    # The runner's session lock once shared the audit chain's key: every audit append then
+    # waited for as long as an instance led. Each key is spelled "relay" + an offset.
+    root = Path(__file__).resolve().parent.parent / "relay"
+    keys: dict[int, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        for found in re.finditer(
+            r"^(\w+) = 0x72656C6179(?: \+ (0x[0-9A-Fa-f]+|\d+))?", path.read_text(), re.M
+        ):
+            offset = int(found.group(2), 0) if found.group(2) else 0
+            keys.setdefault(offset, []).append(f"{path.name}:{found.group(1)}")
+    assert len(keys) >= 5 and 0xB1 in keys
+    assert {k: v for k, v in keys.items() if len(v) > 1} == {}
 
 
 async def test_a_failing_job_does_not_stop_the_others(pg_database: str) -> None:

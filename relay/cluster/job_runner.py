@@ -38,8 +38,10 @@ __all__ = ["RUNNER_LOCK", "ClusterJob", "JobRunner"]
 
 log = logging.getLogger(__name__)
 
-# Any constant shared by every instance (the migration lock is +0, the lease reaper's +1).
-RUNNER_LOCK = 0x72656C6179 + 2
+# Any constant shared by every instance and no other lock's (the migration lock is +0, the
+# lease reaper's +1, the audit chain's +2, retention's +3, receipts' +18): a transaction
+# lock on the same key would wait for as long as the leader leads.
+RUNNER_LOCK = 0x72656C6179 + 0xB1
 
 Connect = Callable[[], Awaitable[Any]]
 
