@@ -185,7 +185,7 @@ async def _open_state(
             (
                 EmbeddedVideoStore(db, wallet)
                 if cluster is None
-                else PgVideoStore(cluster.pool, cluster.instance_id)
+                else PgVideoStore(cluster.pool, lambda: cluster.store)
             ),
             providers,
         ),

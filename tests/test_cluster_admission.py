@@ -25,6 +25,7 @@ from relay.config import ClusterConfig, Config, StorageConfig
 from relay.errors import QuotaError, RateLimited, StorageUnavailable
 from relay.identity.accounts import Account, ApiKey
 from relay.identity.auth import Principal
+from relay.money.budget import BudgetCalendar
 from relay.money.estimate import CostQuote
 from relay.usage.log import UsageRecord
 
@@ -405,6 +406,27 @@ async def test_a_lost_lease_rejoins_under_a_new_id_and_each_old_hold_ends_once(
         return await _in_flight(runtime, principal) == 0
 
     await _eventually(slots_back)
+
+
+async def test_a_rejoin_keeps_the_budget_calendar_of_the_first_lease(
+    runtime: ClusterRuntime,
+) -> None:
+    """Budget periods start where the app's calendar says (a 06:00 day here): the store a
+    rejoin builds must not fall back to UTC midnight."""
+    await runtime._heartbeat.stop()
+    calendar = BudgetCalendar(day_start_hour=6, week_start=2, month_start_day=15)
+    now_ms = 1_764_900_000_000
+    runtime.store.use_periods(lambda: calendar, lambda: now_ms)
+    before = runtime.store.period_starts()
+    old_id = runtime.instance_id
+    await runtime.pool.execute(
+        "UPDATE instances SET lease_expires_at = now() WHERE id = $1", old_id
+    )
+    await runtime.beat()
+    assert runtime.rejoins == 1 and runtime.instance_id != old_id
+    assert runtime.store.instance_id == runtime.instance_id
+    assert runtime.store.period_starts() == before
+    assert before[0] % 86_400_000 == 6 * 3_600_000
 
 
 async def test_a_failed_rejoin_is_retried_next_beat_and_the_beat_goes_on(

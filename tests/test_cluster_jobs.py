@@ -264,7 +264,7 @@ async def _handed_over(runtime: ClusterRuntime, principal: Principal) -> tuple[V
     ticket = await runtime.admitter.admit(Exchange("req_v", "videos", principal), quote)
     assert isinstance(ticket, ClusterTicket)
     job = _job(principal)
-    store = PgVideoStore(runtime.pool, runtime.instance_id)
+    store = PgVideoStore(runtime.pool, lambda: runtime.store)
     async with ticket:
         await store.hand_over(job, ticket)
     return job, store
@@ -292,7 +292,7 @@ async def test_a_job_keeps_the_clusters_hold_past_its_instance_and_is_charged_on
     assert await _money(pool, account) == (1_000_000, 1_000_000, QUOTE_MICROS)
 
     # Two runners (one of them a moment too late) end the same job at once: one charge.
-    other = PgVideoStore(pool, "another-instance")
+    other = PgVideoStore(pool, lambda: runtime.store.bound_to("another-instance"))
     seen = [await store.running(), await other.running()]
     assert [[j.id for j in jobs] for jobs in seen] == [[job.id], [job.id]]
     ends = []
@@ -356,7 +356,7 @@ async def test_a_migrated_job_without_a_hold_gets_one_from_the_runner(
 ) -> None:
     principal = await _principal(runtime, 1_000_000)
     assert principal.account is not None
-    store = PgVideoStore(runtime.pool, runtime.instance_id)
+    store = PgVideoStore(runtime.pool, lambda: runtime.store)
     job = _job(principal)
     await store.hand_over(job, Ticket())  # a row and no hold, as `relay migrate` leaves it
     pool = runtime.pool

@@ -120,6 +120,13 @@ class PgMoneyStore:
             (0, 0, 0),
         )
 
+    def bound_to(self, instance_id: str) -> PgMoneyStore:
+        """The same store (pool, margin, budget calendar) placing holds under another lease:
+        a rejoined instance's (relay.cluster.runtime)."""
+        sibling = PgMoneyStore(self._pool, instance_id, fast_path_margin_micros=self._margin)
+        sibling.use_periods(self._calendar, self._clock)
+        return sibling
+
     def use_periods(self, calendar: Calendar, clock_ms: Clock) -> None:
         """Where budget periods start: ``calendar()``'s periods at ``clock_ms()``."""
         self._calendar, self._clock = calendar, clock_ms

@@ -23,12 +23,14 @@ the ``video_jobs`` row. The rules are the embedded ones (``relay.jobs.video_stor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from relay.admission.ticket import Ticket
 from relay.cluster.admission import ClusterTicket
 from relay.cluster.pg_jobs_schema import JOBS_OWNER
 from relay.cluster.pg_leases import LeaseLost
+from relay.cluster.pg_money import PgMoneyStore
 from relay.cluster.pg_usage import insert_usage
 from relay.errors import StorageUnavailable
 from relay.jobs.video import COLUMNS, UNFINISHED, VideoJob, log, usage_record
@@ -61,7 +63,7 @@ class PgVideoStore:
     """Jobs in ``video_jobs``, holds owned by the cluster; ``instance_id`` is this instance
     (whose lease places a hold for a job that has none)."""
 
-    def __init__(self, pool: Any, instance_id: str) -> None:
+    def __init__(self, pool: Any, money: Callable[[], PgMoneyStore]) -> None:
         import asyncpg  # the 'cluster' extra (imported here: app.py imports this module)
 
         self.errors: tuple[type[BaseException], ...] = (
@@ -70,7 +72,9 @@ class PgVideoStore:
             asyncpg.InterfaceError,
         )
         self._pool = pool
-        self._instance = instance_id
+        # The runtime's current money store: its lease (a rejoin replaces it) and the budget
+        # periods relay_hold checks.
+        self._money = money
         # The jobs this instance polled last round (only on the elected runner), kept across
         # rounds for their count of failed polls.
         self._jobs: dict[str, VideoJob] = {}
@@ -99,18 +103,23 @@ class PgVideoStore:
     async def _place_hold(self, job: VideoJob) -> None:
         """The job's quote, else a zero hold (it was admitted: it runs), placed under this
         instance's lease and moved to the cluster in one transaction."""
+        money = self._money()
+        day, week, month = money.period_starts()
         async with self._pool.acquire() as conn, conn.transaction():
             for key, amount in ((job.key_id, job.estimate_micros), (job.key_id, 0), (None, 0)):
                 row = await conn.fetchrow(
-                    "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $5, 0)",
-                    self._instance,
+                    "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $5, 0, $6, $7, $8)",
+                    money.instance_id,
                     job.account_id,
                     key,
                     job.id,
                     amount,
+                    day,
+                    week,
+                    month,
                 )
                 if row["outcome"] == "lease_lost":  # transient for the job: next round
-                    raise LeaseLost(f"instance {self._instance}: no hold placed")
+                    raise LeaseLost(f"instance {money.instance_id}: no hold placed")
                 if row["outcome"] == "ok":
                     await conn.execute(
                         "UPDATE holds SET instance_id = $1 WHERE id = $2",
@@ -132,7 +141,7 @@ class PgVideoStore:
                     JOBS_OWNER,
                     job.id,
                     hold.hold_id,
-                    self._instance,
+                    hold.instance_id or self._money().instance_id,
                 )
                 if moved is None:  # released by the lease sweep: this instance is fenced
                     raise StorageUnavailable("this instance's cluster lease expired; retry")

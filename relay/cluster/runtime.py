@@ -73,6 +73,8 @@ class ClusterRuntime:
     """Also the app's ``Admitter`` (``state.admitter``): it admits through the admitter of
     the lease it holds now, which a rejoin replaces."""
 
+    store: PgMoneyStore  # the current lease's (``_bind``)
+
     def __init__(
         self,
         pool: Any,
@@ -114,7 +116,8 @@ class ClusterRuntime:
         """Hold, limit and admit under ``lease`` from now on."""
         self.lease = lease
         self.instance_id = lease.instance_id
-        self.store = store or PgMoneyStore(self.pool, lease.instance_id)
+        # A rejoin's store keeps the first one's settings (its budget calendar above all).
+        self.store = store or self.store.bound_to(lease.instance_id)
         self.limiter = RedisLimiter(
             self.redis, lease.instance_id, lease_ms=int(self.lease_s * 1000)
         )
