@@ -109,16 +109,24 @@ class PgPayments:
                     " WHERE account_id = $1 AND consecutive_failures <> 0",
                     paid.account_id,
                 )
-            detail = {
-                "amount_micros": paid.amount_micros,
-                "reference": paid.provider_payment_id,
-                "provider": paid.provider,
-                "kind": paid.kind,
-                "receipt_number": receipt.number,
-                "event_id": event.event_id if event else None,
-            }
-            # A manual top-up is audited as the embedded one is (``manual_credit_write``).
-            action = "wallet.credit" if paid.kind == "manual" else "payment.credit"
+            # A manual top-up is audited as the embedded admin route audits it (action
+            # ``wallet.credit``, the amount and reference only); a payment in full.
+            if paid.kind == "manual":
+                action = "wallet.credit"
+                detail: dict[str, Any] = {
+                    "amount_micros": paid.amount_micros,
+                    "reference": paid.provider_payment_id,
+                }
+            else:
+                action = "payment.credit"
+                detail = {
+                    "amount_micros": paid.amount_micros,
+                    "reference": paid.provider_payment_id,
+                    "provider": paid.provider,
+                    "kind": paid.kind,
+                    "receipt_number": receipt.number,
+                    "event_id": event.event_id if event else None,
+                }
             await self._audit(conn, AuditEntry(actor, action, paid.account_id, detail))
         return receipt
 
