@@ -7,8 +7,9 @@ instance's local SQLite, which is a scratch file holding nothing shared. So:
 - ``ClusterRouteGuard`` answers 501 ``not_available_in_cluster_mode`` for every route not
   in ``CLUSTER_ROUTES`` (never a wrong answer from an empty local database);
 - ``cluster_routes`` overrides the few whose money comes from the wallet: credits, the
-  wallet view, ``/v1/balance``, ``/v1/key``, the reload (announced to every instance), and
-  the account/key views (their money fields read from PostgreSQL).
+  wallet view, the reload (announced to every instance), and the account/key views (their
+  money fields read from PostgreSQL). ``/v1/balance`` and ``/v1/key`` pick their store
+  themselves (``relay.api.account``).
 
 docs/scaling.md lists both.
 """
@@ -30,11 +31,9 @@ from relay.admin.cluster_archives import archive_routes
 from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, iso, parse_usd
 from relay.admin.operations import reload_config
 from relay.cluster.runtime import ClusterRuntime
-from relay.errors import InvalidRequest, NotAvailableInCluster, RelayError
+from relay.errors import InvalidRequest, NotAvailableInCluster
 from relay.http.responses import error_response, json_response
-from relay.identity.accounts import Account, ApiKey
-from relay.money.pricing import micros_to_usd
-from relay.money.records import BalanceView
+from relay.money.records import balance_fields
 from relay.payments.runtime import payments_runtime
 from relay.payments.store import PaidPayment
 from relay.state import RelayState, relay_state
@@ -128,21 +127,8 @@ def _runtime(state: RelayState) -> ClusterRuntime:
     return state.cluster
 
 
-def _wallet_view(account_id: str, view: BalanceView) -> dict[str, Any]:
-    return {
-        "account_id": account_id,
-        "balance_micros": view.balance_micros,
-        "held_micros": view.held_micros,
-        "available_micros": view.available_micros,
-        "credit_limit_micros": view.credit_limit_micros,
-        "mode": view.mode,
-        "balance_usd": micros_to_usd(view.balance_micros),
-        "available_usd": micros_to_usd(view.available_micros),
-    }
-
-
 async def _wallet(state: RelayState, account_id: str) -> dict[str, Any]:
-    return _wallet_view(account_id, await _runtime(state).store.snapshot(account_id))
+    return balance_fields(account_id, await _runtime(state).store.snapshot(account_id))
 
 
 @admin_route
@@ -249,74 +235,9 @@ def _with_pg_money(
     return wrapped
 
 
-async def _key_principal(request: Request, state: RelayState) -> tuple[ApiKey, Account]:
-    principal = await state.auth.authenticate(request.headers)
-    if principal.key is None or principal.account is None:
-        raise InvalidRequest("This route needs a client key, not the admin token")
-    return principal.key, principal.account
-
-
-async def show_balance(request: Request) -> Response:
-    state = relay_state(request)
-    try:
-        _, account = await _key_principal(request, state)
-        wallet = await _wallet(state, account.id)
-    except RelayError as exc:
-        return error_response(exc)
-    return json_response({"object": "balance", **wallet})
-
-
-async def show_calling_key(request: Request) -> Response:
-    state = relay_state(request)
-    try:
-        key, account = await _key_principal(request, state)
-        store = _runtime(state).store
-        spend = await store.key_spend(key.id)
-        budget = await store.account_budget(account.id)
-        wallet = await _wallet(state, account.id)
-    except RelayError as exc:
-        return error_response(exc)
-    return json_response(
-        {
-            "object": "key",
-            "id": key.id,
-            "name": key.label,
-            "account_id": account.id,
-            "masked": key.masked,
-            "models": list(key.models),
-            "endpoints": list(key.endpoints),
-            "limits": {
-                "rpm": key.rpm,
-                "tpm": key.tpm,
-                "concurrency": key.concurrency,
-                "spend_cap_micros": key.spend_cap_micros,
-                "budget_period": spend.budget_period,
-                "expires_at_ms": key.expires_at_ms,
-            },
-            "spent_micros": spend.spent_micros,
-            "held_micros": spend.held_micros,
-            "remaining_micros": spend.remaining_micros,
-            "period_spent_micros": spend.period_spent_micros,
-            "resets_at_ms": spend.resets_at_ms,
-            "balance": {"object": "balance", **wallet},
-            "account_budget": None
-            if not budget.budget_micros
-            else {
-                "budget_micros": budget.budget_micros,
-                "budget_period": budget.budget_period,
-                "spent_micros": budget.spent_micros,
-                "remaining_micros": budget.remaining_micros,
-                "resets_at_ms": budget.resets_at_ms,
-            },
-        }
-    )
-
-
 def cluster_routes() -> list[BaseRoute]:
     """Placed before the embedded routes: the first match wins."""
     return archive_routes() + [
-        Route("/v1/balance", show_balance, methods=["GET"]),
-        Route("/v1/key", show_calling_key, methods=["GET"]),
         Route("/admin/accounts/{account}/credits", credit_account, methods=["POST"]),
         Route("/admin/accounts/{account}/wallet", show_wallet, methods=["GET"]),
         Route("/admin/reload", reload_everywhere, methods=["POST"]),

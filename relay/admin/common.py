@@ -13,7 +13,8 @@ from starlette.responses import Response
 from relay.errors import AuthError, Forbidden, InvalidRequest, RelayError
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.identity.accounts import Account, ApiKey
-from relay.money.pricing import micros_to_usd, usd_to_micros
+from relay.money.pricing import usd_to_micros
+from relay.money.records import balance_fields
 from relay.state import RelayState, relay_state
 
 __all__ = [
@@ -106,17 +107,7 @@ def iso(ms: int | None) -> str | None:
 
 
 def wallet_view(state: RelayState, account_id: str) -> dict[str, Any]:
-    view = state.wallet.snapshot(account_id)
-    return {
-        "account_id": account_id,
-        "balance_micros": view.balance_micros,
-        "held_micros": view.held_micros,
-        "available_micros": view.available_micros,
-        "credit_limit_micros": view.credit_limit_micros,
-        "mode": view.mode,
-        "balance_usd": micros_to_usd(view.balance_micros),
-        "available_usd": micros_to_usd(view.available_micros),
-    }
+    return balance_fields(account_id, state.wallet.snapshot(account_id))
 
 
 def account_view(state: RelayState, account: Account) -> dict[str, Any]:

@@ -6,9 +6,11 @@ callers (the ledger store, the API, the admin views); no rules live here.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+
+from relay.money.pricing import micros_to_usd
 
 __all__ = [
     "AccountMode",
@@ -21,6 +23,7 @@ __all__ = [
     "KeySpendView",
     "LedgerEntry",
     "LedgerKind",
+    "balance_fields",
 ]
 
 AccountMode = Literal["prepaid", "postpaid"]
@@ -46,6 +49,20 @@ class BalanceView(msgspec.Struct, frozen=True):
     available_micros: int
     credit_limit_micros: int
     mode: AccountMode
+
+
+def balance_fields(account_id: str, view: BalanceView) -> dict[str, Any]:
+    """An account's balance as every route shows it (``/v1/balance``, the admin wallet)."""
+    return {
+        "account_id": account_id,
+        "balance_micros": view.balance_micros,
+        "held_micros": view.held_micros,
+        "available_micros": view.available_micros,
+        "credit_limit_micros": view.credit_limit_micros,
+        "mode": view.mode,
+        "balance_usd": micros_to_usd(view.balance_micros),
+        "available_usd": micros_to_usd(view.available_micros),
+    }
 
 
 class KeySpendView(msgspec.Struct, frozen=True):
