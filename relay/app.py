@@ -31,11 +31,13 @@ from relay.admin.reload import ConfigReloader, ReloadRefused, build_router, cale
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.alerts.outbox import AlertOutbox
+from relay.alerts.outbox_store import SqliteOutbox
 from relay.alerts.readings import PgReadings
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
+from relay.cluster.pg_alerts import PgOutbox
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_videos import PgVideoStore
@@ -367,7 +369,9 @@ def create_app(
             )
             refusals.start()
             stack.push_async_callback(refusals.stop)
-            alerts = AlertOutbox(state.db, lambda: state.config)
+            # Cluster mode: one outbox in PostgreSQL for every instance (never the scratch file).
+            outbox_store = SqliteOutbox(state.db) if cluster is None else PgOutbox(cluster.pool)
+            alerts = AlertOutbox(outbox_store, lambda: state.config)
             await alerts.start()
             stack.push_async_callback(alerts.aclose)
             state.alerts = alerts

@@ -35,6 +35,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 # The throwaway PostgreSQL and Redis of the cluster tests: session fixtures, defined once here.
 from support_cluster import pg_database, postgres_server, redis_prefix, redis_server  # noqa: F401
 
+# The local webhook receiver of the alert tests (embedded and cluster).
+from support_hooks import hook  # noqa: F401
+
 from relay.app import create_app
 from relay.config import Config, ProviderConfig, parse_config
 from relay.state import RelayState

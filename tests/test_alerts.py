@@ -7,61 +7,25 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiosmtpd.controller import Controller
 from conftest import config_text, make_config
 from support_accounts import Relay, run_relay
+from support_hooks import Hook
 from support_mail import Inbox, email_section, smtp_server
-from test_server import free_port
 
 from relay.alerts.outbox import MAX_ATTEMPTS, AlertOutbox
+from relay.alerts.outbox_store import SqliteOutbox
 from relay.alerts.watch import AlertWatcher
 from relay.config import load_config, parse_config
 from relay.errors import ConfigError
 from relay.storage.db import Database
 
 HOOK_SECRET = "hook-secret"
-
-
-@dataclass
-class Hook:
-    """A local webhook receiver on 127.0.0.1; answers ``statuses`` in turn, then 200."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        self.received.append((headers, await request.read()))
-        status = self.statuses.pop(0) if self.statuses else 200
-        return web.Response(status=status, text="ok")
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.received]
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    try:
-        yield receiver
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -164,7 +128,7 @@ async def test_failed_deliveries_are_retried_with_backoff_then_given_up(
     )
     db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
     now = [1_000_000]
-    outbox = AlertOutbox(db, lambda: config, clock_ms=lambda: now[0])
+    outbox = AlertOutbox(SqliteOutbox(db), lambda: config, clock_ms=lambda: now[0])
     try:
         hook.statuses = [500, 503]
         assert outbox.raise_alert("provider_cooling", "openai", "every key is cooling") == 1
@@ -200,13 +164,13 @@ async def test_undelivered_alerts_survive_a_restart_and_dedupe_resumes(
         f'[[alerts]]\nsink = "webhook"\nurl = "{hook.url}"\nevents = ["budget_80"]\n'
     )
     db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
-    outbox = AlertOutbox(db, lambda: config)
+    outbox = AlertOutbox(SqliteOutbox(db), lambda: config)
     assert outbox.raise_alert("budget_80", "key:k1:0", "key k1 is 80% spent") == 1
     await db.flush()
     await outbox.aclose()  # stopped before delivering
     await db.close()
     db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
-    outbox = AlertOutbox(db, lambda: config, poll_s=0.05)
+    outbox = AlertOutbox(SqliteOutbox(db), lambda: config, poll_s=0.05)
     try:
         await outbox.start()  # the background loop delivers what is due
         for _ in range(100):
@@ -223,7 +187,7 @@ async def test_undelivered_alerts_survive_a_restart_and_dedupe_resumes(
 async def test_storage_alerts_skip_the_outbox(tmp_path: Path, hook: Hook) -> None:
     config = parse_config(f'[[alerts]]\nsink = "webhook"\nurl = "{hook.url}"\n')
     db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
-    outbox = AlertOutbox(db, lambda: config)
+    outbox = AlertOutbox(SqliteOutbox(db), lambda: config)
     try:
         outbox.notify_storage(False, "disk I/O error")
         outbox.notify_storage(True)

@@ -1,7 +1,9 @@
 """The alert outbox: deduplicated, durable, delivered with retries, never in a request's way.
 
 ``raise_alert`` is synchronous and cheap: it checks the re-arm interval in memory and
-queues one outbox row per matching sink through the storage writer (fire-and-forget).
+queues one outbox row per matching sink in its store (fire-and-forget): the storage writer
+embedded, PostgreSQL in cluster mode (``relay.alerts.outbox_store``), where the re-arm
+interval holds across instances too.
 ``run`` delivers due rows in the background and records each outcome; a failed delivery
 is retried with exponential backoff and given up after ``MAX_ATTEMPTS`` (the row stays,
 with its last error). After a restart the undelivered rows are delivered, and the re-arm
@@ -18,7 +20,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +27,9 @@ from typing import Any
 import httpx
 import msgspec
 
+from relay.alerts.outbox_store import OutboxFull, OutboxRow, OutboxStore
 from relay.alerts.sinks import DeliveryError, deliver
 from relay.config import AlertConfig, AlertEvent, Config
-from relay.storage.db import Database, WriteQueueFull
 
 __all__ = ["MAX_ATTEMPTS", "AlertOutbox"]
 
@@ -38,6 +39,7 @@ _BATCH = 20
 _BACKOFF_BASE_MS = 5_000
 _BACKOFF_MAX_MS = 3_600_000
 _DIRECT_ATTEMPTS = 3
+_CLOSE_FLUSH_S = 5.0
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -53,14 +55,14 @@ def _now_ms() -> int:
 class AlertOutbox:
     def __init__(
         self,
-        db: Database,
+        store: OutboxStore,
         config: Callable[[], Config],
         *,
         http: httpx.AsyncClient | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         poll_s: float = 1.0,
     ) -> None:
-        self._db = db
+        self._store = store
         self._config = config  # read at each use: a reload may change the sinks
         self._http = http or httpx.AsyncClient(timeout=10.0)
         self._clock_ms = clock_ms
@@ -74,12 +76,8 @@ class AlertOutbox:
         self._direct: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        rows = await self._db.fetchall(
-            "SELECT sink_index, event, subject, MAX(created_at_ms) AS at FROM alert_outbox "
-            "GROUP BY sink_index, event, subject"
-        )
-        for row in rows:
-            self._last_sent[(row["sink_index"], row["event"], row["subject"])] = row["at"]
+        for index, event, subject, at in await self._store.last_raised():
+            self._last_sent[(index, event, subject)] = at
         self._task = asyncio.get_running_loop().create_task(self._run(), name="relay-alerts")
 
     async def aclose(self) -> None:
@@ -88,6 +86,10 @@ class AlertOutbox:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Alerts raised just before shutdown reach the store (bounded: storage may be down).
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_FLUSH_S):
+                await self._store.flush()
         await self._http.aclose()
 
     # -- raising ----------------------------------------------------------------------
@@ -102,7 +104,9 @@ class AlertOutbox:
     def raise_alert(
         self, event: AlertEvent, subject: str, message: str, detail: dict[str, Any] | None = None
     ) -> int:
-        """Queue the alert for every sink that wants it and is re-armed; returns how many."""
+        """Queue the alert for every sink that wants it and is re-armed; returns how many.
+
+        A shared store (cluster mode) may still drop a row another instance queued first."""
         now = self._clock_ms()
         alert = {
             "event": event,
@@ -116,11 +120,12 @@ class AlertOutbox:
         for index, sink in self._sinks_for(event):
             if not self._due(index, sink, event, subject, now):
                 continue
-            row = (index, sink.name or sink.sink, event, subject, payload, now, now)
+            rearm_ms = int(sink.rearm_s * 1000)
+            row = OutboxRow(index, sink.name or sink.sink, event, subject, payload, now, rearm_ms)
             try:
-                self._db.enqueue(_inserter(row))
-            except WriteQueueFull:
-                log.warning("alert %s for %s not queued: the write queue is full", event, subject)
+                self._store.enqueue(row)
+            except OutboxFull as exc:
+                log.warning("alert %s for %s not queued: %s", event, subject, exc)
                 continue
             self._last_sent[(index, event, subject)] = now
             queued += 1
@@ -164,7 +169,7 @@ class AlertOutbox:
         while True:
             try:
                 await self.deliver_due()
-            except (sqlite3.Error, RuntimeError) as exc:  # storage trouble: try again later
+            except Exception as exc:  # storage trouble, of either engine: try again later
                 log.warning("alert delivery paused: %s: %s", type(exc).__name__, exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -177,19 +182,16 @@ class AlertOutbox:
             return await self._deliver_due()
 
     async def _deliver_due(self) -> int:
-        await self._db.flush()  # rows queued a moment ago are due too
+        await self._store.flush()  # rows queued a moment ago are due too
         now = self._clock_ms()
-        rows = await self._db.fetchall(
-            "SELECT id, sink_index, payload, attempts FROM alert_outbox "
-            "WHERE delivered_at_ms IS NULL AND failed_at_ms IS NULL AND next_attempt_at_ms <= ? "
-            "ORDER BY id LIMIT ?",
-            (now, _BATCH),
-        )
         sinks = self._config().alerts
         delivered = 0
-        for row in rows:
-            outcome = await self._attempt(sinks, row["sink_index"], row["payload"])
-            await self._record(row["id"], row["attempts"] + 1, outcome)
+        for _ in range(_BATCH):  # one row claimed at a time: a shared store's claim is short
+            row = await self._store.claim_next(now)
+            if row is None:
+                break
+            outcome = await self._attempt(sinks, row.sink_index, row.payload)
+            await self._record(row.id, row.attempts + 1, outcome)
             delivered += outcome is None
         return delivered
 
@@ -206,36 +208,11 @@ class AlertOutbox:
 
     async def _record(self, row_id: int, attempts: int, error: str | None) -> None:
         now = self._clock_ms()
-        params: tuple[Any, ...]
         if error is None:
-            sql, params = (
-                "UPDATE alert_outbox SET delivered_at_ms = ?, attempts = ? WHERE id = ?",
-                (now, attempts, row_id),
-            )
+            await self._store.record_delivered(row_id, attempts, now)
         elif attempts >= MAX_ATTEMPTS:
             log.error("alert %d given up after %d attempts: %s", row_id, attempts, error)
-            sql, params = (
-                "UPDATE alert_outbox SET failed_at_ms = ?, attempts = ?, last_error = ? "
-                "WHERE id = ?",
-                (now, attempts, error, row_id),
-            )
+            await self._store.record_given_up(row_id, attempts, error, now)
         else:
             backoff = min(_BACKOFF_MAX_MS, _BACKOFF_BASE_MS * 2 ** (attempts - 1))
-            sql, params = (
-                "UPDATE alert_outbox SET next_attempt_at_ms = ?, attempts = ?, last_error = ? "
-                "WHERE id = ?",
-                (now + backoff, attempts, error, row_id),
-            )
-        await self._db.execute_write(sql, params)
-
-
-def _inserter(row: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
-    return lambda conn: _insert(conn, row)
-
-
-def _insert(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    conn.execute(
-        "INSERT INTO alert_outbox (sink_index, sink_name, event, subject, payload, "
-        "created_at_ms, next_attempt_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        row,
-    )
+            await self._store.record_retry(row_id, attempts, error, now + backoff)
