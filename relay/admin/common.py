@@ -10,7 +10,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.errors import AuthError, Forbidden, InvalidRequest, RelayError
+from relay.cluster.pg_identity import ClusterAccountStore
+from relay.errors import AuthError, Forbidden, InvalidRequest, NotFound, RelayError
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import usd_to_micros
@@ -46,12 +47,29 @@ def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             _require_admin(request, state)
             if request.method not in _READ_METHODS:
                 state.storage.check()  # fail closed: a change must be committed to count
-            return await handler(request, state)
+            try:
+                return await handler(request, state)
+            except NotFound as exc:
+                if not await _found_elsewhere(request, state, exc):
+                    raise
+                return await handler(request, state)
         except RelayError as exc:
             return error_response(exc)
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+async def _found_elsewhere(request: Request, state: RelayState, missing: NotFound) -> bool:
+    """Cluster mode: the account or key the path names may have been created through another
+    instance a moment ago, its announcement not yet here; read it from PostgreSQL. Lookups
+    come before writes in every handler, so the one retry never repeats a write."""
+    if state.cluster is None or missing.code not in ("account_not_found", "key_not_found"):
+        return False
+    store = state.store
+    assert isinstance(store, ClusterAccountStore)
+    params = request.path_params
+    return await store.find_missing(params.get("account"), params.get("key_id"))
 
 
 def _require_admin(request: Request, state: RelayState) -> None:

@@ -131,6 +131,25 @@ class ClusterAccountStore(AccountStore):
         if row is not None and row["name"] is not None:
             self._put_cluster_account(_account_of(row))
 
+    async def find_missing(self, account: str | None, key_id: str | None) -> bool:
+        """Read an account (by id or name) or key this instance does not know yet from
+        PostgreSQL: created through another instance a moment ago, before its announcement
+        arrived. True when something was found (the admin route then tries once more)."""
+        found = False
+        if account is not None and account not in self.accounts and account not in self._names:
+            row = await self._pool.fetchrow(
+                _SELECT_ACCOUNTS + " WHERE id = $1 OR name = $1 LIMIT 1", account
+            )
+            if row is not None and row["name"] is not None:
+                self._put_cluster_account(_account_of(row))
+                found = True
+        if key_id is not None and key_id not in self.keys:
+            row = await self._pool.fetchrow(_SELECT_KEYS + " WHERE id = $1", key_id)
+            if row is not None and row["secret_hash"] is not None:
+                self._put_key(row)
+                found = True
+        return found
+
     async def find_new_key(self, key_id: str) -> ApiKey | None:
         # One indexed read per unknown id (guessed ids included): the price of a key created
         # on another instance being usable here before its announcement arrives.
