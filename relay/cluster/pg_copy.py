@@ -10,7 +10,7 @@ so the target is either a verified copy or as empty as before (run it again).
 Values pass through unchanged: SQLite integers arrive as Python ints and are bound as
 ``bigint`` (no float anywhere, so a micro-USD amount beyond 2^53 stays exact); text as
 text. The ledger's insert trigger sums the copied rows into ``accounts.balance_micros``
-and ``api_keys.spent_micros`` (the mapping is in ``relay.cluster.pg_records``).
+and ``api_keys.spent_micros`` (the mapping is in ``relay.storage.schema_core``).
 
 Nothing in flight needs converting: holds live only in a running relay's memory, so a
 stopped embedded database has none. Unfinished video jobs (queued/in_progress, no charge
