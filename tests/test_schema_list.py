@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.cluster.pg_copy import MigrateError, open_embedded
 from relay.storage.db import Database
 from relay.storage.migrations import MIGRATIONS, Migration, MigrationError, apply_migrations
 from relay.storage.schema_entry import EngineOnly
@@ -131,3 +132,23 @@ def test_an_entry_of_the_list_that_fails_on_sqlite_leaves_nothing(tmp_path: Path
         numbers = [r[0] for r in conn.execute("SELECT number FROM schema_migrations")]
     assert "half" not in tables
     assert numbers == [m.number for m in MIGRATIONS]
+
+
+def test_relay_migrate_reads_a_database_from_before_the_one_list(tmp_path: Path) -> None:
+    """Entries 11-13 change nothing on SQLite: not recording them is no reason to refuse."""
+    path = tmp_path / "relay.db"
+    _database_from_before_the_one_list(path)
+    open_embedded(path).close()
+
+
+def test_relay_migrate_refuses_a_database_missing_an_sqlite_entry(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    with _connect(path) as conn:
+        apply_migrations(conn, MIGRATIONS[:9])
+    with pytest.raises(MigrateError, match=r"schema migrations \[1, .*, 9\] differ"):
+        open_embedded(path)
+    later = len(MIGRATIONS) + 1
+    with _connect(path) as conn:
+        apply_migrations(conn, [*MIGRATIONS, Migration(later, "from the future", "SELECT 1;")])
+    with pytest.raises(MigrateError, match=f"{later}\\] differ"):
+        open_embedded(path)
