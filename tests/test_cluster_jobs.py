@@ -27,7 +27,6 @@ from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
 from relay.cluster.admission import ClusterTicket
 from relay.cluster.job_runner import RUNNER_LOCK, ClusterJob, JobRunner
-from relay.cluster.pg_jobs_schema import JOBS_OWNER
 from relay.cluster.pg_leases import reap_expired
 from relay.cluster.pg_schema import migrate
 from relay.cluster.pg_videos import PgVideoStore
@@ -37,6 +36,7 @@ from relay.identity.accounts import Account, ApiKey
 from relay.identity.auth import Principal
 from relay.jobs.video import VideoJob
 from relay.money.estimate import CostQuote
+from relay.storage.schema_cluster_jobs import JOBS_OWNER
 
 asyncpg = pytest.importorskip("asyncpg")
 pytest.importorskip("redis")
@@ -375,7 +375,7 @@ async def test_a_migrated_job_without_a_hold_gets_one_from_the_runner(
 async def test_the_jobs_migration_applies_once(pg_database: str) -> None:
     conn = await asyncpg.connect(pg_database)
     try:
-        assert "0006_jobs" in await migrate(conn)
+        assert 12 in await migrate(conn)  # cluster: holds owned by video jobs, archive files
         assert await migrate(conn) == []
     finally:
         await conn.close()

@@ -66,8 +66,8 @@ async def test_migrations_apply_once_even_when_instances_start_together(
     cluster: Cluster,
 ) -> None:
     first, second, third = await asyncio.gather(*(cluster.start() for _ in range(3)))
-    names = await first.pool.fetch("SELECT name FROM relay_migrations ORDER BY name")
-    assert [r["name"] for r in names] == [name for name, _ in MIGRATIONS]
+    rows = await first.pool.fetch("SELECT number, name FROM schema_migrations ORDER BY number")
+    assert [(r["number"], r["name"]) for r in rows] == [(m.number, m.name) for m in MIGRATIONS]
     async with second.pool.acquire() as conn:
         assert await migrate(conn) == []
 

@@ -29,6 +29,7 @@ from relay.cluster.pg_copy import BeforeVerify, MigrateError, copy_database, ope
 from relay.cluster.pg_verify import MigrationReport
 from relay.config import load_config, redact_url
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.storage.schema_entry import MigrationError
 from relay.usage.retention import archive_dir_for
 
 __all__ = ["add_migrate_commands", "run_migration"]
@@ -151,6 +152,8 @@ async def run_migration(
             )
         except asyncpg.PostgresError as exc:
             raise MigrateError(f"PostgreSQL refused the copy (rolled back): {exc}") from exc
+        except MigrationError as exc:  # the target's schema: nothing was copied
+            raise MigrateError(str(exc)) from exc
         finally:
             await target.close()
     finally:

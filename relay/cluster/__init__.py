@@ -1,9 +1,10 @@
 """Cluster mode: N relay instances sharing PostgreSQL (money) and Redis (limits).
 
-``pg_schema`` (the PostgreSQL schema and its migrations), ``pg_money`` (holds, settlements,
-credits and lease expiry, each one atomic round trip), ``redis_limits`` (token buckets and
+``pg_schema`` (the one migration list, ``relay.storage.schema_list``, applied to
+PostgreSQL), ``pg_money`` (holds, settlements, credits and lease expiry, each one atomic
+round trip), ``redis_limits`` (token buckets and
 concurrency leases as Lua scripts), ``invalidation`` (key revocation and config reload
-across instances), ``pg_records`` (the mirror of every other embedded table), ``pg_copy``
+across instances), ``pg_copy``
 and ``pg_verify`` (``relay migrate``: an embedded database copied and verified),
 ``pg_budgets`` (period budgets: counters checked by the hold), ``job_runner`` (the one
 instance that runs the cluster's periodic jobs: videos, retention, auto top-up, alerts).

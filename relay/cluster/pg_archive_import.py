@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from relay.cluster.pg_jobs_schema import ARCHIVE_CHUNK_BYTES
+from relay.storage.schema_cluster_jobs import ARCHIVE_CHUNK_BYTES
 
 __all__ = ["import_archives"]
 

@@ -10,7 +10,7 @@ so the target is either a verified copy or as empty as before (run it again).
 Values pass through unchanged: SQLite integers arrive as Python ints and are bound as
 ``bigint`` (no float anywhere, so a micro-USD amount beyond 2^53 stays exact); text as
 text. The ledger's insert trigger sums the copied rows into ``accounts.balance_micros``
-and ``api_keys.spent_micros`` (the mapping is in ``relay.cluster.pg_records``).
+and ``api_keys.spent_micros`` (the mapping is in ``relay.storage.schema_core``).
 
 Nothing in flight needs converting: holds live only in a running relay's memory, so a
 stopped embedded database has none. Unfinished video jobs (queued/in_progress, no charge
@@ -108,12 +108,15 @@ def open_embedded(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise MigrateError(f"{path}: not a relay database ({exc})") from exc
-    expected = {migration.number for migration in EMBEDDED_MIGRATIONS}
-    if done != expected:
+    known = {migration.number for migration in EMBEDDED_MIGRATIONS}
+    # An entry with no SQLite script changes nothing here: a database written before it
+    # (by the previous release, never served since) is as complete as one that records it.
+    needed = {migration.number for migration in EMBEDDED_MIGRATIONS if migration.sqlite}
+    if not needed <= done <= known:
         conn.close()
         raise MigrateError(
             f"{path}: schema migrations {sorted(done)} differ from this relay's "
-            f"{sorted(expected)}: run this relay's `relay serve` on it once (then stop it), "
+            f"{sorted(known)}: run this relay's `relay serve` on it once (then stop it), "
             "or use the relay version that wrote it"
         )
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

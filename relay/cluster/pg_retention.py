@@ -8,7 +8,7 @@ archive is committed; archives older than ``archive_keep_days`` expire; later ro
 archived month go to a ``-partN`` archive. The names, ranges and policy are shared.
 
 What differs is where the file goes: its bytes are ``archive_chunks`` rows (1 MiB each,
-``relay.cluster.pg_jobs_schema``) written in the SAME transaction as its ``archives`` row.
+``relay.storage.schema_cluster_jobs``) written in the SAME transaction as its ``archives`` row.
 So N instances need no shared disk (any instance serves any archive), and an archive
 exists whole or not at all without a temporary file, rename, fsync or orphan sweep; a crash
 during the batched deletes is finished by the next run, as embedded. Expiry deletes the
@@ -33,8 +33,8 @@ from typing import Any
 
 import msgspec
 
-from relay.cluster.pg_jobs_schema import ARCHIVE_CHUNK_BYTES
 from relay.money.invoices import month_bounds
+from relay.storage.schema_cluster_jobs import ARCHIVE_CHUNK_BYTES
 from relay.usage.queries import DAY_MS, RowRange
 from relay.usage.retention import (
     ARCHIVE_SUFFIX,

@@ -3,7 +3,8 @@
 The queries are ``relay.usage.queries``'s own (the same filters, groups, nearest-rank
 percentiles and ``(ts_ms, id)`` keyset pages), with PostgreSQL's placeholders (``$n``),
 its NULL-safe comparison for ``IS ?`` and its day expression. The usage table's index
-plan (``relay.cluster.pg_records``) mirrors SQLite's, so each query is an index search.
+plan (``relay.storage.schema_core``, ``schema_console``) mirrors SQLite's, so each query is
+an index search.
 """
 
 from __future__ import annotations

@@ -28,12 +28,12 @@ from typing import Any
 
 from relay.admission.ticket import Ticket
 from relay.cluster.admission import ClusterTicket
-from relay.cluster.pg_jobs_schema import JOBS_OWNER
 from relay.cluster.pg_leases import LeaseLost
 from relay.cluster.pg_money import PgMoneyStore
 from relay.cluster.pg_usage import insert_usage
 from relay.errors import StorageUnavailable
 from relay.jobs.video import COLUMNS, UNFINISHED, VideoJob, log, usage_record
+from relay.storage.schema_cluster_jobs import JOBS_OWNER
 
 __all__ = ["PgVideoStore"]
 

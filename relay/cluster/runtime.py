@@ -152,7 +152,7 @@ class ClusterRuntime:
             async with pool.acquire() as conn:
                 applied = await migrate(conn)
             if applied:
-                log.info("cluster: applied migrations %s", ", ".join(applied))
+                log.info("cluster: applied migrations %s", ", ".join(map(str, applied)))
             lease = await InstanceLease.register(pool, config.cluster.lease_s, name=name)
             redis = redis_asyncio.Redis.from_url(config.cluster.redis_url)
         except BaseException:

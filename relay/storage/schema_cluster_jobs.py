@@ -1,4 +1,5 @@
-"""``0006_jobs``: what the cluster's job runner needs beyond the mirrored tables.
+"""What the cluster's job runner needs beyond the embedded tables (PostgreSQL only; entry 12
+of ``relay.storage.schema_list``).
 
 - **Video holds owned by the cluster.** A video job's hold outlives the request and any
   instance, so it is not an instance's: ``relay.cluster.pg_videos`` moves the request's
@@ -15,14 +16,14 @@
 
 from __future__ import annotations
 
-__all__ = ["ARCHIVE_CHUNK_BYTES", "JOBS_OWNER", "JOB_MIGRATIONS"]
+__all__ = ["ARCHIVE_CHUNK_BYTES", "JOBS_OWNER", "POSTGRESQL_CLUSTER_JOBS"]
 
 # holds.instance_id of the holds the cluster owns (video jobs); never an instance's id
 # (those are "<name>-<hex>"), never in ``instances``, so never reaped.
 JOBS_OWNER = "cluster:jobs"
 ARCHIVE_CHUNK_BYTES = 1 << 20
 
-_JOBS = f"""
+POSTGRESQL_CLUSTER_JOBS = f"""
 CREATE INDEX holds_of_jobs ON holds (request_id) WHERE instance_id = '{JOBS_OWNER}';
 
 CREATE TABLE archive_chunks (
@@ -32,5 +33,3 @@ CREATE TABLE archive_chunks (
     PRIMARY KEY (name, seq)
 );
 """
-
-JOB_MIGRATIONS: list[tuple[str, str]] = [("0006_jobs", _JOBS)]
