@@ -20,6 +20,7 @@ import pytest
 from relay.cli.migrate import run_migration
 from relay.cluster.pg_copy import MigrateError
 from relay.cluster.pg_schema import migrate
+from relay.cluster.pg_usage import RESPONSE_OWNER_SQL
 from relay.storage.migrations import MIGRATIONS, Migration, MigrationError, apply_migrations
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -190,3 +191,22 @@ async def test_an_sqlite_only_entry_is_recorded_and_a_newer_database_refused(pg:
     assert await pg.fetchval("SELECT to_regclass('only_here')") is None
     with pytest.raises(MigrationError, match=f"schema is at migration {later}"):
         await migrate(pg)
+
+
+async def test_the_lookups_any_caller_can_trigger_search_an_index(pg: Any) -> None:
+    # A stored response's owner (any client, any id) and an alert's re-arm check: with
+    # sequential scans priced out, the plan must name the index entry 14 made.
+    await migrate(pg)
+    async with pg.transaction():
+        await pg.execute("SET LOCAL enable_seqscan = off")
+        owner = await pg.fetch("EXPLAIN " + RESPONSE_OWNER_SQL, "acct_a", "resp_unknown")
+        assert "usage_responses" in "\n".join(row[0] for row in owner)
+        rearm = await pg.fetch(
+            "EXPLAIN SELECT 1 FROM alert_outbox WHERE sink_index = $1 AND event = $2"
+            " AND subject = $3 AND created_at_ms > $4",
+            0,
+            "provider_cooling",
+            "openai",
+            0,
+        )
+        assert "alert_outbox_rearm" in "\n".join(row[0] for row in rearm)

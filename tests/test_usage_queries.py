@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from relay.api.responses import RESPONSE_OWNER_SQL
 from relay.storage.db import Database
 from relay.usage.log import UsageRecord, insert_usage
 from relay.usage.queries import (
@@ -228,3 +229,9 @@ async def test_csv_export_of_one_account_matches(seeded: Database) -> None:
     as_text = [["" if v is None else str(v) for v in row.values()] for row in expected]
     assert reader[1:] == as_text
     assert len(as_text) == 4
+
+
+async def test_a_stored_responses_owner_is_one_index_search(seeded: Database) -> None:
+    # Any client may ask for any id: an unknown one must not walk the account's 90 days.
+    details = plan(seeded.path, RESPONSE_OWNER_SQL, ["acct_a", "resp_unknown"])
+    assert details == ["SEARCH usage USING INDEX usage_responses (upstream_request_id=?)"]

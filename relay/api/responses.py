@@ -61,7 +61,7 @@ from relay.upstream.wire_responses import (
     decode_responses_request,
 )
 
-__all__ = ["create_response", "delete_response", "retrieve_response"]
+__all__ = ["RESPONSE_OWNER_SQL", "create_response", "delete_response", "retrieve_response"]
 
 
 async def create_response(request: Request) -> Response | EventStreamResponse:
@@ -180,17 +180,20 @@ def _relay_stream(
 # ----------------------------------------------------------------- retrieve and delete
 
 
+# Searches the partial index usage_responses (schema entry 14): any client may ask for any id.
+RESPONSE_OWNER_SQL = (
+    "SELECT provider FROM usage WHERE account_id IS ? AND upstream_request_id = ?"
+    " AND endpoint = 'responses' ORDER BY id DESC LIMIT 1"
+)
+
+
 async def _owning_provider(state: RelayState, principal: Principal, response_id: str) -> Provider:
     """The provider that created ``response_id`` for this caller's account (404 otherwise)."""
     name: str | None
     if state.cluster is not None:  # the usage rows live in PostgreSQL
         name = await response_provider(state.cluster.pool, principal.account_id, response_id)
     else:
-        row = await state.db.fetchone(
-            "SELECT provider FROM usage WHERE account_id IS ? AND upstream_request_id = ?"
-            " AND endpoint = 'responses' ORDER BY id DESC LIMIT 1",
-            (principal.account_id, response_id),
-        )
+        row = await state.db.fetchone(RESPONSE_OWNER_SQL, (principal.account_id, response_id))
         name = row["provider"] if row is not None else None
     provider = state.providers.get(name) if name is not None else None
     # Someone else's response answers exactly like a missing one: ids reveal nothing.

@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.usage.log import UsageRecord
 
-__all__ = ["insert_usage", "response_provider"]
+__all__ = ["RESPONSE_OWNER_SQL", "insert_usage", "response_provider"]
 
 _COLUMNS = tuple(UsageRecord.__struct_fields__)
 _TYPES = {
@@ -53,14 +53,16 @@ async def insert_usage(conn: Any, records: Sequence[UsageRecord]) -> None:
     await conn.execute(_INSERT, *columns)
 
 
+# Searches the partial index usage_responses (schema entry 14), as embedded.
+RESPONSE_OWNER_SQL = (
+    "SELECT provider FROM usage WHERE account_id IS NOT DISTINCT FROM $1"
+    " AND upstream_request_id = $2 AND endpoint = 'responses' ORDER BY id DESC LIMIT 1"
+)
+
+
 async def response_provider(pool: Any, account_id: str | None, response_id: str) -> str | None:
     """The provider that created a Responses API object for this account (``/v1/responses/
     {id}`` retrieve and delete), from its usage row: the same question as the embedded
     handler asks SQLite, so one account never reaches another's objects."""
-    value = await pool.fetchval(
-        "SELECT provider FROM usage WHERE account_id IS NOT DISTINCT FROM $1"
-        " AND upstream_request_id = $2 AND endpoint = 'responses' ORDER BY id DESC LIMIT 1",
-        account_id,
-        response_id,
-    )
+    value = await pool.fetchval(RESPONSE_OWNER_SQL, account_id, response_id)
     return None if value is None else str(value)

@@ -25,6 +25,7 @@ from relay.storage.schema_console import (
 from relay.storage.schema_core import POSTGRESQL_CORE, SQLITE_CORE
 from relay.storage.schema_entry import EngineOnly, Migration
 from relay.storage.schema_holds import POSTGRESQL_HOLDS
+from relay.storage.schema_lookups import LOOKUP_INDEXES
 from relay.storage.schema_payments import (
     POSTGRESQL_BUDGETS,
     POSTGRESQL_PAYMENTS,
@@ -139,5 +140,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "Embedded, the wallet counts a period's spend in memory; across instances the "
             "count is a row that relay_hold checks and relay_settle increments."
         ),
+    ),
+    Migration(
+        14,
+        "indexes for a stored response's owner and an alert's re-arm check",
+        LOOKUP_INDEXES,
+        LOOKUP_INDEXES,
     ),
 )
