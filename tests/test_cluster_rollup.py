@@ -251,6 +251,46 @@ async def test_a_row_committed_after_a_later_id_is_not_skipped(pool: Any) -> Non
         assert await _pg_rollup(conn) == _embedded_rollup([first, second])
 
 
+async def test_rows_committing_out_of_order_during_the_steps_are_counted_once(
+    pool: Any,
+) -> None:
+    """Writers commit in an order unlike their ids (each sleeps inside its transaction),
+    some roll back (gaps), while the rollup steps run: every committed row counts once."""
+    records = _records(240, seed=11)
+    committed: list[UsageRecord] = []
+    writing = True
+
+    async def writer(part: list[UsageRecord], rng: random.Random) -> None:
+        for start in range(0, len(part), 4):
+            batch = part[start : start + 4]
+            async with pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                await insert_usage(conn, batch)
+                await asyncio.sleep(rng.uniform(0, 0.03))
+                if rng.random() < 0.2:
+                    await transaction.rollback()
+                else:
+                    await transaction.commit()
+                    committed.extend(batch)
+
+    async def rolling() -> int:
+        job, steps = PgRollupJob(pool, batch_rows=7, batches_per_step=3), 0
+        while writing:
+            await job.step()
+            steps += 1
+        return steps
+
+    roller = asyncio.create_task(rolling())
+    await asyncio.gather(*(writer(records[n::4], random.Random(n)) for n in range(4)))
+    writing = False
+    assert await roller > 3
+    await PgRollupJob(pool, batches_per_step=100).step()
+    async with pool.acquire() as conn:
+        assert await _pg_rollup(conn) == _embedded_rollup(committed)
+        assert 0 < len(committed) < len(records)
+
+
 async def test_retention_archives_only_counted_rows_and_the_totals_survive(pool: Any) -> None:
     old = _records(40, seed=6, first_day_ms=NOW_MS - 200 * DAY_MS)
     hot = _records(10, seed=7, first_day_ms=NOW_MS - 3 * DAY_MS)
