@@ -22,10 +22,12 @@ while id 100's transaction was still open would skip 100 forever. So a step firs
 the *horizon*: ``LOCK TABLE usage IN SHARE MODE`` waits for every transaction that is
 inserting into ``usage`` (an INSERT holds ``ROW EXCLUSIVE`` from before it draws its ids
 until it ends) and the largest id visible then is final: every id at or below it is
-committed or never will be. Batches never pass the horizon. The lock is held for one
-``SELECT max(id)`` (index only) and waits at most ``LOCK_TIMEOUT_MS``: the settlers'
-inserts queue behind it for that long at worst, once per step; on a timeout (a long
-writer or an autovacuum of ``usage``) the step rolls nothing and the next one tries again.
+committed or never will be. Batches never pass the horizon. The lock is taken and
+released inside one statement (``relay_usage_horizon``), held while the server reads
+``max(id)`` (the index's last entry), and waited for at most ``LOCK_TIMEOUT_MS``: the
+settlers' inserts queue behind it for that long at worst, once per step; on a timeout (a
+long writer or an autovacuum of ``usage``) the step rolls nothing and the next one tries
+again.
 
 Retention (``relay.cluster.pg_retention``) catches the rollup up first and archives and
 deletes only rows at or below the mark: as embedded, archiving leaves the totals alone,
@@ -61,7 +63,7 @@ DEFAULT_BATCHES_PER_STEP = 20
 # A database that `relay migrate` filled before this migration already has its copied
 # rows' totals (copied from SQLite's usage_daily): start after them. An empty rollup
 # (a cluster that began on PostgreSQL) counts every row.
-_ROLLUP = """
+_ROLLUP = f"""
 CREATE TABLE usage_rollup (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     rolled_through_id bigint NOT NULL CHECK (rolled_through_id >= 0)
@@ -69,6 +71,16 @@ CREATE TABLE usage_rollup (
 INSERT INTO usage_rollup (rolled_through_id)
 SELECT CASE WHEN EXISTS (SELECT 1 FROM usage_daily) THEN COALESCE(max(id), 0) ELSE 0 END
   FROM usage;
+
+-- The horizon in one round trip: called on its own (autocommit), the statement's
+-- transaction holds the lock only while the server reads max(id), never across a client
+-- round trip. VOLATILE: the SELECT takes its snapshot after the lock was granted.
+CREATE FUNCTION relay_usage_horizon() RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET lock_timeout = '{LOCK_TIMEOUT_MS}ms' AS $$
+BEGIN
+    LOCK TABLE usage IN SHARE MODE;
+    RETURN (SELECT COALESCE(max(id), 0) FROM usage);
+END $$;
 """
 
 ROLLUP_MIGRATIONS: list[tuple[str, str]] = [("0009_rollup", _ROLLUP)]
@@ -113,14 +125,12 @@ async def rolled_through(conn: Any) -> int:
 
 async def usage_horizon(conn: Any) -> int | None:
     """The largest usage id below which no row can still appear, or None when the lock
-    was not granted within ``LOCK_TIMEOUT_MS`` (see the module docstring)."""
+    was not granted within ``LOCK_TIMEOUT_MS`` (see the module docstring). ``conn`` must
+    not be in a transaction: the lock would last until that transaction ends."""
     import asyncpg  # the 'cluster' extra
 
     try:
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
-            await conn.execute("LOCK TABLE usage IN SHARE MODE")
-            return int(await conn.fetchval("SELECT COALESCE(max(id), 0) FROM usage"))
+        return int(await conn.fetchval("SELECT relay_usage_horizon()"))
     except asyncpg.LockNotAvailableError:
         log.info("rollup: usage is busy (a long writer or a vacuum); trying again next step")
         return None
