@@ -56,6 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Set on relay_usage_horizon by 0009_rollup: changing it takes a new migration.
 LOCK_TIMEOUT_MS = 100
 DEFAULT_BATCH_ROWS = 5000
 DEFAULT_BATCHES_PER_STEP = 20
