@@ -40,8 +40,9 @@ from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_alerts import PgOutbox
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
+from relay.cluster.pg_rollup import PgRollupJob
 from relay.cluster.pg_videos import PgVideoStore
-from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
+from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog, refusal_sink
 from relay.config import Config
 from relay.console import console_routes
 from relay.errors import ConfigError, InvalidRequest, NotFound, RelayError
@@ -71,7 +72,7 @@ from relay.storage.health import StorageHealth
 from relay.upstream.health import HealthChecker
 from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
-from relay.usage.refusals import RefusalCounter
+from relay.usage.refusals import RefusalCounter, database_sink
 from relay.usage.retention import RetentionJob, RetentionPolicy, archive_dir_for
 
 __all__ = ["create_app"]
@@ -80,6 +81,8 @@ log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
 # Receipts go out within this long of the credit; a closed month's statements on the next round.
 BILLING_MAIL_INTERVAL_S = 15.0
+# Cluster mode: how often the elected instance sums new usage rows into usage_daily.
+ROLLUP_INTERVAL_S = 10.0
 
 
 def _open_tracer(config: Config) -> RequestTracer:
@@ -180,7 +183,9 @@ async def _open_state(
             else ClusterUsageLog(cluster.settler, metrics.observe, db)
         ),
         storage=storage,
-        refusals=RefusalCounter(db),
+        refusals=RefusalCounter(
+            database_sink(db) if cluster is None else refusal_sink(cluster.settler)
+        ),
         started_at=int(time.time()),
         metrics=metrics,
         videos=VideoPoller(
@@ -206,9 +211,11 @@ def _cluster_jobs(
     """The periodic jobs of the whole cluster, run by the elected instance only (one
     election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
     takes the lead (as the embedded job); auto top-up and the money alerts from PostgreSQL
-    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it)."""
+    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it);
+    the daily usage rollup every ``ROLLUP_INTERVAL_S`` (the console's charts lag by that)."""
     assert state.videos is not None and state.cluster is not None
     retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
+    rollup = PgRollupJob(state.cluster.pool)
 
     def check_interval_s() -> float:
         return state.config.alerts_settings.check_interval_s
@@ -216,6 +223,7 @@ def _cluster_jobs(
     return [
         ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S),
         ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
+        ClusterJob("usage_rollup", rollup.step, interval_s=ROLLUP_INTERVAL_S),
         ClusterJob("auto_topup", payments.auto_topup.sweep, interval_s=check_interval_s),
         ClusterJob("money_alerts", watcher.check_shared, interval_s=check_interval_s),
     ]

@@ -30,6 +30,7 @@ import relay.cli
 from relay.cli.migrate import run_migration
 from relay.cluster.pg_copy import COPY_ORDER, MigrateError
 from relay.cluster.pg_money import PgMoneyStore
+from relay.cluster.pg_rollup import catch_up, rolled_through
 from relay.cluster.pg_schema import migrate
 from relay.identity.audit import AUDIT_COLUMNS, row_hash, verify_chain
 from relay.identity.server_secret import ServerSecret, secret_path_for
@@ -210,6 +211,12 @@ async def test_a_driven_database_migrates_and_verifies(
             assert await conn.fetchval(f"SELECT last_value FROM {sequence}") == (
                 await conn.fetchval(f"SELECT max(id) FROM {table}")
             ), table
+        # The copied usage_daily counts the copied rows (and those retention archived): the
+        # rollup's mark starts after them, and a rollup adds nothing.
+        assert await rolled_through(conn) == await conn.fetchval("SELECT max(id) FROM usage")
+        assert (await catch_up(conn)).rows == 0
+        daily = "SELECT * FROM usage_daily ORDER BY 1, 2, 3"
+        assert [tuple(r) for r in await conn.fetch(daily)] == _sqlite(embedded.database, daily)
         last_id = await conn.fetchval("SELECT max(id) FROM ledger")
         # The archive files are stored in PostgreSQL beside their records, byte for byte.
         folder = archive_dir_for(embedded.database)

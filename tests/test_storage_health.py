@@ -15,10 +15,14 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from conftest import make_config
 from support_accounts import Relay, auth, chat_body, run_relay
+
+from relay.storage.db import WriteQueueFull
+from relay.usage.refusals import RefusalCounter, database_sink
 
 STALL_S = 0.5
 
@@ -168,3 +172,29 @@ async def test_credit_whose_transaction_fails_changes_nothing(relay: Relay) -> N
     assert await relay.rows("SELECT * FROM payments") == []
     assert len(await relay.audit()) == audit_before
     assert not state.wallet.snapshot(account["id"]).balance_micros
+
+
+class _FullThenFree:
+    """A writer queue that is full until ``free`` is set (``Database.enqueue``'s contract)."""
+
+    def __init__(self) -> None:
+        self.free = False
+        self.queued: list[object] = []
+
+    def enqueue(self, fn: object) -> None:
+        if not self.free:
+            raise WriteQueueFull("full")
+        self.queued.append(fn)
+
+
+def test_a_refusal_row_the_full_queue_cannot_take_keeps_its_count() -> None:
+    queue = _FullThenFree()
+    counter = RefusalCounter(database_sink(cast(Any, queue)))
+    for _ in range(3):
+        counter.count(account_id="a", key_id="k", endpoint="chat", model="m", status=503, code="x")
+    assert counter.flush() == 0 and queue.queued == []
+    queue.free = True
+    assert counter.flush() == 1 and len(queue.queued) == 1
+    row = cast(Any, queue.queued[0]).args[0]  # functools.partial(_insert, record)
+    assert (row.key_id, row.units) == ("k", 3)
+    assert counter.flush() == 0  # nothing left to write

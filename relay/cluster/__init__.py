@@ -7,6 +7,7 @@ concurrency leases as Lua scripts), ``invalidation`` (key revocation and config 
 across instances), ``pg_copy``
 and ``pg_verify`` (``relay migrate``: an embedded database copied and verified),
 ``pg_budgets`` (period budgets: counters checked by the hold), ``job_runner`` (the one
-instance that runs the cluster's periodic jobs: videos, retention, auto top-up, alerts).
+instance that runs the cluster's periodic jobs: videos, retention, the usage rollup, auto
+top-up, alerts), ``pg_rollup`` (usage rows summed into ``usage_daily``, exactly once).
 docs/scaling.md describes the seam by which the request flow will use them.
 """

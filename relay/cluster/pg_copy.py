@@ -169,6 +169,11 @@ async def copy_database(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) "
                     f"FROM {table} HAVING max(id) IS NOT NULL"
                 )
+            # The copied usage_daily already counts the copied rows: the rollup starts after.
+            await target.execute(
+                "UPDATE usage_rollup"
+                " SET rolled_through_id = (SELECT COALESCE(max(id), 0) FROM usage)"
+            )
             if before_verify is not None:
                 await before_verify(target)
             report = await verify_copy(source, target, _copied_columns(source), audit_key=audit_key)

@@ -14,6 +14,10 @@ exists whole or not at all without a temporary file, rename, fsync or orphan swe
 during the batched deletes is finished by the next run, as embedded. Expiry deletes the
 record and, by cascade, its bytes in one statement.
 
+The daily rollup stays whole: a run first catches the rollup up (``relay.cluster.pg_rollup``)
+and archives and deletes only usage rows it has counted; rows above its mark (a rollup
+that could not take its horizon) stay hot until a later run.
+
 Every statement of a run goes through ONE connection that holds a session advisory lock
 (``RETENTION_LOCK``) for the run: a second run anywhere (a runner elected while the
 previous one's connection was dying) skips; and if the connection dies, its lock and its
@@ -33,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from relay.cluster.pg_rollup import catch_up, rolled_through
 from relay.money.invoices import month_bounds
 from relay.storage.schema_cluster_jobs import ARCHIVE_CHUNK_BYTES
 from relay.usage.queries import DAY_MS, RowRange
@@ -70,6 +75,8 @@ async def run_pg_retention(
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
             return None
         try:
+            # Rows leave the hot table only once counted in usage_daily (pg_rollup).
+            await catch_up(conn, batch_rows=policy.batch_rows)
             for record in await _unpurged(conn):
                 await _finish_purge(conn, record, policy, report)
             for kind in ("usage", "audit"):
@@ -122,6 +129,9 @@ async def _ranges_to_archive(conn: Any, kind: str, cutoff_ms: int) -> list[RowRa
     max_id = int(await conn.fetchval(f"SELECT MAX(id) FROM {kind}"))
     if kind == "audit":
         max_id -= 1  # keep the chain's last row: new rows link to it
+    else:
+        # Archiving leaves usage_daily alone (as embedded): only rows it already counts go.
+        max_id = min(max_id, await rolled_through(conn))
     ranges: list[RowRange] = []
     for month in month_ranges("usage" if kind == "usage" else "audit", oldest, cutoff_ms, max_id):
         if kind == "audit":

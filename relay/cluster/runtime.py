@@ -26,7 +26,7 @@ from typing import Any
 
 from relay.admission.exchange import Exchange
 from relay.admission.ticket import Ticket
-from relay.cluster.admission import ClusterAdmitter
+from relay.cluster.admission import MAX_PENDING_SETTLEMENTS, ClusterAdmitter
 from relay.cluster.invalidation import Invalidation, InvalidationBus
 from relay.cluster.job_runner import ClusterJob, JobRunner
 from relay.cluster.pg_leases import InstanceLease, LeaseLost, reap_expired
@@ -39,8 +39,9 @@ from relay.config import Config
 from relay.jobs.periodic import PeriodicTask
 from relay.money.estimate import CostQuote
 from relay.usage.log import UsageLog, UsageRecord
+from relay.usage.refusals import RefusalSink
 
-__all__ = ["ClusterRuntime", "ClusterUsageLog"]
+__all__ = ["ClusterRuntime", "ClusterUsageLog", "refusal_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,20 @@ class ClusterUsageLog(UsageLog):
         if self._observe is not None:
             self._observe(record)
         self._settler.record(record)
+
+
+def refusal_sink(settler: Settler) -> RefusalSink:
+    """Back-pressure refusal rows (``relay.usage.refusals``) to PostgreSQL with the settler's
+    next batch, never awaited. Refused while settlements are backlogged: that backlog is
+    what made this instance refuse, and the counts wait for a later interval."""
+
+    def queue(record: UsageRecord) -> bool:
+        if settler.pending >= MAX_PENDING_SETTLEMENTS:
+            return False
+        settler.record(record)
+        return True
+
+    return queue
 
 
 class ClusterRuntime:

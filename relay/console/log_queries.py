@@ -23,6 +23,14 @@ import msgspec
 
 from relay.errors import InvalidRequest
 from relay.storage.db import Database
+from relay.usage.rollup import (
+    OPEN_LAST_DAY,
+    SPEND_BY_MODEL_SQL,
+    SPEND_PER_DAY_SQL,
+    every_day,
+    first_day_of,
+    model_spend,
+)
 
 __all__ = [
     "DAY_MS",
@@ -226,21 +234,12 @@ async def log_entry(db: Database, account_id: str, request_id: str) -> sqlite3.R
     )
 
 
-def _first_day(now_ms: int, days: int) -> int:
-    return now_ms // DAY_MS - days + 1
-
-
 async def spend_per_day(
     db: Database, account_id: str, *, first_day: int, last_day: int
 ) -> list[tuple[int, int, int]]:
     """``(day number, cost_micros, requests)`` for each day of [first, last] (UTC)."""
-    rows = await db.fetchall(
-        "SELECT day, SUM(cost_micros), SUM(requests) FROM usage_daily "
-        "WHERE account_id = ? AND day >= ? AND day <= ? GROUP BY day",
-        (account_id, first_day, last_day),
-    )
-    found = {row[0]: (row[1], row[2]) for row in rows}
-    return [(day, *found.get(day, (0, 0))) for day in range(first_day, last_day + 1)]
+    rows = await db.fetchall(SPEND_PER_DAY_SQL, (account_id, first_day, last_day))
+    return every_day(rows, first_day, last_day)
 
 
 async def daily_spend(
@@ -262,15 +261,10 @@ async def spend_by_model(
 ) -> list[tuple[str, int, int]]:
     """``(model, cost_micros, requests)`` over the last ``days`` days (or [first, last]),
     costliest first; models that cost nothing are left out (they make empty bars)."""
-    first = first_day if first_day is not None else _first_day(now_ms, days)
-    last = last_day if last_day is not None else 2**40
-    rows = await db.fetchall(
-        "SELECT model, SUM(cost_micros) AS cost, SUM(requests) FROM usage_daily "
-        "WHERE account_id = ? AND day >= ? AND day <= ? GROUP BY model HAVING cost > 0 "
-        "ORDER BY cost DESC, model LIMIT 12",
-        (account_id, first, last),
-    )
-    return [(row[0] or "requests without a model", row[1], row[2]) for row in rows]
+    first = first_day if first_day is not None else first_day_of(now_ms, days)
+    last = last_day if last_day is not None else OPEN_LAST_DAY
+    rows = await db.fetchall(SPEND_BY_MODEL_SQL, (account_id, first, last))
+    return model_spend(rows)
 
 
 async def spend_by_key(

@@ -45,6 +45,7 @@ from relay.storage.schema_records import (
     SQLITE_LEANER_USAGE_INDEXES,
     SQLITE_VIDEO_JOBS,
 )
+from relay.storage.schema_rollup import POSTGRESQL_ROLLUP
 
 __all__ = ["MIGRATIONS"]
 
@@ -146,5 +147,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "indexes for a stored response's owner and an alert's re-arm check",
         LOOKUP_INDEXES,
         LOOKUP_INDEXES,
+    ),
+    Migration(
+        15,
+        "cluster: the daily rollup's mark and the usage horizon",
+        "",
+        POSTGRESQL_ROLLUP,
+        postgresql_only=EngineOnly(tables=("usage_rollup",)),
+        why_engines_differ=(
+            "Embedded, the writer adds each usage row to usage_daily in the row's own "
+            "transaction; across instances a job rolls committed rows up behind a mark."
+        ),
     ),
 )

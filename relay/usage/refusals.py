@@ -8,6 +8,11 @@ model, code), and every ``interval_s`` each counter becomes ONE usage row whose 
 is the number of refusals it stands for. Memory is bounded by the number of distinct
 keys; a flush the queue cannot take keeps its counts for the next interval. The app runs
 ``flush`` every ``interval_s`` (a ``PeriodicTask``) and once more at shutdown.
+
+Where the rows go is a ``RefusalSink``: the storage writer's queue (``database_sink``,
+embedded) or, in cluster mode, the settler's next batch to PostgreSQL
+(``relay.cluster.runtime.refusal_sink``). Either takes a row without awaiting anything,
+so a refusal never waits on storage.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from relay.storage.db import Database, WriteQueueFull
 from relay.usage.log import UsageRecord, insert_usage
 
-__all__ = ["RefusalCounter"]
+__all__ = ["RefusalCounter", "RefusalSink", "database_sink"]
 
 log = logging.getLogger("relay.usage")
 DEFAULT_INTERVAL_S = 10.0
@@ -37,13 +43,30 @@ class _Who(NamedTuple):
     code: str
 
 
+# Takes one aggregated row without awaiting; False when it cannot now (the count is kept).
+RefusalSink = Callable[[UsageRecord], bool]
+
+
 def _insert(record: UsageRecord, conn: sqlite3.Connection) -> None:
     insert_usage(conn, record)
 
 
+def database_sink(db: Database) -> RefusalSink:
+    """Rows to the embedded writer's queue; a full queue refuses them."""
+
+    def queue(record: UsageRecord) -> bool:
+        try:
+            db.enqueue(functools.partial(_insert, record))
+        except WriteQueueFull:
+            return False
+        return True
+
+    return queue
+
+
 class RefusalCounter:
-    def __init__(self, db: Database, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        self._db = db
+    def __init__(self, sink: RefusalSink, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self._sink = sink
         self.interval_s = interval_s
         self._counts: dict[_Who, int] = {}
         self._prefix = f"refused_{secrets.token_hex(4)}_"
@@ -82,9 +105,7 @@ class RefusalCounter:
                 error_code=who.code,
                 units=n,
             )
-            try:
-                self._db.enqueue(functools.partial(_insert, record))
-            except WriteQueueFull:  # keep the count: it is written at the next interval
+            if not self._sink(record):  # keep the count: it is written at the next interval
                 self._counts[who] = self._counts.get(who, 0) + n
                 continue
             queued += 1
