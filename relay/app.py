@@ -38,6 +38,7 @@ from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
+from relay.cluster.pg_upstream_toggles import UpstreamToggles
 from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
 from relay.config import Config
@@ -261,7 +262,7 @@ async def _close_database(state: RelayState) -> None:
 
 
 async def _apply_invalidation(
-    state: RelayState, reloader: ConfigReloader, change: Invalidation
+    state: RelayState, reloader: ConfigReloader, toggles: UpstreamToggles, change: Invalidation
 ) -> None:
     """Another instance (or this one) committed a change: drop what it names."""
     log.debug("cluster: invalidation %s %s from %s", change.kind, change.target, change.origin)
@@ -279,8 +280,11 @@ async def _apply_invalidation(
                 await reloader.reload()
             except ReloadRefused as exc:
                 log.error("cluster: announced reload refused here: %s", exc)
+    elif change.kind == "upstream":
+        await toggles.catch_up(state.providers)
     else:
         await store.reload_all()
+        await toggles.catch_up(state.providers)
 
 
 def _handle_relay_error(request: Request, exc: Exception) -> Response:
@@ -408,7 +412,10 @@ def create_app(
             reloader = ConfigReloader(state, source, factory)
             stack.push_async_callback(reloader.aclose)
             if cluster is not None:
-                await cluster.start(lambda change: _apply_invalidation(state, reloader, change))
+                toggles = UpstreamToggles(cluster.pool)
+                await cluster.start(
+                    lambda change: _apply_invalidation(state, reloader, toggles, change)
+                )
             yield {
                 "relay": state,
                 "payments": payments,

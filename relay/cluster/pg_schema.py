@@ -19,6 +19,7 @@ from typing import Any
 from relay.cluster.pg_budgets import BUDGET_MIGRATIONS
 from relay.cluster.pg_jobs_schema import JOB_MIGRATIONS
 from relay.cluster.pg_records import RECORD_MIGRATIONS
+from relay.cluster.pg_upstream_toggles import TOGGLE_MIGRATIONS
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -387,6 +388,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     *JOB_MIGRATIONS,
     # Period budgets: counters per period, read by relay_hold (relay.cluster.pg_budgets).
     *BUDGET_MIGRATIONS,
+    # The upstream toggles' rows of the audit chain (relay.cluster.pg_upstream_toggles).
+    *TOGGLE_MIGRATIONS,
 ]
 
 # Any constant shared by every instance: the advisory lock that serialises migrations.
