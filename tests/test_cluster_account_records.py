@@ -13,50 +13,27 @@ audit row cannot be written leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import io
 import re
 import secrets
 import time
 import zipfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-from conftest import RelayServer, serve_relay
+from conftest import serve_relay
+from support_cluster_records import cluster_config, embedded_config, two_instances, verified
 
 from relay.cli.migrate import run_migration
 from relay.cluster import pg_account_records
-from relay.config import Config, parse_config
 from relay.identity.server_secret import secret_path_for
 
 asyncpg = pytest.importorskip("asyncpg")
 pytest.importorskip("redis")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _config_text(tmp_path: Path) -> str:
-    text = (ROOT / "config.example.toml").read_text()
-    return text.replace('database = "relay.db"', f'database = "{tmp_path / "relay.db"}"', 1)
-
-
-def embedded_config(tmp_path: Path) -> Config:
-    return parse_config(_config_text(tmp_path), base_dir=str(tmp_path))
-
-
-def cluster_config(tmp_path: Path, dsn: str, redis_port: int) -> Config:
-    """The embedded config on PostgreSQL and Redis: the same secret file (audit key)."""
-    db = 1 + secrets.randbelow(15)
-    text = _config_text(tmp_path) + (
-        f'\n[storage]\nurl = "{dsn}"\n'
-        f'[cluster]\nredis_url = "redis://127.0.0.1:{redis_port}/{db}"\nlease_s = 3\n'
-    )
-    return parse_config(text, base_dir=str(tmp_path))
 
 
 async def _ok(response: httpx.Response, status: int = 200) -> Any:
@@ -241,25 +218,6 @@ async def test_the_records_routes_answer_as_the_embedded_ones_for_the_same_recor
         assert verify["ok"], verify
 
 
-@contextlib.asynccontextmanager
-async def two_instances(
-    tmp_path: Path, pg_database: str, redis_server: Any
-) -> AsyncIterator[tuple[RelayServer, RelayServer, Any]]:
-    config = cluster_config(tmp_path, pg_database, redis_server.port)
-    async with serve_relay(config) as one, serve_relay(config) as two:
-        conn = await asyncpg.connect(pg_database)
-        try:
-            yield one, two, conn
-        finally:
-            await conn.close()
-
-
-async def _verified(*relays: RelayServer) -> None:
-    for relay in relays:
-        report = await _ok(await relay.client.get("/admin/audit/verify"))
-        assert report["ok"], report
-
-
 async def _money(conn: Any, account_id: str) -> tuple[int, int, int]:
     balance = await conn.fetchval("SELECT balance_micros FROM accounts WHERE id = $1", account_id)
     total, rows = await conn.fetchrow(
@@ -293,7 +251,7 @@ async def test_a_deletion_through_one_instance_is_refused_by_the_other_within_a_
             while (await _chat(two.client, key_secret, "after")).status_code != 401:
                 assert time.monotonic() - started < 1.0, "deletion not seen within 1 s"
                 await asyncio.sleep(0.01)
-        await _verified(one, two)
+        await verified(one, two)
 
         # Every instance answers the one request; a second one (through the other) is it.
         assert await _ok(await two.client.get(f"/admin/accounts/{account}/deletion")) == deletion
@@ -317,7 +275,7 @@ async def test_a_deletion_through_one_instance_is_refused_by_the_other_within_a_
         )
         # Money records are kept: the same rows, balance = ledger sum.
         assert await _money(conn, account) == money_before
-        await _verified(one, two)
+        await verified(one, two)
 
 
 async def test_two_deletions_at_once_on_two_instances_store_one_request(
@@ -341,7 +299,7 @@ async def test_two_deletions_at_once_on_two_instances_store_one_request(
                 )
                 == 1
             )
-        await _verified(one, two)
+        await verified(one, two)
 
 
 async def test_a_deletion_whose_audit_row_fails_stores_nothing_and_can_be_retried(
@@ -374,7 +332,7 @@ async def test_a_deletion_whose_audit_row_fails_stores_nothing_and_can_be_retrie
         missing = await two.client.get(f"/admin/accounts/{account}/deletion")
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "no_deletion_request"
-        await _verified(one, two)
+        await verified(one, two)
 
         monkeypatch.setattr(pg_account_records.pg_audit, "append", real_append)
         retried = await _ok(await two.client.post(f"/admin/accounts/{account}/deletion"), 202)
@@ -388,7 +346,7 @@ async def test_a_deletion_whose_audit_row_fails_stores_nothing_and_can_be_retrie
             )
             == 1
         )
-        await _verified(one, two)
+        await verified(one, two)
 
 
 async def test_the_export_carries_the_accounts_archives_from_postgresql(
@@ -430,4 +388,4 @@ async def test_the_export_carries_the_accounts_archives_from_postgresql(
             )
             == 1
         )
-        await _verified(one, two)
+        await verified(one, two)

@@ -70,14 +70,16 @@ def _pool_key(request: Request, state: RelayState) -> UpstreamKey:
 
 async def _set_key(request: Request, state: RelayState, *, enable: bool) -> Response:
     key = _pool_key(request, state)
-    key.set_by_operator(enable=enable)
     provider = request.path_params["provider"]
+    # Recorded first: a change whose audit row failed is not made (in cluster mode the
+    # row is also what every other instance replays).
     await state.store.record_action(
         actor=ADMIN_ACTOR,
         action=operator_action(enable=enable),
         target=f"{provider}#{key.index}",
         detail={"provider": provider, "position": key.index},
     )
+    key.set_by_operator(enable=enable)
     view = next(
         v
         for v in _upstream_views(state)
