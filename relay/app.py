@@ -36,6 +36,7 @@ from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
+from relay.cluster.pg_erasure import PgErasure
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_upstream_toggles import UpstreamToggles
@@ -204,10 +205,14 @@ def _cluster_jobs(
 ) -> list[ClusterJob]:
     """The periodic jobs of the whole cluster, run by the elected instance only (one
     election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
-    takes the lead (as the embedded job); auto top-up and the money alerts from PostgreSQL
-    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it)."""
+    takes the lead (as the embedded job); due deletion requests erased daily; auto top-up and
+    the money alerts from PostgreSQL every ``[alerts_settings] check_interval_s``, read afresh
+    each time (a reload may change it)."""
     assert state.videos is not None and state.cluster is not None
-    retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
+    cluster = state.cluster
+    retention = PgRetentionJob(cluster.pool, RetentionPolicy.of(state.config.retention))
+    clock = payments.service.clock  # the payments' wall clock (injected by tests)
+    erasure = PgErasure(cluster.pool, state.store.audit_key, cluster.publish, clock)
 
     def check_interval_s() -> float:
         return state.config.alerts_settings.check_interval_s
@@ -217,6 +222,9 @@ def _cluster_jobs(
         ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
         ClusterJob("auto_topup", payments.auto_topup.sweep, interval_s=check_interval_s),
         ClusterJob("money_alerts", watcher.check_shared, interval_s=check_interval_s),
+        # Due deletion requests: daily, and at once when an instance takes the lead (as
+        # the embedded job runs at start-up).
+        ClusterJob("erasure", erasure.run_once, interval_s=86_400.0),
     ]
 
 

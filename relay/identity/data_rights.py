@@ -11,7 +11,8 @@ replaces the account's name with a pseudonym ``deleted-<hash>``, erases its memb
 and e-mails (those who belong to no other account), key labels, ticket subjects and
 bodies, the buyer name on receipts, and the saved card link. Ledger, usage and payment
 rows stay (money records are kept; they carry only the random account id), so the balance
-is still the sum of the ledger rows. Audit rows are hash-chained and are not rewritten:
+is still the sum of the ledger rows (the statements: ``relay.identity.erasure_plan``, shared
+with the cluster's job). Audit rows are hash-chained and are not rewritten:
 older ones may still hold the former name until audit retention archives them.
 """
 
@@ -40,6 +41,7 @@ from relay.identity.account_records import (
 )
 from relay.identity.accounts import AccountStore
 from relay.identity.audit import append_audit
+from relay.identity.erasure_plan import ERASED, ONLY_HERE_USERS, erasure_counts, erasure_steps
 from relay.jobs.periodic import PeriodicTask
 from relay.storage.db import Database
 
@@ -58,7 +60,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 ERASE_AFTER_MS = 30 * DAY_MS
-ERASED = "[erased]"
 Clock = Callable[[], int]
 
 # Each export part: (file stem, table that must exist, SQL with one ? for the account id).
@@ -264,50 +265,15 @@ def _erase_rows(
     conn: sqlite3.Connection, account_id: str, pseudonym: str, tables: set[str], at_ms: int
 ) -> dict[str, int]:
     """Overwrite the account's personal data in place (inside the writer's transaction)."""
-    counts: dict[str, int] = {}
-    conn.execute(
-        "UPDATE accounts SET name = ?, updated_at_ms = ? WHERE id = ?",
-        (pseudonym, at_ms, account_id),
-    )
-    counts["key_labels"] = conn.execute(
-        "UPDATE api_keys SET label = ? WHERE account_id = ?", (ERASED, account_id)
-    ).rowcount
-    conn.execute("UPDATE receipts SET buyer_name = ? WHERE account_id = ?", (pseudonym, account_id))
-    conn.execute("DELETE FROM payment_customers WHERE account_id = ?", (account_id,))
+    only_here = None
     if "console_memberships" in tables:
-        counts.update(_erase_console(conn, account_id, at_ms))
-    return counts
-
-
-def _erase_console(conn: sqlite3.Connection, account_id: str, at_ms: int) -> dict[str, int]:
-    # Users of this account only: anyone also in another account keeps their login.
-    only_here = [
-        str(row[0])
-        for row in conn.execute(
-            "SELECT user_id FROM console_memberships WHERE account_id = ? AND user_id NOT IN "
-            "(SELECT user_id FROM console_memberships WHERE account_id != ?)",
-            (account_id, account_id),
-        )
-    ]
-    for user_id in only_here:
-        tag = hashlib.sha256(user_id.encode()).hexdigest()[:12]
-        conn.execute(
-            "UPDATE console_users SET email = ?, display_name = ?, password_hash = '!', "
-            "status = 'disabled', session_version = session_version + 1, updated_at_ms = ? "
-            "WHERE id = ?",
-            (f"deleted-{tag}@invalid", "deleted user", at_ms, user_id),
-        )
-        conn.execute("DELETE FROM console_sessions WHERE user_id = ?", (user_id,))
-    conn.execute("DELETE FROM console_invites WHERE account_id = ?", (account_id,))
-    tickets = conn.execute(
-        "UPDATE console_tickets SET subject = ? WHERE account_id = ?", (ERASED, account_id)
-    ).rowcount
-    messages = conn.execute(
-        "UPDATE console_ticket_messages SET body = ? WHERE ticket_id IN "
-        "(SELECT id FROM console_tickets WHERE account_id = ?)",
-        (ERASED, account_id),
-    ).rowcount
-    return {"users": len(only_here), "tickets": tickets, "ticket_messages": messages}
+        only_here = [str(row[0]) for row in conn.execute(ONLY_HERE_USERS, (account_id, account_id))]
+    changed: dict[str, int] = {}
+    for step in erasure_steps(account_id, pseudonym, at_ms, only_here=only_here):
+        rows = conn.execute(step.sql, step.params).rowcount
+        if step.counted_as is not None:
+            changed[step.counted_as] = rows
+    return erasure_counts(changed, only_here)
 
 
 async def erase_account(
