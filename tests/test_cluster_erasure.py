@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from support_cluster_records import two_instances, verified
+import pytest
+from conftest import serve_relay
+from support_cluster_records import cluster_config, two_instances, verified
 
 from relay.cluster.pg_erasure import PgErasure
 from relay.identity.data_rights import pseudonym_for
+
+asyncpg = pytest.importorskip("asyncpg")
+pytest.importorskip("redis")
 
 
 async def _account(relay: Any, name: str) -> str:
@@ -187,3 +192,29 @@ async def test_two_runners_at_once_erase_once(
         erased = await conn.fetchval("SELECT count(*) FROM audit WHERE action = 'account.erase'")
         assert erased == len(accounts)
         await verified(one, two)
+
+
+async def test_the_elected_runner_erases_a_due_request_when_it_takes_the_lead(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    config = cluster_config(tmp_path, pg_database, redis_server.port)
+    async with serve_relay(config) as first:
+        account = await _account(first, "overdue")
+        requested = await first.client.post(f"/admin/accounts/{account}/deletion")
+        assert requested.status_code == 202, requested.text
+    conn = await asyncpg.connect(pg_database)
+    try:
+        # Due since long ago (relay was down when it came due).
+        await conn.execute(
+            "UPDATE deletion_requests SET erase_after_ms = 1 WHERE account_id = $1", account
+        )
+        async with serve_relay(config) as second:
+            started = time.monotonic()
+            while second.state.store.account(account).name != pseudonym_for(account):
+                assert time.monotonic() - started < 10.0, "the runner did not erase it"
+                await asyncio.sleep(0.05)
+        assert await conn.fetchval(
+            "SELECT erased_at_ms FROM deletion_requests WHERE account_id = $1", account
+        )
+    finally:
+        await conn.close()
