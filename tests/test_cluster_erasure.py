@@ -124,12 +124,17 @@ async def test_a_due_deletion_is_erased_once_and_the_money_records_kept(
         assert await conn.fetchval("SELECT name FROM accounts WHERE id = $1", account) == (
             pseudonym
         )
+        store = one.state.store
+
+        def followed() -> bool:
+            labels = {k.label for k in store.keys_of(account)}
+            return store.account(account).name == pseudonym and labels == {"[erased]"}
+
         started = time.monotonic()
-        while one.state.store.account(account).name != pseudonym:
+        while not followed():  # the account's announcement, then its key's
             assert time.monotonic() - started < 1.0, "the erasure not seen within 1 s"
             await asyncio.sleep(0.01)
-        assert one.state.store.account(pseudonym).id == account
-        assert {k.label for k in one.state.store.keys_of(account)} == {"[erased]"}
+        assert store.account(pseudonym).id == account
         assert await conn.fetchval("SELECT label FROM api_keys WHERE account_id = $1", account) == (
             "[erased]"
         )
