@@ -38,9 +38,11 @@ from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_alerts import PgOutbox
+from relay.cluster.pg_erasure import PgErasure
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_rollup import PgRollupJob
+from relay.cluster.pg_upstream_toggles import UpstreamToggles
 from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog, refusal_sink
 from relay.config import Config
@@ -210,12 +212,16 @@ def _cluster_jobs(
 ) -> list[ClusterJob]:
     """The periodic jobs of the whole cluster, run by the elected instance only (one
     election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
-    takes the lead (as the embedded job); auto top-up and the money alerts from PostgreSQL
-    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it);
-    the daily usage rollup every ``ROLLUP_INTERVAL_S`` (the console's charts lag by that)."""
+    takes the lead (as the embedded job); due deletion requests erased daily; auto top-up and
+    the money alerts from PostgreSQL every ``[alerts_settings] check_interval_s``, read afresh
+    each time (a reload may change it); the daily usage rollup every ``ROLLUP_INTERVAL_S``
+    (the console's charts lag by that)."""
     assert state.videos is not None and state.cluster is not None
-    retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
-    rollup = PgRollupJob(state.cluster.pool)
+    cluster = state.cluster
+    retention = PgRetentionJob(cluster.pool, RetentionPolicy.of(state.config.retention))
+    rollup = PgRollupJob(cluster.pool)
+    clock = payments.service.clock  # the payments' wall clock (injected by tests)
+    erasure = PgErasure(cluster.pool, state.store.audit_key, cluster.publish, clock)
 
     def check_interval_s() -> float:
         return state.config.alerts_settings.check_interval_s
@@ -226,6 +232,9 @@ def _cluster_jobs(
         ClusterJob("usage_rollup", rollup.step, interval_s=ROLLUP_INTERVAL_S),
         ClusterJob("auto_topup", payments.auto_topup.sweep, interval_s=check_interval_s),
         ClusterJob("money_alerts", watcher.check_shared, interval_s=check_interval_s),
+        # Due deletion requests: daily, and at once when an instance takes the lead (as
+        # the embedded job runs at start-up).
+        ClusterJob("erasure", erasure.run_once, interval_s=86_400.0),
     ]
 
 
@@ -271,7 +280,7 @@ async def _close_database(state: RelayState) -> None:
 
 
 async def _apply_invalidation(
-    state: RelayState, reloader: ConfigReloader, change: Invalidation
+    state: RelayState, reloader: ConfigReloader, toggles: UpstreamToggles, change: Invalidation
 ) -> None:
     """Another instance (or this one) committed a change: drop what it names."""
     log.debug("cluster: invalidation %s %s from %s", change.kind, change.target, change.origin)
@@ -289,8 +298,11 @@ async def _apply_invalidation(
                 await reloader.reload()
             except ReloadRefused as exc:
                 log.error("cluster: announced reload refused here: %s", exc)
+    elif change.kind == "upstream":
+        await toggles.catch_up(state.providers)
     else:
         await store.reload_all()
+        await toggles.catch_up(state.providers)
 
 
 def _handle_relay_error(request: Request, exc: Exception) -> Response:
@@ -420,7 +432,10 @@ def create_app(
             reloader = ConfigReloader(state, source, factory)
             stack.push_async_callback(reloader.aclose)
             if cluster is not None:
-                await cluster.start(lambda change: _apply_invalidation(state, reloader, change))
+                toggles = UpstreamToggles(cluster.pool)
+                await cluster.start(
+                    lambda change: _apply_invalidation(state, reloader, toggles, change)
+                )
             yield {
                 "relay": state,
                 "payments": payments,

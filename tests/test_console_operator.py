@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from support_console import Browser, console_relay, create_user
 
+from relay.identity.account_records import SqliteAccountRecords
 from relay.identity.data_rights import deletion_request, request_deletion
 
 ACCOUNTS = "/console/operator/accounts"
@@ -157,7 +158,12 @@ async def test_suspend_asks_and_pending_deletion_blocks_activation(
             assert relay.state.store.account(acme["id"]).status == "active"
 
             state = relay.state
-            await request_deletion(state.db, state.store, acme["id"], actor="o@acme.test")
+            await request_deletion(
+                SqliteAccountRecords(state.db, state.store.audit_key),
+                state.store,
+                acme["id"],
+                actor="o@acme.test",
+            )
             shown = (await ops.get(page)).text
             assert "cannot be activated while the deletion is pending" in shown
             assert "Cancel the deletion" in shown and "Activate acme" not in shown

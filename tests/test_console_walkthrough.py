@@ -19,6 +19,7 @@ from support_accounts import Relay, auth, chat_body
 from support_browser import browser, signed_in  # noqa: F401  (browser: a fixture)
 from support_console import console_relay, create_user
 
+from relay.identity.account_records import SqliteAccountRecords
 from relay.identity.data_rights import request_deletion
 
 PHONE = {"width": 390, "height": 844}
@@ -183,7 +184,12 @@ async def test_console_pages_at_desktop_and_phone_size(
         await ops.get_by_role("button", name="Suspend globex").click()
         await expect(ops.get_by_role("status")).to_contain_text("is suspended")
         state = relay.state
-        await request_deletion(state.db, state.store, globex.id, actor="ops@relay.test")
+        await request_deletion(
+            SqliteAccountRecords(state.db, state.store.audit_key),
+            state.store,
+            globex.id,
+            actor="ops@relay.test",
+        )
         await ops.reload()
         await expect(ops.get_by_role("button", name="Activate globex")).to_have_count(0)
         await expect(ops.locator("main")).to_contain_text("cannot be activated")

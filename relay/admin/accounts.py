@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from relay.admin.common import (
     ADMIN_ACTOR,
+    account_records,
     account_view,
     admin_route,
     created,
@@ -21,10 +22,9 @@ from relay.admin.common import (
 from relay.errors import InvalidRequest
 from relay.http.responses import json_response
 from relay.identity.accounts import Account, Conflict
-from relay.identity.data_rights import deletion_request
 from relay.money.budget import BudgetPeriod
 from relay.money.invoices import build_statement, month_bounds, render_csv, render_html
-from relay.money.ledger import ledger_view
+from relay.money.ledger import ledger_page
 from relay.money.pricing import parse_multiplier
 from relay.money.wallet import DuplicateReference
 from relay.payments.crediting import commit_credit, manual_credit_write
@@ -154,7 +154,7 @@ async def update_account(request: Request, state: RelayState) -> Response:
 async def _refuse_if_deletion_requested(state: RelayState, account: Account) -> None:
     """An account pending deletion (or erased) stays suspended: re-activating it must not
     silently undo the owner's request; the console offers an explicit cancel first."""
-    deletion = await deletion_request(state.db, account.id)
+    deletion = await account_records(state).deletion_request(account.id)
     if deletion is not None:
         why = "its personal data was erased" if deletion.erased_at_ms else "its deletion is pending"
         raise Conflict(f"Account {account.name!r} cannot be re-activated: {why}")
@@ -210,11 +210,10 @@ async def show_ledger(request: Request, state: RelayState) -> Response:
         before = max(0, min(int(request.query_params.get("before_id", str(2**62))), 2**62))
     except ValueError:
         raise InvalidRequest("limit and before_id must be integers") from None
-    rows = await state.db.fetchall(
-        "SELECT * FROM ledger WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (account.id, before, limit),
+    rows = await ledger_page(
+        account_records(state).reader, account.id, before_id=before, limit=limit
     )
-    return json_response({"data": [ledger_view(row) for row in rows]})
+    return json_response({"data": rows})
 
 
 @admin_route
@@ -227,7 +226,7 @@ async def show_statement(request: Request, state: RelayState) -> Response:
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="month") from None
     statement = await build_statement(
-        state.db,
+        account_records(state).reader,
         account_id=account.id,
         account_name=account.name,
         mode=account.mode,

@@ -7,9 +7,9 @@ instance's local SQLite, which is a scratch file holding nothing shared. So:
 - ``ClusterRouteGuard`` answers 501 ``not_available_in_cluster_mode`` for every route not
   in ``CLUSTER_ROUTES`` (never a wrong answer from an empty local database);
 - ``cluster_routes`` overrides the few whose money comes from the wallet: credits, the
-  wallet view, the reload (announced to every instance), and the account/key views (their
-  money fields read from PostgreSQL). ``/v1/balance`` and ``/v1/key`` pick their store
-  themselves (``relay.api.account``).
+  wallet view, the reload and the upstream key toggles (announced to every instance), and
+  the account/key views (their money fields read from PostgreSQL). ``/v1/balance`` and
+  ``/v1/key`` pick their store themselves (``relay.api.account``).
 
 docs/scaling.md lists both.
 """
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay.admin import accounts, keys
 from relay.admin.cluster_archives import archive_routes
 from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, iso, parse_usd
-from relay.admin.operations import reload_config
+from relay.admin.operations import disable_upstream, enable_upstream, reload_config
 from relay.cluster.runtime import ClusterRuntime
 from relay.errors import InvalidRequest, NotAvailableInCluster
 from relay.http.responses import error_response, json_response
@@ -99,6 +99,16 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("PUT", r"/admin/accounts/[^/]+/auto-topup"),
     ("GET", r"/admin/accounts/[^/]+/notices"),
     ("POST", r"/admin/accounts/[^/]+/notices/[0-9]+/dismiss"),
+    # Account records (issue 18, part A): from PostgreSQL through the records seam
+    # (relay.identity.account_records, relay.cluster.pg_account_records).
+    ("GET", r"/admin/accounts/[^/]+/ledger"),
+    ("GET", r"/admin/accounts/[^/]+/statement"),
+    ("GET", r"/admin/accounts/[^/]+/export"),
+    ("POST", r"/admin/accounts/[^/]+/deletion"),
+    ("GET", r"/admin/accounts/[^/]+/deletion"),
+    # Upstream key toggles, replayed on every instance (relay.cluster.pg_upstream_toggles).
+    ("POST", r"/admin/upstreams/[^/]+/keys/[^/]+/enable"),
+    ("POST", r"/admin/upstreams/[^/]+/keys/[^/]+/disable"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
@@ -187,6 +197,21 @@ async def reload_everywhere(request: Request, state: RelayState) -> Response:
     return response
 
 
+def _announced(
+    endpoint: Callable[[Request], Awaitable[Response]], kind: str
+) -> Callable[[Request], Awaitable[Response]]:
+    """The embedded route, then (when it succeeded) ``kind`` announced to every instance."""
+
+    async def wrapped(request: Request) -> Response:
+        response = await endpoint(request)
+        if response.status_code < 300:
+            await _runtime(relay_state(request)).publish(kind)
+        return response
+
+    wrapped.__name__ = getattr(endpoint, "__name__", "announced")
+    return wrapped
+
+
 async def _patch_money(state: RelayState, view: dict[str, Any]) -> None:
     """Replace a view's money fields (computed from the local wallet) with PostgreSQL's."""
     store = _runtime(state).store
@@ -235,12 +260,19 @@ def _with_pg_money(
     return wrapped
 
 
+_UPSTREAM_KEY = "/admin/upstreams/{provider}/keys/{position}"
+
+
 def cluster_routes() -> list[BaseRoute]:
     """Placed before the embedded routes: the first match wins."""
     return archive_routes() + [
         Route("/admin/accounts/{account}/credits", credit_account, methods=["POST"]),
         Route("/admin/accounts/{account}/wallet", show_wallet, methods=["GET"]),
         Route("/admin/reload", reload_everywhere, methods=["POST"]),
+        Route(f"{_UPSTREAM_KEY}/enable", _announced(enable_upstream, "upstream"), methods=["POST"]),
+        Route(
+            f"{_UPSTREAM_KEY}/disable", _announced(disable_upstream, "upstream"), methods=["POST"]
+        ),
         Route("/admin/accounts", _with_pg_money(accounts.create_account), methods=["POST"]),
         Route("/admin/accounts", _with_pg_money(accounts.list_accounts), methods=["GET"]),
         Route("/admin/accounts/{account}", _with_pg_money(accounts.show_account), methods=["GET"]),

@@ -10,16 +10,20 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.cluster.pg_account_records import PgAccountRecords
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.errors import AuthError, Forbidden, InvalidRequest, NotFound, RelayError
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
+from relay.identity.account_records import AccountRecords, SqliteAccountRecords
 from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import usd_to_micros
 from relay.money.records import balance_fields
 from relay.state import RelayState, relay_state
+from relay.usage.retention import archive_dir_for
 
 __all__ = [
     "ADMIN_ACTOR",
+    "account_records",
     "account_view",
     "admin_route",
     "budget_view",
@@ -188,3 +192,12 @@ def key_view(state: RelayState, key: ApiKey, last_used_ms: int | None = None) ->
 
 def created(body: dict[str, Any]) -> Response:
     return json_response(body, status=201)
+
+
+def account_records(state: RelayState) -> AccountRecords:
+    """PostgreSQL's records in cluster mode (shared by every instance), else SQLite's."""
+    if state.cluster is not None:
+        return PgAccountRecords(state.cluster.pool, state.store.audit_key)
+    return SqliteAccountRecords(
+        state.db, state.store.audit_key, archive_dir_for(state.config.database_path)
+    )

@@ -19,11 +19,9 @@ from relay.admin.reload import ConfigReloader, ReloadRefused
 from relay.errors import InvalidRequest, NotFound
 from relay.http.responses import json_response
 from relay.state import RelayState
-from relay.upstream.keypool import UpstreamKey
+from relay.upstream.keypool import UpstreamKey, operator_action
 
-__all__ = ["operation_routes"]
-
-OPERATOR_DISABLED = "disabled by the operator"
+__all__ = ["disable_upstream", "enable_upstream", "operation_routes", "reload_config"]
 
 
 def _reloader(request: Request) -> ConfigReloader:
@@ -72,18 +70,16 @@ def _pool_key(request: Request, state: RelayState) -> UpstreamKey:
 
 async def _set_key(request: Request, state: RelayState, *, enable: bool) -> Response:
     key = _pool_key(request, state)
-    if enable:
-        key.disabled_reason = None
-        key.cooldown_until = 0.0
-    else:
-        key.disabled_reason = OPERATOR_DISABLED
     provider = request.path_params["provider"]
+    # Recorded first: a change whose audit row failed is not made (in cluster mode the
+    # row is also what every other instance replays).
     await state.store.record_action(
         actor=ADMIN_ACTOR,
-        action="upstream.enable" if enable else "upstream.disable",
+        action=operator_action(enable=enable),
         target=f"{provider}#{key.index}",
         detail={"provider": provider, "position": key.index},
     )
+    key.set_by_operator(enable=enable)
     view = next(
         v
         for v in _upstream_views(state)

@@ -17,10 +17,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, parse_usd
+from relay.admin.common import (
+    ADMIN_ACTOR,
+    account_records,
+    admin_route,
+    created,
+    decode_body,
+    parse_usd,
+)
 from relay.errors import InvalidRequest, NotFound
 from relay.http.responses import error_response, json_response, read_body
-from relay.identity.data_rights import build_export, deletion_request, request_deletion
+from relay.identity.data_rights import build_export, request_deletion
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.receipts import SellerDetails, receipt_view, render_receipt_html
 from relay.payments.runtime import payments_runtime
@@ -28,7 +35,6 @@ from relay.payments.service import PaymentsUnavailable
 from relay.payments.store import payment_view
 from relay.payments.webhook import SignatureError
 from relay.state import RelayState
-from relay.usage.retention import archive_dir_for
 
 __all__ = ["payment_routes"]
 
@@ -188,12 +194,7 @@ async def dismiss(request: Request, state: RelayState) -> Response:
 @admin_route
 async def export_account(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
-    archive = await build_export(
-        state.db,
-        state.store,
-        account.id,
-        archive_dir=archive_dir_for(state.config.database_path),
-    )
+    archive = await build_export(account_records(state), state.store, account.id)
     await state.store.record_action(
         actor=ADMIN_ACTOR, action="account.export", target=account.id, detail={}
     )
@@ -211,7 +212,7 @@ async def delete_account(request: Request, state: RelayState) -> Response:
         state.gate.limiter.forget(key_id)
 
     deletion = await request_deletion(
-        state.db, state.store, account.id, actor=ADMIN_ACTOR, on_key_revoked=forget
+        account_records(state), state.store, account.id, actor=ADMIN_ACTOR, on_key_revoked=forget
     )
     state.gate.limiter.forget_account(account.id)
     return json_response(msgspec.structs.asdict(deletion), status=202)
@@ -220,7 +221,7 @@ async def delete_account(request: Request, state: RelayState) -> Response:
 @admin_route
 async def show_deletion(request: Request, state: RelayState) -> Response:
     account = state.store.account(request.path_params["account"])
-    deletion = await deletion_request(state.db, account.id)
+    deletion = await account_records(state).deletion_request(account.id)
     if deletion is None:
         raise NotFound("No deletion was requested for this account", code="no_deletion_request")
     return json_response(msgspec.structs.asdict(deletion))

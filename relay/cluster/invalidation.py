@@ -1,4 +1,5 @@
-"""Key revocation, suspension and config reload, from one instance to every other.
+"""Key revocation, suspension, config reload and upstream key toggles, from one instance to
+every other.
 
 Each instance caches verified keys and account state in memory (as the embedded process
 does). A change made through one instance is committed to PostgreSQL first, then announced
@@ -28,7 +29,7 @@ __all__ = ["Invalidation", "InvalidationBus"]
 
 log = logging.getLogger(__name__)
 
-InvalidationKind = Literal["key", "account", "config", "all"]
+InvalidationKind = Literal["key", "account", "config", "upstream", "all"]
 
 _PUBLISH = """
 local version = redis.call('INCR', KEYS[1])

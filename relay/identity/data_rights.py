@@ -11,7 +11,8 @@ replaces the account's name with a pseudonym ``deleted-<hash>``, erases its memb
 and e-mails (those who belong to no other account), key labels, ticket subjects and
 bodies, the buyer name on receipts, and the saved card link. Ledger, usage and payment
 rows stay (money records are kept; they carry only the random account id), so the balance
-is still the sum of the ledger rows. Audit rows are hash-chained and are not rewritten:
+is still the sum of the ledger rows (the statements: ``relay.identity.erasure_plan``, shared
+with the cluster's job). Audit rows are hash-chained and are not rewritten:
 older ones may still hold the former name until audit retention archives them.
 """
 
@@ -25,15 +26,22 @@ import sqlite3
 import time
 import zipfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from relay.csv_cells import csv_text
 from relay.errors import NotFound
+from relay.identity.account_records import (
+    AccountRecords,
+    DeletionRequest,
+    SqliteAccountRecords,
+    UsageArchive,
+    read_deletion_request,
+)
 from relay.identity.accounts import AccountStore
 from relay.identity.audit import append_audit
+from relay.identity.erasure_plan import ERASED, ONLY_HERE_USERS, erasure_counts, erasure_steps
 from relay.jobs.periodic import PeriodicTask
 from relay.storage.db import Database
 
@@ -52,7 +60,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 ERASE_AFTER_MS = 30 * DAY_MS
-ERASED = "[erased]"
 Clock = Callable[[], int]
 
 # Each export part: (file stem, table that must exist, SQL with one ? for the account id).
@@ -115,15 +122,6 @@ _EXPORT_QUERIES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class DeletionRequest(msgspec.Struct, frozen=True):
-    account_id: str
-    requested_at_ms: int
-    requested_by: str
-    erase_after_ms: int
-    erased_at_ms: int | None = None
-    pseudonym: str | None = None
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -132,47 +130,35 @@ def pseudonym_for(account_id: str) -> str:
     return "deleted-" + hashlib.sha256(account_id.encode()).hexdigest()[:12]
 
 
-async def _tables(db: Database) -> set[str]:
-    rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-    return {str(row[0]) for row in rows}
-
-
 # -- export --------------------------------------------------------------------------------
 
 
 async def build_export(
-    db: Database,
+    records: AccountRecords,
     store: AccountStore,
     account_id: str,
     *,
     now_ms: int | None = None,
-    archive_dir: Path | None = None,
 ) -> bytes:
     """The account's data as a zip (``<part>.json`` and ``<part>.csv`` per part), with the
-    account's monthly usage archive files under ``archives/`` when ``archive_dir`` is given
-    (rows older than the retention period live only there)."""
+    account's monthly usage archives under ``archives/`` (rows older than the retention
+    period live only there)."""
     account = store.account(account_id)
-    tables = await _tables(db)
+    tables = await records.tables()
     parts: dict[str, list[dict[str, Any]]] = {}
     for stem, table, sql in _EXPORT_QUERIES:
         if table in tables:
-            parts[stem] = [dict(row) for row in await db.fetchall(sql, (account.id,))]
+            parts[stem] = [dict(row) for row in await records.reader.fetchall(sql, (account.id,))]
     profile = msgspec.structs.asdict(account)
-    request = await deletion_request(db, account.id)
+    request = await records.deletion_request(account.id)
     profile["deletion_request"] = msgspec.structs.asdict(request) if request else None
     profile["exported_at_ms"] = now_ms if now_ms is not None else _now_ms()
-    files: list[Path] = []
-    if archive_dir is not None and "archives" in tables:
-        rows = await db.fetchall(
-            "SELECT name FROM archives WHERE kind = 'usage' AND account_id = ? ORDER BY name",
-            (account.id,),
-        )
-        files = [archive_dir / str(row["name"]) for row in rows]
-    return await asyncio.to_thread(_zip, profile, parts, files)
+    archives = await records.usage_archives(account.id)
+    return await asyncio.to_thread(_zip, profile, parts, archives)
 
 
 def _zip(
-    profile: dict[str, Any], parts: dict[str, list[dict[str, Any]]], files: list[Path]
+    profile: dict[str, Any], parts: dict[str, list[dict[str, Any]]], archives: list[UsageArchive]
 ) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -180,9 +166,8 @@ def _zip(
         for stem, rows in parts.items():
             archive.writestr(f"{stem}.json", msgspec.json.format(msgspec.json.encode(rows)))
             archive.writestr(f"{stem}.csv", _csv(rows))
-        for path in files:
-            if path.is_file():  # already gzip: stored as is
-                archive.write(path, f"archives/{path.name}", compress_type=zipfile.ZIP_STORED)
+        for name, data in archives:  # already gzip: stored as is
+            archive.writestr(f"archives/{name}", data, compress_type=zipfile.ZIP_STORED)
         archive.writestr("README.txt", _README)
     return buffer.getvalue()
 
@@ -204,16 +189,12 @@ Keys are listed by metadata only: relay never stores a key's secret, only a hash
 
 
 async def deletion_request(db: Database, account_id: str) -> DeletionRequest | None:
-    row = await db.fetchone(
-        "SELECT account_id, requested_at_ms, requested_by, erase_after_ms, erased_at_ms, "
-        "pseudonym FROM deletion_requests WHERE account_id = ?",
-        (account_id,),
-    )
-    return None if row is None else DeletionRequest(*tuple(row))
+    """The embedded store's request (the console's reads; admin routes use the seam)."""
+    return await read_deletion_request(db, account_id)
 
 
 async def request_deletion(
-    db: Database,
+    records: AccountRecords,
     store: AccountStore,
     account_id: str,
     *,
@@ -223,10 +204,11 @@ async def request_deletion(
 ) -> DeletionRequest:
     """Suspend the account and revoke its keys now; schedule erasure in 30 days.
 
-    Idempotent: a second request returns the first (its date does not move).
+    Each suspension and revocation is the store's write (in cluster mode announced to every
+    instance). Idempotent: a second request returns the first (its date does not move).
     """
     account = store.account(account_id)
-    existing = await deletion_request(db, account.id)
+    existing = await records.deletion_request(account.id)
     if existing is not None:
         return existing
     now = now_ms if now_ms is not None else _now_ms()
@@ -238,27 +220,9 @@ async def request_deletion(
             revoked = msgspec.structs.replace(key, status="revoked")
             await store.update_key(revoked, actor=actor, action="key.revoke")
             on_key_revoked(key.id)
-    request = DeletionRequest(account.id, now, actor, now + ERASE_AFTER_MS)
-    audit_key = store.audit_key
-
-    def write(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO deletion_requests (account_id, requested_at_ms, requested_by, "
-            "erase_after_ms) VALUES (?, ?, ?, ?)",
-            (request.account_id, now, actor, request.erase_after_ms),
-        )
-        conn.execute("UPDATE auto_topups SET enabled = 0 WHERE account_id = ?", (account.id,))
-        append_audit(
-            conn,
-            audit_key,
-            actor=actor,
-            action="account.deletion_requested",
-            target=account.id,
-            detail={"erase_after_ms": request.erase_after_ms},
-        )
-
-    await db.write(write)
-    return request
+    return await records.record_deletion(
+        DeletionRequest(account.id, now, actor, now + ERASE_AFTER_MS)
+    )
 
 
 async def cancel_deletion(
@@ -301,50 +265,15 @@ def _erase_rows(
     conn: sqlite3.Connection, account_id: str, pseudonym: str, tables: set[str], at_ms: int
 ) -> dict[str, int]:
     """Overwrite the account's personal data in place (inside the writer's transaction)."""
-    counts: dict[str, int] = {}
-    conn.execute(
-        "UPDATE accounts SET name = ?, updated_at_ms = ? WHERE id = ?",
-        (pseudonym, at_ms, account_id),
-    )
-    counts["key_labels"] = conn.execute(
-        "UPDATE api_keys SET label = ? WHERE account_id = ?", (ERASED, account_id)
-    ).rowcount
-    conn.execute("UPDATE receipts SET buyer_name = ? WHERE account_id = ?", (pseudonym, account_id))
-    conn.execute("DELETE FROM payment_customers WHERE account_id = ?", (account_id,))
+    only_here = None
     if "console_memberships" in tables:
-        counts.update(_erase_console(conn, account_id, at_ms))
-    return counts
-
-
-def _erase_console(conn: sqlite3.Connection, account_id: str, at_ms: int) -> dict[str, int]:
-    # Users of this account only: anyone also in another account keeps their login.
-    only_here = [
-        str(row[0])
-        for row in conn.execute(
-            "SELECT user_id FROM console_memberships WHERE account_id = ? AND user_id NOT IN "
-            "(SELECT user_id FROM console_memberships WHERE account_id != ?)",
-            (account_id, account_id),
-        )
-    ]
-    for user_id in only_here:
-        tag = hashlib.sha256(user_id.encode()).hexdigest()[:12]
-        conn.execute(
-            "UPDATE console_users SET email = ?, display_name = ?, password_hash = '!', "
-            "status = 'disabled', session_version = session_version + 1, updated_at_ms = ? "
-            "WHERE id = ?",
-            (f"deleted-{tag}@invalid", "deleted user", at_ms, user_id),
-        )
-        conn.execute("DELETE FROM console_sessions WHERE user_id = ?", (user_id,))
-    conn.execute("DELETE FROM console_invites WHERE account_id = ?", (account_id,))
-    tickets = conn.execute(
-        "UPDATE console_tickets SET subject = ? WHERE account_id = ?", (ERASED, account_id)
-    ).rowcount
-    messages = conn.execute(
-        "UPDATE console_ticket_messages SET body = ? WHERE ticket_id IN "
-        "(SELECT id FROM console_tickets WHERE account_id = ?)",
-        (ERASED, account_id),
-    ).rowcount
-    return {"users": len(only_here), "tickets": tickets, "ticket_messages": messages}
+        only_here = [str(row[0]) for row in conn.execute(ONLY_HERE_USERS, (account_id, account_id))]
+    changed: dict[str, int] = {}
+    for step in erasure_steps(account_id, pseudonym, at_ms, only_here=only_here):
+        rows = conn.execute(step.sql, step.params).rowcount
+        if step.counted_as is not None:
+            changed[step.counted_as] = rows
+    return erasure_counts(changed, only_here)
 
 
 async def erase_account(
@@ -353,7 +282,7 @@ async def erase_account(
     """Erase one account's personal data now; returns its pseudonym."""
     account = store.account(account_id)
     pseudonym = pseudonym_for(account.id)
-    tables = await _tables(db)
+    tables = await SqliteAccountRecords(db, store.audit_key).tables()
     audit_key = store.audit_key
 
     def write(conn: sqlite3.Connection) -> None:

@@ -13,8 +13,16 @@ from typing import Any
 from relay.money.budget import BUDGET_PERIODS, BudgetPeriod
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.storage.db import Database
+from relay.storage.reader import RowReader
 
-__all__ = ["charged_since", "insert_entry", "ledger_view", "load_account_budget", "load_wallet"]
+__all__ = [
+    "charged_since",
+    "insert_entry",
+    "ledger_page",
+    "ledger_view",
+    "load_account_budget",
+    "load_wallet",
+]
 
 _INSERT = (
     "INSERT INTO ledger (account_id, kind, amount_micros, reference, key_id, request_id, "
@@ -126,7 +134,18 @@ async def charged_since(
     return int(row[0]) if row else 0
 
 
-def ledger_view(row: sqlite3.Row) -> dict[str, Any]:
+async def ledger_page(
+    reader: RowReader, account_id: str, *, before_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """An account's rows newest first, ``limit`` of them below ``before_id`` (either engine)."""
+    rows = await reader.fetchall(
+        "SELECT * FROM ledger WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (account_id, before_id, limit),
+    )
+    return [ledger_view(row) for row in rows]
+
+
+def ledger_view(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
         "account_id": row["account_id"],

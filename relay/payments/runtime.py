@@ -32,14 +32,17 @@ log = logging.getLogger("relay.payments")
 class PaymentsRuntime:
     service: PaymentsService
     auto_topup: AutoTopUp
-    erasure: ErasureJob
+    # The embedded erasure job; None in cluster mode (the elected runner's PgErasure).
+    erasure: ErasureJob | None
     webhook: StripeWebhook | None = None
 
     def start(self) -> None:
-        self.erasure.start()
+        if self.erasure is not None:
+            self.erasure.start()
 
     async def aclose(self) -> None:
-        await self.erasure.stop()
+        if self.erasure is not None:
+            await self.erasure.stop()
         await self.auto_topup.aclose()
         if self.service.stripe is not None:
             await self.service.stripe.aclose()
@@ -78,7 +81,7 @@ async def open_payments(
     return PaymentsRuntime(
         service=service,
         auto_topup=AutoTopUp(service),
-        erasure=ErasureJob(state.db, state.store),
+        erasure=ErasureJob(state.db, state.store) if state.cluster is None else None,
         webhook=StripeWebhook(service, webhook_secret) if webhook_secret else None,
     )
 

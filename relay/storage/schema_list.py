@@ -25,7 +25,7 @@ from relay.storage.schema_console import (
 from relay.storage.schema_core import POSTGRESQL_CORE, SQLITE_CORE
 from relay.storage.schema_entry import EngineOnly, Migration
 from relay.storage.schema_holds import POSTGRESQL_HOLDS
-from relay.storage.schema_lookups import LOOKUP_INDEXES
+from relay.storage.schema_lookups import LOOKUP_INDEXES, POSTGRESQL_UPSTREAM_TOGGLES
 from relay.storage.schema_payments import (
     POSTGRESQL_BUDGETS,
     POSTGRESQL_PAYMENTS,
@@ -157,6 +157,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         why_engines_differ=(
             "Embedded, the writer adds each usage row to usage_daily in the row's own "
             "transaction; across instances a job rolls committed rows up behind a mark."
+        ),
+    ),
+    Migration(
+        16,
+        "cluster: the upstream key toggles' rows of the audit chain",
+        "",
+        POSTGRESQL_UPSTREAM_TOGGLES,
+        postgresql_only=EngineOnly(indexes=("audit_upstream_toggles",)),
+        why_engines_differ=(
+            "Embedded, one process holds the upstream pool; across instances each replays "
+            "the operator's toggles from the shared audit chain."
         ),
     ),
 )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from relay.upstream.redact import KeyRedactor
 
-__all__ = ["KeyPool", "UpstreamKey"]
+__all__ = ["OPERATOR_ACTIONS", "OPERATOR_DISABLED", "KeyPool", "UpstreamKey", "operator_action"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 # the upstream nor park a key for hours.
 DEFAULT_COOLDOWN_S = 1.0
 MAX_COOLDOWN_S = 300.0
+OPERATOR_DISABLED = "disabled by the operator"
+# The audit action of an operator's enable or disable (cluster instances replay them).
+OPERATOR_ACTIONS = {"upstream.enable": True, "upstream.disable": False}
+
+
+def operator_action(*, enable: bool) -> str:
+    return "upstream.enable" if enable else "upstream.disable"
 
 
 class _Quota:
@@ -65,6 +72,15 @@ class UpstreamKey:
         self.disabled_reason: str | None = None
         # (requests, tokens) buckets when the provider declares key_rpm / key_tpm.
         self.quotas: tuple[_Quota | None, _Quota | None] = (None, None)
+
+    def set_by_operator(self, *, enable: bool) -> None:
+        """Enabling clears a rejection or a cool-down; disabling takes the key out of
+        rotation until it is enabled again."""
+        if enable:
+            self.disabled_reason = None
+            self.cooldown_until = 0.0
+        else:
+            self.disabled_reason = OPERATOR_DISABLED
 
     def within_quota(self, tokens: int, now: float) -> bool:
         rpm, tpm = self.quotas

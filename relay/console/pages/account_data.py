@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from relay.console.auth.sessions import SESSION_COOKIE
 from relay.console.web import Ctx, page
+from relay.identity.account_records import SqliteAccountRecords
 from relay.identity.data_rights import (
     ERASE_AFTER_MS,
     build_export,
@@ -29,12 +30,12 @@ __all__ = ["delete_account", "delete_form", "export_data"]
 async def export_data(ctx: Ctx) -> Response:
     assert ctx.account is not None
     account_id = ctx.account.id
-    archive = await build_export(
+    records = SqliteAccountRecords(
         ctx.state.db,
-        ctx.state.store,
-        account_id,
-        archive_dir=archive_dir_for(ctx.state.config.database_path),
+        ctx.state.store.audit_key,
+        archive_dir_for(ctx.state.config.database_path),
     )
+    archive = await build_export(records, ctx.state.store, account_id)
     await ctx.state.store.record_action(
         actor=ctx.actor, action="account.export", target=account_id, detail={}
     )
@@ -73,8 +74,9 @@ async def delete_account(ctx: Ctx) -> Response:
         state.auth.forget_key(key_id)
         state.gate.limiter.forget(key_id)
 
+    records = SqliteAccountRecords(state.db, state.store.audit_key)
     deletion = await request_deletion(
-        state.db, state.store, account.id, actor=ctx.actor, on_key_revoked=forget
+        records, state.store, account.id, actor=ctx.actor, on_key_revoked=forget
     )
     state.gate.limiter.forget_account(account.id)
     if ctx.user.operator:

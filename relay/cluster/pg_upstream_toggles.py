@@ -1,0 +1,76 @@
+"""An operator's upstream key enable/disable, on every instance.
+
+Embedded, ``POST /admin/upstreams/{provider}/keys/{n}/enable|disable`` changes the one
+process's key pool. In cluster mode every instance has its own pool (from the same config
+file), so the change must reach each. Its record is the audit row the route appends to
+PostgreSQL's chain (``upstream.enable`` / ``upstream.disable``, detail: provider and
+position); the route then announces ``upstream`` on the invalidation bus, and every
+instance replays the toggle rows it has not applied yet, in id order (``catch_up``). The
+same replay runs on a full reload (``all``: start-up, a lost message), so an instance
+started later, or one that missed the message, ends with the same keys taken out of
+rotation. Positions are the shared config file's (``#1`` is the first of ``api_keys``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from relay.upstream.keypool import OPERATOR_ACTIONS
+from relay.upstream.providers import Provider
+
+__all__ = ["UpstreamToggles"]
+
+log = logging.getLogger(__name__)
+
+_ACTIONS = tuple(OPERATOR_ACTIONS)
+# A replay reads the toggles' rows by id through the partial index audit_upstream_toggles
+# (schema entry 16, relay/storage/schema_lookups.py), not the whole chain.
+
+
+class _Toggle(msgspec.Struct):
+    provider: str
+    position: int
+
+
+_decode_toggle = msgspec.json.Decoder(_Toggle).decode
+
+
+class UpstreamToggles:
+    """One instance's replay of the cluster's upstream toggles (the last applied id)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._applied_id = 0
+        # The listener and the heartbeat's full reload may both replay: one at a time, so
+        # the rows are applied in id order.
+        self._lock = asyncio.Lock()
+
+    async def catch_up(self, providers: Mapping[str, Provider]) -> int:
+        """Apply every toggle recorded after the last one applied here; how many."""
+        async with self._lock:
+            rows = await self._pool.fetch(
+                "SELECT id, action, detail FROM audit"
+                f" WHERE action IN {_ACTIONS!r} AND id > $1 ORDER BY id",
+                self._applied_id,
+            )
+            for row in rows:
+                self._apply(providers, str(row["action"]), str(row["detail"]))
+                self._applied_id = int(row["id"])
+            return len(rows)
+
+    @staticmethod
+    def _apply(providers: Mapping[str, Provider], action: str, detail: str) -> None:
+        toggle = _decode_toggle(detail)
+        provider = providers.get(toggle.provider)
+        if provider is None or not 1 <= toggle.position <= len(provider.pool.keys):
+            # Named reason: the config read here no longer has that key (a reload removed
+            # it); nothing to apply, as an embedded reload drops a removed key's state.
+            log.info("cluster: toggle of %s#%d skipped", toggle.provider, toggle.position)
+            return
+        key = provider.pool.keys[toggle.position - 1]
+        key.set_by_operator(enable=OPERATOR_ACTIONS[action])
