@@ -100,6 +100,33 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("PUT", r"/admin/accounts/[^/]+/auto-topup"),
     ("GET", r"/admin/accounts/[^/]+/notices"),
     ("POST", r"/admin/accounts/[^/]+/notices/[0-9]+/dismiss"),
+    # People (issue 18, part D): console users, sessions, invites, resets and tickets are
+    # PostgreSQL's rows (relay.cluster.pg_users, pg_console, pg_tickets).
+    ("POST", r"/admin/users"),
+    ("GET", r"/admin/users"),
+    ("GET", r"/console"),
+    ("GET", r"/console/"),
+    ("GET", r"/console/static/.+"),
+    ("GET", r"/console/login"),
+    ("POST", r"/console/login"),
+    ("POST", r"/console/logout"),
+    ("GET", r"/console/password"),
+    ("POST", r"/console/password"),
+    ("GET", r"/console/forgot"),
+    ("POST", r"/console/forgot"),
+    ("GET", r"/console/reset/[^/]+"),
+    ("POST", r"/console/reset/[^/]+"),
+    ("GET", r"/console/invite/[^/]+"),
+    ("POST", r"/console/invite/[^/]+"),
+    ("GET", r"/console/a/[^/]+/members"),
+    ("POST", r"/console/a/[^/]+/members/invite"),
+    ("POST", r"/console/a/[^/]+/members/invites/revoke"),
+    ("POST", r"/console/a/[^/]+/members/[^/]+/(role|remove)"),
+    ("GET", r"/console/a/[^/]+/tickets"),
+    ("POST", r"/console/a/[^/]+/tickets"),
+    ("GET", r"/console/a/[^/]+/tickets/[0-9]+"),
+    ("POST", r"/console/a/[^/]+/tickets/[0-9]+/(reply|close)"),
+    ("GET", r"/console/operator/tickets"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
