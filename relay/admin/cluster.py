@@ -36,7 +36,6 @@ from relay.identity.accounts import Account, ApiKey
 from relay.money.pricing import micros_to_usd
 from relay.money.records import BalanceView
 from relay.payments.runtime import payments_runtime
-from relay.payments.store import PaidPayment
 from relay.state import RelayState, relay_state
 
 __all__ = ["CLUSTER_ROUTES", "ClusterRouteGuard", "cluster_routes"]
@@ -127,6 +126,30 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", r"/console/a/[^/]+/tickets/[0-9]+"),
     ("POST", r"/console/a/[^/]+/tickets/[0-9]+/(reply|close)"),
     ("GET", r"/console/operator/tickets"),
+    # The console's pages (part D): money from PgMoneyStore and PostgreSQL's ledger and
+    # payments, logs from its usage rows (relay.console.services: reader, money, charts).
+    ("GET", r"/console/a/[^/]+"),
+    ("GET", r"/console/a/[^/]+/keys"),
+    ("POST", r"/console/a/[^/]+/keys"),
+    ("GET", r"/console/a/[^/]+/keys/[^/]+"),
+    ("POST", r"/console/a/[^/]+/keys/[^/]+"),
+    ("POST", r"/console/a/[^/]+/keys/[^/]+/revoke"),
+    ("GET", r"/console/a/[^/]+/models"),
+    ("GET", r"/console/a/[^/]+/logs"),
+    ("GET", r"/console/a/[^/]+/logs\.csv"),
+    ("GET", r"/console/a/[^/]+/logs/[^/]+"),
+    ("GET", r"/console/a/[^/]+/billing"),
+    ("GET", r"/console/a/[^/]+/billing/statement"),
+    ("POST", r"/console/a/[^/]+/billing/(topup|auto-topup)"),
+    ("POST", r"/console/a/[^/]+/notices/[0-9]+/dismiss"),
+    ("GET", r"/console/billing"),
+    ("GET", r"/console/receipts/[^/]+"),
+    ("GET", r"/console/operator/accounts"),
+    ("POST", r"/console/operator/accounts"),
+    ("GET", r"/console/operator/accounts/[^/]+"),
+    ("POST", r"/console/operator/accounts/[^/]+"),
+    ("POST", r"/console/operator/accounts/[^/]+/(credit|status)"),
+    ("GET", r"/console/operator/audit"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
@@ -181,24 +204,8 @@ async def credit_account(request: Request, state: RelayState) -> Response:
     amount = parse_usd(credit.amount_usd, "amount_usd")
     if amount <= 0:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
-    service = payments_runtime(request).service
-    paid = PaidPayment(
-        account_id=account.id,
-        provider="manual",
-        provider_payment_id=credit.reference,
-        kind="manual",
-        currency="usd",
-        amount_minor=amount // 10_000,
-        amount_micros=amount,
-    )
-    receipt = await service.records.credit(
-        paid,
-        at_ms=service.clock(),
-        buyer_name=account.name,
-        seller=service.seller,
-        actor=ADMIN_ACTOR,
-        event=None,
-        note=credit.note,
+    receipt = await payments_runtime(request).service.credit_manually(
+        account.id, amount, credit.reference, note=credit.note, actor=ADMIN_ACTOR
     )
     wallet = await _wallet(state, account.id)
     if receipt is None:

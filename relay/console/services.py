@@ -12,17 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.cluster.pg_console import PgInviteStore, PgPasswordResets, PgSessionStore
+from relay.cluster.pg_money_views import PgMoneyViews
+from relay.cluster.pg_reader import PgReader
+from relay.cluster.pg_spend_charts import UsageRowCharts
 from relay.cluster.pg_tickets import PgTicketStore
 from relay.cluster.pg_users import PgUserStore
 from relay.console.auth.sessions import SessionStore
 from relay.console.invites import InviteStore
+from relay.console.money_views import MoneyViews, WalletViews
 from relay.console.password_resets import PasswordResets
 from relay.console.records import InviteRecords, ResetRecords, SessionRecords, TicketRecords
+from relay.console.spend_charts import RollupCharts, SpendCharts
 from relay.console.tickets import TicketStore
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.identity.user_records import UserRecords
 from relay.identity.users import UserStore
 from relay.state import RelayState
+from relay.storage.reader import Reader
 
 __all__ = ["ConsoleKeys", "Services", "open_services", "user_records"]
 
@@ -47,6 +53,10 @@ class Services:
     invites: InviteRecords
     tickets: TicketRecords
     resets: ResetRecords
+    # Reads of usage, the ledger, payments and keys' last use (the console's portable SQL).
+    reader: Reader
+    money: MoneyViews
+    charts: SpendCharts
 
 
 def user_records(state: RelayState, audit_key: bytes) -> UserRecords:
@@ -76,6 +86,9 @@ def open_services(state: RelayState) -> Services:
             invites=InviteStore(state.db, keys.invite, keys.audit),
             tickets=TicketStore(state.db),
             resets=PasswordResets(state.db, reset_key, keys.audit),
+            reader=state.db,
+            money=WalletViews(state.wallet),
+            charts=RollupCharts(state.db),
         )
     # Cluster mode: rows every instance shares; the keys are the same on every instance
     # because they derive from the one secret file beside the configured database path.
@@ -88,4 +101,7 @@ def open_services(state: RelayState) -> Services:
         invites=PgInviteStore(pool, keys.invite, keys.audit),
         tickets=PgTicketStore(pool),
         resets=PgPasswordResets(pool, reset_key, keys.audit),
+        reader=PgReader(pool),
+        money=PgMoneyViews(state.cluster),
+        charts=UsageRowCharts(pool),
     )

@@ -36,6 +36,7 @@ from relay.identity.accounts import AccountStore
 from relay.identity.audit import append_audit
 from relay.jobs.periodic import PeriodicTask
 from relay.storage.db import Database
+from relay.storage.reader import Reader
 
 __all__ = [
     "ERASE_AFTER_MS",
@@ -203,7 +204,7 @@ Keys are listed by metadata only: relay never stores a key's secret, only a hash
 # -- deletion request ----------------------------------------------------------------------
 
 
-async def deletion_request(db: Database, account_id: str) -> DeletionRequest | None:
+async def deletion_request(db: Reader, account_id: str) -> DeletionRequest | None:
     row = await db.fetchone(
         "SELECT account_id, requested_at_ms, requested_by, erase_after_ms, erased_at_ms, "
         "pseudonym FROM deletion_requests WHERE account_id = ?",

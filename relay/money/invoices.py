@@ -15,7 +15,7 @@ import msgspec
 
 from relay.csv_cells import csv_text
 from relay.money.display import format_usd, usd_cell
-from relay.storage.db import Database
+from relay.storage.reader import Reader
 
 __all__ = ["Statement", "build_statement", "month_bounds", "render_csv", "render_html"]
 
@@ -66,7 +66,7 @@ _BREAKDOWN = (
 
 
 async def build_statement(
-    db: Database,
+    db: Reader,
     *,
     account_id: str,
     account_name: str,
