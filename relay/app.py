@@ -37,6 +37,8 @@ from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
+from relay.cluster.pg_mail_queue import PgMailQueue, claim_ms_of
+from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog
@@ -62,10 +64,12 @@ from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments.billing_mail import BillingMailer
+from relay.payments.mail_queue import MailQueue, SqliteMailQueue
 from relay.payments.runtime import PaymentsRuntime, open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
+from relay.storage.reader import Reader
 from relay.upstream.health import HealthChecker
 from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
@@ -199,12 +203,13 @@ async def _open_state(
 
 
 def _cluster_jobs(
-    state: RelayState, payments: PaymentsRuntime, watcher: AlertWatcher
+    state: RelayState, payments: PaymentsRuntime, watcher: AlertWatcher, mailer: BillingMailer
 ) -> list[ClusterJob]:
     """The periodic jobs of the whole cluster, run by the elected instance only (one
     election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
     takes the lead (as the embedded job); auto top-up and the money alerts from PostgreSQL
-    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it)."""
+    every ``[alerts_settings] check_interval_s``, read afresh each time (a reload may change it);
+    billing mail as often as embedded, from PostgreSQL's queue."""
     assert state.videos is not None and state.cluster is not None
     retention = PgRetentionJob(state.cluster.pool, RetentionPolicy.of(state.config.retention))
 
@@ -216,7 +221,23 @@ def _cluster_jobs(
         ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
         ClusterJob("auto_topup", payments.auto_topup.sweep, interval_s=check_interval_s),
         ClusterJob("money_alerts", watcher.check_shared, interval_s=check_interval_s),
+        ClusterJob("billing_mail", mailer.step, interval_s=BILLING_MAIL_INTERVAL_S),
     ]
+
+
+def _billing_mailer(
+    state: RelayState, payments: PaymentsRuntime, clock_ms: Callable[[], int]
+) -> BillingMailer:
+    """Receipts and statements from SQLite's queue, or PostgreSQL's in cluster mode (sent
+    by the elected job runner; each row claimed before its send: relay.cluster.pg_mail_queue)."""
+    receipts = payments.service.records.get_receipt
+    if state.cluster is None:
+        queue: MailQueue = SqliteMailQueue(state.db)
+        reader: Reader = state.db
+    else:
+        queue = PgMailQueue(state.cluster.pool, lambda: claim_ms_of(state.config))
+        reader = PgReader(state.cluster.pool)
+    return BillingMailer(queue, reader, receipts, lambda: state.config, clock_ms=clock_ms)
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -383,15 +404,14 @@ def create_app(
             )
             await watcher.start()
             stack.push_async_callback(watcher.aclose)
-            billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
+            billing_mail = _billing_mailer(state, payments, wall_clock_ms)
             if cluster is not None:
-                # Videos, retention, auto top-up and money alerts: one instance at a time
-                # (one advisory lock); stopped before what its jobs use closes.
-                runner = cluster.job_runner(_cluster_jobs(state, payments, watcher))
+                # Videos, retention, auto top-up, money alerts and billing mail: one instance
+                # at a time (one advisory lock); stopped before what its jobs use closes.
+                runner = cluster.job_runner(_cluster_jobs(state, payments, watcher, billing_mail))
                 runner.start()
                 stack.push_async_callback(runner.stop)
             else:
-                # Billing mail reads the local ledger: embedded only, until records move to PG.
                 mailer = PeriodicTask(
                     "relay-billing-mail",
                     billing_mail.step,
