@@ -262,3 +262,38 @@ async def test_a_user_write_that_fails_leaves_no_row_and_no_audit_row(pg_databas
         assert verify_chain(rows, _AUDIT_KEY).ok
     finally:
         await pool.close()
+
+
+async def test_an_acceptance_that_fails_leaves_the_invite_unused_and_no_membership(
+    tmp_path: Path, pg_database: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.cluster import pg_audit
+    from relay.cluster.pg_console import PgInviteStore
+
+    async with two_instances(tmp_path, pg_database, redis_server) as (one, two):
+        acme = await _account_on_both(one, two, "acme")
+        owner = await create_user(one, "o@acme.test", account=acme["id"])
+        newcomer = await create_user(two, "n@other.test", operator=True)
+        assert one.state.cluster is not None
+        users = PgUserStore(one.state.cluster.pool, _AUDIT_KEY, one.hasher)
+        invites = PgInviteStore(one.state.cluster.pool, b"i" * 32, _AUDIT_KEY)
+        by, joiner = await users.get(owner["id"]), await users.get(newcomer["id"])
+        assert by is not None and joiner is not None
+        token = await invites.create(acme["id"], Role.MEMBER, by=by)
+        real_append = pg_audit.append
+
+        async def failing_append(conn: Any, key: bytes, **row: Any) -> None:
+            if row["action"] == "member.set":
+                raise RuntimeError("the audit append failed")
+            await real_append(conn, key, **row)
+
+        monkeypatch.setattr(pg_audit, "append", failing_append)
+        with pytest.raises(RuntimeError):
+            await invites.accept(token, joiner)
+        # Rolled back whole: the link still works, no membership, no audit row of it.
+        assert await invites.peek(token) is not None
+        assert await users.role_in(joiner.id, acme["id"]) is None
+        monkeypatch.setattr(pg_audit, "append", real_append)
+        assert await invites.accept(token, joiner) is not None
+        assert await invites.accept(token, joiner) is None  # once
+        assert await users.role_in(joiner.id, acme["id"]) == Role.MEMBER
