@@ -37,7 +37,6 @@ from relay.api import data_plane_routes
 from relay.cluster.invalidation import Invalidation
 from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_identity import ClusterAccountStore
-from relay.cluster.pg_mail_queue import PgMailQueue, claim_ms_of
 from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_videos import PgVideoStore
@@ -65,6 +64,7 @@ from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments.billing_mail import BillingMailer
 from relay.payments.mail_queue import MailQueue, SqliteMailQueue
+from relay.payments.pg_mail_queue import PgMailQueue, claim_ms_of
 from relay.payments.runtime import PaymentsRuntime, open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
@@ -229,7 +229,7 @@ def _billing_mailer(
     state: RelayState, payments: PaymentsRuntime, clock_ms: Callable[[], int]
 ) -> BillingMailer:
     """Receipts and statements from SQLite's queue, or PostgreSQL's in cluster mode (sent
-    by the elected job runner; each row claimed before its send: relay.cluster.pg_mail_queue)."""
+    by the elected job runner; each row claimed before its send: relay.payments.pg_mail_queue)."""
     receipts = payments.service.records.get_receipt
     if state.cluster is None:
         queue: MailQueue = SqliteMailQueue(state.db)

@@ -27,10 +27,10 @@ from support_mail import Inbox, email_section, smtp_server
 from test_billing_mail import acme_with_owners, first_of_next_month, mailer_of
 from test_cluster_people import _account_on_both, pg
 
-from relay.cluster.pg_mail_queue import PgMailQueue
 from relay.cluster.pg_reader import PgReader
 from relay.config import Config, parse_config
 from relay.payments.billing_mail import BillingMailer, closed_month
+from relay.payments.pg_mail_queue import PgMailQueue
 
 asyncpg = pytest.importorskip("asyncpg")
 pytest.importorskip("redis")

@@ -18,10 +18,10 @@ from test_usage_queries import DAY_MS, JUNE_1, MAY_1, insert
 
 from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_schema import migrate
-from relay.cluster.pg_spend_charts import UsageRowCharts
 from relay.cluster.pg_usage import insert_usage
 from relay.console import log_queries
 from relay.console.log_queries import LogFilter
+from relay.console.pg_spend_charts import UsageRowCharts
 from relay.console.spend_charts import RollupCharts
 from relay.storage.db import Database
 

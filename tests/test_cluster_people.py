@@ -268,7 +268,7 @@ async def test_an_acceptance_that_fails_leaves_the_invite_unused_and_no_membersh
     tmp_path: Path, pg_database: str, redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from relay.cluster import pg_audit
-    from relay.cluster.pg_console import PgInviteStore
+    from relay.console.pg_console import PgInviteStore
 
     async with two_instances(tmp_path, pg_database, redis_server) as (one, two):
         acme = await _account_on_both(one, two, "acme")

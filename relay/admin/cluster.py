@@ -100,7 +100,7 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", r"/admin/accounts/[^/]+/notices"),
     ("POST", r"/admin/accounts/[^/]+/notices/[0-9]+/dismiss"),
     # People (issue 18, part D): console users, sessions, invites, resets and tickets are
-    # PostgreSQL's rows (relay.cluster.pg_users, pg_console, pg_tickets).
+    # PostgreSQL's rows (relay.cluster.pg_users, relay.console.pg_console and pg_tickets).
     ("POST", r"/admin/users"),
     ("GET", r"/admin/users"),
     ("GET", r"/console"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
+
 from relay.cluster import pg_audit
 from relay.identity.accounts import Conflict
 from relay.identity.keys import SecretHasher
@@ -154,15 +156,7 @@ class PgUserStore:
             )
             await conn.execute("DELETE FROM console_sessions WHERE user_id = $1", user.id)
             await self._audit(conn, actor, "user.password", user.id, {})
-        return User(
-            id=user.id,
-            email=user.email,
-            display_name=user.display_name,
-            operator=user.operator,
-            status=user.status,
-            session_version=int(version),
-            created_at_ms=user.created_at_ms,
-        )
+        return msgspec.structs.replace(user, session_version=int(version))
 
     # -- memberships ------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The console's pages call these protocols and never name an engine (users are
 ``relay.identity.user_records.UserRecords``). The embedded stores are the SQLite classes
 of ``relay.console`` (one writer transaction per change, as ever); the cluster ones are
-``relay.cluster.pg_console`` and ``pg_tickets``, whose rows every instance shares: a session
+``relay.console.pg_console`` and ``pg_tickets``, whose rows every instance shares: a session
 made through one instance is valid on all of them, an invite made on one is accepted on
 another, once.
 """

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.cluster.pg_console import PgInviteStore, PgPasswordResets, PgSessionStore
 from relay.cluster.pg_money_views import PgMoneyViews
 from relay.cluster.pg_reader import PgReader
-from relay.cluster.pg_spend_charts import UsageRowCharts
-from relay.cluster.pg_tickets import PgTicketStore
 from relay.cluster.pg_users import PgUserStore
 from relay.console.auth.sessions import SessionStore
 from relay.console.invites import InviteStore
 from relay.console.money_views import MoneyViews, WalletViews
 from relay.console.password_resets import PasswordResets
+from relay.console.pg_console import PgInviteStore, PgPasswordResets, PgSessionStore
+from relay.console.pg_spend_charts import UsageRowCharts
+from relay.console.pg_tickets import PgTicketStore
 from relay.console.records import InviteRecords, ResetRecords, SessionRecords, TicketRecords
 from relay.console.spend_charts import RollupCharts, SpendCharts
 from relay.console.tickets import TicketStore

@@ -2,7 +2,7 @@
 
 Embedded, both read the ``usage_daily`` rollup (``RollupCharts``: the functions of
 ``relay.console.log_queries``). In cluster mode PostgreSQL's rollup is another job's to
-fill, so ``relay.cluster.pg_spend_charts.UsageRowCharts`` sums the ``usage`` rows with the
+fill, so ``relay.console.pg_spend_charts.UsageRowCharts`` sums the ``usage`` rows with the
 same answer shape; swapping it for a rollup reader is a change of this one object.
 """
 

@@ -10,7 +10,7 @@ Both go through one durable table, ``billing_mail``, one row per (kind, account,
   key makes it once per account and month, whatever restarts happen).
 
 Where the rows live is a ``MailQueue`` (``relay.payments.mail_queue``: SQLite's, or in
-cluster mode PostgreSQL's, whose rows the elected job runner sends: ``relay.cluster.
+cluster mode PostgreSQL's, whose rows the elected job runner sends: ``relay.payments.
 pg_mail_queue``); the mail's figures are read through a ``Reader`` (the same portable SQL
 on either engine) and the receipt through the payments' records.
 

@@ -4,7 +4,7 @@
 whom, and what its outcome means; a ``MailQueue`` adds the closed month's statement rows,
 hands out the rows due, and records each outcome. ``SqliteMailQueue`` (here) is the
 embedded one: one process, one sender, the SQL as it always was. The cluster's is
-``relay.cluster.pg_mail_queue.PgMailQueue``, which claims each row before its send so that
+``relay.payments.pg_mail_queue.PgMailQueue``, which claims each row before its send so that
 two senders at once never mail one row twice.
 """
 
