@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import config_text
 from support_accounts import Relay, run_relay
-from support_console import PASSWORD, Browser, create_user
+from support_console import PASSWORD, Browser, create_user, csrf_of
 
 from relay.cluster.pg_pool import create_pool
 from relay.cluster.pg_schema import migrate
@@ -297,3 +297,46 @@ async def test_an_acceptance_that_fails_leaves_the_invite_unused_and_no_membersh
         assert await invites.accept(token, joiner) is not None
         assert await invites.accept(token, joiner) is None  # once
         assert await users.role_in(joiner.id, acme["id"]) == Role.MEMBER
+
+
+async def test_one_invite_accepted_on_both_instances_at_once_adds_one_member(
+    tmp_path: Path, pg_database: str, redis_server: Any
+) -> None:
+    async with two_instances(tmp_path, pg_database, redis_server) as (one, two):
+        acme = await _account_on_both(one, two, "acme")
+        await create_user(one, "o@acme.test", account=acme["id"])
+        members = f"/console/a/{acme['id']}/members"
+        async with Browser(one) as owner:
+            await owner.login("o@acme.test")
+            made = await owner.submit(members, members + "/invite", {"role": "member"})
+            shown = (await owner.get(made.headers["location"])).text
+            link = re.search(r'value="(https?://[^"]+/console/invite/[^"]+)"', shown)
+            assert link is not None
+            path = "/console/invite/" + link.group(1).rsplit("/console/invite/", 1)[1]
+        async with Browser(one) as first, Browser(two) as second:
+            forms = [
+                (await browser.client.get(path), browser, email)
+                for browser, email in ((first, "a@acme.test"), (second, "b@acme.test"))
+            ]
+            answers = await asyncio.gather(
+                *(
+                    browser.client.post(
+                        path,
+                        data={
+                            "csrf_token": csrf_of(page.text),
+                            "email": email,
+                            "display_name": email,
+                            "password": PASSWORD,
+                        },
+                    )
+                    for page, browser, email in forms
+                )
+            )
+        assert sorted(a.status_code for a in answers) == [303, 409]
+        async with pg(pg_database) as conn:
+            joined = await conn.fetchval(
+                "SELECT count(*) FROM console_memberships WHERE account_id = $1 "
+                "AND role = 'member'",
+                acme["id"],
+            )
+        assert joined == 1
