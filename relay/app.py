@@ -40,6 +40,7 @@ from relay.cluster.job_runner import ClusterJob
 from relay.cluster.pg_alerts import PgOutbox
 from relay.cluster.pg_erasure import PgErasure
 from relay.cluster.pg_identity import ClusterAccountStore
+from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_rollup import PgRollupJob
 from relay.cluster.pg_upstream_toggles import UpstreamToggles
@@ -67,10 +68,13 @@ from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
 from relay.payments.billing_mail import BillingMailer
+from relay.payments.mail_queue import MailQueue, SqliteMailQueue
+from relay.payments.pg_mail_queue import PgMailQueue, claim_ms_of
 from relay.payments.runtime import PaymentsRuntime, open_payments
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
+from relay.storage.reader import RowReader
 from relay.upstream.health import HealthChecker
 from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
@@ -208,14 +212,15 @@ async def _open_state(
 
 
 def _cluster_jobs(
-    state: RelayState, payments: PaymentsRuntime, watcher: AlertWatcher
+    state: RelayState, payments: PaymentsRuntime, watcher: AlertWatcher, mailer: BillingMailer
 ) -> list[ClusterJob]:
     """The periodic jobs of the whole cluster, run by the elected instance only (one
     election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
     takes the lead (as the embedded job); due deletion requests erased daily; auto top-up and
     the money alerts from PostgreSQL every ``[alerts_settings] check_interval_s``, read afresh
     each time (a reload may change it); the daily usage rollup every ``ROLLUP_INTERVAL_S``
-    (the console's charts lag by that)."""
+    (the console's charts lag by that); billing mail as often as embedded, from PostgreSQL's
+    queue."""
     assert state.videos is not None and state.cluster is not None
     cluster = state.cluster
     retention = PgRetentionJob(cluster.pool, RetentionPolicy.of(state.config.retention))
@@ -235,7 +240,23 @@ def _cluster_jobs(
         # Due deletion requests: daily, and at once when an instance takes the lead (as
         # the embedded job runs at start-up).
         ClusterJob("erasure", erasure.run_once, interval_s=86_400.0),
+        ClusterJob("billing_mail", mailer.step, interval_s=BILLING_MAIL_INTERVAL_S),
     ]
+
+
+def _billing_mailer(
+    state: RelayState, payments: PaymentsRuntime, clock_ms: Callable[[], int]
+) -> BillingMailer:
+    """Receipts and statements from SQLite's queue, or PostgreSQL's in cluster mode (sent
+    by the elected job runner; each row claimed before its send: relay.payments.pg_mail_queue)."""
+    receipts = payments.service.records.get_receipt
+    if state.cluster is None:
+        queue: MailQueue = SqliteMailQueue(state.db)
+        reader: RowReader = state.db
+    else:
+        queue = PgMailQueue(state.cluster.pool, lambda: claim_ms_of(state.config))
+        reader = PgReader(state.cluster.pool)
+    return BillingMailer(queue, reader, receipts, lambda: state.config, clock_ms=clock_ms)
 
 
 async def _housekeeping(state: RelayState) -> None:
@@ -407,15 +428,14 @@ def create_app(
             )
             await watcher.start()
             stack.push_async_callback(watcher.aclose)
-            billing_mail = BillingMailer(state.db, lambda: state.config, clock_ms=wall_clock_ms)
+            billing_mail = _billing_mailer(state, payments, wall_clock_ms)
             if cluster is not None:
-                # Videos, retention, auto top-up and money alerts: one instance at a time
-                # (one advisory lock); stopped before what its jobs use closes.
-                runner = cluster.job_runner(_cluster_jobs(state, payments, watcher))
+                # Videos, retention, auto top-up, money alerts and billing mail: one instance
+                # at a time (one advisory lock); stopped before what its jobs use closes.
+                runner = cluster.job_runner(_cluster_jobs(state, payments, watcher, billing_mail))
                 runner.start()
                 stack.push_async_callback(runner.stop)
             else:
-                # Billing mail reads the local ledger: embedded only, until records move to PG.
                 mailer = PeriodicTask(
                     "relay-billing-mail",
                     billing_mail.step,

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from relay.cluster import pg_daily_reads
 from relay.cluster.job_runner import ClusterJob, JobRunner
 from relay.cluster.pg_pool import create_pool
+from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_retention import run_pg_retention
 from relay.cluster.pg_rollup import PgRollupJob, catch_up, rolled_through
 from relay.cluster.pg_schema import migrate
@@ -347,6 +347,7 @@ async def test_the_consoles_reads_of_the_rollup_answer_as_embedded(
     records = _records(200, seed=10)
     await _insert(pool, records)
     await PgRollupJob(pool, batches_per_step=100).step()
+    pg = PgReader(pool)  # the console's reader in cluster mode (relay.console.services)
     db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
     try:
         for record in records:
@@ -354,19 +355,19 @@ async def test_the_consoles_reads_of_the_rollup_answer_as_embedded(
         await db.flush()
         first, last = NOW_MS // DAY_MS - 5, NOW_MS // DAY_MS + 1
         for account in ("acct_a", "acct_b", "", "acct_none"):
-            assert await pg_daily_reads.spend_per_day(
-                pool, account, first_day=first, last_day=last
+            assert await log_queries.spend_per_day(
+                pg, account, first_day=first, last_day=last
             ) == await log_queries.spend_per_day(db, account, first_day=first, last_day=last)
-            assert await pg_daily_reads.daily_spend(
-                pool, account, now_ms=NOW_MS
+            assert await log_queries.daily_spend(
+                pg, account, now_ms=NOW_MS
             ) == await log_queries.daily_spend(db, account, now_ms=NOW_MS)
-            assert await pg_daily_reads.spend_by_model(
-                pool, account, now_ms=NOW_MS, days=7
+            assert await log_queries.spend_by_model(
+                pg, account, now_ms=NOW_MS, days=7
             ) == await log_queries.spend_by_model(db, account, now_ms=NOW_MS, days=7)
-            assert await pg_daily_reads.spend_by_model(
-                pool, account, first_day=first, last_day=first + 2
+            assert await log_queries.spend_by_model(
+                pg, account, first_day=first, last_day=first + 2
             ) == await log_queries.spend_by_model(db, account, first_day=first, last_day=first + 2)
-        spend = await pg_daily_reads.spend_per_day(pool, "acct_a", first_day=first, last_day=last)
+        spend = await log_queries.spend_per_day(pg, "acct_a", first_day=first, last_day=last)
         assert all(type(cost) is int and type(n) is int for _, cost, n in spend)
         assert sum(cost for _, cost, _ in spend) > 0
     finally:

@@ -35,7 +35,6 @@ from relay.errors import InvalidRequest, NotAvailableInCluster
 from relay.http.responses import error_response, json_response
 from relay.money.records import balance_fields
 from relay.payments.runtime import payments_runtime
-from relay.payments.store import PaidPayment
 from relay.state import RelayState, relay_state
 
 __all__ = ["CLUSTER_ROUTES", "ClusterRouteGuard", "cluster_routes"]
@@ -109,6 +108,57 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     # Upstream key toggles, replayed on every instance (relay.cluster.pg_upstream_toggles).
     ("POST", r"/admin/upstreams/[^/]+/keys/[^/]+/enable"),
     ("POST", r"/admin/upstreams/[^/]+/keys/[^/]+/disable"),
+    # People (issue 18, part D): console users, sessions, invites, resets and tickets are
+    # PostgreSQL's rows (relay.cluster.pg_users, relay.console.pg_console and pg_tickets).
+    ("POST", r"/admin/users"),
+    ("GET", r"/admin/users"),
+    ("GET", r"/console"),
+    ("GET", r"/console/"),
+    ("GET", r"/console/static/.+"),
+    ("GET", r"/console/login"),
+    ("POST", r"/console/login"),
+    ("POST", r"/console/logout"),
+    ("GET", r"/console/password"),
+    ("POST", r"/console/password"),
+    ("GET", r"/console/forgot"),
+    ("POST", r"/console/forgot"),
+    ("GET", r"/console/reset/[^/]+"),
+    ("POST", r"/console/reset/[^/]+"),
+    ("GET", r"/console/invite/[^/]+"),
+    ("POST", r"/console/invite/[^/]+"),
+    ("GET", r"/console/a/[^/]+/members"),
+    ("POST", r"/console/a/[^/]+/members/invite"),
+    ("POST", r"/console/a/[^/]+/members/invites/revoke"),
+    ("POST", r"/console/a/[^/]+/members/[^/]+/(role|remove)"),
+    ("GET", r"/console/a/[^/]+/tickets"),
+    ("POST", r"/console/a/[^/]+/tickets"),
+    ("GET", r"/console/a/[^/]+/tickets/[0-9]+"),
+    ("POST", r"/console/a/[^/]+/tickets/[0-9]+/(reply|close)"),
+    ("GET", r"/console/operator/tickets"),
+    # The console's pages (part D): money from PgMoneyStore and PostgreSQL's ledger and
+    # payments, logs from its usage rows (relay.console.services: reader, money, charts).
+    ("GET", r"/console/a/[^/]+"),
+    ("GET", r"/console/a/[^/]+/keys"),
+    ("POST", r"/console/a/[^/]+/keys"),
+    ("GET", r"/console/a/[^/]+/keys/[^/]+"),
+    ("POST", r"/console/a/[^/]+/keys/[^/]+"),
+    ("POST", r"/console/a/[^/]+/keys/[^/]+/revoke"),
+    ("GET", r"/console/a/[^/]+/models"),
+    ("GET", r"/console/a/[^/]+/logs"),
+    ("GET", r"/console/a/[^/]+/logs\.csv"),
+    ("GET", r"/console/a/[^/]+/logs/[^/]+"),
+    ("GET", r"/console/a/[^/]+/billing"),
+    ("GET", r"/console/a/[^/]+/billing/statement"),
+    ("POST", r"/console/a/[^/]+/billing/(topup|auto-topup)"),
+    ("POST", r"/console/a/[^/]+/notices/[0-9]+/dismiss"),
+    ("GET", r"/console/billing"),
+    ("GET", r"/console/receipts/[^/]+"),
+    ("GET", r"/console/operator/accounts"),
+    ("POST", r"/console/operator/accounts"),
+    ("GET", r"/console/operator/accounts/[^/]+"),
+    ("POST", r"/console/operator/accounts/[^/]+"),
+    ("POST", r"/console/operator/accounts/[^/]+/(credit|status)"),
+    ("GET", r"/console/operator/audit"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 
@@ -150,24 +200,8 @@ async def credit_account(request: Request, state: RelayState) -> Response:
     amount = parse_usd(credit.amount_usd, "amount_usd")
     if amount <= 0:
         raise InvalidRequest("amount_usd must be positive", param="amount_usd")
-    service = payments_runtime(request).service
-    paid = PaidPayment(
-        account_id=account.id,
-        provider="manual",
-        provider_payment_id=credit.reference,
-        kind="manual",
-        currency="usd",
-        amount_minor=amount // 10_000,
-        amount_micros=amount,
-    )
-    receipt = await service.records.credit(
-        paid,
-        at_ms=service.clock(),
-        buyer_name=account.name,
-        seller=service.seller,
-        actor=ADMIN_ACTOR,
-        event=None,
-        note=credit.note,
+    receipt = await payments_runtime(request).service.credit_manually(
+        account.id, amount, credit.reference, note=credit.note, actor=ADMIN_ACTOR
     )
     wallet = await _wallet(state, account.id)
     if receipt is None:

@@ -15,10 +15,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from relay.admin.common import ADMIN_ACTOR, admin_route, created, decode_body, iso
+from relay.cluster.pg_users import PgUserStore
 from relay.errors import InvalidRequest, RelayError
 from relay.http.responses import json_response
 from relay.identity.roles import ROLE_CHOICES, Role
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.identity.user_records import UserRecords
 from relay.identity.users import User, UserStore
 from relay.state import RelayState
 
@@ -41,15 +43,17 @@ def user_routes() -> list[BaseRoute]:
     ]
 
 
-def _users(state: RelayState) -> UserStore:
+def _users(state: RelayState) -> UserRecords:
     path = secret_path_for(state.config.database_path)
     if not path.exists():  # load_or_create would mint a fresh (wrong) audit key
         raise RelayError(f"The server secret file {path.name} is missing")
     audit_key = ServerSecret.load_or_create(path).subkey("audit")
-    return UserStore(state.db, audit_key, state.store.hasher)
+    if state.cluster is None:
+        return UserStore(state.db, audit_key, state.store.hasher)
+    return PgUserStore(state.cluster.pool, audit_key, state.store.hasher)
 
 
-async def _user_view(users: UserStore, state: RelayState, user: User) -> dict[str, Any]:
+async def _user_view(users: UserRecords, state: RelayState, user: User) -> dict[str, Any]:
     memberships = await users.memberships(user.id)
     return {
         "id": user.id,
@@ -101,10 +105,5 @@ async def create_user(request: Request, state: RelayState) -> Response:
 @admin_route
 async def list_users(request: Request, state: RelayState) -> Response:
     users = _users(state)
-    rows = await state.db.fetchall("SELECT id FROM console_users ORDER BY created_at_ms")
-    views = []
-    for row in rows:
-        user = await users.get(row["id"])
-        if user is not None:
-            views.append(await _user_view(users, state, user))
+    views = [await _user_view(users, state, user) for user in await users.all_users()]
     return json_response({"data": views})

@@ -10,11 +10,11 @@ figure on the page agrees with the rows written so far.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
+from typing import Any
 
 import msgspec
 
-from relay.storage.db import Database
+from relay.storage.reader import RowReader
 
 __all__ = ["KINDS", "LedgerDay", "ledger_days", "ledger_rows_of_kind"]
 
@@ -40,13 +40,13 @@ def _day_text(day: int) -> str:
     return dt.datetime.fromtimestamp(day * DAY_MS / 1000, tz=dt.UTC).date().isoformat()
 
 
-async def _sum(db: Database, sql: str, params: tuple[object, ...]) -> int:
+async def _sum(db: RowReader, sql: str, params: tuple[object, ...]) -> int:
     row = await db.fetchone(sql, params)
     return int(row[0] or 0) if row is not None else 0
 
 
 async def ledger_days(
-    db: Database, account_id: str, *, now_ms: int, before_day: int | None = None
+    db: RowReader, account_id: str, *, now_ms: int, before_day: int | None = None
 ) -> tuple[list[LedgerDay], int | None]:
     """Days with ledger rows in a window of ``WINDOW_DAYS`` ending before ``before_day``
     (a day number; default: after today), newest first, and the next window's
@@ -92,8 +92,8 @@ async def ledger_days(
 
 
 async def ledger_rows_of_kind(
-    db: Database, account_id: str, kind: str, *, before_id: int, limit: int
-) -> tuple[list[sqlite3.Row], int | None]:
+    db: RowReader, account_id: str, kind: str, *, before_id: int, limit: int
+) -> tuple[list[Any], int | None]:
     """Rows of one kind, newest first, and the next page's ``before_id``."""
     rows = await db.fetchall(
         "SELECT id, kind, amount_micros, reference, key_id, request_id, note, created_at_ms "

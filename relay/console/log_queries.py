@@ -11,18 +11,23 @@ most one page of rows even with a million usage rows:
   times agree up to that span; the exact ``ts_ms`` test then runs on that range only;
 * charts read ``usage_daily``, summed per account, day and model by an upsert next to
   each usage insert (``relay.usage.rollup``).
+
+The SQL runs on PostgreSQL too (``relay.cluster.pg_reader.PgReader`` drops the ``INDEXED
+BY`` hints and numbers the placeholders), where ``usage`` has no B-tree on ``ts_ms`` (a
+BRIN index): there the time range is filtered directly, without the id range.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import msgspec
 
 from relay.errors import InvalidRequest
 from relay.storage.db import Database
+from relay.storage.reader import RowReader
 from relay.usage.rollup import (
     OPEN_LAST_DAY,
     SPEND_BY_MODEL_SQL,
@@ -34,6 +39,7 @@ from relay.usage.rollup import (
 
 __all__ = [
     "DAY_MS",
+    "NO_MODEL_LABEL",
     "LogFilter",
     "LogTotals",
     "daily_spend",
@@ -49,6 +55,7 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
+NO_MODEL_LABEL = "requests without a model"
 _MAX_REQUEST_SPAN_MS = DAY_MS
 _LOG_COLUMNS = (
     "id, request_id, ts_ms, key_id, endpoint, model, provider, status, error_code, stream, "
@@ -104,10 +111,12 @@ def _day_start(text: str, name: str, *, plus_days: int = 0) -> int | None:
     return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp() * 1000)
 
 
-async def _id_bounds(db: Database, flt: LogFilter) -> tuple[int, int]:
+async def _id_bounds(db: RowReader, flt: LogFilter) -> tuple[int, int]:
     """An id range (exclusive) that holds every row of the filter's time range."""
     since, until = flt.time_range()
     low, high = -1, _NO_ID
+    if not isinstance(db, Database):  # PostgreSQL: no usage_ts to seek (see above)
+        return low, high
     if since is not None:
         row = await db.fetchone(
             "SELECT id FROM usage INDEXED BY usage_ts WHERE ts_ms < ? ORDER BY ts_ms DESC LIMIT 1",
@@ -174,13 +183,13 @@ def log_query(
 
 
 async def log_page(
-    db: Database,
+    db: RowReader,
     account_id: str,
     flt: LogFilter,
     *,
     before_id: int | None = None,
     limit: int = 50,
-) -> tuple[list[sqlite3.Row], int | None]:
+) -> tuple[list[Any], int | None]:
     """Up to ``limit`` rows newest first, and the ``before_id`` of the next page (or None)."""
     low, high = await _id_bounds(db, flt)
     upper = min(high, before_id if before_id is not None else _NO_ID)
@@ -192,8 +201,8 @@ async def log_page(
 
 
 async def log_rows(
-    db: Database, account_id: str, flt: LogFilter, *, batch: int = 1000
-) -> AsyncIterator[list[sqlite3.Row]]:
+    db: RowReader, account_id: str, flt: LogFilter, *, batch: int = 1000
+) -> AsyncIterator[list[Any]]:
     """Every row of the filter, newest first, in batches (for CSV export)."""
     before: int | None = None
     while True:
@@ -212,12 +221,13 @@ class LogTotals(msgspec.Struct, frozen=True):
     completion_tokens: int
 
 
-async def log_totals(db: Database, account_id: str, flt: LogFilter) -> LogTotals:
+async def log_totals(db: RowReader, account_id: str, flt: LogFilter) -> LogTotals:
     """Sums over every row of the filter (the page shows one page of them)."""
     low, high = await _id_bounds(db, flt)
     where, params, index = _where(account_id, flt)
     row = await db.fetchone(
-        "SELECT COUNT(*), COALESCE(SUM(status >= 400), 0), COALESCE(SUM(cost_micros), 0), "
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(cost_micros), 0), "
         "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
         f"FROM usage INDEXED BY {index} WHERE {where} AND id < ? AND id > ?",
         (*params, high, low),
@@ -226,7 +236,7 @@ async def log_totals(db: Database, account_id: str, flt: LogFilter) -> LogTotals
     return LogTotals(*(int(value) for value in tuple(row)))
 
 
-async def log_entry(db: Database, account_id: str, request_id: str) -> sqlite3.Row | None:
+async def log_entry(db: RowReader, account_id: str, request_id: str) -> Any:
     """One request of this account by its id (None for another account's)."""
     return await db.fetchone(
         f"SELECT {_ENTRY_COLUMNS} FROM usage WHERE request_id = ? AND account_id = ?",
@@ -235,7 +245,7 @@ async def log_entry(db: Database, account_id: str, request_id: str) -> sqlite3.R
 
 
 async def spend_per_day(
-    db: Database, account_id: str, *, first_day: int, last_day: int
+    db: RowReader, account_id: str, *, first_day: int, last_day: int
 ) -> list[tuple[int, int, int]]:
     """``(day number, cost_micros, requests)`` for each day of [first, last] (UTC)."""
     rows = await db.fetchall(SPEND_PER_DAY_SQL, (account_id, first_day, last_day))
@@ -243,7 +253,7 @@ async def spend_per_day(
 
 
 async def daily_spend(
-    db: Database, account_id: str, *, now_ms: int, days: int = 30
+    db: RowReader, account_id: str, *, now_ms: int, days: int = 30
 ) -> list[tuple[int, int, int]]:
     """``(day number, cost_micros, requests)`` for each of the last ``days`` days (UTC)."""
     last = now_ms // DAY_MS
@@ -251,7 +261,7 @@ async def daily_spend(
 
 
 async def spend_by_model(
-    db: Database,
+    db: RowReader,
     account_id: str,
     *,
     now_ms: int = 0,
@@ -268,19 +278,19 @@ async def spend_by_model(
 
 
 async def spend_by_key(
-    db: Database, account_id: str, *, first_day: int, last_day: int
+    db: RowReader, account_id: str, *, first_day: int, last_day: int
 ) -> list[tuple[str, int, int]]:
     """``(key id, cost_micros, requests)`` over [first, last], costliest first (no zero rows)."""
     rows = await db.fetchall(
         "SELECT key_id, SUM(cost_micros) AS cost, COUNT(*) FROM usage "
         "INDEXED BY usage_account_ts WHERE account_id = ? AND ts_ms >= ? AND ts_ms < ? "
-        "GROUP BY key_id HAVING cost > 0 ORDER BY cost DESC LIMIT 12",
+        "GROUP BY key_id HAVING SUM(cost_micros) > 0 ORDER BY cost DESC LIMIT 12",
         (account_id, first_day * DAY_MS, (last_day + 1) * DAY_MS),
     )
     return [(row[0] or "", row[1], row[2]) for row in rows]
 
 
-async def recent_errors(db: Database, account_id: str, *, limit: int = 5) -> list[sqlite3.Row]:
+async def recent_errors(db: RowReader, account_id: str, *, limit: int = 5) -> list[Any]:
     return await db.fetchall(
         f"SELECT {_LOG_COLUMNS} FROM usage INDEXED BY usage_account_errors "
         "WHERE account_id = ? AND status >= 400 ORDER BY id DESC LIMIT ?",

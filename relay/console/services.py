@@ -1,23 +1,35 @@
 """The console's stores and keys, built once per app from the lifespan's state.
 
-The keys are subkeys of the server secret (the file beside the database), one per
-purpose: session cookies, CSRF tokens, invite links, and the audit chain (the same key
-the AccountStore chains with, so console actions join the one audit trail).
+The keys are subkeys of the server secret (the file beside the configured database, in
+cluster mode too: every instance reads the same file), one per purpose: session cookies,
+CSRF tokens, invite links, and the audit chain (the same key the AccountStore chains with,
+so console actions join the one audit trail). The stores are SQLite's, or in cluster mode
+PostgreSQL's (``relay.console.records``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.cluster.pg_money_views import PgMoneyViews
+from relay.cluster.pg_reader import PgReader
+from relay.cluster.pg_users import PgUserStore
 from relay.console.auth.sessions import SessionStore
 from relay.console.invites import InviteStore
+from relay.console.money_views import MoneyViews, WalletViews
 from relay.console.password_resets import PasswordResets
+from relay.console.pg_console import PgInviteStore, PgPasswordResets, PgSessionStore
+from relay.console.pg_tickets import PgTicketStore
+from relay.console.records import InviteRecords, ResetRecords, SessionRecords, TicketRecords
+from relay.console.spend_charts import RollupCharts, SpendCharts
 from relay.console.tickets import TicketStore
 from relay.identity.server_secret import ServerSecret, secret_path_for
+from relay.identity.user_records import UserRecords
 from relay.identity.users import UserStore
 from relay.state import RelayState
+from relay.storage.reader import RowReader
 
-__all__ = ["ConsoleKeys", "Services", "open_services"]
+__all__ = ["ConsoleKeys", "Services", "open_services", "user_records"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +47,22 @@ class ConsoleKeys:
 class Services:
     state: RelayState
     keys: ConsoleKeys
-    users: UserStore
-    sessions: SessionStore
-    invites: InviteStore
-    tickets: TicketStore
-    resets: PasswordResets
+    users: UserRecords
+    sessions: SessionRecords
+    invites: InviteRecords
+    tickets: TicketRecords
+    resets: ResetRecords
+    # Reads of usage, the ledger, payments and keys' last use (the console's portable SQL).
+    reader: RowReader
+    money: MoneyViews
+    charts: SpendCharts
+
+
+def user_records(state: RelayState, audit_key: bytes) -> UserRecords:
+    """The console users of this relay: SQLite's, or in cluster mode PostgreSQL's."""
+    if state.cluster is None:
+        return UserStore(state.db, audit_key, state.store.hasher)
+    return PgUserStore(state.cluster.pool, audit_key, state.store.hasher)
 
 
 def open_services(state: RelayState) -> Services:
@@ -51,12 +74,33 @@ def open_services(state: RelayState) -> Services:
         invite=secret.subkey("console-invite"),
         audit=secret.subkey("audit"),
     )
+    reset_key = secret.subkey("console-reset")
+    users = user_records(state, keys.audit)
+    if state.cluster is None:
+        return Services(
+            state=state,
+            keys=keys,
+            users=users,
+            sessions=SessionStore(state.db),
+            invites=InviteStore(state.db, keys.invite, keys.audit),
+            tickets=TicketStore(state.db),
+            resets=PasswordResets(state.db, reset_key, keys.audit),
+            reader=state.db,
+            money=WalletViews(state.wallet),
+            charts=RollupCharts(state.db),
+        )
+    # Cluster mode: rows every instance shares; the keys are the same on every instance
+    # because they derive from the one secret file beside the configured database path.
+    pool = state.cluster.pool
     return Services(
         state=state,
         keys=keys,
-        users=UserStore(state.db, keys.audit, state.store.hasher),
-        sessions=SessionStore(state.db),
-        invites=InviteStore(state.db, keys.invite, keys.audit),
-        tickets=TicketStore(state.db),
-        resets=PasswordResets(state.db, secret.subkey("console-reset"), keys.audit),
+        users=users,
+        sessions=PgSessionStore(pool),
+        invites=PgInviteStore(pool, keys.invite, keys.audit),
+        tickets=PgTicketStore(pool),
+        resets=PgPasswordResets(pool, reset_key, keys.audit),
+        reader=PgReader(pool),
+        money=PgMoneyViews(state.cluster),
+        charts=RollupCharts(PgReader(pool)),
     )

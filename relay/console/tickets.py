@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -17,14 +17,25 @@ from relay.errors import InvalidRequest
 from relay.identity.users import User
 from relay.storage.db import Database
 
-__all__ = ["TICKET_STATUSES", "Ticket", "TicketMessage", "TicketStore"]
+__all__ = [
+    "TICKET_COLUMNS",
+    "TICKET_STATUSES",
+    "NewTicket",
+    "Ticket",
+    "TicketMessage",
+    "TicketStatus",
+    "TicketStore",
+    "checked_message",
+    "checked_ticket",
+    "ticket_from_row",
+]
 
 TicketStatus = Literal["open", "answered", "closed"]
 TICKET_STATUSES: tuple[TicketStatus, ...] = ("open", "answered", "closed")
 _SUBJECT_MAX = 200
 _BODY_MAX = 10_000
 _REFERENCE_MAX = 200
-_TICKET_COLUMNS = (
+TICKET_COLUMNS = (
     "t.id, t.account_id, t.subject, t.status, t.request_id, t.payment_reference, "
     "t.created_at_ms, t.updated_at_ms, u.email AS opened_by"
 )
@@ -49,7 +60,16 @@ class TicketMessage(msgspec.Struct, frozen=True):
     created_at_ms: int
 
 
-def _ticket(row: sqlite3.Row) -> Ticket:
+class NewTicket(msgspec.Struct, frozen=True):
+    """A ticket's first message and references, checked (the same on either engine)."""
+
+    subject: str
+    body: str
+    request_id: str | None
+    payment_reference: str | None
+
+
+def ticket_from_row(row: Any) -> Ticket:
     return Ticket(*tuple(row))
 
 
@@ -67,6 +87,21 @@ def _optional(value: str, name: str) -> str | None:
     if len(value) > _REFERENCE_MAX:
         raise InvalidRequest(f"{name} must be at most {_REFERENCE_MAX} characters", param=name)
     return value or None
+
+
+def checked_ticket(
+    subject: str, body: str, request_id: str = "", payment_reference: str = ""
+) -> NewTicket:
+    return NewTicket(
+        subject=_text(subject, "subject", _SUBJECT_MAX),
+        body=checked_message(body),
+        request_id=_optional(request_id, "request_id"),
+        payment_reference=_optional(payment_reference, "payment_reference"),
+    )
+
+
+def checked_message(body: str) -> str:
+    return _text(body, "message", _BODY_MAX)
 
 
 def _now_ms() -> int:
@@ -87,10 +122,7 @@ class TicketStore:
         request_id: str = "",
         payment_reference: str = "",
     ) -> int:
-        subject = _text(subject, "subject", _SUBJECT_MAX)
-        body = _text(body, "message", _BODY_MAX)
-        request = _optional(request_id, "request_id")
-        payment = _optional(payment_reference, "payment_reference")
+        ticket = checked_ticket(subject, body, request_id, payment_reference)
         now = _now_ms()
 
         def write(conn: sqlite3.Connection) -> int:
@@ -98,40 +130,48 @@ class TicketStore:
                 "INSERT INTO console_tickets (account_id, opened_by, subject, status, "
                 "request_id, payment_reference, created_at_ms, updated_at_ms) "
                 "VALUES (?, ?, ?, 'open', ?, ?, ?, ?)",
-                (account_id, author.id, subject, request, payment, now, now),
+                (
+                    account_id,
+                    author.id,
+                    ticket.subject,
+                    ticket.request_id,
+                    ticket.payment_reference,
+                    now,
+                    now,
+                ),
             )
             ticket_id = int(cursor.lastrowid or 0)
-            _insert_message(conn, ticket_id, author, from_operator=False, body=body, now=now)
+            _insert_message(conn, ticket_id, author, from_operator=False, body=ticket.body, now=now)
             return ticket_id
 
         return await self._db.write(write)
 
     async def get(self, ticket_id: int) -> Ticket | None:
         row = await self._db.fetchone(
-            f"SELECT {_TICKET_COLUMNS} FROM console_tickets t "
+            f"SELECT {TICKET_COLUMNS} FROM console_tickets t "
             "JOIN console_users u ON u.id = t.opened_by WHERE t.id = ?",
             (ticket_id,),
         )
-        return None if row is None else _ticket(row)
+        return None if row is None else ticket_from_row(row)
 
     async def of_account(self, account_id: str, *, limit: int = 100) -> list[Ticket]:
         rows = await self._db.fetchall(
-            f"SELECT {_TICKET_COLUMNS} FROM console_tickets t "
+            f"SELECT {TICKET_COLUMNS} FROM console_tickets t "
             "JOIN console_users u ON u.id = t.opened_by WHERE t.account_id = ? "
             "ORDER BY t.id DESC LIMIT ?",
             (account_id, limit),
         )
-        return [_ticket(row) for row in rows]
+        return [ticket_from_row(row) for row in rows]
 
     async def with_status(self, status: TicketStatus, *, limit: int = 100) -> list[Ticket]:
         """Every account's tickets in one status, newest first (for operators)."""
         rows = await self._db.fetchall(
-            f"SELECT {_TICKET_COLUMNS} FROM console_tickets t "
+            f"SELECT {TICKET_COLUMNS} FROM console_tickets t "
             "JOIN console_users u ON u.id = t.opened_by WHERE t.status = ? "
             "ORDER BY t.id DESC LIMIT ?",
             (status, limit),
         )
-        return [_ticket(row) for row in rows]
+        return [ticket_from_row(row) for row in rows]
 
     async def messages(self, ticket_id: int) -> list[TicketMessage]:
         rows = await self._db.fetchall(
@@ -144,7 +184,7 @@ class TicketStore:
 
     async def reply(self, ticket: Ticket, author: User, body: str, *, from_operator: bool) -> None:
         """Add a message; the ticket becomes ``answered`` (operator) or ``open`` (customer)."""
-        body = _text(body, "message", _BODY_MAX)
+        body = checked_message(body)
         status = "answered" if from_operator else "open"
         now = _now_ms()
 

@@ -9,12 +9,12 @@ or by an operator without a payment row, show as manual with no receipt.
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 import msgspec
 
 from relay.payments.store import Payment, list_payments
-from relay.storage.db import Database
+from relay.storage.reader import RowReader
 
 __all__ = ["PENDING_EXPIRES_MS", "TopUp", "list_top_ups"]
 
@@ -41,7 +41,7 @@ class TopUp(msgspec.Struct, frozen=True):
         return f"/console/receipts/{self.receipt_number}"
 
 
-def _from_ledger(row: sqlite3.Row, payment: Payment | None) -> TopUp:
+def _from_ledger(row: Any, payment: Payment | None) -> TopUp:
     kind = row["kind"]
     return TopUp(
         created_at_ms=row["created_at_ms"],
@@ -71,7 +71,7 @@ def _from_payment(payment: Payment, now_ms: int) -> TopUp:
 
 
 async def list_top_ups(
-    db: Database, account_id: str, *, now_ms: int, limit: int = 50
+    db: RowReader, account_id: str, *, now_ms: int, limit: int = 50
 ) -> list[TopUp]:
     """The newest ``limit`` top-ups and unfinished payments, newest first."""
     # The partial index on credit references holds only credits and refunds, so this

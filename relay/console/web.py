@@ -31,7 +31,8 @@ from relay.http.responses import read_body
 from relay.identity.accounts import Account
 from relay.identity.roles import Permission, Role, allows
 from relay.identity.users import User
-from relay.payments.store import Notice, list_notices
+from relay.payments.runtime import payments_runtime
+from relay.payments.store import Notice
 from relay.state import RelayState, relay_state
 
 __all__ = [
@@ -331,7 +332,9 @@ class Console:
     async def _load_banners(self, ctx: Ctx) -> None:
         # Notices are about paying (e.g. a failed auto top-up): for those who can act on them.
         if ctx.account is not None and ctx.can(Permission.PAY):
-            ctx.banners = await list_notices(ctx.state.db, ctx.account.id)
+            # Through the payments' records: SQLite's, or PostgreSQL's in cluster mode.
+            records = payments_runtime(ctx.request).service.records
+            ctx.banners = await records.list_notices(ctx.account.id, include_dismissed=False)
 
     def _finish(self, ctx: Ctx, response: Response) -> Response:
         for name, value in _SECURITY_HEADERS.items():

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from relay.storage.db import Database
+from relay.storage.reader import RowReader
 
 __all__ = [
     "AUDIT_COLUMNS",
@@ -154,9 +154,10 @@ def _broken(rows: list[Any], row_id: int, reason: str) -> ChainReport:
 
 
 async def verify_stored_chain(
-    db: Database, key: bytes, *, page_size: int = VERIFY_PAGE_ROWS
+    db: RowReader, key: bytes, *, page_size: int = VERIFY_PAGE_ROWS
 ) -> dict[str, Any]:
-    """Check every audit row of the SQLite database in id order (``verify_pages``)."""
+    """Check every audit row of the store (SQLite, or PostgreSQL through its ``PgReader``)
+    in id order (``verify_pages``)."""
 
     async def page(after_id: int | None, size: int) -> list[tuple[Any, ...]]:
         return await _chain_page(db, after_id, size)
@@ -196,7 +197,7 @@ async def verify_pages(
     return _report(intact, first_id, carry, None, None)
 
 
-async def _chain_page(db: Database, after_id: int | None, size: int) -> list[tuple[Any, ...]]:
+async def _chain_page(db: RowReader, after_id: int | None, size: int) -> list[tuple[Any, ...]]:
     rows = await db.fetchall(
         f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
         (after_id if after_id is not None else -(2**62), size),

@@ -44,6 +44,7 @@ from relay.identity.audit import append_audit
 from relay.identity.erasure_plan import ERASED, ONLY_HERE_USERS, erasure_counts, erasure_steps
 from relay.jobs.periodic import PeriodicTask
 from relay.storage.db import Database
+from relay.storage.reader import RowReader
 
 __all__ = [
     "ERASE_AFTER_MS",
@@ -188,7 +189,7 @@ Keys are listed by metadata only: relay never stores a key's secret, only a hash
 # -- deletion request ----------------------------------------------------------------------
 
 
-async def deletion_request(db: Database, account_id: str) -> DeletionRequest | None:
+async def deletion_request(db: RowReader, account_id: str) -> DeletionRequest | None:
     """The embedded store's request (the console's reads; admin routes use the seam)."""
     return await read_deletion_request(db, account_id)
 

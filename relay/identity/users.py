@@ -27,10 +27,13 @@ from relay.storage.db import Database
 __all__ = [
     "PASSWORD_MIN_LENGTH",
     "Membership",
+    "Passwords",
     "User",
     "UserStore",
+    "check_display_name",
     "check_password",
     "insert_membership",
+    "new_user_id",
     "normalize_email",
     "user_from_row",
 ]
@@ -60,7 +63,8 @@ class Membership(msgspec.Struct, frozen=True):
     display_name: str = ""
 
 
-def user_from_row(row: sqlite3.Row) -> User:
+def user_from_row(row: Any) -> User:
+    """A ``User`` from a row of either engine (both index columns by name)."""
     return User(
         id=row["id"],
         email=row["email"],
@@ -89,7 +93,7 @@ def check_password(password: str) -> str:
     return password
 
 
-def _check_display_name(name: str) -> str:
+def check_display_name(name: str) -> str:
     name = " ".join(name.split())
     if not 1 <= len(name) <= 100:
         raise InvalidRequest("the display name must be 1 to 100 characters", param="display_name")
@@ -119,16 +123,36 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _new_user_id() -> str:
+def new_user_id() -> str:
     return "usr_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+class Passwords:
+    """argon2id off the event loop, for either engine's user store."""
+
+    def __init__(self, hasher: SecretHasher) -> None:
+        self._hasher = hasher
+        self._dummy_hash: str | None = None
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, check_password(password))
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """Whether ``password`` matches ``stored``; with no stored hash (an unknown email)
+        a dummy one is still verified, so response times do not tell which emails exist."""
+        if stored is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+            stored = self._dummy_hash
+        attempt = password[:_PASSWORD_MAX_LENGTH]
+        return await asyncio.to_thread(self._hasher.verify, stored, attempt)
 
 
 class UserStore:
     def __init__(self, db: Database, audit_key: bytes, hasher: SecretHasher) -> None:
         self._db = db
         self._audit_key = audit_key
-        self._hasher = hasher
-        self._dummy_hash: str | None = None
+        self._passwords = Passwords(hasher)
 
     # -- users ------------------------------------------------------------------------
 
@@ -145,13 +169,13 @@ class UserStore:
         """A new user (optionally with a role in an account), with its audit row."""
         now = _now_ms()
         user = User(
-            id=_new_user_id(),
+            id=new_user_id(),
             email=normalize_email(email),
-            display_name=_check_display_name(display_name),
+            display_name=check_display_name(display_name),
             operator=operator,
             created_at_ms=now,
         )
-        password_hash = await asyncio.to_thread(self._hasher.hash, check_password(password))
+        password_hash = await self._passwords.hash(password)
         if await self.by_email(user.email) is not None:
             raise Conflict(f"A console user with email {user.email!r} already exists")
         detail: dict[str, Any] = {"email": user.email, "operator": operator}
@@ -180,6 +204,13 @@ class UserStore:
         )
         return None if row is None else user_from_row(row)
 
+    async def all_users(self) -> list[User]:
+        """Every user, oldest first (``GET /admin/users``)."""
+        rows = await self._db.fetchall(
+            f"SELECT {_USER_COLUMNS} FROM console_users ORDER BY created_at_ms"
+        )
+        return [user_from_row(row) for row in rows]
+
     async def by_email(self, email: str) -> User | None:
         row = await self._db.fetchone(
             f"SELECT {_USER_COLUMNS} FROM console_users WHERE email = ?",
@@ -197,8 +228,7 @@ class UserStore:
             f"SELECT {_USER_COLUMNS}, password_hash FROM console_users WHERE email = ?",
             (email.strip().lower(),),
         )
-        stored = row["password_hash"] if row is not None else await self._dummy()
-        ok = await asyncio.to_thread(self._hasher.verify, stored, password[:_PASSWORD_MAX_LENGTH])
+        ok = await self._passwords.verify(None if row is None else row["password_hash"], password)
         if row is None or not ok:
             return None
         user = user_from_row(row)
@@ -206,7 +236,7 @@ class UserStore:
 
     async def change_password(self, user: User, new_password: str, *, actor: str) -> User:
         """Set a new password and end every session of the user (a new session version)."""
-        password_hash = await asyncio.to_thread(self._hasher.hash, check_password(new_password))
+        password_hash = await self._passwords.hash(new_password)
         now = _now_ms()
 
         def write(conn: sqlite3.Connection) -> int:
@@ -224,11 +254,6 @@ class UserStore:
 
         version = await self._db.write(write)
         return msgspec.structs.replace(user, session_version=version)
-
-    async def _dummy(self) -> str:
-        if self._dummy_hash is None:
-            self._dummy_hash = await asyncio.to_thread(self._hasher.hash, secrets.token_urlsafe(16))
-        return self._dummy_hash
 
     # -- memberships ------------------------------------------------------------------
 

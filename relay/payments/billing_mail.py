@@ -9,6 +9,11 @@ Both go through one durable table, ``billing_mail``, one row per (kind, account,
   has closed, by ``BillingMailer.enqueue_statements`` (``INSERT OR IGNORE``: the unique
   key makes it once per account and month, whatever restarts happen).
 
+Where the rows live is a ``MailQueue`` (``relay.payments.mail_queue``: SQLite's, or in
+cluster mode PostgreSQL's, whose rows the elected job runner sends: ``relay.payments.
+pg_mail_queue``); the mail's figures are read through a ``RowReader`` (the same portable SQL
+on either engine) and the receipt through the payments' records.
+
 ``BillingMailer.deliver_due`` renders each due row from the ledger, the usage rows and the
 receipt (amounts are integer micro-dollars until ``relay.money.display`` formats them),
 sends it to the account's active owners through ``[email]`` and records the outcome;
@@ -26,15 +31,16 @@ import datetime as dt
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from relay.config import Config
 from relay.mail.smtp import MailError, send_mail
 from relay.money.display import format_usd, format_usd_exact
 from relay.money.invoices import Statement, build_statement, month_bounds
-from relay.payments.receipts import Receipt, get_receipt
-from relay.storage.db import Database
+from relay.payments.mail_queue import DueMail, MailQueue
+from relay.payments.receipts import Receipt
+from relay.storage.reader import RowReader
 
 __all__ = ["MAX_ATTEMPTS", "BillingMailer", "closed_month", "enqueue_receipt_mail"]
 
@@ -72,12 +78,16 @@ class BillingMailer:
 
     def __init__(
         self,
-        db: Database,
+        queue: MailQueue,
+        reader: RowReader,
+        receipts: Callable[[str], Awaitable[Receipt | None]],
         config: Callable[[], Config],
         *,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
-        self._db = db
+        self._queue = queue
+        self._db = reader
+        self._receipts = receipts
         self._config = config  # read at each use: a reload may switch mail on or off
         self._clock_ms = clock_ms
         # One delivery pass at a time: two passes would both send a row read before either
@@ -98,13 +108,7 @@ class BillingMailer:
         now = self._clock_ms()
         month = closed_month(now)
         _, end = month_bounds(month)
-        return await self._db.execute_write(
-            "INSERT OR IGNORE INTO billing_mail (kind, account_id, ref, created_at_ms, "
-            "next_attempt_at_ms) SELECT 'statement', id, ?, ?, ? FROM accounts "
-            "WHERE id NOT IN (SELECT account_id FROM deletion_requests) AND EXISTS "
-            "(SELECT 1 FROM ledger WHERE ledger.account_id = accounts.id AND created_at_ms < ?)",
-            (month, now, now, end),
-        )
+        return await self._queue.add_statements(month, end, now)
 
     async def deliver_due(self) -> int:
         """Send every due row once; returns how many were sent."""
@@ -112,18 +116,19 @@ class BillingMailer:
             return await self._deliver_due()
 
     async def _deliver_due(self) -> int:
-        await self._db.flush()  # a credit committed a moment ago is due too
         now = self._clock_ms()
-        rows = await self._db.fetchall(
-            "SELECT id, kind, account_id, ref, attempts FROM billing_mail "
-            "WHERE status = 'pending' AND next_attempt_at_ms <= ? ORDER BY id LIMIT ?",
-            (now, _BATCH),
-        )
-        sent = 0
-        for row in rows:
-            outcome, error = await self._attempt(row["kind"], row["account_id"], row["ref"])
-            await self._record(row["id"], row["attempts"] + 1, outcome, error)
-            sent += outcome == "sent"
+        sent = handled = 0
+        # At most _BATCH rows a round; a queue may hand them out fewer at a time (the
+        # cluster's claims one per send).
+        while handled < _BATCH:
+            mails = await self._queue.due(now, _BATCH - handled)
+            if not mails:
+                break
+            for mail in mails:
+                outcome, error = await self._attempt(mail.kind, mail.account_id, mail.ref)
+                await self._record(mail, outcome, error)
+                sent += outcome == "sent"
+                handled += 1
         return sent
 
     async def _attempt(self, kind: str, account_id: str, ref: str) -> tuple[str, str | None]:
@@ -152,7 +157,7 @@ class BillingMailer:
 
     async def _render(self, kind: str, account_id: str, ref: str) -> tuple[str, str] | None:
         if kind == "receipt":
-            receipt = await get_receipt(self._db, ref)
+            receipt = await self._receipts(ref)
             if receipt is None:
                 return None
             return render_receipt_mail(receipt_fields(receipt))
@@ -178,26 +183,15 @@ class BillingMailer:
         assert opening is not None
         return render_statement_mail(statement, opening_balance_micros=opening[0])
 
-    async def _record(self, row_id: int, attempts: int, outcome: str, error: str | None) -> None:
-        now = self._clock_ms()
+    async def _record(self, mail: DueMail, outcome: str, error: str | None) -> None:
+        now, row_id, attempts = self._clock_ms(), mail.id, mail.attempt
         if outcome == "pending" and attempts >= MAX_ATTEMPTS:
             log.error("billing mail %d given up after %d attempts: %s", row_id, attempts, error)
             outcome = "failed"
         elif outcome == "pending":
             log.warning("billing mail %d not sent (attempt %d): %s", row_id, attempts, error)
         backoff = min(_BACKOFF_MAX_MS, _BACKOFF_BASE_MS * 2 ** (attempts - 1))
-        await self._db.execute_write(
-            "UPDATE billing_mail SET status = ?, attempts = ?, last_error = ?, "
-            "next_attempt_at_ms = ?, done_at_ms = ? WHERE id = ?",
-            (
-                outcome,
-                attempts,
-                error,
-                now + backoff,
-                None if outcome == "pending" else now,
-                row_id,
-            ),
-        )
+        await self._queue.record(mail, outcome, error, now_ms=now, next_at_ms=now + backoff)
 
 
 def receipt_fields(receipt: Receipt) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from relay.money.wallet import Wallet
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.backend import AuditEntry, PaymentRecords
 from relay.payments.crediting import EventRecord, wall_ms
-from relay.payments.receipts import SellerDetails
+from relay.payments.receipts import Receipt, SellerDetails
 from relay.payments.store import PaidPayment, Payment, micros_to_minor, new_payment_id
 from relay.payments.stripe_client import StripeClient, StripeError
 
@@ -179,6 +179,31 @@ class PaymentsService:
         if paid.kind == "auto_topup":
             self._reset_cached_failures(paid.account_id)
         return CreditResult(True, paid.provider_payment_id, paid.amount_micros, receipt.number)
+
+    async def credit_manually(
+        self, account_id: str, amount_micros: int, reference: str, *, note: str | None, actor: str
+    ) -> Receipt | None:
+        """An operator's top-up (a bank transfer) straight into the records, with its payment
+        row, receipt and audit row in one transaction: the cluster's manual credit, for the
+        admin API and the console alike. None: the reference was credited already."""
+        paid = PaidPayment(
+            account_id=account_id,
+            provider="manual",
+            provider_payment_id=reference,
+            kind="manual",
+            currency="usd",
+            amount_minor=amount_micros // 10_000,
+            amount_micros=amount_micros,
+        )
+        return await self.records.credit(
+            paid,
+            at_ms=self.clock(),
+            buyer_name=self._buyer_name(account_id),
+            seller=self.seller,
+            actor=actor,
+            event=None,
+            note=note,
+        )
 
     async def record_failure(
         self,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import msgspec
 
 from relay.storage.db import Database
+from relay.storage.reader import RowReader
 
 __all__ = [
     "MINOR_UNIT_MICROS",
@@ -290,7 +291,7 @@ async def find_payment(db: Database, provider: str, provider_payment_id: str) ->
     return None if row is None else Payment(*tuple(row))
 
 
-async def list_payments(db: Database, account_id: str, *, limit: int = 100) -> list[Payment]:
+async def list_payments(db: RowReader, account_id: str, *, limit: int = 100) -> list[Payment]:
     rows = await db.fetchall(
         f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE account_id = ? "
         "ORDER BY created_at_ms DESC, id DESC LIMIT ?",
@@ -304,7 +305,7 @@ async def event_seen(db: Database, event_id: str) -> bool:
     return row is not None
 
 
-async def customer_of(db: Database, account_id: str) -> SavedCustomer | None:
+async def customer_of(db: RowReader, account_id: str) -> SavedCustomer | None:
     row = await db.fetchone(
         "SELECT account_id, provider, customer_id, payment_method_id FROM payment_customers "
         "WHERE account_id = ?",

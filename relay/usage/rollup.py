@@ -63,8 +63,8 @@ def add_to_daily_rollup(
     )
 
 
-# The charts' two reads of usage_daily, in SQL both engines run (relay.cluster.pg_daily_reads
-# reads PostgreSQL's rollup with them): parameters (account, first day, last day).
+# The charts' two reads of usage_daily, in SQL both engines run (relay.cluster.pg_reader
+# runs them on PostgreSQL's rollup): parameters (account, first day, last day).
 SPEND_PER_DAY_SQL = (
     "SELECT day, SUM(cost_micros), SUM(requests) FROM usage_daily "
     "WHERE account_id = ? AND day >= ? AND day <= ? GROUP BY day"

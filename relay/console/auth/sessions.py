@@ -25,6 +25,7 @@ __all__ = [
     "SESSION_LIFETIME_MS",
     "Session",
     "SessionStore",
+    "id_hash",
 ]
 
 SESSION_COOKIE = "relay_session"
@@ -35,7 +36,8 @@ _USER_COLUMNS = (
 )
 
 
-def _id_hash(session_id: str) -> str:
+def id_hash(session_id: str) -> str:
+    """What is stored of a session, invite or reset id: its SHA-256, never the id."""
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
@@ -61,7 +63,7 @@ class SessionStore:
             user_id=user.id,
             expires_at_ms=_now_ms() + SESSION_LIFETIME_MS,
         )
-        row = (_id_hash(session.id), user.id, user.session_version, _now_ms())
+        row = (id_hash(session.id), user.id, user.session_version, _now_ms())
         expires = session.expires_at_ms
 
         def write(conn: sqlite3.Connection) -> None:
@@ -85,7 +87,7 @@ class SessionStore:
             f"SELECT s.expires_at_ms, s.session_version AS made_at_version, {_USER_COLUMNS} "
             "FROM console_sessions s JOIN console_users u ON u.id = s.user_id "
             "WHERE s.id_hash = ?",
-            (_id_hash(session_id),),
+            (id_hash(session_id),),
         )
         if row is None:
             return None
@@ -102,5 +104,5 @@ class SessionStore:
 
     async def delete(self, session_id: str) -> None:
         await self._db.execute_write(
-            "DELETE FROM console_sessions WHERE id_hash = ?", (_id_hash(session_id),)
+            "DELETE FROM console_sessions WHERE id_hash = ?", (id_hash(session_id),)
         )

@@ -50,7 +50,7 @@ def _cursor(ctx: Ctx, name: str, default: int) -> int:
 async def _ledger(ctx: Ctx, now_ms: int) -> dict[str, object]:
     """The ledger section: per day with a running balance, or the rows of one kind."""
     assert ctx.account is not None
-    db, account_id = ctx.state.db, ctx.account.id
+    db, account_id = ctx.services.reader, ctx.account.id
     kind = ctx.request.query_params.get("kind", "")
     if kind not in KINDS:
         kind = ""
@@ -90,11 +90,11 @@ async def render_billing(
     response = ctx.render(
         "billing.html",
         status=status,
-        wallet=ctx.state.wallet.snapshot(account.id),
+        wallet=await ctx.services.money.balance(account.id),
         ledger_kinds=KINDS,
         key_labels={key.id: key.label for key in ctx.state.store.keys_of(account.id)},
         **await _ledger(ctx, now_ms),
-        top_ups=await list_top_ups(ctx.state.db, account.id, now_ms=now_ms),
+        top_ups=await list_top_ups(ctx.services.reader, account.id, now_ms=now_ms),
         months=_months(account.created_at_ms, now),
         card_topups=card_topups,
         limits=topup_limits(service),
@@ -103,8 +103,8 @@ async def render_billing(
         auto=auto_form
         or AutoTopUpForm.of(service.auto_topups.get(account.id) if service else None),
         auto_error=auto_error,
-        saved_card=await customer_of(ctx.state.db, account.id) is not None,
-        deletion=await deletion_request(ctx.state.db, account.id),
+        saved_card=await customer_of(ctx.services.reader, account.id) is not None,
+        deletion=await deletion_request(ctx.services.reader, account.id),
     )
     if card_topups:
         policy = content_security_policy(f"'self' {CHECKOUT_ORIGIN}")
@@ -122,7 +122,7 @@ async def statement(ctx: Ctx) -> Response:
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
     built = await build_statement(
-        ctx.state.db,
+        ctx.services.reader,
         account_id=account.id,
         account_name=account.name,
         mode=account.mode,

@@ -164,7 +164,7 @@ def _field_context(ctx: Ctx) -> dict[str, Any]:
 
 
 async def _last_used(ctx: Ctx, account_id: str) -> dict[str, int]:
-    rows = await ctx.state.db.fetchall(
+    rows = await ctx.services.reader.fetchall(
         "SELECT id, last_used_at_ms FROM api_keys WHERE account_id = ? "
         "AND last_used_at_ms IS NOT NULL",
         (account_id,),
@@ -192,7 +192,7 @@ async def _render_list(
         "keys.html",
         status=status,
         keys=keys,
-        spend={key.id: ctx.state.wallet.key_snapshot(key.id) for key in keys},
+        spend={key.id: await ctx.services.money.key_spend(key.id) for key in keys},
         manageable={k.id for k in keys if allowed is None or k.id in allowed},
         last_used=await _last_used(ctx, account_id),
         creators=await ctx.services.users.key_creators(account_id),
@@ -236,7 +236,7 @@ async def _render_key(
         "key.html",
         status=status,
         key=key,
-        spend=ctx.state.wallet.key_snapshot(key.id),
+        spend=await ctx.services.money.key_spend(key.id),
         last_used=await ctx.state.store.last_used(key.id),
         created_by=creators.get(key.id, "admin API"),
         can_manage=key.status != "revoked" and (allowed is None or key.id in allowed),

@@ -60,7 +60,7 @@ async def logs_page(ctx: Ctx) -> Response:
         # The page stays usable: the message beside the filters, the unfiltered rows below.
         error, status = exc.message, exc.status
         flt, before = LogFilter(), None
-    db = ctx.state.db
+    db = ctx.services.reader
     rows, next_before = await log_page(db, ctx.account.id, flt, before_id=before, limit=PAGE_ROWS)
     query = flt.query()
     return ctx.render(
@@ -83,7 +83,7 @@ async def logs_page(ctx: Ctx) -> Response:
 async def log_entry_page(ctx: Ctx) -> Response:
     assert ctx.account is not None
     request_id = ctx.request.path_params["request_id"]
-    row = await log_entry(ctx.state.db, ctx.account.id, request_id)
+    row = await log_entry(ctx.services.reader, ctx.account.id, request_id)
     if row is None:
         raise ConsoleError(404, "There is no such request in this account.")
     key = ctx.state.store.keys.get(row["key_id"] or "")
@@ -99,7 +99,7 @@ async def export_logs(ctx: Ctx) -> Response:
     """Every row of the filter as CSV, streamed in batches (never all in memory)."""
     assert ctx.account is not None
     flt = _filter(ctx)
-    db, account_id = ctx.state.db, ctx.account.id
+    db, account_id = ctx.services.reader, ctx.account.id
     names = {key.id: key.label for key in ctx.state.store.keys_of(account_id)}
 
     async def lines() -> AsyncIterator[str]:

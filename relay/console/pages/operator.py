@@ -48,7 +48,7 @@ def account_page(account: Account) -> str:
 
 
 async def _pending_deletions(ctx: Ctx) -> dict[str, DeletionRequest]:
-    rows = await ctx.state.db.fetchall(
+    rows = await ctx.services.reader.fetchall(
         "SELECT account_id, requested_at_ms, requested_by, erase_after_ms, erased_at_ms, "
         "pseudonym FROM deletion_requests"
     )
@@ -119,12 +119,12 @@ async def _render_accounts(
     ctx: Ctx, *, status: int = 200, errors: FieldErrors | None = None
 ) -> Response:
     accounts = sorted(ctx.state.store.accounts.values(), key=lambda a: a.name.lower())
-    wallet = ctx.state.wallet
+    money = ctx.services.money
     return ctx.render(
         "operator_accounts.html",
         status=status,
         accounts=accounts,
-        wallets={a.id: wallet.snapshot(a.id) for a in accounts},
+        wallets={a.id: await money.balance(a.id) for a in accounts},
         deletions=await _pending_deletions(ctx),
         errors=errors or FieldErrors(),
         form=dict(ctx.form) if errors else {"mode": "prepaid", "price_multiplier": "1"},
@@ -165,8 +165,8 @@ async def render_account(
         "operator_account.html",
         status=status,
         target=account,
-        wallet=ctx.state.wallet.snapshot(account.id),
-        deletion=await deletion_request(ctx.state.db, account.id),
+        wallet=await ctx.services.money.balance(account.id),
+        deletion=await deletion_request(ctx.services.reader, account.id),
         errors=errors or FieldErrors(),
         form=dict(ctx.form) if errors else _settings_form(account),
         credit_errors=credit_errors or FieldErrors(),
@@ -219,7 +219,7 @@ async def set_account_status(ctx: Ctx) -> Response:
         raise ConsoleError(400, "Status must be active or suspended.")
     if status == "suspended" and account.status != "suspended" and ctx.form.get("confirm") != "yes":
         return _confirm_status(ctx, account)
-    deletion = await deletion_request(ctx.state.db, account.id)
+    deletion = await deletion_request(ctx.services.reader, account.id)
     if status == "active" and deletion is not None:
         why = (
             "its personal data was erased"
@@ -259,7 +259,7 @@ async def audit_page(ctx: Ctx) -> Response:
     if text and (not text.isdigit() or len(text) > 18):
         raise ConsoleError(400, "before must be an audit row id")
     before = min(int(text), 2**62) if text else 2**62  # SQLite integers are 64-bit
-    rows = await ctx.state.db.fetchall(
+    rows = await ctx.services.reader.fetchall(
         "SELECT id, ts_ms, actor, action, target, detail FROM audit WHERE id < ? "
         "ORDER BY id DESC LIMIT ?",
         (before, AUDIT_ROWS + 1),
@@ -268,5 +268,5 @@ async def audit_page(ctx: Ctx) -> Response:
     if len(rows) > AUDIT_ROWS:
         rows = rows[:AUDIT_ROWS]
         next_url = f"/console/operator/audit?before={rows[-1]['id']}"
-    chain = await verify_stored_chain(ctx.state.db, ctx.services.keys.audit)
+    chain = await verify_stored_chain(ctx.services.reader, ctx.services.keys.audit)
     return ctx.render("operator_audit.html", rows=rows, chain=chain, next_url=next_url)

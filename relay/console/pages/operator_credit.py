@@ -14,10 +14,12 @@ from starlette.responses import Response
 from relay.console.forms import FieldErrors, checked, parse_usd
 from relay.console.pages.operator import account_page, operator_account, render_account
 from relay.console.web import Ctx, page
+from relay.identity.accounts import Account
 from relay.money.display import format_usd
 from relay.money.wallet import DuplicateReference
 from relay.payments.crediting import commit_credit, manual_credit_write
 from relay.payments.receipts import SellerDetails
+from relay.payments.runtime import payments_runtime
 
 __all__ = ["CONFIRM_ABOVE_MICROS", "MAX_CREDIT_MICROS", "credit_account"]
 
@@ -66,13 +68,19 @@ async def credit_account(ctx: Ctx) -> Response:
             back=account_page(account),
         )
     state = ctx.state
+    if state.cluster is not None:
+        # PostgreSQL's ledger, through the admin API's own manual credit (one transaction).
+        service = payments_runtime(ctx.request).service
+        receipt = await service.credit_manually(
+            account.id, amount, reference, note=note, actor=ctx.actor
+        )
+        if receipt is None:
+            return _already_credited(ctx, account, reference)
+        return _credited(ctx, account, amount, reference)
     try:
         entry = state.wallet.prepare(account.id, "credit", amount, reference=reference, note=note)
     except DuplicateReference:
-        notice = f"Reference {reference} was already credited to “{account.name}”: nothing changed."
-        return ctx.redirect(
-            account_page(account), notice="already-credited", flash={"notice": notice}
-        )
+        return _already_credited(ctx, account, reference)
     # Ledger row, payment row, receipt and audit row commit together; then the wallet
     # moves, as the admin API's credit does.
     write = manual_credit_write(
@@ -84,5 +92,14 @@ async def credit_account(ctx: Ctx) -> Response:
         detail={"amount_micros": amount, "reference": reference},
     )
     await commit_credit(state.db, state.wallet, entry, write)
+    return _credited(ctx, account, amount, reference)
+
+
+def _credited(ctx: Ctx, account: Account, amount: int, reference: str) -> Response:
     notice = f"Credited {format_usd(amount)} to “{account.name}” (reference {reference})."
     return ctx.redirect(account_page(account), notice="credited", flash={"notice": notice})
+
+
+def _already_credited(ctx: Ctx, account: Account, reference: str) -> Response:
+    notice = f"Reference {reference} was already credited to “{account.name}”: nothing changed."
+    return ctx.redirect(account_page(account), notice="already-credited", flash={"notice": notice})

@@ -10,13 +10,7 @@ import msgspec
 from starlette.responses import Response
 
 from relay.console.charts import bar_list_chart, daily_spend_chart
-from relay.console.log_queries import (
-    DAY_MS,
-    recent_errors,
-    spend_by_key,
-    spend_by_model,
-    spend_per_day,
-)
+from relay.console.log_queries import DAY_MS, recent_errors, spend_by_key
 from relay.console.snippets import ENV_VAR, base_url, pick_model, snippets
 from relay.console.web import Ctx, page
 from relay.identity.roles import Permission
@@ -80,13 +74,14 @@ def period_of(query: dict[str, str], today: int) -> Period:
 @page("account", Permission.VIEW)
 async def overview(ctx: Ctx) -> Response:
     assert ctx.account is not None
-    db, account_id = ctx.state.db, ctx.account.id
+    services, account_id = ctx.services, ctx.account.id
+    db = services.reader
     now_ms = int(time.time() * 1000)
     today = now_ms // DAY_MS
     period = period_of(dict(ctx.request.query_params), today)
     span = {"first_day": period.first_day, "last_day": period.last_day}
-    days = await spend_per_day(db, account_id, **span)
-    models = await spend_by_model(db, account_id, **span)
+    days = await services.charts.per_day(account_id, **span)
+    models = await services.charts.by_model(account_id, **span)
     keys = {key.id: key for key in ctx.state.store.keys_of(account_id)}
     by_key = [
         (keys[key_id].label if key_id in keys else (key_id or "operator token"), cost, count)
@@ -98,9 +93,9 @@ async def overview(ctx: Ctx) -> Response:
     what = f"last {period.days} days" if period.last_day == today else "the chosen period"
     return ctx.render(
         "overview.html",
-        wallet=ctx.state.wallet.snapshot(account_id),
-        budget=ctx.state.wallet.account_budget(account_id),
-        open_holds=ctx.state.wallet.open_hold_count(account_id),
+        wallet=await services.money.balance(account_id),
+        budget=await services.money.budget(account_id),
+        open_holds=await services.money.open_holds(account_id),
         period=period,
         presets=PRESETS,
         today=today,

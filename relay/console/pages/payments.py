@@ -24,9 +24,10 @@ from relay.console.payments import (
 from relay.console.web import ConsoleError, Ctx, page
 from relay.errors import InvalidRequest
 from relay.identity.roles import Permission, allows
-from relay.payments.receipts import SellerDetails, get_receipt, render_receipt_html
+from relay.payments.receipts import SellerDetails, render_receipt_html
+from relay.payments.runtime import payments_runtime
 from relay.payments.service import PaymentsService, PaymentsUnavailable
-from relay.payments.store import dismiss_notice, now_ms
+from relay.payments.store import now_ms
 
 __all__ = ["billing_return", "dismiss", "receipt", "save_auto_topup", "start_topup"]
 
@@ -91,14 +92,14 @@ async def dismiss(ctx: Ctx) -> Response:
     assert ctx.account is not None
     account_id = ctx.account.id
     notice_id: int = ctx.request.path_params["notice_id"]
-    db = ctx.state.db
-    found = await db.fetchone(
+    found = await ctx.services.reader.fetchone(
         "SELECT 1 FROM notices WHERE id = ? AND account_id = ?", (notice_id, account_id)
     )
     if found is None:
         raise ConsoleError(404, "There is no such notice.")
-    at_ms = now_ms()
-    await db.write(lambda conn: dismiss_notice(conn, account_id, notice_id, at_ms))
+    # Through the payments' records: SQLite's writer, or PostgreSQL in cluster mode.
+    records = payments_runtime(ctx.request).service.records
+    await records.dismiss_notice(account_id, notice_id, now_ms())
     back = ctx.form.get("next", "")
     # Back to the page it was dismissed on, if that is one of this account's pages.
     if not (back == ctx.account_url() or back.startswith(ctx.account_url() + "/")):
@@ -109,7 +110,8 @@ async def dismiss(ctx: Ctx) -> Response:
 @page("user")
 async def receipt(ctx: Ctx) -> Response:
     assert ctx.user is not None
-    found = await get_receipt(ctx.state.db, ctx.request.path_params["number"])
+    records = payments_runtime(ctx.request).service.records
+    found = await records.get_receipt(ctx.request.path_params["number"])
     roles = {account.id: role for account, role in ctx.accounts}
     allowed = found is not None and (
         ctx.user.operator or allows(roles.get(found.account_id), Permission.VIEW_BILLING)
