@@ -1,6 +1,6 @@
 """relay.http.disconnect: a finished request leaves nothing for the cyclic GC.
 
-Under held load relay runs with raised GC thresholds (relay.server.tune_gc), so garbage
+Under held load relay runs with raised GC thresholds (relay.process_memory.tune_gc), so garbage
 that only the cyclic collector can free piles up in the older generations: the watcher's
 cancellation once left one reference cycle per request (docs/performance.md, "Regression
 hunt of 2026-12-05").
