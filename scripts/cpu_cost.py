@@ -265,6 +265,12 @@ def main() -> int:
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="the mock's pause between a stream's chunks: relay then reads each on its own",
+    )
+    parser.add_argument(
         "--cache-sim", action="store_true", help="with --callgrind: count cache misses too"
     )
     parser.add_argument("--budget-s", type=float, default=600.0)
@@ -280,7 +286,8 @@ def main() -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="relay-cpu-cost-"))
     mock = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "mock_upstream.py"), "--port", str(MOCK_PORT)],
+        [sys.executable, str(ROOT / "scripts" / "mock_upstream.py"), "--port", str(MOCK_PORT)]
+        + ["--chunk-delay-ms", str(args.chunk_delay_ms)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
