@@ -54,8 +54,13 @@ def test_cycles_are_still_collected_after_tuning(restored_gc: None) -> None:
 # the heaps glibc's malloc_info reports.
 _COUNT_ARENAS = """
 import ctypes, sys, tempfile, threading
-from relay.process_memory import limit_malloc_arenas
-capped = limit_malloc_arenas(2) if sys.argv[1] == "cap" else False
+import gc
+from relay.process_memory import GC_THRESHOLDS, limit_malloc_arenas, prepare_for_serving
+if sys.argv[1] == "serve":  # what relay serve runs first: both settings
+    prepare_for_serving()
+    capped = gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+else:
+    capped = limit_malloc_arenas(2) if sys.argv[1] == "cap" else False
 start = threading.Barrier(6)
 def allocate():
     start.wait()
@@ -97,6 +102,7 @@ def _arenas_after_six_threads(mode: str) -> tuple[str, int]:
 )
 def test_the_arena_cap_keeps_the_threads_to_two_heaps() -> None:
     assert _arenas_after_six_threads("cap") == ("True", 2)
+    assert _arenas_after_six_threads("serve") == ("True", 2)
     # Without it each thread that allocates gets its own arena.
     capped, heaps = _arenas_after_six_threads("none")
     assert (capped, heaps > 2) == ("False", True)
