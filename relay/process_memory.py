@@ -10,10 +10,11 @@ both were measured under held load (1,000 requests in flight; docs/performance.m
   (relay.http.disconnect): what the collector must free waits longer, in larger batches.
 - glibc's malloc gives each thread that allocates its own arena, up to eight per core,
   and an arena keeps what it once held. relay's threads (the SQLite writer and readers,
-  the executor resolving upstream host names) each grew one: held RSS 129-130 MB after
-  10 s, against 116-120 MB with two arenas. The threads allocate little and seldom at the
-  same time (the event loop holds the GIL for most of a request), so sharing costs no
-  measurable lock contention. An operator's own ``MALLOC_ARENA_MAX`` wins.
+  the executor threads) each grew one. On a box whose cores other processes kept busy, held
+  RSS after 10 s was 129-130 MB, against 116-120 MB with two arenas; on a quiet box both
+  stay near 119 MB (fewer threads allocate at once). The threads allocate little and
+  seldom at the same time (the event loop holds the GIL for most of a request), so sharing
+  costs no measurable lock contention. An operator's own ``MALLOC_ARENA_MAX`` wins.
 """
 
 from __future__ import annotations
