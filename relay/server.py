@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import importlib
 import logging
 import math
@@ -36,12 +35,13 @@ from relay.config import Config, ServerConfig
 from relay.errors import ConfigError
 from relay.http.grace import GraceCut
 from relay.metrics.listener import MetricsOnlyApp, StateTap
+from relay.process_memory import prepare_for_serving
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp
 
-__all__ = ["GC_THRESHOLDS", "run_server", "tune_gc"]
+__all__ = ["run_server"]
 
 log = logging.getLogger("relay.server")
 
@@ -55,37 +55,18 @@ _SETTLE_AFTER_CANCEL_S = 5.0
 _CUT_MARGIN_S = 2.0
 _LIFESPAN_FAILURES = ("lifespan.startup.failed", "lifespan.shutdown.failed")
 _UVICORN_MODULES = ("uvicorn", "httptools")
-# The cyclic GC's thresholds while serving (CPython's default is 700, 10, 10). With 1,000
-# requests in flight every young collection finds their coroutines, frames and buffers
-# alive and walks them again in each older generation: a held run spent ~1.8 s in the GC
-# with pauses up to 270 ms (docs/performance.md, "Held load"). Collecting 14x less often
-# lets most of a request's objects die by reference counting before any collection.
-GC_THRESHOLDS = (10_000, 50, 100)
 
 
 def run_server(config: Config) -> None:
     if config.server.http_server == "uvicorn":
         _require_uvicorn()
-    tune_gc()
+    prepare_for_serving()
     try:
         import uvloop
     except ImportError:  # uvloop is not built for every platform; asyncio's loop works too
         asyncio.run(_serve(config))
         return
     uvloop.run(_serve(config))
-
-
-def tune_gc() -> None:
-    """Once, before serving: move what is loaded so far (modules, config, the libraries'
-    tables) out of the collector's sight, and collect young objects less often.
-
-    ``gc.freeze`` keeps the start-up objects out of every later full collection, which
-    would otherwise walk them all each time; memory is still freed by reference counting,
-    and cycles are still collected, only in larger batches.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _require_uvicorn() -> None:

@@ -13,7 +13,9 @@ as scripts/bench enrols it), sends a fixed number of chat completions one at a t
 Each ``--tree`` is a directory holding a ``relay`` package (``git archive COMMIT relay``):
 the versions are run one after the other, ``--rounds`` times interleaved. ``--tree
 passthrough`` measures scripts/passthrough.py (the bare hypercorn + Starlette + aiohttp
-stack, no features) the same way, the ceiling issue 19 compares relay with. Bounded: each
+stack, no features) the same way, the ceiling issue 19 compares relay with. ``--concurrency
+N`` keeps N requests in flight (N client connections) instead of one, for the costs that
+only show under concurrency (timers, the GC, per-stream work). Bounded: each
 relay is stopped after its requests, and the whole run refuses to go past ``--budget-s``.
 
     scripts/cpu_cost.py --tree /tmp/base --tree /tmp/new --requests 2000 --rounds 3
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +125,23 @@ def _send(conn: http.client.HTTPConnection, secret: str, body: bytes, stream: bo
         raise RuntimeError("a stream without [DONE]")
 
 
+def _send_many(secret: str, body: bytes, stream: bool, count: int, concurrency: int) -> None:
+    """``count`` requests over ``concurrency`` connections, each sending its share in turn."""
+
+    def one_connection(share: int) -> None:
+        conn = http.client.HTTPConnection(HOST, RELAY_PORT, timeout=300)
+        try:
+            for _ in range(share):
+                _send(conn, secret, body, stream)
+        finally:
+            conn.close()
+
+    shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+    with ThreadPoolExecutor(concurrency) as pool:
+        for done in [pool.submit(one_connection, share) for share in shares if share]:
+            done.result()
+
+
 def _ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return int(fields[11]) + int(fields[12])
@@ -131,12 +151,15 @@ def _callgrind(pid: int, *options: str) -> None:
     subprocess.run(["callgrind_control", *options, str(pid)], check=True, capture_output=True)
 
 
-def _instructions(out: Path, before: set[Path]) -> int:
-    """The Ir total of the newest dump file of ``out``'s run."""
+def _events(out: Path, before: set[Path]) -> dict[str, int]:
+    """The event totals (Ir, and with ``--cache-sim`` the cache misses) of the newest dump."""
     dumps = sorted(set(out.parent.glob(out.name + "*")) - before, key=lambda p: p.stat().st_mtime)
+    names: list[str] = []
     for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+            return dict(zip(names, map(int, line.split()[1:]), strict=False))
     raise RuntimeError(f"no totals in {dumps[-1]}")
 
 
@@ -151,7 +174,13 @@ def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 def measure(
-    tree: Path, requests: int, callgrind: bool, work: Path, profile: Path | None = None
+    tree: Path,
+    requests: int,
+    callgrind: bool,
+    work: Path,
+    profile: Path | None = None,
+    concurrency: int = 1,
+    cache_sim: bool = False,
 ) -> dict[str, float]:
     """One relay from ``tree``: its cost per request, non-stream then stream."""
     database = work / f"relay-{time.monotonic_ns()}.db"
@@ -176,6 +205,7 @@ def measure(
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
+            *(["--cache-sim=yes"] if cache_sim else []),
             f"--callgrind-out-file={out}.%p",
             *command,
         ]
@@ -185,7 +215,6 @@ def measure(
     try:
         _wait_for(RELAY_PORT, "/healthz", 240 if callgrind else 30)
         secret = "-" if bare else _enroll(python, env, config)
-        conn = http.client.HTTPConnection(HOST, RELAY_PORT, timeout=120)
         results: dict[str, float] = {}
         for shape, body, stream in (
             ("nonstream", BODY, False),
@@ -194,15 +223,14 @@ def measure(
             encoded = json.dumps(body).encode()
             if callgrind:
                 _callgrind(relay.pid, "-i", "on")
-            for _ in range(max(20, requests // 10)):  # warm: pools, caches, code paths
-                _send(conn, secret, encoded, stream)
+            # warm: pools, caches, code paths
+            _send_many(secret, encoded, stream, max(20, requests // 10), concurrency)
             if callgrind:
                 _callgrind(relay.pid, "-z")
                 before = set(work.glob(out.name + "*"))
             spy = None if profile is None else _py_spy(relay.pid, profile / f"{shape}.txt")
             ticks = _ticks(relay.pid)
-            for _ in range(requests):
-                _send(conn, secret, encoded, stream)
+            _send_many(secret, encoded, stream, requests, concurrency)
             used = _ticks(relay.pid) - ticks
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
@@ -211,9 +239,14 @@ def measure(
             if callgrind:
                 _callgrind(relay.pid, "-d")
                 time.sleep(0.5)
-                results[f"{shape}_ir"] = _instructions(out, before) / requests
+                events = _events(out, before)
+                results[f"{shape}_ir"] = events["Ir"] / requests
+                if cache_sim:  # misses in the first level and the last level, per request
+                    l1 = events["I1mr"] + events["D1mr"] + events["D1mw"]
+                    ll = events["ILmr"] + events["DLmr"] + events["DLmw"]
+                    results[f"{shape}_l1_misses"] = l1 / requests
+                    results[f"{shape}_ll_misses"] = ll / requests
                 _callgrind(relay.pid, "-i", "off")
-        conn.close()
         return results
     finally:
         relay.send_signal(signal.SIGTERM)
@@ -230,6 +263,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="the mock's pause between a stream's chunks: relay then reads each on its own",
+    )
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="with --callgrind: count cache misses too"
+    )
     parser.add_argument("--budget-s", type=float, default=600.0)
     parser.add_argument(
         "--keep", type=Path, help="copy callgrind's dumps here (for callgrind_annotate)"
@@ -243,7 +286,8 @@ def main() -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="relay-cpu-cost-"))
     mock = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "mock_upstream.py"), "--port", str(MOCK_PORT)],
+        [sys.executable, str(ROOT / "scripts" / "mock_upstream.py"), "--port", str(MOCK_PORT)]
+        + ["--chunk-delay-ms", str(args.chunk_delay_ms)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -257,7 +301,15 @@ def main() -> int:
                     break
                 if args.py_spy is not None:
                     args.py_spy.mkdir(parents=True, exist_ok=True)
-                result = measure(tree, args.requests, args.callgrind, work, args.py_spy)
+                result = measure(
+                    tree,
+                    args.requests,
+                    args.callgrind,
+                    work,
+                    args.py_spy,
+                    args.concurrency,
+                    args.cache_sim,
+                )
                 rows[str(tree)].append(result)
                 print(f"round {round_ + 1} {tree}: {json.dumps(result)}", flush=True)
     finally:

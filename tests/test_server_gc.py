@@ -1,14 +1,18 @@
-"""relay.server.tune_gc: the collector settings ``relay serve`` runs with (held load)."""
+"""relay.process_memory: the GC and malloc settings ``relay serve`` runs with (held load)."""
 
 from __future__ import annotations
 
 import gc
+import os
+import platform
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from relay.server import GC_THRESHOLDS, tune_gc
+from relay.process_memory import GC_THRESHOLDS, limit_malloc_arenas, tune_gc
 
 
 @pytest.fixture
@@ -44,3 +48,66 @@ def test_cycles_are_still_collected_after_tuning(restored_gc: None) -> None:
     assert watch() is not None
     gc.collect(0)
     assert collected == ["freed"]
+
+
+# A child process: cap the arenas (or not), let six threads allocate at once, and count
+# the heaps glibc's malloc_info reports.
+_COUNT_ARENAS = """
+import ctypes, sys, tempfile, threading
+import gc
+from relay.process_memory import GC_THRESHOLDS, limit_malloc_arenas, prepare_for_serving
+if sys.argv[1] == "serve":  # what relay serve runs first: both settings
+    prepare_for_serving()
+    capped = gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+else:
+    capped = limit_malloc_arenas(2) if sys.argv[1] == "cap" else False
+start = threading.Barrier(6)
+def allocate():
+    start.wait()
+    kept = [bytes(2000 + i % 7) for i in range(20000)]  # above pymalloc's 512 B: malloc
+    start.wait()
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(capped, open(out.name).read().count("<heap nr="))
+"""
+
+
+def _arenas_after_six_threads(mode: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_ARENAS, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    capped, heaps = done.stdout.split()
+    return capped, int(heaps)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="malloc arenas are glibc's",
+)
+def test_the_arena_cap_keeps_the_threads_to_two_heaps() -> None:
+    assert _arenas_after_six_threads("cap") == ("True", 2)
+    assert _arenas_after_six_threads("serve") == ("True", 2)
+    # Without it each thread that allocates gets its own arena.
+    capped, heaps = _arenas_after_six_threads("none")
+    assert (capped, heaps > 2) == ("False", True)
+
+
+def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
