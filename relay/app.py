@@ -27,25 +27,21 @@ from starlette.types import ASGIApp
 from relay.admin import admin_routes
 from relay.admin.cluster import ClusterRouteGuard, cluster_routes
 from relay.admin.payments import payment_routes
-from relay.admin.reload import ConfigReloader, ReloadRefused, build_router, calendar_of
+from relay.admin.reload import ConfigReloader, build_router, calendar_of
 from relay.admission.gate import Gate
 from relay.admission.limits import RateLimiter
 from relay.alerts.outbox import AlertOutbox
 from relay.alerts.outbox_store import SqliteOutbox
+from relay.alerts.pg_outbox import PgOutbox
 from relay.alerts.readings import PgReadings
 from relay.alerts.watch import AlertWatcher
 from relay.api import data_plane_routes
-from relay.cluster.invalidation import Invalidation
-from relay.cluster.job_runner import ClusterJob
-from relay.cluster.pg_alerts import PgOutbox
-from relay.cluster.pg_erasure import PgErasure
 from relay.cluster.pg_identity import ClusterAccountStore
 from relay.cluster.pg_reader import PgReader
-from relay.cluster.pg_retention import PgRetentionJob
-from relay.cluster.pg_rollup import PgRollupJob
 from relay.cluster.pg_upstream_toggles import UpstreamToggles
 from relay.cluster.pg_videos import PgVideoStore
 from relay.cluster.runtime import ClusterRuntime, ClusterUsageLog, refusal_sink
+from relay.cluster_jobs import apply_invalidation, cluster_jobs
 from relay.config import Config
 from relay.console import console_routes
 from relay.errors import ConfigError, InvalidRequest, NotFound, RelayError
@@ -59,7 +55,7 @@ from relay.identity.auth import Authenticator
 from relay.identity.keys import SecretHasher, VerifiedKeyCache
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.jobs.periodic import PeriodicTask
-from relay.jobs.video import POLL_INTERVAL_S, VideoPoller
+from relay.jobs.video import VideoPoller
 from relay.jobs.video_store import EmbeddedVideoStore
 from relay.metrics.collector import StateCollector
 from relay.metrics.instruments import RequestMetrics
@@ -67,7 +63,7 @@ from relay.metrics.route import metrics_routes
 from relay.metrics.traces import RequestTracer
 from relay.money.ledger import insert_entry, load_wallet
 from relay.money.wallet import LedgerEntry, Wallet
-from relay.payments.billing_mail import BillingMailer
+from relay.payments.billing_mail import BILLING_MAIL_INTERVAL_S, BillingMailer
 from relay.payments.mail_queue import MailQueue, SqliteMailQueue
 from relay.payments.pg_mail_queue import PgMailQueue, claim_ms_of
 from relay.payments.runtime import PaymentsRuntime, open_payments
@@ -85,10 +81,6 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("relay.app")
 HOUSEKEEPING_INTERVAL_S = 60.0
-# Receipts go out within this long of the credit; a closed month's statements on the next round.
-BILLING_MAIL_INTERVAL_S = 15.0
-# Cluster mode: how often the elected instance sums new usage rows into usage_daily.
-ROLLUP_INTERVAL_S = 10.0
 
 
 def _open_tracer(config: Config) -> RequestTracer:
@@ -211,39 +203,6 @@ async def _open_state(
     return state
 
 
-def _cluster_jobs(
-    state: RelayState, payments: PaymentsRuntime, watcher: AlertWatcher, mailer: BillingMailer
-) -> list[ClusterJob]:
-    """The periodic jobs of the whole cluster, run by the elected instance only (one
-    election for all, scaling.md §7.1); retention daily, first 5 minutes after an instance
-    takes the lead (as the embedded job); due deletion requests erased daily; auto top-up and
-    the money alerts from PostgreSQL every ``[alerts_settings] check_interval_s``, read afresh
-    each time (a reload may change it); the daily usage rollup every ``ROLLUP_INTERVAL_S``
-    (the console's charts lag by that); billing mail as often as embedded, from PostgreSQL's
-    queue."""
-    assert state.videos is not None and state.cluster is not None
-    cluster = state.cluster
-    retention = PgRetentionJob(cluster.pool, RetentionPolicy.of(state.config.retention))
-    rollup = PgRollupJob(cluster.pool)
-    clock = payments.service.clock  # the payments' wall clock (injected by tests)
-    erasure = PgErasure(cluster.pool, state.store.audit_key, cluster.publish, clock)
-
-    def check_interval_s() -> float:
-        return state.config.alerts_settings.check_interval_s
-
-    return [
-        ClusterJob("videos", state.videos.poll_once, interval_s=POLL_INTERVAL_S),
-        ClusterJob("retention", retention.run_once, interval_s=86_400.0, first_after_s=300.0),
-        ClusterJob("usage_rollup", rollup.step, interval_s=ROLLUP_INTERVAL_S),
-        ClusterJob("auto_topup", payments.auto_topup.sweep, interval_s=check_interval_s),
-        ClusterJob("money_alerts", watcher.check_shared, interval_s=check_interval_s),
-        # Due deletion requests: daily, and at once when an instance takes the lead (as
-        # the embedded job runs at start-up).
-        ClusterJob("erasure", erasure.run_once, interval_s=86_400.0),
-        ClusterJob("billing_mail", mailer.step, interval_s=BILLING_MAIL_INTERVAL_S),
-    ]
-
-
 def _billing_mailer(
     state: RelayState, payments: PaymentsRuntime, clock_ms: Callable[[], int]
 ) -> BillingMailer:
@@ -298,32 +257,6 @@ async def _close_database(state: RelayState) -> None:
     finally:
         if state.cluster is not None:
             shutil.rmtree(state.db.path.parent, ignore_errors=True)
-
-
-async def _apply_invalidation(
-    state: RelayState, reloader: ConfigReloader, toggles: UpstreamToggles, change: Invalidation
-) -> None:
-    """Another instance (or this one) committed a change: drop what it names."""
-    log.debug("cluster: invalidation %s %s from %s", change.kind, change.target, change.origin)
-    store = state.store
-    assert isinstance(store, ClusterAccountStore)
-    if change.kind == "key":
-        await store.reload_key(change.target)
-        state.auth.forget_key(change.target)
-        state.gate.limiter.forget(change.target)
-    elif change.kind == "account":
-        await store.reload_account(change.target)
-    elif change.kind == "config":
-        if state.cluster is not None and change.origin != state.cluster.origin:
-            try:
-                await reloader.reload()
-            except ReloadRefused as exc:
-                log.error("cluster: announced reload refused here: %s", exc)
-    elif change.kind == "upstream":
-        await toggles.catch_up(state.providers)
-    else:
-        await store.reload_all()
-        await toggles.catch_up(state.providers)
 
 
 def _handle_relay_error(request: Request, exc: Exception) -> Response:
@@ -432,7 +365,7 @@ def create_app(
             if cluster is not None:
                 # Videos, retention, auto top-up, money alerts and billing mail: one instance
                 # at a time (one advisory lock); stopped before what its jobs use closes.
-                runner = cluster.job_runner(_cluster_jobs(state, payments, watcher, billing_mail))
+                runner = cluster.job_runner(cluster_jobs(state, payments, watcher, billing_mail))
                 runner.start()
                 stack.push_async_callback(runner.stop)
             else:
@@ -454,7 +387,7 @@ def create_app(
             if cluster is not None:
                 toggles = UpstreamToggles(cluster.pool)
                 await cluster.start(
-                    lambda change: _apply_invalidation(state, reloader, toggles, change)
+                    lambda change: apply_invalidation(state, reloader, toggles, change)
                 )
             yield {
                 "relay": state,

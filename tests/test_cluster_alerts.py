@@ -1,4 +1,4 @@
-"""The alert outbox on PostgreSQL (relay.cluster.pg_alerts): instances raising the same alert
+"""The alert outbox on PostgreSQL (relay.alerts.pg_outbox): instances raising the same alert
 queue it once per re-arm interval, each row is delivered by one instance, and a row whose
 deliverer died is delivered by another once its claim lease ends."""
 
@@ -12,7 +12,7 @@ import pytest
 from support_hooks import Hook
 
 from relay.alerts.outbox import AlertOutbox
-from relay.cluster.pg_alerts import CLAIM_LEASE_MS, PgOutbox
+from relay.alerts.pg_outbox import CLAIM_LEASE_MS, PgOutbox
 from relay.cluster.pg_pool import create_pool
 from relay.cluster.pg_schema import migrate
 from relay.config import Config, parse_config

@@ -20,7 +20,7 @@ import pytest
 from conftest import serve_relay
 from test_cluster_routes import CALLS, Site, _cluster_config, _factory
 
-import relay.app
+import relay.cluster_jobs
 from relay.cluster.admission import MAX_PENDING_SETTLEMENTS
 from relay.cluster.runtime import refusal_sink
 from relay.usage.log import UsageRecord
@@ -40,7 +40,7 @@ async def site(
     admin_token: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Site]:
-    monkeypatch.setattr(relay.app, "ROLLUP_INTERVAL_S", 0.2)  # the charts' lag, for a test
+    monkeypatch.setattr(relay.cluster_jobs, "ROLLUP_INTERVAL_S", 0.2)  # the charts' lag, for a test
     switch = {"armed": False}
     config = _cluster_config(tmp_path, pg_database, redis_server.port)
     async with serve_relay(config, client_factory=_factory(switch)) as served:

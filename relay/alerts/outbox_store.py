@@ -2,7 +2,7 @@
 
 ``AlertOutbox`` (``relay.alerts.outbox``) decides what to raise, when to retry and when to
 give up; an ``OutboxStore`` only stores. Two implementations: ``SqliteOutbox`` here (the
-storage writer, one process) and ``PgOutbox`` in ``relay.cluster.pg_alerts`` (shared by every
+storage writer, one process) and ``PgOutbox`` in ``relay.alerts.pg_outbox`` (shared by every
 instance: one alert per re-arm interval across them, delivered by whichever claims it).
 """
 

@@ -42,7 +42,16 @@ from relay.payments.mail_queue import DueMail, MailQueue
 from relay.payments.receipts import Receipt
 from relay.storage.reader import RowReader
 
-__all__ = ["MAX_ATTEMPTS", "BillingMailer", "closed_month", "enqueue_receipt_mail"]
+__all__ = [
+    "BILLING_MAIL_INTERVAL_S",
+    "MAX_ATTEMPTS",
+    "BillingMailer",
+    "closed_month",
+    "enqueue_receipt_mail",
+]
+
+# Receipts go out within this long of the credit; a closed month's statements on the next round.
+BILLING_MAIL_INTERVAL_S = 15.0
 
 log = logging.getLogger("relay.billing_mail")
 MAX_ATTEMPTS = 8
