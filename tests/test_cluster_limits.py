@@ -15,7 +15,7 @@ import pytest
 
 from relay.cluster.invalidation import Invalidation, InvalidationBus
 from relay.cluster.redis_limits import Bucket, Concurrency, RedisLimiter
-from relay.errors import RateLimited
+from relay.errors import RateLimited, StorageUnavailable
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -189,3 +189,32 @@ async def test_a_lost_message_is_caught_by_the_version_check(
         assert not await bus.check_version()
     finally:
         await bus.stop()
+
+
+async def test_a_burst_past_the_pool_waits_and_redis_down_is_a_503(
+    redis_server: Any, redis_prefix: str
+) -> None:
+    # redis-py's default pool raises MaxConnectionsError past 100 connections: with more
+    # requests than that in flight on one instance, they wait for a connection instead.
+    pool = redis_asyncio.BlockingConnectionPool.from_url(
+        redis_server.url, max_connections=4, timeout=5
+    )
+    client = redis_asyncio.Redis.from_pool(pool)
+    try:
+        node = RedisLimiter(client, "burst", prefix=redis_prefix)
+        slots = await asyncio.gather(
+            *(node.take(concurrency=[Concurrency("key:burst", 1000)]) for _ in range(200))
+        )
+        assert len(slots) == 200
+        await asyncio.gather(*(node.release(slot) for slot in slots))
+    finally:
+        await client.aclose()
+    # Nothing listens there: the take is refused with 503, not an internal error.
+    down = redis_asyncio.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(StorageUnavailable, match="Redis did not answer"):
+            await RedisLimiter(down, "down", prefix=redis_prefix).take(
+                concurrency=[Concurrency("key:down", 5)]
+            )
+    finally:
+        await down.aclose()

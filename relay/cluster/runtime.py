@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 # Any constant shared by every instance: who sweeps expired leases this round.
 _REAPER_LOCK = 0x72656C6179 + 1
+# Redis connections per instance (the pub/sub listener holds one), and how long a request
+# waits for one before it is refused with 503.
+REDIS_MAX_CONNECTIONS = 128
+REDIS_WAIT_S = 5.0
 # Queued settlements are given this long to commit at shutdown; what is left is released
 # by the lease sweep (recorded abandoned), never charged twice.
 DRAIN_TIMEOUT_S = 10.0
@@ -169,7 +173,15 @@ class ClusterRuntime:
             if applied:
                 log.info("cluster: applied migrations %s", ", ".join(map(str, applied)))
             lease = await InstanceLease.register(pool, config.cluster.lease_s, name=name)
-            redis = redis_asyncio.Redis.from_url(config.cluster.redis_url)
+            # A blocking pool: a burst of requests waits for a free connection (up to
+            # REDIS_WAIT_S) instead of failing with MaxConnectionsError past the pool's size.
+            redis = redis_asyncio.Redis.from_pool(
+                redis_asyncio.BlockingConnectionPool.from_url(
+                    config.cluster.redis_url,
+                    max_connections=REDIS_MAX_CONNECTIONS,
+                    timeout=REDIS_WAIT_S,
+                )
+            )
         except BaseException:
             await pool.close()
             raise
