@@ -22,9 +22,7 @@ from relay.identity.users import (
     Membership,
     Passwords,
     User,
-    check_display_name,
-    new_user_id,
-    normalize_email,
+    prepare_user,
     user_from_row,
 )
 
@@ -75,14 +73,9 @@ class PgUserStore:
         membership: tuple[str, Role] | None = None,
     ) -> User:
         now = _now_ms()
-        user = User(
-            id=new_user_id(),
-            email=normalize_email(email),
-            display_name=check_display_name(display_name),
-            operator=operator,
-            created_at_ms=now,
+        user, password_hash = await prepare_user(
+            self._passwords, email, display_name, password, operator=operator, now_ms=now
         )
-        password_hash = await self._passwords.hash(password)
         if await self.by_email(user.email) is not None:
             raise Conflict(f"A console user with email {user.email!r} already exists")
         detail: dict[str, Any] = {"email": user.email, "operator": operator}

@@ -25,6 +25,7 @@ from relay.identity.roles import Role
 from relay.storage.db import Database
 
 __all__ = [
+    "prepare_user",
     "PASSWORD_MIN_LENGTH",
     "Membership",
     "Passwords",
@@ -148,6 +149,26 @@ class Passwords:
         return await asyncio.to_thread(self._hasher.verify, stored, attempt)
 
 
+async def prepare_user(
+    passwords: Passwords,
+    email: str,
+    display_name: str,
+    password: str,
+    *,
+    operator: bool,
+    now_ms: int,
+) -> tuple[User, str]:
+    """A new user checked as every store checks one, and its password's hash."""
+    user = User(
+        id=new_user_id(),
+        email=normalize_email(email),
+        display_name=check_display_name(display_name),
+        operator=operator,
+        created_at_ms=now_ms,
+    )
+    return user, await passwords.hash(password)
+
+
 class UserStore:
     def __init__(self, db: Database, audit_key: bytes, hasher: SecretHasher) -> None:
         self._db = db
@@ -168,14 +189,9 @@ class UserStore:
     ) -> User:
         """A new user (optionally with a role in an account), with its audit row."""
         now = _now_ms()
-        user = User(
-            id=new_user_id(),
-            email=normalize_email(email),
-            display_name=check_display_name(display_name),
-            operator=operator,
-            created_at_ms=now,
+        user, password_hash = await prepare_user(
+            self._passwords, email, display_name, password, operator=operator, now_ms=now
         )
-        password_hash = await self._passwords.hash(password)
         if await self.by_email(user.email) is not None:
             raise Conflict(f"A console user with email {user.email!r} already exists")
         detail: dict[str, Any] = {"email": user.email, "operator": operator}
