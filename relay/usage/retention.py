@@ -25,7 +25,6 @@ audit row is always kept, so the hash chain continues from it instead of restart
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import re
 import sqlite3
@@ -33,7 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 
@@ -42,6 +40,7 @@ from relay.jobs.periodic import PeriodicTask
 from relay.money.invoices import month_bounds
 from relay.storage.db import Database
 from relay.storage.files import make_private_dir, secure_existing
+from relay.usage.archive_months import Kind, archive_base_name, month_of, month_ranges
 from relay.usage.archives import publish, write_jsonl_gz
 from relay.usage.queries import DAY_MS, RowRange, count_rows
 
@@ -60,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["usage", "audit"]
 ARCHIVE_SUFFIX = ".jsonl.gz"
 _ARCHIVE_NAME = re.compile(r"^(usage|audit)-[A-Za-z0-9_-]+\.jsonl\.gz$")
 _KINDS: tuple[Kind, ...] = ("usage", "audit")
@@ -164,30 +162,6 @@ async def run_retention(
 
 
 # --- what to archive -----------------------------------------------------------------------
-
-
-def month_of(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m")
-
-
-def month_ranges(kind: Kind, oldest_ms: int, cutoff_ms: int, max_id: int) -> list[RowRange]:
-    """Every month from the oldest row's to the cutoff (the last one cut at the cutoff)."""
-    ranges: list[RowRange] = []
-    start_ms = month_bounds(month_of(oldest_ms))[0]
-    while start_ms < cutoff_ms:
-        end_ms = month_bounds(month_of(start_ms))[1]
-        ranges.append(RowRange(kind, start_ms, min(end_ms, cutoff_ms), max_id=max_id))
-        start_ms = end_ms
-    return ranges
-
-
-def archive_base_name(rows: RowRange) -> str:
-    """``usage-<account>-<YYYY-MM>`` or ``audit-<YYYY-MM>``; parts add ``-partN``."""
-    month = month_of(rows.start_ms)
-    if rows.table == "usage":
-        account = re.sub(r"[^A-Za-z0-9_]", "_", rows.account_id or "_none")
-        return f"usage-{account}-{month}"
-    return f"audit-{month}"
 
 
 async def _ranges_to_archive(db: Database, kind: Kind, cutoff_ms: int) -> list[RowRange]:
