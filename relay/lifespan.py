@@ -159,7 +159,7 @@ async def _start_alerts(state: RelayState, stack: contextlib.AsyncExitStack) -> 
     return watcher
 
 
-def _start_shared_jobs(
+def _start_cluster_jobs_or_billing_mail(
     state: RelayState,
     stack: contextlib.AsyncExitStack,
     payments: PaymentsRuntime,
@@ -212,7 +212,7 @@ async def relay_lifespan(config: Config, seams: LifespanSeams) -> AsyncIterator[
         _start_chores(state, stack)
         watcher = await _start_alerts(state, stack)
         billing_mail = _billing_mailer(state, payments, seams.wall_clock_ms)
-        _start_shared_jobs(state, stack, payments, watcher, billing_mail)
+        _start_cluster_jobs_or_billing_mail(state, stack, payments, watcher, billing_mail)
         health = HealthChecker(lambda: state.providers)
         health.start()
         stack.push_async_callback(health.aclose)
