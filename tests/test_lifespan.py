@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 from conftest import make_config
+from test_state_lifecycle import Boom, spy_on_database_closes
 
 import relay.lifespan
 from relay.lifespan import LifespanSeams, relay_lifespan
-from relay.storage.db import Database
 from relay.upstream.providers import default_client_factory
-
-
-class Boom(Exception):
-    pass
-
 
 SEAMS = LifespanSeams(
     client_factory=default_client_factory,
@@ -30,15 +25,7 @@ SEAMS = LifespanSeams(
 
 @pytest.fixture
 def database_closes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    closes: list[Path] = []
-    original = Database.close
-
-    async def close(db: Database) -> None:
-        closes.append(db.path)
-        await original(db)
-
-    monkeypatch.setattr(Database, "close", close)
-    return closes
+    return spy_on_database_closes(monkeypatch)
 
 
 async def test_a_failing_start_up_step_closes_the_database_once(

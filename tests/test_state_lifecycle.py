@@ -47,9 +47,8 @@ class FakeCluster:
         self.closes += 1
 
 
-@pytest.fixture
-def closed_databases(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The path of every database closed during the test, once per close."""
+def spy_on_database_closes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The path of every database closed from now on in the test, once per close."""
     closed: list[Path] = []
     original = Database.close
 
@@ -59,6 +58,11 @@ def closed_databases(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(Database, "close", close)
     return closed
+
+
+@pytest.fixture
+def closed_databases(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    return spy_on_database_closes(monkeypatch)
 
 
 @pytest.fixture
