@@ -90,9 +90,9 @@ async def run_variant(name: str, variant: Variant, args: argparse.Namespace) -> 
             flush_cpu.append(time.thread_time() - started)
             sizes.append(len(fns))
 
-    import relay.storage.db as db_module
+    import relay.storage.writer as writer_module
 
-    db_module.run_batch = timed_batch  # type: ignore[assignment]
+    writer_module.run_batch = timed_batch  # type: ignore[assignment]
     with tempfile.TemporaryDirectory(prefix="relay-writer-lag-") as tmp:
         db = await Database.open(
             Path(tmp) / "relay.db",
@@ -151,7 +151,7 @@ async def run_variant(name: str, variant: Variant, args: argparse.Namespace) -> 
             await db.flush()
         finally:
             await db.close()
-            db_module.run_batch = original  # type: ignore[assignment]
+            writer_module.run_batch = original  # type: ignore[assignment]
     walls.sort()
     stolen.sort()
     p50 = walls[len(walls) // 2]

@@ -35,7 +35,11 @@ LAYERS: dict[str, int] = {
     "api": 8,
     "admin": 8,
     "console": 8,
+    # The app and what its lifespan opens, starts and closes.
     "app": 9,
+    "lifespan": 9,
+    "state_lifecycle": 9,
+    "cluster_jobs": 9,
     "server": 10,
     "cli": 11,
 }

@@ -33,11 +33,12 @@ from relay.api.flow import (
     refuse,
     settle_tokens,
 )
+from relay.api.generation import Generation, read_generation
 from relay.errors import RelayError
 from relay.http.responses import decode_or_400, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
-from relay.money.estimate import CostQuote, quote_chat, quote_embedding
+from relay.money.estimate import CostQuote, quote_embedding
 from relay.state import RelayState, relay_state
 from relay.upstream.providers.base import CHAT_PATH, COMPLETIONS_PATH, MODERATIONS_PATH
 from relay.upstream.routing import OpenedRoute, Route
@@ -58,15 +59,10 @@ from relay.upstream.wire_openai import (
 __all__ = ["chat_completions", "completions", "embeddings", "moderations"]
 
 
-class _Generation(Protocol):
+class _Generation(Generation, Protocol):
     """What the flow reads of a chat or legacy completions request."""
 
-    model: str
-    stream: bool | None
     stream_options: StreamOptions | None
-
-    @property
-    def requested_max_output(self) -> int | None: ...
 
 
 G = TypeVar("G", bound=_Generation)
@@ -104,16 +100,7 @@ async def _generate(
     exchange = Exchange(state.new_request_id(), endpoint, ANONYMOUS)
     ticket: Ticket | None = None
     try:
-        exchange.principal = await state.auth.authenticate(request.headers)
-        body = await read_body(request, state.config.server.max_body_bytes)
-        chat: G = decode_or_400(decode, body)
-        model = model_for(state, exchange, chat.model, "chat")
-        quote = quote_chat(
-            model.price,
-            body,
-            requested_max_tokens=chat.requested_max_output,
-            multiplier=state.gate.multiplier(exchange.principal),
-        )
+        body, chat, model, quote = await read_generation(request, state, exchange, decode)
         if is_dry_run(request):
             return await dry_run_answer(state, exchange, quote)
         exchange.stream = bool(chat.stream)

@@ -40,11 +40,12 @@ from relay.api.flow import (
     refuse,
     settle_tokens,
 )
+from relay.api.generation import read_generation
 from relay.errors import RelayError, UpstreamOverloaded, UpstreamRejected
 from relay.http.responses import decode_or_400, error_response, json_response, read_body
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS
-from relay.money.estimate import CostQuote, estimate_prompt_tokens, quote_chat
+from relay.money.estimate import CostQuote, estimate_prompt_tokens
 from relay.state import RelayState, relay_state
 from relay.upstream.providers.anthropic_stream import sse_event
 from relay.upstream.providers.base import MESSAGES_PATH
@@ -52,7 +53,6 @@ from relay.upstream.routing import OpenedRoute, Route
 from relay.upstream.stream_anthropic import MessagesStreamTap
 from relay.upstream.stream_openai import CHARS_PER_TOKEN
 from relay.upstream.wire_anthropic import (
-    MessagesRequest,
     MessagesUsage,
     decode_messages_answer,
     decode_messages_request,
@@ -97,15 +97,8 @@ async def messages(request: Request) -> Response | EventStreamResponse:
     exchange = Exchange(state.new_request_id(), "messages", ANONYMOUS)
     ticket: Ticket | None = None
     try:
-        exchange.principal = await state.auth.authenticate(request.headers, allow_x_api_key=True)
-        body = await read_body(request, state.config.server.max_body_bytes)
-        parsed: MessagesRequest = decode_or_400(decode_messages_request, body)
-        model = model_for(state, exchange, parsed.model, "chat")
-        quote = quote_chat(
-            model.price,
-            body,
-            requested_max_tokens=parsed.max_tokens,
-            multiplier=state.gate.multiplier(exchange.principal),
+        body, parsed, model, quote = await read_generation(
+            request, state, exchange, decode_messages_request, allow_x_api_key=True
         )
         if is_dry_run(request):
             return await dry_run_answer(state, exchange, quote)

@@ -30,22 +30,18 @@ from relay.api.flow import (
     dry_run_answer,
     is_dry_run,
     malformed_answer,
-    model_for,
     pass_stream,
     read_answer,
     refuse,
     settle_tokens,
 )
+from relay.api.generation import read_generation
 from relay.cluster.pg_usage import response_provider
 from relay.errors import NotFound, RelayError, UpstreamError
-from relay.http.responses import (
-    decode_or_400,
-    error_response,
-    read_body,
-)
+from relay.http.responses import error_response
 from relay.http.sse import EventStreamResponse
 from relay.identity.auth import ANONYMOUS, Principal
-from relay.money.estimate import CostQuote, quote_chat
+from relay.money.estimate import CostQuote
 from relay.state import RelayState, relay_state
 from relay.upstream.client import UpstreamFailure
 from relay.upstream.providers import Provider
@@ -55,7 +51,6 @@ from relay.upstream.stream_openai import CHARS_PER_TOKEN
 from relay.upstream.stream_responses import ResponsesStreamTap
 from relay.upstream.wire_openai import encode, is_usage_out_of_range
 from relay.upstream.wire_responses import (
-    ResponsesRequest,
     ResponsesUsage,
     decode_responses_answer,
     decode_responses_request,
@@ -69,15 +64,8 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
     exchange = Exchange(state.new_request_id(), "responses", ANONYMOUS)
     ticket: Ticket | None = None
     try:
-        exchange.principal = await state.auth.authenticate(request.headers)
-        body = await read_body(request, state.config.server.max_body_bytes)
-        parsed: ResponsesRequest = decode_or_400(decode_responses_request, body)
-        model = model_for(state, exchange, parsed.model, "chat")
-        quote = quote_chat(
-            model.price,
-            body,
-            requested_max_tokens=parsed.max_output_tokens,
-            multiplier=state.gate.multiplier(exchange.principal),
+        body, parsed, model, quote = await read_generation(
+            request, state, exchange, decode_responses_request
         )
         if is_dry_run(request):
             return await dry_run_answer(state, exchange, quote)

@@ -28,18 +28,13 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from relay.errors import QuotaError
-from relay.money.budget import (
-    PERIOD_ADJECTIVES,
-    BudgetCalendar,
-    BudgetPeriod,
-    PeriodSpend,
-    iso_utc,
-)
-from relay.money.exposure import AccountExposure, Capped, Exposure, KeyExposure
-from relay.money.pricing import micros_to_usd
+from relay.money.amounts import check_adjustment, check_micros
+from relay.money.budget import BudgetCalendar
+from relay.money.exposure import Exposure
+from relay.money.quota_messages import balance_message, cap_message, charge_note
 from relay.money.records import (
     AccountMode,
     BalanceView,
@@ -52,6 +47,7 @@ from relay.money.records import (
     LedgerEntry,
     LedgerKind,
 )
+from relay.money.wallet_book import WalletBook, unix_ms
 
 log = logging.getLogger("relay.wallet")
 
@@ -70,26 +66,7 @@ __all__ = [
 ]
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int of micro-USD")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
-
-
-def _check_limit(mode: AccountMode, credit_limit_micros: int) -> None:
-    _check_micros("credit_limit_micros", credit_limit_micros)
-    if mode == "prepaid" and credit_limit_micros != 0:
-        raise ValueError("a prepaid account has no credit limit (credit_limit_micros must be 0)")
-    if mode not in ("prepaid", "postpaid"):
-        raise ValueError(f"mode must be 'prepaid' or 'postpaid', not {mode!r}")
-
-
-class Wallet:
+class Wallet(WalletBook):
     """Balances, key spend and holds of every loaded account, in memory.
 
     ``on_ledger_entry`` receives each new ledger row; it must not block (enqueue it). A
@@ -99,6 +76,9 @@ class Wallet:
     ``fast_path_margin_micros`` and ``spend_window_s`` tune when a hold is the cheap
     estimate rather than the worst case (see ``plan_hold``); they never decide whether a
     request gets a hold (the headroom rule does).
+
+    What it moves money on, the loaded accounts and keys with their limits, budgets and
+    views, is the ``WalletBook`` it extends (relay.money.wallet_book).
     """
 
     def __init__(
@@ -108,127 +88,19 @@ class Wallet:
         fast_path_margin_micros: int = 1_000_000,
         spend_window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+        wall_clock_ms: Callable[[], int] = unix_ms,
         calendar: BudgetCalendar | None = None,
     ) -> None:
-        _check_micros("fast_path_margin_micros", fast_path_margin_micros)
+        check_micros("fast_path_margin_micros", fast_path_margin_micros)
         if spend_window_s <= 0:
             raise ValueError("spend_window_s must be positive")
         self._sink = on_ledger_entry
         self._margin = fast_path_margin_micros
         self._spend_window_s = spend_window_s
+        super().__init__(wall_clock_ms=wall_clock_ms, calendar=calendar)
         self._clock = clock
-        self._wall_clock_ms = wall_clock_ms
-        self.calendar = calendar or BudgetCalendar()
-        self._accounts: dict[str, AccountExposure] = {}
-        self._keys: dict[str, KeyExposure] = {}
         self._open: dict[int, Hold] = {}
         self._hold_ids = itertools.count(1)
-
-    # -- loading and limits -------------------------------------------------------------
-
-    def load_account(
-        self,
-        account_id: str,
-        *,
-        mode: AccountMode,
-        credit_limit_micros: int,
-        balance_micros: int,
-        references: Iterable[str] = (),
-    ) -> None:
-        """Add an account: ``balance_micros`` = sum of its ledger rows, ``references`` = the
-        references of its credit/refund rows (so a replayed top-up is refused)."""
-        if account_id in self._accounts:
-            raise ValueError(f"account {account_id!r} is already loaded")
-        _check_limit(mode, credit_limit_micros)
-        if isinstance(balance_micros, bool) or not isinstance(balance_micros, int):
-            raise TypeError("balance_micros must be an int of micro-USD")
-        account = AccountExposure(mode, credit_limit_micros, balance_micros)
-        account.references.update(references)
-        self._accounts[account_id] = account
-
-    def load_key(
-        self, key_id: str, account_id: str, *, spend_cap_micros: int, spent_micros: int
-    ) -> None:
-        """Add a key: ``spent_micros`` = sum of its charges, ``spend_cap_micros`` 0 = no cap."""
-        if key_id in self._keys:
-            raise ValueError(f"key {key_id!r} is already loaded")
-        self._account(account_id)
-        _check_micros("spend_cap_micros", spend_cap_micros)
-        _check_micros("spent_micros", spent_micros)
-        self._keys[key_id] = KeyExposure(account_id, spend_cap_micros, spent_micros)
-
-    def has_account(self, account_id: str) -> bool:
-        return account_id in self._accounts
-
-    def has_key(self, key_id: str) -> bool:
-        return key_id in self._keys
-
-    def set_credit_limit(
-        self, account_id: str, credit_limit_micros: int, *, mode: AccountMode | None = None
-    ) -> None:
-        """Change an account's limit (and mode). Binds every hold placed from now on.
-
-        Requests already in flight were held under the old limit and are not cancelled:
-        lowering a limit can let them finish below the new ``−credit_limit`` (never below
-        the old one).
-        """
-        account = self._account(account_id)
-        new_mode = account.mode if mode is None else mode
-        _check_limit(new_mode, credit_limit_micros)
-        account.mode = new_mode
-        account.credit_limit = credit_limit_micros
-
-    def set_spend_cap(self, key_id: str, spend_cap_micros: int) -> None:
-        """Change a key's cap (0 = none); in-flight requests finish as for ``set_credit_limit``."""
-        key = self._key(key_id)
-        _check_micros("spend_cap_micros", spend_cap_micros)
-        key.cap = spend_cap_micros
-
-    def set_key_budget_period(
-        self, key_id: str, period: BudgetPeriod | None, period_spent_micros: int = 0
-    ) -> None:
-        """Make a key's cap reset each ``period`` (None: lifetime); ``period_spent_micros`` is
-        what the key spent since the current period began (the caller sums the ledger)."""
-        self._set_window(self._key(key_id), period, period_spent_micros)
-
-    def set_account_budget(
-        self,
-        account_id: str,
-        budget_micros: int,
-        period: BudgetPeriod | None,
-        *,
-        spent_micros: int = 0,
-        period_spent_micros: int = 0,
-    ) -> None:
-        """An account-wide spend cap (0 = none), lifetime or per period, beside its balance.
-
-        ``spent_micros`` is the account's lifetime charges, ``period_spent_micros`` those of
-        the current period."""
-        account = self._account(account_id)
-        _check_micros("budget_micros", budget_micros)
-        account.cap = budget_micros
-        account.spent = spent_micros
-        self._set_window(account, period, period_spent_micros)
-
-    def period_bounds(self, period: BudgetPeriod) -> tuple[int, int]:
-        """[start, end) in unix ms of the current ``period`` by this wallet's clock."""
-        return self.calendar.bounds(period, self._wall_clock_ms())
-
-    def _set_window(
-        self, capped: Capped, period: BudgetPeriod | None, period_spent_micros: int
-    ) -> None:
-        _check_micros("period_spent_micros", period_spent_micros)
-        if period is None:
-            capped.window = None
-        else:
-            capped.window = PeriodSpend.starting(
-                self.calendar, period, self._wall_clock_ms(), period_spent_micros
-            )
-
-    def _roll(self, capped: Capped) -> None:
-        if capped.window is not None:
-            capped.window.roll(self.calendar, self._wall_clock_ms())
 
     # -- ledger rows other than charges ---------------------------------------------------
 
@@ -236,24 +108,21 @@ class Wallet:
         self, account_id: str, amount_micros: int, *, reference: str, note: str | None = None
     ) -> LedgerEntry:
         """A top-up. ``DuplicateReference`` if this account already used ``reference``."""
-        _check_micros("amount_micros", amount_micros, positive=True)
+        check_micros("amount_micros", amount_micros, positive=True)
         return self._append(account_id, "credit", amount_micros, reference, note)
 
     def refund(
         self, account_id: str, amount_micros: int, *, reference: str, note: str | None = None
     ) -> LedgerEntry:
         """Money given back (e.g. a disputed charge). References are unique like credits."""
-        _check_micros("amount_micros", amount_micros, positive=True)
+        check_micros("amount_micros", amount_micros, positive=True)
         return self._append(account_id, "refund", amount_micros, reference, note)
 
     def adjust(
         self, account_id: str, amount_micros: int, *, reference: str, note: str | None = None
     ) -> LedgerEntry:
         """An admin correction, either sign. It is not a request, so it may cross the limit."""
-        if isinstance(amount_micros, bool) or not isinstance(amount_micros, int):
-            raise TypeError("amount_micros must be an int of micro-USD")
-        if amount_micros == 0:
-            raise ValueError("an adjustment must not be zero")
+        check_adjustment(amount_micros)
         return self._append(account_id, "adjustment", amount_micros, reference, note)
 
     def _append(
@@ -289,12 +158,9 @@ class Wallet:
         if kind == "charge":
             raise ValueError("charges are settled from holds")
         if kind == "adjustment":
-            if isinstance(amount_micros, bool) or not isinstance(amount_micros, int):
-                raise TypeError("amount_micros must be an int of micro-USD")
-            if amount_micros == 0:
-                raise ValueError("an adjustment must not be zero")
+            check_adjustment(amount_micros)
         else:
-            _check_micros("amount_micros", amount_micros, positive=True)
+            check_micros("amount_micros", amount_micros, positive=True)
         entry = self._entry(account_id, kind, amount_micros, reference, note)
         if kind in ("credit", "refund"):
             self._accounts[account_id].references.add(reference)
@@ -374,26 +240,26 @@ class Wallet:
         as the contract demands: available ≥ R ≥ W + T ≥ E on the fast path, and
         available ≥ R ≥ W on the strict path (H_i ≤ W_i for every hold).
         """
-        _check_micros("estimate_micros", estimate_micros)
-        _check_micros("worst_case_micros", worst_case_micros)
+        check_micros("estimate_micros", estimate_micros)
+        check_micros("worst_case_micros", worst_case_micros)
         if estimate_micros > worst_case_micros:
             raise ValueError("estimate_micros must not exceed worst_case_micros")
         account = self._account(account_id)
         key = self._key_of(account_id, key_id)
         if worst_case_micros > account.headroom():
-            raise QuotaError(self._balance_message(account, worst_case_micros))
+            raise QuotaError(balance_message(account.headroom(), worst_case_micros))
         if account.cap:
             self._roll(account)
             budget_headroom = account.cap_headroom()
             if budget_headroom is not None and worst_case_micros > budget_headroom:
                 raise QuotaError(
-                    self._cap_message("account", account, budget_headroom, worst_case_micros)
+                    cap_message("account", account, budget_headroom, worst_case_micros)
                 )
         if key is not None and key.window is not None:
             self._roll(key)
         key_headroom = None if key is None else key.headroom()
         if key is not None and key_headroom is not None and worst_case_micros > key_headroom:
-            raise QuotaError(self._cap_message("key", key, key_headroom, worst_case_micros))
+            raise QuotaError(cap_message("key", key, key_headroom, worst_case_micros))
         window = self._window()
         fast = account.headroom() - worst_case_micros >= self._threshold(account, window)
         if key is not None and key_headroom is not None:
@@ -445,7 +311,7 @@ class Wallet:
         reports. What was charged is ``hold.charged_micros``. The hold is released before
         the row is handed to the sink, so even a failing sink never leaks it.
         """
-        _check_micros("actual_cost_micros", actual_cost_micros)
+        check_micros("actual_cost_micros", actual_cost_micros)
         if actual_cost_micros and not reference:
             raise ValueError("a charge needs a reference")
         if not self._is_open(hold):
@@ -459,7 +325,12 @@ class Wallet:
                 actual_cost_micros,
                 hold.worst_case_micros,
             )
-        note = self._charge_note(hold, estimated, actual_cost_micros)
+        note = charge_note(
+            estimated=estimated,
+            overrun=hold.overrun,
+            measured_micros=actual_cost_micros,
+            worst_case_micros=hold.worst_case_micros,
+        )
         actual_cost_micros = min(actual_cost_micros, hold.worst_case_micros)
         if actual_cost_micros == 0:
             return None
@@ -503,84 +374,10 @@ class Wallet:
             exposure.held -= hold.held_micros
             exposure.worst -= hold.worst_case_micros
 
-    # -- views ----------------------------------------------------------------------------
-
-    def snapshot(self, account_id: str) -> BalanceView:
-        account = self._account(account_id)
-        return BalanceView(
-            balance_micros=account.balance,
-            held_micros=account.held,
-            available_micros=account.balance + account.credit_limit - account.held,
-            credit_limit_micros=account.credit_limit,
-            mode=account.mode,
-        )
-
-    def key_snapshot(self, key_id: str) -> KeySpendView:
-        key = self._key(key_id)
-        self._roll(key)
-        window = key.window
-        used = key.spent if window is None else window.spent
-        capped = key.spend_cap != 0
-        return KeySpendView(
-            key_id=key_id,
-            account_id=key.account_id,
-            spent_micros=key.spent,
-            held_micros=key.held,
-            spend_cap_micros=key.spend_cap,
-            remaining_micros=key.spend_cap - used - key.held if capped else None,
-            budget_period=None if window is None else window.period,
-            period_spent_micros=used,
-            resets_at_ms=None if window is None else window.end_ms,
-        )
-
-    def account_budget(self, account_id: str) -> BudgetView:
-        """The account's own spend budget (``budget_micros`` 0 = none)."""
-        account = self._account(account_id)
-        self._roll(account)
-        window = account.window
-        used = account.spent if window is None else window.spent
-        return BudgetView(
-            budget_micros=account.cap,
-            budget_period=None if window is None else window.period,
-            spent_micros=used,
-            remaining_micros=account.cap - used - account.held if account.cap else None,
-            resets_at_ms=None if window is None else window.end_ms,
-        )
-
-    def totals(self) -> tuple[int, int, int]:
-        """(Σ balances, Σ held, number of accounts) over every loaded account, for metrics."""
-        balance = held = 0
-        for account in self._accounts.values():
-            balance += account.balance
-            held += account.held
-        return balance, held, len(self._accounts)
-
     def open_hold_count(self, account_id: str | None = None) -> int:
         if account_id is None:
             return len(self._open)
         return sum(1 for hold in self._open.values() if hold.account_id == account_id)
-
-    # -- helpers --------------------------------------------------------------------------
-
-    def _account(self, account_id: str) -> AccountExposure:
-        try:
-            return self._accounts[account_id]
-        except KeyError:
-            raise KeyError(f"account {account_id!r} is not loaded in the wallet") from None
-
-    def _key(self, key_id: str) -> KeyExposure:
-        try:
-            return self._keys[key_id]
-        except KeyError:
-            raise KeyError(f"key {key_id!r} is not loaded in the wallet") from None
-
-    def _key_of(self, account_id: str, key_id: str | None) -> KeyExposure | None:
-        if key_id is None:
-            return None
-        key = self._key(key_id)
-        if key.account_id != account_id:
-            raise ValueError(f"key {key_id!r} does not belong to account {account_id!r}")
-        return key
 
     def _exposures(self, hold: Hold) -> list[Exposure]:
         exposures: list[Exposure] = [self._accounts[hold.account_id]]
@@ -593,38 +390,3 @@ class Wallet:
 
     def _threshold(self, exposure: Exposure, window: int) -> int:
         return max(self._margin, exposure.recent.total(window))
-
-    @staticmethod
-    def _charge_note(hold: Hold, estimated: bool, measured_micros: int) -> str | None:
-        parts = ["estimated"] if estimated else []
-        if hold.overrun:
-            parts.append(
-                f"overrun: measured {measured_micros} micros, "
-                f"billed the worst case {hold.worst_case_micros} micros"
-            )
-        return "; ".join(parts) or None
-
-    @staticmethod
-    def _balance_message(account: AccountExposure, worst_case_micros: int) -> str:
-        return (
-            f"insufficient balance: this request may cost up to "
-            f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, account.headroom()))}"
-            " is available after requests in flight; add credit or lower max_tokens"
-        )
-
-    @staticmethod
-    def _cap_message(who: str, capped: Capped, headroom: int, worst_case_micros: int) -> str:
-        """Names the budget (key or account, lifetime or which period) and when it resets."""
-        window = capped.window
-        kind = "spend cap" if window is None else f"{PERIOD_ADJECTIVES[window.period]} budget"
-        if who == "account" and window is None:
-            kind = "budget"
-        text = (
-            f"{who} {kind} reached: this request may cost up to "
-            f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, headroom))}"
-            f" of the {who}'s ${micros_to_usd(capped.cap)} {kind.split()[-1]} is left after"
-            " requests in flight"
-        )
-        if window is not None:
-            text += f"; it resets at {iso_utc(window.end_ms)}"
-        return text

@@ -58,27 +58,22 @@ import os
 import sqlite3
 import sys
 import threading
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from relay.errors import StorageUnavailable
 from relay.storage.batch import (
     CONNECTION_PRAGMAS,
     DEFAULT_BUSY_TIMEOUT_MS,
-    Outcome,
     StorageFault,
-    WriteFn,
     open_writer_connection,
-    run_batch,
 )
 from relay.storage.files import create_private_file, make_private_dir, secure_existing
 from relay.storage.migrations import MIGRATIONS, Migration, apply_migrations
+from relay.storage.writer import DatabaseClosed, GroupCommitWriter, QueuedWrite
 
 __all__ = ["Database", "DatabaseClosed", "StorageFault", "WriteQueueFull"]
 
@@ -86,24 +81,9 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-# Retry backoff after a storage fault: doubling from the first, capped (seconds).
-_RETRY_FIRST_S = 0.05
-_RETRY_MAX_S = 1.0
-
 
 class WriteQueueFull(RuntimeError):
     """``enqueue`` found the write queue at ``max_queue``; use ``await enqueue_wait`` instead."""
-
-
-class DatabaseClosed(RuntimeError):
-    """The database is closing or closed and accepts no more work."""
-
-
-@dataclass(slots=True)
-class _QueuedWrite:
-    fn: WriteFn
-    future: asyncio.Future[Any] | None  # None for fire-and-forget writes
-    queued_at: float = 0.0  # loop time
 
 
 async def _open_reader(path: Path) -> aiosqlite.Connection:
@@ -119,7 +99,7 @@ async def _open_reader(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-class Database:
+class Database(GroupCommitWriter):
     """The single-writer SQLite store. Create with ``await Database.open(path)``."""
 
     def __init__(
@@ -134,40 +114,19 @@ class Database:
         durable_wait_s: float | None = None,
         close_retry_s: float = 2.0,
     ) -> None:
+        super().__init__(
+            writer_conn,
+            executor,
+            flush_interval_s=flush_interval_s,
+            max_queue=max_queue,
+            durable_wait_s=durable_wait_s,
+            close_retry_s=close_retry_s,
+        )
         self.path = path
-        self.commits = 0  # committed write transactions (batches), for tests and metrics
-        self.faults = 0  # failed commit attempts (each retried), for tests and metrics
-        self.last_fault: str | None = None  # why the last attempt failed; None once committed
-        # The last attempt failed for a reason that does not pass by itself (disk full,
-        # read-only, I/O error), as opposed to a lock another connection holds for a while.
-        self.hard_fault = False
-        self._last_fault_at = 0.0
-        self.lost_on_close = 0  # writes given up when closing on a broken storage
-        self._durable_wait_s = durable_wait_s
-        self._close_retry_s = close_retry_s
-        self._in_flight: list[_QueuedWrite] = []  # the batch being committed (or retried)
-        # Told each committed batch's duration in seconds (the metrics histogram); must not block.
-        self.commit_observer: Callable[[float], None] | None = None
-        self._writer_conn = writer_conn
-        self._executor = executor
         self._reader_conns = readers
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         for reader in readers:
             self._readers.put_nowait(reader)
-        self._flush_interval_s = flush_interval_s
-        self._max_queue = max_queue
-        self._queue: deque[_QueuedWrite] = deque()
-        self._oldest_queued_at = 0.0
-        # Sequence numbers of queued items: enqueued >= taken (by the writer) >= processed.
-        self._enqueued_seq = 0
-        self._taken_seq = 0
-        self._processed_seq = 0
-        self._urgent_seq = 0  # items up to here have someone waiting: commit without delay
-        self._wake = asyncio.Event()  # the queue became non-empty, or closing
-        self._hurry = asyncio.Event()  # someone wants the current window cut short
-        self._space = asyncio.Event()  # the writer took a batch: the queue has room again
-        self._batch_done = asyncio.Event()  # pulsed (set, then replaced) after each batch
-        self._closing = False
         self._closed = asyncio.Event()
         self._writer_task = asyncio.create_task(self._run_writer(), name="relay-db-writer")
 
@@ -269,12 +228,12 @@ class Database:
         if len(self._queue) >= self._max_queue:
             self._hurry.set()
             raise WriteQueueFull(f"write queue is full ({self._max_queue} pending writes)")
-        self._append(_QueuedWrite(fn, None))
+        self._append(QueuedWrite(fn, None))
 
     async def enqueue_wait(self, fn: Callable[[sqlite3.Connection], None]) -> None:
         """Like ``enqueue``, but waits for room when the queue is full (back-pressure)."""
         await self._wait_for_space()
-        self._append(_QueuedWrite(fn, None))
+        self._append(QueuedWrite(fn, None))
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in the writer and return its result once committed.
@@ -287,7 +246,7 @@ class Database:
         """
         await self._wait_for_space()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._append(_QueuedWrite(fn, future))
+        self._append(QueuedWrite(fn, future))
         self._request_prompt_commit(self._enqueued_seq)
         return await future
 
@@ -395,199 +354,6 @@ class Database:
             finally:
                 self._executor.shutdown(wait=True)
 
-    # -- the writer -----------------------------------------------------------------------
-
-    def _ensure_accepting(self) -> None:
-        if self._closing:
-            raise DatabaseClosed("database is closing; no more writes are accepted")
-
-    def _append(self, item: _QueuedWrite) -> None:
-        now = asyncio.get_running_loop().time()
-        item.queued_at = now
-        if not self._queue:
-            self._oldest_queued_at = now
-        self._queue.append(item)
-        self._enqueued_seq += 1
-        self._wake.set()
-
-    def _request_prompt_commit(self, seq: int) -> None:
-        self._urgent_seq = max(self._urgent_seq, seq)
-        self._hurry.set()
-
-    async def _wait_for_space(self) -> None:
-        self._ensure_accepting()
-        while len(self._queue) >= self._max_queue:
-            self._hurry.set()  # a full queue is committed now, not at the end of the window
-            self._space.clear()
-            await self._space.wait()
-            self._ensure_accepting()
-
-    async def _run_writer(self) -> None:
-        try:
-            while await self._wait_for_work():
-                await self._wait_for_batch_window()
-                self._processed_seq += await self._commit_batch(self._take_batch())
-                self._signal_batch_done()
-        finally:
-            self._signal_batch_done()  # never leave flush() waiting on a stopped writer
-
-    async def _wait_for_work(self) -> bool:
-        while not self._queue:
-            if self._closing:
-                return False
-            self._wake.clear()
-            await self._wake.wait()
-        return True
-
-    def _should_commit_now(self) -> bool:
-        return (
-            self._closing
-            or self._urgent_seq > self._taken_seq
-            or len(self._queue) >= self._max_queue
-        )
-
-    async def _wait_for_batch_window(self) -> None:
-        deadline = self._oldest_queued_at + self._flush_interval_s
-        loop = asyncio.get_running_loop()
-        while not self._should_commit_now():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._hurry.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._hurry.wait()
-            except TimeoutError:
-                return
-
-    def _take_batch(self) -> list[_QueuedWrite]:
-        batch = list(self._queue)
-        self._queue.clear()
-        self._taken_seq += len(batch)
-        self._space.set()
-        return batch
-
-    async def _commit_batch(self, batch: list[_QueuedWrite]) -> int:
-        """Commit ``batch``, retrying storage faults; returns how many writes it settled."""
-        self._in_flight = batch
-        settled = 0
-        attempt = 0
-        give_up_at: float | None = None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            while batch:
-                durable = any(item.future is not None for item in batch)
-                # Durable writes (admin actions, top-ups) run in savepoints from the start;
-                # a storage-fault retry runs them again, which is safe: nothing of the
-                # rolled-back attempt remains, and they change memory only after commit.
-                replayable = not durable
-                run = functools.partial(
-                    run_batch,
-                    self._writer_conn,
-                    [item.fn for item in batch],
-                    replayable=replayable,
-                    durable=durable,
-                )
-                try:
-                    outcomes = await loop.run_in_executor(self._executor, run)
-                except Exception as exc:  # the whole transaction rolled back: retry it
-                    attempt += 1
-                    self._note_fault(exc, attempt, len(batch))
-                    # Closing: nobody should wait out durable_wait_s for a broken disk.
-                    settled += self._fail_expired_durable(batch, exc, every=self._closing)
-                    if self._closing:
-                        give_up_at = give_up_at or loop.time() + self._close_retry_s
-                        if loop.time() >= give_up_at:
-                            settled += self._give_up(batch, exc)
-                            return settled
-                    await asyncio.sleep(min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempt - 1)))
-                    # What was queued meanwhile joins the retry: one commit catches up.
-                    batch.extend(self._take_batch())
-                    continue
-                if attempt:
-                    logger.warning(
-                        "storage recovered: %d queued writes committed after %d failed attempts",
-                        len(batch),
-                        attempt,
-                    )
-                self.commits += 1
-                if self.commit_observer is not None:
-                    self.commit_observer(loop.time() - started)
-                self.last_fault = None
-                self.hard_fault = False
-                for item, outcome in zip(batch, outcomes, strict=True):
-                    _settle(item, outcome)
-                return settled + len(batch)
-            return settled
-        finally:
-            self._in_flight = []
-
-    def _note_fault(self, exc: Exception, attempt: int, size: int) -> None:
-        self.faults += 1
-        reason = exc.reason if isinstance(exc, StorageFault) else f"{type(exc).__name__}: {exc}"
-        self.last_fault = reason
-        self._last_fault_at = asyncio.get_running_loop().time()
-        self.hard_fault = not (isinstance(exc, StorageFault) and exc.waits_it_out)
-        if attempt == 1 or attempt % 10 == 0:  # a stall must not flood the log
-            logger.error(
-                "could not commit %d queued writes (attempt %d), retrying: %s",
-                size,
-                attempt,
-                reason,
-            )
-
-    def _fail_expired_durable(
-        self, batch: list[_QueuedWrite], exc: Exception, *, every: bool = False
-    ) -> int:
-        """Fail (and drop from ``batch``) the durable writes that waited their limit."""
-        now = asyncio.get_running_loop().time()
-        keep: list[_QueuedWrite] = []
-        failed = 0
-        for item in batch:
-            waited = now - item.queued_at
-            limit = self._durable_wait_s
-            if item.future is not None and (every or (limit is not None and waited >= limit)):
-                failed += 1
-                if not item.future.done():
-                    error = StorageUnavailable(
-                        "the database could not commit this change; nothing was applied"
-                    )
-                    error.__cause__ = exc
-                    item.future.set_exception(error)
-            else:
-                keep.append(item)
-        batch[:] = keep
-        return failed
-
-    def _give_up(self, batch: list[_QueuedWrite], exc: Exception) -> int:
-        """Closing on a storage that cannot commit: report what is lost, never hang."""
-        lost = len(batch)
-        self.lost_on_close += lost
-        self._fail_batch(batch, exc)
-        batch.clear()
-        return lost
-
-    def _signal_batch_done(self) -> None:
-        self._batch_done.set()
-        self._batch_done = asyncio.Event()
-
-    @staticmethod
-    def _fail_batch(batch: list[_QueuedWrite], exc: Exception) -> None:
-        lost = 0
-        for item in batch:
-            if item.future is None:
-                lost += 1
-            elif not item.future.done():
-                item.future.set_exception(exc)
-        if lost:
-            logger.error(
-                "write transaction rolled back, %d queued writes lost: %s: %s",
-                lost,
-                type(exc).__name__,
-                exc,
-            )
-
 
 def _lower_thread_priority(nice: int) -> None:
     """Run in the writer thread: raise its nice value by ``nice`` (this thread only).
@@ -603,20 +369,3 @@ def _lower_thread_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + nice))
     except OSError as exc:  # a sandbox may forbid it: the writer only keeps its priority
         logger.warning("could not lower the writer thread's priority: %s", exc)
-
-
-def _settle(item: _QueuedWrite, outcome: Outcome) -> None:
-    if item.future is not None:
-        if item.future.done():  # the caller was cancelled; the write itself still happened
-            return
-        if outcome.error is None:
-            item.future.set_result(outcome.value)
-        else:
-            item.future.set_exception(outcome.error)
-    elif outcome.error is not None:
-        # Type and message only: parameters may hold data that must never reach the logs.
-        logger.error(
-            "queued write failed and was rolled back: %s: %s",
-            type(outcome.error).__name__,
-            outcome.error,
-        )

@@ -28,6 +28,10 @@ class MessagesRequest(msgspec.Struct):
     max_tokens: RequestTokens
     stream: bool | None = False
 
+    @property
+    def requested_max_output(self) -> int | None:
+        return self.max_tokens
+
 
 class MessagesUsage(msgspec.Struct):
     """Anthropic usage: ``input_tokens`` excludes cache reads and cache writes."""

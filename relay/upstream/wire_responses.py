@@ -29,6 +29,10 @@ class ResponsesRequest(msgspec.Struct):
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
     previous_response_id: str | None = None
 
+    @property
+    def requested_max_output(self) -> int | None:
+        return self.max_output_tokens
+
 
 class _InputDetails(msgspec.Struct):
     cached_tokens: ReportedTokens | None = 0
