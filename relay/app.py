@@ -318,10 +318,6 @@ def create_app(
                 assert state.videos is not None
                 await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
                 stack.push_async_callback(state.videos.stop)
-                policy = RetentionPolicy.of(config.retention)
-                retention = RetentionJob(state.db, archive_dir_for(config.database_path), policy)
-                retention.start()
-                stack.push_async_callback(retention.stop)
             payments = await open_payments(state, stripe_transport=stripe_transport)
             payments.start()
             stack.push_async_callback(payments.aclose)
@@ -349,6 +345,15 @@ def create_app(
             await alerts.start()
             stack.push_async_callback(alerts.aclose)
             state.alerts = alerts
+            if cluster is None:  # after the outbox it prunes, stopped before it closes
+                retention = RetentionJob(
+                    state.db,
+                    archive_dir_for(config.database_path),
+                    RetentionPolicy.of(config.retention),
+                    prune_outbox=alerts.prune,
+                )
+                retention.start()
+                stack.push_async_callback(retention.stop)
             watcher = (
                 AlertWatcher(state, alerts)
                 if cluster is None
