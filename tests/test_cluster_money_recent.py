@@ -217,3 +217,28 @@ async def _hold_on_both(
     cluster = await store.hold("acct", key, estimate_micros=estimate, worst_case_micros=worst)
     assert (cluster.held_micros, cluster.strict) == (embedded.held_micros, embedded.strict)
     return embedded, cluster
+
+
+async def test_a_settlement_rolled_back_counts_no_spend_and_its_retry_counts_once(
+    twins: Twins,
+) -> None:
+    """The settler writes usage rows in the settlement's transaction: when that transaction
+    raises, the charge, the release and the recent spend all roll back together, and the
+    retry settles the hold exactly once."""
+    a, b = twins.stores
+    await twins.fund("acct", 10_000_000, "k", 0)
+    hold = await a.hold("acct", "k", estimate_micros=500_000, worst_case_micros=2_000_000)
+    with pytest.raises(RuntimeError, match="usage row"):
+        async with a.transaction() as conn:
+            [settled] = await a.settle_many([(hold, 2_000_000, "req-1", False)], conn=conn)
+            assert settled.outcome == "settled"
+            raise RuntimeError("the usage row could not be written")
+    recent = "SELECT recent_current_micros FROM accounts WHERE id = 'acct'"
+    assert await twins.pools[0].fetchval(recent) == 0
+    assert await a.open_hold_count("acct") == 1
+    first, again = await b.settle_many(
+        [(hold, 2_000_000, "req-1", False), (hold, 2_000_000, "req-1", False)]
+    )
+    assert (first.outcome, again.outcome) == ("settled", "closed")
+    assert await twins.pools[0].fetchval(recent) == 2_000_000
+    assert await a.open_hold_count("acct") == 0
