@@ -8,6 +8,10 @@ proof carries over unchanged across instances: a hold is placed only if its wors
 ``balance + credit_limit − Σ worst`` (and the key's ``cap − spent − Σ worst``), and a
 settlement never charges more than the hold's worst case — the database refuses the rest.
 
+What is held follows the wallet too: the estimate far from the edge, the worst case within
+max(margin, recent spend) of it (``relay.storage.schema_recent_spend``). The hold and settle
+calls and their results are in ``relay.cluster.pg_holds``.
+
 Every call is one round trip. Methods are coroutines (unlike the Wallet's), so a caller that
 must settle in a ``finally`` during cancellation shields the call (``asyncio.shield``); a
 settlement that never arrives is released by lease expiry (``relay.cluster.pg_leases``).
