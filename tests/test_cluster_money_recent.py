@@ -10,12 +10,17 @@ refusals, whichever instance settled the spend.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+from support_accounts import auth, chat_body
+from test_cluster_budgets import two_instances
 
 from relay.cluster.pg_holds import ClusterHold
 from relay.cluster.pg_leases import InstanceLease
@@ -28,6 +33,7 @@ from relay.money.records import Hold, LedgerEntry
 from relay.money.wallet import Wallet
 
 asyncpg = pytest.importorskip("asyncpg")
+pytest.importorskip("redis")
 
 WINDOW_S = 60.0
 WINDOW_MS = 60_000
@@ -112,7 +118,11 @@ async def _spend(twins: Twins, store: PgMoneyStore, key: str | None, cost: int, 
 async def _both_hold(twins: Twins, store: PgMoneyStore, key: str | None, worst: int) -> bool:
     """Place the same hold on both sides; they must agree; True when it is strict."""
     embedded = twins.wallet.hold("acct", key, estimate_micros=worst // 4, worst_case_micros=worst)
+    preview = await store.preview_hold(
+        "acct", key, estimate_micros=worst // 4, worst_case_micros=worst
+    )
     cluster = await store.hold("acct", key, estimate_micros=worst // 4, worst_case_micros=worst)
+    assert preview == cluster.held_micros  # a dry run reports what the hold then holds
     assert (cluster.held_micros, cluster.strict) == (embedded.held_micros, embedded.strict)
     twins.wallet.release(embedded)
     await store.release(cluster)
@@ -214,8 +224,12 @@ async def _hold_on_both(
             await store.hold("acct", key, estimate_micros=estimate, worst_case_micros=worst)
         assert str(also.value).split(":")[0] == str(refused).split(":")[0]
         return None
+    preview = await store.preview_hold(
+        "acct", key, estimate_micros=estimate, worst_case_micros=worst
+    )
     cluster = await store.hold("acct", key, estimate_micros=estimate, worst_case_micros=worst)
     assert (cluster.held_micros, cluster.strict) == (embedded.held_micros, embedded.strict)
+    assert preview == cluster.held_micros
     return embedded, cluster
 
 
@@ -242,3 +256,74 @@ async def test_a_settlement_rolled_back_counts_no_spend_and_its_retry_counts_onc
     assert (first.outcome, again.outcome) == ("settled", "closed")
     assert await twins.pools[0].fetchval(recent) == 2_000_000
     assert await a.open_hold_count("acct") == 0
+
+
+async def test_a_dry_runs_preview_counts_a_keys_period_spend_as_the_hold_does(
+    twins: Twins,
+) -> None:
+    """A key with a monthly budget: what it spent last month does not count, so the preview
+    (and the hold) is the estimate where the lifetime spend would make it strict."""
+    a, b = twins.stores
+    # The ledger stamps rows with PostgreSQL's clock: the stores' clock starts at it.
+    twins.clock.now_ms = time.time_ns() // 1_000_000 // WINDOW_MS * WINDOW_MS + 1_000
+    await twins.fund("acct", 1_000_000_000, "k", 10_000_000)
+    await twins.pools[0].execute("UPDATE api_keys SET budget_period = 'month' WHERE id = 'k'")
+    for n in range(2):  # 6M spent this month
+        hold = await a.hold("acct", "k", estimate_micros=10, worst_case_micros=3_000_000)
+        await b.settle(hold, 3_000_000, reference=f"old-{n}")
+    twins.clock.advance(32 * 24 * 60)  # next month: its counter does not exist yet
+    held = []
+    for n, worst in enumerate((4_000_000, 5_950_000)):
+        preview = await a.preview_hold("acct", "k", estimate_micros=10, worst_case_micros=worst)
+        hold = await a.hold("acct", "k", estimate_micros=10, worst_case_micros=worst)
+        assert preview == hold.held_micros, n
+        held.append(hold.held_micros)
+        await b.settle(hold, 0 if n else worst, reference=f"new-{n}")
+        twins.clock.advance(2)  # recent spend forgotten: only the period's spend decides
+    # 10M − 0 − 4M leaves 6M (lifetime spend would leave 0); then 10M − 4M − 5.95M < MARGIN.
+    assert held == [10, 5_950_000]
+    assert await a.preview_hold("nobody", None, estimate_micros=1, worst_case_micros=2) is None
+
+
+async def test_a_dry_run_through_relay_serve_reports_the_threshold_of_recent_spend(
+    tmp_path: Path, pg_database: str, redis_server: Any, admin_token: str
+) -> None:
+    """Two instances: spend through one makes the other's dry run report the worst case
+    once the headroom after it is within the recent spend (margin $1, 60 s windows)."""
+    async with two_instances(tmp_path, pg_database, redis_server) as (one, two):
+        account, key = await one.funded_key("acme", amount_usd="6")
+        seen = set()
+        spent = 0
+        for _ in range(5):
+            response = await one.client.post(
+                "/v1/chat/completions?dryRun=true",
+                json=chat_body("dear-gpt"),
+                headers=auth(key["secret"]),
+            )
+            assert response.status_code == 200, response.text
+            quote = response.json()["estimate"]
+            headroom = quote["available_micros"] - quote["worst_case_cost_micros"]
+            fast = headroom >= max(1_000_000, spent)
+            expected = quote["estimated_cost_micros" if fast else "worst_case_cost_micros"]
+            assert quote["hold_micros"] == expected, (quote, spent)
+            seen.add(fast)
+            paid = await two.client.post(
+                "/v1/chat/completions", json=chat_body("dear-gpt"), headers=auth(key["secret"])
+            )
+            assert paid.status_code == 200, paid.text
+            spent += int(paid.json()["metadata"]["cost_micros"])
+            await _settled_holds(pg_database, account["id"])
+        assert seen == {True, False}
+
+
+async def _settled_holds(dsn: str, account_id: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(200):
+            open_holds = "SELECT count(*) FROM holds WHERE account_id = $1"
+            if not await conn.fetchval(open_holds, account_id):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("holds still open")
+    finally:
+        await conn.close()

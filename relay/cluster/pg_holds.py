@@ -26,6 +26,7 @@ __all__ = [
     "SettleItem",
     "Settlement",
     "call_hold",
+    "preview_hold",
     "settle_batch",
     "settle_one",
 ]
@@ -120,6 +121,49 @@ async def call_hold(db: Any, ask: HoldAsk, period_end: PeriodEnd) -> ClusterHold
     if outcome == "lease_lost":
         raise LeaseLost(f"instance {ask.instance_id}: lease expired; no hold placed")
     raise KeyError(f"{'account' if outcome == 'no_account' else 'key'} not found")
+
+
+# relay_hold's choice of what to hold, read-only: the account's and a capped key's headroom
+# after the worst case against max(margin, recent spend); a key with a budget period counts
+# its period's spend (the counter, or the ledger before its first hold of the period).
+_PREVIEW = """
+SELECT CASE
+    WHEN a.balance_micros + a.credit_limit_micros - a.worst_micros - $3
+         >= GREATEST($5, relay_recent_spend($6, a.recent_window, a.recent_current_micros,
+                                            a.recent_previous_micros))
+     AND (k.id IS NULL OR k.spend_cap_micros = 0
+          OR k.spend_cap_micros - k.worst_micros - $3 - CASE
+                 WHEN k.budget_period IS NULL THEN k.spent_micros
+                 ELSE COALESCE(
+                     (SELECT b.spent_micros FROM budget_spend AS b
+                       WHERE b.scope = 'key' AND b.owner_id = k.id
+                         AND b.period_start_ms = relay_period_start(k.budget_period, $7, $8, $9)),
+                     (SELECT COALESCE(-SUM(l.amount_micros), 0) FROM ledger AS l
+                       WHERE l.key_id = k.id AND l.kind = 'charge'
+                         AND l.created_at_ms >= relay_period_start(k.budget_period, $7, $8, $9)))
+                 END
+             >= GREATEST($5, relay_recent_spend($6, k.recent_window, k.recent_current_micros,
+                                                k.recent_previous_micros)))
+    THEN $4 ELSE $3 END
+FROM accounts AS a LEFT JOIN api_keys AS k ON k.id = $2 AND k.account_id = a.id
+WHERE a.id = $1
+"""
+
+
+async def preview_hold(db: Any, ask: HoldAsk) -> int | None:
+    """What ``call_hold`` would hold now (the estimate or the worst case), placing nothing;
+    None for an unknown account. Whether it would be admitted is not asked here."""
+    held = await db.fetchval(
+        _PREVIEW,
+        ask.account_id,
+        ask.key_id,
+        ask.worst_case_micros,
+        ask.estimate_micros,
+        ask.margin_micros,
+        ask.window,
+        *ask.period_starts,
+    )
+    return None if held is None else int(held)
 
 
 def _cap_message(row: Any, worst_case_micros: int, period_end: PeriodEnd) -> str:

@@ -32,6 +32,7 @@ from relay.cluster.pg_holds import (
     SettleItem,
     Settlement,
     call_hold,
+    preview_hold,
     settle_batch,
     settle_one,
 )
@@ -238,7 +239,26 @@ class PgMoneyStore:
         _check_micros("worst_case_micros", worst_case_micros)
         if estimate_micros > worst_case_micros:
             raise ValueError("estimate_micros must not exceed worst_case_micros")
-        ask = HoldAsk(
+        ask = self._ask(account_id, key_id, estimate_micros, worst_case_micros, request_id)
+        return await call_hold(self._pool, ask, self._period_end)
+
+    async def preview_hold(
+        self, account_id: str, key_id: str | None, *, estimate_micros: int, worst_case_micros: int
+    ) -> int | None:
+        """What ``hold`` would hold now (estimate or worst case), placing nothing: a dry
+        run's figure. None for an unknown account."""
+        ask = self._ask(account_id, key_id, estimate_micros, worst_case_micros, None)
+        return await preview_hold(self._pool, ask)
+
+    def _ask(
+        self,
+        account_id: str,
+        key_id: str | None,
+        estimate_micros: int,
+        worst_case_micros: int,
+        request_id: str | None,
+    ) -> HoldAsk:
+        return HoldAsk(
             instance_id=self.instance_id,
             account_id=account_id,
             key_id=key_id,
@@ -249,7 +269,6 @@ class PgMoneyStore:
             period_starts=self.period_starts(),
             window=self.spend_window(),
         )
-        return await call_hold(self._pool, ask, self._period_end)
 
     def _period_end(self, period: BudgetPeriod) -> int:
         return self._period_bounds(period)[1]
