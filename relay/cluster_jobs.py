@@ -39,7 +39,12 @@ def cluster_jobs(
     queue."""
     assert state.videos is not None and state.cluster is not None
     cluster = state.cluster
-    retention = PgRetentionJob(cluster.pool, RetentionPolicy.of(state.config.retention))
+    assert state.alerts is not None
+    retention = PgRetentionJob(
+        cluster.pool,
+        RetentionPolicy.of(state.config.retention),
+        prune_outbox=state.alerts.prune,
+    )
     rollup = PgRollupJob(cluster.pool)
     clock = payments.service.clock  # the payments' wall clock (injected by tests)
     erasure = PgErasure(cluster.pool, state.store.audit_key, cluster.publish, clock)

@@ -124,13 +124,23 @@ def _start_chores(state: RelayState, stack: contextlib.AsyncExitStack) -> None:
     _start_periodic(stack, refusals)
 
 
-async def _start_embedded_jobs(state: RelayState, stack: contextlib.AsyncExitStack) -> None:
-    """Videos and retention, run by this process (in cluster mode: the elected instance's)."""
+async def _start_embedded_videos(state: RelayState, stack: contextlib.AsyncExitStack) -> None:
+    """Video jobs, run by this process (in cluster mode: the elected instance's)."""
     assert state.videos is not None
     await state.videos.start()  # re-places unfinished jobs' holds, resumes polling
     stack.push_async_callback(state.videos.stop)
-    policy = RetentionPolicy.of(state.config.retention)
-    retention = RetentionJob(state.db, archive_dir_for(state.config.database_path), policy)
+
+
+def _start_embedded_retention(state: RelayState, stack: contextlib.AsyncExitStack) -> None:
+    """Retention, run by this process (in cluster mode: the elected instance's). Started
+    after the alert outbox it prunes, so it stops before the outbox closes."""
+    assert state.alerts is not None
+    retention = RetentionJob(
+        state.db,
+        archive_dir_for(state.config.database_path),
+        RetentionPolicy.of(state.config.retention),
+        prune_outbox=state.alerts.prune,
+    )
     retention.start()
     stack.push_async_callback(retention.stop)
 
@@ -203,7 +213,7 @@ async def relay_lifespan(config: Config, seams: LifespanSeams) -> AsyncIterator[
             state.tracer = tracer
             stack.push_async_callback(tracer.aclose)  # after the requests drained
         if cluster is None:  # in cluster mode: the elected instance's jobs (below)
-            await _start_embedded_jobs(state, stack)
+            await _start_embedded_videos(state, stack)
         payments = await open_payments(state, stripe_transport=seams.stripe_transport)
         payments.start()
         stack.push_async_callback(payments.aclose)
@@ -211,6 +221,8 @@ async def relay_lifespan(config: Config, seams: LifespanSeams) -> AsyncIterator[
             state.auto_topup = payments.auto_topup
         _start_chores(state, stack)
         watcher = await _start_alerts(state, stack)
+        if cluster is None:
+            _start_embedded_retention(state, stack)
         billing_mail = _billing_mailer(state, payments, seams.wall_clock_ms)
         _start_cluster_jobs_or_billing_mail(state, stack, payments, watcher, billing_mail)
         health = HealthChecker(lambda: state.providers)

@@ -7,6 +7,9 @@
 -- BENCH_STAGGER_MS and BENCH_STAGGER_FIRST (optional): each thread's first BENCH_STAGGER_FIRST
 -- requests (its connections' first ones) wait a random 0..BENCH_STAGGER_MS ms, so held
 -- connections send evenly over time rather than in one wave; the wait is not in the latency.
+-- BENCH_KEYS_FILE (optional): one bearer token a line (many funded accounts, one key each);
+-- each request takes the next one, each thread starting at its own place in the list, so
+-- the load spreads over every account instead of one hot account (BENCH_AUTH unused then).
 
 local threads = {}
 
@@ -33,12 +36,28 @@ function init(args)
   headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_AUTH") or "")
   check_done = os.getenv("BENCH_STREAM") == "1"
   expect = os.getenv("BENCH_EXPECT") or ""
-  request_bytes = wrk.format("POST", os.getenv("BENCH_PATH") or "/v1/chat/completions",
-    headers, body)
+  local path = os.getenv("BENCH_PATH") or "/v1/chat/completions"
+  request_bytes = wrk.format("POST", path, headers, body)
+  -- Many keys: every request built once here, so request() stays a table lookup.
+  by_key = {}
+  local keys_file = os.getenv("BENCH_KEYS_FILE") or ""
+  if keys_file ~= "" then
+    for token in io.lines(keys_file) do
+      if token ~= "" then
+        headers["Authorization"] = "Bearer " .. token
+        table.insert(by_key, wrk.format("POST", path, headers, body))
+      end
+    end
+  end
+  next_key = #by_key > 0 and ((thread_index or 1) * 7919) % #by_key or 0
 end
 
 function request()
-  return request_bytes
+  if #by_key == 0 then
+    return request_bytes
+  end
+  next_key = next_key % #by_key + 1
+  return by_key[next_key]
 end
 
 -- Defined only when asked for: with a delay() wrk puts every request through a timer.

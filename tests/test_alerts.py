@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from conftest import config_text, make_config
 from support_accounts import Relay, run_relay
+from support_alert_prune import (
+    START_MS,
+    check_horizon_follows_the_longest_rearm,
+    check_pruning,
+    prune_config,
+)
 from support_hooks import Hook
 from support_mail import Inbox, email_section, smtp_server
 
@@ -24,6 +30,7 @@ from relay.alerts.watch import AlertWatcher
 from relay.config import load_config, parse_config
 from relay.errors import ConfigError
 from relay.storage.db import Database
+from relay.usage.retention import RetentionJob, RetentionReport
 
 HOOK_SECRET = "hook-secret"
 
@@ -285,3 +292,28 @@ async def test_a_reload_changes_the_watch_interval(tmp_path: Path, admin_token: 
         assert (await relay.client.post("/admin/reload")).status_code == 200
         await watcher.check()  # the round in progress picks up the new interval
         assert watcher.interval_s == 2
+
+
+async def test_retention_prunes_sent_alerts_past_the_rearm_horizon_in_batches(
+    tmp_path: Path, hook: Hook
+) -> None:
+    config = prune_config(hook.url)
+    db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
+    clock = [START_MS]
+    store = SqliteOutbox(db)
+    outbox = AlertOutbox(store, lambda: config, clock_ms=lambda: clock[0])
+
+    async def subjects() -> list[tuple[str, bool]]:
+        rows = await db.fetchall("SELECT subject, delivered_at_ms FROM alert_outbox ORDER BY id")
+        return [(row[0], row[1] is not None) for row in rows]
+
+    async def run_job(prune: Callable[[int], Awaitable[int]]) -> RetentionReport:
+        job = RetentionJob(db, tmp_path / "archives", clock_ms=lambda: clock[0], prune_outbox=prune)
+        return await job.run_once()
+
+    try:
+        await check_pruning(outbox, store, clock, subjects, run_job)
+        await check_horizon_follows_the_longest_rearm(store, hook.url)
+    finally:
+        await outbox.aclose()
+        await db.close()

@@ -5,17 +5,25 @@ deliverer died is delivered by another once its claim lease ends."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from support_alert_prune import (
+    START_MS,
+    check_horizon_follows_the_longest_rearm,
+    check_pruning,
+    prune_config,
+)
 from support_hooks import Hook
 
 from relay.alerts.outbox import AlertOutbox
 from relay.alerts.pg_outbox import CLAIM_LEASE_MS, PgOutbox
 from relay.cluster.pg_pool import create_pool
+from relay.cluster.pg_retention import PgRetentionJob
 from relay.cluster.pg_schema import migrate
 from relay.config import Config, parse_config
+from relay.usage.retention import RetentionPolicy, RetentionReport
 
 pytest.importorskip("asyncpg")
 
@@ -151,5 +159,28 @@ async def test_postgresql_down_drops_the_alert_without_raising(hook: Hook) -> No
     try:
         assert outbox.raise_alert("provider_cooling", "openai", "cooling") == 1
         await store.flush()  # the insert failed and was logged; nothing raised here
+    finally:
+        await outbox.aclose()
+
+
+async def test_retention_prunes_sent_alerts_past_the_rearm_horizon_in_batches(
+    pool: Any, hook: Hook
+) -> None:
+    config = prune_config(hook.url)
+    clock = [START_MS]
+    store = PgOutbox(pool)
+    outbox = AlertOutbox(store, lambda: config, clock_ms=lambda: clock[0])
+
+    async def subjects() -> list[tuple[str, bool]]:
+        rows = await pool.fetch("SELECT subject, delivered_at_ms FROM alert_outbox ORDER BY id")
+        return [(row["subject"], row["delivered_at_ms"] is not None) for row in rows]
+
+    async def run_job(prune: Callable[[int], Awaitable[int]]) -> RetentionReport | None:
+        job = PgRetentionJob(pool, RetentionPolicy(), clock_ms=lambda: clock[0], prune_outbox=prune)
+        return await job.run_once()
+
+    try:
+        await check_pruning(outbox, store, clock, subjects, run_job)
+        await check_horizon_follows_the_longest_rearm(store, hook.url)
     finally:
         await outbox.aclose()

@@ -31,7 +31,7 @@ from relay.alerts.outbox_store import OutboxFull, OutboxRow, OutboxStore
 from relay.alerts.sinks import DeliveryError, deliver
 from relay.config import AlertConfig, AlertEvent, Config
 
-__all__ = ["MAX_ATTEMPTS", "AlertOutbox"]
+__all__ = ["MAX_ATTEMPTS", "PRUNE_AFTER_MIN_MS", "AlertOutbox"]
 
 log = logging.getLogger("relay.alerts")
 MAX_ATTEMPTS = 10
@@ -41,6 +41,10 @@ _BACKOFF_MAX_MS = 3_600_000
 _DIRECT_ATTEMPTS = 3
 _CLOSE_FLUSH_S = 5.0
 _ENCODER = msgspec.json.Encoder()
+# Sent rows stay at least this long (the operator's recent history), longer when a sink's
+# re-arm interval is longer: the re-arm check reads the newest row of an alert within it.
+PRUNE_AFTER_MIN_MS = 86_400_000
+PRUNE_BATCH_ROWS = 5000
 
 
 def _iso(ms: int) -> str:
@@ -162,6 +166,27 @@ class AlertOutbox:
             except DeliveryError as exc:
                 log.warning("storage alert to %s failed: %s", sink.name or sink.sink, exc)
                 await asyncio.sleep(2**attempt)
+
+    # -- pruning ----------------------------------------------------------------------
+
+    def prune_horizon_ms(self, now_ms: int) -> int:
+        """Sent rows raised before this are no longer read: the re-arm check (``_due``, its
+        restart seed ``last_raised``, and the shared store's insert) only needs an alert's
+        rows within its sink's ``rearm_s``; past the longest one, a row changes nothing."""
+        longest = max((int(sink.rearm_s * 1000) for sink in self._config().alerts), default=0)
+        return now_ms - max(longest, PRUNE_AFTER_MIN_MS)
+
+    async def prune(self, now_ms: int, batch_rows: int = PRUNE_BATCH_ROWS) -> int:
+        """Delete sent rows past ``prune_horizon_ms`` in batches of ``batch_rows`` (each a
+        short transaction); returns how many. Undelivered rows stay whatever their age."""
+        before = self.prune_horizon_ms(now_ms)
+        pruned = 0
+        while True:
+            deleted = await self._store.prune_sent(before, batch_rows)
+            pruned += deleted
+            if deleted < batch_rows:
+                return pruned
+            await asyncio.sleep(0)  # let other writes in between batches
 
     # -- delivering -------------------------------------------------------------------
 

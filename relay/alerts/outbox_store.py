@@ -14,7 +14,14 @@ from typing import NamedTuple, Protocol
 
 from relay.storage.db import Database, WriteQueueFull
 
-__all__ = ["DueAlert", "OutboxFull", "OutboxRow", "OutboxStore", "SqliteOutbox"]
+__all__ = [
+    "PRUNE_SENT",
+    "DueAlert",
+    "OutboxFull",
+    "OutboxRow",
+    "OutboxStore",
+    "SqliteOutbox",
+]
 
 
 class OutboxFull(RuntimeError):
@@ -67,6 +74,19 @@ class OutboxStore(Protocol):
         self, row_id: int, attempts: int, error: str, now_ms: int
     ) -> None: ...
 
+    async def prune_sent(self, before_ms: int, limit: int) -> int:
+        """Delete at most ``limit`` rows raised before ``before_ms`` that are done with
+        (delivered or given up), oldest first; returns how many. Never an undelivered row."""
+        ...
+
+
+# Oldest first by id (ids grow with time): a batch reads the table's head, where old rows are.
+PRUNE_SENT = (
+    "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox"
+    " WHERE (delivered_at_ms IS NOT NULL OR failed_at_ms IS NOT NULL)"
+    " AND created_at_ms < {before} ORDER BY id LIMIT {limit})"
+)
+_PRUNE_SENT = PRUNE_SENT.format(before="?", limit="?")
 
 _INSERT = (
     "INSERT INTO alert_outbox (sink_index, sink_name, event, subject, payload, "
@@ -128,6 +148,12 @@ class SqliteOutbox:
             "UPDATE alert_outbox SET failed_at_ms = ?, attempts = ?, last_error = ? WHERE id = ?",
             (now_ms, attempts, error, row_id),
         )
+
+    async def prune_sent(self, before_ms: int, limit: int) -> int:
+        def delete_batch(conn: sqlite3.Connection) -> int:
+            return conn.execute(_PRUNE_SENT, (before_ms, limit)).rowcount
+
+        return await self._db.write(delete_batch)
 
 
 def _inserter(values: tuple[object, ...]) -> Callable[[sqlite3.Connection], None]:

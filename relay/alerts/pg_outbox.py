@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import Any
 
-from relay.alerts.outbox_store import DueAlert, OutboxFull, OutboxRow
+from relay.alerts.outbox_store import PRUNE_SENT, DueAlert, OutboxFull, OutboxRow
 
 __all__ = ["ALERT_LOCK", "PgOutbox"]
 
@@ -51,6 +51,12 @@ WHERE id = (
 )
 RETURNING id, sink_index, payload, attempts
 """
+
+
+_PRUNE_SENT = (
+    f"WITH gone AS ({PRUNE_SENT.format(before='$1', limit='$2')} RETURNING 1)"
+    " SELECT count(*) FROM gone"
+)
 
 
 class PgOutbox:
@@ -125,3 +131,6 @@ class PgOutbox:
             error,
             row_id,
         )
+
+    async def prune_sent(self, before_ms: int, limit: int) -> int:
+        return int(await self._pool.fetchval(_PRUNE_SENT, before_ms, limit))

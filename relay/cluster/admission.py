@@ -232,9 +232,14 @@ class ClusterAdmitter:
         available: int | None = None
         if key is not None and account is not None:
             available = (await self.store.snapshot(account.id)).available_micros
-            # As relay_hold: the estimate far from the edge, the worst case near it.
-            far = available - quote.worst_case_micros >= self.store.fast_path_margin_micros
-            hold_micros = quote.estimate_micros if far else quote.worst_case_micros
+            # relay_hold's own choice (margin and recent spend), read without holding.
+            held = await self.store.preview_hold(
+                account.id,
+                key.id,
+                estimate_micros=quote.estimate_micros,
+                worst_case_micros=quote.worst_case_micros,
+            )
+            hold_micros = quote.worst_case_micros if held is None else held
         return {
             "dry_run": True,
             "estimate": {

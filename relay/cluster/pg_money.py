@@ -8,6 +8,10 @@ proof carries over unchanged across instances: a hold is placed only if its wors
 ``balance + credit_limit − Σ worst`` (and the key's ``cap − spent − Σ worst``), and a
 settlement never charges more than the hold's worst case — the database refuses the rest.
 
+What is held follows the wallet too: the estimate far from the edge, the worst case within
+max(margin, recent spend) of it (``relay.storage.schema_recent_spend``). The hold and settle
+calls and their results are in ``relay.cluster.pg_holds``.
+
 Every call is one round trip. Methods are coroutines (unlike the Wallet's), so a caller that
 must settle in a ``finally`` during cancellation shields the call (``asyncio.shield``); a
 settlement that never arrives is released by lease expiry (``relay.cluster.pg_leases``).
@@ -20,19 +24,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
-import msgspec
-
 from relay.cluster.pg_budgets import account_budget, key_spend
-from relay.cluster.pg_leases import LeaseLost
-from relay.errors import QuotaError
-from relay.money.budget import (
-    BUDGET_PERIODS,
-    PERIOD_ADJECTIVES,
-    BudgetCalendar,
-    BudgetPeriod,
-    iso_utc,
+from relay.cluster.pg_holds import (
+    ESTIMATED,
+    ClusterHold,
+    HoldAsk,
+    SettleItem,
+    Settlement,
+    call_hold,
+    preview_hold,
+    settle_batch,
+    settle_one,
 )
-from relay.money.pricing import micros_to_usd
+from relay.money.budget import BUDGET_PERIODS, BudgetCalendar, BudgetPeriod
 from relay.money.records import (
     AccountMode,
     BalanceView,
@@ -47,36 +51,6 @@ CreditKind = Literal["credit", "refund"]
 _UTC = BudgetCalendar()
 Calendar = Callable[[], BudgetCalendar]
 Clock = Callable[[], int]
-# The charge row's note when the cost was estimated (a stream cut short by the client).
-_ESTIMATED = "estimated (stream cut short)"
-
-
-class ClusterHold(msgspec.Struct, frozen=True):
-    """An open hold in the ``holds`` table; settle or release it once."""
-
-    hold_id: int
-    account_id: str
-    key_id: str | None
-    held_micros: int
-    estimate_micros: int
-    worst_case_micros: int
-    # The lease it was placed under: it settles under that id whatever lease the instance
-    # holds by then (a rejoin registers a new one), so a reaped hold answers ``closed``.
-    instance_id: str = ""
-
-    @property
-    def strict(self) -> bool:
-        return self.held_micros == self.worst_case_micros
-
-
-class Settlement(msgspec.Struct, frozen=True):
-    """How a hold ended: ``settled`` (charged), ``released`` (no charge), ``closed`` (it was
-    already settled, or released by lease expiry: nothing charged now), or
-    ``duplicate_reference`` (that charge reference exists: released, not charged again)."""
-
-    outcome: Literal["settled", "released", "closed", "duplicate_reference"]
-    charged_micros: int
-    overrun: bool
 
 
 def _wall_ms() -> int:
@@ -93,20 +67,28 @@ def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
 class PgMoneyStore:
     """Holds and settlements of one instance (``instance_id``) over a shared pool.
 
-    ``fast_path_margin_micros``: the hold is the cheap estimate only while the account (and
-    a capped key) keeps this much headroom beyond the worst case; it only sets the reported
-    ``available``, never whether a request is admitted.
+    ``fast_path_margin_micros`` and ``spend_window_s``, as the wallet's: the hold is the
+    cheap estimate only while the account (and a capped key) keeps max(margin, spend of the
+    last one to two windows) of headroom beyond the worst case; it only sets the reported
+    ``available``, never whether a request is admitted. Windows are counted on the wall
+    clock (``use_periods``), the one clock instances share.
     """
 
     def __init__(
-        self, pool: Any, instance_id: str, *, fast_path_margin_micros: int = 1_000_000
+        self,
+        pool: Any,
+        instance_id: str,
+        *,
+        fast_path_margin_micros: int = 1_000_000,
+        spend_window_s: float = 60.0,
     ) -> None:
         _check_micros("fast_path_margin_micros", fast_path_margin_micros)
+        if spend_window_s <= 0:
+            raise ValueError("spend_window_s must be positive")
         self._pool = pool
         self.instance_id = instance_id
         self._margin = fast_path_margin_micros
-        # The start of the current day, week and month (relay.cluster.pg_budgets): by
-        # default UTC's calendar; the app gives the wallet's (its [budgets] and clock).
+        self._window_ms = max(1, round(spend_window_s * 1000))
         # Budget periods (relay.cluster.pg_budgets): UTC's calendar by default; the app gives
         # the wallet's (its [budgets], which a reload may replace, and its clock).
         self._calendar: Calendar = lambda: _UTC
@@ -123,12 +105,18 @@ class PgMoneyStore:
     def bound_to(self, instance_id: str) -> PgMoneyStore:
         """The same store (pool, margin, budget calendar) placing holds under another lease:
         a rejoined instance's (relay.cluster.runtime)."""
-        sibling = PgMoneyStore(self._pool, instance_id, fast_path_margin_micros=self._margin)
+        sibling = PgMoneyStore(
+            self._pool,
+            instance_id,
+            fast_path_margin_micros=self._margin,
+            spend_window_s=self._window_ms / 1000,
+        )
         sibling.use_periods(self._calendar, self._clock)
         return sibling
 
     def use_periods(self, calendar: Calendar, clock_ms: Clock) -> None:
-        """Where budget periods start: ``calendar()``'s periods at ``clock_ms()``."""
+        """Where budget periods start: ``calendar()``'s periods at ``clock_ms()`` (the
+        clock of the recent-spend windows too)."""
         self._calendar, self._clock = calendar, clock_ms
         self._starts = (None, 0, 0, (0, 0, 0))
 
@@ -150,6 +138,11 @@ class PgMoneyStore:
             (day, week, month),
         )
         return day, week, month
+
+    def spend_window(self) -> int:
+        """The index of the current recent-spend window, as ``relay_hold`` and
+        ``relay_settle`` take it."""
+        return self._clock() // self._window_ms
 
     @property
     def fast_path_margin_micros(self) -> int:
@@ -238,63 +231,47 @@ class PgMoneyStore:
         request_id: str | None = None,
     ) -> ClusterHold:
         """Place a hold under the headroom rule, atomically across instances; ``QuotaError``
-        (402) naming the balance or the key's spend cap when it does not fit."""
+        (402) naming the balance or the key's spend cap when it does not fit. What is held
+        follows the wallet's rule (``Wallet.plan_hold``): the estimate while the headroom
+        left after the worst case is at least max(margin, recent spend), else the worst
+        case."""
         _check_micros("estimate_micros", estimate_micros)
         _check_micros("worst_case_micros", worst_case_micros)
         if estimate_micros > worst_case_micros:
             raise ValueError("estimate_micros must not exceed worst_case_micros")
-        row = await self._pool.fetchrow(
-            "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            self.instance_id,
-            account_id,
-            key_id,
-            request_id,
-            estimate_micros,
-            worst_case_micros,
-            self._margin,
-            *self.period_starts(),
-        )
-        outcome = row["outcome"]
-        if outcome == "ok":
-            return ClusterHold(
-                hold_id=int(row["hold_id"]),
-                account_id=account_id,
-                key_id=key_id,
-                held_micros=int(row["held_micros"]),
-                estimate_micros=estimate_micros,
-                worst_case_micros=worst_case_micros,
-                instance_id=self.instance_id,
-            )
-        if outcome == "balance":
-            available = max(0, int(row["headroom_micros"]))
-            raise QuotaError(
-                f"insufficient balance: this request may cost up to "
-                f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(available)}"
-                " is available after requests in flight; add credit or lower max_tokens"
-            )
-        if outcome in ("key_cap", "account_budget"):
-            raise QuotaError(self._cap_message(row, worst_case_micros))
-        if outcome == "lease_lost":
-            raise LeaseLost(f"instance {self.instance_id}: lease expired; no hold placed")
-        raise KeyError(f"{'account' if outcome == 'no_account' else 'key'} not found")
+        ask = self._ask(account_id, key_id, estimate_micros, worst_case_micros, request_id)
+        return await call_hold(self._pool, ask, self._period_end)
 
-    def _cap_message(self, row: Any, worst_case_micros: int) -> str:
-        """As the wallet's: names the budget (key or account, lifetime or which period),
-        what it leaves, and when it resets."""
-        who = "key" if row["outcome"] == "key_cap" else "account"
-        period = row["period"]
-        kind = "spend cap" if who == "key" else "budget"
-        if period is not None:
-            kind = f"{PERIOD_ADJECTIVES[period]} budget"
-        left = micros_to_usd(max(0, int(row["headroom_micros"] or 0)))
-        text = (
-            f"{who} {kind} reached: this request may cost up to "
-            f"${micros_to_usd(worst_case_micros)} and ${left} of the {who}'s {kind.split()[-1]}"
-            " is left after requests in flight"
+    async def preview_hold(
+        self, account_id: str, key_id: str | None, *, estimate_micros: int, worst_case_micros: int
+    ) -> int | None:
+        """What ``hold`` would hold now (estimate or worst case), placing nothing: a dry
+        run's figure. None for an unknown account."""
+        ask = self._ask(account_id, key_id, estimate_micros, worst_case_micros, None)
+        return await preview_hold(self._pool, ask)
+
+    def _ask(
+        self,
+        account_id: str,
+        key_id: str | None,
+        estimate_micros: int,
+        worst_case_micros: int,
+        request_id: str | None,
+    ) -> HoldAsk:
+        return HoldAsk(
+            instance_id=self.instance_id,
+            account_id=account_id,
+            key_id=key_id,
+            request_id=request_id,
+            estimate_micros=estimate_micros,
+            worst_case_micros=worst_case_micros,
+            margin_micros=self._margin,
+            period_starts=self.period_starts(),
+            window=self.spend_window(),
         )
-        if period is not None:
-            text += f"; it resets at {iso_utc(self._period_bounds(period)[1])}"
-        return text
+
+    def _period_end(self, period: BudgetPeriod) -> int:
+        return self._period_bounds(period)[1]
 
     async def settle(
         self,
@@ -309,11 +286,15 @@ class PgMoneyStore:
         _check_micros("actual_cost_micros", actual_cost_micros)
         if actual_cost_micros and not reference:
             raise ValueError("a charge needs a reference")
-        return await self._close(
+        note = ESTIMATED if estimated else None
+        return await settle_one(
+            self._pool,
             hold,
+            self._owner(hold),
             actual_cost_micros,
             reference,
-            "estimated (stream cut short)" if estimated else None,
+            note,
+            self.spend_window(),
         )
 
     @contextlib.asynccontextmanager
@@ -324,67 +305,27 @@ class PgMoneyStore:
             yield conn
 
     async def settle_many(
-        self, items: Sequence[tuple[ClusterHold, int, str, bool]], *, conn: Any = None
+        self, items: Sequence[SettleItem], *, conn: Any = None
     ) -> list[Settlement]:
         """Settle a batch in ONE round trip and one transaction (group commit): each item is
         ``(hold, actual_cost_micros, reference, estimated)`` and ends exactly as ``settle``
         would end it (results in the items' order; the same hold twice: the earlier item
         settles, the later answers ``closed``). All or nothing: if the statement fails, no
-        item settled and the whole batch can be retried (settling is idempotent per hold)."""
+        item settled and the whole batch can be retried (settling is idempotent per hold).
+        Each charge counts in the recent spend of the window it settles in."""
         for _, cost, reference, _ in items:
             _check_micros("actual_cost_micros", cost)
             if cost and not reference:
                 raise ValueError("a charge needs a reference")
-        # Lock rows in one global order (account, then key): two batches from two instances
-        # touching the same accounts in opposite orders would otherwise deadlock.
-        order = sorted(
-            range(len(items)),
-            key=lambda i: (items[i][0].account_id, items[i][0].key_id or "", i),
-        )
-        batch = [items[i] for i in order]
-        rows = await (conn or self._pool).fetch(
-            "SELECT r.outcome, r.charged_micros, r.overrun"
-            " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
-            " WITH ORDINALITY AS s(hold_id, cost, reference, note, instance, n)"
-            " CROSS JOIN LATERAL relay_settle(s.hold_id, s.instance, s.cost, s.reference,"
-            " s.note) AS r ORDER BY s.n",
-            [hold.hold_id for hold, _, _, _ in batch],
-            [cost for _, cost, _, _ in batch],
-            [reference for _, _, reference, _ in batch],
-            [_ESTIMATED if estimated else None for _, _, _, estimated in batch],
-            [self._owner(hold) for hold, _, _, _ in batch],
-        )
-        results: list[Settlement | None] = [None] * len(items)
-        for position, row in zip(order, rows, strict=True):
-            results[position] = Settlement(
-                outcome=row["outcome"],
-                charged_micros=int(row["charged_micros"]),
-                overrun=bool(row["overrun"]),
-            )
-        return [result for result in results if result is not None]
+        return await settle_batch(conn or self._pool, items, self._owner, self.spend_window())
 
     def _owner(self, hold: ClusterHold) -> str:
         return hold.instance_id or self.instance_id
 
     async def release(self, hold: ClusterHold) -> Settlement:
         """Close the hold without charging (failed call); a no-op once closed."""
-        return await self._close(hold, 0, "", None)
-
-    async def _close(
-        self, hold: ClusterHold, cost_micros: int, reference: str, note: str | None
-    ) -> Settlement:
-        row = await self._pool.fetchrow(
-            "SELECT * FROM relay_settle($1, $2, $3, $4, $5)",
-            hold.hold_id,
-            self._owner(hold),
-            cost_micros,
-            reference,
-            note,
-        )
-        return Settlement(
-            outcome=row["outcome"],
-            charged_micros=int(row["charged_micros"]),
-            overrun=bool(row["overrun"]),
+        return await settle_one(
+            self._pool, hold, self._owner(hold), 0, "", None, self.spend_window()
         )
 
     # -- views ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -318,26 +318,38 @@ def _now_ms() -> int:
 
 
 class PgRetentionJob:
-    """The daily retention step the job runner calls (``run_once``)."""
+    """The daily retention step the job runner calls (``run_once``); ``prune_outbox(now_ms)``
+    as the embedded job's (``RetentionJob``), run by the instance that ran the pass."""
 
     def __init__(
-        self, pool: Any, policy: RetentionPolicy, *, clock_ms: Callable[[], int] = _now_ms
+        self,
+        pool: Any,
+        policy: RetentionPolicy,
+        *,
+        clock_ms: Callable[[], int] = _now_ms,
+        prune_outbox: Callable[[int], Awaitable[int]] | None = None,
     ) -> None:
         self._pool = pool
         self.policy = policy
         self._clock_ms = clock_ms
+        self._prune_outbox = prune_outbox
         self.last_report: RetentionReport | None = None
 
     async def run_once(self) -> RetentionReport | None:
-        report = await run_pg_retention(self._pool, now_ms=self._clock_ms(), policy=self.policy)
+        now_ms = self._clock_ms()
+        report = await run_pg_retention(self._pool, now_ms=now_ms, policy=self.policy)
         if report is None:
             log.info("retention: another instance is running it")
             return None
+        if self._prune_outbox is not None:
+            report.alert_rows_deleted = await self._prune_outbox(now_ms)
         self.last_report = report
         log.info(
-            "retention: archived %d usage and %d audit rows into %d archives",
+            "retention: archived %d usage and %d audit rows into %d archives;"
+            " pruned %d sent alerts",
             report.usage_rows_archived,
             report.audit_rows_archived,
             len(report.archives_written),
+            report.alert_rows_deleted,
         )
         return report

@@ -108,7 +108,7 @@ class PgVideoStore:
         async with self._pool.acquire() as conn, conn.transaction():
             for key, amount in ((job.key_id, job.estimate_micros), (job.key_id, 0), (None, 0)):
                 row = await conn.fetchrow(
-                    "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $5, 0, $6, $7, $8)",
+                    "SELECT * FROM relay_hold($1, $2, $3, $4, $5, $5, 0, $6, $7, $8, $9)",
                     money.instance_id,
                     job.account_id,
                     key,
@@ -117,6 +117,7 @@ class PgVideoStore:
                     day,
                     week,
                     month,
+                    money.spend_window(),
                 )
                 if row["outcome"] == "lease_lost":  # transient for the job: next round
                     raise LeaseLost(f"instance {money.instance_id}: no hold placed")
@@ -191,11 +192,12 @@ class PgVideoStore:
                 # zero charge row is not a charge): it is released.
                 charge = cost_micros if hold["worst_case_micros"] > 0 else 0
                 settled = await conn.fetchrow(
-                    "SELECT * FROM relay_settle($1, $2, $3, $4, NULL)",
+                    "SELECT * FROM relay_settle($1, $2, $3, $4, NULL, $5)",
                     hold["id"],
                     JOBS_OWNER,
                     charge,
                     job.id,
+                    self._money().spend_window(),
                 )
                 cost_micros = int(settled["charged_micros"])
             job.cost_micros = cost_micros

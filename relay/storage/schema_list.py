@@ -33,6 +33,7 @@ from relay.storage.schema_payments import (
     SQLITE_PAYMENTS,
 )
 from relay.storage.schema_period_budgets import POSTGRESQL_PERIOD_BUDGETS
+from relay.storage.schema_recent_spend import POSTGRESQL_RECENT_SPEND
 from relay.storage.schema_records import (
     POSTGRESQL_ALERTS,
     POSTGRESQL_ARCHIVES,
@@ -168,6 +169,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         why_engines_differ=(
             "Embedded, one process holds the upstream pool; across instances each replays "
             "the operator's toggles from the shared audit chain."
+        ),
+    ),
+    # 17 and 18 belong to issue 18's parts A and B, written on other branches: these two
+    # no-op entries only keep this branch's list numbered 1, 2, 3, ... until they merge,
+    # and are replaced by those entries then (a database never outlives a test here).
+    Migration(17, "reserved for issue 18 part A", "SELECT 1;", "SELECT 1;"),
+    Migration(18, "reserved for issue 18 part B", "SELECT 1;", "SELECT 1;"),
+    Migration(
+        19,
+        "cluster: recent spend per account and key for the hold's threshold",
+        "",
+        POSTGRESQL_RECENT_SPEND,
+        postgresql_only=EngineOnly(
+            columns=(
+                "accounts.recent_window",
+                "accounts.recent_current_micros",
+                "accounts.recent_previous_micros",
+                "api_keys.recent_window",
+                "api_keys.recent_current_micros",
+                "api_keys.recent_previous_micros",
+            )
+        ),
+        why_engines_differ=(
+            "Embedded, the wallet counts recent spend in memory (relay.money.exposure); "
+            "across instances it is two window buckets on the account's and the key's rows, "
+            "rolled by relay_settle and read by relay_hold."
         ),
     ),
 )

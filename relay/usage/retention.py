@@ -29,7 +29,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +128,8 @@ class RetentionReport(msgspec.Struct):
     archives_written: list[str] = msgspec.field(default_factory=list)
     archives_expired: list[str] = msgspec.field(default_factory=list)
     orphans_removed: list[str] = msgspec.field(default_factory=list)
+    # Sent alert outbox rows past what the re-arm check reads (the job's ``prune_outbox``).
+    alert_rows_deleted: int = 0
 
 
 async def run_retention(
@@ -331,7 +333,10 @@ async def _expire_archives(
 
 @dataclass
 class RetentionJob:
-    """Runs ``run_retention`` once a day in the server process; ``start()`` / ``stop()``."""
+    """Runs ``run_retention`` once a day in the server process; ``start()`` / ``stop()``.
+
+    ``prune_outbox(now_ms)``: the alert outbox's pruning (``AlertOutbox.prune``), run after
+    each pass; it returns how many rows it deleted."""
 
     db: Database
     archive_dir: Path
@@ -339,6 +344,7 @@ class RetentionJob:
     clock_ms: Callable[[], int] = _now_ms
     interval_s: float = 86_400.0
     first_run_after_s: float = 300.0  # not during start-up, when traffic resumes
+    prune_outbox: Callable[[int], Awaitable[int]] | None = None
     last_report: RetentionReport | None = field(default=None, init=False)
     _periodic: PeriodicTask | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
@@ -361,17 +367,21 @@ class RetentionJob:
 
     async def run_once(self) -> RetentionReport:
         async with self._lock:
+            now_ms = self.clock_ms()
             report = await run_retention(
-                self.db, self.archive_dir, now_ms=self.clock_ms(), policy=self.policy
+                self.db, self.archive_dir, now_ms=now_ms, policy=self.policy
             )
+            if self.prune_outbox is not None:
+                report.alert_rows_deleted = await self.prune_outbox(now_ms)
         self.last_report = report
         return report
 
     async def _logged_run(self) -> None:
         report = await self.run_once()
         log.info(
-            "retention: archived %d usage and %d audit rows into %d files",
+            "retention: archived %d usage and %d audit rows into %d files; pruned %d sent alerts",
             report.usage_rows_archived,
             report.audit_rows_archived,
             len(report.archives_written),
+            report.alert_rows_deleted,
         )
