@@ -71,6 +71,7 @@ from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
 from relay.storage.reader import RowReader
+from relay.upstream.fingerprint import KeyFingerprints
 from relay.upstream.health import HealthChecker
 from relay.upstream.providers import ClientFactory, build_provider, default_client_factory
 from relay.usage.log import UsageLog
@@ -184,6 +185,7 @@ async def _open_state(
         refusals=RefusalCounter(
             database_sink(db) if cluster is None else refusal_sink(cluster.settler)
         ),
+        upstream_fingerprints=KeyFingerprints(secret.subkey("upstream-key")),
         started_at=int(time.time()),
         metrics=metrics,
         videos=VideoPoller(
@@ -385,7 +387,7 @@ def create_app(
             reloader = ConfigReloader(state, source, factory)
             stack.push_async_callback(reloader.aclose)
             if cluster is not None:
-                toggles = UpstreamToggles(cluster.pool)
+                toggles = UpstreamToggles(cluster.pool, state.upstream_fingerprints)
                 await cluster.start(
                     lambda change: apply_invalidation(state, reloader, toggles, change)
                 )
