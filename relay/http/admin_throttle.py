@@ -2,8 +2,9 @@
 
 The admin token is accepted by the admin API and, as the operator's smoke-test
 credential, on the data plane; both compare it in constant time. A client presenting
-a credential that is not a relay key (``rk_...``) and not the admin token is guessing
-it: after ``max_failures`` such guesses in ``window_s`` its IP gets 429 (with
+a credential that is not a relay key (``rk_...``), not the admin token and not the
+metrics token (``[metrics] token_env``, which a scraper sends every few seconds) is
+guessing it: after ``max_failures`` such guesses in ``window_s`` its IP gets 429 (with
 ``retry-after``) for any non-key credential, the right token included, until the oldest
 guess ages out. Requests with a relay key never pay for this beyond a prefix check.
 
@@ -56,6 +57,11 @@ def _non_key_credential(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def _known_token(state: RelayState, token: str) -> bool:
+    """The admin token, or the metrics token (a scraper is not guessing)."""
+    return state.auth.is_admin_token(token) or state.config.metrics.is_token(token)
+
+
 class AdminTokenThrottle:
     def __init__(
         self,
@@ -98,7 +104,7 @@ class AdminTokenThrottle:
         failures = self._failures(state)
         try:
             wait_s = await failures.retry_after(ip)
-            if wait_s <= 0 and not state.auth.is_admin_token(token):
+            if wait_s <= 0 and not _known_token(state, token):
                 await failures.add(ip)
         except StorageUnavailable as exc:
             await error_response(exc)(scope, receive, send)
