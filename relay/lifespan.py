@@ -232,7 +232,7 @@ async def relay_lifespan(config: Config, seams: LifespanSeams) -> AsyncIterator[
         reloader = ConfigReloader(state, source, seams.client_factory)
         stack.push_async_callback(reloader.aclose)
         if cluster is not None:
-            toggles = UpstreamToggles(cluster.pool)
+            toggles = UpstreamToggles(cluster.pool, state.upstream_fingerprints)
             await cluster.start(lambda change: apply_invalidation(state, reloader, toggles, change))
         yield {
             "relay": state,

@@ -23,6 +23,7 @@ from relay.money.wallet import Wallet
 from relay.payments.auto_topup import AutoTopUp
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
+from relay.upstream.fingerprint import KeyFingerprints
 from relay.upstream.providers import Provider
 from relay.upstream.routing import Router
 from relay.usage.log import UsageLog
@@ -44,6 +45,8 @@ class RelayState:
     usage: UsageLog
     storage: StorageHealth
     refusals: RefusalCounter
+    # Names upstream keys in audit rows without their value (operator toggles).
+    upstream_fingerprints: KeyFingerprints
     started_at: int = 0
     # This app's Prometheus instruments (a registry of its own: tests run many apps).
     metrics: RequestMetrics = field(default_factory=RequestMetrics)

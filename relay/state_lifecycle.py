@@ -37,6 +37,7 @@ from relay.money.wallet import LedgerEntry, Wallet
 from relay.state import RelayState
 from relay.storage.db import Database
 from relay.storage.health import StorageHealth
+from relay.upstream.fingerprint import KeyFingerprints
 from relay.upstream.providers import ClientFactory, build_provider
 from relay.usage.log import UsageLog
 from relay.usage.refusals import RefusalCounter, database_sink
@@ -154,6 +155,7 @@ async def open_state(
         refusals=RefusalCounter(
             database_sink(db) if cluster is None else refusal_sink(cluster.settler)
         ),
+        upstream_fingerprints=KeyFingerprints(secret.subkey("upstream-key")),
         started_at=int(time.time()),
         metrics=metrics,
         videos=VideoPoller(

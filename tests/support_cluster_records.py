@@ -32,13 +32,22 @@ def embedded_config(tmp_path: Path) -> Config:
     return parse_config(_config_text(tmp_path), base_dir=str(tmp_path))
 
 
+def cluster_config_text(tmp_path: Path, dsn: str, redis_port: int, extra: str = "") -> str:
+    """The embedded config's text on PostgreSQL and Redis (``extra`` appended)."""
+    db = 1 + secrets.randbelow(15)
+    return (
+        _config_text(tmp_path)
+        + extra
+        + (
+            f'\n[storage]\nurl = "{dsn}"\n'
+            f'[cluster]\nredis_url = "redis://127.0.0.1:{redis_port}/{db}"\nlease_s = 3\n'
+        )
+    )
+
+
 def cluster_config(tmp_path: Path, dsn: str, redis_port: int) -> Config:
     """The embedded config on PostgreSQL and Redis: the same secret file (audit key)."""
-    db = 1 + secrets.randbelow(15)
-    text = _config_text(tmp_path) + (
-        f'\n[storage]\nurl = "{dsn}"\n'
-        f'[cluster]\nredis_url = "redis://127.0.0.1:{redis_port}/{db}"\nlease_s = 3\n'
-    )
+    text = cluster_config_text(tmp_path, dsn, redis_port)
     return parse_config(text, base_dir=str(tmp_path))
 
 

@@ -59,32 +59,34 @@ class Clock:
         return self.now
 
 
-def test_throttle_per_email_window_and_success_reset() -> None:
+async def test_throttle_per_email_window_and_success_reset() -> None:
     clock = Clock()
-    throttle = LoginThrottle(per_email=3, per_ip=100, window_s=60, clock=clock)
+    throttle = LoginThrottle.in_memory(per_email=3, per_ip=100, window_s=60, clock=clock)
     for _ in range(3):
-        assert throttle.retry_after("1.1.1.1", "a@x") == 0
-        throttle.failed("1.1.1.1", "a@x")
-    assert throttle.retry_after("1.1.1.1", "a@x") == pytest.approx(60)
-    assert throttle.retry_after("2.2.2.2", "a@x") > 0  # the email is locked from anywhere
-    assert throttle.retry_after("1.1.1.1", "b@x") == 0  # other emails are not
+        assert await throttle.retry_after("1.1.1.1", "a@x") == 0
+        await throttle.failed("1.1.1.1", "a@x")
+    assert await throttle.retry_after("1.1.1.1", "a@x") == pytest.approx(60)
+    assert await throttle.retry_after("2.2.2.2", "a@x") > 0  # the email is locked from anywhere
+    assert await throttle.retry_after("1.1.1.1", "b@x") == 0  # other emails are not
     clock.now += 61
-    assert throttle.retry_after("1.1.1.1", "a@x") == 0
-    throttle.failed("1.1.1.1", "a@x")
-    throttle.succeeded("a@x")
-    throttle.failed("1.1.1.1", "a@x")
-    throttle.failed("1.1.1.1", "a@x")
-    assert throttle.retry_after("1.1.1.1", "a@x") == 0
+    assert await throttle.retry_after("1.1.1.1", "a@x") == 0
+    await throttle.failed("1.1.1.1", "a@x")
+    await throttle.succeeded("a@x")
+    await throttle.failed("1.1.1.1", "a@x")
+    await throttle.failed("1.1.1.1", "a@x")
+    assert await throttle.retry_after("1.1.1.1", "a@x") == 0
 
 
-def test_throttle_per_ip_across_emails_and_bounded_memory() -> None:
+async def test_throttle_per_ip_across_emails_and_bounded_memory() -> None:
     clock = Clock()
-    throttle = LoginThrottle(per_email=100, per_ip=4, window_s=60, max_entries=3, clock=clock)
+    throttle = LoginThrottle.in_memory(
+        per_email=100, per_ip=4, window_s=60, max_entries=3, clock=clock
+    )
     for n in range(4):
-        throttle.failed("9.9.9.9", f"user{n}@x")
-    assert throttle.retry_after("9.9.9.9", "new@x") > 0
+        await throttle.failed("9.9.9.9", f"user{n}@x")
+    assert await throttle.retry_after("9.9.9.9", "new@x") > 0
     # Only the 3 most recently failing emails are remembered.
-    assert throttle.retry_after("8.8.8.8", "user0@x") == 0
+    assert await throttle.retry_after("8.8.8.8", "user0@x") == 0
 
 
 # --- roles -------------------------------------------------------------------------------

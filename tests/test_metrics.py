@@ -12,6 +12,7 @@ from conftest import make_config
 from prometheus_client.parser import text_string_to_metric_families
 from support_accounts import Relay, auth, chat_body, run_relay
 
+from relay.http.admin_throttle import MAX_FAILURES
 from relay.metrics.instruments import RequestMetrics
 from relay.usage.log import UsageRecord
 
@@ -108,6 +109,11 @@ async def test_metrics_need_the_admin_or_the_metrics_token(relay: Relay) -> None
         good = await client.get("/metrics", headers=auth(METRICS_TOKEN))
         assert good.status_code == 200
         assert "relay_requests_total" in good.text or "relay_in_flight_requests" in good.text
+        # A scraper is not guessing the admin token: more scrapes than the admin-token
+        # throttle allows guesses (relay.http.admin_throttle) are all answered.
+        for _ in range(MAX_FAILURES + 2):
+            scrape = await client.get("/metrics", headers=auth(METRICS_TOKEN))
+            assert scrape.status_code == 200, scrape.text
 
 
 async def test_upstream_key_health_is_labelled_by_position(

@@ -146,8 +146,15 @@ async def test_upstream_keys_are_listed_and_switched_by_position(
         assert enabled.json()["disabled"] is None
         missing = await relay.client.post("/admin/upstreams/fake/keys/3/disable")
         assert missing.status_code == 404
-        actions = [row["action"] for row in await relay.audit()]
+        rows = await relay.audit()
+        actions = [row["action"] for row in rows]
         assert "upstream.disable" in actions and "upstream.enable" in actions
+        # Named by position and fingerprint (what cluster instances replay by), never value.
+        fingerprint = relay.state.upstream_fingerprints.of("sk-a")
+        toggle = json.loads(next(r["detail"] for r in rows if r["action"] == "upstream.disable"))
+        assert toggle == {"provider": "fake", "position": 1, "fingerprint": fingerprint}
+        assert fingerprint != relay.state.upstream_fingerprints.of("sk-b")
+        assert "sk-a" not in json.dumps(rows)
 
 
 async def test_a_reload_that_rebuilds_a_provider_keeps_the_operators_key_state(

@@ -1,9 +1,11 @@
 """Admin handlers for live operations: ``POST /admin/reload`` and the upstream key pools.
 
 Pool keys are named by provider and position (``#1`` is the first of ``api_keys``),
-never by value. Enabling a key clears a rejection or a cool-down; disabling one takes it
-out of rotation until it is enabled again, across reloads that keep the key (matched by
-value; a key removed from ``api_keys`` takes its state with it).
+never by value; a toggle's audit row also names the key by its fingerprint
+(``relay.upstream.fingerprint``), which cluster instances replay by. Enabling a key clears
+a rejection or a cool-down; disabling one takes it out of rotation until it is enabled
+again, across reloads that keep the key (matched by value; a key removed from
+``api_keys`` takes its state with it).
 """
 
 from __future__ import annotations
@@ -77,7 +79,13 @@ async def _set_key(request: Request, state: RelayState, *, enable: bool) -> Resp
         actor=ADMIN_ACTOR,
         action=operator_action(enable=enable),
         target=f"{provider}#{key.index}",
-        detail={"provider": provider, "position": key.index},
+        # The fingerprint is what cluster instances replay by (a reload may reorder the
+        # keys); the position is for the humans reading the chain.
+        detail={
+            "provider": provider,
+            "position": key.index,
+            "fingerprint": state.upstream_fingerprints.of(key.secret),
+        },
     )
     key.set_by_operator(enable=enable)
     view = next(

@@ -3,12 +3,17 @@
 Embedded, ``POST /admin/upstreams/{provider}/keys/{n}/enable|disable`` changes the one
 process's key pool. In cluster mode every instance has its own pool (from the same config
 file), so the change must reach each. Its record is the audit row the route appends to
-PostgreSQL's chain (``upstream.enable`` / ``upstream.disable``, detail: provider and
-position); the route then announces ``upstream`` on the invalidation bus, and every
-instance replays the toggle rows it has not applied yet, in id order (``catch_up``). The
-same replay runs on a full reload (``all``: start-up, a lost message), so an instance
-started later, or one that missed the message, ends with the same keys taken out of
-rotation. Positions are the shared config file's (``#1`` is the first of ``api_keys``).
+PostgreSQL's chain (``upstream.enable`` / ``upstream.disable``, detail: provider, position
+and the key's fingerprint, ``relay.upstream.fingerprint``); the route then announces
+``upstream`` on the invalidation bus, and every instance replays the toggle rows it has not
+applied yet, in id order (``catch_up``). The same replay runs on a full reload (``all``:
+start-up, a lost message), so an instance started later, or one that missed the message,
+ends with the same keys taken out of rotation.
+
+A row is replayed on the key with its fingerprint, wherever a reload has moved it (as an
+embedded reload matches keys by value); a key no longer configured takes its toggles with
+it. Rows written before fingerprints were recorded name only a position (``#1`` is the
+first of ``api_keys``) and replay by it, as they always did.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 
 import msgspec
 
-from relay.upstream.keypool import OPERATOR_ACTIONS
+from relay.upstream.fingerprint import KeyFingerprints
+from relay.upstream.keypool import OPERATOR_ACTIONS, UpstreamKey
 from relay.upstream.providers import Provider
 
 __all__ = ["UpstreamToggles"]
@@ -35,6 +41,7 @@ _ACTIONS = tuple(OPERATOR_ACTIONS)
 class _Toggle(msgspec.Struct):
     provider: str
     position: int
+    fingerprint: str = ""  # absent from rows recorded before it was
 
 
 _decode_toggle = msgspec.json.Decoder(_Toggle).decode
@@ -43,8 +50,9 @@ _decode_toggle = msgspec.json.Decoder(_Toggle).decode
 class UpstreamToggles:
     """One instance's replay of the cluster's upstream toggles (the last applied id)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, fingerprints: KeyFingerprints) -> None:
         self._pool = pool
+        self._fingerprints = fingerprints
         self._applied_id = 0
         # The listener and the heartbeat's full reload may both replay: one at a time, so
         # the rows are applied in id order.
@@ -63,14 +71,28 @@ class UpstreamToggles:
                 self._applied_id = int(row["id"])
             return len(rows)
 
-    @staticmethod
-    def _apply(providers: Mapping[str, Provider], action: str, detail: str) -> None:
+    def _apply(self, providers: Mapping[str, Provider], action: str, detail: str) -> None:
         toggle = _decode_toggle(detail)
         provider = providers.get(toggle.provider)
-        if provider is None or not 1 <= toggle.position <= len(provider.pool.keys):
+        key = None if provider is None else self._key_of(provider, toggle)
+        if key is None:
             # Named reason: the config read here no longer has that key (a reload removed
             # it); nothing to apply, as an embedded reload drops a removed key's state.
             log.info("cluster: toggle of %s#%d skipped", toggle.provider, toggle.position)
             return
-        key = provider.pool.keys[toggle.position - 1]
         key.set_by_operator(enable=OPERATOR_ACTIONS[action])
+
+    def _key_of(self, provider: Provider, toggle: _Toggle) -> UpstreamKey | None:
+        """The toggled key in this instance's pool: the one with the row's fingerprint (the
+        one at the row's position if the same value is configured twice), or for an older
+        row without one, the key at its position."""
+        keys = provider.pool.keys
+        at_position = keys[toggle.position - 1] if 1 <= toggle.position <= len(keys) else None
+        if not toggle.fingerprint:
+            return at_position
+        if at_position is not None and self._matches(at_position, toggle.fingerprint):
+            return at_position
+        return next((key for key in keys if self._matches(key, toggle.fingerprint)), None)
+
+    def _matches(self, key: UpstreamKey, fingerprint: str) -> bool:
+        return self._fingerprints.of(key.secret) == fingerprint

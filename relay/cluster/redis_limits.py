@@ -24,7 +24,8 @@ from typing import Any
 
 import msgspec
 
-from relay.errors import RateLimited, StorageUnavailable
+from relay.cluster.redis_errors import redis_answers
+from relay.errors import RateLimited
 
 __all__ = ["Bucket", "ClusterSlot", "Concurrency", "RedisLimiter"]
 
@@ -169,17 +170,10 @@ class RedisLimiter:
         args += [limit.limit for limit in concurrency]
         keys = [self._bucket_key(b) for b in buckets]
         keys += [self._concurrency_key(c) for c in concurrency]
-        try:
+        # A Redis failure admits nothing: a slot the script may have placed expires with
+        # its lease.
+        with redis_answers():
             ok, wait_ms, busy = await self._take(keys=keys, args=args)
-        except Exception as exc:  # named below: only Redis's own failures become a 503
-            from redis.exceptions import RedisError  # the 'cluster' extra, present here
-
-            if not isinstance(exc, RedisError):
-                raise
-            # Nothing was admitted: a slot the script may have placed expires with its lease.
-            raise StorageUnavailable(
-                f"the cluster's Redis did not answer ({type(exc).__name__}); retry shortly"
-            ) from None
         if int(ok) != 1:
             if int(busy):
                 raise RateLimited(

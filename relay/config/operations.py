@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import os
 from typing import Annotated
 
 import msgspec
@@ -54,3 +56,8 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             host, sep, port = self.listen.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError('listen must be HOST:PORT, e.g. "127.0.0.1:9464"')
+
+    def is_token(self, token: str) -> bool:
+        """Is ``token`` the scraper's (the variable is read now: it may be set later)?"""
+        expected = os.environ.get(self.token_env) or ""
+        return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())

@@ -6,6 +6,10 @@ amount credited — waits here under a random token that only the redirect's URL
 The secret never travels in a URL, a cookie or a log line. A flash is bound to the
 session that made it, read at most once, and forgotten after ``TTL_MS``; the store is
 bounded, so abandoned flashes cannot grow it.
+
+Pages reach the store through ``FlashRecords``: ``FlashStore`` (this process) embedded, and
+in cluster mode ``relay.console.redis_flash.RedisFlashStore``, so a redirect that lands on
+another instance still finds its flash.
 """
 
 from __future__ import annotations
@@ -14,13 +18,24 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["FLASH_PARAM", "FlashStore", "TTL_MS"]
+__all__ = ["FLASH_PARAM", "FlashRecords", "FlashStore", "TTL_MS"]
 
 FLASH_PARAM = "flash"
 TTL_MS = 10 * 60_000
 _MAX_ITEMS = 10_000
 Clock = Callable[[], int]
+
+
+class FlashRecords(Protocol):
+    async def put(self, owner: str, values: dict[str, str]) -> str:
+        """Keep ``values`` for ``owner`` (a session id); returns the token for the URL."""
+        ...
+
+    async def take(self, owner: str, token: str) -> dict[str, str] | None:
+        """The values once, to their owner only; None if gone, expired or someone else's."""
+        ...
 
 
 def _now_ms() -> int:
@@ -35,7 +50,7 @@ class FlashStore:
         self._max_items = max_items
         self._items: OrderedDict[str, tuple[str, int, dict[str, str]]] = OrderedDict()
 
-    def put(self, owner: str, values: dict[str, str]) -> str:
+    async def put(self, owner: str, values: dict[str, str]) -> str:
         """Keep ``values`` for ``owner`` (a session id); returns the token for the URL."""
         self._expire()
         while len(self._items) >= self._max_items:
@@ -44,7 +59,7 @@ class FlashStore:
         self._items[token] = (owner, self._clock() + TTL_MS, dict(values))
         return token
 
-    def take(self, owner: str, token: str) -> dict[str, str] | None:
+    async def take(self, owner: str, token: str) -> dict[str, str] | None:
         """The values once, to their owner only; None if gone, expired or someone else's."""
         self._expire()
         found = self._items.get(token)

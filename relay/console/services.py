@@ -4,7 +4,9 @@ The keys are subkeys of the server secret (the file beside the configured databa
 cluster mode too: every instance reads the same file), one per purpose: session cookies,
 CSRF tokens, invite links, and the audit chain (the same key the AccountStore chains with,
 so console actions join the one audit trail). The stores are SQLite's, or in cluster mode
-PostgreSQL's (``relay.console.records``).
+PostgreSQL's (``relay.console.records``). The one-time flashes and the sign-in throttle
+live in this process, or in cluster mode in the cluster's Redis (every instance reads the
+same flash and counts the same guesses).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from relay.cluster.pg_money_views import PgMoneyViews
 from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_users import PgUserStore
 from relay.console.auth.sessions import SessionStore
+from relay.console.auth.throttle import LoginThrottle
+from relay.console.flash import FlashRecords, FlashStore
 from relay.console.invites import InviteStore
 from relay.console.money_views import MoneyViews, WalletViews
 from relay.console.password_resets import PasswordResets
 from relay.console.pg_console import PgInviteStore, PgPasswordResets, PgSessionStore
 from relay.console.pg_tickets import PgTicketStore
 from relay.console.records import InviteRecords, ResetRecords, SessionRecords, TicketRecords
+from relay.console.redis_flash import RedisFlashStore
 from relay.console.spend_charts import RollupCharts, SpendCharts
 from relay.console.tickets import TicketStore
 from relay.identity.server_secret import ServerSecret, secret_path_for
@@ -56,6 +61,8 @@ class Services:
     reader: RowReader
     money: MoneyViews
     charts: SpendCharts
+    flashes: FlashRecords
+    throttle: LoginThrottle
 
 
 def user_records(state: RelayState, audit_key: bytes) -> UserRecords:
@@ -88,6 +95,8 @@ def open_services(state: RelayState) -> Services:
             reader=state.db,
             money=WalletViews(state.wallet),
             charts=RollupCharts(state.db),
+            flashes=FlashStore(),
+            throttle=LoginThrottle.in_memory(),
         )
     # Cluster mode: rows every instance shares; the keys are the same on every instance
     # because they derive from the one secret file beside the configured database path.
@@ -103,4 +112,6 @@ def open_services(state: RelayState) -> Services:
         reader=PgReader(pool),
         money=PgMoneyViews(state.cluster),
         charts=RollupCharts(PgReader(pool)),
+        flashes=RedisFlashStore(state.cluster.redis),
+        throttle=LoginThrottle.in_redis(state.cluster.redis),
     )

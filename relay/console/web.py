@@ -1,15 +1,16 @@
 """The console's request plumbing: who is asking, may they, and how pages answer.
 
-``Console`` holds what lives as long as the app (templates, the sign-in throttle, the
-stores built on the lifespan's database). ``page(...)`` declares a handler's access
-level; ``Console.endpoint`` wraps it so that, before the handler runs, the session cookie
-is checked, every unsafe request passes the CSRF and Origin checks, and the account in
-the URL is resolved to the caller's role in it (a non-member gets 404, so account ids
-cannot be probed). Handlers get a ``Ctx`` and return a response.
+``Console`` holds what lives as long as the app (templates, and the services built on the
+lifespan's state: stores, the sign-in throttle, the one-time flashes). ``page(...)``
+declares a handler's access level; ``Console.endpoint`` wraps it so that, before the
+handler runs, the session cookie is checked, every unsafe request passes the CSRF and
+Origin checks, and the account in the URL is resolved to the caller's role in it (a
+non-member gets 404, so account ids cannot be probed). Handlers get a ``Ctx`` and return a response.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from relay.console.auth.csrf import CSRF_FIELD, csrf_token, origin_allowed, valid_csrf_token
 from relay.console.auth.sessions import PRE_SESSION_COOKIE, SESSION_COOKIE, Session
 from relay.console.auth.signing import sign, unsign
-from relay.console.auth.throttle import LoginThrottle
-from relay.console.flash import FLASH_PARAM, FlashStore
+from relay.console.flash import FLASH_PARAM
 from relay.console.services import Services, open_services
 from relay.console.templating import build_templates
-from relay.errors import NotFound, RelayError
+from relay.errors import NotFound, RelayError, StorageUnavailable
 from relay.http.responses import read_body
 from relay.identity.accounts import Account
 from relay.identity.roles import Permission, Role, allows
@@ -46,6 +46,8 @@ __all__ = [
     "page",
     "set_cookie",
 ]
+
+log = logging.getLogger(__name__)
 
 Access = Literal["public", "user", "account", "operator"]
 Handler = Callable[["Ctx"], Awaitable[Response]]
@@ -198,13 +200,22 @@ class Ctx:
     @property
     def flash(self) -> dict[str, str]:
         """What the redirect that led here left for this page (taken once, then gone)."""
-        if self._flash is None:
-            token = self.request.query_params.get(FLASH_PARAM, "")
-            found = None
-            if token and self.session is not None:
-                found = self.console.flashes.take(self.session.id, token)
-            self._flash = found or {}
-        return self._flash
+        return self._flash or {}
+
+    async def take_flash(self) -> None:
+        """Take this page's flash (``?flash=``) from the store, once, before the handler.
+
+        A store that does not answer (the cluster's Redis) leaves the flash where it is,
+        until its TTL: the error page asks for a reload, which takes it then.
+        """
+        token = self.request.query_params.get(FLASH_PARAM, "")
+        if token and self.session is not None and self._flash is None:
+            try:
+                self._flash = await self.services.flashes.take(self.session.id, token)
+            except StorageUnavailable:
+                raise ConsoleError(
+                    503, "This page's one-time message could not be read just now: reload it."
+                ) from None
 
     def render(self, template: str, *, status: int = 200, **values: Any) -> Response:
         notice = self.flash.get("notice") or NOTICES.get(
@@ -215,18 +226,39 @@ class Ctx:
         )
         return HTMLResponse(body, status_code=status)
 
-    def redirect(
-        self, url: str, notice: str = "", *, flash: dict[str, str] | None = None
-    ) -> Response:
-        """303 to ``url``; ``flash`` (e.g. a notice naming an amount) waits server-side."""
+    def redirect(self, url: str, notice: str = "", *, flash_token: str = "") -> Response:
+        """303 to ``url``, with a notice's name and a flash's token in its query."""
         query: dict[str, str] = {}
         if notice:
             query["notice"] = notice
-        if flash and self.session is not None:
-            query[FLASH_PARAM] = self.console.flashes.put(self.session.id, flash)
+        if flash_token:
+            query[FLASH_PARAM] = flash_token
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         return RedirectResponse(url, status_code=303)
+
+    async def redirect_flash(
+        self, url: str, flash: dict[str, str], notice: str = "", *, if_lost: str = ""
+    ) -> Response:
+        """303 to ``url``; ``flash`` (a notice naming an amount, a new key's secret) waits
+        server-side for that page.
+
+        The change is made by now. If the store does not answer, a flash that only confirms
+        is dropped (the redirect still shows ``notice``); one that carries what cannot be
+        shown again names it in ``if_lost``, and the user gets an error page saying the
+        change was made and what to do, never a page silently missing the secret.
+        """
+        if self.session is None:
+            return self.redirect(url, notice)
+        try:
+            token = await self.services.flashes.put(self.session.id, flash)
+        except StorageUnavailable:
+            if if_lost:
+                done = flash.get("notice", "The change was made.")
+                raise ConsoleError(503, f"{done} {if_lost}") from None
+            log.warning("console: a confirmation flash was dropped (its store did not answer)")
+            return self.redirect(url, notice)
+        return self.redirect(url, notice, flash_token=token)
 
 
 class Console:
@@ -234,8 +266,6 @@ class Console:
 
     def __init__(self) -> None:
         self.templates = build_templates()
-        self.throttle = LoginThrottle()
-        self.flashes = FlashStore()
         self._services: Services | None = None
 
     def services(self, state: RelayState) -> Services:
@@ -259,6 +289,7 @@ class Console:
 
     async def _run(self, ctx: Ctx, spec: Page) -> Response:
         await self._load_session(ctx)
+        await ctx.take_flash()
         if ctx.request.method not in _SAFE_METHODS:
             await self._check_form(ctx)
         if spec.access != "public" and ctx.user is None:

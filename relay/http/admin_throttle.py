@@ -2,14 +2,20 @@
 
 The admin token is accepted by the admin API and, as the operator's smoke-test
 credential, on the data plane; both compare it in constant time. A client presenting
-a credential that is not a relay key (``rk_...``) and not the admin token is guessing
-it: after ``max_failures`` such guesses in ``window_s`` its IP gets 429 (with
+a credential that is not a relay key (``rk_...``), not the admin token and not the
+metrics token (``[metrics] token_env``, which a scraper sends every few seconds) is
+guessing it: after ``max_failures`` such guesses in ``window_s`` its IP gets 429 (with
 ``retry-after``) for any non-key credential, the right token included, until the oldest
 guess ages out. Requests with a relay key never pay for this beyond a prefix check.
 
 The IP is ``relay.http.client_ip``'s (``[server] trusted_proxies`` decide whether
 ``X-Forwarded-For`` counts). With no admin token configured there is nothing to guess
 and the middleware passes everything through.
+
+Embedded, the guesses are counted in this process; in cluster mode in the cluster's Redis
+(``relay.cluster.redis_failures``), so N instances behind a load balancer allow the same
+``max_failures`` as one. If Redis does not answer, a non-key credential gets 503 (fail
+closed: an uncounted guess is an unlimited one); relay keys are never affected.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.errors import RateLimited
+from relay.cluster.redis_failures import RedisFailures
+from relay.cluster.runtime import ClusterRuntime
+from relay.errors import RateLimited, StorageUnavailable
 from relay.http.client_ip import client_ip
-from relay.http.failures import FailureWindow
+from relay.http.failures import Failures, LocalFailures
 from relay.http.responses import error_response
 from relay.identity.keys import KEY_PREFIX
 from relay.state import RelayState
@@ -49,6 +57,11 @@ def _non_key_credential(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def _known_token(state: RelayState, token: str) -> bool:
+    """The admin token, or the metrics token (a scraper is not guessing)."""
+    return state.auth.is_admin_token(token) or state.config.metrics.is_token(token)
+
+
 class AdminTokenThrottle:
     def __init__(
         self,
@@ -60,8 +73,23 @@ class AdminTokenThrottle:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
-        self._failures = FailureWindow(max_failures, window_s, max_entries)
-        self._clock = clock
+        self._max_failures = max_failures
+        self._window_s = window_s
+        self._local = LocalFailures(max_failures, window_s, max_entries, clock)
+        # The cluster's counts, made on the first request that needs them (the runtime
+        # opens in the lifespan, after this middleware was built).
+        self._shared: tuple[ClusterRuntime, Failures] | None = None
+
+    def _failures(self, state: RelayState) -> Failures:
+        cluster = state.cluster
+        if cluster is None:
+            return self._local
+        if self._shared is None or self._shared[0] is not cluster:
+            failures = RedisFailures(
+                cluster.redis, "admin-token", limit=self._max_failures, window_s=self._window_s
+            )
+            self._shared = (cluster, failures)
+        return self._shared[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,8 +101,14 @@ class AdminTokenThrottle:
             await self.app(scope, receive, send)
             return
         ip = client_ip(scope, state.config.server.trusted_proxies)
-        now = self._clock()
-        wait_s = self._failures.retry_after(ip, now)
+        failures = self._failures(state)
+        try:
+            wait_s = await failures.retry_after(ip)
+            if wait_s <= 0 and not _known_token(state, token):
+                await failures.add(ip)
+        except StorageUnavailable as exc:
+            await error_response(exc)(scope, receive, send)
+            return
         if wait_s > 0:
             refused = RateLimited(
                 "Too many wrong admin tokens from this address; try again later",
@@ -82,6 +116,4 @@ class AdminTokenThrottle:
             )
             await error_response(refused)(scope, receive, send)
             return
-        if not state.auth.is_admin_token(token):
-            self._failures.add(ip, now)
         await self.app(scope, receive, send)

@@ -6,9 +6,6 @@ ASGI app with just this route, sharing the main app's state.
 
 from __future__ import annotations
 
-import hmac
-import os
-
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,8 +32,7 @@ def _check_token(request: Request, state: RelayState) -> None:
         raise AuthError("Missing token: send 'Authorization: Bearer <admin or metrics token>'")
     if state.auth.is_admin_token(token):
         return
-    metrics_token = os.environ.get(state.config.metrics.token_env) or ""
-    if metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode()):
+    if state.config.metrics.is_token(token):
         return
     raise AuthError("Invalid token for /metrics")
 

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
+from relay.cluster.pg_identity import ClusterAccountStore
 from relay.console.forms import FieldErrors, checked, parse_count, parse_future_day, parse_usd
 from relay.console.key_limits import loosened_limits
 from relay.console.snippets import base_url, pick_model, snippets
@@ -177,6 +178,16 @@ async def _last_used(ctx: Ctx, account_id: str) -> dict[str, int]:
     return found
 
 
+async def _new_key(ctx: Ctx, key_id: str) -> ApiKey | None:
+    """The key just created, whose secret the flash carries."""
+    store = ctx.state.store
+    if key_id not in store.keys and isinstance(store, ClusterAccountStore):
+        # Created through another instance a moment ago: the redirect may land here before
+        # that instance's announcement does.
+        await store.find_missing(None, key_id)
+    return store.keys.get(key_id)
+
+
 async def _render_list(
     ctx: Ctx, *, status: int = 200, errors: FieldErrors | None = None
 ) -> Response:
@@ -185,7 +196,7 @@ async def _render_list(
     keys = sorted(ctx.state.store.keys_of(account_id), key=lambda k: k.created_at_ms, reverse=True)
     allowed = await _manageable(ctx)
     secret = ctx.flash.get("secret", "")
-    new_key = ctx.state.store.keys.get(ctx.flash.get("key_id", "")) if secret else None
+    new_key = await _new_key(ctx, ctx.flash.get("key_id", "")) if secret else None
     url = base_url(ctx.state.config, ctx.request)
     model = pick_model(ctx.state.router.models, new_key)
     return ctx.render(
@@ -223,7 +234,11 @@ async def create_key(ctx: Ctx) -> Response:
     await ctx.services.users.note_key_creator(key.id, ctx.user.id)
     # The secret waits server-side for the next page only: never in a URL, never twice.
     flash = {"secret": secret, "key_id": key.id, "notice": f"Key “{key.label}” created."}
-    return ctx.redirect(ctx.account_url("keys"), flash=flash)
+    lost = (
+        "Its secret could not be shown (the console's store did not answer) and is kept"
+        " nowhere: revoke this key on the Keys page and create another."
+    )
+    return await ctx.redirect_flash(ctx.account_url("keys"), flash, if_lost=lost)
 
 
 async def _render_key(

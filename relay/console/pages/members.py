@@ -97,7 +97,11 @@ async def invite_member(ctx: Ctx) -> Response:
         "mailed_to": mailed_to,
         "notice": f"Invite link for a new {role.value} created.",
     }
-    return ctx.redirect(ctx.account_url("members"), flash=flash)
+    lost = (
+        "Its link could not be shown (the console's store did not answer): revoke the new"
+        " invite on the Members page and create another."
+    )
+    return await ctx.redirect_flash(ctx.account_url("members"), flash, if_lost=lost)
 
 
 @page("account", Permission.MANAGE_MEMBERS)
@@ -107,7 +111,7 @@ async def revoke_invite(ctx: Ctx) -> Response:
     if not await ctx.services.invites.revoke(ctx.account.id, ref, actor=ctx.actor):
         raise ConsoleError(404, "That invite was already used, revoked or has expired.")
     notice = "Invite revoked: its link no longer works."
-    return ctx.redirect(ctx.account_url("members"), flash={"notice": notice})
+    return await ctx.redirect_flash(ctx.account_url("members"), {"notice": notice})
 
 
 @page("account", Permission.MANAGE_MEMBERS)

@@ -148,7 +148,7 @@ async def create_account(ctx: Ctx) -> Response:
         errors.add("name", exc.message)
         return await _render_accounts(ctx, status=400, errors=errors)
     notice = f"Account “{account.name}” created ({account.mode}). Credit it below."
-    return ctx.redirect(account_page(account), flash={"notice": notice})
+    return await ctx.redirect_flash(account_page(account), {"notice": notice})
 
 
 async def render_account(
@@ -192,7 +192,7 @@ async def save_account(ctx: Ctx) -> Response:
         return await render_account(ctx, account, status=400, errors=errors)
     ctx.state.gate.limiter.forget_account(changed.id)
     notice = f"Settings of “{changed.name}” saved."
-    return ctx.redirect(account_page(changed), flash={"notice": notice})
+    return await ctx.redirect_flash(account_page(changed), {"notice": notice})
 
 
 def _confirm_status(ctx: Ctx, account: Account) -> Response:
@@ -238,7 +238,7 @@ async def set_account_status(ctx: Ctx) -> Response:
         if status == "suspended"
         else f"“{account.name}” is active again."
     )
-    return ctx.redirect(account_page(account), flash={"notice": notice})
+    return await ctx.redirect_flash(account_page(account), {"notice": notice})
 
 
 @page("operator")
@@ -250,7 +250,7 @@ async def cancel_account_deletion(ctx: Ctx) -> Response:
         f"Deletion of “{account.name}” cancelled. It stays suspended and its keys stay "
         "revoked until you activate it and its people create new keys."
     )
-    return ctx.redirect(account_page(account), flash={"notice": notice})
+    return await ctx.redirect_flash(account_page(account), {"notice": notice})
 
 
 @page("operator")

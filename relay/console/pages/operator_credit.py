@@ -75,12 +75,12 @@ async def credit_account(ctx: Ctx) -> Response:
             account.id, amount, reference, note=note, actor=ctx.actor
         )
         if receipt is None:
-            return _already_credited(ctx, account, reference)
-        return _credited(ctx, account, amount, reference)
+            return await _already_credited(ctx, account, reference)
+        return await _credited(ctx, account, amount, reference)
     try:
         entry = state.wallet.prepare(account.id, "credit", amount, reference=reference, note=note)
     except DuplicateReference:
-        return _already_credited(ctx, account, reference)
+        return await _already_credited(ctx, account, reference)
     # Ledger row, payment row, receipt and audit row commit together; then the wallet
     # moves, as the admin API's credit does.
     write = manual_credit_write(
@@ -92,14 +92,15 @@ async def credit_account(ctx: Ctx) -> Response:
         detail={"amount_micros": amount, "reference": reference},
     )
     await commit_credit(state.db, state.wallet, entry, write)
-    return _credited(ctx, account, amount, reference)
+    return await _credited(ctx, account, amount, reference)
 
 
-def _credited(ctx: Ctx, account: Account, amount: int, reference: str) -> Response:
+async def _credited(ctx: Ctx, account: Account, amount: int, reference: str) -> Response:
     notice = f"Credited {format_usd(amount)} to “{account.name}” (reference {reference})."
-    return ctx.redirect(account_page(account), notice="credited", flash={"notice": notice})
+    return await ctx.redirect_flash(account_page(account), {"notice": notice}, "credited")
 
 
-def _already_credited(ctx: Ctx, account: Account, reference: str) -> Response:
+async def _already_credited(ctx: Ctx, account: Account, reference: str) -> Response:
     notice = f"Reference {reference} was already credited to “{account.name}”: nothing changed."
-    return ctx.redirect(account_page(account), notice="already-credited", flash={"notice": notice})
+    flash = {"notice": notice}
+    return await ctx.redirect_flash(account_page(account), flash, "already-credited")

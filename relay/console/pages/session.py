@@ -7,7 +7,7 @@ from starlette.responses import RedirectResponse, Response
 from relay.console.auth.sessions import SESSION_COOKIE, SESSION_LIFETIME_MS
 from relay.console.auth.signing import sign
 from relay.console.web import ConsoleError, Ctx, page, set_cookie
-from relay.errors import RelayError
+from relay.errors import RelayError, StorageUnavailable
 from relay.http.client_ip import client_ip
 from relay.identity.users import User
 
@@ -62,18 +62,41 @@ async def login(ctx: Ctx) -> Response:
     email = ctx.form.get("email", "").strip().lower()
     target = ctx.form.get("next", "")
     ip = client_ip(ctx.request.scope, ctx.state.config.server.trusted_proxies)
-    throttle = ctx.console.throttle
-    wait_s = throttle.retry_after(ip, email)
+    try:
+        user = await _check_password(ctx, ip, email)
+    except StorageUnavailable:
+        # Fail closed: a throttle that cannot count guesses (the cluster's Redis) would let
+        # them run unlimited, so nobody signs in until it answers.
+        message = "Sign-in is unavailable for a moment. Please try again shortly."
+        return ctx.render("login.html", status=503, error=message, email=email, next=target)
+    except _Refused as refused:
+        return ctx.render(
+            "login.html", status=refused.status, error=refused.message, email=email, next=target
+        )
+    return await start_session(ctx, user, target)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _check_password(ctx: Ctx, ip: str, email: str) -> User:
+    """The user whose password this is, counted by the sign-in throttle; ``_Refused`` when
+    throttled or wrong."""
+    throttle = ctx.services.throttle
+    wait_s = await throttle.retry_after(ip, email)
     if wait_s > 0:
-        message = f"Too many failed sign-ins. Try again in {int(wait_s) // 60 + 1} minutes."
-        return ctx.render("login.html", status=429, error=message, email=email, next=target)
+        minutes = int(wait_s) // 60 + 1
+        raise _Refused(429, f"Too many failed sign-ins. Try again in {minutes} minutes.")
     user = await ctx.services.users.authenticate(email, ctx.form.get("password", ""))
     if user is None:
-        throttle.failed(ip, email)
-        message = "That email and password do not match an active user."
-        return ctx.render("login.html", status=401, error=message, email=email, next=target)
-    throttle.succeeded(email)
-    return await start_session(ctx, user, target)
+        await throttle.failed(ip, email)
+        raise _Refused(401, "That email and password do not match an active user.")
+    await throttle.succeeded(email)
+    return user
 
 
 @page("public")
