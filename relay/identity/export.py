@@ -31,7 +31,7 @@ from typing import IO, Any, NamedTuple
 import msgspec
 
 from relay.csv_cells import csv_text
-from relay.identity.account_records import AccountRecords
+from relay.identity.account_records import AccountRecords, DeletionRequest
 from relay.identity.accounts import Account
 from relay.storage.zip_stream import ZipStream, new_spool
 
@@ -186,7 +186,7 @@ async def _read_part(
         raise
 
 
-def _profile(account: Account, deletion: Any, now_ms: int) -> bytes:
+def _profile(account: Account, deletion: DeletionRequest | None, now_ms: int) -> bytes:
     profile = msgspec.structs.asdict(account)
     profile["deletion_request"] = msgspec.structs.asdict(deletion) if deletion else None
     profile["exported_at_ms"] = now_ms
