@@ -106,8 +106,8 @@ async def test_two_instances_share_accounts_keys_and_balances(
                     break
                 assert time.monotonic() - started < 1.0, "revocation not seen within 1 s"
                 await asyncio.sleep(0.01)
-            # A route that does not run on PostgreSQL yet says so instead of answering wrong.
-            archives = await ca.get(f"/console/a/{account_id}/archives", headers=ADMIN)
+            # A route the cluster does not list says so instead of answering wrong.
+            archives = await ca.get(f"/console/a/{account_id}/nowhere", headers=ADMIN)
             assert archives.status_code == 501
             assert archives.json()["error"]["code"] == "not_available_in_cluster_mode"
         await conn.close()

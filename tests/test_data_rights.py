@@ -181,6 +181,16 @@ async def test_deletion_suspends_now_and_erases_after_30_days(
 # --- CLI -----------------------------------------------------------------------------------
 
 
+def _small_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("profile.json", "{}")
+    return buffer.getvalue()
+
+
+_ZIP = _small_zip()
+
+
 class AdminFake:
     """A fake admin API for ``relay export`` and ``relay erase``; records what it receives."""
 
@@ -191,7 +201,9 @@ class AdminFake:
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request)
         if request.url.path == "/admin/accounts/acme/export":
-            return httpx.Response(200, content=b"PK-zip-bytes")
+            return httpx.Response(200, content=_ZIP)
+        if request.url.path == "/admin/accounts/cut/export":  # no end of central directory
+            return httpx.Response(200, content=_ZIP[:-22])
         if request.url.path == "/admin/accounts/acme/deletion":
             body = {"account_id": "acct_1", "requested_at_ms": 0, "erase_after_ms": 30 * DAY_MS}
             return httpx.Response(202, json=body)
@@ -218,11 +230,16 @@ def test_cli_export_writes_the_zip(
 ) -> None:
     out = tmp_path / "acme.zip"
     code, message, _ = admin_fake.run(["export", "acme", "--out", str(out)], capsys)
-    assert code == 0 and out.read_bytes() == b"PK-zip-bytes" and message.startswith("wrote")
+    assert code == 0 and out.read_bytes() == _ZIP and message.startswith("wrote")
     assert admin_fake.seen[0].headers["authorization"] == "Bearer tok"
     assert str(admin_fake.seen[0].url) == "http://127.0.0.1:9911/admin/accounts/acme/export"
     code, _, err = admin_fake.run(["export", "ghost"], capsys)
     assert code == 1 and err == "relay: No account 'ghost'\n"
+    # A body without the zip's end: no file, not even the temporary one.
+    cut = tmp_path / "cut.zip"
+    code, _, err = admin_fake.run(["export", "cut", "--out", str(cut)], capsys)
+    assert code == 1 and "ended before its end" in err
+    assert not cut.exists() and list(tmp_path.glob("*.part")) == []
 
 
 def test_cli_erase_needs_yes(admin_fake: AdminFake, capsys: pytest.CaptureFixture[str]) -> None:

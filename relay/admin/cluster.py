@@ -159,6 +159,14 @@ CLUSTER_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", r"/console/operator/accounts/[^/]+"),
     ("POST", r"/console/operator/accounts/[^/]+/(credit|status)"),
     ("GET", r"/console/operator/audit"),
+    # The console's data rights and archives (issue 18, part A): through the account
+    # records' seam (relay.cluster.pg_account_records), the export streamed.
+    ("POST", r"/console/a/[^/]+/export"),
+    ("GET", r"/console/a/[^/]+/delete"),
+    ("POST", r"/console/a/[^/]+/delete"),
+    ("GET", r"/console/a/[^/]+/archives"),
+    ("GET", r"/console/a/[^/]+/archives/[^/]+"),
+    ("POST", r"/console/operator/accounts/[^/]+/cancel-deletion"),
 )
 _ALLOWED = [(method, re.compile(pattern + r"/?")) for method, pattern in CLUSTER_ROUTES]
 

@@ -26,8 +26,10 @@ from relay.admin.common import (
     parse_usd,
 )
 from relay.errors import InvalidRequest, NotFound
+from relay.http.download import streamed_download
 from relay.http.responses import error_response, json_response, read_body
-from relay.identity.data_rights import build_export, request_deletion
+from relay.identity.data_rights import request_deletion
+from relay.identity.export import stream_export
 from relay.payments.auto_settings import AutoTopUpSettings
 from relay.payments.receipts import SellerDetails, receipt_view, render_receipt_html
 from relay.payments.runtime import payments_runtime
@@ -193,14 +195,17 @@ async def dismiss(request: Request, state: RelayState) -> Response:
 
 @admin_route
 async def export_account(request: Request, state: RelayState) -> Response:
+    """The account's zip, streamed (``relay.identity.export``); audited once it is complete."""
     account = state.store.account(request.path_params["account"])
-    archive = await build_export(account_records(state), state.store, account.id)
-    await state.store.record_action(
-        actor=ADMIN_ACTOR, action="account.export", target=account.id, detail={}
-    )
-    name = f"relay-export-{account.id}.zip"
-    headers = {"content-disposition": f'attachment; filename="{name}"'}
-    return Response(archive, media_type="application/zip", headers=headers)
+
+    async def record_export() -> None:
+        await state.store.record_action(
+            actor=ADMIN_ACTOR, action="account.export", target=account.id, detail={}
+        )
+
+    pieces = stream_export(account_records(state), account, record_export=record_export)
+    filename = f"relay-export-{account.id}.zip"
+    return await streamed_download(pieces, filename=filename, media_type="application/zip")
 
 
 @admin_route

@@ -53,7 +53,7 @@ def admin_token(server: ServerConfig) -> str:
 
 
 class AdminClient:
-    """Calls to one relay's admin API: JSON answers, and streamed or whole binary downloads."""
+    """Calls to one relay's admin API: JSON answers, and streamed downloads."""
 
     def __init__(
         self,
@@ -138,17 +138,6 @@ class AdminClient:
             raise self._unreachable() from None
         except httpx.HTTPError as exc:
             raise self._error(f"download from relay at {self.base_url} failed: {exc}") from None
-
-    def download(self, path: str) -> bytes:
-        """A whole binary answer (a zip, a file) in memory."""
-        try:
-            response = self._client.get(path)
-        except httpx.HTTPError as exc:
-            message = f"cannot download from relay at {self.base_url}: {type(exc).__name__}"
-            raise self._error(message) from None
-        if not response.is_success:
-            self._answer(response)  # raises the server's error message
-        return response.content
 
     # --- failures ----------------------------------------------------------------------------
 

@@ -1,15 +1,20 @@
 """``relay export ACCOUNT`` and ``relay erase ACCOUNT``: data rights, through the admin API.
 
-``export`` downloads the zip the server builds (JSON and CSV of everything relay holds
-about the account) and writes it to a file. ``erase`` asks for the account's deletion:
-the server suspends it and revokes its keys at once, and erases its personal data 30
-days later, keeping the money records under a pseudonym.
+``export`` streams the zip the server builds (JSON and CSV of everything relay holds
+about the account) into a file, never whole in memory: it is written beside the target
+under a temporary name and moved into place only once complete (the HTTP body ended and
+the zip has its end record), so an interrupted export never leaves a file that looks whole.
+``erase`` asks for the account's deletion: the server suspends it and revokes its keys at
+once, and erases its personal data 30 days later, keeping the money records under a pseudonym.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +23,39 @@ from relay.cli.commands import AddConfigOption, SubParsers, account_path, add_ur
 
 __all__ = ["add_data_rights_commands", "erase_command", "export_command"]
 
-# The server builds the whole zip before it answers: give it longer than a JSON call.
+# The server compresses a large part whole before its bytes come: give it longer than a
+# JSON call between pieces.
 EXPORT_TIMEOUT_S = TIMEOUT_S * 6
 
 
 def export_command(args: argparse.Namespace) -> Any:
-    with AdminClient.from_args(args, timeout=EXPORT_TIMEOUT_S) as admin:
-        archive = admin.download(f"{account_path(args.account)}/export")
     out = Path(args.out or f"relay-export-{args.account}.zip".replace("/", "_"))
-    out.write_bytes(archive)
+    partial = out.with_name(out.name + ".part")
+    try:
+        size = _download_export(args, partial)
+        os.replace(partial, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
     if args.json:
-        return {"account": args.account, "file": str(out), "bytes": len(archive)}
-    return f"wrote {out} ({len(archive)} bytes)"
+        return {"account": args.account, "file": str(out), "bytes": size}
+    return f"wrote {out} ({size} bytes)"
+
+
+def _download_export(args: argparse.Namespace, partial: Path) -> int:
+    """The export's bytes into ``partial``; their count. A broken body fails here."""
+    path = f"{account_path(args.account)}/export"
+    size = 0
+    with (
+        AdminClient.from_args(args, timeout=EXPORT_TIMEOUT_S) as admin,
+        admin.stream(path) as response,
+        partial.open("wb") as file,
+    ):
+        for piece in response.iter_bytes():
+            size += file.write(piece)
+    if not zipfile.is_zipfile(partial):
+        raise CommandError("the export ended before its end: no file written (try again)")
+    return size
 
 
 def erase_command(args: argparse.Namespace) -> Any:

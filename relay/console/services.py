@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.cluster.pg_account_records import PgAccountRecords
 from relay.cluster.pg_money_views import PgMoneyViews
 from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_users import PgUserStore
@@ -28,11 +29,13 @@ from relay.console.records import InviteRecords, ResetRecords, SessionRecords, T
 from relay.console.redis_flash import RedisFlashStore
 from relay.console.spend_charts import RollupCharts, SpendCharts
 from relay.console.tickets import TicketStore
+from relay.identity.account_records import AccountRecords, SqliteAccountRecords
 from relay.identity.server_secret import ServerSecret, secret_path_for
 from relay.identity.user_records import UserRecords
 from relay.identity.users import UserStore
 from relay.state import RelayState
 from relay.storage.reader import RowReader
+from relay.usage.retention import archive_dir_for
 
 __all__ = ["ConsoleKeys", "Services", "open_services", "user_records"]
 
@@ -63,6 +66,8 @@ class Services:
     charts: SpendCharts
     flashes: FlashRecords
     throttle: LoginThrottle
+    # An account's export, deletion request and usage archives (relay.identity.account_records).
+    records: AccountRecords
 
 
 def user_records(state: RelayState, audit_key: bytes) -> UserRecords:
@@ -97,6 +102,9 @@ def open_services(state: RelayState) -> Services:
             charts=RollupCharts(state.db),
             flashes=FlashStore(),
             throttle=LoginThrottle.in_memory(),
+            records=SqliteAccountRecords(
+                state.db, state.store.audit_key, archive_dir_for(state.config.database_path)
+            ),
         )
     # Cluster mode: rows every instance shares; the keys are the same on every instance
     # because they derive from the one secret file beside the configured database path.
@@ -114,4 +122,5 @@ def open_services(state: RelayState) -> Services:
         charts=RollupCharts(PgReader(pool)),
         flashes=RedisFlashStore(state.cluster.redis),
         throttle=LoginThrottle.in_redis(state.cluster.redis),
+        records=PgAccountRecords(pool, state.store.audit_key),
     )

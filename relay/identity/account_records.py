@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -26,8 +27,9 @@ __all__ = [
     "DELETION_COLUMNS",
     "AccountRecords",
     "DeletionRequest",
+    "ARCHIVE_READ_BYTES",
+    "DELETION_CANCELLED",
     "SqliteAccountRecords",
-    "UsageArchive",
     "read_deletion_request",
 ]
 
@@ -44,15 +46,15 @@ class DeletionRequest(msgspec.Struct, frozen=True):
 DELETION_COLUMNS = ", ".join(DeletionRequest.__struct_fields__)
 _SELECT_DELETION = f"SELECT {DELETION_COLUMNS} FROM deletion_requests WHERE account_id = ?"
 DELETION_REQUESTED = "account.deletion_requested"
+DELETION_CANCELLED = "account.deletion_cancelled"
+_CANCEL_DELETION = "DELETE FROM deletion_requests WHERE account_id = ? AND erased_at_ms IS NULL"
+# An archive file is read this much at a time (PostgreSQL's chunks are ARCHIVE_CHUNK_BYTES).
+ARCHIVE_READ_BYTES = 1 << 20
 
 
 async def read_deletion_request(reader: RowReader, account_id: str) -> DeletionRequest | None:
     row = await reader.fetchone(_SELECT_DELETION, (account_id,))
     return None if row is None else DeletionRequest(*tuple(row))
-
-
-# (file name, gzip bytes) of one of an account's monthly usage archives.
-UsageArchive = tuple[str, bytes]
 
 
 class AccountRecords(Protocol):
@@ -63,8 +65,12 @@ class AccountRecords(Protocol):
         """The tables this database has (the console's exist only once it ran)."""
         ...
 
-    async def usage_archives(self, account_id: str) -> list[UsageArchive]:
+    async def usage_archive_names(self, account_id: str) -> list[str]:
         """The account's usage archives, by name; one whose bytes are gone is left out."""
+        ...
+
+    def usage_archive_chunks(self, name: str) -> AsyncIterator[bytes]:
+        """One archive's gzip bytes, a bounded piece at a time (never the whole file)."""
         ...
 
     async def deletion_request(self, account_id: str) -> DeletionRequest | None: ...
@@ -72,6 +78,11 @@ class AccountRecords(Protocol):
     async def record_deletion(self, request: DeletionRequest) -> DeletionRequest:
         """Store the request, switch auto top-up off and append its audit row, in one
         transaction; answers the stored request (an earlier one stays, unaudited again)."""
+        ...
+
+    async def cancel_deletion(self, request: DeletionRequest, actor: str) -> bool:
+        """Delete the pending (not yet erased) request and append its audit row, in one
+        transaction; False (and no audit row) when there was none left to delete."""
         ...
 
 
@@ -91,15 +102,23 @@ class SqliteAccountRecords:
         rows = await self._db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
         return {str(row[0]) for row in rows}
 
-    async def usage_archives(self, account_id: str) -> list[UsageArchive]:
-        if self._archive_dir is None or "archives" not in await self.tables():
+    async def usage_archive_names(self, account_id: str) -> list[str]:
+        archive_dir = self._archive_dir
+        if archive_dir is None or "archives" not in await self.tables():
             return []
         rows = await self._db.fetchall(
             "SELECT name FROM archives WHERE kind = 'usage' AND account_id = ? ORDER BY name",
             (account_id,),
         )
-        paths = [self._archive_dir / str(row["name"]) for row in rows]
-        return await asyncio.to_thread(_read_files, paths)
+        names = [str(row["name"]) for row in rows]
+        # A file gone from disk is left out, as it always was (its record stays for the operator).
+        return await asyncio.to_thread(lambda: [n for n in names if (archive_dir / n).is_file()])
+
+    async def usage_archive_chunks(self, name: str) -> AsyncIterator[bytes]:
+        assert self._archive_dir is not None
+        with (self._archive_dir / name).open("rb") as file:
+            while chunk := await asyncio.to_thread(file.read, ARCHIVE_READ_BYTES):
+                yield chunk
 
     async def deletion_request(self, account_id: str) -> DeletionRequest | None:
         return await read_deletion_request(self._db, account_id)
@@ -136,7 +155,20 @@ class SqliteAccountRecords:
 
         return await self._db.write(write)
 
+    async def cancel_deletion(self, request: DeletionRequest, actor: str) -> bool:
+        audit_key = self._audit_key
 
-def _read_files(paths: list[Path]) -> list[UsageArchive]:
-    # A file gone from disk is left out, as it always was (its record stays for the operator).
-    return [(path.name, path.read_bytes()) for path in paths if path.is_file()]
+        def write(conn: sqlite3.Connection) -> bool:
+            if not conn.execute(_CANCEL_DELETION, (request.account_id,)).rowcount:
+                return False
+            append_audit(
+                conn,
+                audit_key,
+                actor=actor,
+                action=DELETION_CANCELLED,
+                target=request.account_id,
+                detail={"requested_at_ms": request.requested_at_ms},
+            )
+            return True
+
+        return await self._db.write(write)

@@ -4,6 +4,8 @@ Deleting suspends the account and revokes its keys at once (``relay.identity.dat
 personal data is erased 30 days later. The owner confirms by typing the account's name,
 checked on the server. Afterwards the owner is signed out and shown the erasure date; an
 operator (who may act on any account) stays signed in and goes back to its Billing page.
+Both go through the console's ``records`` (SQLite's or, in cluster mode, PostgreSQL's); the
+export is streamed as the admin API's (``relay.identity.export``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,11 @@ from starlette.responses import Response
 
 from relay.console.auth.sessions import SESSION_COOKIE
 from relay.console.web import Ctx, page
-from relay.identity.account_records import SqliteAccountRecords
-from relay.identity.data_rights import (
-    ERASE_AFTER_MS,
-    build_export,
-    deletion_request,
-    request_deletion,
-)
+from relay.http.download import streamed_download
+from relay.identity.data_rights import ERASE_AFTER_MS, request_deletion
+from relay.identity.export import stream_export
 from relay.identity.roles import Permission
 from relay.payments.store import now_ms
-from relay.usage.retention import archive_dir_for
 
 __all__ = ["delete_account", "delete_form", "export_data"]
 
@@ -29,20 +26,16 @@ __all__ = ["delete_account", "delete_form", "export_data"]
 @page("account", Permission.MANAGE_ACCOUNT)
 async def export_data(ctx: Ctx) -> Response:
     assert ctx.account is not None
-    account_id = ctx.account.id
-    records = SqliteAccountRecords(
-        ctx.state.db,
-        ctx.state.store.audit_key,
-        archive_dir_for(ctx.state.config.database_path),
-    )
-    archive = await build_export(records, ctx.state.store, account_id)
-    await ctx.state.store.record_action(
-        actor=ctx.actor, action="account.export", target=account_id, detail={}
-    )
-    disposition = f'attachment; filename="relay-export-{account_id}.zip"'
-    return Response(
-        archive, media_type="application/zip", headers={"content-disposition": disposition}
-    )
+    account, actor, store = ctx.account, ctx.actor, ctx.state.store
+
+    async def record_export() -> None:
+        await store.record_action(
+            actor=actor, action="account.export", target=account.id, detail={}
+        )
+
+    pieces = stream_export(ctx.services.records, account, record_export=record_export)
+    filename = f"relay-export-{account.id}.zip"
+    return await streamed_download(pieces, filename=filename, media_type="application/zip")
 
 
 @page("account", Permission.MANAGE_ACCOUNT)
@@ -53,7 +46,7 @@ async def delete_form(ctx: Ctx) -> Response:
 
 async def _render_form(ctx: Ctx, *, status: int = 200, error: str = "") -> Response:
     assert ctx.account is not None
-    deletion = await deletion_request(ctx.state.db, ctx.account.id)
+    deletion = await ctx.services.records.deletion_request(ctx.account.id)
     erase_on_ms = now_ms() + ERASE_AFTER_MS
     return ctx.render(
         "delete.html", status=status, deletion=deletion, error=error, erase_on_ms=erase_on_ms
@@ -74,9 +67,8 @@ async def delete_account(ctx: Ctx) -> Response:
         state.auth.forget_key(key_id)
         state.gate.limiter.forget(key_id)
 
-    records = SqliteAccountRecords(state.db, state.store.audit_key)
     deletion = await request_deletion(
-        records, state.store, account.id, actor=ctx.actor, on_key_revoked=forget
+        ctx.services.records, state.store, account.id, actor=ctx.actor, on_key_revoked=forget
     )
     state.gate.limiter.forget_account(account.id)
     if ctx.user.operator:

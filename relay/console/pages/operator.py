@@ -244,8 +244,12 @@ async def set_account_status(ctx: Ctx) -> Response:
 @page("operator")
 async def cancel_account_deletion(ctx: Ctx) -> Response:
     account = operator_account(ctx)
-    if not await cancel_deletion(ctx.state.db, ctx.state.store, account.id, actor=ctx.actor):
+    records = ctx.services.records
+    if not await cancel_deletion(records, ctx.state.store, account.id, actor=ctx.actor):
         raise ConsoleError(409, "There is no pending deletion to cancel for this account.")
+    if ctx.state.cluster is not None:
+        # As the request's writes are: every instance re-reads the account from PostgreSQL.
+        await ctx.state.cluster.publish("account", account.id)
     notice = (
         f"Deletion of “{account.name}” cancelled. It stays suspended and its keys stay "
         "revoked until you activate it and its people create new keys."
