@@ -24,6 +24,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CancelOnDisconnect", "Endpoint"]
@@ -73,6 +74,20 @@ class _Listener:
             self.cancelled_it = True
             self._task.cancel()
 
+    async def stop(self) -> None:
+        """Stop watching, and wait until the watcher has let go of the server's ``receive``."""
+        self.close()
+        watcher = self._watcher
+        if watcher is None:
+            return
+        try:
+            await watcher  # once it ran, it ends quietly when cancelled
+        except asyncio.CancelledError:
+            # Cancelled before it ever ran; only a cancellation of our own task goes on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
     def close(self) -> None:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
         # ends so is not an error anyone must retrieve.
@@ -97,6 +112,12 @@ class CancelOnDisconnect:
                 response = await self._endpoint(Request(scope, listener.receive))
             finally:
                 listener.handling = False
+            if _never_receives(response):
+                # Stop watching before the answer goes out: once it has, the server's
+                # ``http.disconnect`` has usually woken the watcher already, and cancelling
+                # it then makes ``asyncio.Queue.get``'s clean-up raise (and format, with a
+                # future's repr) a ValueError: about 16,000 instructions per request.
+                await listener.stop()
             await response(scope, listener.receive, send)
         except asyncio.CancelledError:
             # Ours (the client left): the handler has released and recorded the request,
@@ -105,3 +126,8 @@ class CancelOnDisconnect:
                 raise
         finally:
             listener.close()
+
+
+def _never_receives(response: ASGIApp) -> bool:
+    """A plain Starlette ``Response`` sends its body and never reads ``receive``."""
+    return isinstance(response, Response) and type(response).__call__ is Response.__call__
