@@ -56,7 +56,9 @@ class _Listener:
         if message["type"] == "http.disconnect":
             self._left.set_result(None)
         elif not message.get("more_body", False):
-            self._watcher = asyncio.ensure_future(self._watch())
+            # ``create_task``, not ``ensure_future``: that one first asks ``isfuture`` of the
+            # coroutine, whose failed ``hasattr`` builds an AttributeError every request.
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return message
 
     async def _watch(self) -> None:
