@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message
 
 from relay.http.disconnect import CancelOnDisconnect, _Listener
+from relay.http.sse import EventStreamResponse
 
 _SCOPE = {"type": "http", "method": "POST", "path": "/v1/x", "headers": [], "query_string": b""}
 
@@ -90,3 +91,48 @@ async def test_a_client_leaving_still_cancels_the_handler(saved_garbage: list[ob
     sent = await _serve_one(CancelOnDisconnect(waits_for_the_upstream), receive)
     assert cancelled.is_set()
     assert sent == []  # nobody is listening: no answer
+
+
+async def test_a_plain_answer_stops_the_watcher_before_it_is_sent() -> None:
+    receive = _ServerReceive()
+    waiting_when_sent: list[int] = []
+
+    async def send(message: Message) -> None:
+        # The watcher no longer waits on the server's queue: a disconnect the server
+        # queues now (as hypercorn does once the answer is out) wakes nobody.
+        waiting_when_sent.append(len(receive.queue._getters))  # type: ignore[attr-defined]
+        receive.queue.put_nowait({"type": "http.disconnect"})
+
+    await CancelOnDisconnect(_read_and_answer)(dict(_SCOPE), receive, send)
+    assert waiting_when_sent == [0, 0]
+
+
+async def test_an_answer_before_the_watcher_ever_ran_is_sent() -> None:
+    async def answers_at_once(request: Request) -> ASGIApp:
+        await request.body()
+        return Response(b"ok")  # no await since the body: the watcher never started
+
+    sent = await _serve_one(CancelOnDisconnect(answers_at_once), _ServerReceive())
+    assert [m.get("status", m.get("body")) for m in sent] == [200, b"ok"]
+
+
+async def test_a_streamed_answer_still_sees_the_client_leave() -> None:
+    receive = _ServerReceive()
+    closed = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield b"data: 1\n\n"
+            receive.queue.put_nowait({"type": "http.disconnect"})
+            await asyncio.sleep(30)
+            yield b"never"
+        finally:
+            closed.set()
+
+    async def streams(request: Request) -> ASGIApp:
+        await request.body()
+        return EventStreamResponse(body(), {})
+
+    sent = await _serve_one(CancelOnDisconnect(streams), receive)
+    assert closed.is_set()
+    assert [m.get("body") for m in sent[1:]] == [b"data: 1\n\n"]

@@ -157,6 +157,24 @@ def test_reasoning_and_tool_call_deltas_count_as_delivered() -> None:
     assert tap.delivered_chars == 4 + len(json.dumps(tool_calls))  # the raw JSON as sent
 
 
+def test_null_tool_calls_deliver_nothing_and_every_choice_counts() -> None:
+    chunk = {
+        **BASE,
+        "choices": [
+            {"index": 0, "delta": {"content": "ab", "tool_calls": None}},
+            {"index": 1, "delta": {"content": "cde"}, "finish_reason": "stop"},
+            {"index": 2, "text": "fg", "delta": None},
+        ],
+    }
+    tap = StreamTap()
+    assert tap.feed(sse_event(chunk)) == b""  # a choice finished: kept back for metadata
+    assert tap.delivered_chars == 2 + 3 + 2
+    later = {**BASE, "choices": [{"index": 0, "delta": {"content": "h"}}]}
+    forwarded = tap.feed(sse_event(later))  # a later chunk with choices releases it
+    assert forwarded == sse_event(chunk) + sse_event(later)
+    assert tap.delivered_chars == 8
+
+
 @pytest.mark.parametrize(
     ("original", "expected"),
     [

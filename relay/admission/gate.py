@@ -41,6 +41,9 @@ class Gate:
         # Raises StorageUnavailable while the database cannot record (relay.storage.health).
         self._check_storage = check_storage
         self._multipliers: dict[str, Decimal] = {"1": ONE}
+        # Account × key products by their texts. A product equal to 1 is ``ONE`` itself,
+        # which pricing takes as "no multiplier" (no Decimal arithmetic per request).
+        self._products: dict[tuple[str, str], Decimal] = {}
 
     def _multiplier_of(self, text: str) -> Decimal:
         value = self._multipliers.get(text)
@@ -52,9 +55,12 @@ class Gate:
         """Account × key price multiplier (discount or markup); 1 for the operator."""
         if principal.key is None or principal.account is None:
             return ONE
-        account = self._multiplier_of(principal.account.price_multiplier)
-        key = self._multiplier_of(principal.key.price_multiplier)
-        return account * key
+        texts = (principal.account.price_multiplier, principal.key.price_multiplier)
+        product = self._products.get(texts)
+        if product is None:
+            product = self._multiplier_of(texts[0]) * self._multiplier_of(texts[1])
+            product = self._products[texts] = ONE if product == ONE else product
+        return product
 
     def check_model(self, principal: Principal, model: Model, endpoint: str) -> None:
         key = principal.key

@@ -41,8 +41,9 @@ class EventStreamResponse:
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        loop = asyncio.get_running_loop()  # create_task: see relay.http.disconnect
+        pump = loop.create_task(self._pump(send))
+        watcher = loop.create_task(_wait_for_disconnect(receive))
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -26,6 +26,9 @@ MAX_UPSTREAM_ID_CHARS = 128
 # Starts with a letter or digit (never a CSV formula), no '/' (ids go into upstream URLs).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]*")
 _ESCAPES = (b"\\u", b"\\/")
+# The searches below use ``bytes.find``, not ``in``: ``bytes.__contains__`` first tries
+# its operand as an integer and builds and clears a TypeError for every bytes needle,
+# which costs several times the search itself (about 1,800 instructions each, callgrind).
 
 
 def _hex_class(digit: str) -> str:
@@ -47,10 +50,11 @@ def _any_spelling(secret: str) -> str:
 class KeyRedactor:
     """One provider's pool keys, ready to be searched for in bodies and ids."""
 
-    __slots__ = ("_plain", "_pattern")
+    __slots__ = ("_plain", "_needles", "_pattern")
 
     def __init__(self, secrets: Sequence[str]):
         self._plain = tuple(secret.encode() for secret in secrets if secret)
+        self._needles = _ESCAPES + self._plain  # what sends a body to the regex
         spellings = [_any_spelling(secret) for secret in secrets if secret]
         self._pattern = re.compile("|".join(spellings).encode()) if spellings else None
 
@@ -58,20 +62,20 @@ class KeyRedactor:
         """``body`` with every key, in any JSON spelling, replaced by ``[redacted]``."""
         if self._pattern is None:
             return body
-        # The usual body holds neither a key nor an escape: two quick scans, no regex.
-        if not any(escape in body for escape in _ESCAPES) and not any(
-            secret in body for secret in self._plain
-        ):
-            return body
-        return self._pattern.sub(REDACTED, body)
+        # The usual body holds neither a key nor an escape: quick scans, no regex.
+        for needle in self._needles:
+            if body.find(needle) >= 0:
+                return self._pattern.sub(REDACTED, body)
+        return body
 
     def safe_id(self, value: str | None) -> str | None:
         """The upstream's id when it is safe to store, show and put in a URL; else None."""
         if not value or len(value) > MAX_UPSTREAM_ID_CHARS or not _SAFE_ID.fullmatch(value):
             return None
         encoded = value.encode()
-        if any(secret in encoded for secret in self._plain):
-            return None
+        for secret in self._plain:
+            if encoded.find(secret) >= 0:
+                return None
         return value
 
 

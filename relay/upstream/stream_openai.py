@@ -30,7 +30,9 @@ _DONE = b"data: [DONE]\n\n"
 CHARS_PER_TOKEN = 4
 
 
-class _Delta(msgspec.Struct):
+# gc=False: decoded from JSON, these never take part in a reference cycle, so the cyclic
+# collector need not track the few objects each streamed event makes.
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
     # Plain Raw: msgspec decodes ``Raw | None`` as "null only" and would reject a chunk with
@@ -38,13 +40,13 @@ class _Delta(msgspec.Struct):
     tool_calls: msgspec.Raw = msgspec.Raw()
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     delta: _Delta | None = None
     finish_reason: str | None = None
     text: str | None = None  # legacy completions stream text, not deltas
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     id: str | None = None
     model: str | None = None
     created: int | None = None
@@ -91,12 +93,17 @@ class StreamTap:
         """Complete events from ``chunk`` (plus what was pending) that go out now."""
         data = self._pending + chunk if self._pending else chunk
         # Most upstreams end events with LF only; the CRLF search runs only when needed.
-        boundary = _next_boundary if b"\r" in data else _next_lf_boundary
+        # (``find``, not ``in``: ``bytes.__contains__`` first tries the needle as an int
+        # and clears a TypeError, several times the cost of the search itself.)
+        crlf = data.find(b"\r") >= 0
         kept: list[bytes] = []
         changed = False
         start = 0
         while True:
-            end, sep_len = boundary(data, start)
+            if crlf:
+                end, sep_len = _next_boundary(data, start)
+            else:
+                end, sep_len = data.find(b"\n\n", start), 2
             if end < 0:
                 break
             event = data[start : end + sep_len]
@@ -115,9 +122,13 @@ class StreamTap:
         return b"".join(kept) if changed else data[:start]
 
     def _keep(self, event: bytes) -> bool:
-        payload = _data_of(event)
-        if payload is None:
-            return True  # comments and keep-alives pass through
+        if event.startswith(b"data:"):  # the usual event: one data line, no other fields
+            payload = event[5 : event.find(b"\n")].strip()
+        else:
+            found = _data_of(event)
+            if found is None:
+                return True  # comments and keep-alives pass through
+            payload = found
         if payload == b"[DONE]":
             self.done = True
             return False
@@ -133,14 +144,20 @@ class StreamTap:
             self.upstream_id, self.model, self.created = chunk.id, chunk.model, chunk.created
         if chunk.usage is not None:
             self.usage = chunk.usage
-        if not chunk.choices:
+        choices = chunk.choices
+        if not choices:
             if chunk.usage is not None:
                 self._usage_event = payload
                 return False
             return True
-        self.delivered_chars += _delta_chars(chunk.choices)
         self._finishing = None  # any chunk with choices releases the one kept back
-        if any(choice.finish_reason for choice in chunk.choices):
+        # One pass over the choices (usually one): what they delivered, and whether one ended.
+        finished = False
+        for choice in choices:
+            self.delivered_chars += _choice_chars(choice)
+            if choice.finish_reason:
+                finished = True
+        if finished:
             self._finishing = payload
             return False
         return True
@@ -193,10 +210,6 @@ class StreamTap:
         return encode_with_decimals(add_relay_fields(final, None, cost_micros))
 
 
-def _next_lf_boundary(data: bytes, start: int) -> tuple[int, int]:
-    return data.find(b"\n\n", start), 2
-
-
 def _next_boundary(data: bytes, start: int) -> tuple[int, int]:
     lf = data.find(b"\n\n", start)
     crlf = data.find(b"\r\n\r\n", start)
@@ -206,24 +219,26 @@ def _next_boundary(data: bytes, start: int) -> tuple[int, int]:
 
 
 def _data_of(event: bytes) -> bytes | None:
-    """The data of a single-line ``data:`` event (the form LLM APIs send)."""
-    if event.startswith(b"data:"):  # the usual event: one data line, no other fields
-        end = event.find(b"\n")
-        return event[5:end].strip()
+    """The data of a ``data:`` line of an event that does not start with one (rare)."""
     for line in event.splitlines():
         if line.startswith(b"data:"):
             return line[5:].strip()
     return None
 
 
-def _delta_chars(choices: list[_Choice]) -> int:
-    total = 0
-    for choice in choices:
-        total += len(choice.text or "")
-        delta = choice.delta
-        if delta is None:
-            continue
-        total += len(delta.content or "") + len(delta.reasoning_content or "")
-        if bytes(delta.tool_calls) not in (b"", b"null"):
-            total += len(delta.tool_calls)
+def _choice_chars(choice: _Choice) -> int:
+    """Characters one streamed choice delivered (legacy text, content, reasoning, tools)."""
+    text = choice.text
+    total = len(text) if text else 0
+    delta = choice.delta
+    if delta is None:
+        return total
+    if delta.content:
+        total += len(delta.content)
+    if delta.reasoning_content:
+        total += len(delta.reasoning_content)
+    tool_calls = delta.tool_calls
+    size = len(tool_calls)  # 0 when absent; ``null`` is not a delivery
+    if size and (size != 4 or bytes(tool_calls) != b"null"):
+        total += size
     return total
