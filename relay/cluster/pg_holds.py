@@ -1,7 +1,7 @@
 """Holds and settlements in PostgreSQL: the calls of ``relay_hold`` and ``relay_settle``.
 
 ``PgMoneyStore`` (``relay.cluster.pg_money``) places and closes holds through these
-functions; the rules are in the SQL (``relay.storage.schema_recent_spend``, entry 19, and
+functions; the rules are in the SQL (``relay.storage.schema_recent_spend``, entry 17, and
 the entries before it). Each call is one round trip: a hold is one statement whatever it
 decides (the headroom rule on the worst case, the threshold on recent spend for what is
 held), a batch of settlements is one statement for the whole batch.

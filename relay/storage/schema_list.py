@@ -171,13 +171,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             "the operator's toggles from the shared audit chain."
         ),
     ),
-    # 17 and 18 belong to issue 18's parts A and B, written on other branches: these two
-    # no-op entries only keep this branch's list numbered 1, 2, 3, ... until they merge,
-    # and are replaced by those entries then (a database never outlives a test here).
-    Migration(17, "reserved for issue 18 part A", "SELECT 1;", "SELECT 1;"),
-    Migration(18, "reserved for issue 18 part B", "SELECT 1;", "SELECT 1;"),
     Migration(
-        19,
+        17,
         "cluster: recent spend per account and key for the hold's threshold",
         "",
         POSTGRESQL_RECENT_SPEND,

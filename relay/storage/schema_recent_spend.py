@@ -1,4 +1,4 @@
-"""Recent spend per account and per key, for the hold's threshold (PostgreSQL only; entry 19
+"""Recent spend per account and per key, for the hold's threshold (PostgreSQL only; entry 17
 of ``relay.storage.schema_list``).
 
 Embedded, the wallet holds the cheap estimate only while the headroom left after the worst
