@@ -46,6 +46,8 @@ async def _cluster(
     session's Redis is shared: counts left behind would throttle another test)."""
     config = cluster_config(tmp_path, pg_database, redis_server.port)
     redis = _redis_of(config)
+    # Earlier tests' flashes may still be in the shared Redis: start from an empty one.
+    await redis.flushdb()
     try:
         async with run_relay(config) as one, run_relay(config) as two:
             yield one, two, redis
