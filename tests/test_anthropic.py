@@ -492,7 +492,7 @@ async def test_native_stream_reads_the_upstream_to_its_end_after_message_stop(
 async def test_native_stream_settles_before_the_upstream_finishes(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("relay.api.flow.DRAIN_DEADLINE_S", 10.0)
+    monkeypatch.setattr("relay.api.stream_pass.DRAIN_DEADLINE_S", 10.0)
     recorded = asyncio.Event()
 
     async def held_open() -> AsyncIterator[bytes]:
@@ -528,7 +528,7 @@ async def test_native_stream_settles_before_the_upstream_finishes(
 async def test_an_upstream_that_keeps_sending_is_cut_at_the_drain_deadline(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("relay.api.flow.DRAIN_DEADLINE_S", 0.3)
+    monkeypatch.setattr("relay.api.stream_pass.DRAIN_DEADLINE_S", 0.3)
 
     async def endless() -> AsyncIterator[bytes]:
         for _ in range(200):

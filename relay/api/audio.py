@@ -35,11 +35,11 @@ from relay.api.flow import (
     is_dry_run,
     malformed_answer,
     model_for,
-    pass_stream,
     read_answer,
     refuse,
     settle_cost,
 )
+from relay.api.stream_pass import pass_stream
 from relay.api.uploads import UploadForm, read_upload
 from relay.errors import InvalidRequest, RelayError, UpstreamError
 from relay.http.responses import decode_or_400, error_response, read_body

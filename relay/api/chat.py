@@ -28,12 +28,12 @@ from relay.api.flow import (
     is_dry_run,
     malformed_answer,
     model_for,
-    pass_stream,
     read_answer,
     refuse,
     settle_tokens,
 )
 from relay.api.generation import Generation, read_generation
+from relay.api.stream_pass import pass_stream
 from relay.errors import RelayError
 from relay.http.responses import decode_or_400, read_body
 from relay.http.sse import EventStreamResponse

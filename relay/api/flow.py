@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,14 +38,12 @@ from relay.usage.log import UsageRecord
 
 __all__ = [
     "CLIENT_CLOSED",
-    "DRAIN_DEADLINE_S",
     "USAGE_INVALID",
     "ErrorRenderer",
     "TokenCounts",
     "abandon",
     "bill_invalid_usage",
     "close_unstarted_stream",
-    "drain_upstream",
     "dry_run_answer",
     "is_dry_run",
     "answer_with_metadata",
@@ -53,7 +51,6 @@ __all__ = [
     "malformed_answer",
     "read_answer",
     "finished_record",
-    "pass_stream",
     "model_for",
     "refuse",
     "release",
@@ -64,7 +61,6 @@ __all__ = [
 
 log = logging.getLogger("relay.api")
 # How long relay reads an upstream stream past its final event before closing it.
-DRAIN_DEADLINE_S = 1.0
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", kept in usage rows
 # The usage row's error_code when an upstream reported usage outside sane bounds.
 USAGE_INVALID = "upstream_usage_invalid"
@@ -216,87 +212,6 @@ def _count_refusal(state: RelayState, exchange: Exchange, exc: RelayError) -> No
         status=exc.status,
         code=exc.code,
     )
-
-
-class StreamTapLike(Protocol):
-    """What ``pass_stream`` needs of a dialect's tap (``upstream.stream_openai`` and friends)."""
-
-    done: bool
-
-    def feed(self, chunk: bytes) -> bytes: ...
-
-
-async def pass_stream(
-    state: RelayState,
-    exchange: Exchange,
-    opened: OpenedRoute,
-    tap: StreamTapLike,
-    settle: Callable[[], None],
-    ending: Callable[[RelayError | None], bytes],
-) -> AsyncIterator[bytes]:
-    """Pass the upstream's events through as they arrive; settle exactly once, whatever ends it.
-
-    ``settle`` must be idempotent (the ticket makes it so): it runs in the ``finally`` when the
-    client leaves or shutdown cuts the stream, and otherwise just before ``ending(failure)``,
-    the dialect's last events (relay's metadata, and the error if the upstream broke off).
-
-    Once the tap saw the stream's end (``done``) the bill is known: relay settles and sends
-    the ending at once, then reads what the upstream still sends (``drain_upstream``) before
-    closing, so its connection is reused cleanly; ``settle`` runs once more after the drain
-    (a no-op that lets the dialect notice usage reported too late to bill).
-    """
-    failure: RelayError | None = None
-    ended = False
-    chunks = opened.rest_of_stream()
-    try:
-        exchange.mark_first_byte()
-        forward = tap.feed(opened.first_chunk or b"")
-        if forward:
-            yield forward
-        if not tap.done:
-            async for chunk in chunks:
-                forward = tap.feed(chunk)
-                if forward:
-                    yield forward
-                if tap.done:
-                    break
-        ended = True
-    except UpstreamFailure as exc:
-        ended = True
-        failure = upstream_broke_off(exc, "stream")
-    finally:
-        if not ended:  # cancelled or closed early: the client went away (or shutdown)
-            await opened.close()
-            mark_abandoned(state, exchange)
-            settle()
-    try:
-        if failure is not None:
-            exchange.error_code = failure.code
-            exchange.status = failure.status
-        settle()
-        yield ending(failure)
-        if tap.done and failure is None:
-            await drain_upstream(chunks, tap, exchange.request_id)
-            settle()
-    finally:
-        await opened.close()
-
-
-async def drain_upstream(chunks: AsyncIterator[bytes], tap: StreamTapLike, request_id: str) -> None:
-    """Read an upstream stream to its end after its last event, for ``DRAIN_DEADLINE_S`` at most.
-
-    Nothing read here reaches the client (its stream already ended); the tap still sees it.
-    Closing mid-body would drop a connection the pool could reuse, and lose what an upstream
-    reports after its final event. An upstream that keeps sending is cut at the deadline.
-    """
-    try:
-        async with asyncio.timeout(DRAIN_DEADLINE_S):
-            async for chunk in chunks:
-                tap.feed(chunk)
-    except TimeoutError:
-        log.info("request %s: upstream still sending after its last event; closed", request_id)
-    except UpstreamFailure:
-        pass  # the answer was complete and settled: a broken tail changes nothing
 
 
 async def read_answer(

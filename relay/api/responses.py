@@ -30,12 +30,12 @@ from relay.api.flow import (
     dry_run_answer,
     is_dry_run,
     malformed_answer,
-    pass_stream,
     read_answer,
     refuse,
     settle_tokens,
 )
 from relay.api.generation import read_generation
+from relay.api.stream_pass import pass_stream
 from relay.cluster.pg_usage import response_provider
 from relay.errors import NotFound, RelayError, UpstreamError
 from relay.http.responses import error_response
