@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-MOCK_PORT = 18850
-RELAY_PORT = 18851
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct ports nothing listens on now: several runs (helpers, CI) may share one box."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((HOST, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+MOCK_PORT, RELAY_PORT = _free_ports(2)
 ADMIN_TOKEN = "cpu-cost-admin-token-0123456789"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BODY = {
