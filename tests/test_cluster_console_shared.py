@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from relay.console.auth.throttle import PER_EMAIL, PER_IP
 from relay.console.flash import TTL_MS
 from relay.console.redis_flash import RedisFlashStore
 from relay.http.admin_throttle import MAX_FAILURES
+from relay.http.failures import Taken
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 pytest.importorskip("asyncpg")
@@ -66,14 +67,21 @@ def _unreachable_redis() -> Any:
     return redis_asyncio.Redis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=0.5)
 
 
-def _failures_down() -> Callable[[RedisFailures, str], Awaitable[float]]:
-    """``RedisFailures.retry_after`` as it runs when Redis is down."""
-    real = RedisFailures.retry_after
+def _failures_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RedisFailures``' checks as they run when Redis is down."""
+    real_take, real_retry_after = RedisFailures.take, RedisFailures.retry_after
 
-    async def down(self: RedisFailures, key: str) -> float:
-        return await real(RedisFailures(_unreachable_redis(), "x", limit=1, window_s=1), key)
+    def unreachable() -> RedisFailures:
+        return RedisFailures(_unreachable_redis(), "x", limit=1, window_s=1)
 
-    return down
+    async def take(self: RedisFailures, key: str) -> Taken:
+        return await real_take(unreachable(), key)
+
+    async def retry_after(self: RedisFailures, key: str) -> float:
+        return await real_retry_after(unreachable(), key)
+
+    monkeypatch.setattr(RedisFailures, "take", take)
+    monkeypatch.setattr(RedisFailures, "retry_after", retry_after)
 
 
 async def _owner_on_one(one: Relay, two: Relay) -> tuple[str, str]:
@@ -212,11 +220,9 @@ async def test_sign_in_fails_closed_when_redis_does_not_answer(
     async with _cluster(tmp_path, pg_database, redis_server) as (one, two, _):
         _, email = await _owner_on_one(one, two)
 
-        down = _failures_down()
-
         async with Browser(one) as browser:
             await browser.get("/console/login")  # its CSRF token while Redis answers
-            monkeypatch.setattr(RedisFailures, "retry_after", down)
+            _failures_down(monkeypatch)
             refused = await browser.login(email)
             assert refused.status_code == 503, refused.text
             assert "Sign-in is unavailable" in refused.text
@@ -262,9 +268,7 @@ async def test_the_admin_token_throttle_fails_closed_when_redis_does_not_answer(
         key = await one.create_key(account["id"])
         await one.credit(account["id"], "5", "seed")
 
-        down = _failures_down()
-
-        monkeypatch.setattr(RedisFailures, "retry_after", down)
+        _failures_down(monkeypatch)
         async with _guesser(two, admin_token) as admin, _guesser(two, key["secret"]) as customer:
             refused = await admin.get("/admin/accounts")
             assert refused.status_code == 503, refused.text

@@ -34,25 +34,41 @@ async def test_failures_from_two_clients_share_one_window(
     one, two = (
         RedisFailures(c, "login-ip", limit=3, window_s=0.5, prefix=redis_prefix) for c in clients
     )
-    await one.add("10.0.0.1")
-    await two.add("10.0.0.1")
+    assert (await one.take("10.0.0.1")).wait_s == 0
+    assert (await two.take("10.0.0.1")).wait_s == 0
     assert await one.retry_after("10.0.0.1") == 0
-    await one.add("10.0.0.1")
+    last = await one.take("10.0.0.1")
+    assert last.wait_s == 0
     wait = await two.retry_after("10.0.0.1")
     assert 0 < wait <= 0.5
     assert await two.retry_after("10.0.0.2") == 0  # another key is not affected
-    # More failures keep only the last `limit`, and the key expires with its window.
+    # Refused guesses are not counted, a forgiven one frees its slot, and the key expires
+    # with its window.
     for _ in range(5):
-        await two.add("10.0.0.1")
+        assert (await two.take("10.0.0.1")).wait_s > 0
     (key,) = [k async for k in clients[0].scan_iter(match=f"{redis_prefix}failures:*")]
     assert await clients[0].zcard(key) == 3
     assert 0 < await clients[0].pttl(key) <= 500
     assert b"10.0.0.1" not in key  # the counted value is hashed
+    await two.forgive("10.0.0.1", last.mark)
+    assert await clients[0].zcard(key) == 2
+    assert await one.retry_after("10.0.0.1") == 0
     await asyncio.sleep(0.55)
     assert await one.retry_after("10.0.0.1") == 0
-    await one.add("10.0.0.1")
+    await one.take("10.0.0.1")
     await one.clear("10.0.0.1")
     assert [k async for k in clients[0].scan_iter(match=f"{redis_prefix}failures:*")] == []
+
+
+async def test_guesses_sent_at_once_to_two_instances_get_exactly_limit_slots(
+    clients: list[Any], redis_prefix: str
+) -> None:
+    one, two = (
+        RedisFailures(c, "admin-token", limit=5, window_s=30, prefix=redis_prefix) for c in clients
+    )
+    taken = await asyncio.gather(*(w.take("10.0.0.9") for _ in range(20) for w in (one, two)))
+    assert sum(t.wait_s == 0 for t in taken) == 5
+    await one.clear("10.0.0.9")
 
 
 async def test_a_flash_is_read_once_by_its_owner_and_expires(
@@ -76,7 +92,8 @@ async def test_a_redis_that_does_not_answer_is_storage_unavailable() -> None:
         flashes = RedisFlashStore(down)
         for call in (
             failures.retry_after("ip"),
-            failures.add("ip"),
+            failures.take("ip"),
+            failures.forgive("ip", "mark"),
             failures.clear("ip"),
             flashes.put("s", {"secret": "rk_z"}),
             flashes.take("s", "token"),

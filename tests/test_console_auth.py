@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -59,21 +60,28 @@ class Clock:
         return self.now
 
 
+async def _fail(throttle: LoginThrottle, ip: str, email: str) -> None:
+    """One wrong password: counted when it begins, never forgiven."""
+    assert (await throttle.begin(ip, email)).wait_s == 0
+
+
 async def test_throttle_per_email_window_and_success_reset() -> None:
     clock = Clock()
     throttle = LoginThrottle.in_memory(per_email=3, per_ip=100, window_s=60, clock=clock)
     for _ in range(3):
         assert await throttle.retry_after("1.1.1.1", "a@x") == 0
-        await throttle.failed("1.1.1.1", "a@x")
+        await _fail(throttle, "1.1.1.1", "a@x")
     assert await throttle.retry_after("1.1.1.1", "a@x") == pytest.approx(60)
     assert await throttle.retry_after("2.2.2.2", "a@x") > 0  # the email is locked from anywhere
+    assert (await throttle.begin("2.2.2.2", "a@x")).wait_s > 0
     assert await throttle.retry_after("1.1.1.1", "b@x") == 0  # other emails are not
     clock.now += 61
     assert await throttle.retry_after("1.1.1.1", "a@x") == 0
-    await throttle.failed("1.1.1.1", "a@x")
-    await throttle.succeeded("a@x")
-    await throttle.failed("1.1.1.1", "a@x")
-    await throttle.failed("1.1.1.1", "a@x")
+    await _fail(throttle, "1.1.1.1", "a@x")
+    right = await throttle.begin("1.1.1.1", "a@x")
+    await throttle.succeeded("1.1.1.1", "a@x", right)  # clears the email's count
+    await _fail(throttle, "1.1.1.1", "a@x")
+    await _fail(throttle, "1.1.1.1", "a@x")
     assert await throttle.retry_after("1.1.1.1", "a@x") == 0
 
 
@@ -83,10 +91,30 @@ async def test_throttle_per_ip_across_emails_and_bounded_memory() -> None:
         per_email=100, per_ip=4, window_s=60, max_entries=3, clock=clock
     )
     for n in range(4):
-        await throttle.failed("9.9.9.9", f"user{n}@x")
+        await _fail(throttle, "9.9.9.9", f"user{n}@x")
     assert await throttle.retry_after("9.9.9.9", "new@x") > 0
+    # A refused attempt counts nothing, for the IP or the email.
+    assert (await throttle.begin("9.9.9.9", "new@x")).wait_s > 0
+    assert await throttle.retry_after("7.7.7.7", "new@x") == 0
     # Only the 3 most recently failing emails are remembered.
     assert await throttle.retry_after("8.8.8.8", "user0@x") == 0
+
+
+async def test_an_attempt_is_counted_before_its_check_and_uncounted_when_right() -> None:
+    clock = Clock()
+    throttle = LoginThrottle.in_memory(per_email=3, per_ip=3, window_s=60, clock=clock)
+    # Ten attempts begun at once (each then waits for its argon2 check): only three go.
+    begun = [await throttle.begin("5.5.5.5", "b@x") for _ in range(10)]
+    assert [a.wait_s == 0 for a in begun].count(True) == 3
+    # The right password uncounts its attempt on the IP and clears the email.
+    await throttle.succeeded("5.5.5.5", "b@x", begun[0])
+    assert await throttle.retry_after("5.5.5.5", "c@x") == 0
+    assert await throttle.retry_after("6.6.6.6", "b@x") == 0
+    # An attempt relay could not check (its store failed) is not held against anyone.
+    other = LoginThrottle.in_memory(per_email=1, per_ip=1, window_s=60, clock=clock)
+    attempt = await other.begin("5.5.5.5", "d@x")
+    await other.abandoned("5.5.5.5", "d@x", attempt)
+    assert await other.retry_after("5.5.5.5", "d@x") == 0
 
 
 # --- roles -------------------------------------------------------------------------------
@@ -167,6 +195,29 @@ async def test_sign_in_is_throttled_per_email(
             assert locked.status_code == 429
             assert "Too many failed sign-ins" in locked.text
             assert relay.hasher.verify_calls == verifies  # refused before any argon2 work
+
+
+async def test_wrong_sign_ins_sent_at_once_get_no_more_checks_than_the_limit(
+    monkeypatch: pytest.MonkeyPatch, relay_dir: Path
+) -> None:
+    async with console_relay(monkeypatch, relay_dir) as relay:
+        account = await relay.create_account("acme")
+        await create_user(relay, "o@acme.test", account=account["id"])
+        browsers = [Browser(relay) for _ in range(12)]
+        for browser in browsers:  # each with its own session cookie and CSRF token
+            await browser.__aenter__()
+            await browser.get("/console/login")
+        try:
+            verifies = relay.hasher.verify_calls
+            answers = await asyncio.gather(
+                *(b.login("o@acme.test", "wrong password!") for b in browsers)
+            )
+            statuses = sorted(a.status_code for a in answers)
+            assert statuses == [401] * 5 + [429] * 7
+            assert relay.hasher.verify_calls - verifies == 5  # the per-email limit
+        finally:
+            for browser in browsers:
+                await browser.__aexit__(None, None, None)
 
 
 async def test_posts_without_a_valid_csrf_token_are_refused(

@@ -5,8 +5,9 @@ balancer each instance counting its own would allow N times the guesses. Here a 
 failures are a sorted set of failure times (Redis's own clock, ``TIME``, so instances with
 skewed clocks agree), trimmed to the last ``limit`` and expiring ``window_s`` after the
 latest, with the rule of ``FailureWindow``: once ``limit`` failures are younger than the
-window, the key waits until the oldest ages out. Each step is one Lua script, so two
-instances counting at once cannot lose a failure.
+window, the key waits until the oldest ages out. Checking and counting a guess is one Lua
+script, so two instances counting at once can neither lose a failure nor both pass the
+last free slot.
 
 Key names hold a SHA-256 of the counted value, never an email or an IP in clear. A Redis
 failure raises ``StorageUnavailable``: the throttles fail closed (docs/scaling.md §2.3).
@@ -19,6 +20,7 @@ import secrets
 from typing import Any
 
 from relay.cluster.redis_errors import redis_answers
+from relay.http.failures import Taken
 
 __all__ = ["RedisFailures"]
 
@@ -39,15 +41,21 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 """
 )
 
-# KEYS: the set; ARGV: window_ms, limit, a unique member.
-_ADD = (
+# KEYS: the set; ARGV: window_ms, limit, a unique member. _RETRY_AFTER, then the guess
+# counted when it may go: one script, so no guess of another instance falls between the
+# check and the count. Refused guesses are not counted, so the set never exceeds ``limit``.
+_TAKE = (
     _NOW
     + """
 local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) + window - now)
+end
 redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
 redis.call('PEXPIRE', KEYS[1], window)
-return 1
+return 0
 """
 )
 
@@ -65,7 +73,7 @@ class RedisFailures:
         self._limit = limit
         self._window_ms = int(window_s * 1000)
         self._retry_after = client.register_script(_RETRY_AFTER)
-        self._add = client.register_script(_ADD)
+        self._take = client.register_script(_TAKE)
 
     def _key(self, value: str) -> str:
         return self._prefix + hashlib.sha256(value.encode()).hexdigest()
@@ -77,10 +85,17 @@ class RedisFailures:
             )
         return int(wait_ms) / 1000.0
 
-    async def add(self, key: str) -> None:
+    async def take(self, key: str) -> Taken:
         member = secrets.token_hex(8)
         with redis_answers():
-            await self._add(keys=[self._key(key)], args=[self._window_ms, self._limit, member])
+            wait_ms = await self._take(
+                keys=[self._key(key)], args=[self._window_ms, self._limit, member]
+            )
+        return Taken(int(wait_ms) / 1000.0, member)
+
+    async def forgive(self, key: str, mark: str) -> None:
+        with redis_answers():
+            await self._client.zrem(self._key(key), mark)
 
     async def clear(self, key: str) -> None:
         with redis_answers():

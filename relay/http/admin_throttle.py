@@ -103,9 +103,10 @@ class AdminTokenThrottle:
         ip = client_ip(scope, state.config.server.trusted_proxies)
         failures = self._failures(state)
         try:
-            wait_s = await failures.retry_after(ip)
-            if wait_s <= 0 and not _known_token(state, token):
-                await failures.add(ip)
+            if _known_token(state, token):
+                wait_s = await failures.retry_after(ip)
+            else:  # counted in the same step as the check (relay.http.failures)
+                wait_s = (await failures.take(ip)).wait_s
         except StorageUnavailable as exc:
             await error_response(exc)(scope, receive, send)
             return

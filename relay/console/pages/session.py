@@ -87,15 +87,18 @@ async def _check_password(ctx: Ctx, ip: str, email: str) -> User:
     """The user whose password this is, counted by the sign-in throttle; ``_Refused`` when
     throttled or wrong."""
     throttle = ctx.services.throttle
-    wait_s = await throttle.retry_after(ip, email)
-    if wait_s > 0:
-        minutes = int(wait_s) // 60 + 1
+    attempt = await throttle.begin(ip, email)
+    if attempt.wait_s > 0:
+        minutes = int(attempt.wait_s) // 60 + 1
         raise _Refused(429, f"Too many failed sign-ins. Try again in {minutes} minutes.")
-    user = await ctx.services.users.authenticate(email, ctx.form.get("password", ""))
+    try:
+        user = await ctx.services.users.authenticate(email, ctx.form.get("password", ""))
+    except BaseException:
+        await throttle.abandoned(ip, email, attempt)
+        raise
     if user is None:
-        await throttle.failed(ip, email)
         raise _Refused(401, "That email and password do not match an active user.")
-    await throttle.succeeded(email)
+    await throttle.succeeded(ip, email, attempt)
     return user
 
 
