@@ -35,8 +35,8 @@ def cluster_jobs(
     takes the lead (as the embedded job); due deletion requests erased daily; auto top-up and
     the money alerts from PostgreSQL every ``[alerts_settings] check_interval_s``, read afresh
     each time (a reload may change it); the daily usage rollup every ``ROLLUP_INTERVAL_S``
-    (the console's charts lag by that); billing mail as often as embedded, from PostgreSQL's
-    queue."""
+    (the console's charts add the rows it has not counted yet: relay.cluster.pg_charts);
+    billing mail as often as embedded, from PostgreSQL's queue."""
     assert state.videos is not None and state.cluster is not None
     cluster = state.cluster
     assert state.alerts is not None

@@ -152,7 +152,14 @@ async def _start_alerts(state: RelayState, stack: contextlib.AsyncExitStack) -> 
     outbox_store = SqliteOutbox(state.db) if cluster is None else PgOutbox(cluster.pool)
     alerts = AlertOutbox(outbox_store, lambda: state.config)
     await alerts.start()
-    stack.push_async_callback(alerts.aclose)
+    if cluster is None:
+        # The outbox is the SQLite file: on a failing disk, shutdown skips waiting for it
+        # (as for the keys' last use in close_state). PostgreSQL's outbox does not use it.
+        stack.push_async_callback(
+            alerts.aclose, store_failing=lambda: state.storage.problem() is not None
+        )
+    else:
+        stack.push_async_callback(alerts.aclose)
     state.alerts = alerts
     watcher = (
         AlertWatcher(state, alerts)

@@ -60,24 +60,44 @@ def _ledger_sink(db: Database) -> Callable[[LedgerEntry], None]:
 
 async def _open_storage(config: Config) -> tuple[ClusterRuntime | None, Database]:
     """The cluster's runtime (cluster mode only) and the SQLite database."""
-    cluster: ClusterRuntime | None = None
-    database_path = config.database_path
-    if config.cluster_mode:
-        # Shared records live in PostgreSQL; the local SQLite is this process's scratch
-        # file (routes that would read it answer 501: relay.admin.cluster).
-        cluster = await ClusterRuntime.open(config)
-        database_path = Path(tempfile.mkdtemp(prefix="relay-cluster-")) / "scratch.db"
+    if not config.cluster_mode:
+        return None, await _open_database(config, config.database_path)
+    # Shared records live in PostgreSQL; the local SQLite is this process's scratch file
+    # (routes that would read it answer 501: relay.admin.cluster), in a folder of its own
+    # that every failure from here on removes (an unreachable Redis, a bad secret file...).
+    cluster = await ClusterRuntime.open(config)
+    scratch: Path | None = None
     try:
-        db = await Database.open(
-            database_path,
-            flush_interval_s=config.server.flush_interval_ms / 1000,
-            writer_nice=config.server.writer_nice,
-        )
+        scratch = Path(tempfile.mkdtemp(prefix="relay-cluster-"))
+        return cluster, await _open_database(config, scratch / "scratch.db")
     except BaseException:
-        if cluster is not None:
+        try:
             await cluster.close()
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return cluster, db
+
+
+async def _open_database(config: Config, path: Path) -> Database:
+    return await Database.open(
+        path,
+        flush_interval_s=config.server.flush_interval_ms / 1000,
+        writer_nice=config.server.writer_nice,
+    )
+
+
+async def _close_storage(cluster: ClusterRuntime | None, db: Database) -> None:
+    """Undo ``_open_storage`` after a later start-up step failed: each part is closed even
+    if the one before it fails, and the scratch folder goes last."""
+    try:
+        await db.close()
+    finally:
+        if cluster is not None:
+            try:
+                await cluster.close()
+            finally:
+                shutil.rmtree(db.path.parent, ignore_errors=True)
 
 
 async def _load_accounts(
@@ -119,12 +139,26 @@ async def open_state(
         log.warning("admin API disabled: %s is not set", config.server.admin_token_env)
     cluster, db = await _open_storage(config)
     try:
-        secret, wallet, store = await _load_accounts(config, db, cluster, hasher, wall_clock_ms)
+        return await _build_state(
+            config, cluster, db, admin_token, client_factory, hasher, stopping, wall_clock_ms
+        )
     except BaseException:
-        await db.close()
-        if cluster is not None:
-            await cluster.close()
+        await _close_storage(cluster, db)
         raise
+
+
+async def _build_state(
+    config: Config,
+    cluster: ClusterRuntime | None,
+    db: Database,
+    admin_token: str | None,
+    client_factory: ClientFactory,
+    hasher: SecretHasher | None,
+    stopping: Callable[[], bool],
+    wall_clock_ms: Callable[[], int],
+) -> RelayState:
+    """The state over opened storage: accounts and the wallet loaded, providers built."""
+    secret, wallet, store = await _load_accounts(config, db, cluster, hasher, wall_clock_ms)
     metrics = RequestMetrics()
     db.commit_observer = metrics.observe_commit
     providers = {p.name: build_provider(p, client_factory) for p in config.providers}

@@ -317,3 +317,33 @@ async def test_retention_prunes_sent_alerts_past_the_rearm_horizon_in_batches(
     finally:
         await outbox.aclose()
         await db.close()
+
+
+class _StuckStore(SqliteOutbox):
+    """An outbox on a disk that never commits: its flush never returns."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        await asyncio.Event().wait()
+
+
+async def test_closing_skips_the_wait_for_a_store_known_to_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shutdown on a failing disk is not held up by the outbox (the database's own close
+    still tries its rows); on a healthy one it waits for them, bounded."""
+    config = parse_config("")
+    failing = _StuckStore()
+    outbox = AlertOutbox(failing, lambda: config)
+    async with asyncio.timeout(1.0):
+        await outbox.aclose(store_failing=lambda: True)
+    assert failing.flushes == 0
+    monkeypatch.setattr("relay.alerts.outbox._CLOSE_FLUSH_S", 0.05)
+    healthy = _StuckStore()
+    outbox = AlertOutbox(healthy, lambda: config)
+    async with asyncio.timeout(1.0):
+        await outbox.aclose()
+    assert healthy.flushes == 1

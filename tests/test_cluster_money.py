@@ -22,7 +22,9 @@ from relay.cluster.pg_pool import create_pool
 from relay.cluster.pg_schema import MIGRATIONS, migrate
 from relay.cluster.settler import Settler
 from relay.errors import QuotaError
+from relay.money.budget import BudgetCalendar, BudgetPeriod
 from relay.money.records import DuplicateReference
+from relay.money.wallet import Wallet
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -406,3 +408,47 @@ async def test_batches_from_two_instances_in_opposite_orders_never_deadlock(
         assert [r.charged_micros for r in done[1]] == [5] * len(accounts)
     for account in accounts:
         assert await a.money.ledger_sum(account) == 1_000_000 - 5 * 2 * 5
+
+
+async def test_refusals_say_exactly_what_the_embedded_wallet_says(cluster: Cluster) -> None:
+    """Both engines word a 402 through relay.money.quota_messages: the same text, the cap
+    included, for the balance, a key's lifetime cap or period budget, an account budget."""
+    node = await cluster.start()
+    now_ms = 1_769_860_800_000  # 2026-01-31T12:00:00Z, one clock for both engines
+    calendar = BudgetCalendar()
+    node.money.use_periods(lambda: calendar, lambda: now_ms)
+    wallet = Wallet(lambda entry: None, wall_clock_ms=lambda: now_ms)
+    cases: list[tuple[str, str | None, str, BudgetPeriod | None]] = [
+        # (account, key, budget owner, period): each refused for a 1_500 worst case
+        ("poor", None, "balance", None),
+        ("k-life", "k-life", "key", None),
+        ("k-month", "k-month", "key", "month"),
+        ("a-day", None, "account", "day"),
+        ("a-life", None, "account", None),
+    ]
+    for account, key, owner, period in cases:
+        balance = 1_000 if owner == "balance" else 50_000
+        await node.money.create_account(account)
+        await node.money.credit(account, balance, reference=f"seed-{account}")
+        wallet.load_account(account, mode="prepaid", credit_limit_micros=0, balance_micros=balance)
+        if owner == "key" and key is not None:
+            await node.money.create_key(key, account, spend_cap_micros=1_200)
+            await node.pool.execute(
+                "UPDATE api_keys SET budget_period = $2 WHERE id = $1", key, period
+            )
+            wallet.load_key(key, account, spend_cap_micros=1_200, spent_micros=0)
+            wallet.set_key_budget_period(key, period)
+        if owner == "account":
+            await node.pool.execute(
+                "UPDATE accounts SET budget_micros = 1200, budget_period = $2 WHERE id = $1",
+                account,
+                period,
+            )
+            wallet.set_account_budget(account, 1_200, period)
+        with pytest.raises(QuotaError) as embedded:
+            wallet.hold(account, key, estimate_micros=100, worst_case_micros=1_500)
+        with pytest.raises(QuotaError) as clustered:
+            await node.money.hold(account, key, estimate_micros=100, worst_case_micros=1_500)
+        assert str(clustered.value) == str(embedded.value), (account, str(embedded.value))
+        expected = "$0.0012" if owner != "balance" else "$0.001 is available"
+        assert expected in str(clustered.value)

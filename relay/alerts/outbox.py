@@ -84,16 +84,20 @@ class AlertOutbox:
             self._last_sent[(index, event, subject)] = at
         self._task = asyncio.get_running_loop().create_task(self._run(), name="relay-alerts")
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, store_failing: Callable[[], bool] = lambda: False) -> None:
+        """Stop delivering; wait (bounded) until alerts raised just before shutdown are
+        stored, unless ``store_failing()``: a storage known not to commit would only hold
+        shutdown for ``_CLOSE_FLUSH_S`` (the rows stay queued to the database, whose own
+        close still tries them)."""
         for task in [self._task, *self._direct]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        # Alerts raised just before shutdown reach the store (bounded: storage may be down).
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CLOSE_FLUSH_S):
-                await self._store.flush()
+        if not store_failing():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_FLUSH_S):
+                    await self._store.flush()
         await self._http.aclose()
 
     # -- raising ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ across instances), ``pg_copy``
 and ``pg_verify`` (``relay migrate``: an embedded database copied and verified),
 ``pg_budgets`` (period budgets: counters checked by the hold), ``job_runner`` (the one
 instance that runs the cluster's periodic jobs: videos, retention, the usage rollup, auto
-top-up, alerts), ``pg_rollup`` (usage rows summed into ``usage_daily``, exactly once).
+top-up, alerts), ``pg_rollup`` (usage rows summed into ``usage_daily``, exactly once),
+``pg_charts`` (the console's charts: that rollup plus the rows it has not counted yet).
 docs/scaling.md describes the seam by which the request flow will use them.
 """

@@ -16,8 +16,8 @@ import msgspec
 
 from relay.cluster.pg_leases import LeaseLost
 from relay.errors import QuotaError
-from relay.money.budget import PERIOD_ADJECTIVES, BudgetPeriod, iso_utc
-from relay.money.pricing import micros_to_usd
+from relay.money.budget import BudgetPeriod
+from relay.money.quota_messages import balance_message, charge_note, limit_message
 
 __all__ = [
     "ESTIMATED",
@@ -31,8 +31,10 @@ __all__ = [
     "settle_one",
 ]
 
-# The charge row's note when the cost was estimated (a stream cut short by the client).
-ESTIMATED = "estimated (stream cut short)"
+# The charge row's note when the cost was estimated (a stream cut short), the wallet's
+# words. An overrun's part is appended by relay_settle in its own (SQL) words: aligning
+# those needs a migration.
+ESTIMATED = charge_note(estimated=True, overrun=False, measured_micros=0, worst_case_micros=0)
 
 
 class ClusterHold(msgspec.Struct, frozen=True):
@@ -110,14 +112,9 @@ async def call_hold(db: Any, ask: HoldAsk, period_end: PeriodEnd) -> ClusterHold
             instance_id=ask.instance_id,
         )
     if outcome == "balance":
-        available = max(0, int(row["headroom_micros"]))
-        raise QuotaError(
-            f"insufficient balance: this request may cost up to "
-            f"${micros_to_usd(ask.worst_case_micros)} and ${micros_to_usd(available)}"
-            " is available after requests in flight; add credit or lower max_tokens"
-        )
+        raise QuotaError(balance_message(int(row["headroom_micros"]), ask.worst_case_micros))
     if outcome in ("key_cap", "account_budget"):
-        raise QuotaError(_cap_message(row, ask.worst_case_micros, period_end))
+        raise QuotaError(await _cap_message(db, ask, row, period_end))
     if outcome == "lease_lost":
         raise LeaseLost(f"instance {ask.instance_id}: lease expired; no hold placed")
     raise KeyError(f"{'account' if outcome == 'no_account' else 'key'} not found")
@@ -166,23 +163,28 @@ async def preview_hold(db: Any, ask: HoldAsk) -> int | None:
     return None if held is None else int(held)
 
 
-def _cap_message(row: Any, worst_case_micros: int, period_end: PeriodEnd) -> str:
-    """As the wallet's: names the budget (key or account, lifetime or which period), what
-    it leaves, and when it resets."""
-    who = "key" if row["outcome"] == "key_cap" else "account"
+async def _cap_message(db: Any, ask: HoldAsk, row: Any, period_end: PeriodEnd) -> str:
+    """The wallet's text (``limit_message``): which budget refused, what it leaves, its
+    size and when it resets. ``relay_hold`` does not return the cap itself, so a refusal
+    (a 402, never the admitted path) reads it: one more bounded round trip."""
+    if row["outcome"] == "key_cap":
+        who, cap_sql, owner = "key", _KEY_CAP, ask.key_id
+    else:
+        who, cap_sql, owner = "account", _ACCOUNT_BUDGET, ask.account_id
+    cap = int(await db.fetchval(cap_sql, owner) or 0)
     period = row["period"]
-    kind = "spend cap" if who == "key" else "budget"
-    if period is not None:
-        kind = f"{PERIOD_ADJECTIVES[period]} budget"
-    left = micros_to_usd(max(0, int(row["headroom_micros"] or 0)))
-    text = (
-        f"{who} {kind} reached: this request may cost up to "
-        f"${micros_to_usd(worst_case_micros)} and ${left} of the {who}'s {kind.split()[-1]}"
-        " is left after requests in flight"
+    return limit_message(
+        who,
+        period,
+        cap,
+        int(row["headroom_micros"] or 0),
+        ask.worst_case_micros,
+        0 if period is None else period_end(period),
     )
-    if period is not None:
-        text += f"; it resets at {iso_utc(period_end(period))}"
-    return text
+
+
+_KEY_CAP = "SELECT spend_cap_micros FROM api_keys WHERE id = $1"
+_ACCOUNT_BUDGET = "SELECT budget_micros FROM accounts WHERE id = $1"
 
 
 async def settle_one(

@@ -36,6 +36,7 @@ from relay.cluster.pg_holds import (
     settle_batch,
     settle_one,
 )
+from relay.money.amounts import check_limit, check_micros
 from relay.money.budget import BUDGET_PERIODS, BudgetCalendar, BudgetPeriod
 from relay.money.records import (
     AccountMode,
@@ -57,13 +58,6 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_micros(name: str, value: int, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int of micro-USD")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
-
-
 class PgMoneyStore:
     """Holds and settlements of one instance (``instance_id``) over a shared pool.
 
@@ -82,7 +76,7 @@ class PgMoneyStore:
         fast_path_margin_micros: int = 1_000_000,
         spend_window_s: float = 60.0,
     ) -> None:
-        _check_micros("fast_path_margin_micros", fast_path_margin_micros)
+        check_micros("fast_path_margin_micros", fast_path_margin_micros)
         if spend_window_s <= 0:
             raise ValueError("spend_window_s must be positive")
         self._pool = pool
@@ -153,7 +147,7 @@ class PgMoneyStore:
     async def create_account(
         self, account_id: str, *, mode: AccountMode = "prepaid", credit_limit_micros: int = 0
     ) -> None:
-        _check_micros("credit_limit_micros", credit_limit_micros)
+        check_limit(mode, credit_limit_micros)
         await self._pool.execute(
             "INSERT INTO accounts (id, mode, credit_limit_micros) VALUES ($1, $2, $3)",
             account_id,
@@ -162,7 +156,7 @@ class PgMoneyStore:
         )
 
     async def create_key(self, key_id: str, account_id: str, *, spend_cap_micros: int = 0) -> None:
-        _check_micros("spend_cap_micros", spend_cap_micros)
+        check_micros("spend_cap_micros", spend_cap_micros)
         await self._pool.execute(
             "INSERT INTO api_keys (id, account_id, spend_cap_micros) VALUES ($1, $2, $3)",
             key_id,
@@ -171,7 +165,7 @@ class PgMoneyStore:
         )
 
     async def set_spend_cap(self, key_id: str, spend_cap_micros: int) -> None:
-        _check_micros("spend_cap_micros", spend_cap_micros)
+        check_micros("spend_cap_micros", spend_cap_micros)
         await self._pool.execute(
             "UPDATE api_keys SET spend_cap_micros = $2 WHERE id = $1", key_id, spend_cap_micros
         )
@@ -192,7 +186,7 @@ class PgMoneyStore:
         was already credited (a replay: nothing changes); ``DuplicateReference`` when the
         reference was used for a different amount. ``conn``: inside the caller's
         transaction (its audit row)."""
-        _check_micros("amount_micros", amount_micros, positive=True)
+        check_micros("amount_micros", amount_micros, positive=True)
         if not reference:
             raise ValueError("a credit needs a reference")
         db = conn or self._pool
@@ -235,8 +229,8 @@ class PgMoneyStore:
         follows the wallet's rule (``Wallet.plan_hold``): the estimate while the headroom
         left after the worst case is at least max(margin, recent spend), else the worst
         case."""
-        _check_micros("estimate_micros", estimate_micros)
-        _check_micros("worst_case_micros", worst_case_micros)
+        check_micros("estimate_micros", estimate_micros)
+        check_micros("worst_case_micros", worst_case_micros)
         if estimate_micros > worst_case_micros:
             raise ValueError("estimate_micros must not exceed worst_case_micros")
         ask = self._ask(account_id, key_id, estimate_micros, worst_case_micros, request_id)
@@ -283,7 +277,7 @@ class PgMoneyStore:
     ) -> Settlement:
         """Close the hold and charge the measured cost (capped at its worst case) in one
         transaction. Exactly once: a second call answers ``closed`` and charges nothing."""
-        _check_micros("actual_cost_micros", actual_cost_micros)
+        check_micros("actual_cost_micros", actual_cost_micros)
         if actual_cost_micros and not reference:
             raise ValueError("a charge needs a reference")
         note = ESTIMATED if estimated else None
@@ -314,7 +308,7 @@ class PgMoneyStore:
         item settled and the whole batch can be retried (settling is idempotent per hold).
         Each charge counts in the recent spend of the window it settles in."""
         for _, cost, reference, _ in items:
-            _check_micros("actual_cost_micros", cost)
+            check_micros("actual_cost_micros", cost)
             if cost and not reference:
                 raise ValueError("a charge needs a reference")
         return await settle_batch(conn or self._pool, items, self._owner, self.spend_window())

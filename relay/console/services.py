@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.cluster.pg_account_records import PgAccountRecords
+from relay.cluster.pg_charts import PgExactCharts
 from relay.cluster.pg_money_views import PgMoneyViews
 from relay.cluster.pg_reader import PgReader
 from relay.cluster.pg_users import PgUserStore
@@ -119,7 +120,7 @@ def open_services(state: RelayState) -> Services:
         resets=PgPasswordResets(pool, reset_key, keys.audit),
         reader=PgReader(pool),
         money=PgMoneyViews(state.cluster),
-        charts=RollupCharts(PgReader(pool)),
+        charts=PgExactCharts(pool),
         flashes=RedisFlashStore(state.cluster.redis),
         throttle=LoginThrottle.in_redis(state.cluster.redis),
         records=PgAccountRecords(pool, state.store.audit_key),

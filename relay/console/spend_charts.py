@@ -1,10 +1,10 @@
 """Where the overview's charts read spend per day and per model: a seam of two reads.
 
-Both engines read the ``usage_daily`` rollup (``RollupCharts``: the functions of
-``relay.console.log_queries``) through a ``RowReader``: the SQLite file embedded, or
-PostgreSQL's rollup (kept by the elected job runner, ``relay.cluster.pg_rollup``) through
-``relay.cluster.pg_reader.PgReader`` in cluster mode, where the newest requests reach it
-up to ``ROLLUP_INTERVAL_S`` later.
+Embedded, ``RollupCharts`` reads the ``usage_daily`` rollup (the functions of
+``relay.console.log_queries``), which the writer keeps in each usage row's transaction. In
+cluster mode the elected job runner rolls rows up every ``ROLLUP_INTERVAL_S``
+(``relay.cluster.pg_rollup``), so ``relay.cluster.pg_charts.PgExactCharts`` adds the rows
+above the rollup's mark: the charts are current on both engines.
 """
 
 from __future__ import annotations

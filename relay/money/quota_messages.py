@@ -7,11 +7,11 @@ resets, in dollars (``micros_to_usd``), never floats.
 
 from __future__ import annotations
 
-from relay.money.budget import PERIOD_ADJECTIVES, iso_utc
+from relay.money.budget import PERIOD_ADJECTIVES, BudgetPeriod, iso_utc
 from relay.money.exposure import Capped
 from relay.money.pricing import micros_to_usd
 
-__all__ = ["balance_message", "cap_message", "charge_note"]
+__all__ = ["balance_message", "cap_message", "charge_note", "limit_message"]
 
 
 def charge_note(
@@ -37,15 +37,31 @@ def balance_message(headroom_micros: int, worst_case_micros: int) -> str:
 def cap_message(who: str, capped: Capped, headroom: int, worst_case_micros: int) -> str:
     """Names the budget (key or account, lifetime or which period) and when it resets."""
     window = capped.window
-    kind = "spend cap" if window is None else f"{PERIOD_ADJECTIVES[window.period]} budget"
-    if who == "account" and window is None:
+    if window is None:
+        return limit_message(who, None, capped.cap, headroom, worst_case_micros)
+    return limit_message(who, window.period, capped.cap, headroom, worst_case_micros, window.end_ms)
+
+
+def limit_message(
+    who: str,
+    period: BudgetPeriod | None,
+    cap_micros: int,
+    headroom: int,
+    worst_case_micros: int,
+    resets_at_ms: int = 0,
+) -> str:
+    """``cap_message`` from plain figures, as PostgreSQL's ``relay_hold`` reports a refusal
+    (relay.cluster.pg_holds): the same text on both engines. ``period`` None: a lifetime
+    cap (a key's "spend cap", an account's "budget"), which never resets."""
+    kind = "spend cap" if period is None else f"{PERIOD_ADJECTIVES[period]} budget"
+    if who == "account" and period is None:
         kind = "budget"
     text = (
         f"{who} {kind} reached: this request may cost up to "
         f"${micros_to_usd(worst_case_micros)} and ${micros_to_usd(max(0, headroom))}"
-        f" of the {who}'s ${micros_to_usd(capped.cap)} {kind.split()[-1]} is left after"
+        f" of the {who}'s ${micros_to_usd(cap_micros)} {kind.split()[-1]} is left after"
         " requests in flight"
     )
-    if window is not None:
-        text += f"; it resets at {iso_utc(window.end_ms)}"
+    if period is not None:
+        text += f"; it resets at {iso_utc(resets_at_ms)}"
     return text
