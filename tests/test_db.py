@@ -365,6 +365,23 @@ async def test_a_failing_share_rolls_back_only_its_own_item(
     assert len(messages) == 1 and "UNIQUE" in messages[0]
 
 
+async def test_bools_and_none_are_bound_as_before_through_registered_adapters(
+    db: Database,
+) -> None:
+    # Database.open registers them (relay.storage.batch.bind_bools_and_none_directly).
+    assert sqlite3.adapters[(bool, sqlite3.PrepareProtocol)] is int
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+
+    def write(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
+        conn.execute("CREATE TABLE flags (a, b, c)")
+        conn.execute("INSERT INTO flags VALUES (?, ?, ?)", (True, False, None))
+        return conn.execute("SELECT a, b, c, typeof(a), typeof(c) FROM flags").fetchall()
+
+    assert [tuple(row) for row in await db.write(write)] == [(1, 0, None, "integer", "null")]
+    row = await db.fetchone("SELECT count(*) FROM flags WHERE a = ? AND c IS ?", (True, None))
+    assert row is not None and row[0] == 1
+
+
 # -- schema rules ---------------------------------------------------------------------------
 
 

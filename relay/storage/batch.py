@@ -37,6 +37,7 @@ __all__ = [
     "PerBatch",
     "StorageFault",
     "WriteFn",
+    "bind_bools_and_none_directly",
     "is_storage_fault",
     "open_writer_connection",
     "run_batch",
@@ -122,9 +123,29 @@ class Outcome:
     error: Exception | None = None
 
 
+def _null(value: None) -> None:
+    return None
+
+
+def bind_bools_and_none_directly() -> None:
+    """Let sqlite3 bind ``bool`` and ``None`` parameters without its adapter search.
+
+    sqlite3 binds only exact ``int``, ``float``, ``str`` and ``bytearray`` straight away;
+    for anything else (a usage row's ``stream`` and ``usage_estimated`` flags, every NULL)
+    it first looks for an adapter: a dict miss, then two attribute lookups that each build
+    and clear an ``AttributeError``, about 3,800 instructions per parameter and four per
+    usage write. A registered adapter is one dict hit. The values bound are the same as
+    before: a ``bool`` was bound as the integer it is, ``None`` as NULL. Process-wide (the
+    registry is sqlite3's), and the same for every connection, so registering twice is fine.
+    """
+    sqlite3.register_adapter(bool, int)
+    sqlite3.register_adapter(type(None), _null)
+
+
 def open_writer_connection(
     path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
 ) -> sqlite3.Connection:
+    bind_bools_and_none_directly()
     # Autocommit mode: the writer issues BEGIN IMMEDIATE / COMMIT itself.
     conn = sqlite3.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
