@@ -11,11 +11,12 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from relay.storage.batch import PerBatch
 from relay.storage.db import Database, DatabaseClosed, WriteQueueFull
 from relay.storage.migrations import (
     MIGRATIONS,
@@ -299,6 +300,86 @@ async def test_fire_and_forget_failure_is_logged_without_parameters(
     assert len(messages) == 1
     assert "IntegrityError" in messages[0] and "UNIQUE" in messages[0]
     assert "secret-parameter-value" not in caplog.text
+
+
+class Tally(PerBatch):
+    """A test share: the batch's shares become one meta row, ``tally:<first key>``."""
+
+    __slots__ = ("key",)
+    batches: list[list[str]] = []  # the keys of each call, in order
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    @classmethod
+    def apply_batch(cls, conn: sqlite3.Connection, shares: Sequence[Tally]) -> None:
+        keys = [share.key for share in shares]
+        cls.batches.append(keys)
+        # A duplicate key fails here, like an item's own write would.
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"tally:{keys[0]}", "t"))
+
+
+def put_with_tally(key: str) -> Callable[[sqlite3.Connection], Tally]:
+    def insert(conn: sqlite3.Connection) -> Tally:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, "v"))
+        return Tally(key)
+
+    return insert
+
+
+async def test_per_batch_shares_are_applied_once_per_batch_in_its_commit(db: Database) -> None:
+    Tally.batches = []
+    commits_before = db.commits
+    for key in ("a", "b", "c"):
+        db.enqueue(put_with_tally(key))
+    await db.flush()
+    assert Tally.batches == [["a", "b", "c"]]
+    assert db.commits - commits_before == 1
+    rows = await db.fetchall("SELECT key FROM meta ORDER BY key")
+    assert [row["key"] for row in rows] == ["a", "b", "c", "tally:a"]
+
+
+async def test_a_failing_share_rolls_back_only_its_own_item(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    await db.write(put_meta("tally:dup"))
+    Tally.batches = []
+    caplog.set_level(logging.ERROR, logger="relay.storage.db")
+    # Together the shares fail (tally:before is fine, but the batch has to replay to find
+    # out which item's share is the bad one): replayed with savepoints, each item applies
+    # its own share inside its savepoint, so only "dup" is rolled back, row and share.
+    db.enqueue(put_with_tally("dup"))
+    db.enqueue(put_with_tally("before"))
+    db.enqueue(put_with_tally("fine"))
+    await db.flush()
+    assert Tally.batches == [["dup", "before", "fine"], ["dup"], ["before"], ["fine"]]
+    rows = await db.fetchall("SELECT key FROM meta ORDER BY key")
+    assert [row["key"] for row in rows] == [
+        "before",
+        "fine",
+        "tally:before",
+        "tally:dup",
+        "tally:fine",
+    ]
+    messages = [r.getMessage() for r in caplog.records if r.name == "relay.storage.db"]
+    assert len(messages) == 1 and "UNIQUE" in messages[0]
+
+
+async def test_bools_and_none_are_bound_as_before_through_registered_adapters(
+    db: Database,
+) -> None:
+    # Database.open registers them (relay.storage.batch.bind_bools_and_none_directly).
+    assert sqlite3.adapters[(bool, sqlite3.PrepareProtocol)] is int
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+
+    def write(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
+        conn.execute("CREATE TABLE flags (a, b, c)")
+        conn.execute("INSERT INTO flags VALUES (?, ?, ?)", (True, False, None))
+        return conn.execute("SELECT a, b, c, typeof(a), typeof(c) FROM flags").fetchall()
+
+    assert [tuple(row) for row in await db.write(write)] == [(1, 0, None, "integer", "null")]
+    row = await db.fetchone("SELECT count(*) FROM flags WHERE a = ? AND c IS ?", (True, None))
+    assert row is not None and row[0] == 1
 
 
 # -- schema rules ---------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from relay.storage.batch import run_batch
 from relay.storage.migrations import MIGRATIONS, apply_migrations
-from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.log import UsageRecord, insert_usage, insert_usage_row
 from relay.usage.rollup import DAY_MS
 
 ROWS: list[dict[str, Any]] = [
@@ -42,6 +43,48 @@ def test_usage_rows_written_by_relay_are_rolled_up_per_day() -> None:
         ("a", 1, "m1", 1, 0, 7, 2, 2),
     ]
     assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (len(ROWS),)
+
+
+def _queued(record: UsageRecord) -> Any:
+    # What UsageLog queues: the row, its count left to the batch.
+    return lambda conn: insert_usage_row(conn, record)
+
+
+def test_a_batch_counts_its_rows_with_one_upsert_per_account_day_and_model() -> None:
+    conn = _database()
+    upserts: list[str] = []
+    conn.set_trace_callback(lambda sql: upserts.append(sql) if "usage_daily" in sql else None)
+    records = [
+        UsageRecord(request_id=f"r{n}", endpoint="chat", **row) for n, row in enumerate(ROWS)
+    ]
+    records += [UsageRecord(request_id="r9", endpoint="chat", **ROWS[0])]
+    outcomes = run_batch(conn, [_queued(record) for record in records], replayable=True)
+    assert all(outcome.error is None for outcome in outcomes)
+    assert len(upserts) == 3  # not 5: one per (account, day, model) of the batch
+    assert _rollup(conn) == [
+        ("", 0, "", 1, 1, 0, 0, 0),
+        ("a", 0, "m1", 3, 1, 20, 7, 8),
+        ("a", 1, "m1", 1, 0, 7, 2, 2),
+    ]
+
+
+def test_a_failing_row_in_a_batch_is_not_counted_and_the_others_are() -> None:
+    records = [
+        UsageRecord(request_id=f"r{n}", endpoint="chat", **row) for n, row in enumerate(ROWS)
+    ]
+    records[1] = UsageRecord(request_id="taken", endpoint="chat", **ROWS[1])
+    for durable in (False, True):  # without savepoints, then replayed; with them from the start
+        conn = _database()
+        insert_usage(conn, UsageRecord(request_id="taken", endpoint="chat", **ROWS[2]))
+        outcomes = run_batch(
+            conn, [_queued(record) for record in records], replayable=not durable, durable=durable
+        )
+        assert [outcome.error is None for outcome in outcomes] == [True, False, True, True]
+        assert _rollup(conn) == [
+            ("", 0, "", 1, 1, 0, 0, 0),
+            ("a", 0, "m1", 1, 0, 10, 3, 4),
+            ("a", 1, "m1", 2, 0, 14, 4, 4),  # "taken" (same day and model) and r2
+        ]
 
 
 def test_migration_backfills_existing_usage() -> None:

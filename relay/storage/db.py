@@ -218,8 +218,11 @@ class Database(GroupCommitWriter):
 
     # -- writes ---------------------------------------------------------------------------
 
-    def enqueue(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+    def enqueue(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Queue a fire-and-forget write, committed within ``flush_interval_s``.
+
+        What ``fn`` returns is dropped, unless it is a ``PerBatch`` share: the writer
+        applies it with the batch's other shares before the commit (relay.storage.batch).
 
         Raises ``WriteQueueFull`` when ``max_queue`` writes are waiting (never drops the
         write); callers that can wait should use ``enqueue_wait``.
@@ -230,7 +233,7 @@ class Database(GroupCommitWriter):
             raise WriteQueueFull(f"write queue is full ({self._max_queue} pending writes)")
         self._append(QueuedWrite(fn, None))
 
-    async def enqueue_wait(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+    async def enqueue_wait(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Like ``enqueue``, but waits for room when the queue is full (back-pressure)."""
         await self._wait_for_space()
         self._append(QueuedWrite(fn, None))

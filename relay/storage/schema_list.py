@@ -25,6 +25,7 @@ from relay.storage.schema_console import (
 from relay.storage.schema_core import POSTGRESQL_CORE, SQLITE_CORE
 from relay.storage.schema_entry import EngineOnly, Migration
 from relay.storage.schema_holds import POSTGRESQL_HOLDS
+from relay.storage.schema_ledger_check import SQLITE_LEDGER_KIND_CHECK
 from relay.storage.schema_lookups import LOOKUP_INDEXES, POSTGRESQL_UPSTREAM_TOGGLES
 from relay.storage.schema_payments import (
     POSTGRESQL_BUDGETS,
@@ -190,6 +191,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "Embedded, the wallet counts recent spend in memory (relay.money.exposure); "
             "across instances it is two window buckets on the account's and the key's rows, "
             "rolled by relay_settle and read by relay_hold."
+        ),
+    ),
+    Migration(
+        18,
+        "ledger: the kind check as comparisons, cheaper per charge",
+        SQLITE_LEDGER_KIND_CHECK,
+        "",
+        why_engines_differ=(
+            "SQLite builds a temporary B-tree for an IN list in a CHECK on every insert; "
+            "PostgreSQL compares an array, at no such cost, and keeps its own check."
         ),
     ),
 )

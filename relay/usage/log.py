@@ -16,9 +16,9 @@ import msgspec
 from relay.money.ledger import insert_entry
 from relay.money.wallet import LedgerEntry
 from relay.storage.db import Database, WriteQueueFull
-from relay.usage.rollup import add_to_daily_rollup
+from relay.usage.rollup import DailyCount, daily_count
 
-__all__ = ["UsageLog", "UsageRecord", "insert_usage"]
+__all__ = ["UsageLog", "UsageRecord", "insert_usage", "insert_usage_row"]
 
 log = logging.getLogger("relay.usage")
 
@@ -51,25 +51,35 @@ _COLUMNS = tuple(UsageRecord.__struct_fields__)
 _INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
-def insert_usage(conn: sqlite3.Connection, record: UsageRecord) -> None:
-    """The usage row and its day's rollup (console charts), in the writer's transaction."""
+def insert_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> DailyCount:
+    """The usage row; its day's count (console charts) is returned for the caller to add.
+
+    Returned by a queued write, the writer adds it with the batch's other counts before
+    the batch commits (``relay.storage.batch.PerBatch``); in the same transaction either way.
+    """
     conn.execute(_INSERT, msgspec.structs.astuple(record))
-    add_to_daily_rollup(
-        conn,
-        account_id=record.account_id,
-        ts_ms=record.ts_ms,
-        model=record.model,
-        status=record.status,
-        cost_micros=record.cost_micros,
-        prompt_tokens=record.prompt_tokens,
-        completion_tokens=record.completion_tokens,
+    return daily_count(
+        record.account_id,
+        record.ts_ms,
+        record.model,
+        record.status,
+        record.cost_micros,
+        record.prompt_tokens,
+        record.completion_tokens,
     )
 
 
-def _write_usage(conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEntry | None) -> None:
+def insert_usage(conn: sqlite3.Connection, record: UsageRecord) -> None:
+    """The usage row and its day's rollup (console charts), counted at once."""
+    DailyCount.apply_batch(conn, [insert_usage_row(conn, record)])
+
+
+def _write_usage(
+    conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEntry | None
+) -> DailyCount:
     if charge is not None:
         insert_entry(conn, charge)
-    insert_usage(conn, record)
+    return insert_usage_row(conn, record)
 
 
 class UsageLog:
@@ -98,8 +108,8 @@ class UsageLog:
         if self._observer is not None:
             self._observer(record)
 
-        def write(conn: sqlite3.Connection) -> None:
-            _write_usage(conn, record, charge)
+        def write(conn: sqlite3.Connection) -> DailyCount:
+            return _write_usage(conn, record, charge)
 
         try:
             self._db.enqueue(write)

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from relay.storage.db import Database, WriteQueueFull
-from relay.usage.log import UsageRecord, insert_usage
+from relay.usage.log import UsageRecord, insert_usage_row
+from relay.usage.rollup import DailyCount
 
 __all__ = ["RefusalCounter", "RefusalSink", "database_sink"]
 
@@ -47,8 +48,9 @@ class _Who(NamedTuple):
 RefusalSink = Callable[[UsageRecord], bool]
 
 
-def _insert(record: UsageRecord, conn: sqlite3.Connection) -> None:
-    insert_usage(conn, record)
+def _insert(record: UsageRecord, conn: sqlite3.Connection) -> DailyCount:
+    # Counted into usage_daily with the batch's other rows (relay.storage.batch.PerBatch).
+    return insert_usage_row(conn, record)
 
 
 def database_sink(db: Database) -> RefusalSink:
