@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay.cluster.redis_errors import redis_answers
-from relay.http.failures import Taken
 
-__all__ = ["RedisFailures"]
+__all__ = ["RedisFailures", "Taken"]
+
+
+class Taken(NamedTuple):
+    """A counted guess: ``wait_s`` > 0 when refused (nothing counted), else its ``mark``.
+    (Here rather than in ``relay.http.failures``: relay.cluster does not import relay.http.)"""
+
+    wait_s: float
+    mark: str
+
 
 _NOW = """
 local t = redis.call('TIME')

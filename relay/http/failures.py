@@ -20,16 +20,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+from relay.cluster.redis_failures import Taken
 
 __all__ = ["FailureWindow", "Failures", "LocalFailures", "Taken"]
-
-
-class Taken(NamedTuple):
-    """A counted guess: ``wait_s`` > 0 when refused (nothing counted), else its ``mark``."""
-
-    wait_s: float
-    mark: str
 
 
 class Failures(Protocol):

@@ -6,8 +6,9 @@ and costs relay no argon2 work) until the oldest failure ages out. An attempt is
 as a failure when it begins (``begin``), before its password is checked, so attempts sent
 at once cannot all pass before the first failure is counted; a success uncounts it and
 clears the email's count (``succeeded``), and so does an attempt that could not be checked
-(``abandoned``: relay's failure, not a guess). The IP is the client's as ``relay.http.client_ip`` resolves it, so behind
-a trusted proxy each client is counted on its own.
+(``abandoned``: relay's failure, not a guess). The IP is the client's as
+``relay.http.client_ip`` resolves it, so behind a trusted proxy each client is counted on
+its own.
 
 Embedded, the counts live in this process (``in_memory``); in cluster mode they live in the
 cluster's Redis (``in_redis``), so every instance counts the same guesses with the same
