@@ -1,21 +1,20 @@
-"""Cancel a handler whose client left while relay was still waiting for the upstream.
+"""Cancel a request whose client left while relay was still waiting or streaming.
 
 A non-stream request (or a stream before its first chunk) spends most of its life
 awaiting the upstream; a client that hangs up meanwhile would otherwise go unnoticed
 until relay writes the answer, and be billed for it. ``CancelOnDisconnect`` runs the
 handler and, once the request body has been read, listens for ``http.disconnect``: if
-the client leaves before the handler returned its response, the request's task is
-cancelled (as ``asyncio.timeout`` does it, then ``uncancel``-ed). The cancellation
-unwinds through the upstream call (its connection is dropped, so the upstream stops)
-and through the handler's ticket, which releases the hold and the concurrency slot and
-records the request (499).
+the client leaves before the request is over, the request's task is cancelled (as
+``asyncio.timeout`` does it, then ``uncancel``-ed). The cancellation unwinds through the
+upstream call (its connection is dropped, so the upstream stops) and through the
+handler's ticket, which releases the hold and the concurrency slot and records the
+request (499); or, during a streamed answer (``relay.http.sse``), through the stream's
+body, which closes the upstream and settles what was delivered.
 
-The handler runs inline in the server's task, so a request that never waits (a 402, a
-429) costs no extra scheduling; the listener is a task started only when the body has
-been read. There is one reader of the server's ``receive`` at a time: the handler while
-it reads its body, then the listener; after the body, the handler (and its response,
-e.g. an ``EventStreamResponse`` watching for the client leaving) sees the same
-disconnect through ``receive``.
+The handler and its answer run inline in the server's task, so a request that never
+waits (a 402, a 429) costs no extra scheduling, and a stream costs one task: the
+listener's, started only when the body has been read. There is one reader of the
+server's ``receive`` at a time: the handler while it reads its body, then the listener.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ class _Listener:
         self._task = task
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watcher: asyncio.Task[None] | None = None
-        # True while the handler runs: only then does a disconnect cancel the request.
+        # True until the request is over: only then does a disconnect cancel it.
         self.handling = True
         self.cancelled_it = False
 
@@ -90,6 +89,17 @@ class _Listener:
             if current is not None and current.cancelling():
                 raise
 
+    async def finish(self) -> None:
+        """After a streamed answer: let the watcher see the exchange's end, if it can now.
+
+        The server queues ``http.disconnect`` as the answer's last message goes out, which
+        wakes the watcher; one turn of the loop lets it end by itself, where cancelling it
+        woken would cost ``asyncio.Queue.get``'s ValueError (see ``CancelOnDisconnect``).
+        A watcher still waiting after that turn is cancelled by ``close``.
+        """
+        if self._watcher is not None and not self._watcher.done():
+            await asyncio.sleep(0)
+
     def close(self) -> None:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
         # ends so is not an error anyone must retrieve.
@@ -100,7 +110,7 @@ class _Listener:
 
 
 class CancelOnDisconnect:
-    """An ASGI app running ``endpoint``, cancelled if its client leaves before the answer."""
+    """An ASGI app running ``endpoint``, cancelled if its client leaves before it is over."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
@@ -110,20 +120,25 @@ class CancelOnDisconnect:
         assert task is not None
         listener = _Listener(receive, task)
         try:
-            try:
-                response = await self._endpoint(Request(scope, listener.receive))
-            finally:
-                listener.handling = False
+            response = await self._endpoint(Request(scope, listener.receive))
             if _never_receives(response):
                 # Stop watching before the answer goes out: once it has, the server's
                 # ``http.disconnect`` has usually woken the watcher already, and cancelling
                 # it then makes ``asyncio.Queue.get``'s clean-up raise (and format, with a
                 # future's repr) a ValueError: about 16,000 instructions per request.
+                listener.handling = False
                 await listener.stop()
-            await response(scope, listener.receive, send)
+                await response(scope, listener.receive, send)
+            else:
+                # A streamed answer runs inline, and the client leaving cancels it as it
+                # would the handler: its body closes the upstream and settles.
+                await response(scope, listener.receive, send)
+                listener.handling = False
+                await listener.finish()
         except asyncio.CancelledError:
-            # Ours (the client left): the handler has released and recorded the request,
-            # and nobody is listening for an answer. Anyone else's: keep cancelling.
+            # Ours (the client left): the handler or the stream's body has released or
+            # settled and recorded the request, and nobody is listening for the rest.
+            # Anyone else's: keep cancelling.
             if not listener.cancelled_it or task.uncancel() > 0:
                 raise
         finally:
