@@ -165,7 +165,33 @@ async def test_a_finished_stream_lets_the_listener_end_by_itself() -> None:
         return EventStreamResponse(Body([b"data: 1\n\n"]).run(), {})
 
     await CancelOnDisconnect(handler)(dict(_SCOPE), queue.get, send)
-    assert len(watchers) == 1 and watchers[0].done()
+    assert len(watchers) == 1
+    for _ in range(2):  # the watcher's turn, then the listener's deferred close
+        await asyncio.sleep(0)
+    assert watchers[0].done()
     # It read the disconnect: a watcher cancelled once woken leaves it queued (and made
     # ``Queue.get``'s clean-up raise a ValueError on the way).
     assert queue.empty()
+
+
+async def test_a_finished_stream_whose_server_sends_nothing_more_stops_the_listener() -> None:
+    """No disconnect after the answer: the listener's watcher is cancelled, not left waiting."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    queue.put_nowait({"type": "http.request", "body": b"{}", "more_body": False})
+    watchers: list[asyncio.Task[Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            watchers.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+    async def handler(request: Request) -> EventStreamResponse:
+        await request.body()
+        await asyncio.sleep(0)  # the listener starts watching
+        return EventStreamResponse(Body([b"data: 1\n\n"]).run(), {})
+
+    await CancelOnDisconnect(handler)(dict(_SCOPE), queue.get, send)
+    assert len(watchers) == 1
+    for _ in range(2):
+        await asyncio.sleep(0)
+    assert watchers[0].done()
+    assert not queue._getters  # type: ignore[attr-defined]  # it let go of receive

@@ -36,13 +36,22 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 class _Listener:
     """The server's ``receive``, read by the handler until the body ends, then watched."""
 
-    __slots__ = ("_receive", "_task", "_left", "_watcher", "handling", "cancelled_it")
+    __slots__ = (
+        "_receive",
+        "_task",
+        "_left",
+        "_watcher",
+        "_closing_soon",
+        "handling",
+        "cancelled_it",
+    )
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self._receive = receive
         self._task = task
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watcher: asyncio.Task[None] | None = None
+        self._closing_soon = False
         # True until the request is over: only then does a disconnect cancel it.
         self.handling = True
         self.cancelled_it = False
@@ -89,18 +98,25 @@ class _Listener:
             if current is not None and current.cancelling():
                 raise
 
-    async def finish(self) -> None:
-        """After a streamed answer: let the watcher see the exchange's end, if it can now.
+    def close_soon(self) -> None:
+        """After a streamed answer: stop watching on the loop's next turn, not now.
 
-        The server queues ``http.disconnect`` as the answer's last message goes out, which
-        wakes the watcher; one turn of the loop lets it end by itself, where cancelling it
-        woken would cost ``asyncio.Queue.get``'s ValueError (see ``CancelOnDisconnect``).
-        A watcher still waiting after that turn is cancelled by ``close``.
+        The server queues ``http.disconnect`` as the answer's last message goes out (hypercorn
+        and uvicorn both do), which has already scheduled the watcher to wake: run before
+        ``close``, it reads that message and ends by itself, where cancelling it woken makes
+        ``asyncio.Queue.get``'s clean-up raise a ValueError. Scheduling ``close`` instead of
+        awaiting the watcher also spares the request's task a suspension. A watcher not
+        woken (a server that sends nothing more) is cancelled then, as ``close`` always did.
         """
-        if self._watcher is not None and not self._watcher.done():
-            await asyncio.sleep(0)
+        self.handling = False
+        self._closing_soon = True
+        asyncio.get_running_loop().call_soon(self._close)
 
     def close(self) -> None:
+        if not self._closing_soon:
+            self._close()
+
+    def _close(self) -> None:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
         # ends so is not an error anyone must retrieve.
         if self._watcher is not None:
@@ -133,8 +149,7 @@ class CancelOnDisconnect:
                 # A streamed answer runs inline, and the client leaving cancels it as it
                 # would the handler: its body closes the upstream and settles.
                 await response(scope, listener.receive, send)
-                listener.handling = False
-                await listener.finish()
+                listener.close_soon()
         except asyncio.CancelledError:
             # Ours (the client left): the handler or the stream's body has released or
             # settled and recorded the request, and nobody is listening for the rest.

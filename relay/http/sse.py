@@ -43,13 +43,8 @@ class EventStreamResponse:
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._pump(send)
-        finally:
-            if self._on_close is not None:
-                await self._on_close()
-
-    async def _pump(self, send: Send) -> None:
+        # One coroutine for the whole response: every time the request's task resumes
+        # (twice a chunk), each coroutine between it and the body's await is stepped.
         body = self._body
         try:
             # The body's first step comes before anything else is awaited: closing a
@@ -63,6 +58,10 @@ class EventStreamResponse:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            close = getattr(body, "aclose", None)
-            if close is not None:
-                await close()
+            try:
+                close = getattr(body, "aclose", None)
+                if close is not None:
+                    await close()
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()
