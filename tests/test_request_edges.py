@@ -268,9 +268,15 @@ async def test_a_stream_response_calls_on_close_however_it_ends() -> None:
         await EventStreamResponse(body(), {}, on_close=on_close)({"type": "http"}, forever, fails)
     assert closed == [True, True]
     closed.clear()
-    response = EventStreamResponse(body(), {}, on_close=on_close)
+
+    async def waits() -> AsyncIterator[bytes]:  # an upstream gone quiet after one event
+        yield b"data: x\n\n"
+        await asyncio.sleep(10)
+        yield b"data: y\n\n"
+
+    response = EventStreamResponse(waits(), {}, on_close=on_close)
     task = asyncio.create_task(response({"type": "http"}, forever, sends))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the body runs inline in the task, up to its wait
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -1,21 +1,20 @@
-"""Cancel a handler whose client left while relay was still waiting for the upstream.
+"""Cancel a request whose client left while relay was still waiting or streaming.
 
 A non-stream request (or a stream before its first chunk) spends most of its life
 awaiting the upstream; a client that hangs up meanwhile would otherwise go unnoticed
 until relay writes the answer, and be billed for it. ``CancelOnDisconnect`` runs the
 handler and, once the request body has been read, listens for ``http.disconnect``: if
-the client leaves before the handler returned its response, the request's task is
-cancelled (as ``asyncio.timeout`` does it, then ``uncancel``-ed). The cancellation
-unwinds through the upstream call (its connection is dropped, so the upstream stops)
-and through the handler's ticket, which releases the hold and the concurrency slot and
-records the request (499).
+the client leaves before the request is over, the request's task is cancelled (as
+``asyncio.timeout`` does it, then ``uncancel``-ed). The cancellation unwinds through the
+upstream call (its connection is dropped, so the upstream stops) and through the
+handler's ticket, which releases the hold and the concurrency slot and records the
+request (499); or, during a streamed answer (``relay.http.sse``), through the stream's
+body, which closes the upstream and settles what was delivered.
 
-The handler runs inline in the server's task, so a request that never waits (a 402, a
-429) costs no extra scheduling; the listener is a task started only when the body has
-been read. There is one reader of the server's ``receive`` at a time: the handler while
-it reads its body, then the listener; after the body, the handler (and its response,
-e.g. an ``EventStreamResponse`` watching for the client leaving) sees the same
-disconnect through ``receive``.
+The handler and its answer run inline in the server's task, so a request that never
+waits (a 402, a 429) costs no extra scheduling, and a stream costs one task: the
+listener's, started only when the body has been read. There is one reader of the
+server's ``receive`` at a time: the handler while it reads its body, then the listener.
 """
 
 from __future__ import annotations
@@ -37,14 +36,23 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 class _Listener:
     """The server's ``receive``, read by the handler until the body ends, then watched."""
 
-    __slots__ = ("_receive", "_task", "_left", "_watcher", "handling", "cancelled_it")
+    __slots__ = (
+        "_receive",
+        "_task",
+        "_left",
+        "_watcher",
+        "_closing_soon",
+        "handling",
+        "cancelled_it",
+    )
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self._receive = receive
         self._task = task
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watcher: asyncio.Task[None] | None = None
-        # True while the handler runs: only then does a disconnect cancel the request.
+        self._closing_soon = False
+        # True until the request is over: only then does a disconnect cancel it.
         self.handling = True
         self.cancelled_it = False
 
@@ -90,7 +98,25 @@ class _Listener:
             if current is not None and current.cancelling():
                 raise
 
+    def close_soon(self) -> None:
+        """After a streamed answer: stop watching on the loop's next turn, not now.
+
+        The server queues ``http.disconnect`` as the answer's last message goes out (hypercorn
+        and uvicorn both do), which has already scheduled the watcher to wake: run before
+        ``close``, it reads that message and ends by itself, where cancelling it woken makes
+        ``asyncio.Queue.get``'s clean-up raise a ValueError. Scheduling ``close`` instead of
+        awaiting the watcher also spares the request's task a suspension. A watcher not
+        woken (a server that sends nothing more) is cancelled then, as ``close`` always did.
+        """
+        self.handling = False
+        self._closing_soon = True
+        asyncio.get_running_loop().call_soon(self._close)
+
     def close(self) -> None:
+        if not self._closing_soon:
+            self._close()
+
+    def _close(self) -> None:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
         # ends so is not an error anyone must retrieve.
         if self._watcher is not None:
@@ -100,7 +126,7 @@ class _Listener:
 
 
 class CancelOnDisconnect:
-    """An ASGI app running ``endpoint``, cancelled if its client leaves before the answer."""
+    """An ASGI app running ``endpoint``, cancelled if its client leaves before it is over."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
@@ -110,20 +136,24 @@ class CancelOnDisconnect:
         assert task is not None
         listener = _Listener(receive, task)
         try:
-            try:
-                response = await self._endpoint(Request(scope, listener.receive))
-            finally:
-                listener.handling = False
+            response = await self._endpoint(Request(scope, listener.receive))
             if _never_receives(response):
                 # Stop watching before the answer goes out: once it has, the server's
                 # ``http.disconnect`` has usually woken the watcher already, and cancelling
                 # it then makes ``asyncio.Queue.get``'s clean-up raise (and format, with a
                 # future's repr) a ValueError: about 16,000 instructions per request.
+                listener.handling = False
                 await listener.stop()
-            await response(scope, listener.receive, send)
+                await response(scope, listener.receive, send)
+            else:
+                # A streamed answer runs inline, and the client leaving cancels it as it
+                # would the handler: its body closes the upstream and settles.
+                await response(scope, listener.receive, send)
+                listener.close_soon()
         except asyncio.CancelledError:
-            # Ours (the client left): the handler has released and recorded the request,
-            # and nobody is listening for an answer. Anyone else's: keep cancelling.
+            # Ours (the client left): the handler or the stream's body has released or
+            # settled and recorded the request, and nobody is listening for the rest.
+            # Anyone else's: keep cancelling.
             if not listener.cancelled_it or task.uncancel() > 0:
                 raise
         finally:

@@ -19,7 +19,7 @@ re-raised for the server to log; once a response has started nothing more is sen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -87,16 +87,17 @@ class Front:
             if not handled:  # relay's 500, and the server logs what caused it
                 raise
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the chosen app's own, so that no frame of its
+        # own sits in the request's await chain (stepped on every resume of the task).
         endpoint = (
             self._hot.get(scope["path"])
             if scope["method"] == "POST" and not scope.get("root_path")
             else None
         )
         if endpoint is None:
-            await self._starlette(scope, receive, send)
-            return
-        await endpoint(scope, receive, send)
+            return self._starlette(scope, receive, send)
+        return endpoint(scope, receive, send)
 
     def _handler_for(self, exc: Exception) -> tuple[ExceptionHandler | None, bool]:
         """The handler Starlette would pick, and whether it handles (not the catch-all)."""

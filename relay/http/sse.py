@@ -1,17 +1,19 @@
-"""A streaming ASGI response that notices a client leaving even while it waits.
+"""A streaming ASGI response that starts its body before its head and always closes it.
 
-Starlette's ``StreamingResponse`` only learns of a disconnect on some servers when its
-next write fails; a stream waiting on a slow upstream would then keep the upstream
-busy. This response watches ``http.disconnect`` alongside the body and cancels the
-body's generator at once, so its ``finally`` closes the upstream and settles. The body is
-started before the response head is sent, so that ``finally`` is always armed: a generator
-cancelled before its first step never runs it.
+The body runs inline, in the request's own task: no task of its own and no watcher beside
+it. Noticing a client that leaves while the body waits on a slow upstream is the job of
+``relay.http.disconnect.CancelOnDisconnect``, which every route returning this response
+runs under: it cancels the request's task, so the ``CancelledError`` lands in the body's
+pending await (or in a ``send``, after which the body is closed), and the body's
+``finally`` closes the upstream and settles. Starlette's ``StreamingResponse`` would
+instead spend a task group and a watcher task per stream on the same job.
+
+The body is started before the response head is sent, so that ``finally`` is always
+armed: a generator closed before its first step never runs it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.types import Receive, Scope, Send
@@ -41,47 +43,25 @@ class EventStreamResponse:
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()  # create_task: see relay.http.disconnect
-        pump = loop.create_task(self._pump(send))
-        watcher = loop.create_task(_wait_for_disconnect(receive))
+        # One coroutine for the whole response: every time the request's task resumes
+        # (twice a chunk), each coroutine between it and the body's await is stepped.
+        body = self._body
         try:
-            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            try:
-                for task in (watcher, pump):
-                    if not task.done():
-                        task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            finally:
-                if self._on_close is not None:
-                    await self._on_close()
-
-    async def _pump(self, send: Send) -> None:
-        try:
-            # Start the body before anything can be awaited: cancelling a task before its
-            # generator ever ran would skip the generator's ``finally`` (its cleanup and
-            # settlement) altogether, since ``aclose`` on an unstarted generator is a no-op.
-            first = await anext(self._body, None)
+            # The body's first step comes before anything else is awaited: closing a
+            # generator that never ran skips its ``finally`` (its cleanup and settlement)
+            # altogether, since ``aclose`` on an unstarted generator is a no-op.
+            first = await anext(body, None)
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             if first is not None:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
-                async for chunk in self._body:
+                async for chunk in body:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self._close_body()
-
-    async def _close_body(self) -> None:
-        close = getattr(self._body, "aclose", None)
-        if close is not None:
-            await close()
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+            try:
+                close = getattr(body, "aclose", None)
+                if close is not None:
+                    await close()
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()

@@ -26,6 +26,7 @@ from relay.upstream.wire_openai import Usage, is_usage_out_of_range
 __all__ = ["CHARS_PER_TOKEN", "StreamTap"]
 
 _DONE = b"data: [DONE]\n\n"
+_LF = ord("\n")
 # Characters per token when relay has to estimate what it delivered.
 CHARS_PER_TOKEN = 4
 
@@ -99,36 +100,54 @@ class StreamTap:
         kept: list[bytes] = []
         changed = False
         start = 0
+        size = len(data)
         while True:
+            released = self._finishing
             if crlf:
                 end, sep_len = _next_boundary(data, start)
+                if end < 0:
+                    break
+                stop = end + sep_len
+                verdict = self._keep(data[start:stop])
             else:
-                end, sep_len = data.find(b"\n\n", start), 2
-            if end < 0:
-                break
-            event = data[start : end + sep_len]
-            start = end + sep_len
-            released = self._finishing
-            verdict = self._keep(event)
+                # The usual event is one ``data:`` line: its LF is found by memchr and the
+                # blank line after it checked by index; searching for the two-byte
+                # boundary instead scans the event byte by byte, several times slower.
+                end = data.find(b"\n", start)
+                if end < 0 or end + 1 == size:
+                    break
+                if data[end + 1] == _LF and data.startswith(b"data:", start):
+                    stop = end + 2
+                    verdict = self._keep_payload(data[start + 5 : end].strip())
+                else:  # other fields or more lines (rare): up to the blank line
+                    end = data.find(b"\n\n", start)
+                    if end < 0:
+                        break
+                    stop = end + 2
+                    verdict = self._keep(data[start:stop])
             if released is not None and self._finishing is not released:
                 kept.append(b"data: " + released + b"\n\n")  # a later chunk came: let it go
                 changed = True
             if verdict:
-                kept.append(event)
+                kept.append(data[start:stop])
             else:
                 changed = True
+            start = stop
         self._pending = data[start:]
         # Usually every event goes out: forward the bytes as they came, without copying.
         return b"".join(kept) if changed else data[:start]
 
     def _keep(self, event: bytes) -> bool:
-        if event.startswith(b"data:"):  # the usual event: one data line, no other fields
+        if event.startswith(b"data:"):  # a data line first, maybe other lines after it
             payload = event[5 : event.find(b"\n")].strip()
         else:
             found = _data_of(event)
             if found is None:
                 return True  # comments and keep-alives pass through
             payload = found
+        return self._keep_payload(payload)
+
+    def _keep_payload(self, payload: bytes) -> bool:
         if payload == b"[DONE]":
             self.done = True
             return False
