@@ -215,7 +215,11 @@ class _AiohttpResponse:
 
     async def aclose(self) -> None:
         self._deadline.close()
-        self._response.close()
+        # A body read to its end has already given its connection back to the pool
+        # (``closed``); ``close`` would then only mark its content failed, through an
+        # ``isfuture`` whose failed ``hasattr`` builds an AttributeError each request.
+        if not self._response.closed:
+            self._response.close()
 
 
 class AiohttpUpstream:
