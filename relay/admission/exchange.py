@@ -101,6 +101,15 @@ class Exchange:
     def headers(self) -> dict[str, str]:
         return {**self.id_headers(), "x-relay-cost-micros": str(self.cost_micros)}
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """``headers()`` as an ASGI header list, built directly for a billed answer."""
+        request_id = self.request_id.encode("latin-1")
+        raw = [(b"x-relay-request-id", request_id), (b"x-request-id", request_id)]
+        if self.endpoint == "messages":
+            raw.append((b"request-id", request_id))
+        raw.append((b"x-relay-cost-micros", str(self.cost_micros).encode()))
+        return raw
+
     def id_headers(self) -> dict[str, str]:
         """The request id under relay's name and the SDKs' (``_request_id`` reads these)."""
         headers = {"x-relay-request-id": self.request_id, "x-request-id": self.request_id}

@@ -25,6 +25,7 @@ from relay.errors import (
 from relay.upstream.deadline import Deadline
 
 __all__ = [
+    "JSONAnswer",
     "decode_or_400",
     "error_response",
     "json_response",
@@ -163,6 +164,29 @@ def json_response(
 ) -> Response:
     content = body if isinstance(body, bytes) else _encoder.encode(body)
     return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class JSONAnswer(Response):
+    """A JSON answer whose ASGI header list the caller built (``Exchange.raw_headers``).
+
+    The answer of every billed request: Starlette's ``init_headers`` would lower-case and
+    encode a header mapping built for it, then search it for a length and a type it never
+    holds. Sent by ``Response.__call__`` as any other (``CancelOnDisconnect`` relies on
+    that), with the same headers in the same order as ``json_response`` gives.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+        raw_headers.append(_JSON_TYPE)
+        self.raw_headers = raw_headers
 
 
 def error_response(exc: RelayError, headers: Mapping[str, str] | None = None) -> Response:
