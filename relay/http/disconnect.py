@@ -15,7 +15,9 @@ The handler runs inline in the server's task, so a request that never waits (a 4
 been read. There is one reader of the server's ``receive`` at a time: the handler while
 it reads its body, then the listener; after the body, the handler (and its response,
 e.g. an ``EventStreamResponse`` watching for the client leaving) sees the same
-disconnect through ``receive``.
+disconnect through ``receive``. After a plain answer the listener ends on the
+``http.disconnect`` the server sends once a response is complete; it is cancelled only
+when no whole answer went out.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 class _Listener:
     """The server's ``receive``, read by the handler until the body ends, then watched."""
 
-    __slots__ = ("_receive", "_task", "_left", "_watcher", "handling", "cancelled_it")
+    __slots__ = ("_receive", "_task", "_left", "_watcher", "handling", "cancelled_it", "answered")
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self._receive = receive
@@ -47,6 +49,8 @@ class _Listener:
         # True while the handler runs: only then does a disconnect cancel the request.
         self.handling = True
         self.cancelled_it = False
+        # A whole answer went out: the server's ``http.disconnect`` ends the watcher.
+        self.answered = False
 
     async def receive(self) -> Message:
         if self._watcher is not None or self._left.done():
@@ -71,29 +75,17 @@ class _Listener:
             # so this listener, so the task again. That cycle, one per request, was left
             # to the cyclic GC, and under held load it piled up in the older generations.
             return
-        self._left.set_result(None)
+        if not self._left.done():
+            self._left.set_result(None)
         if self.handling:
             self.cancelled_it = True
             self._task.cancel()
 
-    async def stop(self) -> None:
-        """Stop watching, and wait until the watcher has let go of the server's ``receive``."""
-        self.close()
-        watcher = self._watcher
-        if watcher is None:
-            return
-        try:
-            await watcher  # once it ran, it ends quietly when cancelled
-        except asyncio.CancelledError:
-            # Cancelled before it ever ran; only a cancellation of our own task goes on.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-
     def close(self) -> None:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
-        # ends so is not an error anyone must retrieve.
-        if self._watcher is not None:
+        # ends so is not an error anyone must retrieve. After a whole answer it is left
+        # to end by itself: the server has queued (or soon queues) its disconnect.
+        if self._watcher is not None and not self.answered:
             self._watcher.cancel()
         if not self._left.done():
             self._left.cancel()
@@ -114,13 +106,15 @@ class CancelOnDisconnect:
                 response = await self._endpoint(Request(scope, listener.receive))
             finally:
                 listener.handling = False
-            if _never_receives(response):
-                # Stop watching before the answer goes out: once it has, the server's
-                # ``http.disconnect`` has usually woken the watcher already, and cancelling
-                # it then makes ``asyncio.Queue.get``'s clean-up raise (and format, with a
-                # future's repr) a ValueError: about 16,000 instructions per request.
-                await listener.stop()
             await response(scope, listener.receive, send)
+            # Once a plain answer (it never reads ``receive``) is out, the server sends
+            # ``http.disconnect``, as ASGI servers do when a response is complete (hypercorn
+            # queues it as the last body goes, uvicorn wakes a waiting ``receive``), and
+            # the watcher ends by itself with the handler done. Cancelling it instead
+            # threw a CancelledError through the server's queue (and, once the disconnect
+            # had woken it, made ``asyncio.Queue.get``'s clean-up raise a ValueError);
+            # stopping it before the answer cost the handler a turn of the loop.
+            listener.answered = _never_receives(response)
         except asyncio.CancelledError:
             # Ours (the client left): the handler has released and recorded the request,
             # and nobody is listening for an answer. Anyone else's: keep cancelling.
