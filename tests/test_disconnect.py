@@ -58,6 +58,8 @@ async def _serve_one(app: CancelOnDisconnect, receive: _ServerReceive) -> list[M
 
     async def send(message: Message) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            receive.queue.put_nowait({"type": "http.disconnect"})  # as hypercorn does
 
     await asyncio.ensure_future(app(dict(_SCOPE), receive, send))
     for _ in range(3):  # the watcher's cancellation runs on the next turns of the loop
@@ -93,18 +95,38 @@ async def test_a_client_leaving_still_cancels_the_handler(saved_garbage: list[ob
     assert sent == []  # nobody is listening: no answer
 
 
-async def test_a_plain_answer_stops_the_watcher_before_it_is_sent() -> None:
+async def test_a_plain_answer_leaves_the_watcher_to_the_servers_disconnect() -> None:
     receive = _ServerReceive()
-    waiting_when_sent: list[int] = []
+    watchers: list[asyncio.Task[object]] = []
 
     async def send(message: Message) -> None:
-        # The watcher no longer waits on the server's queue: a disconnect the server
-        # queues now (as hypercorn does once the answer is out) wakes nobody.
-        waiting_when_sent.append(len(receive.queue._getters))  # type: ignore[attr-defined]
-        receive.queue.put_nowait({"type": "http.disconnect"})
+        if message["type"] == "http.response.start":
+            # The watcher still waits on the server's queue: nothing was cancelled.
+            watchers.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+            assert len(receive.queue._getters) == 1  # type: ignore[attr-defined]
+        elif not message.get("more_body"):
+            receive.queue.put_nowait({"type": "http.disconnect"})  # as hypercorn does
 
     await CancelOnDisconnect(_read_and_answer)(dict(_SCOPE), receive, send)
-    assert waiting_when_sent == [0, 0]
+    assert len(watchers) == 1
+    await asyncio.sleep(0)
+    assert watchers[0].done() and not watchers[0].cancelled()  # ended by itself
+
+
+async def test_an_answer_that_fails_to_go_out_cancels_the_watcher() -> None:
+    receive = _ServerReceive()
+    watchers: list[asyncio.Task[object]] = []
+
+    async def send(message: Message) -> None:
+        watchers.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        raise OSError("the connection broke")
+
+    with pytest.raises(OSError):
+        await CancelOnDisconnect(_read_and_answer)(dict(_SCOPE), receive, send)
+    await asyncio.sleep(0)
+    # Cancelled (it ends quietly then): it no longer waits on the server's queue.
+    assert len(watchers) == 1 and watchers[0].done()
+    assert len(receive.queue._getters) == 0  # type: ignore[attr-defined]
 
 
 async def test_an_answer_before_the_watcher_ever_ran_is_sent() -> None:

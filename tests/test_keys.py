@@ -115,6 +115,17 @@ def test_adjacent_transpositions_are_rejected() -> None:
             parse_key(swapped)
 
 
+def test_the_checksum_is_read_back_exactly_as_it_is_written() -> None:
+    rng = random.Random(19)
+    for _ in range(500):
+        body = "rk_" + "".join(rng.choices(string.ascii_letters + string.digits, k=60))
+        written = keys._checksum(body)
+        assert keys._checksum_matches(body, written)
+        for at in range(len(written)):  # any other digit anywhere is a mismatch
+            other = rng.choice(keys._BASE62.replace(written[at], ""))
+            assert not keys._checksum_matches(body, written[:at] + other + written[at + 1 :])
+
+
 def test_checksum_typo_in_the_secret_says_bad_checksum() -> None:
     raw = generate_key().secret
     pos = 30

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import httpx
 import pytest
@@ -19,7 +21,10 @@ from conftest import (
 )
 from support_accounts import Relay, auth, run_relay
 
+from relay.admission.exchange import Exchange
+from relay.identity.auth import ANONYMOUS
 from relay.upstream.redact import KeyRedactor
+from relay.upstream.routing import Route
 
 KEY = "sk-live/Secret_key-0123456789"
 
@@ -123,3 +128,27 @@ async def test_no_key_in_answers_errors_streams_or_usage_rows(relay: Relay) -> N
     rows = await relay.rows("SELECT upstream_request_id FROM usage")
     assert len(rows) == 3
     assert all(row["upstream_request_id"] is None for row in rows)
+
+
+def test_an_exchange_vets_its_upstream_id_once_and_again_when_it_changes() -> None:
+    class CountingRedactor(KeyRedactor):
+        __slots__ = ("asked",)
+
+        def safe_id(self, value: str | None) -> str | None:
+            self.asked += 1
+            return super().safe_id(value)
+
+    redactor = CountingRedactor([KEY])
+    redactor.asked = 0
+    pool = SimpleNamespace(redactor=redactor)
+    route = SimpleNamespace(provider=SimpleNamespace(name="up", pool=pool), upstream_model="m")
+    exchange = Exchange("req_1", "chat", ANONYMOUS)
+    exchange.route = cast(Route, route)
+    exchange.upstream_id = "chatcmpl-1"
+    assert exchange.metadata()["upstream_id"] == "chatcmpl-1"
+    assert exchange.usage_record().upstream_request_id == "chatcmpl-1"
+    assert redactor.asked == 1
+    exchange.upstream_id = f"id-{KEY}"
+    assert exchange.safe_upstream_id() is None
+    assert exchange.usage_record().upstream_request_id is None
+    assert redactor.asked == 2

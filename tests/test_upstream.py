@@ -256,3 +256,18 @@ async def test_aiohttp_a_malformed_answer_is_connect_failed(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_aiohttp_upstream_parses_each_url_once_and_keeps_a_bounded_number() -> None:
+    client = AiohttpUpstream(max_connections=1)
+    try:
+        first = client._url("http://127.0.0.1:9/v1/chat/completions")
+        assert client._url("http://127.0.0.1:9/v1/chat/completions") is first
+        assert str(first) == "http://127.0.0.1:9/v1/chat/completions"
+        for n in range(100):  # e.g. one status path per video job
+            assert str(client._url(f"http://127.0.0.1:9/v1/videos/v{n}")) == (
+                f"http://127.0.0.1:9/v1/videos/v{n}"
+            )
+        assert len(client._urls) == 64
+    finally:
+        await client.aclose()

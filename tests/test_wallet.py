@@ -161,6 +161,16 @@ def test_near_the_threshold_the_hold_is_the_worst_case() -> None:
     assert strict.strict and strict.held_micros == 1_500  # headroom 1_001_000 − 1_500 < margin
 
 
+def test_placing_a_plan_holds_what_hold_would_and_counts_it_in_flight() -> None:
+    wallet, _ = funded(1_002_000)
+    plan = wallet.plan_hold("acc", None, estimate_micros=10, worst_case_micros=2_500)
+    placed = wallet.place("acc", None, plan)
+    assert (placed.held_micros, placed.strict) == (2_500, True)  # 999_500 < margin
+    assert wallet.snapshot("acc").held_micros == 2_500
+    with pytest.raises(QuotaError):  # its worst case now counts against the headroom
+        wallet.plan_hold("acc", None, estimate_micros=1, worst_case_micros=1_000_000)
+
+
 def test_a_hold_needs_the_worst_case_to_fit_after_all_in_flight_worst_cases() -> None:
     wallet, _ = funded(10_000, margin=0)
     wallet.hold("acc", None, estimate_micros=1, worst_case_micros=6_000)

@@ -38,6 +38,7 @@ class Exchange:
         "units",
         "cost_micros",
         "usage_estimated",
+        "_vetted",
     )
 
     def __init__(self, request_id: str, endpoint: str, principal: Principal):
@@ -63,6 +64,9 @@ class Exchange:
         self.units = 0
         self.cost_micros = 0
         self.usage_estimated = False
+        # (upstream_id, route, its vetted form): the answer's metadata and the usage row
+        # both ask, and the vetting (a regex, a search for each pool key) need run once.
+        self._vetted: tuple[str, Route, str | None] | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -73,9 +77,14 @@ class Exchange:
 
     def safe_upstream_id(self) -> str | None:
         """The upstream's id if it is safe to show and store (never one holding a pool key)."""
-        if self.upstream_id is None or self.route is None:
+        upstream_id, route = self.upstream_id, self.route
+        if upstream_id is None or route is None:
             return None
-        return self.route.provider.pool.redactor.safe_id(self.upstream_id)
+        vetted = self._vetted
+        if vetted is None or vetted[0] is not upstream_id or vetted[1] is not route:
+            vetted = (upstream_id, route, route.provider.pool.redactor.safe_id(upstream_id))
+            self._vetted = vetted
+        return vetted[2]
 
     def metadata(self) -> dict[str, str]:
         """relay's ``metadata``: every value a string (the SDKs type it ``Dict[str, str]``)."""
@@ -100,6 +109,15 @@ class Exchange:
 
     def headers(self) -> dict[str, str]:
         return {**self.id_headers(), "x-relay-cost-micros": str(self.cost_micros)}
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """``headers()`` as an ASGI header list, built directly for a billed answer."""
+        request_id = self.request_id.encode("latin-1")
+        raw = [(b"x-relay-request-id", request_id), (b"x-request-id", request_id)]
+        if self.endpoint == "messages":
+            raw.append((b"request-id", request_id))
+        raw.append((b"x-relay-cost-micros", str(self.cost_micros).encode()))
+        return raw
 
     def id_headers(self) -> dict[str, str]:
         """The request id under relay's name and the SDKs' (``_request_id`` reads these)."""

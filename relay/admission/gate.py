@@ -90,7 +90,7 @@ class Gate:
             return Ticket()
         # The wallet is asked first (without placing anything): a 402 must not spend rate
         # budget, and a 429 from the limiter consumes nothing by construction.
-        self.wallet.plan_hold(
+        plan = self.wallet.plan_hold(
             account.id,
             key.id,
             estimate_micros=quote.estimate_micros,
@@ -107,13 +107,9 @@ class Gate:
             account_tpm=account.tpm,
             account_concurrency=account.concurrency,
         )
-        # Nothing was awaited since the plan, so the same hold fits now.
-        hold = self.wallet.hold(
-            account.id,
-            key.id,
-            estimate_micros=quote.estimate_micros,
-            worst_case_micros=quote.worst_case_micros,
-        )
+        # Nothing was awaited since the plan (the limiter touches no money), so the wallet
+        # is as it was planned against: that hold is placed without deciding it again.
+        hold = self.wallet.place(account.id, key.id, plan)
         exchange.admitted_at = time.perf_counter()
         return Ticket(slot, hold, self.wallet)
 

@@ -26,7 +26,7 @@ from relay.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from relay.http.responses import error_response, json_response
+from relay.http.responses import JSONAnswer, error_response, json_response
 from relay.metrics.traces import PhaseTimes
 from relay.money.estimate import CostQuote
 from relay.money.pricing import token_cost_micros
@@ -285,7 +285,7 @@ def answer_with_metadata(raw: bytes, exchange: Exchange) -> Response:
         content = with_relay_fields(raw, exchange.metadata(), exchange.cost_micros)
     except ValueError:
         content = raw
-    return json_response(content, headers=exchange.headers())
+    return JSONAnswer(content, exchange.raw_headers())
 
 
 def upstream_broke_off(exc: UpstreamFailure, what: str) -> RelayError:

@@ -15,6 +15,8 @@ The handler and its answer run inline in the server's task, so a request that ne
 waits (a 402, a 429) costs no extra scheduling, and a stream costs one task: the
 listener's, started only when the body has been read. There is one reader of the
 server's ``receive`` at a time: the handler while it reads its body, then the listener.
+After a plain answer the listener ends on the ``http.disconnect`` the server sends once a
+response is complete; it is cancelled only when no whole answer went out.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _Listener:
         "_closing_soon",
         "handling",
         "cancelled_it",
+        "answered",
     )
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
@@ -55,6 +58,8 @@ class _Listener:
         # True until the request is over: only then does a disconnect cancel it.
         self.handling = True
         self.cancelled_it = False
+        # A whole answer went out: the server's ``http.disconnect`` ends the watcher.
+        self.answered = False
 
     async def receive(self) -> Message:
         if self._watcher is not None or self._left.done():
@@ -79,24 +84,11 @@ class _Listener:
             # so this listener, so the task again. That cycle, one per request, was left
             # to the cyclic GC, and under held load it piled up in the older generations.
             return
-        self._left.set_result(None)
+        if not self._left.done():
+            self._left.set_result(None)
         if self.handling:
             self.cancelled_it = True
             self._task.cancel()
-
-    async def stop(self) -> None:
-        """Stop watching, and wait until the watcher has let go of the server's ``receive``."""
-        self.close()
-        watcher = self._watcher
-        if watcher is None:
-            return
-        try:
-            await watcher  # once it ran, it ends quietly when cancelled
-        except asyncio.CancelledError:
-            # Cancelled before it ever ran; only a cancellation of our own task goes on.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
 
     def close_soon(self) -> None:
         """After a streamed answer: stop watching on the loop's next turn, not now.
@@ -118,8 +110,9 @@ class _Listener:
 
     def _close(self) -> None:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
-        # ends so is not an error anyone must retrieve.
-        if self._watcher is not None:
+        # ends so is not an error anyone must retrieve. After a whole answer it is left
+        # to end by itself: the server has queued (or soon queues) its disconnect.
+        if self._watcher is not None and not self.answered:
             self._watcher.cancel()
         if not self._left.done():
             self._left.cancel()
@@ -138,13 +131,17 @@ class CancelOnDisconnect:
         try:
             response = await self._endpoint(Request(scope, listener.receive))
             if _never_receives(response):
-                # Stop watching before the answer goes out: once it has, the server's
-                # ``http.disconnect`` has usually woken the watcher already, and cancelling
-                # it then makes ``asyncio.Queue.get``'s clean-up raise (and format, with a
-                # future's repr) a ValueError: about 16,000 instructions per request.
+                # Once a plain answer (it never reads ``receive``) is out, the server sends
+                # ``http.disconnect``, as ASGI servers do when a response is complete
+                # (hypercorn queues it as the last body goes, uvicorn wakes a waiting
+                # ``receive``), and the watcher ends by itself with the handler done.
+                # Cancelling it instead threw a CancelledError through the server's queue
+                # (and, once the disconnect had woken it, made ``asyncio.Queue.get``'s
+                # clean-up raise a ValueError); stopping it before the answer cost the
+                # handler a turn of the loop.
                 listener.handling = False
-                await listener.stop()
                 await response(scope, listener.receive, send)
+                listener.answered = True
             else:
                 # A streamed answer runs inline, and the client leaving cancels it as it
                 # would the handler: its body closes the upstream and settles.

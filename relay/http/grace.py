@@ -17,6 +17,7 @@ Per request this costs one set insertion and a send wrapper; nothing else runs u
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,12 +31,24 @@ _STREAM_END = b"data: " + _BODY + b"\n\ndata: [DONE]\n\n"
 
 
 class _Progress:
-    __slots__ = ("started", "streaming", "finished")
+    __slots__ = ("headers", "finished")
 
     def __init__(self) -> None:
-        self.started = False
-        self.streaming = False
+        # The answer's headers once it started (None: not yet). Whether it is a stream
+        # is read from them only at a cut, not on every request.
+        self.headers: Iterable[tuple[bytes, bytes]] | None = None
         self.finished = False
+
+    @property
+    def started(self) -> bool:
+        return self.headers is not None
+
+    @property
+    def streaming(self) -> bool:
+        return any(
+            name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+            for name, value in self.headers or ()
+        )
 
 
 class GraceCut:
@@ -64,12 +77,10 @@ class GraceCut:
         progress = _Progress()
 
         async def tracked_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                progress.started = True
-                for name, value in message.get("headers", ()):
-                    if name.lower() == b"content-type":
-                        progress.streaming = value.startswith(b"text/event-stream")
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
+            kind = message["type"]
+            if kind == "http.response.start":
+                progress.headers = message.get("headers", ())
+            elif kind == "http.response.body" and not message.get("more_body"):
                 progress.finished = True
             await send(message)
 

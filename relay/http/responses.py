@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Message, Receive
 
 from relay.errors import (
     InvalidRequest,
@@ -24,6 +25,7 @@ from relay.errors import (
 from relay.upstream.deadline import Deadline
 
 __all__ = [
+    "JSONAnswer",
     "decode_or_400",
     "error_response",
     "json_response",
@@ -55,32 +57,69 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     The whole body must arrive within ``[server] body_read_timeout_s`` (408 otherwise):
     a client trickling bytes must not hold memory and a worker indefinitely.
+
+    Read from ``receive`` itself rather than through ``request.stream()``: that async
+    generator (registered with the loop's asyncgen hooks, ended by a StopAsyncIteration)
+    cost every request more than the usual one-message body needs. The body is then left
+    where Starlette keeps the one it read (``_body``), so a later ``request.body()``,
+    ``stream()`` or ``form()`` returns it instead of waiting for a body already consumed.
     """
+    cached: bytes | None = getattr(request, "_body", None)
+    if cached is not None:
+        if len(cached) > limit:
+            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        return cached
+    receive = request.receive
     declared = request.headers.get("content-length")
-    stream = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > limit:
         if int(declared) <= limit + DRAIN_MAX_BYTES:
-            await _drain(stream)
+            await _drain(receive)
         raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
     deadline = Deadline()  # lighter than asyncio.timeout on every request's path
     try:
         with deadline.bound(_body_deadline_s(request)):
-            async for part in stream:
-                size += len(part)
-                if size > limit:
-                    await _drain(stream)
-                    raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-                parts.append(part)
+            body = await _receive_body(receive, limit)
     except TimeoutError:
         raise RequestTimeout("The request body did not arrive in time") from None
     finally:
         deadline.close()
+    request._body = body
+    return body
+
+
+def _part(message: Message) -> bytes:
+    """A body message's bytes; a client that left is Starlette's ``ClientDisconnect``."""
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    part: bytes = message.get("body", b"")
+    return part
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    body = _part(message)
+    if not message.get("more_body", False):  # the usual request: one message
+        if len(body) > limit:
+            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        if size > limit:
+            await _drain(receive)
+            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        message = await receive()
+        part = _part(message)
+        size += len(part)
+        parts.append(part)
+        if not message.get("more_body", False):
+            break
+    if size > limit:
+        raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
     return b"".join(parts)
 
 
-async def _drain(stream: AsyncIterator[bytes]) -> None:
+async def _drain(receive: Receive) -> None:
     """Read and drop a little more of a refused body, within bounds.
 
     Closing a connection with unread request bytes makes the kernel send a reset, which
@@ -91,9 +130,10 @@ async def _drain(stream: AsyncIterator[bytes]) -> None:
     drained = 0
     with contextlib.suppress(TimeoutError, ClientDisconnect):
         async with asyncio.timeout(DRAIN_MAX_S):
-            async for part in stream:
-                drained += len(part)
-                if drained > DRAIN_MAX_BYTES:
+            while True:
+                message = await receive()
+                drained += len(_part(message))
+                if drained > DRAIN_MAX_BYTES or not message.get("more_body", False):
                     return
 
 
@@ -124,6 +164,29 @@ def json_response(
 ) -> Response:
     content = body if isinstance(body, bytes) else _encoder.encode(body)
     return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class JSONAnswer(Response):
+    """A JSON answer whose ASGI header list the caller built (``Exchange.raw_headers``).
+
+    The answer of every billed request: Starlette's ``init_headers`` would lower-case and
+    encode a header mapping built for it, then search it for a length and a type it never
+    holds. Sent by ``Response.__call__`` as any other (``CancelOnDisconnect`` relies on
+    that), with the same headers in the same order as ``json_response`` gives.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+        raw_headers.append(_JSON_TYPE)
+        self.raw_headers = raw_headers
 
 
 def error_response(exc: RelayError, headers: Mapping[str, str] | None = None) -> Response:

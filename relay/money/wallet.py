@@ -281,11 +281,12 @@ class Wallet(WalletBook):
     ) -> Hold:
         """Place a hold (rules in ``plan_hold``); ``QuotaError`` (402) when it does not fit."""
         plan = self.plan_hold(
-            account_id,
-            key_id,
-            estimate_micros=estimate_micros,
-            worst_case_micros=worst_case_micros,
+            account_id, key_id, estimate_micros=estimate_micros, worst_case_micros=worst_case_micros
         )
+        return self.place(account_id, key_id, plan)
+
+    def place(self, account_id: str, key_id: str | None, plan: HoldPlan) -> Hold:
+        """Place the hold ``plan_hold`` just gave, with nothing awaited since (same state)."""
         hold = Hold(next(self._hold_ids), account_id, key_id, plan)
         for exposure in self._exposures(hold):
             exposure.held += hold.held_micros

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import aiohttp
 import httpx
+from yarl import URL
 
 from relay.upstream.deadline import Deadline
 
@@ -215,7 +216,17 @@ class _AiohttpResponse:
 
     async def aclose(self) -> None:
         self._deadline.close()
-        self._response.close()
+        # A body read to its end has already given its connection back to the pool
+        # (``closed``); ``close`` would then only mark its content failed, through an
+        # ``isfuture`` whose failed ``hasattr`` builds an AttributeError each request.
+        if not self._response.closed:
+            self._response.close()
+
+
+# Parsed upstream URLs kept per session: a provider sends to a few fixed paths, and
+# aiohttp would otherwise parse the same text into a ``URL`` for every request. Bounded,
+# since some paths hold an id (a video job's status).
+_MAX_PARSED_URLS = 64
 
 
 class AiohttpUpstream:
@@ -231,6 +242,15 @@ class AiohttpUpstream:
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
+        self._urls: dict[str, URL] = {}
+
+    def _url(self, text: str) -> URL:
+        url = self._urls.get(text)
+        if url is None:
+            url = URL(text)
+            if len(self._urls) < _MAX_PARSED_URLS:
+                self._urls[text] = url
+        return url
 
     async def send(
         self,
@@ -245,8 +265,9 @@ class AiohttpUpstream:
         deadline = Deadline()
         try:
             with deadline.bound(timeouts.first_byte_s):
+                # ``headers`` as given: aiohttp copies them into a CIMultiDict of its own.
                 response = await self._session.request(
-                    method, url, headers=dict(headers), data=body, allow_redirects=False
+                    method, self._url(url), headers=headers, data=body, allow_redirects=False
                 )
         except TimeoutError:
             deadline.close()

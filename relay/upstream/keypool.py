@@ -128,7 +128,12 @@ class KeyPool:
     @property
     def has_usable_key(self) -> bool:
         """Some key is still in rotation (it may be cooling down)."""
-        return any(key.disabled_reason is None for key in self.keys)
+        # A loop, not ``any(generator)``: asked on every request, and a generator left
+        # at its first key (the usual answer) is closed with a GeneratorExit each time.
+        for key in self.keys:
+            if key.disabled_reason is None:
+                return True
+        return False
 
     def acquire(
         self, exclude: frozenset[int] | set[int] = frozenset(), tokens: int = 0
