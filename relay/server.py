@@ -19,7 +19,6 @@ import contextlib
 import functools
 import importlib
 import logging
-import math
 import signal
 import socket
 import ssl
@@ -104,7 +103,7 @@ async def _serve(config: Config) -> None:
         if config.server.http_server == "uvicorn":
             await _serve_uvicorn(app, config.server, tls, listener, stop)
         else:
-            await _serve_hypercorn(app, config.server, tls, listener, stop, read_timeout_s(config))
+            await _serve_hypercorn(app, config.server, tls, listener, stop)
     finally:
         cutter.cancel()
         stop.set()
@@ -119,23 +118,6 @@ async def _cut_after_grace(app: GraceCut, stop: asyncio.Event, grace_s: float) -
     cut = app.cut()
     if cut:
         log.warning("shutdown: grace period over, %d requests cut (answered 503)", cut)
-
-
-def read_timeout_s(config: Config) -> int:
-    """How long a connection may send nothing before hypercorn drops it.
-
-    hypercorn applies ``read_timeout`` to every read, including while relay streams an
-    answer to a client that (rightly) sends nothing: so it must outlast the longest
-    answer relay can give (a provider's ``stream_timeout_s``, or ``timeout_s`` for a whole
-    answer) plus the body deadline. It bounds what a client trickling its request
-    headers can hold; a trickled body is cut sooner by ``body_read_timeout_s`` (408).
-    """
-    longest = max(
-        [p.stream_timeout_s for p in config.providers]
-        + [p.first_byte_timeout + p.timeout_s for p in config.providers]
-        + [0.0]
-    )
-    return math.ceil(longest + config.server.body_read_timeout_s)
 
 
 async def _reload_on_signal(tap: StateTap) -> None:
@@ -230,11 +212,9 @@ async def _serve_hypercorn(
     tls: tuple[str, str] | None,
     listener: socket.socket,
     stop: asyncio.Event,
-    read_timeout: int,
 ) -> None:
     # hypercorn takes the bound socket over by its file descriptor, and closes it.
     config = _hypercorn_config(server, tls, f"fd://{listener.detach()}")
-    config.read_timeout = read_timeout
     try:
         await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     except LifespanFailureError as exc:
@@ -251,6 +231,12 @@ def _hypercorn_config(
     hc.graceful_timeout = server.shutdown_grace_s + _CUT_MARGIN_S
     hc.accesslog = None  # a per-request log line costs throughput; usage rows record requests
     hc.errorlog = logging.getLogger("hypercorn.error")
+    # No ``read_timeout``: hypercorn would wrap every read of every connection in
+    # ``asyncio.wait_for`` (a task and a timer each: 1.7% of a non-stream request's
+    # instructions). A request head trickled byte by byte is cut anyway: hypercorn's idle
+    # timer (``keep_alive_timeout``) runs from the connection's start, or the previous
+    # answer's end, until a whole head has arrived, however often bytes come; a trickled
+    # body is cut by ``body_read_timeout_s`` (408), and an answer by its own deadlines.
     hc.keep_alive_timeout = _KEEP_ALIVE_S
     hc.backlog = _BACKLOG
     if tls is not None:
