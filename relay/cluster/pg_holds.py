@@ -32,8 +32,7 @@ __all__ = [
 ]
 
 # The charge row's note when the cost was estimated (a stream cut short), the wallet's
-# words. An overrun's part is appended by relay_settle in its own (SQL) words: aligning
-# those needs a migration.
+# words. An overrun's part is appended by relay_settle, in the same words since entry 19.
 ESTIMATED = charge_note(estimated=True, overrun=False, measured_micros=0, worst_case_micros=0)
 
 

@@ -48,6 +48,7 @@ from relay.storage.schema_records import (
     SQLITE_VIDEO_JOBS,
 )
 from relay.storage.schema_rollup import POSTGRESQL_ROLLUP
+from relay.storage.schema_settle_note import POSTGRESQL_SETTLE_NOTE
 
 __all__ = ["MIGRATIONS"]
 
@@ -201,6 +202,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         why_engines_differ=(
             "SQLite builds a temporary B-tree for an IN list in a CHECK on every insert; "
             "PostgreSQL compares an array, at no such cost, and keeps its own check."
+        ),
+    ),
+    Migration(
+        19,
+        "cluster: a charge's overrun note in the embedded wallet's words",
+        "",
+        POSTGRESQL_SETTLE_NOTE,
+        why_engines_differ=(
+            "Embedded, the wallet writes the note in Python (charge_note); across "
+            "instances relay_settle writes it, and entry 17's words differed."
         ),
     ),
 )
