@@ -126,10 +126,11 @@ async def check_signal_mid_stream(
                 assert response.status_code == 200
                 chunks = response.aiter_raw()
                 assert b"data: " in await anext(chunks)
+                # The grace period runs from the first signal, so time is counted from it.
+                sent_at = time.monotonic()
                 for signum in signals:
                     process.send_signal(signum)
                     await asyncio.sleep(0.05)
-                sent_at = time.monotonic()
                 # At the end of the grace period the stream ends with an error event and
                 # [DONE] (docs/architecture.md §4.2), so a client sees why it stopped.
                 rest = b"".join([chunk async for chunk in chunks])
