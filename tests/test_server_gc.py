@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.process_memory import GC_THRESHOLDS, limit_malloc_arenas, tune_gc
+from relay.process_memory import GC_THRESHOLDS, collector_paused, limit_malloc_arenas, tune_gc
 
 
 @pytest.fixture
@@ -48,6 +48,17 @@ def test_cycles_are_still_collected_after_tuning(restored_gc: None) -> None:
     assert watch() is not None
     gc.collect(0)
     assert collected == ["freed"]
+
+
+def test_the_collector_is_paused_while_the_server_loads_and_resumes_after() -> None:
+    assert gc.isenabled()
+    with pytest.raises(ImportError), collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the outer pause decides when it ends
+            pass
+        assert not gc.isenabled()
+        raise ImportError("a start-up failure")
+    assert gc.isenabled()
 
 
 # A child process: cap the arenas (or not), let six threads allocate at once, and count
