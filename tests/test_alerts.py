@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from conftest import config_text, make_config
@@ -162,6 +163,37 @@ async def test_failed_deliveries_are_retried_with_backoff_then_given_up(
     finally:
         await outbox.aclose()
         await db.close()
+
+
+async def test_the_http_client_is_built_at_the_first_delivery(
+    tmp_path: Path, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up builds no HTTP client (it loads the CA store); the first delivery does,
+    and later ones reuse it."""
+    built: list[httpx.AsyncClient] = []
+    real_client = httpx.AsyncClient
+
+    def counting_client(**kwargs: Any) -> httpx.AsyncClient:
+        built.append(real_client(**kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(httpx, "AsyncClient", counting_client)
+    config = parse_config(f'[[alerts]]\nsink = "webhook"\nurl = "{hook.url}"\nrearm_s = 0\n')
+    db = await Database.open(tmp_path / "relay.db", flush_interval_s=0.01)
+    outbox = AlertOutbox(SqliteOutbox(db), lambda: config)
+    try:
+        await outbox.start()
+        assert await outbox.deliver_due() == 0
+        assert built == []
+        outbox.raise_alert("provider_cooling", "openai", "every key is cooling")
+        await settle(outbox, lambda: len(hook.received) == 1)
+        outbox.raise_alert("provider_cooling", "anthropic", "every key is cooling")
+        await settle(outbox, lambda: len(hook.received) == 2)
+        assert len(built) == 1
+    finally:
+        await outbox.aclose()
+        await db.close()
+    assert built[0].is_closed
 
 
 async def test_undelivered_alerts_survive_a_restart_and_dedupe_resumes(

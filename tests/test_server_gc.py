@@ -12,7 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.process_memory import GC_THRESHOLDS, limit_malloc_arenas, tune_gc
+from relay.process_memory import (
+    GC_THRESHOLDS,
+    collector_paused,
+    fix_mmap_threshold,
+    limit_malloc_arenas,
+    tune_gc,
+)
 
 
 @pytest.fixture
@@ -48,6 +54,17 @@ def test_cycles_are_still_collected_after_tuning(restored_gc: None) -> None:
     assert watch() is not None
     gc.collect(0)
     assert collected == ["freed"]
+
+
+def test_the_collector_is_paused_while_the_server_loads_and_resumes_after() -> None:
+    assert gc.isenabled()
+    with pytest.raises(ImportError), collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the outer pause decides when it ends
+            pass
+        assert not gc.isenabled()
+        raise ImportError("a start-up failure")
+    assert gc.isenabled()
 
 
 # A child process: cap the arenas (or not), let six threads allocate at once, and count
@@ -111,3 +128,55 @@ def test_the_arena_cap_keeps_the_threads_to_two_heaps() -> None:
 def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False
+
+
+# A child process: fix the mmap threshold (as relay serve does) or not, then allocate, touch
+# and free a block of argon2's size twice (a key's hash, then its check), and print how
+# many MB stayed resident.
+_ARGON2_TWICE = """
+import ctypes, sys
+from relay.process_memory import prepare_for_serving
+if sys.argv[1] == "serve":
+    prepare_for_serving()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+size = 19 << 20
+before = rss_kb()
+for _ in range(2):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+print((rss_kb() - before) // 1024)
+"""
+
+
+def _mb_kept_after_argon2_twice(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    done = subprocess.run(
+        [sys.executable, "-c", _ARGON2_TWICE, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="the mmap threshold is glibc's",
+)
+def test_a_freed_argon2_block_does_not_stay_resident() -> None:
+    assert _mb_kept_after_argon2_twice("serve") <= 2
+    # Without it glibc raises its threshold past the first block, and keeps the second.
+    assert _mb_kept_after_argon2_twice("none") >= 15
+
+
+def test_an_operators_mmap_threshold_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_mmap_threshold() is False

@@ -68,7 +68,9 @@ class AlertOutbox:
     ) -> None:
         self._store = store
         self._config = config  # read at each use: a reload may change the sinks
-        self._http = http or httpx.AsyncClient(timeout=10.0)
+        # Built on the first delivery: an httpx client loads the CA store (~45 ms and
+        # ~1.7 MB at start-up), and most relays configure no webhook or Slack sink.
+        self._http = http
         self._clock_ms = clock_ms
         self._poll_s = poll_s
         self._last_sent: dict[tuple[int, str, str], int] = {}
@@ -98,7 +100,13 @@ class AlertOutbox:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_CLOSE_FLUSH_S):
                     await self._store.flush()
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=10.0)
+        return self._http
 
     # -- raising ----------------------------------------------------------------------
 
@@ -165,7 +173,7 @@ class AlertOutbox:
     async def _deliver_direct(self, sink: AlertConfig, alert: dict[str, Any]) -> None:
         for attempt in range(_DIRECT_ATTEMPTS):
             try:
-                await deliver(sink, alert, self._http, self._config().email)
+                await deliver(sink, alert, self._client(), self._config().email)
                 return
             except DeliveryError as exc:
                 log.warning("storage alert to %s failed: %s", sink.name or sink.sink, exc)
@@ -229,7 +237,7 @@ class AlertOutbox:
             return "the sink is no longer configured"
         try:
             await deliver(
-                sinks[index], msgspec.json.decode(payload), self._http, self._config().email
+                sinks[index], msgspec.json.decode(payload), self._client(), self._config().email
             )
         except DeliveryError as exc:
             return str(exc)[:500]

@@ -33,6 +33,7 @@ from relay.cli.wallet import add_wallet_commands
 from relay.config import Config, load_config, redact_url
 from relay.errors import ConfigError
 from relay.identity.admin_token import admin_token_from_env
+from relay.process_memory import collector_paused
 
 __all__ = ["CommandError", "add_config_option", "build_parser", "main"]
 
@@ -83,7 +84,8 @@ def _serve(args: argparse.Namespace) -> Any:
         config = msgspec.structs.replace(config, server=server)
     admin_token_from_env(config.server.admin_token_env)  # a short token: refuse before binding
     _configure_logging(config)
-    from relay.server import run_server  # imported late: check-config needs no server stack
+    with collector_paused():
+        from relay.server import run_server  # imported late: check-config needs no server stack
 
     run_server(config)
     return None

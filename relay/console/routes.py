@@ -1,11 +1,10 @@
-"""The console's URL map: ``console_routes()`` for the app to mount at ``/console``."""
+"""The console's URL map: ``console_pages()``, mounted at ``/console`` (relay.console.mount)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -27,7 +26,7 @@ from relay.console.pages import (
 )
 from relay.console.web import Console, ConsoleError, Ctx, Page, page
 
-__all__ = ["console_routes"]
+__all__ = ["console_pages"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _ACCOUNT = "/a/{account}"
@@ -38,12 +37,8 @@ async def _not_found(ctx: Ctx) -> Response:
     raise ConsoleError(404, "There is no such page.")
 
 
-async def _to_console(request: Request) -> Response:
-    return RedirectResponse("/console/", status_code=308)
-
-
-def console_routes() -> list[BaseRoute]:
-    """The web console: pages under ``/console/``, its static files, and a bare redirect."""
+def console_pages() -> list[BaseRoute]:
+    """The console's pages and static files, relative to ``/console``."""
     console = Console()
 
     def route(path: str, spec: Page, method: str = "GET") -> Route:
@@ -111,4 +106,4 @@ def console_routes() -> list[BaseRoute]:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="console-static"),
         Route("/{path:path}", console.endpoint(_not_found), methods=["GET", "HEAD", "POST"]),
     ]
-    return [Route("/console", _to_console), Mount("/console", routes=pages)]
+    return pages
