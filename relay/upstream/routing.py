@@ -256,6 +256,8 @@ class Router:
             return None, _failure_from(exc, provider.name), False
         # From here on the response reads in the client's dialect, whatever the upstream's.
         response = provider.adapt_response(target.path, response, body)
+        if not stream and 200 <= response.status < 300:  # the usual answer: no coroutine
+            return _opened(response, route, key, attempt), None, False
         return await self._judge(response, route, key, attempt, stream)
 
     async def _judge(
@@ -265,9 +267,9 @@ class Router:
         provider = route.provider
         status = response.status
         if 200 <= status < 300:
-            response = RedactingResponse(response, provider.pool.redactor)
             if not stream:
-                return OpenedRoute(response, route, key, attempt, None, None), None, False
+                return _opened(response, route, key, attempt), None, False
+            response = RedactingResponse(response, provider.pool.redactor)
             return await self._await_first_chunk(response, route, key, attempt)
         body = await _read_quietly(response)
         if status == 429:
@@ -306,6 +308,14 @@ class Router:
             return
         delay = self._backoff_base_s * (2 ** (attempt - 1)) * (0.5 + self._jitter())
         await self._sleep(min(BACKOFF_CAP_S, delay))
+
+
+def _opened(
+    response: UpstreamResponse, route: Route, key: UpstreamKey, attempt: int
+) -> OpenedRoute:
+    """A 2xx whole answer, read redacted."""
+    redacted = RedactingResponse(response, route.provider.pool.redactor)
+    return OpenedRoute(redacted, route, key, attempt, None, None)
 
 
 def _failure_from(exc: UpstreamFailure, provider: str) -> RelayError:
