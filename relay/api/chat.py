@@ -116,7 +116,7 @@ async def _generate(
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, path, body_for, stream=exchange.stream)
             exchange.route = opened.route
             if exchange.stream:
@@ -173,7 +173,7 @@ async def _classify(request: Request, endpoint: str, kind: str, path: str) -> Re
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, path, body_for, stream=False)
             exchange.route = opened.route
             answer = await _relay_answer(state, exchange, ticket, opened, quote)
