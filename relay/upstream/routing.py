@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from relay.config import ModelConfig, parse_route
 from relay.errors import (
@@ -131,13 +132,21 @@ class OpenedRoute:
         the loop's async-generator hooks)."""
         return self._chunks if self._chunks is not None else _no_chunks()
 
-    async def close(self) -> None:
-        """Release the key and drop the connection; safe to call more than once."""
+    def close(self) -> Coroutine[Any, Any, None]:
+        """Release the key and drop the connection; safe to call more than once.
+
+        Await what it returns: the response's own ``aclose``, handed back rather than
+        awaited in a coroutine of this one's.
+        """
         if self._closed:
-            return
+            return _closed_already()
         self._closed = True
         self.route.provider.pool.release(self.key)
-        await self.response.aclose()
+        return self.response.aclose()
+
+
+async def _closed_already() -> None:
+    return
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
