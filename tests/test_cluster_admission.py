@@ -119,7 +119,7 @@ async def test_a_ticket_settles_once_and_records_usage_in_the_same_commit(
     exchange = _exchange(principal)
     ticket = await runtime.admitter.admit(exchange, QUOTE)
     assert isinstance(ticket, ClusterTicket) and await _in_flight(runtime, principal) == 1
-    async with ticket:
+    with ticket:
         charged = ticket.settle(5_000, 12, request_id=exchange.request_id, estimated=False)
         assert charged == 1_000 and ticket.overrun  # capped at the worst case
         runtime.settler.record(UsageRecord(exchange.request_id, 1, "chat", 200, cost_micros=1_000))
@@ -151,7 +151,7 @@ async def test_a_block_that_raises_releases_the_hold_and_the_slot(
     principal = await _principal(runtime, 10_000)
     assert principal.account is not None
     with pytest.raises(RuntimeError):
-        async with await runtime.admitter.admit(_exchange(principal), QUOTE):
+        with await runtime.admitter.admit(_exchange(principal), QUOTE):
             raise RuntimeError("the upstream call failed")
     await runtime.admitter.committed()
     view = await runtime.store.snapshot(principal.account.id)

@@ -265,7 +265,7 @@ async def _handed_over(runtime: ClusterRuntime, principal: Principal) -> tuple[V
     assert isinstance(ticket, ClusterTicket)
     job = _job(principal)
     store = PgVideoStore(runtime.pool, lambda: runtime.store)
-    async with ticket:
+    with ticket:
         await store.hand_over(job, ticket)
     return job, store
 
@@ -343,7 +343,7 @@ async def test_a_stored_job_that_fails_to_move_its_hold_keeps_the_request_releas
     quote = CostQuote(estimate_micros=QUOTE_MICROS, worst_case_micros=QUOTE_MICROS)
     ticket = await runtime.admitter.admit(Exchange("req_w", "videos", principal), quote)
     with pytest.raises(asyncpg.UniqueViolationError):
-        async with ticket:
+        with ticket:
             await store.hand_over(job, ticket)
     await runtime.admitter.committed()
     pool = runtime.pool

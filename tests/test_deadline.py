@@ -117,6 +117,46 @@ async def test_close_drops_the_timer() -> None:
     await asyncio.sleep(0.05)
 
 
+async def test_deadlines_of_one_loop_share_its_timer_and_each_fires_in_time() -> None:
+    """A shorter wait entered after a longer one re-arms the shared timer earlier; one given
+    up at the top of the heap is dropped and the next is still due on time."""
+    long_wait, short_wait, given_up = Deadline(), Deadline(), Deadline()
+    with given_up.bound(0.02):
+        await asyncio.sleep(0)
+    given_up.close()  # dead, and the earliest entry of the heap
+
+    async def wait_long() -> None:
+        with long_wait.bound(0.3):
+            await asyncio.sleep(5)
+
+    waiting = asyncio.ensure_future(wait_long())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        with short_wait.bound(0.05):
+            await asyncio.sleep(5)
+    assert time.monotonic() - started < 0.25  # the short one did not wait for the long one
+    with pytest.raises(TimeoutError):
+        await waiting
+    assert time.monotonic() - started < 1.0
+    for deadline in (long_wait, short_wait):
+        deadline.close()
+
+
+async def test_given_up_entries_do_not_pile_up() -> None:
+    """Requests that each enter and give up a wait keep the shared heap about the size of the
+    waits in progress, not of every wait in the last timeout."""
+    from relay.upstream import deadline as module
+
+    for _ in range(5 * module._SWEEP_AT):
+        deadline = Deadline()
+        with deadline.bound(300):
+            pass
+        deadline.close()
+    clock = module._clock_of(asyncio.get_running_loop())
+    assert len(clock._heap) <= 2 * module._SWEEP_AT
+
+
 # ------------------------------------------------ the aiohttp client's phases on one Deadline
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

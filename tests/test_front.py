@@ -9,6 +9,7 @@ guard before and after a response started, and the lifespan passing through.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from relay.errors import InvalidRequest, RelayError
 from relay.http.admin_throttle import MAX_FAILURES
 from relay.http.disconnect import CancelOnDisconnect
 from relay.http.front import Front, hot_routes
+from relay.http.grace import GraceCut
 from relay.http.responses import error_response, unexpected_error_response
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}
@@ -194,6 +196,31 @@ async def test_nothing_more_is_sent_once_a_response_started() -> None:
     with pytest.raises(InvalidRequest):
         await _front(breaks_mid_answer)(_scope("/v1/hot"), _no_body, sent)
     assert [message["type"] for message in sent.sent] == ["http.response.start"]
+
+
+async def test_under_grace_cut_the_guard_reads_its_progress_instead_of_wrapping_send() -> None:
+    """Served (``GraceCut`` outside), the answer's progress is GraceCut's: the endpoint's
+    ``send`` is GraceCut's one wrapper around the server's, and the guard still answers
+    an error before the start and nothing after it."""
+    seen: list[Send] = []
+
+    async def breaks_mid_answer(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise InvalidRequest("too late")
+
+    sent = _Recorder()
+    with pytest.raises(InvalidRequest):
+        await GraceCut(_front(breaks_mid_answer))(_scope("/v1/hot"), _no_body, sent)
+    assert [message["type"] for message in sent.sent] == ["http.response.start"]
+    assert inspect.getclosurevars(seen[0]).nonlocals["send"] is sent
+
+    async def refuses(scope: Scope, receive: Receive, send: Send) -> None:
+        raise InvalidRequest("no")
+
+    sent = _Recorder()
+    await GraceCut(_front(refuses))(_scope("/v1/hot"), _no_body, sent)
+    assert sent.sent[0]["status"] == 400
 
 
 async def test_the_lifespan_is_starlettes() -> None:

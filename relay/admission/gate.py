@@ -78,7 +78,7 @@ class Gate:
     def admit(self, exchange: Exchange, quote: CostQuote) -> Ticket:
         """Take the rate-limit slot and the wallet hold, or refuse with 429/402.
 
-        Use the ticket as ``async with ticket:`` around everything after admission: the
+        Use the ticket as ``with ticket:`` around everything after admission: the
         block's exit releases whatever was not settled (see ``relay.admission.ticket``).
         """
         # Fail closed: stop admitting while the writer cannot commit or catch up, so the

@@ -6,7 +6,7 @@ rate-limit slot and its wallet hold, taken before the upstream call. ``Ticket.se
 synchronous, so they can run in a ``finally`` during cancellation, and only the first that
 succeeds counts. Which path calls which is in docs/architecture.md §2.2.
 
-Settlement is structural: a ticket is an async context manager, and leaving its block
+Settlement is structural: a ticket is a context manager, and leaving its block
 without a settlement (whatever raised: the upstream, pricing, the wallet, a cancelled
 task) releases the hold and the concurrency slot. A block that passes the ticket on to
 something that outlives it (a stream, a video job) says so with ``hand_over``; the new
@@ -59,10 +59,12 @@ class Ticket:
 
     # -- the structural guarantee ---------------------------------------------------------
 
-    async def __aenter__(self) -> Ticket:
+    # A plain context manager, not an async one: its exit only releases (synchronous), and
+    # ``async with`` cost every request two coroutines that never wait.
+    def __enter__(self) -> Ticket:
         return self
 
-    async def __aexit__(
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,

@@ -121,7 +121,7 @@ async def _transcribe(request: Request, endpoint: str, path: str) -> Response:
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model, path, form.body_for, stream=False, content_type=form.content_type
             )
@@ -253,7 +253,7 @@ async def speech(request: Request) -> Response | EventStreamResponse:
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # handed to the stream below, or released on any way out
+        with ticket:  # handed to the stream below, or released on any way out
             opened = await state.router.open_route(model, SPEECH_PATH, body_for, stream=True)
             exchange.route = opened.route
             media_type = opened.response.headers.get("content-type", "audio/mpeg")

@@ -8,7 +8,7 @@ request → auth → body → model → quote → admission (limits, wallet hold
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -78,13 +78,16 @@ def _completion_shape(
     return route.provider.completion_body(body, legacy, route.upstream_model, max_output)
 
 
-async def chat_completions(request: Request) -> Response | EventStreamResponse:
-    return await _generate(request, "chat", CHAT_PATH, decode_chat_request, _chat_shape)
+# The endpoints are plain functions handing back ``_generate``'s coroutine: no frame of
+# their own in the request's await chain, which every resume of the task steps through.
+# (They run only under ``CancelOnDisconnect``, which awaits what they return.)
+def chat_completions(request: Request) -> Awaitable[Response | EventStreamResponse]:
+    return _generate(request, "chat", CHAT_PATH, decode_chat_request, _chat_shape)
 
 
-async def completions(request: Request) -> Response | EventStreamResponse:
+def completions(request: Request) -> Awaitable[Response | EventStreamResponse]:
     """Legacy ``/v1/completions``: passed through to OpenAI dialects, billed like chat."""
-    return await _generate(
+    return _generate(
         request, "completions", COMPLETIONS_PATH, decode_completion_request, _completion_shape
     )
 
@@ -113,7 +116,7 @@ async def _generate(
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, path, body_for, stream=exchange.stream)
             exchange.route = opened.route
             if exchange.stream:
@@ -137,14 +140,14 @@ async def _generate(
         raise
 
 
-async def embeddings(request: Request) -> Response:
-    return await _classify(request, "embeddings", "embedding", "/embeddings")
+def embeddings(request: Request) -> Awaitable[Response]:
+    return _classify(request, "embeddings", "embedding", "/embeddings")
 
 
-async def moderations(request: Request) -> Response:
+def moderations(request: Request) -> Awaitable[Response]:
     """Passed through to OpenAI dialects; priced at the model's token prices (often 0),
     from relay's prompt estimate since OpenAI reports no usage, and always logged."""
-    return await _classify(request, "moderations", "moderation", MODERATIONS_PATH)
+    return _classify(request, "moderations", "moderation", MODERATIONS_PATH)
 
 
 async def _classify(request: Request, endpoint: str, kind: str, path: str) -> Response:
@@ -170,7 +173,7 @@ async def _classify(request: Request, endpoint: str, kind: str, path: str) -> Re
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(model, path, body_for, stream=False)
             exchange.route = opened.route
             answer = await _relay_answer(state, exchange, ticket, opened, quote)

@@ -135,7 +135,7 @@ async def _images(
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model,
                 path,

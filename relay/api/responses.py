@@ -81,7 +81,7 @@ async def create_response(request: Request) -> Response | EventStreamResponse:
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # settled below, or released on any way out
+        with ticket:  # settled below, or released on any way out
             opened = await state.router.open_route(
                 model, RESPONSES_PATH, body_for, stream=exchange.stream
             )

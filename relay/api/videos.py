@@ -113,7 +113,7 @@ async def create_video(request: Request) -> Response:
             if state.admitter is None
             else await state.admitter.admit(exchange, quote)
         )
-        async with ticket:  # handed to the job below, or released on any way out
+        with ticket:  # handed to the job below, or released on any way out
             opened = await state.router.open_route(model, VIDEOS_PATH, body_for, stream=False)
             exchange.route = opened.route
             upstream_id = await _created_upstream_id(

@@ -41,6 +41,8 @@ class _Listener:
     __slots__ = (
         "_receive",
         "_task",
+        "_gone",
+        "_closed",
         "_left",
         "_watcher",
         "_closing_soon",
@@ -52,7 +54,11 @@ class _Listener:
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self._receive = receive
         self._task = task
-        self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gone = False  # the client's ``http.disconnect`` was read
+        self._closed = False
+        # Made only when a reader must wait for the disconnect (rarely: Starlette's own
+        # responses never read ``receive``), not for every request.
+        self._left: asyncio.Future[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closing_soon = False
         # True until the request is over: only then does a disconnect cancel it.
@@ -62,12 +68,18 @@ class _Listener:
         self.answered = False
 
     async def receive(self) -> Message:
-        if self._watcher is not None or self._left.done():
+        if self._gone:
+            return _DISCONNECT
+        if self._watcher is not None:
+            if self._left is None:
+                self._left = asyncio.get_running_loop().create_future()
+                if self._closed:  # as if made before ``close``, which cancels it
+                    self._left.cancel()
             await asyncio.shield(self._left)
             return _DISCONNECT
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            self._left.set_result(None)
+            self._leave()
         elif not message.get("more_body", False):
             # ``create_task``, not ``ensure_future``: that one first asks ``isfuture`` of the
             # coroutine, whose failed ``hasattr`` builds an AttributeError every request.
@@ -84,11 +96,15 @@ class _Listener:
             # so this listener, so the task again. That cycle, one per request, was left
             # to the cyclic GC, and under held load it piled up in the older generations.
             return
-        if not self._left.done():
-            self._left.set_result(None)
+        self._leave()
         if self.handling:
             self.cancelled_it = True
             self._task.cancel()
+
+    def _leave(self) -> None:
+        self._gone = True
+        if self._left is not None and not self._left.done():
+            self._left.set_result(None)
 
     def close_soon(self) -> None:
         """After a streamed answer: stop watching on the loop's next turn, not now.
@@ -112,9 +128,10 @@ class _Listener:
         # Not awaited: the watcher only waits on ``receive``, and a cancelled task that
         # ends so is not an error anyone must retrieve. After a whole answer it is left
         # to end by itself: the server has queued (or soon queues) its disconnect.
+        self._closed = True
         if self._watcher is not None and not self.answered:
             self._watcher.cancel()
-        if not self._left.done():
+        if self._left is not None and not self._left.done():
             self._left.cancel()
 
 

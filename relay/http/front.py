@@ -25,9 +25,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.http.disconnect import CancelOnDisconnect
+from relay.http.grace import RESPONSE_PROGRESS, ResponseProgress
 
 __all__ = ["ExceptionHandler", "Front", "FrontedStarlette", "hot_routes"]
 
@@ -69,19 +70,18 @@ class Front:
         if scope["type"] != "http":  # the lifespan (and anything else) is Starlette's
             await self._starlette(scope, receive, send)
             return
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        # Whether an answer started: ``GraceCut`` (around relay under its server) tracks it
+        # already; only a bare app (tests) wraps ``send`` here for it.
+        progress: ResponseProgress | None = scope.get(RESPONSE_PROGRESS)
+        chain_send = send
+        if progress is None:
+            progress = ResponseProgress()
+            chain_send = progress.tracking(send)
         try:
-            await self._chain(scope, receive, sending)
+            await self._chain(scope, receive, chain_send)
         except Exception as exc:
             handler, handled = self._handler_for(exc)
-            if started or handler is None:
+            if progress.started or handler is None:
                 raise
             await handler(Request(scope), exc)(scope, receive, send)
             if not handled:  # relay's 500, and the server logs what caused it

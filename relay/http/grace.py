@@ -11,7 +11,9 @@ HTTP exchange properly:
 * a plain body under way: its end (the client sees a short body, as with any cut).
 
 Per request this costs one set insertion and a send wrapper; nothing else runs until
-``cut()``.
+``cut()``. The wrapper's ``ResponseProgress`` is left in the scope (``RESPONSE_PROGRESS``)
+for ``relay.http.front``, whose error guard needs to know whether an answer started and
+would otherwise wrap every ``send`` a second time.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.errors import error_body
 
-__all__ = ["GraceCut"]
+__all__ = ["RESPONSE_PROGRESS", "GraceCut", "ResponseProgress"]
 
 _MESSAGE = "relay is shutting down and could not finish this request in time; retry it"
 _BODY = error_body(_MESSAGE, "api_error", "server_shutdown")
 _STREAM_END = b"data: " + _BODY + b"\n\ndata: [DONE]\n\n"
+# The scope key under which a request's ``ResponseProgress`` is found.
+RESPONSE_PROGRESS = "relay.response_progress"
 
 
-class _Progress:
+class ResponseProgress:
+    """How far one request's answer went, as seen by the ``send`` from ``tracking``."""
+
     __slots__ = ("headers", "finished")
 
     def __init__(self) -> None:
@@ -49,6 +55,19 @@ class _Progress:
             name.lower() == b"content-type" and value.startswith(b"text/event-stream")
             for name, value in self.headers or ()
         )
+
+    def tracking(self, send: Send) -> Send:
+        """``send``, noting each message here first."""
+
+        async def tracked_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                self.headers = message.get("headers", ())
+            elif kind == "http.response.body" and not message.get("more_body"):
+                self.finished = True
+            await send(message)
+
+        return tracked_send
 
 
 class GraceCut:
@@ -74,19 +93,12 @@ class GraceCut:
             return
         task = asyncio.current_task()
         assert task is not None
-        progress = _Progress()
-
-        async def tracked_send(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                progress.headers = message.get("headers", ())
-            elif kind == "http.response.body" and not message.get("more_body"):
-                progress.finished = True
-            await send(message)
+        progress = ResponseProgress()
+        scope[RESPONSE_PROGRESS] = progress
 
         self._running.add(task)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, progress.tracking(send))
         except asyncio.CancelledError:
             if not self._cut or progress.finished:
                 raise
@@ -96,7 +108,7 @@ class GraceCut:
             self._running.discard(task)
 
 
-async def _finish(progress: _Progress, send: Send) -> None:
+async def _finish(progress: ResponseProgress, send: Send) -> None:
     if not progress.started:
         headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
         await send({"type": "http.response.start", "status": 503, "headers": headers})

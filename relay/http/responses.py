@@ -78,7 +78,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     deadline = Deadline()  # lighter than asyncio.timeout on every request's path
     try:
         with deadline.bound(_body_deadline_s(request)):
-            body = await _receive_body(receive, limit)
+            message = await receive()
+            body = _part(message)
+            if message.get("more_body", False):
+                body = await _receive_rest(receive, body, limit)
+            elif len(body) > limit:
+                raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
     except TimeoutError:
         raise RequestTimeout("The request body did not arrive in time") from None
     finally:
@@ -95,13 +100,8 @@ def _part(message: Message) -> bytes:
     return part
 
 
-async def _receive_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    body = _part(message)
-    if not message.get("more_body", False):  # the usual request: one message
-        if len(body) > limit:
-            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        return body
+async def _receive_rest(receive: Receive, body: bytes, limit: int) -> bytes:
+    """A body in several messages (the usual one is whole in the first, read inline)."""
     parts = [body]
     size = len(body)
     while True:

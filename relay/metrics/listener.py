@@ -8,6 +8,7 @@ answers 404 there: the port exposes nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.responses import PlainTextResponse, Response
@@ -23,10 +24,12 @@ class StateTap:
         self.app = app
         self.state: dict[str, Any] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: the app's own awaitable, no frame of this one in the request's
+        # await chain. (Never the outermost app: servers tell ASGI 3 by a coroutine.)
         if scope["type"] == "lifespan":
             self.state = scope.get("state")
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 class MetricsOnlyApp:

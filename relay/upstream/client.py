@@ -168,7 +168,17 @@ class _AiohttpResponse:
             with deadline.bound(self._body_s):
                 if max_bytes is None:
                     return await self._response.read()
-                return await self._read_bounded(max_bytes)
+                # Read here rather than in a coroutine of its own: one fewer per answer.
+                parts: list[bytes] = []
+                size = 0
+                content = self._response.content
+                while chunk := await content.readany():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        self._response.close()  # drop the rest unread: never buffered whole
+                        raise _too_large(max_bytes)
+                    parts.append(chunk)
+                return b"".join(parts)
         except TimeoutError:
             self._response.close()
             raise UpstreamTimedOut("upstream went silent while sending its body") from None
@@ -176,18 +186,6 @@ class _AiohttpResponse:
             raise UpstreamStreamBroken(f"upstream body broke off: {type(exc).__name__}") from None
         finally:
             deadline.close()
-
-    async def _read_bounded(self, max_bytes: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        content = self._response.content
-        while chunk := await content.readany():
-            size += len(chunk)
-            if size > max_bytes:
-                self._response.close()  # drop the rest unread: never buffered whole
-                raise _too_large(max_bytes)
-            parts.append(chunk)
-        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content

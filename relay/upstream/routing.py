@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from relay.config import ModelConfig, parse_route
 from relay.errors import (
@@ -131,13 +132,21 @@ class OpenedRoute:
         the loop's async-generator hooks)."""
         return self._chunks if self._chunks is not None else _no_chunks()
 
-    async def close(self) -> None:
-        """Release the key and drop the connection; safe to call more than once."""
+    def close(self) -> Coroutine[Any, Any, None]:
+        """Release the key and drop the connection; safe to call more than once.
+
+        Await what it returns: the response's own ``aclose``, handed back rather than
+        awaited in a coroutine of this one's.
+        """
         if self._closed:
-            return
+            return _closed_already()
         self._closed = True
         self.route.provider.pool.release(self.key)
-        await self.response.aclose()
+        return self.response.aclose()
+
+
+async def _closed_already() -> None:
+    return
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
@@ -256,6 +265,8 @@ class Router:
             return None, _failure_from(exc, provider.name), False
         # From here on the response reads in the client's dialect, whatever the upstream's.
         response = provider.adapt_response(target.path, response, body)
+        if not stream and 200 <= response.status < 300:  # the usual answer: no coroutine
+            return _opened(response, route, key, attempt), None, False
         return await self._judge(response, route, key, attempt, stream)
 
     async def _judge(
@@ -265,9 +276,9 @@ class Router:
         provider = route.provider
         status = response.status
         if 200 <= status < 300:
-            response = RedactingResponse(response, provider.pool.redactor)
             if not stream:
-                return OpenedRoute(response, route, key, attempt, None, None), None, False
+                return _opened(response, route, key, attempt), None, False
+            response = RedactingResponse(response, provider.pool.redactor)
             return await self._await_first_chunk(response, route, key, attempt)
         body = await _read_quietly(response)
         if status == 429:
@@ -306,6 +317,14 @@ class Router:
             return
         delay = self._backoff_base_s * (2 ** (attempt - 1)) * (0.5 + self._jitter())
         await self._sleep(min(BACKOFF_CAP_S, delay))
+
+
+def _opened(
+    response: UpstreamResponse, route: Route, key: UpstreamKey, attempt: int
+) -> OpenedRoute:
+    """A 2xx whole answer, read redacted."""
+    redacted = RedactingResponse(response, route.provider.pool.redactor)
+    return OpenedRoute(redacted, route, key, attempt, None, None)
 
 
 def _failure_from(exc: UpstreamFailure, provider: str) -> RelayError:
