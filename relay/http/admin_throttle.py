@@ -21,7 +21,7 @@ closed: an uncounted guess is an unlimited one); relay keys are never affected.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -91,15 +91,21 @@ class AdminTokenThrottle:
             self._shared = (cluster, failures)
         return self._shared[1]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: a request without an admin token (every API call) gets the app's
+        # own, so that no frame of this middleware sits in the request's await chain,
+        # stepped on every resume of the task (twice per streamed chunk).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         token = _non_key_credential(scope["headers"])
         state: RelayState | None = scope.get("state", {}).get("relay")
         if token is None or state is None or not state.auth.admin_enabled:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._throttled(scope, receive, send, token, state)
+
+    async def _throttled(
+        self, scope: Scope, receive: Receive, send: Send, token: str, state: RelayState
+    ) -> None:
         ip = client_ip(scope, state.config.server.trusted_proxies)
         failures = self._failures(state)
         try:

@@ -12,6 +12,8 @@ byte of the body, under either server.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.errors import InvalidRequest
@@ -37,7 +39,10 @@ class RefuseAmbiguousFraming:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the app's own (or the refusal), so that no frame
+        # of its own sits in the request's await chain, stepped on every resume of the
+        # task (twice per streamed chunk).
         if (
             scope["type"] == "http"
             and scope.get("http_version") in _HTTP1
@@ -46,6 +51,5 @@ class RefuseAmbiguousFraming:
             error = InvalidRequest(
                 "A request must not carry both Content-Length and Transfer-Encoding"
             )
-            await error_response(error, {"connection": "close"})(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+            return error_response(error, {"connection": "close"})(scope, receive, send)
+        return self.app(scope, receive, send)
