@@ -71,11 +71,13 @@ class Front:
             return
         started = False
 
-        async def sending(message: Message) -> None:
+        def sending(message: Message) -> Awaitable[None]:
+            # Not a coroutine: it hands back the server's own ``send`` awaitable, one
+            # coroutine fewer per message (a stream sends one per chunk).
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-            await send(message)
+            return send(message)
 
         try:
             await self._chain(scope, receive, sending)

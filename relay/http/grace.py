@@ -17,7 +17,7 @@ Per request this costs one set insertion and a send wrapper; nothing else runs u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -76,13 +76,15 @@ class GraceCut:
         assert task is not None
         progress = _Progress()
 
-        async def tracked_send(message: Message) -> None:
+        def tracked_send(message: Message) -> Awaitable[None]:
+            # Not a coroutine: it hands back the server's own ``send`` awaitable, one
+            # coroutine fewer per message (a stream sends one per chunk).
             kind = message["type"]
             if kind == "http.response.start":
                 progress.headers = message.get("headers", ())
             elif kind == "http.response.body" and not message.get("more_body"):
                 progress.finished = True
-            await send(message)
+            return send(message)
 
         self._running.add(task)
         try:
