@@ -206,24 +206,21 @@ class StreamTap:
         except msgspec.DecodeError:
             return True  # not ours to judge; the client sees it as the upstream sent it
         self.events += 1
-        usage = chunk.usage
-        if usage is not None:
-            self.usage = usage
         choices = chunk.choices
-        if not choices:
-            if usage is not None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            if not choices:
                 self._usage_event = payload.strip()
                 return False
+        if not choices:
             return True
         self._finishing = None  # any chunk with choices releases the one kept back
         # One pass over the choices (usually one): what they delivered, and whether one ended.
         finished = False
-        chars = 0
         for choice in choices:
-            chars += _choice_chars(choice)
+            self.delivered_chars += _choice_chars(choice)
             if choice.finish_reason:
                 finished = True
-        self.delivered_chars += chars
         if finished:
             self._finishing = payload.strip()
             return False
