@@ -212,6 +212,7 @@ SHAPES = [
     b"data: not json\n\n",
     b'data: {"choices": [], "usage": {"prompt_tokens": -1}}\n\n',
     b"data: [DONE]\n\n",
+    sse_event(_chunk("crlf")).replace(b"\n", b"\r\n"),  # LF and CRLF events may mix
 ]
 
 

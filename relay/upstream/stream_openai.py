@@ -282,16 +282,16 @@ def _one_line_events(data: bytes) -> list[bytes] | None:
     a slice, each with its arguments parsed (most of the tap's cost besides decoding).
     """
     end = data.rfind(b"\n\n")
-    if end < 0 or not data.startswith(b"data:"):
+    # A CR anywhere (``find`` of one byte is a memchr) ends lines too, even past ``end``.
+    if end < 0 or not data.startswith(b"data:") or data.find(b"\r") >= 0:
         return None
     region = data[5:end]
-    if region.find(b"\n") < 0:  # one event (``find`` of one byte is a memchr)
-        return None if region.find(b"\r") >= 0 else [region]
+    if region.find(b"\n") < 0:  # one event
+        return [region]
     payloads = region.split(_NEXT_DATA)
     # Only the separators held an LF: every event was one line (no other fields, no
-    # CR, no blank line doubled).
-    lines = b"".join(payloads)
-    if lines.find(b"\n") >= 0 or lines.find(b"\r") >= 0:
+    # blank line doubled).
+    if b"".join(payloads).find(b"\n") >= 0:
         return None
     return payloads
 
