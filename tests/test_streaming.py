@@ -196,3 +196,56 @@ def test_relay_fields_merge_with_the_upstreams_metadata(
 def test_relay_fields_refuse_what_is_not_an_object() -> None:
     with pytest.raises(ValueError):
         with_relay_fields(b"[1, 2]", {})
+
+
+# Events of every shape the tap tells apart; a stream of them is read at once (one-line
+# events in one split, anything else event by event) and byte by byte, alike.
+SHAPES = [
+    sse_event(_chunk("Hel")),
+    sse_event(_chunk("wörld \\n")),
+    sse_event({"choices": [{"index": 0, "delta": {"content": "no ids"}}]}),
+    FINISH_EVENT,
+    USAGE_EVENT,
+    b"data:" + json.dumps(_chunk("tight")).encode() + b"\n\n",  # no blank after the colon
+    b": keep-alive\n\n",
+    b"event: note\ndata: " + json.dumps(_chunk("named")).encode() + b"\n\n",
+    b"data: not json\n\n",
+    b'data: {"choices": [], "usage": {"prompt_tokens": -1}}\n\n',
+    b"data: [DONE]\n\n",
+    sse_event(_chunk("crlf")).replace(b"\n", b"\r\n"),  # LF and CRLF events may mix
+]
+
+
+def _tap_state(tap: StreamTap) -> tuple[object, ...]:
+    usage = tap.usage.total_tokens if tap.usage is not None else None
+    closing = tap.closing_events(METADATA, {}, cost_micros=4)
+    ids = (tap.upstream_id, tap.model, tap.created)
+    return (tap.done, tap.events, tap.delivered_chars, tap.usage_invalid, usage, ids, closing)
+
+
+@given(st.lists(st.sampled_from(SHAPES), max_size=12), st.booleans())
+def test_a_stream_read_at_once_forwards_what_it_does_byte_by_byte(
+    events: list[bytes], wants_usage: bool
+) -> None:
+    stream = b"".join(events)
+    whole, pieces = StreamTap(wants_usage), StreamTap(wants_usage)
+    assert whole.feed(stream) == _feed_in_pieces(pieces, stream, list(range(len(stream))))
+    assert _tap_state(whole) == _tap_state(pieces)
+
+
+def test_one_line_events_at_once_keep_back_and_release_in_order() -> None:
+    tap = StreamTap(client_wants_usage=True)
+    stream = b"".join([CONTENT_EVENTS[0], FINISH_EVENT, CONTENT_EVENTS[1], FINISH_EVENT])
+    released = b"data: " + sse_events(FINISH_EVENT)[0].encode() + b"\n\n"
+    tail = USAGE_EVENT + b"data: [DONE]\n\n" + b'data: {"id": "x'
+    assert tap.feed(stream + tail) == CONTENT_EVENTS[0] + released + CONTENT_EVENTS[1]
+    assert tap.done and tap.usage is not None and tap.events == 5
+    assert tap.feed(b'"}\n\n') == b'data: {"id": "x"}\n\n'  # the rest, when it ends
+
+
+def test_the_ids_come_from_the_first_event_that_has_them() -> None:
+    tap = StreamTap()
+    nameless = {"model": "early", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+    later = {**BASE, "id": "chatcmpl-2", "model": "late", "created": 9}
+    tap.feed(sse_event(nameless) + sse_event(_chunk("b", **later)) + sse_event(_chunk("c")))
+    assert (tap.upstream_id, tap.model, tap.created) == ("chatcmpl-2", "late", 9)

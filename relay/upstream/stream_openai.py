@@ -26,6 +26,7 @@ from relay.upstream.wire_openai import Usage, is_usage_out_of_range
 __all__ = ["CHARS_PER_TOKEN", "StreamTap"]
 
 _DONE = b"data: [DONE]\n\n"
+_NEXT_DATA = b"\n\ndata:"
 _LF = ord("\n")
 # Characters per token when relay has to estimate what it delivered.
 CHARS_PER_TOKEN = 4
@@ -48,13 +49,22 @@ class _Choice(msgspec.Struct, gc=False):
 
 
 class _Chunk(msgspec.Struct, gc=False):
-    id: str | None = None
-    model: str | None = None
-    created: int | None = None
+    """What every event is read for."""
+
     choices: list[_Choice] | None = None
     usage: Usage | None = None
 
 
+class _FirstChunk(_Chunk, gc=False):
+    """The ids too, until an event gave them: later events skip them unread, which spares
+    two strings and an int per event (the decoder allocates every field it keeps)."""
+
+    id: str | None = None
+    model: str | None = None
+    created: int | None = None
+
+
+_decode_first = msgspec.json.Decoder(_FirstChunk).decode
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
@@ -93,13 +103,39 @@ class StreamTap:
     def feed(self, chunk: bytes) -> bytes:
         """Complete events from ``chunk`` (plus what was pending) that go out now."""
         data = self._pending + chunk if self._pending else chunk
-        # Most upstreams end events with LF only; the CRLF search runs only when needed.
+        payloads = _one_line_events(data)
+        if payloads is None:
+            return self._feed_events(data)
+        # Forwarded events go out as the runs of bytes they came in (``data[run:start]``),
+        # not one slice each: the list is built only once an event is kept back or dropped.
+        out: list[bytes] | None = None
+        run = start = 0
+        for payload in payloads:
+            stop = start + len(payload) + 7  # ``data:``, the payload, the blank line
+            released = self._finishing
+            verdict = self._keep_payload(payload)
+            if released is not None and self._finishing is not released:
+                out = _flushed(out, data, run, start)  # a later chunk came: let it go first
+                out.append(b"data: " + released + b"\n\n")
+                run = start
+            if not verdict:
+                out = _flushed(out, data, run, start)
+                run = stop
+            start = stop
+        self._pending = data[start:]
+        # Usually every event goes out: forward the bytes as they came, without copying.
+        if out is None:
+            return data[:start]
+        out.append(data[run:start])
+        return b"".join(out)
+
+    def _feed_events(self, data: bytes) -> bytes:
+        """``feed`` for any other shape: CRLF, comments, other fields, several lines."""
         # (``find``, not ``in``: ``bytes.__contains__`` first tries the needle as an int
         # and clears a TypeError, several times the cost of the search itself.)
         crlf = data.find(b"\r") >= 0
-        kept: list[bytes] = []
-        changed = False
-        start = 0
+        out: list[bytes] | None = None
+        run = start = 0
         size = len(data)
         while True:
             released = self._finishing
@@ -110,32 +146,34 @@ class StreamTap:
                 stop = end + sep_len
                 verdict = self._keep(data[start:stop])
             else:
-                # The usual event is one ``data:`` line: its LF is found by memchr and the
-                # blank line after it checked by index; searching for the two-byte
-                # boundary instead scans the event byte by byte, several times slower.
+                # A one-line ``data:`` event: its LF is found by memchr and the blank line
+                # after it checked by index; searching for the two-byte boundary instead
+                # scans the event byte by byte, several times slower.
                 end = data.find(b"\n", start)
                 if end < 0 or end + 1 == size:
                     break
                 if data[end + 1] == _LF and data.startswith(b"data:", start):
                     stop = end + 2
-                    verdict = self._keep_payload(data[start + 5 : end].strip())
-                else:  # other fields or more lines (rare): up to the blank line
+                    verdict = self._keep_payload(data[start + 5 : end])
+                else:  # other fields or more lines: up to the blank line
                     end = data.find(b"\n\n", start)
                     if end < 0:
                         break
                     stop = end + 2
                     verdict = self._keep(data[start:stop])
             if released is not None and self._finishing is not released:
-                kept.append(b"data: " + released + b"\n\n")  # a later chunk came: let it go
-                changed = True
-            if verdict:
-                kept.append(data[start:stop])
-            else:
-                changed = True
+                out = _flushed(out, data, run, start)
+                out.append(b"data: " + released + b"\n\n")
+                run = start
+            if not verdict:
+                out = _flushed(out, data, run, start)
+                run = stop
             start = stop
         self._pending = data[start:]
-        # Usually every event goes out: forward the bytes as they came, without copying.
-        return b"".join(kept) if changed else data[:start]
+        if out is None:
+            return data[:start]
+        out.append(data[run:start])
+        return b"".join(out)
 
     def _keep(self, event: bytes) -> bool:
         if event.startswith(b"data:"):  # a data line first, maybe other lines after it
@@ -148,26 +186,33 @@ class StreamTap:
         return self._keep_payload(payload)
 
     def _keep_payload(self, payload: bytes) -> bool:
-        if payload == b"[DONE]":
-            self.done = True
-            return False
+        """Whether the event with this data goes out now. ``payload`` may keep the blanks
+        around it: JSON allows them, and only what is kept back is stripped."""
+        if payload[-1:] != b"}":  # not a JSON object's end: ``[DONE]``, or as the upstream sent
+            payload = payload.strip()
+            if payload == b"[DONE]":
+                self.done = True
+                return False
         try:
-            chunk = _decode_chunk(payload)
+            if self.upstream_id is None:
+                first = _decode_first(payload)
+                self.upstream_id, self.model, self.created = first.id, first.model, first.created
+                chunk: _Chunk = first
+            else:
+                chunk = _decode_chunk(payload)
         except msgspec.ValidationError as exc:
             self.usage_invalid = self.usage_invalid or is_usage_out_of_range(exc)
             return True  # not ours to judge; the client sees it as the upstream sent it
         except msgspec.DecodeError:
             return True  # not ours to judge; the client sees it as the upstream sent it
         self.events += 1
-        if self.upstream_id is None:
-            self.upstream_id, self.model, self.created = chunk.id, chunk.model, chunk.created
+        choices = chunk.choices
         if chunk.usage is not None:
             self.usage = chunk.usage
-        choices = chunk.choices
-        if not choices:
-            if chunk.usage is not None:
-                self._usage_event = payload
+            if not choices:
+                self._usage_event = payload.strip()
                 return False
+        if not choices:
             return True
         self._finishing = None  # any chunk with choices releases the one kept back
         # One pass over the choices (usually one): what they delivered, and whether one ended.
@@ -177,7 +222,7 @@ class StreamTap:
             if choice.finish_reason:
                 finished = True
         if finished:
-            self._finishing = payload
+            self._finishing = payload.strip()
             return False
         return True
 
@@ -227,6 +272,36 @@ class StreamTap:
                 pass  # decoded once already; unreachable in practice
         final = {**self._envelope({}, []), "usage": dict(usage)}
         return encode_with_decimals(add_relay_fields(final, None, cost_micros))
+
+
+def _one_line_events(data: bytes) -> list[bytes] | None:
+    """The payloads of ``data``'s complete events when each is one ``data:`` line ended by
+    LF LF (the usual stream); None for anything else, which ``_feed_events`` reads.
+
+    One split finds every event, where finding each one costs a search, a prefix test and
+    a slice, each with its arguments parsed (most of the tap's cost besides decoding).
+    """
+    end = data.rfind(b"\n\n")
+    # A CR anywhere (``find`` of one byte is a memchr) ends lines too, even past ``end``.
+    if end < 0 or not data.startswith(b"data:") or data.find(b"\r") >= 0:
+        return None
+    region = data[5:end]
+    if region.find(b"\n") < 0:  # one event
+        return [region]
+    payloads = region.split(_NEXT_DATA)
+    # Only the separators held an LF: every event was one line (no other fields, no
+    # blank line doubled).
+    if b"".join(payloads).find(b"\n") >= 0:
+        return None
+    return payloads
+
+
+def _flushed(out: list[bytes] | None, data: bytes, run: int, start: int) -> list[bytes]:
+    """``out`` with the run of forwarded events ``data[run:start]`` added."""
+    if out is None:
+        return [data[run:start]]
+    out.append(data[run:start])
+    return out
 
 
 def _next_boundary(data: bytes, start: int) -> tuple[int, int]:
