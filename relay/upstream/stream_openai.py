@@ -114,6 +114,8 @@ class StreamTap:
             stop = start + len(payload) + 7  # ``data:``, the payload, the blank line
             released = self._finishing
             verdict = self._keep_payload(payload)
+            # (This step and the same in ``_feed_events`` stay inline: a call per event is
+            # a good part of what the tap costs.)
             if released is not None and self._finishing is not released:
                 out = _flushed(out, data, run, start)  # a later chunk came: let it go first
                 out.append(b"data: " + released + b"\n\n")
@@ -123,11 +125,7 @@ class StreamTap:
                 run = stop
             start = stop
         self._pending = data[start:]
-        # Usually every event goes out: forward the bytes as they came, without copying.
-        if out is None:
-            return data[:start]
-        out.append(data[run:start])
-        return b"".join(out)
+        return _released(out, data, run, start)
 
     def _feed_events(self, data: bytes) -> bytes:
         """``feed`` for any other shape: CRLF, comments, other fields, several lines."""
@@ -170,10 +168,7 @@ class StreamTap:
                 run = stop
             start = stop
         self._pending = data[start:]
-        if out is None:
-            return data[:start]
-        out.append(data[run:start])
-        return b"".join(out)
+        return _released(out, data, run, start)
 
     def _keep(self, event: bytes) -> bool:
         if event.startswith(b"data:"):  # a data line first, maybe other lines after it
@@ -294,6 +289,15 @@ def _one_line_events(data: bytes) -> list[bytes] | None:
     if b"".join(payloads).find(b"\n") >= 0:
         return None
     return payloads
+
+
+def _released(out: list[bytes] | None, data: bytes, run: int, start: int) -> bytes:
+    """What goes out of ``data[:start]``: usually every event, so the bytes as they came,
+    without copying; else the parts gathered in ``out`` and the last run."""
+    if out is None:
+        return data[:start]
+    out.append(data[run:start])
+    return b"".join(out)
 
 
 def _flushed(out: list[bytes] | None, data: bytes, run: int, start: int) -> list[bytes]:
