@@ -150,6 +150,27 @@ async def test_a_suspended_account_is_403_until_reactivated(relay: Relay) -> Non
     assert again.status_code == 200, again.text
 
 
+async def test_a_cached_key_still_reads_suspension_and_expiry_on_each_request(
+    relay: Relay,
+) -> None:
+    # Once verified, a key takes the synchronous cached path: it must still see every change.
+    _, key = await relay.funded_key("acme")
+    headers = auth(key["secret"])
+    assert (await relay.client.get("/v1/key", headers=headers)).status_code == 200
+    path = f"/admin/keys/{key['id']}"
+    assert (await relay.client.patch(path, json={"status": "suspended"})).status_code == 200
+    refused = await relay.client.post("/v1/chat/completions", json=chat_body(), headers=headers)
+    assert refused.status_code == 403
+    assert error_of(refused.json())["code"] == "key_suspended"
+    assert (await relay.client.patch(path, json={"status": "active"})).status_code == 200
+    assert (await relay.client.get("/v1/key", headers=headers)).status_code == 200
+    patch = await relay.client.patch(path, json={"expires": "2020-01-31"})
+    assert patch.status_code == 200, patch.text
+    expired = await relay.client.get("/v1/key", headers=headers)
+    assert expired.status_code == 401 and "expired" in str(error_of(expired.json())["message"])
+    assert relay.hasher.verify_calls == 1
+
+
 # ------------------------------------------------------------------------------ scopes
 
 

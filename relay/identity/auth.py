@@ -130,7 +130,13 @@ class Authenticator:
         if token is None:
             raise AuthError("Missing API key: send 'Authorization: Bearer <key>'")
         if token.startswith(KEY_PREFIX):
-            return await self._authenticate_key(parse_key(token))
+            parsed = parse_key(token)
+            key = self._store.keys.get(parsed.key_id)
+            if key is not None and self._cache.lookup(parsed) is CacheLookup.VERIFIED:
+                # The usual request (a loaded key, verified before): nothing to wait
+                # for, so no coroutine of its own in the request's await chain.
+                return self._admit(key)
+            return await self._authenticate_key(parsed)
         if self.is_admin_token(token):
             return ADMIN
         raise AuthError("Malformed API key: relay keys start with 'rk_'")
@@ -150,6 +156,10 @@ class Authenticator:
             if not await self._verify_once(parsed):
                 self._failures.failed(parsed.key_id)
                 raise AuthError("Invalid API key: unknown key")
+        return self._admit(key)
+
+    def _admit(self, key: ApiKey) -> Principal:
+        """Status, expiry and suspension, read afresh on every request (after the secret)."""
         if key.status == "revoked":
             raise AuthError("Invalid API key: this key was revoked")
         now_ms = int(time.time() * 1000)
