@@ -109,6 +109,22 @@ async def test_each_wait_bounds_the_task_that_waits() -> None:
     deadline.close()
 
 
+async def test_a_deadline_given_its_task_bounds_that_task() -> None:
+    """The request body's Deadline gets the task from the scope instead of current_task."""
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = Deadline(task)
+    with deadline.bound(1.0):
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        with deadline.bound(0.05):
+            await asyncio.sleep(5)
+    assert time.monotonic() - started < 1.0
+    assert task.cancelling() == 0
+    deadline.close()
+
+
 async def test_close_drops_the_timer() -> None:
     deadline = Deadline()
     with deadline.bound(0.02):

@@ -13,7 +13,9 @@ HTTP exchange properly:
 Per request this costs one set insertion and a send wrapper; nothing else runs until
 ``cut()``. The wrapper's ``ResponseProgress`` is left in the scope (``RESPONSE_PROGRESS``)
 for ``relay.http.front``, whose error guard needs to know whether an answer started and
-would otherwise wrap every ``send`` a second time.
+would otherwise wrap every ``send`` a second time. The request's task is left there too
+(``REQUEST_TASK``): ``asyncio.current_task`` is a Python function on 3.11 (~1,500
+instructions), and the layers inside, which run in this same task, need it again.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.errors import error_body
 
-__all__ = ["RESPONSE_PROGRESS", "GraceCut", "ResponseProgress"]
+__all__ = ["REQUEST_TASK", "RESPONSE_PROGRESS", "GraceCut", "ResponseProgress"]
 
 _MESSAGE = "relay is shutting down and could not finish this request in time; retry it"
 _BODY = error_body(_MESSAGE, "api_error", "server_shutdown")
 _STREAM_END = b"data: " + _BODY + b"\n\ndata: [DONE]\n\n"
 # The scope key under which a request's ``ResponseProgress`` is found.
 RESPONSE_PROGRESS = "relay.response_progress"
+# The scope key under which the request's task is found (absent without a GraceCut). Only
+# for layers awaited inline in that task: none between spawns a task for the app.
+REQUEST_TASK = "relay.request_task"
 
 
 class ResponseProgress:
@@ -97,6 +102,7 @@ class GraceCut:
         assert task is not None
         progress = ResponseProgress()
         scope[RESPONSE_PROGRESS] = progress
+        scope[REQUEST_TASK] = task
 
         self._running.add(task)
         try:

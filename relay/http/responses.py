@@ -22,6 +22,7 @@ from relay.errors import (
     UpstreamRejected,
     error_body,
 )
+from relay.http.grace import REQUEST_TASK
 from relay.upstream.deadline import Deadline
 
 __all__ = [
@@ -75,7 +76,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) <= limit + DRAIN_MAX_BYTES:
             await _drain(receive)
         raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-    deadline = Deadline()  # lighter than asyncio.timeout on every request's path
+    # Lighter than asyncio.timeout on every request's path; the task as the layers above
+    # found it (the handler reads its body inline in the request's task).
+    deadline = Deadline(request.scope.get(REQUEST_TASK))
     try:
         with deadline.bound(_body_deadline_s(request)):
             message = await receive()

@@ -115,6 +115,7 @@ class Deadline:
     __slots__ = (
         "_loop",
         "_clock",
+        "_given",
         "_task",
         "_entry",
         "_until",
@@ -123,10 +124,13 @@ class Deadline:
         "_fired",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None = None) -> None:
+        """``task``: the one whose every wait this bounds, if the caller knows it already;
+        else the task running at each wait (``current_task``, ~1,500 instructions on 3.11)."""
         self._loop = asyncio.get_running_loop()
         self._clock = _clock_of(self._loop)
-        self._task: asyncio.Task[object] | None = None
+        self._given = task
+        self._task: asyncio.Task[Any] | None = None
         self._entry: _Entry | None = None  # in the clock's heap, due no later than _until
         self._until: float | None = None  # the end of the wait in progress; None: no wait
         self._pending_s = 0.0
@@ -139,7 +143,7 @@ class Deadline:
         return self
 
     def __enter__(self) -> Deadline:
-        task = asyncio.current_task(self._loop)
+        task = self._given or asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task
