@@ -7,7 +7,7 @@ from typing import Any
 
 from relay.storage.batch import run_batch
 from relay.storage.migrations import MIGRATIONS, apply_migrations
-from relay.usage.log import UsageRecord, insert_usage, insert_usage_row
+from relay.usage.log import UsageRecord, UsageWrite, insert_usage
 from relay.usage.rollup import DAY_MS
 
 ROWS: list[dict[str, Any]] = [
@@ -46,8 +46,8 @@ def test_usage_rows_written_by_relay_are_rolled_up_per_day() -> None:
 
 
 def _queued(record: UsageRecord) -> Any:
-    # What UsageLog queues: the row, its count left to the batch.
-    return lambda conn: insert_usage_row(conn, record)
+    # What UsageLog queues: the row and its count, both left to the batch.
+    return UsageWrite(record, None)
 
 
 def test_a_batch_counts_its_rows_with_one_upsert_per_account_day_and_model() -> None:
@@ -60,7 +60,9 @@ def test_a_batch_counts_its_rows_with_one_upsert_per_account_day_and_model() -> 
     records += [UsageRecord(request_id="r9", endpoint="chat", **ROWS[0])]
     outcomes = run_batch(conn, [_queued(record) for record in records], replayable=True)
     assert all(outcome.error is None for outcome in outcomes)
-    assert len(upserts) == 3  # not 5: one per (account, day, model) of the batch
+    # Three (account, day, model) keys, not five rows: one statement of two rows and one
+    # of one (relay.storage.multirow's sizes), each key counted once.
+    assert len(upserts) == 2
     assert _rollup(conn) == [
         ("", 0, "", 1, 1, 0, 0, 0),
         ("a", 0, "m1", 3, 1, 20, 7, 8),

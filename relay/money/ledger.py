@@ -16,6 +16,7 @@ from relay.storage.db import Database
 from relay.storage.reader import RowReader
 
 __all__ = [
+    "LEDGER_INSERT_HEAD",
     "charged_since",
     "insert_entry",
     "ledger_page",
@@ -24,10 +25,12 @@ __all__ = [
     "load_wallet",
 ]
 
-_INSERT = (
+# The columns in ``LedgerEntry``'s field order: a row is ``msgspec.structs.astuple(entry)``.
+LEDGER_INSERT_HEAD = (
     "INSERT INTO ledger (account_id, kind, amount_micros, reference, key_id, request_id, "
-    "note, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "note, created_at_ms)"
 )
+_INSERT = f"{LEDGER_INSERT_HEAD} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def insert_entry(conn: sqlite3.Connection, entry: LedgerEntry) -> None:

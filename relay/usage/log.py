@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
+from msgspec.structs import astuple
 
-from relay.money.ledger import insert_entry
+from relay.money.ledger import LEDGER_INSERT_HEAD
 from relay.money.wallet import LedgerEntry
+from relay.storage.batch import PerBatch
 from relay.storage.db import Database, WriteQueueFull
+from relay.storage.multirow import insert_rows
 from relay.usage.rollup import DailyCount, daily_count
 
-__all__ = ["UsageLog", "UsageRecord", "insert_usage", "insert_usage_row"]
+__all__ = ["UsageLog", "UsageRecord", "UsageWrite", "insert_usage", "insert_usage_row"]
 
 log = logging.getLogger("relay.usage")
 
@@ -48,7 +51,8 @@ class UsageRecord(msgspec.Struct):
 
 
 _COLUMNS = tuple(UsageRecord.__struct_fields__)
-_INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_INSERT_HEAD = f"INSERT INTO usage ({', '.join(_COLUMNS)})"
+_INSERT = f"{_INSERT_HEAD} VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
 def insert_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> DailyCount:
@@ -57,7 +61,11 @@ def insert_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> DailyCoun
     Returned by a queued write, the writer adds it with the batch's other counts before
     the batch commits (``relay.storage.batch.PerBatch``); in the same transaction either way.
     """
-    conn.execute(_INSERT, msgspec.structs.astuple(record))
+    conn.execute(_INSERT, astuple(record))
+    return _daily_count(record)
+
+
+def _daily_count(record: UsageRecord) -> DailyCount:
     return daily_count(
         record.account_id,
         record.ts_ms,
@@ -74,12 +82,33 @@ def insert_usage(conn: sqlite3.Connection, record: UsageRecord) -> None:
     DailyCount.apply_batch(conn, [insert_usage_row(conn, record)])
 
 
-def _write_usage(
-    conn: sqlite3.Connection, record: UsageRecord, charge: LedgerEntry | None
-) -> DailyCount:
-    if charge is not None:
-        insert_entry(conn, charge)
-    return insert_usage_row(conn, record)
+class UsageWrite(PerBatch):
+    """A queued usage row with its charge: the writer inserts a batch's rows together.
+
+    Called by the writer with its connection, it returns itself as its ``PerBatch``
+    share, and ``apply_batch`` inserts every charge of the batch, then every row, then
+    their daily counts, each in a few multi-row statements (``relay.storage.multirow``:
+    why the number of statements, not their size, bounds the writer). Replayed with
+    savepoints after an item's failure, each write applies alone in its own savepoint,
+    exactly as before. A batch's charges thus take their ledger ids after the batch's
+    other writes (credits, adjustments), within the same flush interval and transaction.
+    """
+
+    __slots__ = ("charge", "record")
+
+    def __init__(self, record: UsageRecord, charge: LedgerEntry | None) -> None:
+        self.record = record
+        self.charge = charge
+
+    def __call__(self, conn: sqlite3.Connection) -> UsageWrite:
+        return self
+
+    @classmethod
+    def apply_batch(cls, conn: sqlite3.Connection, shares: Sequence[UsageWrite]) -> None:
+        charges = [astuple(s.charge) for s in shares if s.charge is not None]
+        insert_rows(conn, LEDGER_INSERT_HEAD, charges)
+        insert_rows(conn, _INSERT_HEAD, [astuple(s.record) for s in shares])
+        DailyCount.apply_batch(conn, [_daily_count(s.record) for s in shares])
 
 
 class UsageLog:
@@ -108,9 +137,7 @@ class UsageLog:
         if self._observer is not None:
             self._observer(record)
 
-        def write(conn: sqlite3.Connection) -> DailyCount:
-            return _write_usage(conn, record, charge)
-
+        write = UsageWrite(record, charge)
         try:
             self._db.enqueue(write)
         except WriteQueueFull:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.storage.batch import PerBatch
+from relay.storage.multirow import insert_rows
 
 __all__ = [
     "DAY_MS",
@@ -33,15 +34,18 @@ __all__ = [
 DAY_MS = 86_400_000
 OPEN_LAST_DAY = 2**40  # "up to now" for day ranges
 
-_UPSERT = (
+_UPSERT_HEAD = (
     "INSERT INTO usage_daily (account_id, day, model, requests, errors, cost_micros, "
-    "prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (account_id, day, model) DO UPDATE SET "
+    "prompt_tokens, completion_tokens)"
+)
+_UPSERT_TAIL = (
+    " ON CONFLICT (account_id, day, model) DO UPDATE SET "
     "requests = requests + excluded.requests, errors = errors + excluded.errors, "
     "cost_micros = cost_micros + excluded.cost_micros, "
     "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = completion_tokens + excluded.completion_tokens"
 )
+_UPSERT = f"{_UPSERT_HEAD} VALUES (?, ?, ?, ?, ?, ?, ?, ?){_UPSERT_TAIL}"
 
 
 class DailyCount(tuple[str, int, str, int, int, int, int, int], PerBatch):
@@ -72,7 +76,9 @@ class DailyCount(tuple[str, int, str, int, int, int, int, int], PerBatch):
                 found[2] += share[5]
                 found[3] += share[6]
                 found[4] += share[7]
-        conn.executemany(_UPSERT, [(*key, *sums) for key, sums in totals.items()])
+        # One key per row of the statement (the totals are per key): a multi-row upsert.
+        rows = [(*key, *sums) for key, sums in totals.items()]
+        insert_rows(conn, _UPSERT_HEAD, rows, tail=_UPSERT_TAIL)
 
 
 def daily_count(
