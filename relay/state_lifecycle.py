@@ -84,6 +84,7 @@ async def _open_database(config: Config, path: Path) -> Database:
         path,
         flush_interval_s=config.server.flush_interval_ms / 1000,
         writer_nice=config.server.writer_nice,
+        background_nice=config.server.writer_background_nice,
     )
 
 

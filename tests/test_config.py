@@ -55,6 +55,7 @@ def test_unknown_keys_are_named(text: str, names: list[str]) -> None:
     [
         ("[server]\nflush_interval_ms = 500\n", "server.flush_interval_ms"),
         ("[server]\nwriter_nice = 20\n", "server.writer_nice"),
+        ("[server]\nwriter_background_nice = 20\n", "server.writer_background_nice"),
         ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes"),
         ('[server]\nlisten = "8787"\n', "listen"),
         ('[server]\nlisten = "127.0.0.1:99999"\n', "listen"),

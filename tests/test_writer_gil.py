@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -189,19 +190,37 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"{url} did not answer")
 
 
-def _started(command: list[str], folder: Path, name: str) -> subprocess.Popen[bytes]:
+def _started(
+    command: list[str], folder: Path, name: str, *, cpu: int | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN}
+
+    def pin() -> None:  # in the child, before relay starts any thread
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
     with (folder / f"{name}.log").open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=log, cwd=folder, env=env)
+        return subprocess.Popen(
+            command, stdout=log, stderr=log, cwd=folder, env=env, preexec_fn=pin
+        )
 
 
 @pytest.fixture
-def saturated_site(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def saturated_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A relay and the mock upstream, each a process; relay pinned to one core when the
+    test is marked ``pinned`` (and the mock kept off that core)."""
+    cpu = None
+    if request.node.get_closest_marker("pinned") is not None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            pytest.skip("pinning relay to a core of its own needs two cores")
+        cpu = cpus[0]
     mock_port, relay_port = _free_port(), _free_port()
     mock = _started(
         [sys.executable, str(ROOT / "scripts" / "mock_upstream.py"), "--port", str(mock_port)],
         tmp_path,
         "mock",
+        cpu=None if cpu is None else max(os.sched_getaffinity(0)),
     )
     config = tmp_path / "relay.toml"
     config.write_text(
@@ -212,7 +231,10 @@ def saturated_site(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         'input_usd_per_mtok = "0.15"\noutput_usd_per_mtok = "0.60"\n'
     )
     relay = _started(
-        [sys.executable, "-m", "relay.cli", "serve", "-c", str(config)], tmp_path, "relay"
+        [sys.executable, "-m", "relay.cli", "serve", "-c", str(config)],
+        tmp_path,
+        "relay",
+        cpu=cpu,
     )
     try:
         _wait_ready(f"http://127.0.0.1:{mock_port}/_stats", mock)
@@ -276,3 +298,55 @@ def test_a_saturated_relay_records_every_request_it_answers(
                 break
             time.sleep(0.1)
     assert (rows, charges[0]) == (4_800, 4_800)
+
+
+def _recorded(folder: Path) -> tuple[int, int]:
+    """Answered chat requests recorded: their usage rows, and how many have their charge."""
+    with sqlite3.connect(folder / "relay.db") as conn:
+        rows, charged = conn.execute(
+            "SELECT COUNT(*), COUNT(ledger.id) FROM usage LEFT JOIN ledger "
+            "ON ledger.request_id = usage.request_id AND ledger.kind = 'charge' "
+            "WHERE usage.endpoint = 'chat' AND usage.status = 200"
+        ).fetchone()
+    return rows, charged
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+@pytest.mark.pinned
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (.ci/run installs it)")
+def test_a_relay_saturating_its_one_core_keeps_recording(
+    saturated_site: tuple[int, Path],
+) -> None:
+    """Routine flushes run on a thread at nice 19, which a saturated core starves: the
+    writer's own thread must take over the backlog (relay.storage.writer
+    ``_executor_for``). Without that, this run answered thousands of 503s."""
+    port, folder = saturated_site
+    _, secret = _funded_key(port)
+    body = folder / "body.json"
+    body.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+    env = {
+        **os.environ,
+        "BENCH_BODY_FILE": str(body),
+        "BENCH_AUTH": secret,
+        "BENCH_STREAM": "0",
+        "BENCH_EXPECT": '"metadata":',
+    }
+    cpu = max(os.sched_getaffinity(0))  # wrk beside the mock, off relay's core
+    command = ["wrk", "-t1", "-c32", "-d5s", "--timeout", "10s", "-s"]
+    command += [str(ROOT / "scripts" / "bench_chat.lua"), f"http://127.0.0.1:{port}"]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )  # fmt: skip
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT "))
+    result = json.loads(line.removeprefix("BENCH_RESULT "))
+    assert result["requests"] > 2_000, result  # enough to keep the core saturated
+    assert (result["non2xx"], result["bad_body"]) == (0, 0), result
+    # wrk counts the answers it read; one it cut at its end may be recorded too.
+    deadline = time.monotonic() + 10
+    while _recorded(folder)[0] < result["requests"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows, charged = _recorded(folder)
+    assert rows == charged
+    assert result["requests"] <= rows <= result["requests"] + 32

@@ -36,6 +36,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # to a request instead of splitting it (docs/performance.md, "The writer's flush").
     # Past about 5 the writer can fall behind a saturated core (see there).
     writer_nice: Annotated[int, Meta(ge=0, le=19)] = 5
+    # The nice value of the thread that runs routine flushes (Linux): at 19 a flush waits
+    # for the event loop to be idle, so it no longer lands inside a request (the p99). When
+    # that thread falls behind, or someone awaits a commit, the writer's own thread (at
+    # ``writer_nice``) commits instead. At or below ``writer_nice``: no such thread.
+    writer_background_nice: Annotated[int, Meta(ge=0, le=19)] = 19
     shutdown_grace_s: NonNegativeFloat = 10.0
     # Fail closed: while the database cannot commit for longer than this, billable requests
     # and admin writes answer 503 storage_unavailable and /healthz says why.

@@ -146,8 +146,9 @@ def open_writer_connection(
     path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
 ) -> sqlite3.Connection:
     bind_bools_and_none_directly()
-    # Autocommit mode: the writer issues BEGIN IMMEDIATE / COMMIT itself.
-    conn = sqlite3.connect(path, isolation_level=None)
+    # Autocommit mode: the writer issues BEGIN IMMEDIATE / COMMIT itself. Two threads
+    # may run batches on it (the writer's and the background one), one batch at a time.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     for pragma in CONNECTION_PRAGMAS:
         conn.execute(pragma)

@@ -113,6 +113,7 @@ class Database(GroupCommitWriter):
         max_queue: int,
         durable_wait_s: float | None = None,
         close_retry_s: float = 2.0,
+        background: ThreadPoolExecutor | None = None,
     ) -> None:
         super().__init__(
             writer_conn,
@@ -121,6 +122,7 @@ class Database(GroupCommitWriter):
             max_queue=max_queue,
             durable_wait_s=durable_wait_s,
             close_retry_s=close_retry_s,
+            background=background,
         )
         self.path = path
         self._reader_conns = readers
@@ -143,6 +145,7 @@ class Database(GroupCommitWriter):
         durable_wait_s: float | None = None,
         close_retry_s: float = 2.0,
         writer_nice: int = 0,
+        background_nice: int | None = None,
     ) -> Database:
         """Create or open the database file, apply migrations, start the writer.
 
@@ -159,6 +162,7 @@ class Database(GroupCommitWriter):
         secure_existing(*(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")))
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db-writer")
+        background = _background_thread(background_nice, writer_nice)
         writer: sqlite3.Connection | None = None
         readers: list[aiosqlite.Connection] = []
         try:
@@ -178,6 +182,8 @@ class Database(GroupCommitWriter):
             if writer is not None:
                 await loop.run_in_executor(executor, writer.close)
             executor.shutdown(wait=True)
+            if background is not None:
+                background.shutdown(wait=True)
             raise
         return cls(
             path,
@@ -188,6 +194,7 @@ class Database(GroupCommitWriter):
             max_queue=max_queue,
             durable_wait_s=durable_wait_s,
             close_retry_s=close_retry_s,
+            background=background,
         )
 
     @property
@@ -356,6 +363,23 @@ class Database(GroupCommitWriter):
                 logger.error("closing the writer failed: %s: %s", type(exc).__name__, exc)
             finally:
                 self._executor.shutdown(wait=True)
+                if self._background is not None:
+                    self._background.shutdown(wait=True)
+
+
+def _background_thread(nice: int | None, writer_nice: int) -> ThreadPoolExecutor | None:
+    """The thread that runs routine flushes at ``nice``, or None (the writer's runs them).
+
+    Only worth a thread when it would run at a lower priority than the writer's own."""
+    if nice is None or nice <= writer_nice:
+        return None
+    background = ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="relay-db-background",
+        initializer=_lower_thread_priority,
+        initargs=(nice,),
+    )
+    return background
 
 
 def _lower_thread_priority(nice: int) -> None:

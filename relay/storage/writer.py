@@ -29,6 +29,9 @@ logger = logging.getLogger("relay.storage.db")
 # Retry backoff after a storage fault: doubling from the first, capped (seconds).
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
+# A batch whose oldest write waited this long past the flush window is committed by the
+# writer's own thread, not the background one (``_executor_for``).
+_CATCH_UP_AFTER_S = 0.1
 
 
 class DatabaseClosed(RuntimeError):
@@ -54,6 +57,7 @@ class GroupCommitWriter:
         max_queue: int,
         durable_wait_s: float | None,
         close_retry_s: float,
+        background: ThreadPoolExecutor | None = None,
     ) -> None:
         self.commits = 0  # committed write transactions (batches), for tests and metrics
         self.faults = 0  # failed commit attempts (each retried), for tests and metrics
@@ -70,6 +74,9 @@ class GroupCommitWriter:
         self.commit_observer: Callable[[float], None] | None = None
         self._writer_conn = writer_conn
         self._executor = executor
+        # Routine flushes run here when given: a thread at the lowest priority, so that on
+        # a core it shares with the event loop a flush waits for the loop to be idle.
+        self._background = background
         self._flush_interval_s = flush_interval_s
         self._max_queue = max_queue
         self._queue: deque[QueuedWrite] = deque()
@@ -165,6 +172,7 @@ class GroupCommitWriter:
         give_up_at: float | None = None
         loop = asyncio.get_running_loop()
         started = loop.time()
+        executor = self._executor_for(batch, started)
         try:
             while batch:
                 durable = any(item.future is not None for item in batch)
@@ -180,7 +188,7 @@ class GroupCommitWriter:
                     durable=durable,
                 )
                 try:
-                    outcomes = await loop.run_in_executor(self._executor, run)
+                    outcomes = await loop.run_in_executor(executor, run)
                 except Exception as exc:  # the whole transaction rolled back: retry it
                     attempt += 1
                     self._note_fault(exc, attempt, len(batch))
@@ -194,6 +202,7 @@ class GroupCommitWriter:
                     await asyncio.sleep(min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempt - 1)))
                     # What was queued meanwhile joins the retry: one commit catches up.
                     batch.extend(self._take_batch())
+                    executor = self._executor
                     continue
                 if attempt:
                     logger.warning(
@@ -212,6 +221,19 @@ class GroupCommitWriter:
             return settled
         finally:
             self._in_flight = []
+
+    def _executor_for(self, batch: list[QueuedWrite], now: float) -> ThreadPoolExecutor:
+        """The background thread for a routine flush; the writer's own thread when the
+        batch must not wait for an idle core: someone awaits it, relay is closing, or the
+        writer has fallen behind (the batch's oldest write waited past its window by more
+        than ``_CATCH_UP_AFTER_S``: the background thread could not get the core)."""
+        if self._background is None or self._closing:
+            return self._executor
+        if any(item.future is not None for item in batch):
+            return self._executor
+        if now - batch[0].queued_at > self._flush_interval_s + _CATCH_UP_AFTER_S:
+            return self._executor
+        return self._background
 
     def _note_fault(self, exc: Exception, attempt: int, size: int) -> None:
         self.faults += 1
