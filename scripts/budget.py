@@ -74,7 +74,7 @@ def step_of(frames: list[str]) -> str:
     format with ``--threads`` has them."""
     if _IDLE_LEAVES.match(frames[-1]):
         return IDLE
-    if "relay-db-writer" in frames[0]:
+    if "relay-db-writer" in frames[0] or "relay-db-background" in frames[0]:
         return WRITER
     if "_connection_worker_thread" in frames[0]:
         return READERS
@@ -156,9 +156,10 @@ def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, ob
         mock_pid = bench_mod.start_process(bench, "mock", bench.pinned(1, mock), {})
         try:
             bench_mod.wait_healthy(bench, "mock", mock_port, mock_pid)
-            target, pid = bench_mod.start_run(
+            target, started = bench_mod.start_run(
                 bench, target, bench_mod.Run(target.name, mock_port, held=held)
             )
+            pid = started.pids[0]  # relay is one process
             warmup = (shape, bench_mod.HELD_WARMUP_S) if held else (bench_mod.WARMUP, 2)
             bench_mod.run_wrk(bench, args.wrk, target, *warmup)
             raw_path = Path(args.raw_out)
@@ -187,7 +188,7 @@ def profile(args: argparse.Namespace) -> tuple[Counter[str], float, dict[str, ob
             )
             time.sleep(0.3)
             threads_before = thread_ticks(pid)
-            row = bench_mod.measure(bench, args.wrk, target, shape, pid)
+            row = bench_mod.measure(bench, args.wrk, target, shape, started)
             threads_after = thread_ticks(pid)
             spy.wait(timeout=args.duration + 30)
         finally:
@@ -230,7 +231,9 @@ def thread_ticks(pid: int) -> dict[int, int]:
 
 def writer_thread_ids(raw_path: Path) -> set[int]:
     """The writer's native thread ids, as py-spy's ``--threads`` names them."""
-    found = re.findall(r"^thread \((\d+)\): relay-db-writer", raw_path.read_text(), re.M)
+    found = re.findall(
+        r"^thread \((\d+)\): relay-db-(?:writer|background)", raw_path.read_text(), re.M
+    )
     return {int(tid) for tid in found}
 
 
