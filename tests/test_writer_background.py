@@ -93,6 +93,18 @@ async def test_a_batch_that_waited_past_its_window_catches_up_on_the_writers_thr
     assert threads.seen["after"][0].startswith("relay-db-background")
 
 
+async def test_a_large_batch_runs_on_the_writers_own_thread(db: Database) -> None:
+    """However fast it filled: a starved background thread holds at most a small batch."""
+    threads = Threads()
+    for n in range(300):
+        db.enqueue(threads.write(f"write {n}"))
+    await db.flush()
+    assert {threads.seen[f"write {n}"][0][:15] for n in range(300)} == {"relay-db-writer"}
+    db.enqueue(threads.write("small"))
+    await db.flush()
+    assert threads.seen["small"][0].startswith("relay-db-background")
+
+
 async def test_without_a_lower_background_priority_every_flush_is_the_writers(
     tmp_path: Path,
 ) -> None:

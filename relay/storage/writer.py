@@ -29,9 +29,13 @@ logger = logging.getLogger("relay.storage.db")
 # Retry backoff after a storage fault: doubling from the first, capped (seconds).
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
-# A batch whose oldest write waited this long past the flush window is committed by the
-# writer's own thread, not the background one (``_executor_for``).
+# A batch whose oldest write waited this long past the flush window, or that holds more
+# writes than this, is committed by the writer's own thread, not the background one
+# (``_executor_for``). The size cap bounds how long a batch can sit with a starved
+# background thread however fast the machine fills it: 256 usage writes are ~4 ms of
+# CPU, a few hundred ms at nice 19's share of a saturated core, far from storage_stall_s.
 _CATCH_UP_AFTER_S = 0.1
+_BACKGROUND_MAX_BATCH = 256
 
 
 class DatabaseClosed(RuntimeError):
@@ -224,12 +228,15 @@ class GroupCommitWriter:
 
     def _executor_for(self, batch: list[QueuedWrite], now: float) -> ThreadPoolExecutor:
         """The background thread for a routine flush; the writer's own thread when the
-        batch must not wait for an idle core: someone awaits it, relay is closing, or the
-        writer has fallen behind (the batch's oldest write waited past its window by more
-        than ``_CATCH_UP_AFTER_S``: the background thread could not get the core)."""
+        batch must not wait for an idle core: someone awaits it, relay is closing, it is
+        large (``_BACKGROUND_MAX_BATCH``), or the writer has fallen behind (the batch's
+        oldest write waited past its window by more than ``_CATCH_UP_AFTER_S``: the
+        background thread could not get the core)."""
         if self._background is None or self._closing:
             return self._executor
         if any(item.future is not None for item in batch):
+            return self._executor
+        if len(batch) > _BACKGROUND_MAX_BATCH:
             return self._executor
         if now - batch[0].queued_at > self._flush_interval_s + _CATCH_UP_AFTER_S:
             return self._executor
